@@ -1,0 +1,95 @@
+"""Core CLI commands: `migrate`, `serve` (the collector) and `keys`.
+
+Composition root like `controltower.cli`: `serve` mounts every room's routes.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+
+import typer
+
+from controltower import apikeys, migrate
+from controltower.clitools import console, context_of, fail, settings_of
+from controltower.db import redact, resolve_url
+from controltower.settings import ENV_PREFIX, parse_duration
+
+keys_app = typer.Typer(help="API keys for ingest and read access (stored hashed).", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("migrate")(migrate_command)
+    app.command("serve")(serve_command)
+    app.add_typer(keys_app, name="keys")
+
+
+def migrate_command(ctx: typer.Context) -> None:
+    """Apply pending schema migrations (every room's branch) and create partitions ahead."""
+    context = context_of(ctx, migrate_first=False)
+    applied = migrate.upgrade(context.engine)
+    with context.engine.connect() as conn:
+        parts = migrate.event_partitions(conn)
+    console.print(
+        f"database {redact(str(context.engine.url))}: "
+        + (f"applied {', '.join(applied)}" if applied else "already current")
+        + f"; {len(parts)} event partitions"
+    )
+
+
+def serve_command(
+    ctx: typer.Context,
+    host: str = typer.Option(None, "--host", help="Listen address (default 127.0.0.1)."),
+    port: int = typer.Option(None, "--port", help="Listen port (default 4318, the OTLP/HTTP port)."),
+    workers: int = typer.Option(None, "--workers", help="Worker processes."),
+) -> None:
+    """Run the collector: OTLP/HTTP traces, the events API, search, SLA and alert read routes."""
+    from controltower import server
+
+    settings = settings_of(ctx).with_(**{k: v for k, v in {"host": host, "port": port, "workers": workers}.items() if v is not None})
+    url = resolve_url(settings)  # starts the embedded database once, before any worker
+    context = context_of(ctx)
+    context.engine.dispose()
+    settings = settings.with_(database_url=url)
+    # Workers rebuild their settings from the environment: hand them what the flags decided.
+    os.environ[ENV_PREFIX + "DATABASE_URL"] = url
+    console.print(f"collector on http://{settings.host}:{settings.port} (database {redact(url)})")
+    server.serve(settings, workers=max(1, settings.workers))
+
+
+@keys_app.command("create")
+def keys_create(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Who uses the key, e.g. the source system."),
+    scope: list[str] = typer.Option(["ingest"], "--scope", help="ingest and/or read (repeatable)."),
+    expires: str = typer.Option(None, "--expires", help="Lifetime, e.g. 90d; default never."),
+) -> None:
+    """Create a key and print it once; only its hash is stored."""
+    context = context_of(ctx)
+    expires_at = None
+    if expires:
+        expires_at = datetime.now(UTC) + timedelta(seconds=parse_duration(expires, where="--expires"))
+    token = apikeys.create(context.engine, name, tuple(scope), expires_at)
+    console.print(f"key for {name} (scopes: {', '.join(scope)}); store it now, it is not shown again:")
+    typer.echo(token)
+
+
+@keys_app.command("list")
+def keys_list(ctx: typer.Context) -> None:
+    """List keys (names, prefixes, scopes; never the keys themselves)."""
+    context = context_of(ctx)
+    rows = apikeys.list_keys(context.engine)
+    if not rows:
+        console.print("no keys: ingest is open (create one with `controltower keys create NAME`)")
+    for r in rows:
+        state = "revoked" if r["revoked_at"] else "active"
+        console.print(f"{r['name']}\tct_{r['prefix']}_…\t{','.join(r['scopes'])}\t{state}\tcreated {r['created_at']:%Y-%m-%d}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(ctx: typer.Context, name: str = typer.Argument(..., help="Key name or prefix.")) -> None:
+    """Revoke a key (takes effect within seconds on every collector)."""
+    context = context_of(ctx)
+    if not apikeys.revoke(context.engine, name, now=datetime.now(UTC)):
+        fail(f"no active key named or prefixed {name!r}")
+    console.print(f"revoked {name}")

@@ -1,0 +1,199 @@
+"""The canonical integration event: field names, limits and validation of one record.
+
+Every source (events API, OTLP spans, files, the simulator's backfill) is normalized into an
+`Event` here, so one set of rules decides what is stored. Pure: no I/O, and the clock is
+passed in.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from controltower.errors import EventError
+
+STATUSES = ("ok", "error", "retry", "dead_letter")
+MAX_ID_LEN = 128
+MAX_TEXT_LEN = 16_384
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9_.\-]{0,63}$")
+
+# Every field of the canonical JSON record, in the order of the events table's COPY columns.
+FIELDS = (
+    "event_id",
+    "occurred_at",
+    "correlation_id",
+    "order_id",
+    "channel",
+    "flow",
+    "stage",
+    "status",
+    "system",
+    "latency_ms",
+    "error_code",
+    "error_message",
+    "attributes",
+    "payload",
+)
+_INTERNAL = ("trace_id", "span_id", "parent_span_id")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_age: timedelta = timedelta(days=30)
+    max_future: timedelta = timedelta(hours=1)
+
+
+@dataclass(slots=True)
+class Event:
+    event_id: str
+    occurred_at: datetime
+    correlation_id: str
+    channel: str
+    flow: str
+    stage: str
+    status: str = "ok"
+    order_id: str | None = None
+    system: str | None = None
+    latency_ms: float | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+    payload: Any = None
+    trace_id: str | None = None
+    span_id: str | None = None
+    parent_span_id: str | None = None
+
+    @property
+    def milestone(self) -> str:
+        return f"{self.flow}.{self.stage}"
+
+
+def _text(record: dict[str, Any], name: str, *, required: bool, limit: int = MAX_ID_LEN) -> str | None:
+    value = record.get(name)
+    if value is None or value == "":
+        if required:
+            raise EventError(f"{name}: missing (required)")
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise EventError(f"{name}: expected a string, got {type(value).__name__}")
+    text = str(value)
+    if len(text) > limit:
+        raise EventError(f"{name}: {len(text)} characters, at most {limit} allowed")
+    if "\x00" in text:
+        raise EventError(f"{name}: contains U+0000, which PostgreSQL cannot store")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise EventError(f"{name}: not valid UTF-8") from None
+    return text
+
+
+def _slug(record: dict[str, Any], name: str, *, required: bool) -> str | None:
+    text = _text(record, name, required=required, limit=64)
+    if text is None:
+        return None
+    slug = text.strip().lower()
+    if not _SLUG.match(slug):
+        raise EventError(
+            f'{name}: "{text}" is not a slug (lowercase letters, digits, "_", "-", "."; at most 64)'
+        )
+    return slug
+
+
+def parse_time(value: Any, name: str = "occurred_at") -> datetime:
+    """An RFC 3339 timestamp with offset (or an aware datetime) as an aware datetime."""
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise EventError(f'{name}: "{value[:64]}" is not an RFC 3339 timestamp') from None
+    elif value is None:
+        raise EventError(f"{name}: missing (required)")
+    else:
+        raise EventError(f"{name}: expected an RFC 3339 string, got {type(value).__name__}")
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise EventError(f'{name}: "{value}" has no UTC offset (expected e.g. 2026-11-22T09:12:00Z)')
+    return moment
+
+
+def check_time_bounds(moment: datetime, *, now: datetime, limits: Limits, name: str = "occurred_at") -> None:
+    if moment > now + limits.max_future:
+        raise EventError(
+            f"{name}: {moment.isoformat()} is more than {_human(limits.max_future)} in the future"
+        )
+    if moment < now - limits.max_age:
+        raise EventError(
+            f"{name}: {moment.isoformat()} is older than the {_human(limits.max_age)} accepted"
+        )
+
+
+def _human(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def parse_event(record: Any, *, now: datetime, limits: Limits = Limits()) -> Event:
+    """Validate one canonical record (a decoded JSON object) into an `Event`, or raise EventError."""
+    if not isinstance(record, dict):
+        raise EventError(f"record: expected a JSON object, got {type(record).__name__}")
+    occurred_at = parse_time(record.get("occurred_at"))
+    check_time_bounds(occurred_at, now=now, limits=limits)
+    status = record.get("status", "ok")
+    if status is None:
+        status = "ok"
+    if status not in STATUSES:
+        raise EventError(f'status: "{status}" is not one of {", ".join(STATUSES)}')
+    latency = record.get("latency_ms")
+    if latency is not None:
+        if isinstance(latency, bool) or not isinstance(latency, (int, float)):
+            raise EventError(f"latency_ms: expected a number, got {type(latency).__name__}")
+        if not math.isfinite(latency) or latency < 0:
+            raise EventError(f"latency_ms: {latency} is not a finite number >= 0")
+        latency = float(latency)
+    attributes = record.get("attributes")
+    if attributes is None:
+        attributes = {}
+    elif not isinstance(attributes, dict):
+        raise EventError(f"attributes: expected an object, got {type(attributes).__name__}")
+    payload = record.get("payload")
+    if payload is not None and not isinstance(payload, (dict, list)):
+        raise EventError(f"payload: expected an object or array, got {type(payload).__name__}")
+    return Event(
+        event_id=_text(record, "event_id", required=True),  # type: ignore[arg-type]
+        occurred_at=occurred_at,
+        correlation_id=_text(record, "correlation_id", required=True),  # type: ignore[arg-type]
+        order_id=_text(record, "order_id", required=False),
+        channel=_slug(record, "channel", required=True),  # type: ignore[arg-type]
+        flow=_slug(record, "flow", required=True),  # type: ignore[arg-type]
+        stage=_slug(record, "stage", required=True),  # type: ignore[arg-type]
+        status=status,
+        system=_slug(record, "system", required=False),
+        latency_ms=latency,
+        error_code=_text(record, "error_code", required=False),
+        error_message=_text(record, "error_message", required=False, limit=MAX_TEXT_LEN),
+        attributes=attributes,
+        payload=payload,
+        trace_id=_text(record, "trace_id", required=False, limit=32),
+        span_id=_text(record, "span_id", required=False, limit=16),
+        parent_span_id=_text(record, "parent_span_id", required=False, limit=16),
+    )
+
+
+def event_to_json(event: Event) -> dict[str, Any]:
+    """The canonical JSON record of an event (as `POST /v1/events` accepts it)."""
+    out: dict[str, Any] = {}
+    for name in FIELDS + _INTERNAL:
+        value = getattr(event, name)
+        if name == "occurred_at":
+            value = value.isoformat()
+        if value is not None and value != {}:
+            out[name] = value
+    return out

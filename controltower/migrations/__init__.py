@@ -1,0 +1,1 @@
+"""Alembic migrations: the versioned schema. Each room owns a branch (`upgrade heads`)."""

@@ -1,0 +1,10 @@
+"""SQLAlchemy Core mirrors of the migrated schema: the only contract between the rooms.
+
+One MetaData for every table. Each module holds the tables of one writing room; a test
+reflects the migrated database and fails when these mirrors drift from the migrations.
+"""
+
+from controltower.schema import alerts, events, metrics  # noqa: F401  (registers tables)
+from controltower.schema.base import metadata
+
+__all__ = ["metadata"]

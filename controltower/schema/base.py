@@ -1,0 +1,5 @@
+"""The shared MetaData object every table module registers into."""
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()

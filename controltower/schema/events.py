@@ -1,0 +1,112 @@
+"""Tables written by `collectors/` (events, transactions, milestones, keys) and the CLI (api_keys).
+
+`events` is range-partitioned by `occurred_at` into daily partitions (`events_YYYYMMDD`,
+created ahead by `migrate` and on demand by ingest through `ct_ensure_event_partition`).
+Every unique key includes `correlation_id` so the schema can be distributed by it.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+
+from controltower.schema.base import metadata
+
+TS = sa.DateTime(timezone=True)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("occurred_at", TS, nullable=False),
+    sa.Column("correlation_id", sa.Text, nullable=False),
+    sa.Column("event_id", sa.Text, nullable=False),
+    sa.Column("received_at", TS, nullable=False),
+    sa.Column("order_id", sa.Text),
+    sa.Column("channel", sa.Text, nullable=False),
+    sa.Column("flow", sa.Text, nullable=False),
+    sa.Column("stage", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("system", sa.Text),
+    sa.Column("latency_ms", sa.Float),
+    sa.Column("error_code", sa.Text),
+    sa.Column("error_message", sa.Text),
+    sa.Column("attributes", JSONB, nullable=False),
+    sa.Column("payload", JSONB),
+    sa.Column("trace_id", sa.Text),
+    sa.Column("span_id", sa.Text),
+    sa.Column("parent_span_id", sa.Text),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.PrimaryKeyConstraint("correlation_id", "event_id", "occurred_at", name="events_pkey"),
+    sa.Index("events_received_at_idx", "received_at"),
+    postgresql_partition_by="RANGE (occurred_at)",
+)
+
+transactions = sa.Table(
+    "transactions",
+    metadata,
+    sa.Column("correlation_id", sa.Text, primary_key=True),
+    sa.Column("channel", sa.Text, nullable=False),
+    sa.Column("flow", sa.Text, nullable=False),
+    sa.Column("order_id", sa.Text),
+    sa.Column("first_event_at", TS, nullable=False),
+    sa.Column("first_event_id", sa.Text, nullable=False),
+    sa.Column("last_event_at", TS, nullable=False),
+    sa.Column("last_event_id", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("last_milestone", sa.Text, nullable=False),
+    sa.Column("last_system", sa.Text),
+    sa.Column("event_count", sa.Integer, nullable=False),
+    sa.Column("error_count", sa.Integer, nullable=False),
+    sa.Column("retry_count", sa.Integer, nullable=False),
+    sa.Column("dead_letter_count", sa.Integer, nullable=False),
+    sa.Column("last_error_at", TS),
+    sa.Column("last_error_code", sa.Text),
+    sa.Column("last_error_message", sa.Text),
+    sa.Column("updated_at", TS, nullable=False),
+    sa.Index("transactions_channel_first_idx", "channel", "first_event_at"),
+    sa.Index("transactions_last_event_idx", "last_event_at"),
+    sa.Index("transactions_updated_idx", "updated_at"),
+    sa.Index("transactions_order_idx", "order_id"),
+)
+
+# The earliest successful time each milestone (`flow.stage`) was reached, one row per
+# transaction and milestone: SLA latency and open-breach queries read it through its indexes.
+transaction_milestones = sa.Table(
+    "transaction_milestones",
+    metadata,
+    sa.Column("correlation_id", sa.Text, nullable=False),
+    sa.Column("milestone", sa.Text, nullable=False),
+    sa.Column("reached_at", TS, nullable=False),
+    sa.Column("channel", sa.Text, nullable=False),
+    sa.Column("recorded_at", TS, nullable=False),
+    sa.PrimaryKeyConstraint("correlation_id", "milestone", name="transaction_milestones_pkey"),
+    sa.Index("transaction_milestones_lookup_idx", "milestone", "channel", "reached_at"),
+    sa.Index("transaction_milestones_recorded_idx", "recorded_at"),
+)
+
+# Every business key seen for a transaction (order id, marketplace order number, SKU,
+# tracking number, ERP document, settlement id, ...): search resolves a key here first.
+transaction_keys = sa.Table(
+    "transaction_keys",
+    metadata,
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("correlation_id", sa.Text, nullable=False),
+    sa.Column("first_seen_at", TS, nullable=False),
+    sa.PrimaryKeyConstraint("value", "kind", "correlation_id", name="transaction_keys_pkey"),
+    sa.Index("transaction_keys_correlation_idx", "correlation_id"),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.Integer, sa.Identity(), primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("prefix", sa.Text, nullable=False, unique=True),
+    sa.Column("key_hash", sa.Text, nullable=False),
+    sa.Column("scopes", ARRAY(sa.Text), nullable=False),
+    sa.Column("created_at", TS, nullable=False, server_default=sa.func.now()),
+    sa.Column("expires_at", TS),
+    sa.Column("revoked_at", TS),
+    sa.Column("last_used_at", TS),
+)

@@ -1,0 +1,73 @@
+"""Tables written by `metrics/` (SLA definitions, rollups, health); read by app and alerts."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+from controltower.schema.base import metadata
+
+# Written by metrics when it loads slas.yaml; the core's transaction view reads it to give
+# each transaction its SLA verdicts without importing metrics.
+sla_definitions = sa.Table(
+    "sla_definitions",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("from_milestone", sa.Text),
+    sa.Column("to_milestone", sa.Text),
+    sa.Column("default_target_ms", sa.BigInteger),
+    sa.Column("targets_ms", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("deadline_attribute", sa.Text),
+    sa.Column("objective", sa.Float),
+    sa.Column("description", sa.Text),
+    sa.Column("definition", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)
+
+# The current SLA table: one row per SLA, channel and window, recomputed by the scheduler's
+# metrics job. `/v1/sla`, the dashboard and the alert evaluator read it.
+sla_status = sa.Table(
+    "sla_status",
+    metadata,
+    sa.Column("sla", sa.Text, nullable=False),
+    sa.Column("channel", sa.Text, nullable=False),
+    sa.Column("window", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("computed_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("count", sa.BigInteger),
+    sa.Column("p50_ms", sa.Float),
+    sa.Column("p95_ms", sa.Float),
+    sa.Column("p99_ms", sa.Float),
+    sa.Column("target_ms", sa.BigInteger),
+    sa.Column("within_target_ratio", sa.Float),
+    sa.Column("open_breaches", sa.Integer),
+    sa.Column("oldest_breach_ms", sa.BigInteger),
+    sa.Column("value", sa.Float),
+    sa.Column("threshold", sa.Float),
+    sa.Column("health", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("objective", sa.Float),
+    sa.Column("error_budget_remaining", sa.Float),
+    sa.Column("burn_rate_short", sa.Float),
+    sa.Column("burn_rate_long", sa.Float),
+    sa.Column("details", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.PrimaryKeyConstraint("sla", "channel", "window", name="sla_status_pkey"),
+)
+
+# Where is the delay: per channel and hop (marketplace ingestion, middleware, ERP posting,
+# warehouse release, carrier confirmation, channel confirmation) volume, backlog and health.
+hop_health = sa.Table(
+    "hop_health",
+    metadata,
+    sa.Column("channel", sa.Text, nullable=False),
+    sa.Column("hop", sa.Text, nullable=False),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("computed_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("volume", sa.BigInteger, nullable=False),
+    sa.Column("backlog", sa.BigInteger, nullable=False),
+    sa.Column("p95_ms", sa.Float),
+    sa.Column("health", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.PrimaryKeyConstraint("channel", "hop", name="hop_health_pkey"),
+)

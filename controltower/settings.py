@@ -1,0 +1,220 @@
+"""Settings: declared once with defaults and help, built once per process.
+
+Precedence is flags > environment (`CONTROLTOWER_<NAME>`) > defaults. Nothing here reads the
+environment at import time: `Settings.load()` does, when a process starts, and the frozen
+result is passed down. Every setting is documented in README.md (a test checks it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from controltower.errors import ConfigError
+
+ENV_PREFIX = "CONTROLTOWER_"
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str, *, where: str = "duration") -> float:
+    """Parse `90s`, `15m`, `4h`, `7d`, `250ms` or a bare number of seconds into seconds."""
+    raw = str(text).strip()
+    for unit in ("ms", "s", "m", "h", "d", "w"):
+        if raw.endswith(unit):
+            number = raw[: -len(unit)]
+            try:
+                value = float(number)
+            except ValueError:
+                break
+            if value < 0:
+                break
+            return value * _UNITS[unit]
+    else:
+        try:
+            value = float(raw)
+        except ValueError:
+            value = -1
+        if value >= 0:
+            return value
+    raise ConfigError(f'{where}: "{text}" is not a duration (expected e.g. 250ms, 90s, 15m, 4h, 7d)')
+
+
+def _bool(text: str, where: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f'{where}: "{text}" is not a boolean (expected true or false)')
+
+
+def _int(text: str, where: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f'{where}: "{text}" is not an integer') from None
+    if value < 0:
+        raise ConfigError(f'{where}: "{text}" must not be negative')
+    return value
+
+
+def _size(text: str, where: str) -> int:
+    raw = text.strip().upper()
+    for suffix, factor in (("KIB", 1024), ("MIB", 1024**2), ("GIB", 1024**3), ("B", 1)):
+        if raw.endswith(suffix):
+            return _int(raw[: -len(suffix)].strip(), where) * factor
+    return _int(raw, where)
+
+
+def _list(text: str, where: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def _str(text: str, where: str) -> str:
+    return text
+
+
+def _opt_str(text: str, where: str) -> str | None:
+    return text or None
+
+
+def _path(text: str, where: str) -> Path:
+    return Path(text).expanduser()
+
+
+def _opt_path(text: str, where: str) -> Path | None:
+    return Path(text).expanduser() if text else None
+
+
+def _seconds(text: str, where: str) -> float:
+    return parse_duration(text, where=where)
+
+
+def _setting(default: Any, parse: Callable[[str, str], Any], help: str) -> Any:
+    return field(default=default, metadata={"parse": parse, "help": help})
+
+
+DEFAULT_KEY_ATTRIBUTES = (
+    "external_order_id",
+    "marketplace_order_id",
+    "erp_document",
+    "sku",
+    "tracking_number",
+    "settlement_id",
+    "return_id",
+    "rma",
+    "feed_id",
+    "shipment_id",
+    "invoice_id",
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None = _setting(
+        None,
+        _opt_str,
+        "PostgreSQL URL (postgresql+psycopg://user:pass@host/db). Unset: an embedded PostgreSQL "
+        "is started from the pgserver package in data_dir.",
+    )
+    data_dir: Path = _setting(
+        Path(".controltower"),
+        _path,
+        "Folder for local state: the embedded database (data_dir/pgdata), drop folders, demo output.",
+    )
+    host: str = _setting("127.0.0.1", _str, "Address the collector listens on.")
+    port: int = _setting(4318, _int, "Collector port (4318 is the standard OTLP/HTTP port).")
+    workers: int = _setting(1, _int, "Collector worker processes (uvicorn --workers).")
+    max_body_bytes: int = _setting(
+        64 * 1024 * 1024,
+        _size,
+        "Largest request body accepted, after decompression (413 past it). Accepts 64MiB, 1048576.",
+    )
+    max_batch_events: int = _setting(
+        50_000, _int, "Most records one request may carry; records past it are rejected each with a reason."
+    )
+    max_event_age: float = _setting(
+        30 * 86400.0,
+        _seconds,
+        "Events whose occurred_at is older than this are rejected per record (e.g. 30d).",
+    )
+    max_future_skew: float = _setting(
+        3600.0, _seconds, "Events whose occurred_at is further than this in the future are rejected (e.g. 1h)."
+    )
+    max_inflight_batches: int = _setting(
+        8,
+        _int,
+        "Write batches a collector process runs at once; past it requests get 503 with Retry-After "
+        "instead of being queued without bound.",
+    )
+    retry_after_seconds: int = _setting(
+        2, _int, "Retry-After value sent with 429/503 answers, in seconds."
+    )
+    key_attributes: tuple[str, ...] = _setting(
+        DEFAULT_KEY_ATTRIBUTES,
+        _list,
+        "Event attributes indexed as searchable business keys (comma-separated).",
+    )
+    masking_rules: Path | None = _setting(
+        None,
+        _opt_path,
+        "YAML file of personal-data masking rules replacing the built-in ones (see README).",
+    )
+    require_api_keys: bool = _setting(
+        False,
+        _bool,
+        "Demand an API key on ingest even before any key exists. Keys are always demanded once "
+        "one has been created with `controltower keys create`.",
+    )
+    slas_file: Path | None = _setting(
+        None, _opt_path, "SLA definitions YAML; unset: the shipped retail defaults."
+    )
+    alerts_file: Path | None = _setting(
+        None, _opt_path, "Alert rules YAML; unset: the shipped defaults."
+    )
+    dashboard_port: int = _setting(8501, _int, "Dashboard (Streamlit) port.")
+    dashboard_url: str = _setting(
+        "http://127.0.0.1:8501",
+        _str,
+        "Public URL of the dashboard, used for deep links in alert notifications.",
+    )
+    refresh_seconds: float = _setting(
+        15.0, _seconds, "Dashboard live-refresh interval and query cache lifetime."
+    )
+    evaluation_interval: float = _setting(
+        30.0, _seconds, "How often the scheduler recomputes rollups and evaluates alert rules."
+    )
+    log_level: str = _setting("info", _str, "Log level: debug, info, warning, error.")
+
+    @classmethod
+    def fields_help(cls) -> dict[str, str]:
+        return {f.name: f.metadata["help"] for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def load(
+        cls,
+        overrides: Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> Settings:
+        """Build settings from flags (`overrides`, None values ignored) > environment > defaults."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = ENV_PREFIX + f.name.upper()
+            if name in env:
+                values[f.name] = f.metadata["parse"](env[name], name)
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key, value in (overrides or {}).items():
+            if key not in known:
+                raise ConfigError(f"unknown setting {key!r}")
+            if value is not None:
+                values[key] = value
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,86 @@
+"""YAML configuration files with line-precise errors.
+
+Every config file (SLA definitions, alert rules, masking rules) is loaded here so that a
+mistake is reported as `file:line: what is wrong` instead of a traceback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from controltower.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Located:
+    """A loaded YAML document plus the line (1-based) of every mapping key and list item."""
+
+    source: str
+    data: Any
+    lines: dict[tuple[Any, ...], int]
+
+    def line(self, *path: Any) -> int:
+        """Line of the deepest known node on `path` (falls back towards the root)."""
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return self.lines.get((), 1)
+
+    def error(self, message: str, *path: Any) -> ConfigError:
+        return ConfigError(f"{self.source}:{self.line(*path)}: {message}")
+
+    def where(self, *path: Any) -> str:
+        return f"{self.source}:{self.line(*path)}"
+
+
+def _walk(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ...], int], source: str) -> Any:
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = _scalar(key_node)
+            if key in out:
+                raise ConfigError(f"{source}:{key_node.start_mark.line + 1}: duplicate key {key!r}")
+            lines[(*path, key)] = key_node.start_mark.line + 1
+            out[key] = _walk(value_node, (*path, key), lines, source)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_walk(item, (*path, i), lines, source) for i, item in enumerate(node.value)]
+    return _scalar(node)
+
+
+def _scalar(node: yaml.Node) -> Any:
+    value = yaml.constructor.SafeConstructor().construct_object(node, deep=True)
+    return tuple(value) if isinstance(value, list) else value
+
+
+def loads(text: str, source: str = "<string>") -> Located:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        raise ConfigError(f"{source}:{line}: not valid YAML: {exc.problem or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    lines: dict[tuple[Any, ...], int] = {}
+    data = None if node is None else _walk(node, (), lines, source)
+    return Located(source, data, lines)
+
+
+def load(path: Path | str) -> Located:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    return loads(text, str(path))
