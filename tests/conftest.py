@@ -1,0 +1,124 @@
+"""Shared fixtures: one real PostgreSQL per test session, a clean database for every test.
+
+The server is the one at CONTROLTOWER_TEST_DATABASE_URL when set (any database on it; a fresh
+database is created beside it for the session), else an embedded PostgreSQL from pgserver in
+a temporary folder. Tables are truncated between tests (partitions are kept).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from controltower import migrate
+from controltower.db import make_engine, normalize_url
+from controltower.schema import metadata
+from controltower.settings import Settings
+
+
+def _admin_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    configured = os.environ.get("CONTROLTOWER_TEST_DATABASE_URL")
+    if configured:
+        return normalize_url(configured)
+    import pgserver
+
+    folder = tmp_path_factory.mktemp("pg") / "pgdata"
+    server = pgserver.get_server(folder, cleanup_mode="delete")
+    return normalize_url(server.get_uri())
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    admin_url = _admin_url(tmp_path_factory)
+    name = f"ct_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    yield url
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def migrated_engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url, pool_size=4)
+    migrate.upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+def truncate_all(engine: Engine) -> None:
+    names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture
+def engine(migrated_engine: Engine) -> Engine:
+    truncate_all(migrated_engine)
+    return migrated_engine
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path) -> Settings:
+    return Settings.load(
+        {"database_url": database_url, "data_dir": tmp_path / "data"}, environ={}
+    )
+
+
+@pytest.fixture
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class LoopbackServer:
+    """A real uvicorn server on a free loopback port, run in a background thread."""
+
+    def __init__(self, app: object) -> None:
+        import socket
+        import threading
+
+        import uvicorn
+
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        sock.close()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LoopbackServer:
+        import time
+
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def collector(engine: Engine, settings: Settings) -> Iterator[LoopbackServer]:
+    """The real collector app (every room's routes) on loopback, over the test database."""
+    from controltower.context import AppContext
+    from controltower.server import build_app
+
+    context = AppContext(settings, engine)
+    with LoopbackServer(build_app(context)) as server:
+        yield server
