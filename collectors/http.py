@@ -21,11 +21,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from collectors import bodies, otlp, spans
-from collectors.auth import KeyCache
 from collectors.counters import Counters
 from collectors.masking import Masker, MaskingRules
 from collectors.store import EventStore, IngestResult
 from controltower import transactions
+from controltower.auth import KeyCache
 from controltower.context import AppContext
 from controltower.db import is_unavailable
 from controltower.errors import StorageUnavailable

@@ -54,6 +54,8 @@ def _main(
         level=getattr(logging, settings.log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not debug:
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # "will assume transactional DDL"
     ctx.obj = {"settings": settings}
 
 

@@ -1,10 +1,62 @@
-"""Scheduled jobs of the metrics room (rollups, SLA table, health), run by the scheduler's leader."""
+"""The metrics job, run by the scheduler's leader: rollups, then the SLA table and hop health.
+
+`refresh(engine, definitions, now)` is also what `controltower sla --refresh`, the demo and the
+tests call. The stored table (`sla_status` for the standard windows, `hop_health`) is what the
+dashboard and the alert evaluator read.
+"""
 
 from __future__ import annotations
 
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.engine import Engine
+
 from controltower.context import AppContext
 from controltower.jobs import ScheduledJob
+from controltower.schema.metrics import hop_health, sla_status
+from metrics import compute, definitions, rollups
+
+log = logging.getLogger(__name__)
+WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24)}
+_STATUS_COLUMNS = [c.name for c in sla_status.columns]
+
+
+def load_definitions(settings: Any) -> definitions.Definitions:
+    return definitions.load(settings.slas_file)
+
+
+def refresh(engine: Engine, defs: definitions.Definitions, now: datetime) -> dict[str, Any]:
+    stats = rollups.refresh_rollups(engine, defs, now)
+    with engine.connect() as conn:
+        tables = {name: compute.sla_table(conn, defs, window=window, now=now) for name, window in WINDOWS.items()}
+    hops = compute.hop_health(defs, tables["1h"])
+    with engine.begin() as conn:
+        conn.execute(sla_status.delete())
+        for name, table in tables.items():
+            rows = [{k: v for k, v in r.items() if k in _STATUS_COLUMNS} | {"window": name, "computed_at": now} for r in table]
+            if rows:
+                conn.execute(insert(sla_status), rows)
+        conn.execute(hop_health.delete())
+        if hops:
+            conn.execute(insert(hop_health), [h | {"computed_at": now} for h in hops])
+    stats["sla_rows"] = sum(len(t) for t in tables.values())
+    return stats
 
 
 def jobs(context: AppContext) -> list[ScheduledJob]:
-    return []
+    defs = load_definitions(context.settings)
+    definitions.publish(context.engine, defs)
+
+    def run(now: datetime) -> object:
+        return refresh(context.engine, defs, now)
+
+    return [ScheduledJob("metrics.refresh", run, context.settings.evaluation_interval)]
+
+
+def stored_table(engine: Engine, window: str) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(sa.select(sla_status).where(sla_status.c.window == window))]

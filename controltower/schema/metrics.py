@@ -71,3 +71,97 @@ hop_health = sa.Table(
     sa.Column("reason", sa.Text),
     sa.PrimaryKeyConstraint("channel", "hop", name="hop_health_pkey"),
 )
+
+TS = sa.DateTime(timezone=True)
+
+# Derived by the metrics job from events and transaction_milestones; rebuildable.
+metrics_watermarks = sa.Table(
+    "metrics_watermarks",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("value", TS, nullable=False),
+)
+
+sla_samples = sa.Table(
+    "sla_samples",
+    metadata,
+    sa.Column("sla", sa.Text, nullable=False),
+    sa.Column("correlation_id", sa.Text, nullable=False),
+    sa.Column("channel", sa.Text, nullable=False),
+    sa.Column("started_at", TS, nullable=False),
+    sa.Column("completed_at", TS, nullable=False),
+    sa.Column("latency_ms", sa.Float, nullable=False),
+    sa.Column("due_at", TS),
+    sa.Column("met", sa.Boolean, nullable=False),
+    sa.PrimaryKeyConstraint("sla", "correlation_id", name="sla_samples_pkey"),
+    sa.Index("sla_samples_completed_idx", "sla", "channel", "completed_at"),
+)
+
+sla_open_items = sa.Table(
+    "sla_open_items",
+    metadata,
+    sa.Column("sla", sa.Text, nullable=False),
+    sa.Column("correlation_id", sa.Text, nullable=False),
+    sa.Column("channel", sa.Text, nullable=False),
+    sa.Column("started_at", TS, nullable=False),
+    sa.Column("due_at", TS, nullable=False),
+    sa.PrimaryKeyConstraint("sla", "correlation_id", name="sla_open_items_pkey"),
+    sa.Index("sla_open_items_due_idx", "sla", "channel", "due_at"),
+)
+
+sla_deadlines = sa.Table(
+    "sla_deadlines",
+    metadata,
+    sa.Column("sla", sa.Text, nullable=False),
+    sa.Column("correlation_id", sa.Text, nullable=False),
+    sa.Column("due_at", TS, nullable=False),
+    sa.PrimaryKeyConstraint("sla", "correlation_id", name="sla_deadlines_pkey"),
+)
+
+sla_rollup_minute = sa.Table(
+    "sla_rollup_minute",
+    metadata,
+    sa.Column("sla", sa.Text, nullable=False),
+    sa.Column("channel", sa.Text, nullable=False),
+    sa.Column("minute", TS, nullable=False),
+    sa.Column("count", sa.BigInteger, nullable=False),
+    sa.Column("met", sa.BigInteger, nullable=False),
+    sa.Column("hist", JSONB, nullable=False),
+    sa.PrimaryKeyConstraint("sla", "channel", "minute", name="sla_rollup_minute_pkey"),
+    sa.Index("sla_rollup_minute_time_idx", "minute"),
+)
+
+sla_rollup_hour = sa.Table(
+    "sla_rollup_hour",
+    metadata,
+    sa.Column("sla", sa.Text, nullable=False),
+    sa.Column("channel", sa.Text, nullable=False),
+    sa.Column("hour", TS, nullable=False),
+    sa.Column("count", sa.BigInteger, nullable=False),
+    sa.Column("met", sa.BigInteger, nullable=False),
+    sa.Column("hist", JSONB, nullable=False),
+    sa.PrimaryKeyConstraint("sla", "channel", "hour", name="sla_rollup_hour_pkey"),
+)
+
+event_rollup_minute = sa.Table(
+    "event_rollup_minute",
+    metadata,
+    sa.Column("minute", TS, nullable=False),
+    sa.Column("channel", sa.Text, nullable=False),
+    sa.Column("flow", sa.Text, nullable=False),
+    sa.Column("stage", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("count", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("minute", "channel", "flow", "stage", "status", name="event_rollup_minute_pkey"),
+    sa.Index("event_rollup_minute_channel_idx", "channel", "minute"),
+)
+
+freshness_state = sa.Table(
+    "freshness_state",
+    metadata,
+    sa.Column("sla", sa.Text, nullable=False),
+    sa.Column("channel", sa.Text, nullable=False),
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("last_at", TS, nullable=False),
+    sa.PrimaryKeyConstraint("sla", "channel", "key", name="freshness_state_pkey"),
+)

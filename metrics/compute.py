@@ -1,0 +1,372 @@
+"""The SLA table, channel health, error budgets and scorecards, read from rollups.
+
+Every query here reads rollups (`sla_rollup_*`, `event_rollup_minute`, `freshness_state`) or
+`sla_open_items` through their indexes: the cost depends on the window's length in minutes
+and hours and the number of open breaches, never on the number of raw events.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from metrics.definitions import SLA, Definitions
+from metrics.rollups import SILENCE_KEY, percentile
+
+HEALTH_ORDER = {"ok": 0, "warn": 1, "critical": 2}
+SHORT_BURN = timedelta(hours=1)  # Google SRE workbook: page on 1 h (and 5 m) burn > 14.4
+LONG_BURN = timedelta(hours=6)  # ... and on 6 h (and 30 m) burn > 6
+PAGE_BURN, TICKET_BURN = 14.4, 6.0
+MIN_SAMPLES = 10  # below this, a ratio says nothing about health
+
+
+def human_ms(ms: float | None) -> str:
+    if ms is None:
+        return "-"
+    seconds = ms / 1000
+    if seconds < 1:
+        return f"{ms:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = seconds / 60
+    if minutes < 60:
+        return f"{minutes:.0f} min"
+    hours, minutes = divmod(int(minutes), 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    return f"{hours // 24} d {hours % 24} h"
+
+
+def worst(healths: list[str]) -> str:
+    return max(healths, key=lambda h: HEALTH_ORDER.get(h, 0), default="ok")
+
+
+@dataclass(frozen=True)
+class Span:
+    """A window split into whole hours (hour rollups) and ragged edges (minute rollups)."""
+
+    start: datetime
+    end: datetime
+
+    @property
+    def hours(self) -> tuple[datetime, datetime]:
+        first = self.start.replace(minute=0, second=0, microsecond=0)
+        if first < self.start:
+            first += timedelta(hours=1)
+        last = self.end.replace(minute=0, second=0, microsecond=0)
+        return first, max(first, last)
+
+
+_LATENCY_HIST = sa.text("""
+WITH r AS (
+    SELECT sla, channel, count, met, hist FROM sla_rollup_hour
+    WHERE hour >= :h0 AND hour < :h1 AND (CAST(:channel AS text) IS NULL OR channel = :channel)
+    UNION ALL
+    SELECT sla, channel, count, met, hist FROM sla_rollup_minute
+    WHERE ((minute >= :start AND minute < :h0) OR (minute >= GREATEST(:h1, :start) AND minute < :end))
+      AND (CAST(:channel AS text) IS NULL OR channel = :channel)
+)
+SELECT sla, channel, e.key::int AS bucket, sum(e.value::bigint) AS n
+FROM r, jsonb_each_text(r.hist) e GROUP BY 1, 2, 3
+""")
+
+_LATENCY_COUNTS = sa.text("""
+SELECT sla, channel, sum(count) AS count, sum(met) AS met FROM (
+    SELECT sla, channel, count, met FROM sla_rollup_hour
+    WHERE hour >= :h0 AND hour < :h1 AND (CAST(:channel AS text) IS NULL OR channel = :channel)
+    UNION ALL
+    SELECT sla, channel, count, met FROM sla_rollup_minute
+    WHERE ((minute >= :start AND minute < :h0) OR (minute >= GREATEST(:h1, :start) AND minute < :end))
+      AND (CAST(:channel AS text) IS NULL OR channel = :channel)
+) r GROUP BY 1, 2
+""")
+
+_OPEN = sa.text("""
+SELECT sla, channel, count(*) AS n, min(started_at) AS oldest, count(*) FILTER (WHERE started_at >= :period_start) AS in_period
+FROM sla_open_items
+WHERE due_at < :now AND (CAST(:channel AS text) IS NULL OR channel = :channel)
+GROUP BY 1, 2
+""")
+
+_EVENTS = sa.text("""
+SELECT channel, flow, status, sum(count) AS n FROM event_rollup_minute
+WHERE minute >= :start AND minute < :end AND (CAST(:channel AS text) IS NULL OR channel = :channel)
+GROUP BY 1, 2, 3
+""")
+
+_FRESH = sa.text("""
+SELECT sla, channel, key, last_at FROM freshness_state
+WHERE (CAST(:channel AS text) IS NULL OR channel = :channel)
+""")
+
+
+def _counts(conn: Connection, start: datetime, end: datetime, channel: str | None) -> dict[tuple[str, str], tuple[int, int]]:
+    h0, h1 = Span(start, end).hours
+    rows = conn.execute(_LATENCY_COUNTS, {"start": start, "end": end, "h0": h0, "h1": h1, "channel": channel})
+    return {(r.sla, r.channel): (int(r.count), int(r.met)) for r in rows}
+
+
+def sla_table(conn: Connection, definitions: Definitions, *, window: timedelta, now: datetime, channel: str | None = None) -> list[dict[str, Any]]:
+    """Every SLA per channel over `[now - window, now)`, with health and error budget."""
+    start = now - window
+    h0, h1 = Span(start, now).hours
+    params = {"start": start, "end": now, "h0": h0, "h1": h1, "channel": channel}
+    hists: dict[tuple[str, str], dict[int, int]] = defaultdict(dict)
+    for r in conn.execute(_LATENCY_HIST, params):
+        hists[(r.sla, r.channel)][int(r.bucket)] = int(r.n)
+    counts = _counts(conn, start, now, channel)
+    longest = max((s.period_s for s in definitions.latency), default=0)
+    period_counts = {}
+    for sla in definitions.latency:
+        if sla.objective:
+            period_counts[sla.period_s] = period_counts.get(sla.period_s) or _counts(conn, now - timedelta(seconds=sla.period_s), now, channel)
+    short = _counts(conn, now - SHORT_BURN, now, channel)
+    long = _counts(conn, now - LONG_BURN, now, channel)
+    open_rows: dict[tuple[str, str], Any] = {}
+    for r in conn.execute(_OPEN, {"now": now, "channel": channel, "period_start": now - timedelta(seconds=longest)}):
+        open_rows[(r.sla, r.channel)] = r
+    events: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for r in conn.execute(_EVENTS, params):
+        events[r.channel][r.status] += int(r.n)
+    fresh: dict[tuple[str, str], dict[str, datetime]] = defaultdict(dict)
+    for r in conn.execute(_FRESH, {"channel": channel}):
+        fresh[(r.sla, r.channel)][r.key] = r.last_at
+
+    channels = sorted({c for _, c in counts} | {c for _, c in open_rows} | set(events) | {c for _, c in fresh})
+    if channel is not None:
+        channels = [channel]
+    out: list[dict[str, Any]] = []
+    for sla in definitions.slas:
+        for ch in channels:
+            if sla.is_latency:
+                row = _latency_row(sla, ch, counts, hists, open_rows, period_counts, short, long, now)
+            elif sla.kind == "rate":
+                row = _rate_row(sla, ch, events.get(ch))
+            elif sla.kind == "freshness":
+                row = _freshness_row(sla, ch, fresh.get((sla.name, ch)), now)
+            else:
+                row = _absence_row(sla, ch, fresh.get((sla.name, ch), {}).get(SILENCE_KEY), now)
+            if row is not None:
+                out.append(row)
+    return out
+
+
+def flow_of(sla: SLA | None) -> str:
+    if sla is None:
+        return "*"
+    return (sla.from_milestone or sla.milestone or "").split(".")[0] or sla.flow or "*"
+
+
+def _base(sla: SLA, channel: str) -> dict[str, Any]:
+    return {
+        "sla": sla.name, "kind": sla.kind, "channel": channel, "flow": flow_of(sla),
+        "count": None, "p50_ms": None, "p95_ms": None, "p99_ms": None, "target_ms": None,
+        "within_target_ratio": None, "open_breaches": 0, "oldest_breach_ms": None, "value": None,
+        "threshold": None, "objective": sla.objective, "error_budget_remaining": None,
+        "burn_rate_short": None, "burn_rate_long": None, "health": "ok", "reason": None, "details": {},
+    }
+
+
+def _burn(counts: tuple[int, int] | None, objective: float) -> float | None:
+    if not counts or counts[0] == 0:
+        return None
+    total, met = counts
+    return ((total - met) / total) / (1 - objective)
+
+
+def _latency_row(sla, ch, counts, hists, open_rows, period_counts, short, long, now) -> dict[str, Any] | None:
+    key = (sla.name, ch)
+    total, met = counts.get(key, (0, 0))
+    opened = open_rows.get(key)
+    if total == 0 and opened is None:
+        return None
+    row = _base(sla, ch)
+    hist = hists.get(key, {})
+    row.update(
+        count=total,
+        p50_ms=_round(percentile(hist, 0.50)),
+        p95_ms=_round(percentile(hist, 0.95)),
+        p99_ms=_round(percentile(hist, 0.99)),
+        target_ms=sla.target_for(ch),
+        within_target_ratio=(met / total) if total else None,
+        open_breaches=int(opened.n) if opened else 0,
+        oldest_breach_ms=int((now - opened.oldest).total_seconds() * 1000) if opened else None,
+    )
+    reasons, health = [], "ok"
+    if sla.objective:
+        p_total, p_met = period_counts.get(sla.period_s, {}).get(key, (0, 0))
+        overdue = int(opened.in_period) if opened else 0
+        budget_total = p_total + overdue
+        if budget_total:
+            bad_ratio = (p_total - p_met + overdue) / budget_total
+            row["error_budget_remaining"] = 1 - bad_ratio / (1 - sla.objective)
+        row["burn_rate_short"] = _burn(short.get(key), sla.objective)
+        row["burn_rate_long"] = _burn(long.get(key), sla.objective)
+        row["threshold"] = sla.objective
+    n_open = row["open_breaches"]
+    noun = f"{(sla.from_milestone or 'x').split('.')[0]}s"
+    what = f"{noun} unposted" if sla.to_milestone == "order.erp_posted" else f"{noun} without {sla.to_milestone}"
+    if n_open >= sla.critical_open_breaches:
+        health = "critical"
+    elif n_open >= sla.warn_open_breaches:
+        health = "warn"
+    if n_open:
+        target = f"> {human_ms(sla.target_for(ch))}" if sla.kind == "milestone_latency" else "past their promised date"
+        reasons.append(f"{n_open} {what} {target}, oldest {human_ms(row['oldest_breach_ms'])}")
+    burn_short, burn_long = row["burn_rate_short"] or 0, row["burn_rate_long"] or 0
+    if sla.objective and total >= MIN_SAMPLES:
+        if burn_short >= PAGE_BURN and burn_long >= PAGE_BURN:
+            health = "critical"
+            reasons.append(f"error budget burning {burn_short:.0f}x (1 h)")
+        elif burn_long >= TICKET_BURN:
+            health = worst([health, "warn"])
+            reasons.append(f"error budget burning {burn_long:.1f}x (6 h)")
+        if row["within_target_ratio"] is not None and row["within_target_ratio"] < sla.objective:
+            health = worst([health, "warn"])
+            reasons.append(f"{row['within_target_ratio']:.1%} within target (objective {sla.objective:.1%})")
+    row["health"] = health
+    row["reason"] = f"{sla.name}: " + "; ".join(reasons) if reasons else None
+    return row
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def _rate_row(sla: SLA, ch: str, statuses: dict[str, int] | None) -> dict[str, Any] | None:
+    if not statuses:
+        return None
+    row = _base(sla, ch)
+    total = sum(statuses.values())
+    value: float
+    if sla.metric == "error_ratio":
+        value = (statuses.get("error", 0) + statuses.get("dead_letter", 0)) / total
+    elif sla.metric == "dead_letters":
+        value = statuses.get("dead_letter", 0)
+    elif sla.metric == "retries":
+        value = statuses.get("retry", 0)
+    else:
+        value = total
+    row.update(count=total, value=value, threshold=sla.max, details=dict(statuses))
+    enough = sla.metric != "error_ratio" or total >= sla.min_events
+    if enough and sla.critical is not None and value > sla.critical:
+        row["health"] = "critical"
+    elif enough and sla.max is not None and value > sla.max:
+        row["health"] = "warn"
+    if row["health"] != "ok":
+        shown = f"{value:.1%}" if sla.metric == "error_ratio" else f"{value:.0f}"
+        row["reason"] = f"{sla.name}: {shown} (max {sla.max:.1%})" if sla.metric == "error_ratio" else f"{sla.name}: {shown} (max {sla.max:.0f})"
+    return row
+
+
+def _freshness_row(sla: SLA, ch: str, keys: dict[str, datetime] | None, now: datetime) -> dict[str, Any] | None:
+    if not keys:
+        return None
+    row = _base(sla, ch)
+    limit = sla.max_ms_for(ch) or 0
+    ages = {k: max(0, int((now - at).total_seconds() * 1000)) for k, at in keys.items()}
+    stale = {k: a for k, a in ages.items() if a > limit}
+    oldest_key = max(ages, key=lambda k: ages[k])
+    row.update(
+        count=len(ages), value=ages[oldest_key], threshold=limit, target_ms=int(limit), open_breaches=len(stale),
+        oldest_breach_ms=max(stale.values()) if stale else None, details={"ages_ms": ages},
+    )
+    if stale:
+        row["health"] = "critical" if ages[oldest_key] > limit * sla.critical_factor else "warn"
+        row["reason"] = f"{sla.name}: {len(stale)} of {len(ages)} {sla.key or 'feed'}s stale, oldest {oldest_key} {human_ms(ages[oldest_key])} (max {human_ms(limit)})"
+    return row
+
+
+def _absence_row(sla: SLA, ch: str, last: datetime | None, now: datetime) -> dict[str, Any] | None:
+    if last is None:
+        return None
+    row = _base(sla, ch)
+    limit = sla.max_ms_for(ch) or 0
+    silent = max(0, int((now - last).total_seconds() * 1000))
+    row.update(value=silent, threshold=limit, target_ms=int(limit), details={"last_event_at": last.isoformat()})
+    if silent > limit:
+        row["health"] = "critical" if silent > limit * sla.critical_factor else "warn"
+        row["open_breaches"] = 1
+        row["oldest_breach_ms"] = silent
+        row["reason"] = f"{sla.name}: no events from {ch} for {human_ms(silent)} (max {human_ms(limit)})"
+    return row
+
+
+def hop_health(definitions: Definitions, table: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per channel and hop, the health of the SLA that judges it: where is the delay?"""
+    by_key = {(r["sla"], r["channel"]): r for r in table}
+    channels = sorted({r["channel"] for r in table})
+    out = []
+    for ch in channels:
+        for position, hop in enumerate(definitions.hops):
+            r = by_key.get((hop.sla, ch))
+            out.append({
+                "channel": ch, "hop": hop.hop, "position": position,
+                "volume": int(r["count"] or 0) if r else 0,
+                "backlog": int(r["open_breaches"] or 0) if r else 0,
+                "p95_ms": r["p95_ms"] if r else None,
+                "health": r["health"] if r else "ok",
+                "reason": r["reason"] if r else None,
+            })
+    return out
+
+
+def channel_health(table: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Worst health per channel with the reasons of its worst SLAs."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in table:
+        entry = out.setdefault(r["channel"], {"health": "ok", "reasons": []})
+        entry["health"] = worst([entry["health"], r["health"]])
+    for r in table:
+        if r["health"] == out[r["channel"]]["health"] and r["reason"]:
+            out[r["channel"]]["reasons"].append(r["reason"])
+    return out
+
+
+def open_breaches(conn: Connection, *, sla: str, now: datetime, channel: str | None = None, limit: int = 500) -> list[dict[str, Any]]:
+    """Offending transactions of one SLA, oldest first (e.g. the unposted orders)."""
+    rows = conn.execute(
+        sa.text("""
+            SELECT i.correlation_id, i.channel, i.started_at, i.due_at, t.order_id, t.last_milestone, t.status
+            FROM sla_open_items i LEFT JOIN transactions t ON t.correlation_id = i.correlation_id
+            WHERE i.sla = :sla AND i.due_at < :now AND (CAST(:channel AS text) IS NULL OR i.channel = :channel)
+            ORDER BY i.started_at LIMIT :limit
+        """),
+        {"sla": sla, "now": now, "channel": channel, "limit": limit},
+    )
+    return [
+        {
+            "correlation_id": r.correlation_id, "channel": r.channel, "order_id": r.order_id,
+            "started_at": r.started_at, "due_at": r.due_at, "age_ms": int((now - r.started_at).total_seconds() * 1000),
+            "overdue_ms": int((now - r.due_at).total_seconds() * 1000), "last_milestone": r.last_milestone, "status": r.status,
+        }
+        for r in rows
+    ]
+
+
+def scorecards(conn: Connection, definitions: Definitions, *, now: datetime) -> list[dict[str, Any]]:
+    """Marketplace scorecard rates over their rolling windows, and the budget left."""
+    out = []
+    for card in definitions.scorecards:
+        start = now - timedelta(seconds=card.window_s)
+        total, met = _counts(conn, start, now, card.channel).get((card.sla, card.channel), (0, 0))
+        overdue = conn.execute(
+            sa.text("SELECT count(*) FROM sla_open_items WHERE sla = :sla AND channel = :ch AND due_at < :now AND due_at >= :start"),
+            {"sla": card.sla, "ch": card.channel, "now": now, "start": start},
+        ).scalar_one()
+        late = total - met + overdue
+        judged = total + overdue
+        rate = late / judged if judged else 0.0
+        out.append({
+            "channel": card.channel, "metric": card.metric, "sla": card.sla, "window_days": card.window_s / 86400,
+            "orders": judged, "late": late, "rate": rate, "limit": card.limit,
+            "late_orders_left": max(0, math.floor(card.limit * judged) - late),
+            "health": "critical" if rate > card.limit else ("warn" if rate > 0.8 * card.limit else "ok"),
+        })
+    return out

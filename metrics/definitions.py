@@ -1,0 +1,326 @@
+"""SLA definitions: the YAML file, validated with line-precise errors, and their table.
+
+`load(path)` returns `Definitions` (SLAs, hops, scorecards) or raises ConfigError naming
+`file:line`. Unknown milestone names are allowed (new flows need no code change) but returned
+as warnings. `publish(engine, definitions)` writes them to `sla_definitions`, which the core's
+transaction view reads to give a single transaction its verdicts.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.engine import Engine
+
+from controltower import yamlfile
+from controltower.errors import ConfigError
+from controltower.schema.metrics import sla_definitions
+from controltower.settings import parse_duration
+
+KINDS = ("milestone_latency", "deadline", "freshness", "rate", "absence")
+RATE_METRICS = ("error_ratio", "dead_letters", "retries", "throughput")
+KNOWN_MILESTONES = frozenset(
+    f"{flow}.{stage}"
+    for flow, stages in {
+        "order": "received validated acknowledged erp_posted",
+        "fulfilment": "released accepted picked shipped",
+        "shipment": "label_created shipment_confirmed first_scan delivered",
+        "inventory": "changed computed submitted processed published",
+        "cancellation": "requested propagated confirmed",
+        "return": "requested authorized received return_received inspected refund_posted credit_posted",
+        "settlement": "available received parsed matched posted settled",
+        "pos": "uploaded validated statement_calculated statement_posted",
+        "channel": "poll_completed webhook_received throttled token_refreshed",
+    }.items()
+    for stage in stages.split()
+)
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+_MILESTONE = re.compile(r"^[a-z][a-z0-9_-]*\.[a-z][a-z0-9_-]*$")
+_COMMON = {"name", "kind", "description", "objective", "period", "warn_open_breaches", "critical_open_breaches"}
+_KEYS = {
+    "milestone_latency": _COMMON | {"from", "to", "target", "targets"},
+    "deadline": _COMMON | {"from", "to", "deadline_attribute", "target"},
+    "freshness": {"name", "kind", "description", "milestone", "key", "max_age", "max_ages", "critical_factor"},
+    "rate": {"name", "kind", "description", "metric", "flow", "max", "critical", "min_events"},
+    "absence": {"name", "kind", "description", "max_silence", "max_silences", "critical_factor"},
+}
+
+
+@dataclass(frozen=True)
+class SLA:
+    name: str
+    kind: str
+    description: str = ""
+    from_milestone: str | None = None
+    to_milestone: str | None = None
+    target_ms: int | None = None
+    targets_ms: dict[str, int] = field(default_factory=dict)
+    deadline_attribute: str | None = None
+    objective: float | None = None
+    period_s: float = 28 * 86400
+    warn_open_breaches: int = 1
+    critical_open_breaches: int = 25
+    milestone: str | None = None  # freshness
+    key: str | None = None  # freshness: attribute naming the key (location)
+    metric: str | None = None  # rate
+    flow: str | None = None  # rate
+    max: float | None = None  # rate: warn above; freshness/absence: max age/silence in ms
+    critical: float | None = None
+    min_events: int = 20
+    maxes_ms: dict[str, int] = field(default_factory=dict)  # freshness/absence per channel
+    critical_factor: float = 2.0
+
+    def target_for(self, channel: str) -> int | None:
+        return self.targets_ms.get(channel, self.target_ms)
+
+    def max_ms_for(self, channel: str) -> float | None:
+        return self.maxes_ms.get(channel, self.max)
+
+    @property
+    def is_latency(self) -> bool:
+        return self.kind in ("milestone_latency", "deadline")
+
+
+@dataclass(frozen=True)
+class Hop:
+    hop: str
+    sla: str
+
+
+@dataclass(frozen=True)
+class Scorecard:
+    channel: str
+    metric: str
+    sla: str
+    window_s: float
+    limit: float
+
+
+@dataclass(frozen=True)
+class Definitions:
+    slas: tuple[SLA, ...]
+    hops: tuple[Hop, ...] = ()
+    scorecards: tuple[Scorecard, ...] = ()
+    warnings: tuple[str, ...] = ()
+    source: str = "built-in"
+
+    def get(self, name: str) -> SLA | None:
+        return next((s for s in self.slas if s.name == name), None)
+
+    @property
+    def latency(self) -> tuple[SLA, ...]:
+        return tuple(s for s in self.slas if s.is_latency)
+
+
+def default_path() -> Path:
+    return Path(str(resources.files("metrics") / "slas.yaml"))
+
+
+def load(path: Path | str | None = None) -> Definitions:
+    return parse(yamlfile.load(path or default_path()))
+
+
+def loads(text: str, source: str = "<string>") -> Definitions:
+    return parse(yamlfile.loads(text, source))
+
+
+class _Checker:
+    def __init__(self, doc: yamlfile.Located) -> None:
+        self.doc = doc
+        self.warnings: list[str] = []
+
+    def fail(self, message: str, *path: Any) -> ConfigError:
+        return self.doc.error(message, *path)
+
+    def duration_ms(self, value: Any, *path: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise self.fail(f"{path[-1]}: expected a duration like 15m or 4h, got {type(value).__name__}", *path)
+        if isinstance(value, int | float) and value < 0:
+            raise self.fail(f"{path[-1]}: must not be negative", *path)
+        try:
+            seconds = parse_duration(str(value), where=str(path[-1]))
+        except ConfigError as exc:
+            raise self.fail(str(exc), *path) from None
+        if seconds <= 0:
+            raise self.fail(f"{path[-1]}: must be greater than zero", *path)
+        return int(seconds * 1000)
+
+    def number(self, value: Any, *path: Any, low: float = 0.0, high: float | None = None, integer: bool = False) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or (integer and not isinstance(value, int)):
+            raise self.fail(f"{path[-1]}: expected {'an integer' if integer else 'a number'}, got {value!r}", *path)
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f">= {low}"
+            raise self.fail(f"{path[-1]}: {value} must be {bound}", *path)
+        return value
+
+    def text(self, value: Any, *path: Any) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(f"{path[-1]}: expected text, got {value!r}", *path)
+        return value
+
+    def milestone(self, value: Any, *path: Any) -> str:
+        text = self.text(value, *path)
+        if not _MILESTONE.match(text):
+            raise self.fail(f"{path[-1]}: {text!r} is not a milestone name like order.received", *path)
+        if text not in KNOWN_MILESTONES:
+            self.warnings.append(f"{self.doc.where(*path)}: milestone {text!r} is not a standard one (allowed; check the spelling)")
+        return text
+
+    def per_channel(self, value: Any, *path: Any) -> dict[str, int]:
+        if not isinstance(value, dict):
+            raise self.fail(f"{path[-1]}: expected a mapping of channel to duration", *path)
+        return {str(channel): self.duration_ms(v, *path, channel) for channel, v in value.items()}
+
+
+def parse(doc: yamlfile.Located) -> Definitions:
+    c = _Checker(doc)
+    data = doc.data
+    if not isinstance(data, dict) or "slas" not in data:
+        raise c.fail("expected a mapping with an `slas:` list")
+    unknown = set(data) - {"slas", "hops", "scorecards"}
+    if unknown:
+        key = sorted(unknown)[0]
+        raise c.fail(f"unknown section {key!r} (expected slas, hops, scorecards)", key)
+    if not isinstance(data["slas"], list) or not data["slas"]:
+        raise c.fail("slas: expected a non-empty list", "slas")
+    slas: list[SLA] = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(data["slas"]):
+        sla = _parse_sla(c, item, ("slas", i))
+        if sla.name in seen:
+            raise c.fail(f"duplicate SLA name {sla.name!r} (first defined on line {seen[sla.name]})", "slas", i, "name")
+        seen[sla.name] = doc.line("slas", i, "name")
+        slas.append(sla)
+    names = {s.name for s in slas}
+    hops = []
+    for i, item in enumerate(data.get("hops") or []):
+        if not isinstance(item, dict) or set(item) != {"hop", "sla"}:
+            raise c.fail("hops: each item needs exactly `hop` and `sla`", "hops", i)
+        if item["sla"] not in names:
+            raise c.fail(f"hops: unknown SLA {item['sla']!r}", "hops", i, "sla")
+        hops.append(Hop(c.text(item["hop"], "hops", i, "hop"), item["sla"]))
+    scorecards = []
+    for i, item in enumerate(data.get("scorecards") or []):
+        path = ("scorecards", i)
+        if not isinstance(item, dict) or set(item) != {"channel", "metric", "sla", "window", "limit"}:
+            raise c.fail("scorecards: each item needs channel, metric, sla, window and limit", *path)
+        target = next((s for s in slas if s.name == item["sla"]), None)
+        if target is None or not target.is_latency:
+            raise c.fail(f"scorecards: {item['sla']!r} is not a latency or deadline SLA", *path, "sla")
+        scorecards.append(
+            Scorecard(
+                c.text(item["channel"], *path, "channel"),
+                c.text(item["metric"], *path, "metric"),
+                item["sla"],
+                c.duration_ms(item["window"], *path, "window") / 1000,
+                c.number(item["limit"], *path, "limit", high=1.0),
+            )
+        )
+    return Definitions(tuple(slas), tuple(hops), tuple(scorecards), tuple(c.warnings), doc.source)
+
+
+def _parse_sla(c: _Checker, item: Any, path: tuple[Any, ...]) -> SLA:
+    if not isinstance(item, dict):
+        raise c.fail("each SLA must be a mapping", *path)
+    name = item.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise c.fail(f"name: {name!r} must be lower_snake_case (letters, digits, _)", *path, "name")
+    kind = item.get("kind")
+    if kind not in KINDS:
+        raise c.fail(f"{name}: kind {kind!r} is not one of {', '.join(KINDS)}", *path, "kind")
+    extra = sorted(set(item) - _KEYS[kind])
+    if extra:
+        raise c.fail(f"{name}: unknown key {extra[0]!r} for kind {kind}", *path, extra[0])
+
+    def need(key: str) -> Any:
+        if key not in item:
+            raise c.fail(f"{name}: {kind} needs `{key}`", *path)
+        return item[key]
+
+    fields: dict[str, Any] = {"name": name, "kind": kind, "description": str(item.get("description", ""))}
+    if kind in ("milestone_latency", "deadline"):
+        fields["from_milestone"] = c.milestone(need("from"), *path, "from")
+        fields["to_milestone"] = c.milestone(need("to"), *path, "to")
+        if fields["from_milestone"] == fields["to_milestone"]:
+            raise c.fail(f"{name}: from and to are the same milestone", *path, "to")
+        if kind == "milestone_latency":
+            fields["target_ms"] = c.duration_ms(need("target"), *path, "target")
+            fields["targets_ms"] = c.per_channel(item.get("targets", {}), *path, "targets")
+        else:
+            fields["deadline_attribute"] = c.text(need("deadline_attribute"), *path, "deadline_attribute")
+            if "target" in item:  # fallback when a transaction carries no promise
+                fields["target_ms"] = c.duration_ms(item["target"], *path, "target")
+        if "objective" in item:
+            fields["objective"] = c.number(item["objective"], *path, "objective", low=0.0, high=0.99999)
+            if fields["objective"] <= 0:
+                raise c.fail(f"{name}: objective must be above 0 (e.g. 0.99)", *path, "objective")
+        if "period" in item:
+            fields["period_s"] = c.duration_ms(item["period"], *path, "period") / 1000
+        for key in ("warn_open_breaches", "critical_open_breaches"):
+            if key in item:
+                fields[key] = int(c.number(item[key], *path, key, integer=True))
+    elif kind == "freshness":
+        fields["milestone"] = c.milestone(need("milestone"), *path, "milestone")
+        if "key" in item:
+            fields["key"] = c.text(item["key"], *path, "key")
+        fields["max"] = c.duration_ms(need("max_age"), *path, "max_age")
+        fields["maxes_ms"] = c.per_channel(item.get("max_ages", {}), *path, "max_ages")
+        if "critical_factor" in item:
+            fields["critical_factor"] = c.number(item["critical_factor"], *path, "critical_factor", low=1.0)
+    elif kind == "absence":
+        fields["max"] = c.duration_ms(need("max_silence"), *path, "max_silence")
+        fields["maxes_ms"] = c.per_channel(item.get("max_silences", {}), *path, "max_silences")
+        if "critical_factor" in item:
+            fields["critical_factor"] = c.number(item["critical_factor"], *path, "critical_factor", low=1.0)
+    else:
+        metric = need("metric")
+        if metric not in RATE_METRICS:
+            raise c.fail(f"{name}: metric {metric!r} is not one of {', '.join(RATE_METRICS)}", *path, "metric")
+        fields["metric"] = metric
+        fields["max"] = c.number(need("max"), *path, "max", high=1.0 if metric == "error_ratio" else None)
+        if "critical" in item:
+            fields["critical"] = c.number(item["critical"], *path, "critical", high=1.0 if metric == "error_ratio" else None)
+            if fields["critical"] < fields["max"]:
+                raise c.fail(f"{name}: critical ({fields['critical']}) is below max ({fields['max']})", *path, "critical")
+        if "flow" in item:
+            fields["flow"] = c.text(item["flow"], *path, "flow")
+        if "min_events" in item:
+            fields["min_events"] = int(c.number(item["min_events"], *path, "min_events", integer=True))
+    if fields.get("warn_open_breaches", 1) > fields.get("critical_open_breaches", 25):
+        raise c.fail(f"{name}: warn_open_breaches is above critical_open_breaches", *path, "warn_open_breaches")
+    return SLA(**fields)
+
+
+def publish(engine: Engine, definitions: Definitions) -> None:
+    """Replace `sla_definitions` with these latency SLAs (what a transaction's verdicts use)."""
+    rows = [
+        {
+            "name": s.name,
+            "kind": s.kind,
+            "from_milestone": s.from_milestone,
+            "to_milestone": s.to_milestone,
+            "default_target_ms": s.target_ms,
+            "targets_ms": s.targets_ms,
+            "deadline_attribute": s.deadline_attribute,
+            "objective": s.objective,
+            "description": s.description,
+            "definition": {"period_s": s.period_s, "source": definitions.source},
+        }
+        for s in definitions.latency
+    ]
+    with engine.begin() as conn:
+        conn.execute(sla_definitions.delete().where(sla_definitions.c.name.not_in([r["name"] for r in rows])))
+        if rows:
+            stmt = insert(sla_definitions).values(rows)
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["name"],
+                    set_={c: stmt.excluded[c] for c in rows[0] if c != "name"} | {"updated_at": sa.func.now()},
+                )
+            )

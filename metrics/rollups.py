@@ -1,0 +1,278 @@
+"""Incremental maintenance of the SLA samples and rollups (the metrics job's first half).
+
+Each run looks only at what changed since its watermark (minus a safety lag for transactions
+that committed late), so its cost follows the ingest rate, not the data size:
+
+- latency SLAs: every transaction whose `from`/`to` milestone (or promised deadline) was
+  recorded since the watermark gets its exact sample (`sla_samples`) or open item
+  (`sla_open_items`) recomputed from `transaction_milestones`; the minutes whose samples
+  changed are re-aggregated into `sla_rollup_minute` (log-bucket histograms), their hours
+  into `sla_rollup_hour`. Recomputing per transaction makes the result idempotent: late,
+  duplicate and out-of-order events give the same rollups as in-order delivery.
+- event counts: minutes that received events are recounted from `events` per day partition.
+- freshness: the last ok event per channel and key only moves forward (GREATEST).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from metrics.definitions import SLA, Definitions
+
+BUCKET_RATIO = 1.02
+_LN_RATIO = math.log(BUCKET_RATIO)
+LAG = timedelta(minutes=2)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+WATERMARK = "rollups"
+SILENCE_KEY = "*"
+
+
+def bucket_of(ms: float) -> int:
+    return math.floor(math.log(max(ms, 1.0)) / _LN_RATIO)
+
+
+def bucket_value(bucket: int) -> float:
+    """The geometric middle of a bucket: within 1 % of any value in it."""
+    return math.exp((bucket + 0.5) * _LN_RATIO)
+
+
+def percentile(hist: dict[int, int], q: float) -> float | None:
+    total = sum(hist.values())
+    if total == 0:
+        return None
+    rank = max(1, math.ceil(q * total))
+    seen = 0
+    for bucket in sorted(hist):
+        seen += hist[bucket]
+        if seen >= rank:
+            return bucket_value(bucket) if bucket > 0 else min(bucket_value(bucket), 1.0)
+    return bucket_value(max(hist))
+
+
+_TOUCHED = """
+CREATE TEMP TABLE IF NOT EXISTS ct_touched (cid text PRIMARY KEY) ON COMMIT DROP;
+CREATE TEMP TABLE IF NOT EXISTS ct_minutes (channel text, minute timestamptz) ON COMMIT DROP;
+TRUNCATE ct_touched, ct_minutes;
+"""
+
+_DEADLINES = sa.text("""
+INSERT INTO sla_deadlines (sla, correlation_id, due_at)
+SELECT :sla, correlation_id, min(ct_deadline(attributes ->> :attr))
+FROM events
+WHERE received_at > :since AND flow = :flow AND stage = :stage AND attributes ? :attr
+  AND ct_deadline(attributes ->> :attr) IS NOT NULL
+GROUP BY correlation_id
+ON CONFLICT (sla, correlation_id) DO UPDATE SET due_at = LEAST(sla_deadlines.due_at, excluded.due_at)
+""")
+
+_TOUCH = sa.text("""
+INSERT INTO ct_touched (cid)
+SELECT correlation_id FROM transaction_milestones
+WHERE recorded_at > :since AND milestone IN (:a, :b)
+UNION
+SELECT correlation_id FROM sla_deadlines d
+WHERE d.sla = :sla AND d.correlation_id IN (
+    SELECT correlation_id FROM events WHERE received_at > :since AND flow = :flow AND stage = :stage)
+ON CONFLICT DO NOTHING
+""")
+
+_OLD_MINUTES = sa.text("""
+INSERT INTO ct_minutes
+SELECT channel, date_trunc('minute', completed_at) FROM sla_samples
+WHERE sla = :sla AND correlation_id IN (SELECT cid FROM ct_touched)
+""")
+
+_CLEAR = (
+    sa.text("""
+DELETE FROM sla_samples WHERE sla = :sla AND correlation_id IN (SELECT cid FROM ct_touched)
+"""),
+    sa.text("""
+DELETE FROM sla_open_items WHERE sla = :sla AND correlation_id IN (SELECT cid FROM ct_touched)
+"""),
+)
+
+_PAIRS = """
+WITH pairs AS (
+    SELECT t.cid, a.channel, a.reached_at AS started_at, b.reached_at AS completed_at,
+           COALESCE(d.due_at, a.reached_at + make_interval(
+               secs => COALESCE((CAST(:targets AS jsonb) ->> a.channel)::bigint, CAST(:target AS bigint)) / 1000.0
+           )) AS due_at
+    FROM ct_touched t
+    JOIN transaction_milestones a ON a.correlation_id = t.cid AND a.milestone = :a
+    LEFT JOIN transaction_milestones b ON b.correlation_id = t.cid AND b.milestone = :b
+    LEFT JOIN sla_deadlines d ON d.sla = :sla AND d.correlation_id = t.cid
+), samples AS (
+    INSERT INTO sla_samples (sla, correlation_id, channel, started_at, completed_at, latency_ms, due_at, met)
+    SELECT :sla, cid, channel, started_at, completed_at,
+           GREATEST(0, EXTRACT(EPOCH FROM completed_at - started_at) * 1000), due_at, completed_at <= due_at
+    FROM pairs WHERE completed_at IS NOT NULL AND due_at IS NOT NULL
+    RETURNING channel, completed_at
+), items AS (
+    INSERT INTO sla_open_items (sla, correlation_id, channel, started_at, due_at)
+    SELECT :sla, cid, channel, started_at, due_at
+    FROM pairs WHERE completed_at IS NULL AND due_at IS NOT NULL
+)
+INSERT INTO ct_minutes SELECT channel, date_trunc('minute', completed_at) FROM samples
+"""
+
+_ROLLUP_MINUTES = (
+    sa.text("""
+DELETE FROM sla_rollup_minute r USING (SELECT DISTINCT channel, minute FROM ct_minutes) m
+WHERE r.sla = :sla AND r.channel = m.channel AND r.minute = m.minute
+"""),
+    sa.text("""
+INSERT INTO sla_rollup_minute (sla, channel, minute, count, met, hist)
+SELECT :sla, channel, minute, sum(n), sum(met), jsonb_object_agg(bucket, n)
+FROM (
+    SELECT s.channel, m.minute,
+           floor(ln(GREATEST(s.latency_ms, 1)) / ln(:ratio))::int AS bucket,
+           count(*) AS n, count(*) FILTER (WHERE s.met) AS met
+    FROM (SELECT DISTINCT channel, minute FROM ct_minutes) m
+    JOIN sla_samples s ON s.sla = :sla AND s.channel = m.channel
+        AND s.completed_at >= m.minute AND s.completed_at < m.minute + interval '1 minute'
+    GROUP BY 1, 2, 3
+) b
+GROUP BY channel, minute
+"""),
+)
+
+_ROLLUP_HOURS = (
+    sa.text("""
+DELETE FROM sla_rollup_hour r USING (SELECT DISTINCT channel, date_trunc('hour', minute) AS hour FROM ct_minutes) h
+WHERE r.sla = :sla AND r.channel = h.channel AND r.hour = h.hour
+"""),
+    sa.text("""
+INSERT INTO sla_rollup_hour (sla, channel, hour, count, met, hist)
+SELECT :sla, h.channel, h.hour, sum(r.count), sum(r.met),
+       (SELECT jsonb_object_agg(k, n) FROM (
+            SELECT e.key AS k, sum(e.value::bigint) AS n
+            FROM sla_rollup_minute r2, jsonb_each_text(r2.hist) e
+            WHERE r2.sla = :sla AND r2.channel = h.channel
+              AND r2.minute >= h.hour AND r2.minute < h.hour + interval '1 hour'
+            GROUP BY e.key) x)
+FROM (SELECT DISTINCT channel, date_trunc('hour', minute) AS hour FROM ct_minutes) h
+JOIN sla_rollup_minute r ON r.sla = :sla AND r.channel = h.channel
+    AND r.minute >= h.hour AND r.minute < h.hour + interval '1 hour'
+GROUP BY h.channel, h.hour
+"""),
+)
+
+_EVENT_MINUTES = sa.text("""
+SELECT DISTINCT date_trunc('minute', occurred_at) AS minute FROM events WHERE received_at > :since
+""")
+
+_RECOUNT = (
+    sa.text("""
+DELETE FROM event_rollup_minute WHERE minute = ANY(CAST(:minutes AS timestamptz[]))
+"""),
+    sa.text("""
+INSERT INTO event_rollup_minute (minute, channel, flow, stage, status, count)
+SELECT date_trunc('minute', occurred_at), channel, flow, stage, status, count(*)
+FROM events
+WHERE occurred_at >= :lo AND occurred_at < :hi
+  AND date_trunc('minute', occurred_at) = ANY(CAST(:minutes AS timestamptz[]))
+GROUP BY 1, 2, 3, 4, 5
+"""),
+)
+
+_FRESHNESS = sa.text("""
+INSERT INTO freshness_state (sla, channel, key, last_at)
+SELECT :sla, channel, COALESCE(attributes ->> CAST(:key AS text), '*'), max(occurred_at)
+FROM events
+WHERE received_at > :since AND flow = :flow AND stage = :stage AND status = 'ok'
+GROUP BY 2, 3
+ON CONFLICT (sla, channel, key) DO UPDATE SET last_at = GREATEST(freshness_state.last_at, excluded.last_at)
+""")
+
+_SILENCE = sa.text("""
+INSERT INTO freshness_state (sla, channel, key, last_at)
+SELECT :sla, channel, '*', max(occurred_at) FROM events WHERE received_at > :since GROUP BY channel
+ON CONFLICT (sla, channel, key) DO UPDATE SET last_at = GREATEST(freshness_state.last_at, excluded.last_at)
+""")
+
+
+def _run(conn: Connection, statements: tuple[sa.TextClause, ...], params: dict[str, object]) -> None:
+    for statement in statements:
+        conn.execute(statement, params)
+
+
+def _watermark(conn: Connection) -> datetime:
+    value = conn.execute(sa.text("SELECT value FROM metrics_watermarks WHERE name = :n"), {"n": WATERMARK}).scalar()
+    return value or EPOCH
+
+
+def refresh_rollups(engine: Engine, definitions: Definitions, now: datetime) -> dict[str, int]:
+    """Bring samples, open items and rollups up to `now`; returns counts of what changed."""
+    stats: dict[str, int] = defaultdict(int)
+    with engine.begin() as conn:
+        # one refresher at a time (a second scheduler or a CLI `sla --refresh` waits)
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('controltower.metrics.rollups'))"))
+        since = _watermark(conn) - LAG
+        for sla in definitions.latency:
+            stats["transactions"] += _refresh_latency(conn, sla, since)
+        stats["event_minutes"] = _refresh_event_counts(conn, since)
+        for sla in definitions.slas:
+            if sla.kind == "freshness" and sla.milestone:
+                flow, stage = sla.milestone.split(".", 1)
+                conn.execute(_FRESHNESS, {"sla": sla.name, "key": sla.key, "since": since, "flow": flow, "stage": stage})
+            elif sla.kind == "absence":
+                conn.execute(_SILENCE, {"sla": sla.name, "since": since})
+        conn.execute(
+            sa.text(
+                "INSERT INTO metrics_watermarks (name, value) VALUES (:n, :v)"
+                " ON CONFLICT (name) DO UPDATE SET value = GREATEST(metrics_watermarks.value, excluded.value)"
+            ),
+            {"n": WATERMARK, "v": now},
+        )
+    return dict(stats)
+
+
+def _refresh_latency(conn: Connection, sla: SLA, since: datetime) -> int:
+    assert sla.from_milestone and sla.to_milestone
+    flow, stage = sla.from_milestone.split(".", 1)
+    params = {
+        "sla": sla.name, "a": sla.from_milestone, "b": sla.to_milestone, "since": since,
+        "flow": flow, "stage": stage, "attr": sla.deadline_attribute,
+        "targets": orjson.dumps(sla.targets_ms).decode(), "target": sla.target_ms, "ratio": BUCKET_RATIO,
+    }
+    conn.exec_driver_sql(_TOUCHED)
+    if sla.deadline_attribute:
+        conn.execute(_DEADLINES, params)
+    touched = conn.execute(_TOUCH, params).rowcount
+    if not touched:
+        return 0
+    conn.execute(_OLD_MINUTES, params)
+    _run(conn, _CLEAR, params)
+    conn.execute(sa.text(_PAIRS), params)
+    _run(conn, _ROLLUP_MINUTES, params)
+    _run(conn, _ROLLUP_HOURS, params)
+    return touched
+
+
+def _refresh_event_counts(conn: Connection, since: datetime) -> int:
+    minutes = [row.minute for row in conn.execute(_EVENT_MINUTES, {"since": since})]
+    by_day: dict[object, list[datetime]] = defaultdict(list)
+    for minute in minutes:
+        by_day[minute.astimezone(UTC).date()].append(minute)
+    for day_minutes in by_day.values():
+        lo, hi = min(day_minutes), max(day_minutes) + timedelta(minutes=1)
+        _run(conn, _RECOUNT, {"minutes": day_minutes, "lo": lo, "hi": hi})
+    return len(minutes)
+
+
+def rebuild(engine: Engine, definitions: Definitions, now: datetime) -> dict[str, int]:
+    """Forget all derived rows and recompute them from events and milestones."""
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "TRUNCATE sla_samples, sla_open_items, sla_deadlines, sla_rollup_minute, sla_rollup_hour,"
+                " event_rollup_minute, freshness_state, metrics_watermarks"
+            )
+        )
+    return refresh_rollups(engine, definitions, now)
