@@ -73,12 +73,15 @@ ON CONFLICT (sla, correlation_id) DO UPDATE SET due_at = LEAST(sla_deadlines.due
 
 _TOUCH = sa.text("""
 INSERT INTO ct_touched (cid)
-SELECT correlation_id FROM transaction_milestones
+SELECT DISTINCT correlation_id FROM transaction_milestones
 WHERE recorded_at > :since AND milestone IN (:a, :b)
-UNION
-SELECT correlation_id FROM sla_deadlines d
-WHERE d.sla = :sla AND d.correlation_id IN (
-    SELECT correlation_id FROM events WHERE received_at > :since AND flow = :flow AND stage = :stage)
+ON CONFLICT DO NOTHING
+""")
+# a deadline can arrive on an event after its milestone was recorded (a re-sent order)
+_TOUCH_DEADLINES = sa.text("""
+INSERT INTO ct_touched (cid)
+SELECT DISTINCT correlation_id FROM events
+WHERE received_at > :since AND flow = :flow AND stage = :stage AND attributes ? :attr
 ON CONFLICT DO NOTHING
 """)
 
@@ -126,16 +129,20 @@ _ROLLUP_MINUTES = (
 DELETE FROM sla_rollup_minute r USING (SELECT DISTINCT channel, minute FROM ct_minutes) m
 WHERE r.sla = :sla AND r.channel = m.channel AND r.minute = m.minute
 """),
+    # one range scan of the SLA's samples between the first and last touched minute, kept to
+    # the touched (channel, minute) pairs by a hash semi-join
     sa.text("""
 INSERT INTO sla_rollup_minute (sla, channel, minute, count, met, hist)
 SELECT :sla, channel, minute, sum(n), sum(met), jsonb_object_agg(bucket, n)
 FROM (
-    SELECT s.channel, m.minute,
+    SELECT s.channel, date_trunc('minute', s.completed_at) AS minute,
            floor(ln(GREATEST(s.latency_ms, 1)) / ln(:ratio))::int AS bucket,
            count(*) AS n, count(*) FILTER (WHERE s.met) AS met
-    FROM (SELECT DISTINCT channel, minute FROM ct_minutes) m
-    JOIN sla_samples s ON s.sla = :sla AND s.channel = m.channel
-        AND s.completed_at >= m.minute AND s.completed_at < m.minute + interval '1 minute'
+    FROM sla_samples s
+    WHERE s.sla = :sla
+      AND s.completed_at >= (SELECT min(minute) FROM ct_minutes)
+      AND s.completed_at < (SELECT max(minute) FROM ct_minutes) + interval '1 minute'
+      AND (s.channel, date_trunc('minute', s.completed_at)) IN (SELECT channel, minute FROM ct_minutes)
     GROUP BY 1, 2, 3
 ) b
 GROUP BY channel, minute
@@ -149,17 +156,27 @@ WHERE r.sla = :sla AND r.channel = h.channel AND r.hour = h.hour
 """),
     sa.text("""
 INSERT INTO sla_rollup_hour (sla, channel, hour, count, met, hist)
-SELECT :sla, h.channel, h.hour, sum(r.count), sum(r.met),
-       (SELECT jsonb_object_agg(k, n) FROM (
-            SELECT e.key AS k, sum(e.value::bigint) AS n
-            FROM sla_rollup_minute r2, jsonb_each_text(r2.hist) e
-            WHERE r2.sla = :sla AND r2.channel = h.channel
-              AND r2.minute >= h.hour AND r2.minute < h.hour + interval '1 hour'
-            GROUP BY e.key) x)
-FROM (SELECT DISTINCT channel, date_trunc('hour', minute) AS hour FROM ct_minutes) h
-JOIN sla_rollup_minute r ON r.sla = :sla AND r.channel = h.channel
-    AND r.minute >= h.hour AND r.minute < h.hour + interval '1 hour'
-GROUP BY h.channel, h.hour
+SELECT :sla, c.channel, c.hour, c.count, c.met, x.hist
+FROM (
+    SELECT r.channel, date_trunc('hour', r.minute) AS hour, sum(r.count) AS count, sum(r.met) AS met
+    FROM sla_rollup_minute r
+    WHERE r.sla = :sla
+      AND r.minute >= (SELECT date_trunc('hour', min(minute)) FROM ct_minutes)
+      AND r.minute < (SELECT date_trunc('hour', max(minute)) FROM ct_minutes) + interval '1 hour'
+      AND (r.channel, date_trunc('hour', r.minute)) IN (SELECT channel, date_trunc('hour', minute) FROM ct_minutes)
+    GROUP BY 1, 2
+) c
+JOIN (
+    SELECT channel, hour, jsonb_object_agg(k, n) AS hist FROM (
+        SELECT r.channel, date_trunc('hour', r.minute) AS hour, e.key AS k, sum(e.value::bigint) AS n
+        FROM sla_rollup_minute r, jsonb_each_text(r.hist) e
+        WHERE r.sla = :sla
+          AND r.minute >= (SELECT date_trunc('hour', min(minute)) FROM ct_minutes)
+          AND r.minute < (SELECT date_trunc('hour', max(minute)) FROM ct_minutes) + interval '1 hour'
+          AND (r.channel, date_trunc('hour', r.minute)) IN (SELECT channel, date_trunc('hour', minute) FROM ct_minutes)
+        GROUP BY 1, 2, 3
+    ) k GROUP BY 1, 2
+) x ON x.channel = c.channel AND x.hour = c.hour
 """),
 )
 
@@ -175,8 +192,8 @@ DELETE FROM event_rollup_minute WHERE minute = ANY(CAST(:minutes AS timestamptz[
 INSERT INTO event_rollup_minute (minute, channel, flow, stage, status, count)
 SELECT date_trunc('minute', occurred_at), channel, flow, stage, status, count(*)
 FROM events
+JOIN unnest(CAST(:minutes AS timestamptz[])) AS m(minute) ON m.minute = date_trunc('minute', events.occurred_at)
 WHERE occurred_at >= :lo AND occurred_at < :hi
-  AND date_trunc('minute', occurred_at) = ANY(CAST(:minutes AS timestamptz[]))
 GROUP BY 1, 2, 3, 4, 5
 """),
 )
@@ -242,14 +259,16 @@ def _refresh_latency(conn: Connection, sla: SLA, since: datetime) -> int:
         "targets": orjson.dumps(sla.targets_ms).decode(), "target": sla.target_ms, "ratio": BUCKET_RATIO,
     }
     conn.exec_driver_sql(_TOUCHED)
+    touched = conn.execute(_TOUCH, params).rowcount
     if sla.deadline_attribute:
         conn.execute(_DEADLINES, params)
-    touched = conn.execute(_TOUCH, params).rowcount
+        touched += conn.execute(_TOUCH_DEADLINES, params).rowcount
     if not touched:
         return 0
     conn.execute(_OLD_MINUTES, params)
     _run(conn, _CLEAR, params)
     conn.execute(sa.text(_PAIRS), params)
+    conn.exec_driver_sql("ANALYZE ct_minutes")
     _run(conn, _ROLLUP_MINUTES, params)
     _run(conn, _ROLLUP_HOURS, params)
     return touched
