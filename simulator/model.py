@@ -1,0 +1,481 @@
+"""Deterministic retail business over simulated time: orders, inventory feeds, settlements.
+
+Everything is anchored to absolute simulated time: the arrivals of one channel in one UTC hour
+come from `Random(f"{seed}:{channel}:{hour}")` and an order's life from a generator seeded by
+its correlation id. So the same seed over the same window gives the same events with the same
+ids, and overlapping runs regenerate identical events that the store counts as duplicates
+instead of storing twice. Faults (a `simulator.faults.FaultPlan`) bend the timeline.
+
+Times inside the model are epoch seconds rounded to milliseconds; records carry RFC 3339.
+`Simulation` yields `SimEvent`s in simulated-time order from a heap; `GroundTruth` watches
+what was emitted and says what the product should find.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import random
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from simulator.faults import FaultPlan
+
+
+@dataclass(frozen=True)
+class ChannelProfile:
+    """Per-channel volume and who speaks for it (`system` of its first hop)."""
+
+    orders_per_hour: float
+    system: str
+
+
+CHANNELS: dict[str, ChannelProfile] = {
+    "amazon": ChannelProfile(40.0, "marketplace"),
+    "shopify": ChannelProfile(25.0, "marketplace"),
+    "ebay": ChannelProfile(8.0, "marketplace"),
+    "walmart": ChannelProfile(15.0, "marketplace"),
+    "pos": ChannelProfile(30.0, "pos"),
+}
+MARKETPLACES = ("amazon", "shopify", "ebay", "walmart")
+LOCATIONS = ("wh-east", "3pl-west")
+CARRIERS = ("ups", "fedex", "usps")
+# Volume multiplier per UTC hour, shaped for US shoppers (UTC-5): quiet at night, peaks at
+# midday and in the evening; the mean is about 1 so `orders_per_hour` is the daily average.
+DAILY_CURVE = (
+    1.3, 1.2, 1.0, 0.7, 0.4, 0.25, 0.15, 0.1, 0.1, 0.15, 0.3, 0.6,
+    0.9, 1.1, 1.3, 1.4, 1.5, 1.5, 1.4, 1.3, 1.3, 1.4, 1.5, 1.4,
+)
+INVENTORY_INTERVAL_S = 900.0
+SETTLEMENT_HOUR_UTC = 6
+PEAK_FACTOR = 10.0
+CANCEL_SHARE = 0.02
+RETURN_SHARE = 0.05
+SPLIT_SHARE = 0.12
+POISON_SHARE = 0.1
+DRIFT_SHARE = 0.2
+SKUS = tuple(f"SKU-{n}" for n in range(10000, 10200))
+_STORES = (101, 102, 205, 311)
+_FIRST = ("Ava", "Liam", "Mia", "Noah", "Zoe", "Ethan", "Ivy", "Lucas")
+_LAST = ("Garcia", "Smith", "Nguyen", "Patel", "Kowalski", "Okafor", "Rossi", "Jensen")
+_STREETS = ("Maple Ave", "Oak St", "Pine Rd", "Cedar Ln", "Elm Dr")
+_DAY = 86400.0
+
+
+def lognormal(rng: random.Random, median_s: float, sigma: float) -> float:
+    """A long-tailed step duration: most near the median, a few far beyond it."""
+    return median_s * math.exp(rng.gauss(0.0, sigma))
+
+
+def iso(at: float) -> str:
+    """RFC 3339 with offset, millisecond precision (what the records carry)."""
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class SimEvent:
+    """One record to send, at its simulated time.
+
+    `malformed`: deliberately broken (schema drift), must be rejected. `duplicate`: an extra
+    copy of a record already emitted. `plain`: untouched by faults, so any transport may carry
+    it (a span cannot reproduce the deterministic event id a duplicate needs).
+    """
+
+    at: float
+    record: dict[str, Any]
+    malformed: bool = False
+    duplicate: bool = False
+    plain: bool = True
+
+    @property
+    def milestone(self) -> str:
+        return f"{self.record.get('flow')}.{self.record.get('stage')}"
+
+
+@dataclass(frozen=True)
+class Order:
+    """The identities one order carries across systems."""
+
+    correlation_id: str
+    order_id: str
+    channel: str
+    external_order_id: str
+    marketplace_order_id: str | None
+    received_at: float
+
+
+class Simulation:
+    """Yields the events of a run in simulated-time order, from `start` on, forever."""
+
+    def __init__(self, *, seed: int, start: float, faults: FaultPlan, rate_scale: float = 1.0) -> None:
+        if rate_scale < 0:
+            raise ValueError(f"rate_scale {rate_scale} is negative")
+        self.seed = seed
+        self.start = round(start, 3)
+        self.faults = faults
+        self.rate_scale = rate_scale
+        self._heap: list[tuple[float, int, Any]] = []
+        self._seq = itertools.count()
+        hour = math.floor(self.start / 3600)
+        self._push_raw(self.start, ("tick", hour))
+
+    # -- the heap ---------------------------------------------------------------------------
+    def _push_raw(self, at: float, item: Any) -> None:
+        heapq.heappush(self._heap, (at, next(self._seq), item))
+
+    def peek(self) -> float:
+        """Simulated time of the next item (events are never earlier than this)."""
+        return self._heap[0][0]
+
+    def take_before(self, until: float) -> list[SimEvent]:
+        """Every event with simulated time < `until`, in order; later ones stay queued."""
+        out: list[SimEvent] = []
+        while self._heap and self._heap[0][0] < until:
+            at, _, item = heapq.heappop(self._heap)
+            if isinstance(item, tuple):
+                self._expand_hour(item[1])
+            else:
+                out.extend(self._emissions(at, item))
+        return out
+
+    def hours(self, until: float) -> Iterator[list[SimEvent]]:
+        """The events before `until` in chunks of at most one simulated hour (for progress)."""
+        while self._heap and self.peek() < until:
+            yield self.take_before(min(until, math.floor(self.peek() / 3600) * 3600 + 3600))
+
+    # -- generation -------------------------------------------------------------------------
+    def _expand_hour(self, hour: int) -> None:
+        self._push_raw(hour * 3600.0 + 3600.0, ("tick", hour + 1))
+        for channel in CHANNELS:
+            self._orders_in_hour(channel, hour)
+        self._inventory_in_hour(hour)
+        if hour % 24 == SETTLEMENT_HOUR_UTC:
+            self._settlements(hour)
+
+    def _push(self, at: float, record: dict[str, Any]) -> None:
+        """Queue a record unless it falls before the run (or never happens: inf)."""
+        at = round(at, 3)
+        if self.start <= at < math.inf:
+            record["occurred_at"] = iso(at)
+            self._push_raw(at, record)
+
+    def _orders_in_hour(self, channel: str, hour: int) -> None:
+        """Arrivals by thinning a Poisson process: candidates at the hour's highest rate."""
+        rng = random.Random(f"{self.seed}:{channel}:{hour}")
+        begin = hour * 3600.0
+        base = CHANNELS[channel].orders_per_hour * DAILY_CURVE[hour % 24] * self.rate_scale
+        top = base * (PEAK_FACTOR if self.faults.overlaps("peak", begin, begin + 3600) else 1.0)
+        if top <= 0:
+            return
+        at, k = begin, 0
+        while True:
+            at += rng.expovariate(top) * 3600.0
+            if at >= begin + 3600:
+                return
+            k += 1
+            rate = base * (PEAK_FACTOR if self.faults.active("peak", at) else 1.0)
+            order = _new_order(rng, channel, hour, k, round(at, 3))
+            if rng.random() * top < rate and at >= self.start:
+                self._plan_order(order)
+
+    def _plan_order(self, order: Order) -> None:
+        rng = random.Random(f"{self.seed}:{order.correlation_id}")
+        life = _Life(self, order, rng)
+        sku, quantity = rng.choice(SKUS), rng.choice((1, 1, 1, 2, 2, 3, 4))
+        location = rng.choice(LOCATIONS)
+        t0 = order.received_at
+        ship_by = datetime.fromtimestamp(t0, UTC).date() + timedelta(days=rng.choice((1, 2)))
+        life.add("order", "received", CHANNELS[order.channel].system, t0, None, attributes={
+            "sku": sku, "quantity": quantity, "expected_ship_date": ship_by.isoformat(),
+        }, payload=_customer(rng, sku, quantity))
+        t = life.add("order", "validated", "middleware", t0 + lognormal(rng, 5, 0.6), t0)
+        if order.channel != "pos":
+            ack = t + lognormal(rng, 40, 0.9)
+            if self.faults.active("slow_ack", ack, order.channel):
+                ack += lognormal(rng, 7200, 0.5)
+            t = life.add("order", "acknowledged", "middleware", ack, t)
+        posted = self.faults.defer("erp_outage", t + lognormal(rng, 180, 1.0), rng)
+        if self.faults.active("poison", t0) and rng.random() < POISON_SHARE:
+            life.add("order", "erp_posted", "erp", posted, t, status="dead_letter",
+                     error=("ERP_POISON", "sales order rejected: ship-to address fails validation"))
+            return
+        t = life.add("order", "erp_posted", "erp", posted, t,
+                     attributes={"erp_document": f"ERP{rng.randrange(10**8):08d}"})
+        if order.channel == "pos":
+            return
+        if rng.random() < CANCEL_SHARE:
+            asked = life.add("cancellation", "requested", CHANNELS[order.channel].system,
+                             t + lognormal(rng, 1800, 0.8), t)
+            life.add("cancellation", "confirmed", "middleware", asked + lognormal(rng, 300, 0.6), asked)
+            return
+        self._fulfil(life, rng, location, sku, quantity, t)
+
+    def _fulfil(self, life: _Life, rng: random.Random, location: str, sku: str, quantity: int, posted: float) -> None:
+        where = {"location": location, "sku": sku}
+        released = self.faults.defer("erp_outage", posted + lognormal(rng, 1200, 0.8), rng)
+        life.add("fulfilment", "released", "erp", released, posted, attributes=where)
+        picked = released + lognormal(rng, 7200, 0.7)
+        if self.faults.active("warehouse_backlog", picked):
+            picked += lognormal(rng, 6 * 3600, 0.5)
+        life.add("fulfilment", "picked", "wms", picked, released, attributes=where)
+        parts = (quantity - 1, 1) if quantity >= 2 and rng.random() < SPLIT_SHARE else (quantity,)
+        delivered = picked
+        for n, part in enumerate(parts, start=1):
+            carrier = rng.choice(CARRIERS)
+            keys = {**where, "quantity": part, "carrier": carrier, "tracking_number": _tracking(rng, carrier)}
+            shipped = life.add("fulfilment", "shipped", "wms", picked + lognormal(rng, 3600, 0.6), picked, n=n, attributes=keys)
+            confirmed = self.faults.defer("carrier_outage", shipped + lognormal(rng, 900, 0.8), rng)
+            life.add("shipment", "shipment_confirmed", "middleware", confirmed, shipped, n=n, attributes=keys)
+            delivered = life.add("shipment", "delivered", "carrier", confirmed + lognormal(rng, 2 * _DAY, 0.4), confirmed, n=n, attributes=keys)
+        if rng.random() < RETURN_SHARE:
+            back = life.add("return", "received", "wms", delivered + lognormal(rng, 7 * _DAY, 0.5), delivered, attributes=where)
+            seen = life.add("return", "inspected", "wms", back + lognormal(rng, _DAY, 0.5), back, attributes=where)
+            life.add("return", "refund_posted", "erp", seen + lognormal(rng, 4 * 3600, 0.7), seen)
+
+    def _inventory_in_hour(self, hour: int) -> None:
+        """Each channel × location feed publishes every ~15 minutes unless a stall holds it."""
+        for channel in MARKETPLACES:
+            for location in LOCATIONS:
+                rng = random.Random(f"{self.seed}:inv:{channel}:{location}:{hour}")
+                for slot in range(int(3600 // INVENTORY_INTERVAL_S)):
+                    at = round(hour * 3600.0 + slot * INVENTORY_INTERVAL_S + rng.uniform(0, 180), 3)
+                    skus = rng.randint(len(SKUS) - 20, len(SKUS))
+                    if self.faults.active("inventory_stall", at, channel, location):
+                        continue
+                    feed = f"inv-{channel}-{location}-{int(at)}"
+                    self._push(at, _record(feed, None, channel, "inventory", "published", "middleware", at, None, 1, {
+                        "location": location, "sku_count": skus, "feed_id": feed,
+                    }))
+
+    def _settlements(self, hour: int) -> None:
+        """One settlement report per marketplace per day, parsed and settled hours later."""
+        day = datetime.fromtimestamp(hour * 3600.0, UTC).date().isoformat()
+        for channel in MARKETPLACES:
+            rng = random.Random(f"{self.seed}:stl:{channel}:{day}")
+            cid = f"stl-{channel}-{day}"
+            keys = {"settlement_id": f"{rng.randrange(10**10, 10**11)}",
+                    "order_count": round(CHANNELS[channel].orders_per_hour * 24 * self.rate_scale)}
+            received = hour * 3600.0 + rng.uniform(0, 3600)
+            settled = received + lognormal(rng, 3 * 3600, 0.5)
+            self._push(received, _record(cid, None, channel, "settlement", "received", "marketplace", received, None, 1, dict(keys)))
+            self._push(settled, _record(cid, None, channel, "settlement", "settled", "erp", settled, received, 1, dict(keys)))
+
+    # -- faults on emission -----------------------------------------------------------------
+    def _emissions(self, at: float, record: dict[str, Any]) -> list[SimEvent]:
+        """The record as sent: maybe drifted (malformed) or repeated by a duplicate storm."""
+        rng = random.Random(f"{self.seed}:emit:{record['event_id']}")
+        channel = record["channel"]
+        if self.faults.active("schema_drift", at, channel) and rng.random() < DRIFT_SHARE:
+            return [SimEvent(at, _drift(record, rng), malformed=True, plain=False)]
+        if self.faults.active("duplicate_storm", at):
+            copies = rng.choice((2, 3))
+            return [SimEvent(at, record, plain=False)] + [
+                SimEvent(at, dict(record), duplicate=True, plain=False) for _ in range(copies - 1)
+            ]
+        return [SimEvent(at, record, plain=record.get("status", "ok") == "ok")]
+
+
+class _Life:
+    """Writes one order's milestones; each latency is measured from the step it follows."""
+
+    def __init__(self, sim: Simulation, order: Order, rng: random.Random) -> None:
+        self.sim, self.order, self.rng = sim, order, rng
+
+    def add(
+        self,
+        flow: str,
+        stage: str,
+        system: str,
+        at: float,
+        after: float | None,
+        *,
+        n: int = 1,
+        attributes: dict[str, Any] | None = None,
+        payload: dict[str, Any] | None = None,
+        status: str = "ok",
+        error: tuple[str, str] | None = None,
+    ) -> float:
+        o = self.order
+        keys = {"external_order_id": o.external_order_id, **(attributes or {})}
+        if o.marketplace_order_id:
+            keys["marketplace_order_id"] = o.marketplace_order_id
+        record = _record(o.correlation_id, o.order_id, o.channel, flow, stage, system, at, after, n, keys)
+        record["status"] = status
+        if error:
+            record["error_code"], record["error_message"] = error
+        if payload:
+            record["payload"] = payload
+        self.sim._push(at, record)
+        return round(at, 3)
+
+
+def _record(
+    cid: str, order_id: str | None, channel: str, flow: str, stage: str, system: str,
+    at: float, after: float | None, n: int, attributes: dict[str, Any],
+) -> dict[str, Any]:
+    """A canonical record; `occurred_at` is stamped when it is queued (`Simulation._push`),
+    and the event id is a pure function of the transaction and milestone, so resends dedupe."""
+    record: dict[str, Any] = {
+        "event_id": f"{cid}:{flow}.{stage}:{n}",
+        "correlation_id": cid,
+        "channel": channel,
+        "flow": flow,
+        "stage": stage,
+        "status": "ok",
+        "system": system,
+        "attributes": attributes,
+    }
+    if order_id:
+        record["order_id"] = order_id
+    if after is not None:
+        record["latency_ms"] = round((round(at, 3) - round(after, 3)) * 1000.0, 1)
+    return record
+
+
+def _digits(rng: random.Random, n: int) -> str:
+    return f"{rng.randrange(10**n):0{n}d}"
+
+
+def _new_order(rng: random.Random, channel: str, hour: int, k: int, at: float) -> Order:
+    """Identities in each channel's real format; draws the same numbers whether kept or not."""
+    cid = uuid.UUID(int=rng.getrandbits(128), version=4).hex
+    order_id = f"SO-{hour % 10**6:06d}{list(CHANNELS).index(channel)}{k:03d}"
+    numeric = _digits(rng, 13)
+    formats = {
+        "amazon": f"{_digits(rng, 3)}-{_digits(rng, 7)}-{_digits(rng, 7)}",
+        "ebay": f"{_digits(rng, 2)}-{_digits(rng, 5)}-{_digits(rng, 5)}",
+        "walmart": f"{rng.randrange(1, 10)}{_digits(rng, 14)}",
+        "shopify": f"#{1001 + (hour % 10**5) * 100 + k}",
+        "pos": f"{rng.choice(_STORES)}-{rng.randrange(1, 9):02d}-{_digits(rng, 6)}",
+    }
+    marketplace_id = numeric if channel == "shopify" else None
+    return Order(cid, order_id, channel, formats[channel], marketplace_id, at)
+
+
+def _customer(rng: random.Random, sku: str, quantity: int) -> dict[str, Any]:
+    """A fake customer, so the collector's masking of personal data is exercised."""
+    first, last = rng.choice(_FIRST), rng.choice(_LAST)
+    return {
+        "customer": {
+            "name": f"{first} {last}",
+            "email": f"{first.lower()}.{last.lower()}@example.com",
+            "phone": f"+1-555-01{rng.randrange(100):02d}",
+            "address": f"{rng.randrange(1, 999)} {rng.choice(_STREETS)}, Springfield",
+        },
+        "lines": [{"sku": sku, "quantity": quantity, "price": round(rng.uniform(5, 120), 2)}],
+    }
+
+
+def _tracking(rng: random.Random, carrier: str) -> str:
+    if carrier == "ups":
+        return "1Z" + "".join(rng.choice("0123456789ABCDEFGHJKLMNPRSTUVWXYZ") for _ in range(16))
+    if carrier == "fedex":
+        return _digits(rng, 12)
+    return "9400" + _digits(rng, 18)
+
+
+def _drift(record: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+    """A record as a channel that changed its schema sends it: each way must be rejected."""
+    drifted = dict(record)
+    way = rng.randrange(3)
+    if way == 0:
+        del drifted["correlation_id"]
+    elif way == 1:
+        drifted["latency_ms"] = "fast"
+    else:
+        drifted["occurred_at"] = drifted["occurred_at"][:-6]  # no UTC offset
+    return drifted
+
+
+@dataclass
+class GroundTruth:
+    """What the emitted stream implies the product should find; fed every emitted event."""
+
+    received: dict[str, tuple[str, str, float]] = field(default_factory=dict)
+    posted: set[str] = field(default_factory=set)
+    ack_ms: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    feeds: dict[tuple[str, str], float] = field(default_factory=dict)
+    events: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
+    malformed: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    records: int = 0
+
+    def observe(self, event: SimEvent) -> None:
+        self.records += 1
+        if event.malformed:
+            self.malformed += 1
+            return
+        if event.duplicate:
+            self.duplicates += 1
+            return
+        r = event.record
+        self.events[r["channel"]][r["flow"]] += 1
+        if r["status"] == "dead_letter":
+            self.dead_letters += 1
+        if r["status"] != "ok":
+            return
+        cid, milestone = r["correlation_id"], event.milestone
+        if milestone == "order.received":
+            self.received[cid] = (r.get("order_id", ""), r["channel"], event.at)
+        elif milestone == "order.erp_posted":
+            self.posted.add(cid)
+        elif milestone == "order.acknowledged" and cid in self.received:
+            self.ack_ms[r["channel"]].append((event.at - self.received[cid][2]) * 1000.0)
+        elif milestone == "inventory.published":
+            self.feeds[(r["channel"], r["attributes"]["location"])] = event.at
+
+    def unposted(self) -> list[str]:
+        """Orders received (well-formed, ok) with no successful ERP posting emitted."""
+        return sorted(set(self.received) - self.posted)
+
+    def stalled_feeds(self, end: float) -> list[tuple[str, str, float | None]]:
+        """Feeds silent for more than two publishing intervals at the end of the run."""
+        out: list[tuple[str, str, float | None]] = []
+        for channel in MARKETPLACES:
+            for location in LOCATIONS:
+                last = self.feeds.get((channel, location))
+                if last is None or end - last > 2 * INVENTORY_INTERVAL_S:
+                    out.append((channel, location, last))
+        return out
+
+    def to_json(self, *, start: float, end: float, seed: int, faults: list[dict[str, Any]]) -> dict[str, Any]:
+        unposted = self.unposted()
+        return {
+            "seed": seed,
+            "start": iso(start),
+            "end": iso(end),
+            "faults": faults,
+            "unposted_count": len(unposted),
+            "unposted_orders": [
+                {"correlation_id": cid, "order_id": self.received[cid][0], "channel": self.received[cid][1],
+                 "received_at": iso(self.received[cid][2])}
+                for cid in unposted
+            ],
+            "ack_latency_ms": {ch: _summary(v) for ch, v in sorted(self.ack_ms.items())},
+            "stalled_feeds": [
+                {"channel": c, "location": loc, "last_published_at": None if last is None else iso(last)}
+                for c, loc, last in self.stalled_feeds(end)
+            ],
+            "events": {ch: dict(sorted(flows.items())) for ch, flows in sorted(self.events.items())},
+            "events_total": sum(sum(f.values()) for f in self.events.values()),
+            "records_sent": self.records,
+            "malformed_records": self.malformed,
+            "duplicate_records": self.duplicates,
+            "dead_letters": self.dead_letters,
+        }
+
+
+def _summary(samples: list[float]) -> dict[str, float | int]:
+    ordered = sorted(samples)
+
+    def rank(p: float) -> float:
+        return round(ordered[max(0, math.ceil(p * len(ordered)) - 1)], 1)
+
+    return {"count": len(ordered), "p50": rank(0.5), "p95": rank(0.95)}
