@@ -1,0 +1,21 @@
+"""Control Tower dashboard: the Streamlit entry point (`controltower dashboard` runs this file).
+
+Pages stay thin over `app.data` (queries, formatting) and `app.charts` (figures).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+HERE = Path(__file__).resolve().parent
+
+st.set_page_config(page_title="Control Tower", page_icon=":material/flight_takeoff:", layout="wide")
+
+pages = [
+    st.Page(str(HERE / "views" / "health.py"), title="Channel health", icon=":material/traffic:", url_path="health", default=True),
+    st.Page(str(HERE / "views" / "breaches.py"), title="Open breaches", icon=":material/alarm:", url_path="breaches"),
+    st.Page(str(HERE / "views" / "transaction.py"), title="Transaction", icon=":material/search:", url_path="transaction"),
+]
+st.navigation(pages).run()

@@ -1,0 +1,74 @@
+"""Open breaches: the work queue of offending transactions (alerts deep-link here).
+
+`?sla=erp_posting&channel=walmart` pre-fills the filters; changing them updates the URL so the
+view can be shared.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import streamlit as st
+
+from app import data
+
+engine = data.engine()
+
+st.title("Open breaches")
+data.require_data(engine)
+
+slas, channels = data.cached(data.breach_filters)(engine)
+wanted_sla = st.query_params.get("sla") or None
+wanted_channel = st.query_params.get("channel") or None
+for wanted, options in ((wanted_sla, slas), (wanted_channel, channels)):
+    if wanted and wanted not in options:
+        options.append(wanted)
+
+# The URL pre-fills the filters once per visit; afterwards the widgets lead and the URL follows.
+for name, wanted in (("sla", wanted_sla), ("channel", wanted_channel)):
+    if name not in st.session_state:
+        st.session_state[name] = wanted
+
+left, right, _ = st.columns([2, 2, 3])
+sla = left.selectbox("SLA", [None, *slas], key="sla", format_func=lambda v: "All SLAs" if v is None else v)
+channel = right.selectbox(
+    "Channel", [None, *channels], key="channel", format_func=lambda v: "All channels" if v is None else v
+)
+for name, value in (("sla", sla), ("channel", channel)):
+    if value:
+        st.query_params[name] = value
+    elif name in st.query_params:
+        del st.query_params[name]
+
+items = data.cached(data.open_breaches)(engine, sla, channel)
+scope = " · ".join(v for v in (sla, channel) if v) or "all SLAs and channels"
+if items.empty:
+    st.success(f"No overdue items for {scope}.", icon=":material/check_circle:")
+    st.stop()
+
+shown = data.breaches_display(items)
+m1, m2, m3 = st.columns(3)
+m1.metric("Overdue items", f"{len(shown):,}")
+m2.metric("Oldest overdue by", data.human_duration(items["overdue_ms"].max()))
+m3.metric("Channels affected", f"{items['channel'].nunique()}")
+st.caption(f"Transactions past their SLA deadline for {scope}, most overdue first. Open one for its whole story.")
+
+st.dataframe(
+    shown,
+    hide_index=True,
+    width="stretch",
+    column_config={
+        "Transaction": st.column_config.LinkColumn("Open", display_text="Open →", width="small"),
+        "Started": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss z"),
+    },
+    key="breaches_table",
+)
+stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+st.download_button(
+    "Download CSV",
+    shown.drop(columns="Transaction").to_csv(index=False).encode(),
+    icon=":material/download:",
+    file_name=f"open-breaches-{sla or 'all'}-{channel or 'all'}-{stamp}.csv",
+    mime="text/csv",
+    key="csv",
+)

@@ -1,0 +1,110 @@
+"""Transaction: support's search by order id, marketplace order number, SKU or tracking number.
+
+`?q=<key>` pre-fills the search; `?id=<correlation_id>` opens one transaction directly.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from app import charts, data
+
+engine = data.engine()
+
+st.title("Transaction")
+data.require_data(engine)
+
+if "q" not in st.session_state:
+    st.session_state["q"] = st.query_params.get("q") or st.query_params.get("id") or ""
+q = st.text_input(
+    "Search", key="q", placeholder="Order id, marketplace order number, SKU, tracking number or correlation id"
+).strip()
+
+if not q:
+    st.caption("Type any key of an order to see its whole story across systems.")
+    st.stop()
+if q != (st.query_params.get("q") or st.query_params.get("id")):
+    st.query_params.clear()
+    st.query_params["q"] = q
+
+results = data.search_transactions(engine, q)
+if not results:
+    st.warning(f"No transaction has a key equal to “{q}”.")
+    st.stop()
+
+if len(results) == 1:
+    chosen = results[0]["correlation_id"]
+else:
+    st.caption(f"{len(results)} transactions match “{q}”, newest first.")
+    st.dataframe(
+        pd.DataFrame(results)[["correlation_id", "channel", "flow", "order_id", "status", "last_milestone",
+                               "last_event_at", "error_count"]],
+        hide_index=True,
+        width="stretch",
+    )
+    labels = {
+        r["correlation_id"]: f"{r['correlation_id']} · {r['channel']} · {r.get('order_id') or '–'} · {r['status']}"
+        for r in results
+    }
+    chosen = st.selectbox("Show", list(labels), format_func=labels.get, key="pick")
+
+tx = data.get_transaction(engine, chosen)
+if tx is None:
+    st.warning("That transaction is gone (retention?).")
+    st.stop()
+
+st.markdown(data.transaction_header(tx), unsafe_allow_html=True)
+if tx["last_error"]:
+    err = tx["last_error"]
+    text = f"Last error at {err['at']}: {err['code'] or ''} {err['message'] or ''}".strip()
+    if tx["status"] in ("error", "dead_letter"):
+        st.error(text, icon=":material/error:")
+    else:
+        st.warning(f"{text} (recovered: status is now {tx['status']})", icon=":material/history:")
+if tx["keys"]:
+    st.markdown(
+        " ".join(
+            f"**{data.label(kind)}:** " + ", ".join(f"`{v}`" for v in values) for kind, values in tx["keys"].items()
+        )
+    )
+
+left, right = st.columns([1, 1])
+with left:
+    st.markdown("**Milestones**")
+    st.dataframe(
+        pd.DataFrame(
+            [{"Milestone": m, "Reached at": pd.Timestamp(at)} for m, at in tx["milestones"].items()],
+            columns=["Milestone", "Reached at"],
+        ),
+        hide_index=True,
+        width="stretch",
+        column_config={"Reached at": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss")},
+        key="milestones",
+    )
+with right:
+    st.markdown("**SLA verdicts**")
+    verdicts = data.verdicts_frame(tx)
+    if verdicts.empty:
+        st.caption("No SLA applies yet (definitions are written by the metrics job).")
+    else:
+        st.dataframe(data.style_health(verdicts, "State"), hide_index=True, width="stretch", key="verdicts")
+
+events = data.events_frame(tx)
+st.plotly_chart(charts.timeline_figure(events), width="stretch", key="timeline")
+
+st.markdown("**Events**")
+st.dataframe(
+    data.style_health(events.drop(columns=["source"]), "status"),
+    hide_index=True,
+    width="stretch",
+    column_config={"time": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss.SSS")},
+    key="events",
+)
+for event in tx["events"][:100]:
+    title = f"{event['occurred_at']} · {event.get('system') or '?'} · {event['flow']}.{event['stage']} · {event['status']}"
+    with st.expander(title):
+        st.json({k: event.get(k) for k in ("attributes", "payload", "error_code", "error_message", "trace_id",
+                                            "span_id", "source", "received_at") if event.get(k) is not None})
+if len(tx["events"]) > 100:
+    st.caption(f"Payloads of the first 100 of {len(tx['events'])} events shown.")

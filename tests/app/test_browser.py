@@ -1,0 +1,150 @@
+"""The dashboard in a real headless Chromium (Debian's, driven by Playwright), started by
+`controltower dashboard` against the seeded test database."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from controltower.settings import Settings
+from tests.app.test_dashboard import WALMART_REASON, seed
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Dashboard:
+    """`controltower dashboard` as a child process on a free loopback port."""
+
+    def __init__(self, database_url: str, data_dir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONTROLTOWER_")}
+        env["CONTROLTOWER_REFRESH_SECONDS"] = "5"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "controltower.cli", "--database-url", database_url, "--data-dir", str(data_dir),
+             "dashboard", "--port", str(self.port)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"dashboard exited: {self.proc.stdout.read().decode() if self.proc.stdout else ''}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=1) as resp:  # noqa: S310
+                    if resp.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError("dashboard did not become healthy")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        return int(self.proc.returncode)
+
+
+@pytest.fixture
+def dashboard(engine: Engine, settings: Settings, database_url: str, tmp_path: Path) -> Iterator[Dashboard]:
+    if shutil.which("chromium") is None:
+        pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
+    seed(engine, settings, datetime.now(UTC))
+    server = Dashboard(database_url, tmp_path / "data")
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+def settle(page: Any, selector: str | None = None, timeout: float = 30_000) -> None:
+    """Wait until Streamlit is connected, has run the page's script, and `selector` is visible."""
+    page.wait_for_selector('[data-testid="stApp"][data-test-connection-state="CONNECTED"]', timeout=timeout)
+    if selector:
+        page.wait_for_selector(selector, timeout=timeout, state="visible")
+    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout)
+    previous, stable_since = None, time.monotonic()
+    while time.monotonic() - stable_since < 1.0:
+        text = page.inner_text("body")
+        if text != previous:
+            previous, stable_since = text, time.monotonic()
+        page.wait_for_timeout(250)
+    page.evaluate("document.fonts.ready")
+
+
+def shoot(page: Any, url: str, selector: str, path: Path) -> str:
+    page.goto(url, wait_until="domcontentloaded")
+    settle(page, selector)
+    assert page.locator('[data-testid="stException"]').count() == 0, page.inner_text("body")[:2000]
+    # Streamlit scrolls inside its own container: grow the viewport to the content for a whole-page shot.
+    height = page.evaluate(
+        "Math.max(...[...document.querySelectorAll('[data-testid=\"stMain\"], [data-testid=\"stMainBlockContainer\"]')]"
+        ".map(e => e.scrollHeight), 800)"
+    )
+    page.set_viewport_size({"width": 1500, "height": min(int(height) + 40, 6000)})
+    page.wait_for_timeout(800)
+    page.screenshot(path=str(path))
+    page.set_viewport_size({"width": 1500, "height": 1000})
+    return page.inner_text("body")
+
+
+def take_screenshots(base_url: str, folder: Path) -> dict[str, str]:
+    """Screenshots of every page into `folder`; returns each page's visible text."""
+    from playwright.sync_api import sync_playwright
+
+    texts = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1000})
+            texts["health"] = shoot(page, f"{base_url}/", ".js-plotly-plot .main-svg", folder / "dashboard-health.png")
+            texts["breaches"] = shoot(page, f"{base_url}/breaches?sla=erp_posting&channel=walmart",
+                                      '[data-testid="stDataFrame"]', folder / "dashboard-breaches.png")
+            texts["transaction"] = shoot(page, f"{base_url}/transaction?q=112-0000001-0000001",
+                                         ".js-plotly-plot .main-svg", folder / "dashboard-transaction.png")
+        finally:
+            browser.close()
+    return texts
+
+
+def test_dashboard_pages_in_chromium(dashboard: Dashboard, tmp_path: Path) -> None:
+    texts = take_screenshots(dashboard.url, tmp_path)
+    health = texts["health"]
+    assert "walmart" in health and "CRITICAL" in health.upper()
+    assert WALMART_REASON in health
+    assert "Where is the delay?" in health
+    assert "4" in texts["breaches"] and "Overdue items" in texts["breaches"]
+    assert "SO-1001" in texts["transaction"] and "order.erp_posted" in texts["transaction"]
+    for name in ("health", "breaches", "transaction"):
+        assert (tmp_path / f"dashboard-{name}.png").stat().st_size > 20_000
+    assert dashboard.stop() in (0, -signal.SIGTERM)
