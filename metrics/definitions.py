@@ -42,7 +42,10 @@ KNOWN_MILESTONES = frozenset(
 )
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _MILESTONE = re.compile(r"^[a-z][a-z0-9_-]*\.[a-z][a-z0-9_-]*$")
-_COMMON = {"name", "kind", "description", "objective", "period", "warn_open_breaches", "critical_open_breaches"}
+_COMMON = {
+    "name", "kind", "description", "objective", "period", "warn_open_breaches", "critical_open_breaches",
+    "channels", "exclude_channels", "closed_by",
+}
 _KEYS = {
     "milestone_latency": _COMMON | {"from", "to", "target", "targets"},
     "deadline": _COMMON | {"from", "to", "deadline_attribute", "target"},
@@ -75,6 +78,9 @@ class SLA:
     min_events: int = 20
     maxes_ms: dict[str, int] = field(default_factory=dict)  # freshness/absence per channel
     critical_factor: float = 2.0
+    channels: tuple[str, ...] = ()  # latency: only these channels (empty: all)
+    exclude_channels: tuple[str, ...] = ()  # latency: channels whose flow has no such step (POS: no warehouse)
+    closed_by: tuple[str, ...] = ()  # latency: milestones that end the obligation (a cancelled order)
 
     def target_for(self, channel: str) -> int | None:
         return self.targets_ms.get(channel, self.target_ms)
@@ -163,6 +169,11 @@ class _Checker:
         if not isinstance(value, str) or not value.strip():
             raise self.fail(f"{path[-1]}: expected text, got {value!r}", *path)
         return value
+
+    def text_list(self, value: Any, *path: Any) -> tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise self.fail(f"{path[-1]}: expected a list of names", *path)
+        return tuple(value)
 
     def milestone(self, value: Any, *path: Any) -> str:
         text = self.text(value, *path)
@@ -260,6 +271,11 @@ def _parse_sla(c: _Checker, item: Any, path: tuple[Any, ...]) -> SLA:
             fields["objective"] = c.number(item["objective"], *path, "objective", low=0.0, high=0.99999)
             if fields["objective"] <= 0:
                 raise c.fail(f"{name}: objective must be above 0 (e.g. 0.99)", *path, "objective")
+        for key in ("channels", "exclude_channels"):
+            if key in item:
+                fields[key] = c.text_list(item[key], *path, key)
+        if "closed_by" in item:
+            fields["closed_by"] = tuple(c.milestone(m, *path, "closed_by", i) for i, m in enumerate(c.text_list(item["closed_by"], *path, "closed_by")))
         if "period" in item:
             fields["period_s"] = c.duration_ms(item["period"], *path, "period") / 1000
         for key in ("warn_open_breaches", "critical_open_breaches"):

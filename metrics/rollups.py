@@ -74,7 +74,7 @@ ON CONFLICT (sla, correlation_id) DO UPDATE SET due_at = LEAST(sla_deadlines.due
 _TOUCH = sa.text("""
 INSERT INTO ct_touched (cid)
 SELECT DISTINCT correlation_id FROM transaction_milestones
-WHERE recorded_at > :since AND milestone IN (:a, :b)
+WHERE recorded_at > :since AND milestone = ANY(:watch)
 ON CONFLICT DO NOTHING
 """)
 # a deadline can arrive on an event after its milestone was recorded (a re-sent order)
@@ -108,6 +108,7 @@ WITH pairs AS (
            )) AS due_at
     FROM ct_touched t
     JOIN transaction_milestones a ON a.correlation_id = t.cid AND a.milestone = :a
+        AND a.channel <> ALL(:excluded) AND (cardinality(CAST(:only AS text[])) = 0 OR a.channel = ANY(:only))
     LEFT JOIN transaction_milestones b ON b.correlation_id = t.cid AND b.milestone = :b
     LEFT JOIN sla_deadlines d ON d.sla = :sla AND d.correlation_id = t.cid
 ), samples AS (
@@ -119,7 +120,9 @@ WITH pairs AS (
 ), items AS (
     INSERT INTO sla_open_items (sla, correlation_id, channel, started_at, due_at)
     SELECT :sla, cid, channel, started_at, due_at
-    FROM pairs WHERE completed_at IS NULL AND due_at IS NOT NULL
+    FROM pairs p WHERE completed_at IS NULL AND due_at IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM transaction_milestones c
+                      WHERE c.correlation_id = p.cid AND c.milestone = ANY(:closed_by))
 )
 INSERT INTO ct_minutes SELECT channel, date_trunc('minute', completed_at) FROM samples
 """
@@ -257,6 +260,8 @@ def _refresh_latency(conn: Connection, sla: SLA, since: datetime) -> int:
         "sla": sla.name, "a": sla.from_milestone, "b": sla.to_milestone, "since": since,
         "flow": flow, "stage": stage, "attr": sla.deadline_attribute,
         "targets": orjson.dumps(sla.targets_ms).decode(), "target": sla.target_ms, "ratio": BUCKET_RATIO,
+        "watch": [sla.from_milestone, sla.to_milestone, *sla.closed_by], "closed_by": list(sla.closed_by),
+        "excluded": list(sla.exclude_channels), "only": list(sla.channels),
     }
     conn.exec_driver_sql(_TOUCHED)
     touched = conn.execute(_TOUCH, params).rowcount
