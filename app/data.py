@@ -234,7 +234,20 @@ def sla_display(status: pd.DataFrame) -> pd.DataFrame:
         return "–" if pd.isna(value) else f"{float(value) * 100:.{digits}f} %"
 
     def value(row: pd.Series) -> str:
-        return "–" if pd.isna(row["value"]) else f"{row['value']:g}"
+        if pd.isna(row["value"]):
+            return "–"
+        if row.get("kind") in ("freshness", "absence"):  # ages and silences are milliseconds
+            return human_duration(row["value"])
+        if row.get("sla") == "error_rate" or (not pd.isna(row["threshold"]) and row["threshold"] < 1 and row["value"] <= 1):
+            return pct(row["value"])
+        return f"{row['value']:g}"
+
+    def target_text(row: pd.Series) -> str:
+        if row.get("kind") == "deadline":
+            return "promised date"
+        if row.get("kind") == "rate" and not pd.isna(row["threshold"]) and row["threshold"] < 1:
+            return f"≤ {pct(row['threshold'])}"
+        return target(row)
 
     ranked = status.assign(rank=status["health"].map(HEALTH_RANK).fillna(-1), star=status["channel"] == "*")
     status = ranked.sort_values(["rank", "star", "channel", "sla"], ascending=[False, True, True, True])
@@ -244,7 +257,7 @@ def sla_display(status: pd.DataFrame) -> pd.DataFrame:
             "Channel": ["all channels" if c == "*" else c for c in status["channel"]],
             "SLA": status["sla"],
             "Reason": status["reason"].fillna(""),
-            "Target": status.apply(target, axis=1),
+            "Target": status.apply(target_text, axis=1),
             "Value": status.apply(value, axis=1),
             "Count": status["count"].astype("Int64"),
             "p50": status["p50_ms"].map(human_duration),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,9 @@ app = typer.Typer(
 )
 
 _state: dict[str, Any] = {"debug": False}
+OUR_LOGGERS = ("controltower", "collectors", "metrics", "alerts", "app", "simulator")
+# pgserver's platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI): harmless
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
 
 def _version(value: bool) -> None:
@@ -50,12 +54,12 @@ def _main(
     settings = Settings.load({"database_url": database_url, "data_dir": data_dir})
     if debug:
         settings = settings.with_(log_level="debug")
-    logging.basicConfig(
-        level=getattr(logging, settings.log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if not debug:
-        logging.getLogger("alembic").setLevel(logging.WARNING)  # "will assume transactional DDL"
+    level = getattr(logging, settings.log_level.upper(), logging.INFO)
+    # our own loggers at the configured level; libraries (pgserver, alembic, httpx, apscheduler)
+    # only when something is wrong, unless --debug
+    logging.basicConfig(level=level if debug else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in OUR_LOGGERS:
+        logging.getLogger(name).setLevel(level)
     ctx.obj = {"settings": settings}
 
 
@@ -63,11 +67,13 @@ def _register_rooms() -> None:
     from alerts import commands as alert_commands
     from app import commands as app_commands
     from collectors import commands as collector_commands
-    from controltower import corecommands
+    from controltower import corecommands, demo, scheduler
     from metrics import commands as metric_commands
     from simulator import commands as simulator_commands
 
     corecommands.register(app)
+    demo.register(app)
+    scheduler.register(app)
     collector_commands.register(app)
     metric_commands.register(app)
     alert_commands.register(app)

@@ -70,6 +70,7 @@ def demo_command(
     collector_url = f"http://{settings.host}:{settings.port}"
     dashboard_url = f"http://127.0.0.1:{settings.dashboard_port}"
     children: list[Child] = []
+    signal.signal(signal.SIGTERM, _interrupt)  # `docker stop`, `timeout`: shut down like Ctrl-C
     try:
         children.append(Child("collector", subprocess.Popen(_cli(common, "serve", "--host", settings.host, "--port", str(settings.port)), env=env)))
         if not _wait_ready(collector_url + "/readyz", children):
@@ -101,6 +102,10 @@ def demo_command(
         if not settings.database_url:
             stop_embedded(settings.data_dir)
         console.print("stopped")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _stop(children: list[Child]) -> None:

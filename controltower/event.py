@@ -73,6 +73,9 @@ class Event:
 
 def _text(record: dict[str, Any], name: str, *, required: bool, limit: int = MAX_ID_LEN) -> str | None:
     value = record.get(name)
+    # fast path for the common case: a short ASCII string without NUL (no further checks needed)
+    if type(value) is str and value and len(value) <= limit and value.isascii() and "\x00" not in value:
+        return value
     if value is None or value == "":
         if required:
             raise EventError(f"{name}: missing (required)")
@@ -91,7 +94,13 @@ def _text(record: dict[str, Any], name: str, *, required: bool, limit: int = MAX
     return text
 
 
+_SLUGS: dict[str, str] = {}  # valid slugs seen (channels, flows, stages: a small set)
+
+
 def _slug(record: dict[str, Any], name: str, *, required: bool) -> str | None:
+    value = record.get(name)
+    if type(value) is str and value in _SLUGS:
+        return _SLUGS[value]
     text = _text(record, name, required=required, limit=64)
     if text is None:
         return None
@@ -100,6 +109,8 @@ def _slug(record: dict[str, Any], name: str, *, required: bool) -> str | None:
         raise EventError(
             f'{name}: "{text}" is not a slug (lowercase letters, digits, "_", "-", "."; at most 64)'
         )
+    if len(_SLUGS) < 4096:
+        _SLUGS[text] = slug
     return slug
 
 
