@@ -62,7 +62,7 @@ def stop_embedded(data_dir: Path) -> bool:
     import pgserver
 
     server = _embedded.pop(pgdata, None) or pgserver.get_server(pgdata, cleanup_mode=None)
-    from pgserver.utils import pg_ctl  # type: ignore[import-untyped]
+    from pgserver._commands import pg_ctl  # type: ignore[import-untyped]  # created at import, one per binary
 
     try:
         pg_ctl(["-w", "stop", "-m", "fast"], pgdata=pgdata, user=server.system_user)
