@@ -1,9 +1,139 @@
-"""CLI commands of the `alerts` room, registered by the composition root."""
+"""CLI commands of the `alerts` room, registered by the composition root.
+
+    controltower alerts check FILE
+    controltower alerts list [--all] [--json]
+    controltower alerts silence --matcher channel=amazon --for 2h --comment "ERP maintenance"
+    controltower alerts silences
+    controltower alerts ack FINGERPRINT --by NAME
+"""
 
 from __future__ import annotations
 
+import getpass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
 import typer
+
+from controltower.clitools import console, context_of, fail
+from controltower.errors import ConfigError, ControlTowerError
+from controltower.settings import parse_duration
+
+alerts_app = typer.Typer(name="alerts", help="Alert rules, active alerts, silences and acknowledgements.", no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
     """Add this room's commands to `app`."""
+    app.add_typer(alerts_app, name="alerts")
+
+
+@alerts_app.command("check")
+def check_command(file: Path = typer.Argument(..., help="Alert rules YAML to validate.")) -> None:
+    """Validate an alert rules file; print the rule and receiver count."""
+    from alerts.rules import load_rules
+
+    ruleset = load_rules(file)  # a ConfigError is printed as one `file:line: ...` line, exit 1
+    console.print(
+        f"{file}: ok, {len(ruleset.rules)} rules, {len(ruleset.receivers)} receivers", highlight=False
+    )
+
+
+@alerts_app.command("list")
+def list_command(
+    ctx: typer.Context,
+    show_all: bool = typer.Option(False, "--all", help="Also show resolved and inactive series."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
+) -> None:
+    """Pending and firing alerts, most severe first."""
+    from alerts.evaluate import list_alerts
+    from alerts.http import alert_json
+
+    context = context_of(ctx)
+    states = ("pending", "firing", "resolved", "inactive") if show_all else ("pending", "firing")
+    rows = [alert_json(r) for r in list_alerts(context.engine, states)]
+    if as_json:
+        typer.echo(orjson.dumps({"alerts": rows}, option=orjson.OPT_INDENT_2).decode())
+        return
+    if not rows:
+        console.print("no pending or firing alerts")
+        return
+    from rich.table import Table
+
+    table = Table("fingerprint", "state", "severity", "rule", "summary", "since", "ack")
+    for a in rows:
+        table.add_row(
+            a["fingerprint"], a["state"], a["severity"], a["rule"], a["summary"] or "",
+            a["firing_since"] or a["active_since"] or "", a["acknowledged_by"] or "",
+        )
+    console.print(table)
+
+
+@alerts_app.command("silence")
+def silence_command(
+    ctx: typer.Context,
+    matcher: list[str] = typer.Option(..., "--matcher", "-m", help="label=value (repeatable; all must match)."),
+    duration: str = typer.Option("2h", "--for", help="How long, e.g. 30m, 2h, 1d."),
+    comment: str = typer.Option("", "--comment", help="Why (shown with the silence)."),
+    by: str = typer.Option(None, "--by", help="Who (default: the current user).", show_default=False),
+) -> None:
+    """Silence alerts whose labels match: they still change state but send nothing."""
+    from alerts.evaluate import add_silence
+
+    matchers: dict[str, str] = {}
+    for item in matcher:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            fail(f"--matcher {item!r}: expected label=value, e.g. channel=amazon")
+        matchers[name.strip()] = value.strip()
+    try:
+        seconds = parse_duration(duration, where="--for")
+    except ConfigError as exc:
+        fail(str(exc))
+    if seconds <= 0:
+        fail("--for must be longer than 0")
+    context = context_of(ctx)
+    now = datetime.now(UTC)
+    try:
+        silence_id = add_silence(
+            context.engine, matchers, starts_at=now, ends_at=now + timedelta(seconds=seconds),
+            created_by=by or getpass.getuser(), comment=comment,
+        )
+    except ControlTowerError as exc:
+        fail(str(exc))
+    ends = (now + timedelta(seconds=seconds)).isoformat(timespec="seconds")
+    console.print(f"silence {silence_id} until {ends}: " + ", ".join(f"{k}={v}" for k, v in matchers.items()), highlight=False)
+
+
+@alerts_app.command("silences")
+def silences_command(ctx: typer.Context) -> None:
+    """Active and upcoming silences."""
+    from alerts.evaluate import list_silences
+
+    rows = list_silences(context_of(ctx).engine, datetime.now(UTC))
+    if not rows:
+        console.print("no silences")
+    for s in rows:
+        matchers = ", ".join(f"{k}={v}" for k, v in s["matchers"].items())
+        console.print(
+            f"{s['id']}: {matchers} until {s['ends_at'].isoformat(timespec='seconds')} by {s['created_by']}"
+            + (f" — {s['comment']}" if s["comment"] else ""),
+            highlight=False,
+        )
+
+
+@alerts_app.command("ack")
+def ack_command(
+    ctx: typer.Context,
+    fingerprint: str = typer.Argument(..., help="Alert fingerprint (or an unambiguous prefix)."),
+    by: str = typer.Option(None, "--by", help="Who acknowledges (default: the current user).", show_default=False),
+) -> None:
+    """Acknowledge an alert: no repeat notifications until it resolves."""
+    from alerts.evaluate import acknowledge
+
+    context = context_of(ctx)
+    try:
+        row = acknowledge(context.engine, fingerprint, by or getpass.getuser(), datetime.now(UTC))
+    except ControlTowerError as exc:
+        fail(str(exc))
+    console.print(f"acknowledged {row['fingerprint']} ({row['rule']}): {row['summary']}", highlight=False)

@@ -1,12 +1,201 @@
 """The scheduler process: runs the rooms' jobs in exactly one leader process.
 
-Composition root (may import rooms). Stub until the alerts work lands.
+Composition root (may import rooms). Every scheduler process holds a dedicated database
+connection and tries a session-level `pg_try_advisory_lock(LEADER_LOCK)`. Only while it holds
+the lock does it run an APScheduler `BackgroundScheduler` with every room's jobs; standbys
+retry every `retry_seconds`. The lock dies with the leader's connection (process killed,
+network gone), so a standby takes over within a retry; the leader checks its connection every
+`heartbeat_seconds` and stops its jobs as soon as that connection is lost, before anyone else
+can become leader for long.
 """
 
 from __future__ import annotations
 
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+import typer
+from sqlalchemy.engine import Connection
+
 from controltower.context import AppContext
+from controltower.jobs import ScheduledJob
+
+log = logging.getLogger(__name__)
+
+LEADER_LOCK = 0x43540002  # advisory lock id of the scheduler leader (0x4354 = "CT")
 
 
-def run(context: AppContext) -> None:
-    raise NotImplementedError("the scheduler is not built yet")
+def room_jobs(context: AppContext) -> list[ScheduledJob]:
+    from alerts import jobs as alert_jobs
+    from metrics import jobs as metric_jobs
+
+    return [*metric_jobs.jobs(context), *alert_jobs.jobs(context)]
+
+
+def _guarded(job: ScheduledJob, leading: threading.Event) -> Callable[[], None]:
+    def fire() -> None:
+        if not leading.is_set():
+            return  # leadership lost between scheduling and running: do nothing
+        started = time.monotonic()
+        try:
+            job.run(datetime.now(UTC))
+        except Exception:  # one failing job must not stop the others or the scheduler
+            log.exception("job %s failed", job.name)
+        else:
+            log.debug("job %s done in %.3fs", job.name, time.monotonic() - started)
+
+    return fire
+
+
+def _start_scheduler(jobs: Sequence[ScheduledJob], leading: threading.Event) -> Any:
+    from apscheduler.schedulers.background import BackgroundScheduler
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    scheduler = BackgroundScheduler(timezone=UTC)
+    now = datetime.now(UTC)
+    for job in jobs:
+        scheduler.add_job(
+            _guarded(job, leading),
+            IntervalTrigger(seconds=max(0.05, job.interval_seconds), timezone=UTC),
+            id=job.name,
+            name=job.name,
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=max(1, int(job.interval_seconds)),
+            next_run_time=now,
+            replace_existing=True,
+        )
+    scheduler.start()
+    return scheduler
+
+
+def _try_lock(conn: Connection) -> bool:
+    got = bool(conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": LEADER_LOCK}).scalar())
+    conn.commit()
+    return got
+
+
+def _alive(conn: Connection) -> bool:
+    try:
+        conn.execute(sa.text("SELECT 1"))
+        conn.commit()
+        return True
+    except Exception as exc:  # any error on the lock connection means the lock may be gone
+        log.warning("scheduler lost its leader connection: %s", exc)
+        return False
+
+
+def run(
+    context: AppContext,
+    stop: threading.Event | None = None,
+    *,
+    jobs: Sequence[ScheduledJob] | None = None,
+    retry_seconds: float = 5.0,
+    heartbeat_seconds: float = 2.0,
+    on_leadership: Callable[[bool], None] | None = None,
+) -> None:
+    """Run as leader or standby until `stop` is set (or SIGTERM/SIGINT in the main thread).
+
+    `jobs` defaults to every room's jobs (`metrics.jobs` + `alerts.jobs`); `on_leadership` is
+    told True when this process becomes leader and False when it steps down.
+    """
+    stop = stop or threading.Event()
+    job_list = list(room_jobs(context) if jobs is None else jobs)
+    restore = _install_signals(stop)
+    leading = threading.Event()
+    try:
+        log.info("scheduler started with %d jobs: %s", len(job_list), ", ".join(j.name for j in job_list))
+        while not stop.is_set():
+            conn: Connection | None = None
+            try:
+                conn = context.engine.connect()
+                if not _try_lock(conn):
+                    conn.close()
+                    conn = None
+                    stop.wait(retry_seconds)
+                    continue
+                _lead(conn, job_list, stop, leading, heartbeat_seconds, on_leadership)
+            except Exception as exc:  # database down: stay standby and retry
+                log.warning("scheduler: database unavailable (%s); retrying in %.0fs", type(exc).__name__, retry_seconds)
+                stop.wait(retry_seconds)
+            finally:
+                if conn is not None:
+                    # Closing the physical connection releases the session lock for sure
+                    # (returning it to the pool would keep the lock alive on an idle connection).
+                    try:
+                        conn.invalidate()
+                        conn.close()
+                    except Exception:  # already broken: nothing to release
+                        log.debug("lock connection already closed", exc_info=True)
+    finally:
+        restore()
+    log.info("scheduler stopped")
+
+
+def _lead(
+    conn: Connection,
+    jobs: Sequence[ScheduledJob],
+    stop: threading.Event,
+    leading: threading.Event,
+    heartbeat_seconds: float,
+    on_leadership: Callable[[bool], None] | None,
+) -> None:
+    log.info("scheduler is the leader: running %d jobs", len(jobs))
+    leading.set()
+    if on_leadership:
+        on_leadership(True)
+    scheduler = _start_scheduler(jobs, leading)
+    try:
+        while not stop.wait(heartbeat_seconds):
+            if not _alive(conn):
+                break
+    finally:
+        leading.clear()
+        scheduler.shutdown(wait=True)
+        if on_leadership:
+            on_leadership(False)
+        log.info("scheduler stepped down")
+
+
+def _install_signals(stop: threading.Event) -> Callable[[], None]:
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def handler(signum: int, frame: object) -> None:
+        log.info("scheduler: %s received, shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    for sig in previous:
+        signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    return restore
+
+
+def scheduler_command(ctx: typer.Context) -> None:
+    """Run the scheduler (rollups, SLA table, alert evaluation and delivery) as leader or hot standby."""
+    from controltower import migrate
+    from controltower.clitools import settings_of
+
+    # Its own pool: the leader's lock connection plus every job that may run at once.
+    context = AppContext.open(settings_of(ctx), pool_size=6, application_name="controltower-scheduler")
+    migrate.upgrade(context.engine)
+    try:
+        run(context)
+    finally:
+        context.engine.dispose()
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `scheduler` command to the composition root's app."""
+    app.command("scheduler")(scheduler_command)

@@ -1,3 +1,90 @@
 """Tables written by `alerts/` (rule state, history, silences, notification outbox)."""
 
 from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+from controltower.schema.base import metadata
+
+TS = sa.DateTime(timezone=True)
+
+# One row per alert series (rule x labels): its state machine
+# inactive -> pending -> firing -> resolved, acknowledgement and last notification.
+alert_state = sa.Table(
+    "alert_state",
+    metadata,
+    sa.Column("fingerprint", sa.Text, nullable=False),
+    sa.Column("rule", sa.Text, nullable=False),
+    sa.Column("labels", JSONB, nullable=False),
+    sa.Column("annotations", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("severity", sa.Text, nullable=False),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("active_since", TS),
+    sa.Column("firing_since", TS),
+    sa.Column("resolved_at", TS),
+    sa.Column("last_value", sa.Float),
+    sa.Column("last_evaluated_at", TS, nullable=False),
+    sa.Column("last_notified_at", TS),
+    sa.Column("acknowledged_by", sa.Text),
+    sa.Column("acknowledged_at", TS),
+    sa.Column("summary", sa.Text),
+    sa.Column("dashboard_url", sa.Text),
+    sa.PrimaryKeyConstraint("fingerprint", name="alert_state_pkey"),
+    sa.Index("alert_state_state_idx", "state"),
+    sa.Index("alert_state_rule_idx", "rule"),
+)
+
+# History: every state change of every series.
+alert_events = sa.Table(
+    "alert_events",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), nullable=False),
+    sa.Column("at", TS, nullable=False),
+    sa.Column("fingerprint", sa.Text, nullable=False),
+    sa.Column("rule", sa.Text, nullable=False),
+    sa.Column("from_state", sa.Text, nullable=False),
+    sa.Column("to_state", sa.Text, nullable=False),
+    sa.Column("value", sa.Float),
+    sa.Column("labels", JSONB, nullable=False),
+    sa.Column("summary", sa.Text),
+    sa.PrimaryKeyConstraint("id", name="alert_events_pkey"),
+    sa.Index("alert_events_fingerprint_idx", "fingerprint", "at"),
+    sa.Index("alert_events_at_idx", "at"),
+)
+
+# Silences: alerts whose labels match every matcher ({label: value}) change state but do not notify.
+alert_silences = sa.Table(
+    "alert_silences",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), nullable=False),
+    sa.Column("matchers", JSONB, nullable=False),
+    sa.Column("starts_at", TS, nullable=False),
+    sa.Column("ends_at", TS, nullable=False),
+    sa.Column("created_by", sa.Text, nullable=False),
+    sa.Column("comment", sa.Text, nullable=False, server_default=sa.text("''")),
+    sa.Column("created_at", TS, nullable=False, server_default=sa.func.now()),
+    sa.PrimaryKeyConstraint("id", name="alert_silences_pkey"),
+    sa.Index("alert_silences_ends_idx", "ends_at"),
+)
+
+# The outbox: written in the same transaction as the state change, sent by the deliverer.
+alert_notifications = sa.Table(
+    "alert_notifications",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), nullable=False),
+    sa.Column("fingerprint", sa.Text, nullable=False),
+    sa.Column("rule", sa.Text, nullable=False),
+    sa.Column("receiver", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("payload", JSONB, nullable=False),
+    sa.Column("status", sa.Text, nullable=False, server_default=sa.text("'pending'")),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("next_attempt_at", TS, nullable=False),
+    sa.Column("sent_at", TS),
+    sa.Column("last_error", sa.Text),
+    sa.PrimaryKeyConstraint("id", name="alert_notifications_pkey"),
+    sa.Index("alert_notifications_due_idx", "status", "next_attempt_at"),
+    sa.Index("alert_notifications_fingerprint_idx", "fingerprint"),
+)

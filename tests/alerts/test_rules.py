@@ -1,0 +1,154 @@
+"""Alert rules files: the shipped defaults load; every mistake names its file and line."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+from typer.testing import CliRunner
+
+from alerts.rules import DEFAULT_FILE, load_rules, render, template_fields
+from controltower.errors import ConfigError
+
+GOOD = """\
+receivers:
+  hook:
+    type: webhook
+    url: http://127.0.0.1:9/hook
+  pd:
+    type: pagerduty
+    routing_key_env: PD_KEY
+  mail:
+    type: email
+    smtp_host: 127.0.0.1
+    smtp_port: 2525
+    from: tower@example.com
+    to: [ops@example.com]
+default_receivers: [hook]
+rules:
+  - name: UnpostedOrders
+    sla: erp_posting
+    channel: amazon
+    field: open_breaches
+    op: ">"
+    value: 0
+    for: 10m
+    severity: page
+    labels: {team: erp}
+    annotations:
+      summary: "{channel}: {open_breaches} orders unposted, oldest {oldest_breach_human}"
+    runbook_url: https://wiki.example.com/unposted
+    repeat_interval: 4h
+    receivers: [pd, mail]
+  - name: Stale
+    sla: "*"
+    field: health
+    op: ">="
+    value: warn
+"""
+
+
+def write(tmp_path, text):
+    path = tmp_path / "alerts.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_good_file_loads(tmp_path):
+    ruleset = load_rules(write(tmp_path, GOOD))
+    assert [r.name for r in ruleset.rules] == ["UnpostedOrders", "Stale"]
+    first, second = ruleset.rules
+    assert first.for_seconds == 600 and first.repeat_interval_seconds == 4 * 3600
+    assert first.receivers == ("pd", "mail") and second.receivers == ("hook",)
+    assert first.annotations["runbook_url"] == "https://wiki.example.com/unposted"
+    assert second.window == "1h" and second.for_seconds == 0
+    assert set(ruleset.receivers) == {"hook", "pd", "mail"}
+    assert ruleset.receivers["mail"].to == ("ops@example.com",)
+    assert second.holds({"health": "critical"}) and not second.holds({"health": "ok"})
+    assert first.holds({"open_breaches": 3}) and not first.holds({"open_breaches": None})
+
+
+def test_shipped_defaults_load():
+    ruleset = load_rules(None)
+    names = {r.name for r in ruleset.rules}
+    assert {"ErrorBudgetFastBurn", "ErrorBudgetSlowBurn", "UnpostedOrders", "ChannelSilent", "InventoryStale"} <= names
+    fast = next(r for r in ruleset.rules if r.name == "ErrorBudgetFastBurn")
+    assert (fast.field, fast.op, fast.value, fast.for_seconds, fast.severity) == ("burn_rate_short", ">", 14.4, 120, "page")
+    assert load_rules(DEFAULT_FILE).rules == ruleset.rules
+
+
+def test_summary_template_renders_row_fields():
+    rule = load_rules(None).rules[2]
+    values = template_fields({"sla": "erp_posting", "channel": "amazon", "open_breaches": 143,
+                              "oldest_breach_ms": 5_400_000}, rule)
+    assert render(rule.annotations["summary"], values) == "amazon: 143 orders unposted, oldest 1h 30m"
+    # a NULL value never breaks the notification
+    assert render("{burn_rate_short:.1f}x", template_fields({}, rule)) == "n/ax"
+
+
+def _line_of(text: str, needle: str, occurrence: int = 1) -> int:
+    lines = [i for i, line in enumerate(textwrap.dedent(text).splitlines(), 1) if needle in line]
+    return lines[occurrence - 1]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "needle", "occurrence", "message"),
+    [
+        ("    severity: page\n", "    severity: page\n    colour: red\n", "colour: red", 1, "unknown field 'colour'"),
+        ('    op: ">"\n', '    op: "=>"\n', 'op: "=>"', 1, "op '=>' is not one of"),
+        ("    for: 10m\n", "    for: -5m\n", "for: -5m", 1, "is not a duration"),
+        ("  - name: Stale\n", "  - name: UnpostedOrders\n", "name: UnpostedOrders", 2, "duplicate rule name 'UnpostedOrders'"),
+        ("    receivers: [pd, mail]\n", "    receivers:\n      - pd\n      - pager\n", "- pager", 1, "unknown receiver 'pager'"),
+        ("    field: open_breaches\n", "    field: open_breach\n", "field: open_breach", 1, "field 'open_breach' is not one of"),
+        ("    value: warn\n", "    value: purple\n", "value: purple", 1, "health is one of"),
+        ("    severity: page\n", "    severity: urgent\n", "severity: urgent", 1, "severity 'urgent'"),
+        ("    routing_key_env: PD_KEY\n", "    routing_key: abc123\n", "routing_key: abc123", 1, "secrets are never written here"),
+        ("      summary: \"{channel}", "      summary: \"{chanel}", "{chanel}", 1, "unknown field {chanel}"),
+    ],
+)
+def test_bad_files_name_file_and_line(tmp_path, old, new, needle, occurrence, message):
+    assert old in GOOD
+    text = GOOD.replace(old, new, 1)
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_rules(path)
+    line = _line_of(text, needle, occurrence)
+    assert str(info.value).startswith(f"{path}:{line}: "), str(info.value)
+    assert message in str(info.value)
+
+
+def test_not_yaml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"alerts.yaml:\d+: not valid YAML"):
+        load_rules(write(tmp_path, "rules:\n  - name: [\n"))
+    with pytest.raises(ConfigError, match="no such file"):
+        load_rules(tmp_path / "missing.yaml")
+
+
+def test_check_command(tmp_path):
+    from controltower.cli import app
+
+    runner = CliRunner()
+    ok = runner.invoke(app, ["alerts", "check", str(write(tmp_path, GOOD))])
+    assert ok.exit_code == 0, ok.output
+    assert "2 rules" in ok.output
+    bad = write(tmp_path, GOOD.replace('op: ">"', 'op: "=>"'))
+    failed = runner.invoke(app, ["alerts", "check", str(bad)])
+    assert failed.exit_code == 1
+    assert isinstance(failed.exception, ConfigError)  # cli.main prints it as one line
+    line = _line_of(GOOD, 'op: ">"')
+    assert str(failed.exception).startswith(f"{bad}:{line}:")
+
+
+def test_check_command_exit_code_from_the_real_console_script(tmp_path):
+    import subprocess
+    import sys
+
+    bad = write(tmp_path, GOOD.replace("    for: 10m\n", "    for: -5m\n"))
+    done = subprocess.run([sys.executable, "-m", "controltower", "alerts", "check", str(bad)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {bad}:{_line_of(GOOD, 'for: 10m')}: for:")
+    ok = subprocess.run([sys.executable, "-m", "controltower", "alerts", "check", str(DEFAULT_FILE)],
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and "6 rules" in ok.stdout
