@@ -86,7 +86,10 @@ _register_rooms()
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        app(args=argv, standalone_mode=False)
+        # without standalone mode click returns (not raises) the code of `typer.Exit`
+        code = app(args=argv, standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
@@ -106,6 +109,12 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(exc.exit_code)
         if _state["debug"]:
             raise
+        from sqlalchemy.exc import DBAPIError
+
+        if isinstance(exc, DBAPIError) and isinstance(exc.orig, Exception):
+            detail = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc.orig).__name__
+            err_console.print(f"[bold red]error:[/] database: {detail}", highlight=False, soft_wrap=True)
+            sys.exit(1)
         err_console.print(
             f"[bold red]error:[/] {type(exc).__name__}: {exc} (run with --debug for the traceback)",
             highlight=False,

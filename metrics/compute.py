@@ -174,7 +174,8 @@ def _base(sla: SLA, channel: str) -> dict[str, Any]:
 
 
 def _burn(counts: tuple[int, int] | None, objective: float) -> float | None:
-    if not counts or counts[0] == 0:
+    # a burn rate over a handful of transactions is noise (1 late of 6 would "burn" 16x)
+    if not counts or counts[0] < MIN_SAMPLES:
         return None
     total, met = counts
     return ((total - met) / total) / (1 - objective)

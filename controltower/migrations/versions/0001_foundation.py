@@ -60,6 +60,9 @@ def upgrade() -> None:
                 to_char(day + 1, 'YYYY-MM-DD') || ' 00:00:00+00'
             );
             RETURN true;
+        EXCEPTION WHEN duplicate_table THEN
+            -- another process created it after our (catalog-snapshot) check: fine
+            RETURN false;
         END;
         $$;
 
