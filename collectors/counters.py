@@ -58,6 +58,7 @@ class Counters:
             ("storage_unavailable", "Requests refused with 503 because the database was unreachable."),
             ("saturated", "Requests refused with 503 because the write path was saturated."),
             ("unauthorized", "Requests refused with 401."),
+            ("rate_limited", "Requests refused with 429 because the sender exceeded its rate limit."),
             ("write_errors", "Batches that failed for another reason (answered 503)."),
         ):
             full = f"controltower_collector_{name}_total"

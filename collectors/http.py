@@ -23,9 +23,10 @@ from starlette.routing import BaseRoute, Route
 from collectors import bodies, otlp, spans
 from collectors.counters import Counters
 from collectors.masking import Masker, MaskingRules
+from collectors.ratelimit import RateLimiter, retry_after
 from collectors.store import EventStore, IngestResult
-from controltower import transactions
-from controltower.auth import KeyCache
+from controltower import apikeys, transactions
+from controltower.auth import KeyCache, bearer_token
 from controltower.context import AppContext
 from controltower.db import is_unavailable
 from controltower.errors import StorageUnavailable
@@ -55,6 +56,7 @@ class Collector:
         self.settings = settings
         self.store = EventStore(context.engine, settings, Masker(MaskingRules.load(settings.masking_rules)))
         self.keys = KeyCache(context.engine, require=settings.require_api_keys)
+        self.limiter = RateLimiter(settings.rate_limit_events)
         self.counters = Counters()
         self._slots = asyncio.Semaphore(max(1, settings.max_inflight_batches))
 
@@ -83,6 +85,19 @@ class Collector:
             return None
         self.counters.inc("unauthorized")
         return _error(401, f"missing or invalid API key for scope {scope!r} (Authorization: Bearer <key>)")
+
+    def _limit(self, request: Request, cost: int) -> Response | None:
+        """429 + Retry-After when this sender is over its rate (nothing was accepted)."""
+        if not self.limiter.enabled:
+            return None
+        token = bearer_token(request.headers)
+        sender = f"key:{apikeys.split_prefix(token) or 'invalid'}" if token else f"addr:{request.client.host if request.client else '-'}"
+        wait = self.limiter.take(sender, cost)
+        if not wait:
+            return None
+        self.counters.inc("rate_limited")
+        return _error(429, f"rate limit of {self.limiter.rate:g} events/s exceeded for this sender, retry later",
+                      retry_after=retry_after(wait))
 
     async def _write(self, records: list[Any], errors: dict[int, str], source: str) -> IngestResult | Response:
         retry = self.settings.retry_after_seconds
@@ -124,6 +139,9 @@ class Collector:
             return _error(413, str(exc))
         except bodies.BodyError as exc:
             return _error(400, str(exc), accepted=0, duplicates=0, rejected=[])
+        limited = self._limit(request, len(records))
+        if limited:
+            return limited
         outcome = await self._write(records, errors, "api")
         if isinstance(outcome, Response):
             return outcome
@@ -146,6 +164,9 @@ class Collector:
         except (bodies.BodyError, otlp.OTLPDecodeError) as exc:
             return _error(400, str(exc))
         mapping = spans.map_request(request_pb)
+        limited = self._limit(request, len(mapping.records))
+        if limited:
+            return limited
         outcome = await self._write(mapping.records, {}, "otlp")
         if isinstance(outcome, Response):
             return outcome

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime, timedelta
 
+import sqlalchemy as sa
 import typer
 
 from controltower import apikeys, migrate
@@ -22,6 +23,54 @@ def register(app: typer.Typer) -> None:
     app.command("migrate")(migrate_command)
     app.command("serve")(serve_command)
     app.add_typer(keys_app, name="keys")
+    app.command("retention")(retention_command)
+    app.command("grant-readonly")(grant_readonly_command)
+
+
+def grant_readonly_command(
+    ctx: typer.Context,
+    role: str = typer.Argument(..., help="An existing PostgreSQL role (create it with a password first)."),
+    alert_actions: bool = typer.Option(
+        True, "--alert-actions/--no-alert-actions",
+        help="Also let it acknowledge alerts and create silences (the dashboard's alerts page).",
+    ),
+) -> None:
+    """Grant a role read access to every table (now and future): the dashboard's database user."""
+    from psycopg import sql
+
+    context = context_of(ctx)
+    statements = [
+        sql.SQL("GRANT USAGE ON SCHEMA public TO {}"),
+        sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}"),
+        sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {}"),
+    ]
+    if alert_actions:
+        statements.append(sql.SQL("GRANT UPDATE (acknowledged_by, acknowledged_at) ON alert_state TO {}"))
+        statements.append(sql.SQL("GRANT INSERT ON alert_silences TO {}"))
+        statements.append(sql.SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {}"))
+    with context.engine.begin() as conn:
+        raw = conn.connection.driver_connection
+        exists = conn.execute(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}).first()
+        if not exists:
+            fail(f"role {role!r} does not exist (CREATE ROLE {role} LOGIN PASSWORD '…' first)")
+        for statement in statements:
+            raw.execute(statement.format(sql.Identifier(role)))  # type: ignore[union-attr]
+    console.print(f"{role}: SELECT on every table{' + alert acknowledge/silence' if alert_actions else ''}")
+
+
+def retention_command(
+    ctx: typer.Context,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only show what would be removed."),
+) -> None:
+    """Drop expired event partitions and delete expired rows in batches (the scheduler does it hourly)."""
+    from controltower import retention
+
+    context = context_of(ctx)
+    if dry_run:
+        console.print(retention.plan(context.engine, context.settings).summary(), highlight=False)
+        return
+    done = retention.apply(context.engine, context.settings)
+    console.print("removed:\n" + done.summary(), highlight=False)
 
 
 def migrate_command(ctx: typer.Context) -> None:

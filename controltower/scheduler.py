@@ -33,9 +33,13 @@ LEADER_LOCK = 0x43540002  # advisory lock id of the scheduler leader (0x4354 = "
 
 def room_jobs(context: AppContext) -> list[ScheduledJob]:
     from alerts import jobs as alert_jobs
+    from controltower import retention
     from metrics import jobs as metric_jobs
 
-    return [*metric_jobs.jobs(context), *alert_jobs.jobs(context)]
+    def keep_bounded(now: object) -> object:
+        return retention.apply(context.engine, context.settings)
+
+    return [*metric_jobs.jobs(context), *alert_jobs.jobs(context), ScheduledJob("retention", keep_bounded, 3600.0)]
 
 
 def _guarded(job: ScheduledJob, leading: threading.Event) -> Callable[[], None]:

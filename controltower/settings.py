@@ -53,6 +53,16 @@ def _bool(text: str, where: str) -> bool:
     raise ConfigError(f'{where}: "{text}" is not a boolean (expected true or false)')
 
 
+def _float(text: str, where: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f'{where}: "{text}" is not a number') from None
+    if not value >= 0 or value == float("inf"):
+        raise ConfigError(f'{where}: "{text}" must be a finite number >= 0')
+    return value
+
+
 def _int(text: str, where: str) -> int:
     try:
         value = int(text)
@@ -190,6 +200,27 @@ class Settings:
         30.0, _seconds, "How often the scheduler recomputes rollups and evaluates alert rules."
     )
     log_level: str = _setting("info", _str, "Log level: debug, info, warning, error.")
+    rate_limit_events: float = _setting(
+        0.0,
+        _float,
+        "Events per second one API key (or, without keys, one client address) may send to one "
+        "collector process; past it requests get 429 with Retry-After. 0 = no limit.",
+    )
+    retention_events: float = _setting(
+        35 * 86400.0, _seconds, "Raw events are kept this long; whole daily partitions are dropped after it."
+    )
+    retention_transactions: float = _setting(
+        120 * 86400.0,
+        _seconds,
+        "Transactions (with milestones and keys) are kept this long after their last event "
+        "(marketplace disputes settle after ~90 days).",
+    )
+    retention_rollups: float = _setting(
+        400 * 86400.0, _seconds, "Hourly SLA rollups are kept this long (13 months for year-on-year)."
+    )
+    retention_alerts: float = _setting(
+        180 * 86400.0, _seconds, "Alert history, delivered notifications and the audit log are kept this long."
+    )
 
     @classmethod
     def fields_help(cls) -> dict[str, str]:

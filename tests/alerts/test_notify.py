@@ -24,7 +24,7 @@ from controltower.schema.metrics import sla_status
 from controltower.yamlfile import loads
 from tests.conftest import LoopbackServer
 
-FIXTURES = Path("/work/shared/fixtures/alertmanager")
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "alertmanager"
 T0 = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
 
 

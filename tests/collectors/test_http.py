@@ -174,3 +174,25 @@ def test_readyz_and_healthz(collector):
 @pytest.mark.parametrize("path", ["/v1/events", "/v1/traces"])
 def test_wrong_method(collector, path):
     assert httpx.get(collector.url + path).status_code == 405
+
+
+def test_rate_limit_per_key_answers_429_with_retry_after(engine, settings):
+    from controltower.context import AppContext
+    from controltower.server import build_app
+    from tests.conftest import LoopbackServer
+
+    limited = settings.with_(rate_limit_events=5.0)  # bucket of 50 events
+    token = apikeys.create(engine, "pos-bridge", ("ingest",))
+    other = apikeys.create(engine, "erp-bridge", ("ingest",))
+    with LoopbackServer(build_app(AppContext(limited, engine))) as server:
+        url = server.url + "/v1/events"
+        headers = {"authorization": f"Bearer {token}"}
+        first = httpx.post(url, json=[rec(f"rl{i}", cid="C-rl") for i in range(40)], headers=headers)
+        assert first.status_code == 200 and first.json()["accepted"] == 40
+        refused = httpx.post(url, json=[rec(f"rl{i}", cid="C-rl") for i in range(40, 60)], headers=headers)
+        assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+        assert "rate limit" in refused.json()["error"]
+        # another key has its own bucket
+        assert httpx.post(url, json=[rec("rl-x", cid="C-rl2")], headers={"authorization": f"Bearer {other}"}).status_code == 200
+        assert "controltower_collector_rate_limited_total 1" in httpx.get(server.url + "/metrics").text
+    assert count(engine, "SELECT count(*) FROM events WHERE correlation_id = 'C-rl'") == 40

@@ -21,7 +21,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from collectors.instrument import flow_step
 
-FIXTURE = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "otlp" / "trace.json"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "otlp" / "trace.json"
 
 
 def provider_for(url: str, **kwargs) -> tuple[TracerProvider, OTLPSpanExporter]:

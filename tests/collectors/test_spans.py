@@ -21,7 +21,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 from collectors.otlp import OTLPDecodeError, decode_traces, encode_response
 from collectors.spans import map_request
 
-FIXTURE = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "otlp" / "trace.json"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "otlp" / "trace.json"
 
 TRACE_HEX = "0af7651916cd43dd8448eb211c80319c"
 SPAN_HEX = "b7ad6b7169203331"

@@ -1,0 +1,138 @@
+"""Retention: keep every table bounded without long DELETEs.
+
+- raw events: whole daily partitions older than `retention_events` are detached and dropped
+  (instant, no vacuum debt); partitions ahead are created on the same run;
+- transactions, milestones and keys: those whose last event is older than
+  `retention_transactions`, removed in bounded batches by primary key;
+- derived metrics: minute rollups and samples after the longest SLA window they serve, hourly
+  rollups after `retention_rollups`; alert history after `retention_alerts`.
+
+`plan()` says what would go (`controltower retention --dry-run`); `apply()` does it. The
+scheduler runs `apply` hourly in the leader. Composition-free: only schema knowledge.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from controltower import migrate
+from controltower.settings import Settings
+
+log = logging.getLogger(__name__)
+BATCH = 5_000
+METRICS_MINUTES_KEEP = timedelta(days=91)  # /v1/sla windows reach 90 days back
+
+# (table, time column, setting that bounds it or a fixed age); batched deletes by ctid range
+_DERIVED = (
+    ("sla_rollup_minute", "minute", None),
+    ("event_rollup_minute", "minute", None),
+    ("sla_samples", "completed_at", None),
+    ("sla_rollup_hour", "hour", "retention_rollups"),
+    ("alert_events", "at", "retention_alerts"),
+    ("alert_notifications", "created_at", "retention_alerts"),
+    ("alert_audit", "at", "retention_alerts"),
+)
+
+
+@dataclass
+class Plan:
+    partitions: list[str] = field(default_factory=list)
+    rows: dict[str, int] = field(default_factory=dict)
+    cutoffs: dict[str, datetime] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        lines = [f"event partitions to drop: {', '.join(self.partitions) or 'none'}"]
+        for table, n in self.rows.items():
+            lines.append(f"{table}: {n:,} rows older than {self.cutoffs[table]:%Y-%m-%d %H:%M}")
+        return "\n".join(lines)
+
+
+def _partition_day(name: str) -> date | None:
+    try:
+        return datetime.strptime(name.removeprefix("events_"), "%Y%m%d").date()
+    except ValueError:
+        return None
+
+
+def _exists(conn: Connection, table: str) -> bool:
+    return conn.execute(sa.text("SELECT to_regclass(:t) IS NOT NULL"), {"t": table}).scalar_one()
+
+
+def _cutoffs(settings: Settings, now: datetime) -> dict[str, datetime]:
+    out = {"transactions": now - timedelta(seconds=settings.retention_transactions)}
+    for table, _, setting in _DERIVED:
+        out[table] = now - (timedelta(seconds=getattr(settings, setting)) if setting else METRICS_MINUTES_KEEP)
+    return out
+
+
+def plan(engine: Engine, settings: Settings, now: datetime | None = None) -> Plan:
+    now = now or datetime.now(UTC)
+    result = Plan(cutoffs=_cutoffs(settings, now))
+    oldest_kept = (now - timedelta(seconds=settings.retention_events)).date()
+    with engine.connect() as conn:
+        for name in migrate.event_partitions(conn):
+            day = _partition_day(name)
+            if day is not None and day < oldest_kept:
+                result.partitions.append(name)
+        result.rows["transactions"] = conn.execute(
+            sa.text("SELECT count(*) FROM transactions WHERE last_event_at < :c"), {"c": result.cutoffs["transactions"]}
+        ).scalar_one()
+        for table, column, _ in _DERIVED:
+            if _exists(conn, table):
+                result.rows[table] = conn.execute(
+                    sa.text(f"SELECT count(*) FROM {table} WHERE {column} < :c"),  # noqa: S608 (constants)
+                    {"c": result.cutoffs[table]},
+                ).scalar_one()
+    return result
+
+
+def apply(engine: Engine, settings: Settings, now: datetime | None = None) -> Plan:
+    """Drop old partitions, delete expired rows in batches, create partitions ahead."""
+    now = now or datetime.now(UTC)
+    todo = plan(engine, settings, now)
+    for name in todo.partitions:
+        with engine.begin() as conn:
+            # DETACH first so concurrent readers of `events` never wait on the DROP
+            conn.execute(sa.text(f'ALTER TABLE events DETACH PARTITION "{name}"'))
+            conn.execute(sa.text(f'DROP TABLE "{name}"'))
+        log.info("retention: dropped partition %s", name)
+    _batched(engine, "transactions", """
+        WITH gone AS (
+            DELETE FROM transactions WHERE correlation_id IN (
+                SELECT correlation_id FROM transactions WHERE last_event_at < :c LIMIT :n)
+            RETURNING correlation_id)
+        , m AS (DELETE FROM transaction_milestones WHERE correlation_id IN (SELECT correlation_id FROM gone))
+        , k AS (DELETE FROM transaction_keys WHERE correlation_id IN (SELECT correlation_id FROM gone))
+        , s AS (DELETE FROM sla_open_items WHERE correlation_id IN (SELECT correlation_id FROM gone))
+        SELECT count(*) FROM gone
+    """, todo.cutoffs["transactions"])
+    for table, column, _ in _DERIVED:
+        with engine.connect() as conn:
+            if not _exists(conn, table):
+                continue
+        _batched(engine, table, f"""
+            WITH gone AS (
+                DELETE FROM {table} WHERE ctid IN (SELECT ctid FROM {table} WHERE {column} < :c LIMIT :n)
+                RETURNING 1)
+            SELECT count(*) FROM gone
+        """, todo.cutoffs[table])  # noqa: S608 (table and column are constants above)
+    migrate.ensure_partitions_ahead(engine, now=now)
+    return todo
+
+
+def _batched(engine: Engine, table: str, sql: str, cutoff: datetime) -> int:
+    total = 0
+    while True:
+        with engine.begin() as conn:
+            n = conn.execute(sa.text(sql), {"c": cutoff, "n": BATCH}).scalar_one()
+        total += n
+        if n < BATCH:
+            break
+    if total:
+        log.info("retention: %s: %d rows removed", table, total)
+    return total
