@@ -1,0 +1,222 @@
+"""Soak: the whole stack under sustained load for a bounded time, on loopback.
+
+Starts a collector (`serve --workers 2`) and a scheduler (rollups, SLA table, alert evaluation
+every 10 s) as real processes on a fresh database, then for --minutes:
+  - sender threads post the simulator's events (several times its peak volume) in batches,
+    honouring 429/503 + Retry-After, recording each request's latency;
+  - a reader thread runs the dashboard's and support's queries (`/v1/sla`, search,
+    `/v1/alerts`) every 2 s;
+  - every 15 s the resident memory of each process and the database size are sampled.
+At the end it prints sustained ingest, p50/p95/p99 request latency, memory over time (growth
+from the first to the last third), database size, and checks that every distinct event sent
+was stored exactly once (count by event id).
+
+    python bench/soak.py --database-url postgresql://postgres@127.0.0.1:5432/postgres --minutes 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import psutil
+import sqlalchemy as sa
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from controltower import migrate  # noqa: E402
+from controltower.db import make_engine, normalize_url  # noqa: E402
+from simulator.faults import FaultPlan  # noqa: E402
+from simulator.model import Simulation  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mb(proc: psutil.Process) -> float:
+    try:
+        procs = [proc, *proc.children(recursive=True)]
+        return sum(p.memory_info().rss for p in procs if p.is_running()) / 2**20
+    except psutil.Error:
+        return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--database-url", default=os.environ.get("CONTROLTOWER_DATABASE_URL"))
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--rate", type=float, default=3000.0, help="target events/s offered")
+    parser.add_argument("--senders", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=500)
+    args = parser.parse_args()
+    if not args.database_url:
+        sys.exit("--database-url is required (the soak creates and drops its own database there)")
+    admin = make_engine(normalize_url(args.database_url))
+    name = f"ct_soak_{uuid.uuid4().hex[:8]}"
+    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = admin.url.set(database=name).render_as_string(hide_password=False)
+    engine = make_engine(url, pool_size=2)
+    migrate.upgrade(engine)
+    port = free_port()
+    env = dict(os.environ, CONTROLTOWER_EVALUATION_INTERVAL="10s", CONTROLTOWER_PORT=str(port), PYTHONUNBUFFERED="1")
+    cli = [sys.executable, "-m", "controltower", "--database-url", url]
+    logs = Path(os.environ.get("TMPDIR", "/tmp")) / name
+    logs.mkdir(parents=True, exist_ok=True)
+    collector = subprocess.Popen([*cli, "serve", "--port", str(port), "--workers", "2"], env=env,
+                                 stdout=(logs / "collector.log").open("w"), stderr=subprocess.STDOUT)
+    scheduler = subprocess.Popen([*cli, "scheduler"], env=env, stdout=(logs / "scheduler.log").open("w"), stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    stop = threading.Event()
+    latencies: list[float] = []
+    sent_ids: set[tuple[str, str]] = set()
+    counts = {"requests": 0, "retries": 0, "accepted": 0, "duplicates": 0, "rejected": 0}
+    lock = threading.Lock()
+    now = time.time()
+    sim = Simulation(seed=11, start=now - 3 * 86400, faults=FaultPlan(), rate_scale=200.0)
+    queue: list[list[dict]] = []
+    qlock = threading.Condition()
+
+    def produce() -> None:
+        per_tick = args.rate / 10
+        clock, pending = sim.start, []
+        while not stop.is_set():
+            t0 = time.monotonic()
+            while len(pending) < per_tick:
+                clock = min(clock + 60, now - 60)
+                pending += [e.record for e in sim.take_before(clock) if not e.malformed]
+                if clock >= now - 60:
+                    break
+            take, pending = pending[: int(per_tick)], pending[int(per_tick):]
+            with qlock:
+                for i in range(0, len(take), args.batch):
+                    queue.append(take[i:i + args.batch])
+                qlock.notify_all()
+            stop.wait(max(0.0, 0.1 - (time.monotonic() - t0)))
+
+    def send() -> None:
+        client = httpx.Client(timeout=30)
+        while not stop.is_set():
+            with qlock:
+                while not queue and not stop.is_set():
+                    qlock.wait(0.5)
+                if stop.is_set():
+                    return
+                batch = queue.pop(0)
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                try:
+                    response = client.post(base + "/v1/events", json=batch)
+                except httpx.HTTPError:
+                    time.sleep(1)
+                    continue
+                if response.status_code in (429, 503):
+                    with lock:
+                        counts["retries"] += 1
+                    time.sleep(float(response.headers.get("retry-after", "1")))
+                    continue
+                body = response.json()
+                with lock:
+                    latencies.append(time.perf_counter() - t0)
+                    counts["requests"] += 1
+                    for key in ("accepted", "duplicates"):
+                        counts[key] += body[key]
+                    counts["rejected"] += len(body["rejected"])
+                    bad = {r["index"] for r in body["rejected"]}
+                    sent_ids.update((r["correlation_id"], r["event_id"]) for i, r in enumerate(batch) if i not in bad)
+                break
+
+    reads: list[float] = []
+
+    def read() -> None:
+        client = httpx.Client(timeout=30)
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                client.get(base + "/v1/sla", params={"window": "1h"})
+                client.get(base + "/v1/sla", params={"window": "24h"})
+                client.get(base + "/v1/transactions", params={"q": "SKU-100"})
+                client.get(base + "/v1/alerts")
+                reads.append(time.perf_counter() - t0)
+            except httpx.HTTPError:
+                pass
+            stop.wait(2)
+
+    threads = [threading.Thread(target=produce, daemon=True), threading.Thread(target=read, daemon=True)]
+    threads += [threading.Thread(target=send, daemon=True) for _ in range(args.senders)]
+    for t in threads:
+        t.start()
+    started = time.monotonic()
+    samples = []
+    procs = {"collector": psutil.Process(collector.pid), "scheduler": psutil.Process(scheduler.pid)}
+    try:
+        while time.monotonic() - started < args.minutes * 60:
+            with engine.connect() as conn:
+                size = conn.execute(sa.text("SELECT pg_database_size(current_database())")).scalar_one() / 2**20
+            with lock:
+                accepted = counts["accepted"]
+            samples.append((time.monotonic() - started, {k: rss_mb(p) for k, p in procs.items()}, size, accepted))
+            print(f"  {samples[-1][0]:5.0f} s  accepted {accepted:>9,}  "
+                  + "  ".join(f"{k} {v:6.0f} MB" for k, v in samples[-1][1].items()) + f"  db {size:,.0f} MB", flush=True)
+            time.sleep(15)
+    finally:
+        stop.set()
+        with qlock:
+            qlock.notify_all()
+        for t in threads:
+            t.join(timeout=30)
+        elapsed = time.monotonic() - started
+        time.sleep(12)  # one more scheduler tick
+        for proc in (collector, scheduler):
+            proc.terminate()
+            proc.wait(timeout=30)
+    with engine.connect() as conn:
+        stored = conn.execute(sa.text("SELECT count(*) FROM events")).scalar_one()
+        distinct = conn.execute(sa.text("SELECT count(DISTINCT (correlation_id, event_id)) FROM events")).scalar_one()
+        sla_rows = conn.execute(sa.text("SELECT count(*) FROM sla_status")).scalar_one()
+    lat = sorted(latencies)
+
+    def q(p: float) -> float:
+        return lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else float("nan")
+
+    third = max(1, len(samples) // 3)
+    print(f"\nsoak {elapsed / 60:.1f} min, {args.senders} senders, batches of {args.batch}, offered {args.rate:,.0f} events/s")
+    print(f"sustained ingest: {counts['accepted'] / elapsed:,.0f} events/s ({counts['accepted']:,} accepted, "
+          f"{counts['duplicates']:,} duplicates, {counts['rejected']:,} rejected, {counts['retries']:,} 429/503 retries)")
+    print(f"request latency: p50 {q(0.5):.0f} ms  p95 {q(0.95):.0f} ms  p99 {q(0.99):.0f} ms over {len(lat):,} requests")
+    if reads:
+        print(f"reader cycle (2 SLA tables + search + alerts): p50 {statistics.median(reads) * 1000:.0f} ms  max {max(reads) * 1000:.0f} ms")
+    for name in procs:
+        first = statistics.mean(s[1][name] for s in samples[:third])
+        last = statistics.mean(s[1][name] for s in samples[-third:])
+        print(f"memory {name}: first third {first:,.0f} MB, last third {last:,.0f} MB ({(last - first) / first:+.0%})")
+    print(f"database size: {samples[-1][2]:,.0f} MB; sla_status rows: {sla_rows}")
+    exact = stored == distinct == len(sent_ids)
+    print(f"stored exactly once: {'yes' if exact else 'NO'} (sent {len(sent_ids):,} distinct, stored {stored:,}, distinct stored {distinct:,})")
+    engine.dispose()
+    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    print(f"process logs in {logs}; finished {datetime.now(UTC):%H:%M:%S}")
+
+
+if __name__ == "__main__":
+    main()
