@@ -139,14 +139,18 @@ class Collector:
             return _error(413, str(exc))
         except bodies.BodyError as exc:
             return _error(400, str(exc), accepted=0, duplicates=0, rejected=[])
+        if not records:
+            return _error(400, "the body holds no events (an empty array)", accepted=0, duplicates=0, rejected=[])
         limited = self._limit(request, len(records))
         if limited:
             return limited
         outcome = await self._write(records, errors, "api")
         if isinstance(outcome, Response):
             return outcome
-        status = 200 if (outcome.accepted or outcome.duplicates) else 400
-        return ORJSONResponse(outcome.to_json(), status_code=status)
+        if outcome.accepted or outcome.duplicates:
+            return ORJSONResponse(outcome.to_json())
+        answer = outcome.to_json() | {"error": f"none of the {len(records)} records could be stored; see rejected"}
+        return ORJSONResponse(answer, status_code=400)
 
     async def post_traces(self, request: Request) -> Response:
         kind = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
