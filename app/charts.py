@@ -89,10 +89,21 @@ def within_target_figure(df: pd.DataFrame, *, sla: str | None = None) -> go.Figu
     return fig
 
 
-def freshness_figure(df: pd.DataFrame) -> go.Figure:
-    """Heat map channel × location of the minutes since the last successful sync."""
+def freshness_figure(df: pd.DataFrame, limits: dict[str, float] | None = None) -> go.Figure:
+    """Heat map channel × location of the minutes since the last successful sync; with `limits`
+    (max age in ms per channel) stale cells are marked `!` so colour is not the only cue."""
     pivot = df.pivot_table(index="channel", columns="location", values="age_s", aggfunc="max") / 60
-    text = pivot.map(lambda v: "" if pd.isna(v) else (f"{v:.0f} min" if v < 120 else f"{v / 60:.1f} h"))
+
+    def cell(channel: str, v: float) -> str:
+        if pd.isna(v):
+            return ""
+        text = f"{v:.0f} min" if v < 120 else f"{v / 60:.1f} h"
+        if limits is not None and v * 60_000 > limits.get(channel, 3_600_000):
+            text = "! " + text
+        return text
+
+    text = pd.DataFrame({col: [cell(ch, pivot.at[ch, col]) for ch in pivot.index] for col in pivot.columns},
+                        index=pivot.index)
     fig = go.Figure(
         go.Heatmap(
             z=pivot.round(1).values.tolist(),
@@ -157,4 +168,116 @@ def timeline_figure(events: pd.DataFrame) -> go.Figure:
     pad = max((end - start) * 0.12, pd.Timedelta(seconds=30))
     fig.update_xaxes(range=[start - pad, end + pad])
     fig.update_layout(hovermode="closest")
+    return fig
+
+
+# Health grid: colour plus a symbol in every cell (readable without colour vision).
+GRID_COLOURS = {"unknown": "#eaeef2", "ok": "#aceebb", "warn": "#f8d97a", "critical": "#ff8a80"}
+GRID_ORDER = ["unknown", "ok", "warn", "critical"]
+
+
+def health_grid_figure(grid: pd.DataFrame) -> go.Figure:
+    """Channels × SLAs coloured by health; each cell shows ✓ / ! / ✖ and the value, hover the reason."""
+    channels = sorted(set(grid["channel"]) - {"all channels"}) + (["all channels"] if "all channels" in set(grid["channel"]) else [])
+    slas = sorted(set(grid["sla"]))
+    cells = {(r.channel, r.sla): r for r in grid.itertuples(index=False)}
+    z, text, custom = [], [], []
+    for channel in channels:
+        z_row, t_row, c_row = [], [], []
+        for sla in slas:
+            r = cells.get((channel, sla))
+            if r is None:
+                z_row.append(None)
+                t_row.append("")
+                c_row.append(["", "", ""])
+                continue
+            z_row.append(GRID_ORDER.index(r.health))
+            t_row.append(f"<b>{r.symbol}</b> {r.value}")
+            c_row.append([r.health.upper(), r.value, r.reason or ""])
+        z.append(z_row)
+        text.append(t_row)
+        custom.append(c_row)
+    n = len(GRID_ORDER)
+    scale = []
+    for i, name in enumerate(GRID_ORDER):
+        scale += [[i / n, GRID_COLOURS[name]], [(i + 1) / n, GRID_COLOURS[name]]]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=slas,
+            y=channels,
+            text=text,
+            texttemplate="%{text}",
+            textfont={"size": 13, "color": "#1f2328"},
+            customdata=custom,
+            colorscale=scale,
+            zmin=-0.5,
+            zmax=n - 0.5,
+            showscale=False,
+            xgap=3,
+            ygap=3,
+            hovertemplate="<b>%{y} · %{x}</b><br>%{customdata[0]} · %{customdata[1]}<br>%{customdata[2]}<extra></extra>",
+        )
+    )
+    fig = _layout(fig, title="Channels × SLAs (✓ ok · ! warn · ✖ critical)", y_title="",
+                  height=max(220, 80 + 46 * len(channels)))
+    fig.update_layout(hovermode="closest", plot_bgcolor="white")
+    fig.update_xaxes(side="top", gridcolor="white", tickformat="", tickfont={"size": 12})
+    fig.update_yaxes(autorange="reversed", gridcolor="white", rangemode="normal", tickfont={"size": 13})
+    fig.update_layout(margin={"l": 10, "r": 10, "t": 70, "b": 10})
+    return fig
+
+
+def latency_figure(df: pd.DataFrame, *, sla: str, target_ms: float | None = None, bin_minutes: int = 5) -> go.Figure:
+    """p50 and p95 latency (minutes) per bin for one SLA, the target as a dashed horizontal line."""
+    fig = go.Figure()
+    for column, name, colour, dash in (("p50_ms", "p50", "#1f6feb", "solid"), ("p95_ms", "p95", "#8250df", "solid")):
+        fig.add_trace(
+            go.Scatter(
+                x=df["bucket"],
+                y=(df[column].astype(float) / 60_000).round(2).tolist(),
+                name=name,
+                mode="lines+markers",
+                marker={"size": 4},
+                line={"width": 2, "color": colour, "dash": dash},
+                hovertemplate="%{y:.1f} min<extra>" + name + "</extra>",
+            )
+        )
+    if target_ms:
+        fig.add_hline(y=float(target_ms) / 60_000, line={"color": "#cf222e", "dash": "dash", "width": 1.5},
+                      annotation_text=f"target {float(target_ms) / 60_000:g} min", annotation_position="top left",
+                      annotation_font={"color": "#cf222e", "size": 11})
+    return _layout(fig, title=f"{sla}: latency per {bin_minutes} min (p50 / p95)", y_title="minutes", height=300)
+
+
+def channel_flow_figure(df: pd.DataFrame, *, channel: str, bin_minutes: int = 5) -> go.Figure:
+    """One channel's events per bin (bars) and errors + dead letters (red line, right axis)."""
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=df["bucket"], y=df["events"].astype(int).tolist(), name="events",
+                         marker={"color": "#9ecbff"}, hovertemplate="%{y:,} events<extra></extra>"))
+    fig.add_trace(go.Scatter(x=df["bucket"], y=df["errors"].astype(int).tolist(), name="errors", mode="lines",
+                             line={"color": "#cf222e", "width": 2}, yaxis="y2",
+                             hovertemplate="%{y:,} errors<extra></extra>"))
+    fig = _layout(fig, title=f"{channel}: throughput and errors per {bin_minutes} min", y_title="events", height=300)
+    fig.update_layout(yaxis2={"title": "errors", "overlaying": "y", "side": "right", "rangemode": "tozero",
+                              "showgrid": False, "color": "#cf222e"}, bargap=0.1)
+    return fig
+
+
+def funnel_figure(df: pd.DataFrame, *, title: str) -> go.Figure:
+    """Orders per stage (columns stage, orders) as a funnel with % of the first stage."""
+    fig = go.Figure(
+        go.Funnel(
+            y=[str(s).replace("_", " ") for s in df["stage"]],
+            x=df["orders"].astype(int).tolist(),
+            textinfo="value+percent initial",
+            marker={"color": ["#1f6feb", "#2f81f7", "#388bfd", "#4c9aff", "#58a6ff", "#79b8ff", "#9ecbff"][: len(df)]},
+            connector={"fillcolor": "#eaeef2", "line": {"color": "#d0d7de", "width": 1}},
+            hovertemplate="%{y}: %{x} orders (%{percentInitial:.0%} of received)<extra></extra>",
+        )
+    )
+    fig = _layout(fig, title=title, y_title="", height=380)
+    fig.update_layout(hovermode="closest")
+    fig.update_yaxes(rangemode="normal")
+    fig.update_xaxes(tickformat="")
     return fig

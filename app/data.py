@@ -529,7 +529,13 @@ def require_data(_engine: Engine) -> str:
     try:
         state = database_state(_engine)
     except sa.exc.OperationalError as exc:
-        st.error(f"The database is unreachable: {str(exc.orig).strip().splitlines()[0] if exc.orig else exc}")
+        detail = str(exc.orig).strip().splitlines()[0] if exc.orig and str(exc.orig).strip() else type(exc).__name__
+        st.error(
+            "**The database is unreachable**, so the dashboard has nothing to show right now. "
+            "Check that PostgreSQL is running and that `CONTROLTOWER_DATABASE_URL` points at it; "
+            f"this page retries on reload.\n\nDetail: `{detail}`",
+            icon=":material/cloud_off:",
+        )
         st.stop()
     if state == "unmigrated":
         st.warning("The database has no Control Tower tables yet: run `controltower migrate`.")
@@ -538,3 +544,455 @@ def require_data(_engine: Engine) -> str:
         st.info(EMPTY_MESSAGE, icon="🛰️")
         st.stop()
     return state
+
+
+# -- health grid and headline counts --------------------------------------------------------------
+HEALTH_SYMBOL = {"ok": "✓", "warn": "!", "critical": "✖", "unknown": "?"}
+
+_HEADLINE = sa.text(
+    """
+    SELECT
+      (SELECT COALESCE(SUM(count), 0) FROM event_rollup_minute
+        WHERE minute >= :since AND flow = 'order' AND stage = 'received')::bigint AS orders_last_hour,
+      (SELECT COUNT(*) FROM sla_open_items WHERE due_at < :now)::bigint AS open_breaches,
+      (SELECT COUNT(*) FROM alert_state WHERE state = 'firing')::bigint AS firing_alerts,
+      (SELECT COALESCE(SUM(count), 0) FROM event_rollup_minute
+        WHERE minute >= :since AND status = 'dead_letter')::bigint AS dead_letters_last_hour
+    """
+)
+
+
+def headline_counts(_engine: Engine, *, now: datetime | None = None) -> dict[str, int]:
+    """The home page's headline: orders received and dead letters in the last hour, overdue open
+    items (open breaches) and firing alerts right now."""
+    now = now or datetime.now(UTC)
+    with _engine.connect() as conn:
+        row = conn.execute(_HEADLINE, {"since": now - pd.Timedelta(hours=1), "now": now}).mappings().one()
+    return {k: int(v or 0) for k, v in row.items()}
+
+
+def status_value(row: pd.Series | dict[str, Any]) -> str:
+    """An SLA row's headline value as text: the p95 of a latency SLA, a percentage for ratios,
+    an age for freshness and absence SLAs, the plain number otherwise."""
+    def missing(v: Any) -> bool:
+        return v is None or (isinstance(v, float) and math.isnan(v))
+
+    kind, value, threshold = row.get("kind"), row.get("value"), row.get("threshold")
+    if kind in ("milestone_latency", "latency") or (missing(value) and not missing(row.get("p95_ms"))):
+        return "–" if missing(row.get("p95_ms")) else f"p95 {human_duration(row['p95_ms'])}"
+    if missing(value):
+        return "–"
+    if kind in ("freshness", "absence"):
+        return human_duration(value)
+    if row.get("sla") == "error_rate" or (not missing(threshold) and threshold < 1 and value <= 1):
+        return f"{float(value) * 100:.1f} %"
+    return f"{value:g}"
+
+
+def health_grid(status: pd.DataFrame) -> pd.DataFrame:
+    """Channels × SLAs in long form for the grid: channel, sla, health, symbol, value text, reason."""
+    columns = ["channel", "sla", "health", "symbol", "value", "reason"]
+    if status.empty:
+        return pd.DataFrame(columns=columns)
+    rows = [
+        {
+            "channel": "all channels" if r["channel"] == "*" else r["channel"],
+            "sla": r["sla"],
+            "health": r["health"] if r["health"] in HEALTH_SYMBOL else "unknown",
+            "symbol": HEALTH_SYMBOL.get(r["health"], "?"),
+            "value": status_value(r),
+            "reason": r["reason"] if isinstance(r["reason"], str) and r["reason"] else (
+                "within target" if r["health"] == "ok" else ""),
+        }
+        for _, r in status.iterrows()
+    ]
+    return pd.DataFrame(rows, columns=columns)
+
+
+# -- latency percentiles from the rollups' log histograms -----------------------------------------
+_LN_RATIO = math.log(1.02)
+
+
+def bucket_ms(index: int) -> float:
+    """The representative value of log bucket `index` (its geometric middle), in milliseconds."""
+    return math.exp((index + 0.5) * _LN_RATIO)
+
+
+def merge_histograms(hists: Any) -> dict[int, int]:
+    """Sum histograms `{bucket index: count}` (JSON keys are strings) into one."""
+    merged: dict[int, int] = {}
+    for hist in hists:
+        if not hist:
+            continue
+        for key, count in hist.items():
+            if count:
+                merged[int(key)] = merged.get(int(key), 0) + int(count)
+    return merged
+
+
+def hist_percentile(hist: dict[int, int], q: float) -> float | None:
+    """The `q` quantile (0..1) of a merged log histogram in ms (nearest rank; ~1 % accurate). Pure."""
+    total = sum(hist.values())
+    if total <= 0:
+        return None
+    rank = max(1, math.ceil(q * total))
+    seen = 0
+    for index in sorted(hist):
+        seen += hist[index]
+        if seen >= rank:
+            return bucket_ms(index) if index > 0 else min(bucket_ms(index), 1.0)
+    return bucket_ms(max(hist))
+
+
+def latency_bins(rows: pd.DataFrame, *, bin_minutes: int = 5) -> pd.DataFrame:
+    """Per SLA and `bin_minutes` bin: completed count, met, p50 and p95 (ms) from the merged
+    minute histograms (columns in: sla, minute, count, met, hist). Pure."""
+    columns = ["sla", "bucket", "count", "met", "p50_ms", "p95_ms"]
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    frame = rows.assign(bucket=pd.to_datetime(rows["minute"], utc=True).dt.floor(f"{int(bin_minutes)}min"))
+    out = []
+    for (sla, bucket), group in frame.groupby(["sla", "bucket"], sort=True):
+        merged = merge_histograms(group["hist"])
+        out.append({"sla": sla, "bucket": bucket, "count": int(group["count"].sum()), "met": int(group["met"].sum()),
+                    "p50_ms": hist_percentile(merged, 0.5), "p95_ms": hist_percentile(merged, 0.95)})
+    return pd.DataFrame(out, columns=columns)
+
+
+_CHANNEL_ROLLUP = sa.text(
+    "SELECT sla, minute, count, met, hist FROM sla_rollup_minute "
+    "WHERE channel = :channel AND minute >= :since ORDER BY sla, minute"
+)
+
+
+def channel_latency(
+    _engine: Engine, channel: str, hours: float = 6, *, bin_minutes: int = 5, now: datetime | None = None
+) -> pd.DataFrame:
+    """p50/p95 latency, count and met per SLA and bin for one channel (complete bins only)."""
+    now = now or datetime.now(UTC)
+    rows = _frame(_engine, _CHANNEL_ROLLUP, {"channel": channel, "since": now - pd.Timedelta(hours=hours)})
+    return _complete_bins(latency_bins(rows, bin_minutes=bin_minutes), now, bin_minutes)
+
+
+def known_channels(_engine: Engine) -> list[str]:
+    """Every channel the SLA, open-item and transaction tables know (for channel pickers)."""
+    with _engine.connect() as conn:
+        return list(conn.execute(sa.text(
+            "SELECT channel FROM sla_status WHERE channel <> '*' UNION SELECT channel FROM sla_open_items "
+            "UNION SELECT DISTINCT channel FROM freshness_state ORDER BY 1"
+        )).scalars())
+
+
+def budget_display(status: pd.DataFrame) -> pd.DataFrame:
+    """Error budget and burn rates per SLA and window (from sla_status), as people read them."""
+    def num(v: Any, fmt: str) -> str:
+        return "–" if v is None or pd.isna(v) else format(float(v), fmt)
+
+    rows = [
+        {
+            "Health": r["health"],
+            "SLA": r["sla"],
+            "Window": r["window"],
+            "Objective": "–" if pd.isna(r["objective"]) else f"{float(r['objective']) * 100:g} %",
+            "Within target": "–" if pd.isna(r["within_target_ratio"]) else f"{r['within_target_ratio'] * 100:.1f} %",
+            "Error budget left": "–" if pd.isna(r["error_budget_remaining"]) else f"{r['error_budget_remaining'] * 100:.0f} %",
+            "Burn rate (short)": num(r["burn_rate_short"], ".1f") + ("×" if not pd.isna(r["burn_rate_short"]) else ""),
+            "Burn rate (long)": num(r["burn_rate_long"], ".1f") + ("×" if not pd.isna(r["burn_rate_long"]) else ""),
+        }
+        for _, r in status.sort_values(["sla", "window"]).iterrows()
+    ]
+    return pd.DataFrame(rows, columns=["Health", "SLA", "Window", "Objective", "Within target", "Error budget left",
+                                       "Burn rate (short)", "Burn rate (long)"])
+
+
+def tx_link(correlation_id: str) -> str:
+    return f"transaction?correlation_id={correlation_id}"
+
+
+# -- the transaction story ----------------------------------------------------------------------
+_DONE = {
+    "order.received": "received from {channel}",
+    "order.acknowledged": "acknowledged",
+    "order.erp_posted": "posted to the ERP",
+    "fulfilment.released": "released to the warehouse",
+    "fulfilment.shipped": "shipped",
+    "shipment.shipment_confirmed": "shipment confirmed to {channel}",
+    "shipment.delivered": "delivered",
+}
+_STEP = {
+    "order.received": "receiving the order",
+    "order.acknowledged": "acknowledgement to {channel}",
+    "order.erp_posted": "posting to the ERP",
+    "fulfilment.released": "release to the warehouse",
+    "fulfilment.shipped": "shipping",
+    "shipment.shipment_confirmed": "confirmation to {channel}",
+    "shipment.delivered": "delivery",
+}
+_FAILED = ("error", "retry", "dead_letter")
+
+
+def _times(n: int) -> str:
+    return {1: "once", 2: "twice"}.get(n, f"{n} times")
+
+
+def _parse(moment: Any) -> datetime:
+    return pd.Timestamp(moment).tz_convert(UTC).to_pydatetime() if pd.Timestamp(moment).tzinfo else (
+        pd.Timestamp(moment).tz_localize(UTC).to_pydatetime())
+
+
+def transaction_story(tx: dict[str, Any], *, tz: Any = UTC) -> str:
+    """A plain-language account of one transaction (the `controltower.transactions.get` shape)
+    that support can read to a customer: milestones with times, failed attempts per step, and the
+    step it waits on with its deadline. Times in `tz`, with the date when it differs from the first. Pure."""
+    channel = label(tx.get("channel")) or "the channel"
+    reached = sorted(((m, _parse(at).astimezone(tz)) for m, at in (tx.get("milestones") or {}).items()),
+                     key=lambda item: item[1])
+    first_day = reached[0][1].date() if reached else None
+
+    def when(moment: datetime) -> str:
+        moment = moment.astimezone(tz)
+        if first_day is not None and moment.date() != first_day:
+            return f"{moment:%d %b %H:%M}".lstrip("0")
+        return f"{moment:%H:%M}"
+
+    def phrase(table: dict[str, str], milestone: str) -> str:
+        text = table.get(milestone) or label(milestone.split(".")[-1]).lower()
+        return text.format(channel=channel)
+
+    steps = [f"{phrase(_DONE, m)} {when(at)}" for m, at in reached]
+    story = ", ".join(steps) if steps else f"No milestone reached yet for this {channel} order"
+
+    failures: dict[str, list[str]] = {}
+    for event in sorted(tx.get("events") or [], key=lambda e: str(e.get("occurred_at"))):
+        if event.get("status") in _FAILED:
+            failures.setdefault(f"{event.get('flow')}.{event.get('stage')}", []).append(event["status"])
+    clauses = []
+    for milestone, statuses in failures.items():
+        clause = f"{phrase(_STEP, milestone)} failed {_times(len(statuses))}"
+        if "dead_letter" in statuses:
+            clause += " (parked in the dead-letter queue)"
+        elif milestone in dict(reached):
+            clause += ", then succeeded"
+        clauses.append(clause)
+    if clauses:
+        story += "; " + "; ".join(clauses)
+
+    waiting = [v for v in tx.get("sla") or [] if v.get("state") in ("overdue", "pending") and v.get("due_at")]
+    if waiting:
+        blocking = min(waiting, key=lambda v: (v["state"] != "overdue", str(v["due_at"])))
+        due = when(_parse(blocking["due_at"]))
+        name = label(blocking["sla"])
+        name = name if name[:3].isupper() else name[:1].lower() + name[1:]
+        deadline = f"overdue since {due}" if blocking["state"] == "overdue" else f"due by {due}"
+        story += f" — blocking step: {name}, {deadline}"
+    story = story[:1].upper() + story[1:]
+    return story + "."
+
+
+_RELATED_ALERTS = sa.text(
+    """
+    SELECT fingerprint, rule, severity, state, labels, summary, firing_since, last_value, acknowledged_by
+    FROM alert_state
+    WHERE state = 'firing' AND labels ->> 'channel' = :channel
+    ORDER BY firing_since DESC NULLS LAST, fingerprint
+    """
+)
+
+
+def related_alerts(_engine: Engine, channel: str) -> pd.DataFrame:
+    """Firing alerts whose `channel` label is `channel`."""
+    return _frame(_engine, _RELATED_ALERTS, {"channel": channel})
+
+
+# -- reconciliation -------------------------------------------------------------------------------
+FUNNEL = [
+    ("received", "order.received"),
+    ("acknowledged", "order.acknowledged"),
+    ("erp_posted", "order.erp_posted"),
+    ("released", "fulfilment.released"),
+    ("shipped", "fulfilment.shipped"),
+    ("shipment_confirmed", "shipment.shipment_confirmed"),
+    ("delivered", "shipment.delivered"),
+]
+_MILESTONE_OF = dict(FUNNEL)
+
+_FUNNEL = sa.text(
+    """
+    WITH orders AS (
+        SELECT DISTINCT correlation_id FROM transaction_milestones
+        WHERE milestone = 'order.received' AND channel = :channel AND reached_at >= :start AND reached_at < :end
+    )
+    SELECT m.milestone, COUNT(DISTINCT m.correlation_id)::bigint AS orders
+    FROM transaction_milestones m JOIN orders o USING (correlation_id)
+    WHERE m.milestone = ANY(:milestones)
+    GROUP BY m.milestone
+    """
+)
+_GAP = sa.text(
+    """
+    WITH orders AS (
+        SELECT DISTINCT correlation_id FROM transaction_milestones
+        WHERE milestone = 'order.received' AND channel = :channel AND reached_at >= :start AND reached_at < :end
+    )
+    SELECT o.correlation_id, t.order_id,
+           (SELECT min(k.value) FROM transaction_keys k
+             WHERE k.correlation_id = o.correlation_id AND k.kind = 'external_order_id') AS external_order_id,
+           a.reached_at AS reached_at, t.status, t.last_milestone
+    FROM orders o
+    JOIN transaction_milestones a ON a.correlation_id = o.correlation_id AND a.milestone = :a
+    LEFT JOIN transactions t ON t.correlation_id = o.correlation_id
+    WHERE NOT EXISTS (SELECT 1 FROM transaction_milestones b WHERE b.correlation_id = o.correlation_id AND b.milestone = :b)
+    ORDER BY a.reached_at, o.correlation_id
+    LIMIT :limit
+    """
+)
+
+
+def _day_bounds(day: Any) -> tuple[datetime, datetime]:
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return start, start + pd.Timedelta(days=1)
+
+
+def funnel(_engine: Engine, channel: str, day: Any) -> pd.DataFrame:
+    """Orders of `channel` received on `day` (UTC) and how many of them reached each stage."""
+    start, end = _day_bounds(day)
+    df = _frame(_engine, _FUNNEL, {"channel": channel, "start": start, "end": end,
+                                   "milestones": [m for _, m in FUNNEL]})
+    counts = dict(zip(df["milestone"], df["orders"], strict=False)) if not df.empty else {}
+    return pd.DataFrame({"stage": [s for s, _ in FUNNEL], "milestone": [m for _, m in FUNNEL],
+                         "orders": [int(counts.get(m, 0)) for _, m in FUNNEL]})
+
+
+def funnel_gap(_engine: Engine, channel: str, day: Any, a: str, b: str, *, limit: int = 2000) -> pd.DataFrame:
+    """Orders received on `day` that reached stage `a` but not stage `b` (stage names of FUNNEL)."""
+    start, end = _day_bounds(day)
+    return _frame(_engine, _GAP, {"channel": channel, "start": start, "end": end, "a": _MILESTONE_OF[a],
+                                  "b": _MILESTONE_OF[b], "limit": limit})
+
+
+# -- inventory freshness ----------------------------------------------------------------------------
+DEFAULT_MAX_AGE_MS = 3_600_000
+
+
+def freshness_limits(status: pd.DataFrame, sla: str = "inventory_freshness") -> dict[str, float]:
+    """Max age (ms) per channel for a freshness SLA, from its sla_status target."""
+    rows = status[(status["sla"] == sla)] if not status.empty else status
+    out: dict[str, float] = {}
+    for _, r in rows.iterrows():
+        limit = r["target_ms"] if not pd.isna(r["target_ms"]) else r["threshold"]
+        if not pd.isna(limit) and float(limit) > 0:
+            out[r["channel"]] = float(limit)
+    return out
+
+
+def stale_feeds(fresh: pd.DataFrame, limits: dict[str, float]) -> pd.DataFrame:
+    """Feeds older than their channel's max age, oldest first. Pure."""
+    columns = ["Channel", "Location", "Last sync", "Age", "Max age", "Over by"]
+    if fresh.empty:
+        return pd.DataFrame(columns=columns)
+    age_ms = fresh["age_s"] * 1000
+    limit = fresh["channel"].map(lambda c: limits.get(c, DEFAULT_MAX_AGE_MS))
+    stale = fresh.assign(age_ms=age_ms, limit=limit)[age_ms > limit].sort_values("age_ms", ascending=False)
+    return pd.DataFrame(
+        {
+            "Channel": stale["channel"],
+            "Location": stale["location"],
+            "Last sync": pd.to_datetime(stale["last_at"], utc=True),
+            "Age": stale["age_ms"].map(human_duration),
+            "Max age": stale["limit"].map(human_duration),
+            "Over by": (stale["age_ms"] - stale["limit"]).map(human_duration),
+        },
+        columns=columns,
+    ).reset_index(drop=True)
+
+
+# -- alerts -----------------------------------------------------------------------------------------
+SEVERITY_RANK = {"critical": 0, "page": 0, "warning": 1, "warn": 1, "info": 2}
+
+_ACTIVE_ALERTS = sa.text(
+    """
+    SELECT fingerprint, rule, severity, state, labels, annotations, summary, active_since, firing_since,
+           last_value, acknowledged_by, acknowledged_at, dashboard_url
+    FROM alert_state
+    WHERE state IN ('pending', 'firing')
+    ORDER BY CASE state WHEN 'firing' THEN 0 ELSE 1 END, active_since, fingerprint
+    """
+)
+_ALERT_HISTORY = sa.text(
+    "SELECT at, rule, from_state, to_state, value, labels, summary, fingerprint FROM alert_events "
+    "WHERE at >= :since ORDER BY at DESC, id DESC LIMIT :limit"
+)
+_SILENCES = sa.text(
+    "SELECT id, matchers, starts_at, ends_at, created_by, comment, created_at FROM alert_silences "
+    "WHERE ends_at >= :since ORDER BY ends_at DESC, id DESC"
+)
+
+
+def active_alerts(_engine: Engine) -> pd.DataFrame:
+    """Pending and firing alerts, firing first; severity rank for sorting."""
+    df = _frame(_engine, _ACTIVE_ALERTS)
+    if not df.empty:
+        df["rank"] = df["severity"].map(SEVERITY_RANK).fillna(3)
+        df = df.sort_values(["state", "rank", "active_since"], ascending=[True, True, True]).drop(columns="rank")
+        df = df.reset_index(drop=True)
+    return df
+
+
+def alert_history(_engine: Engine, *, hours: float = 24, limit: int = 200, now: datetime | None = None) -> pd.DataFrame:
+    now = now or datetime.now(UTC)
+    return _frame(_engine, _ALERT_HISTORY, {"since": now - pd.Timedelta(hours=hours), "limit": limit})
+
+
+def silences(_engine: Engine, *, now: datetime | None = None, keep_hours: float = 24) -> pd.DataFrame:
+    """Active silences and those that ended within `keep_hours`."""
+    now = now or datetime.now(UTC)
+    return _frame(_engine, _SILENCES, {"since": now - pd.Timedelta(hours=keep_hours)})
+
+
+def labels_text(labels: dict[str, Any] | None) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted((labels or {}).items()))
+
+
+_ACK = sa.text(
+    "UPDATE alert_state SET acknowledged_by = :who, acknowledged_at = :at WHERE fingerprint = :fingerprint"
+)
+_SILENCE = sa.text(
+    "INSERT INTO alert_silences (matchers, starts_at, ends_at, created_by, comment, created_at) "
+    "VALUES (CAST(:matchers AS jsonb), :starts_at, :ends_at, :created_by, :comment, :at) RETURNING id"
+)
+
+
+def acknowledge_alert(_engine: Engine, fingerprint: str, who: str, *, now: datetime | None = None) -> bool:
+    """Record that `who` acknowledged the alert `fingerprint`; False when no such alert."""
+    who = who.strip()
+    if not who:
+        raise ValueError("who acknowledges is required")
+    with _engine.begin() as conn:
+        result = conn.execute(_ACK, {"who": who, "at": now or datetime.now(UTC), "fingerprint": fingerprint})
+        return bool(result.rowcount)
+
+
+def create_silence(
+    _engine: Engine,
+    matchers: dict[str, str],
+    duration: Any,
+    *,
+    created_by: str,
+    comment: str = "",
+    now: datetime | None = None,
+) -> int:
+    """Silence alerts whose labels match every matcher for `duration` from now; returns its id."""
+    import json
+
+    created_by = created_by.strip()
+    if not created_by:
+        raise ValueError("created_by is required")
+    if not matchers:
+        raise ValueError("a silence needs at least one matcher")
+    now = now or datetime.now(UTC)
+    with _engine.begin() as conn:
+        return int(conn.execute(_SILENCE, {
+            "matchers": json.dumps({str(k): str(v) for k, v in matchers.items()}, sort_keys=True),
+            "starts_at": now, "ends_at": now + pd.Timedelta(duration), "created_by": created_by,
+            "comment": comment.strip(), "at": now,
+        }).scalar_one())

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import streamlit as st
 
+import controltower
+
 HERE = Path(__file__).resolve().parent
 
 st.set_page_config(page_title="Control Tower", page_icon=":material/flight_takeoff:", layout="wide")
@@ -16,6 +18,15 @@ st.set_page_config(page_title="Control Tower", page_icon=":material/flight_takeo
 pages = [
     st.Page(str(HERE / "views" / "health.py"), title="Channel health", icon=":material/traffic:", url_path="health", default=True),
     st.Page(str(HERE / "views" / "breaches.py"), title="Open breaches", icon=":material/alarm:", url_path="breaches"),
+    st.Page(str(HERE / "views" / "channel.py"), title="Channel", icon=":material/storefront:", url_path="channel"),
     st.Page(str(HERE / "views" / "transaction.py"), title="Transaction", icon=":material/search:", url_path="transaction"),
+    st.Page(str(HERE / "views" / "reconciliation.py"), title="Reconciliation", icon=":material/filter_alt:",
+            url_path="reconciliation"),
+    st.Page(str(HERE / "views" / "inventory.py"), title="Inventory", icon=":material/inventory_2:", url_path="inventory"),
+    st.Page(str(HERE / "views" / "alerts.py"), title="Alerts", icon=":material/notifications:", url_path="alerts"),
 ]
-st.navigation(pages).run()
+page = st.navigation(pages)
+with st.sidebar:
+    st.markdown("**Control Tower**")
+    st.caption(f"version {controltower.__version__}")
+page.run()

@@ -16,6 +16,20 @@ engine = data.engine()
 st.title("Channel health")
 data.require_data(engine)
 
+
+@st.fragment(run_every=max(1.0, settings.refresh_seconds))
+def headline() -> None:
+    counts = data.cached(data.headline_counts)(engine)
+    cols = st.columns(4)
+    cols[0].metric("Orders received (last hour)", f"{counts['orders_last_hour']:,}", border=True)
+    cols[1].metric("Open breaches", f"{counts['open_breaches']:,}", border=True,
+                   help="Open SLA items past their deadline (see Open breaches)")
+    cols[2].metric("Firing alerts", f"{counts['firing_alerts']:,}", border=True)
+    cols[3].metric("Dead letters (last hour)", f"{counts['dead_letters_last_hour']:,}", border=True)
+
+
+headline()
+
 controls = st.columns([1.2, 3, 1.2])
 window = controls[0].segmented_control("SLA window", ["1h", "24h"], default="1h", key="window") or "1h"
 known_channels = sorted(set(data.cached(data.sla_status)(engine, window)["channel"]) - {"*"})
@@ -87,6 +101,10 @@ def live(window: str, channels: list[str], hours: int) -> None:
         cols = st.columns(per_row)
         for col, (_, row) in zip(cols, tiles.iloc[start : start + per_row].iterrows(), strict=False):
             col.markdown(_tile(row), unsafe_allow_html=True)
+
+    grid = data.health_grid(status)
+    if not grid.empty:
+        st.plotly_chart(charts.health_grid_figure(grid), width="stretch", key="health_grid")
 
     hops = data.cached(data.hop_health)(engine)
     if channels:

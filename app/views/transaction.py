@@ -1,6 +1,7 @@
 """Transaction: support's search by order id, marketplace order number, SKU or tracking number.
 
-`?q=<key>` pre-fills the search; `?id=<correlation_id>` opens one transaction directly.
+`?q=<key>` pre-fills the search; `?id=<correlation_id>` or `?correlation_id=<correlation_id>` opens
+one transaction directly.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ engine = data.engine()
 st.title("Transaction")
 data.require_data(engine)
 
+linked = st.query_params.get("q") or st.query_params.get("id") or st.query_params.get("correlation_id")
 if "q" not in st.session_state:
-    st.session_state["q"] = st.query_params.get("q") or st.query_params.get("id") or ""
+    st.session_state["q"] = linked or ""
 q = st.text_input(
     "Search", key="q", placeholder="Order id, marketplace order number, SKU, tracking number or correlation id"
 ).strip()
@@ -24,7 +26,7 @@ q = st.text_input(
 if not q:
     st.caption("Type any key of an order to see its whole story across systems.")
     st.stop()
-if q != (st.query_params.get("q") or st.query_params.get("id")):
+if q != linked:
     st.query_params.clear()
     st.query_params["q"] = q
 
@@ -54,7 +56,27 @@ if tx is None:
     st.warning("That transaction is gone (retention?).")
     st.stop()
 
+st.info(data.transaction_story(tx), icon=":material/support_agent:")
+first = min(tx["milestones"].values(), default=tx["first_event_at"])
+st.caption(f"What happened, in words you can read to the customer (times in UTC; "
+           f"received {pd.Timestamp(first):%d %b %Y}).")
 st.markdown(data.transaction_header(tx), unsafe_allow_html=True)
+alerts = data.related_alerts(engine, tx["channel"])
+if not alerts.empty:
+    st.markdown(f"**Firing alerts for {tx['channel']}** ([all alerts](alerts))")
+    st.dataframe(
+        pd.DataFrame({
+            "Severity": alerts["severity"],
+            "Rule": alerts["rule"],
+            "Summary": alerts["summary"].fillna(""),
+            "Firing since": pd.to_datetime(alerts["firing_since"], utc=True),
+            "Acknowledged by": alerts["acknowledged_by"].fillna("–"),
+        }),
+        hide_index=True,
+        width="stretch",
+        column_config={"Firing since": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm z")},
+        key="related_alerts",
+    )
 if tx["last_error"]:
     err = tx["last_error"]
     text = f"Last error at {err['at']}: {err['code'] or ''} {err['message'] or ''}".strip()

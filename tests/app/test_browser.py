@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -38,6 +39,7 @@ class Dashboard:
     """`controltower dashboard` as a child process on a free loopback port."""
 
     def __init__(self, database_url: str, data_dir: Path) -> None:
+        self.facts: dict[str, Any] = {}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONTROLTOWER_")}
@@ -78,8 +80,9 @@ class Dashboard:
 def dashboard(engine: Engine, settings: Settings, database_url: str, tmp_path: Path) -> Iterator[Dashboard]:
     if shutil.which("chromium") is None:
         pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
-    seed(engine, settings, datetime.now(UTC))
+    facts = seed(engine, settings, datetime.now(UTC))
     server = Dashboard(database_url, tmp_path / "data")
+    server.facts = facts
     try:
         server.wait_ready()
         yield server
@@ -118,7 +121,10 @@ def shoot(page: Any, url: str, selector: str, path: Path) -> str:
     return page.inner_text("body")
 
 
-def take_screenshots(base_url: str, folder: Path) -> dict[str, str]:
+PAGES = ("health", "breaches", "transaction", "channel", "reconciliation", "inventory", "alerts")
+
+
+def take_screenshots(base_url: str, folder: Path, recon_day: str) -> dict[str, str]:
     """Screenshots of every page into `folder`; returns each page's visible text."""
     from playwright.sync_api import sync_playwright
 
@@ -132,19 +138,36 @@ def take_screenshots(base_url: str, folder: Path) -> dict[str, str]:
                                       '[data-testid="stDataFrame"]', folder / "dashboard-breaches.png")
             texts["transaction"] = shoot(page, f"{base_url}/transaction?q=112-0000001-0000001",
                                          ".js-plotly-plot .main-svg", folder / "dashboard-transaction.png")
+            texts["channel"] = shoot(page, f"{base_url}/channel?channel=walmart", ".js-plotly-plot .main-svg",
+                                     folder / "dashboard-channel.png")
+            texts["reconciliation"] = shoot(page, f"{base_url}/reconciliation?channel=ebay&day={recon_day}",
+                                            '[data-testid="stDataFrame"]', folder / "dashboard-reconciliation.png")
+            texts["inventory"] = shoot(page, f"{base_url}/inventory", ".js-plotly-plot .main-svg",
+                                       folder / "dashboard-inventory.png")
+            texts["alerts"] = shoot(page, f"{base_url}/alerts", '[data-testid="stDataFrame"]',
+                                    folder / "dashboard-alerts.png")
         finally:
             browser.close()
     return texts
 
 
 def test_dashboard_pages_in_chromium(dashboard: Dashboard, tmp_path: Path) -> None:
-    texts = take_screenshots(dashboard.url, tmp_path)
+    texts = take_screenshots(dashboard.url, tmp_path, dashboard.facts["recon_day"].isoformat())
+    for name in PAGES:  # for people to look at: /tmp/dashboard-<page>.png
+        shutil.copyfile(tmp_path / f"dashboard-{name}.png", Path(tempfile.gettempdir()) / f"dashboard-{name}.png")
     health = texts["health"]
     assert "walmart" in health and "CRITICAL" in health.upper()
     assert WALMART_REASON in health
     assert "Where is the delay?" in health
     assert "4" in texts["breaches"] and "Overdue items" in texts["breaches"]
     assert "SO-1001" in texts["transaction"] and "order.erp_posted" in texts["transaction"]
-    for name in ("health", "breaches", "transaction"):
+    assert "Orders received (last hour)" in health and "Channels × SLAs" in health
+    assert "Received from Amazon" in texts["transaction"]
+    assert "Error budget" in texts["channel"] and "Open breaches" in texts["channel"]
+    assert "Orders stuck between acknowledged and erp posted" in texts["reconciliation"]
+    assert "Stale feeds" in texts["inventory"] and "3 h 10 min" in texts["inventory"]
+    assert "Act on an alert" in texts["alerts"] and "Silences" in texts["alerts"]
+    assert "version" in health
+    for name in PAGES:
         assert (tmp_path / f"dashboard-{name}.png").stat().st_size > 20_000
     assert dashboard.stop() in (0, -signal.SIGTERM)

@@ -8,11 +8,13 @@ browser test and the screenshot script reuse it.
 from __future__ import annotations
 
 import json
+import math
 import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 import streamlit as st
@@ -23,6 +25,7 @@ from app import data
 from app.commands import config_flags, dashboard_argv, dashboard_env
 from collectors.store import EventStore
 from controltower.settings import Settings
+from metrics.rollups import bucket_of
 
 MAIN = Path(data.__file__).resolve().parent / "main.py"
 CHANNELS = ["amazon", "ebay", "pos", "shopify", "walmart"]
@@ -90,6 +93,17 @@ def seed(engine: Engine, settings: Settings, now: datetime) -> dict[str, Any]:
         records += _story(f"cid-wm-{i}", "walmart", f"SO-20{i:02d}", f"WM-{7700 + i}", now - timedelta(minutes=20 + 70 * i),
                           UNPOSTED)
     records += _story("cid-shop-1", "shopify", "SO-3001", "#4521", now - timedelta(hours=2), FULL)
+    # Reconciliation: five ebay orders received yesterday 10:00 UTC, each getting one stage less far.
+    yesterday = (now - timedelta(days=1)).replace(hour=10, minute=0, second=0, microsecond=0)
+    path = [("order.received", "marketplace", 0, "ok"), ("order.acknowledged", "middleware", 2, "ok"),
+            ("order.erp_posted", "erp", 8, "ok"), ("fulfilment.released", "wms", 30, "ok"),
+            ("fulfilment.shipped", "wms", 180, "ok"), ("shipment.shipment_confirmed", "carrier", 190, "ok"),
+            ("shipment.delivered", "carrier", 1200, "ok")]
+    for i, stages in enumerate((path, path[:6], path[:5], path[:3], [*path[:2], ("order.erp_posted", "erp", 8, "error")])):
+        records += _story(f"cid-eb-{i + 1}", "ebay", f"SO-40{i + 1:02d}", f"EB-{9100 + i + 1}", yesterday + timedelta(minutes=i),
+                          stages)
+    facts["recon_day"] = yesterday.date()
+    facts["recon_funnel"] = [5, 5, 4, 3, 3, 2, 1]
     result = store.ingest(records, source="test", now=now)
     assert result.accepted == len(records), result.rejected
 
@@ -116,8 +130,10 @@ def seed(engine: Engine, settings: Settings, now: datetime) -> dict[str, Any]:
                                    value=0.043 if shop else 0.004, threshold=0.02, health="warn" if shop else "ok",
                                    reason="error rate 4.3% over the last hour (warn at 2%)" if shop else None))
             stale = channel == "ebay"
+            limit = 7_200_000 if channel == "walmart" else 3_600_000
             status.append(_sla_row("inventory_freshness", channel, window, now, kind="freshness",
-                                   count=len(LOCATIONS), value=190.0 if stale else 12.0, threshold=60.0,
+                                   count=len(LOCATIONS), value=11_400_000.0 if stale else 720_000.0,
+                                   threshold=float(limit), target_ms=limit,
                                    health="warn" if stale else "ok",
                                    reason="STORE-0047 inventory not synced for 3 h 10 min" if stale else None))
         status.append(_sla_row("dead_letters", "*", window, now, kind="rate", count=0, value=0.0, threshold=1.0))
@@ -155,6 +171,12 @@ def seed(engine: Engine, settings: Settings, now: datetime) -> dict[str, Any]:
             if errors:
                 events.append({"minute": minute, "channel": channel, "flow": "order", "stage": "erp_posted",
                                "status": "error", "count": errors})
+    for m, count in ((3, 2), (10, 3), (200, 5)):
+        events.append({"minute": minute0 - timedelta(minutes=m), "channel": "walmart", "flow": "order",
+                       "stage": "erp_posted", "status": "dead_letter", "count": count})
+    facts["dead_letters_by_minute"] = [(minute0 - timedelta(minutes=m), c) for m, c in ((3, 2), (10, 3), (200, 5))]
+    facts["received_by_minute"] = [(e["minute"], e["count"]) for e in events
+                                   if (e["flow"], e["stage"], e["status"]) == ("order", "received", "ok")]
     facts["events_6h"] = sum(e["count"] for e in events)
     facts["errors_6h"] = sum(e["count"] for e in events if e["status"] == "error")
     # Older than 24 h: never in a chart.
@@ -162,6 +184,7 @@ def seed(engine: Engine, settings: Settings, now: datetime) -> dict[str, Any]:
                    "stage": "received", "status": "ok", "count": 999_999})
 
     sla_minutes = []
+    ack_samples: dict[datetime, list[float]] = {}
     for m in range(350):
         minute = minute0 - timedelta(minutes=m)
         for channel in CHANNELS:
@@ -170,8 +193,17 @@ def seed(engine: Engine, settings: Settings, now: datetime) -> dict[str, Any]:
                 met = count if rnd.random() > 0.1 else count - 1
                 if sla == "erp_posting" and channel == "walmart" and m < 120:
                     met = int(count * (0.2 + m / 300))
+                median = 41_000 if sla == "order_acknowledgement" else (1_260_000 if channel == "walmart" else 240_000)
+                samples = [rnd.lognormvariate(math.log(median), 0.6) for _ in range(count)]
+                hist: dict[str, int] = {}
+                for sample in samples:
+                    key = str(bucket_of(sample))
+                    hist[key] = hist.get(key, 0) + 1
+                if (channel, sla) == ("amazon", "order_acknowledgement"):
+                    ack_samples[minute] = samples
                 sla_minutes.append({"sla": sla, "channel": channel, "minute": minute, "count": count, "met": met,
-                                    "hist": "{}"})
+                                    "hist": json.dumps(hist)})
+    facts["amazon_ack_samples"] = ack_samples
 
     fresh = []
     for channel in CHANNELS:
@@ -207,7 +239,54 @@ def seed(engine: Engine, settings: Settings, now: datetime) -> dict[str, Any]:
          "objective": 0.99},
     ]
 
+    def alert(fp: str, rule: str, sla: str, channel: str, severity: str, state: str, minutes: int, value: float,
+              summary: str, **extra: Any) -> dict[str, Any]:
+        labels = {"alertname": rule, "sla": sla, "channel": channel, "severity": severity}
+        row = {"fingerprint": fp, "rule": rule, "labels": json.dumps(labels), "severity": severity, "state": state,
+               "active_since": now - timedelta(minutes=minutes),
+               "firing_since": now - timedelta(minutes=minutes - 5) if state in ("firing", "resolved") else None,
+               "resolved_at": now - timedelta(minutes=5) if state == "resolved" else None, "last_value": value,
+               "last_evaluated_at": now, "acknowledged_by": None, "acknowledged_at": None, "summary": summary}
+        row.update(extra)
+        return row
+
+    alerts = [
+        alert("fp-wm-erp", "ErpPostingSlow", "erp_posting", "walmart", "critical", "firing", 50, 143.0,
+              "walmart: 143 orders not posted to the ERP within 30 min"),
+        alert("fp-shop-err", "ErrorRateHigh", "error_rate", "shopify", "warning", "pending", 3, 0.043,
+              "shopify: error rate 4.3% (warn at 2%)"),
+        alert("fp-eb-inv", "InventoryStale", "inventory_freshness", "ebay", "warning", "firing", 130, 11_400_000.0,
+              "ebay: STORE-0047 inventory not synced for 3 h 10 min", acknowledged_by="dana",
+              acknowledged_at=now - timedelta(minutes=60)),
+        alert("fp-amz-ack", "AckSlow", "order_acknowledgement", "amazon", "warning", "resolved", 300, 0.0,
+              "amazon acknowledgements back within target"),
+    ]
+    alert_events = [
+        {"at": now - timedelta(minutes=m), "fingerprint": fp, "rule": rule, "from_state": a, "to_state": b,
+         "value": v, "labels": next(x["labels"] for x in alerts if x["fingerprint"] == fp), "summary": "seeded"}
+        for m, fp, rule, a, b, v in (
+            (50, "fp-wm-erp", "ErpPostingSlow", "inactive", "pending", 60.0),
+            (45, "fp-wm-erp", "ErpPostingSlow", "pending", "firing", 90.0),
+            (3, "fp-shop-err", "ErrorRateHigh", "inactive", "pending", 0.043),
+            (5, "fp-amz-ack", "AckSlow", "firing", "resolved", 0.0),
+        )
+    ]
+    facts["firing_alerts"] = 2
+
     with engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO alert_state (fingerprint, rule, labels, severity, state, active_since, firing_since, "
+            "resolved_at, last_value, last_evaluated_at, acknowledged_by, acknowledged_at, summary) VALUES "
+            "(:fingerprint, :rule, CAST(:labels AS jsonb), :severity, :state, :active_since, :firing_since, "
+            ":resolved_at, :last_value, :last_evaluated_at, :acknowledged_by, :acknowledged_at, :summary)"), alerts)
+        conn.execute(sa.text(
+            "INSERT INTO alert_events (at, fingerprint, rule, from_state, to_state, value, labels, summary) VALUES "
+            "(:at, :fingerprint, :rule, :from_state, :to_state, :value, CAST(:labels AS jsonb), :summary)"),
+            alert_events)
+        conn.execute(sa.text(
+            "INSERT INTO alert_silences (matchers, starts_at, ends_at, created_by, comment) VALUES "
+            "(CAST(:m AS jsonb), :s, :e, 'ops', 'POS maintenance')"),
+            {"m": json.dumps({"channel": "pos"}), "s": now - timedelta(minutes=10), "e": now + timedelta(hours=1)})
         conn.execute(sa.text(
             'INSERT INTO sla_status (sla, channel, "window", kind, computed_at, count, p50_ms, p95_ms, p99_ms, '
             "target_ms, within_target_ratio, open_breaches, oldest_breach_ms, value, threshold, health, reason, "
@@ -392,3 +471,267 @@ def test_dashboard_command_argv_and_env(tmp_path: Path) -> None:
     assert env["CONTROLTOWER_DATABASE_URL"] == "postgresql://u@h/db"
     assert env["CONTROLTOWER_DATA_DIR"] == str(tmp_path.resolve())
     assert env["CONTROLTOWER_REFRESH_SECONDS"] == "5" and env["PATH"] == "/bin"
+
+
+# -- the pages added for the operations issue ----------------------------------------------------
+def _last_hour(pairs: list[tuple[datetime, int]], now: datetime) -> int:
+    return sum(c for minute, c in pairs if minute >= now - timedelta(hours=1))
+
+
+def test_home_page_headline_counts_and_health_grid(seeded: dict[str, Any]) -> None:
+    before = datetime.now(UTC)
+    at = run()
+    after = datetime.now(UTC)
+    metrics = {m.label: m.value for m in at.metric}
+    received = {f"{_last_hour(seeded['received_by_minute'], t):,}" for t in (before, after)}
+    assert metrics["Orders received (last hour)"] in received
+    assert metrics["Open breaches"] == "6"  # overdue open items: 4 walmart + amazon + walmart ack
+    assert metrics["Firing alerts"] == str(seeded["firing_alerts"])
+    assert metrics["Dead letters (last hour)"] == "5"
+
+    grid = next(json.loads(c.proto.spec) for c in at.get("plotly_chart") if "Channels × SLAs" in c.proto.spec)
+    heat = grid["data"][0]
+    assert heat["y"] == [*CHANNELS, "all channels"]
+    assert heat["x"] == ["dead_letters", "erp_posting", "error_rate", "inventory_freshness", "order_acknowledgement"]
+    cell = {(y, x): (heat["text"][i][j], heat["customdata"][i][j]) for i, y in enumerate(heat["y"])
+            for j, x in enumerate(heat["x"])}
+    text, (health, value, reason) = cell[("walmart", "erp_posting")]
+    assert text == "<b>✖</b> p95 2 h 10 min" and health == "CRITICAL" and reason == WALMART_REASON
+    assert cell[("shopify", "error_rate")][0] == "<b>!</b> 4.3 %"
+    assert cell[("ebay", "inventory_freshness")][0] == "<b>!</b> 3 h 10 min"
+    assert cell[("amazon", "order_acknowledgement")][0] == "<b>✓</b> p95 1 min 35 s"
+    assert cell[("amazon", "dead_letters")][0] == ""  # no such SLA for a channel: an empty cell
+    assert heat["z"][heat["y"].index("walmart")][heat["x"].index("erp_posting")] == 3
+
+
+def test_sidebar_names_the_app_and_version(seeded: dict[str, Any]) -> None:
+    import controltower
+
+    at = run()
+    assert "Control Tower" in "\n".join(m.value for m in at.sidebar.markdown)
+    assert any(controltower.__version__ in c.value for c in at.sidebar.caption)
+
+
+def test_database_down_shows_a_message_not_a_traceback(monkeypatch: pytest.MonkeyPatch, database_url: str,
+                                                       app_env: None) -> None:
+    missing = sa.engine.make_url(database_url).set(database="ct_no_such_database").render_as_string(hide_password=False)
+    monkeypatch.setenv("CONTROLTOWER_DATABASE_URL", missing)
+    for page in (None, "views/breaches.py", "views/channel.py", "views/transaction.py", "views/reconciliation.py",
+                 "views/inventory.py", "views/alerts.py"):
+        at = run(page)
+        assert not at.exception, page
+        errors = [e.value for e in at.error]
+        assert any("database is unreachable" in e and "ct_no_such_database" in e for e in errors), (page, errors)
+        assert "Traceback" not in "\n".join(errors)
+
+
+def test_percentile_of_merged_histograms_within_two_percent() -> None:
+    rnd = random.Random(7)
+    samples = [rnd.lognormvariate(math.log(40_000), 0.8) for _ in range(5000)]
+    halves = [{}, {}]
+    for i, sample in enumerate(samples):
+        key = str(bucket_of(sample))  # JSON keys are strings
+        halves[i % 2][key] = halves[i % 2].get(key, 0) + 1
+    merged = data.merge_histograms(halves)
+    assert sum(merged.values()) == len(samples)
+    ordered = sorted(samples)
+    for q in (0.5, 0.9, 0.95, 0.99):
+        exact = ordered[math.ceil(q * len(ordered)) - 1]
+        assert abs(data.hist_percentile(merged, q) / exact - 1) < 0.02, q
+    assert data.hist_percentile({}, 0.5) is None
+    assert data.hist_percentile({250: 1}, 0.5) == pytest.approx(data.bucket_ms(250))
+
+
+def test_latency_bins_merge_minutes_into_five_minute_bins() -> None:
+    t0 = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
+    rows = pd.DataFrame([
+        {"sla": "a", "minute": t0 + timedelta(minutes=m), "count": 2, "met": 1,
+         "hist": {str(bucket_of(1000.0 * (m + 1))): 1, str(bucket_of(60_000.0)): 1}}
+        for m in range(10)
+    ])
+    bins = data.latency_bins(rows, bin_minutes=5)
+    assert list(bins["count"]) == [10, 10] and list(bins["met"]) == [5, 5]
+    assert list(bins["bucket"]) == [pd.Timestamp(t0), pd.Timestamp(t0 + timedelta(minutes=5))]
+    assert bins.iloc[0]["p50_ms"] == pytest.approx(5000, rel=0.02)
+    assert bins.iloc[0]["p95_ms"] == pytest.approx(60_000, rel=0.02)
+
+
+def test_channel_page_latency_throughput_budget_and_breaches(seeded: dict[str, Any]) -> None:
+    at = run("views/channel.py", channel="amazon")
+    assert at.selectbox(key="channel").value == "amazon"
+    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    ack = next(s for s in specs if s["layout"]["title"]["text"].startswith("order_acknowledgement"))
+    p95 = next(t for t in ack["data"] if t["name"] == "p95")
+    samples = seeded["amazon_ack_samples"]
+    checked = 0
+    for x, y in zip(p95["x"], p95["y"], strict=True):
+        bucket = pd.Timestamp(x)
+        bucket = bucket.tz_localize(UTC) if bucket.tzinfo is None else bucket
+        in_bin = sorted(v for minute, values in samples.items()
+                        if bucket <= pd.Timestamp(minute) < bucket + pd.Timedelta(minutes=5) for v in values)
+        exact = in_bin[math.ceil(0.95 * len(in_bin)) - 1] / 60_000
+        assert abs(y / exact - 1) < 0.025, (x, y, exact)  # 2 % plus the chart's rounding to 0.01 min
+        checked += 1
+    assert checked >= 60  # 6 h of 5-minute bins
+    assert [round(s["y0"], 3) for s in ack["layout"]["shapes"]] == [30.0]  # the 30 min target
+    flow = next(s for s in specs if "throughput and errors" in s["layout"]["title"]["text"])
+    assert {t["name"] for t in flow["data"]} == {"events", "errors"}
+
+    budgets = table_with(at, "Error budget left")
+    row = budgets[(budgets["SLA"] == "erp_posting") & (budgets["Window"] == "1h")].iloc[0]
+    assert row["Error budget left"] == "97 %" and row["Burn rate (short)"] == "0.1×"
+    breaches = table_with(at, "Overdue by")
+    assert list(breaches["Correlation id"]) == ["cid-amz-2"]
+    assert list(breaches["Transaction"]) == ["transaction?correlation_id=cid-amz-2"]
+
+    at.selectbox(key="channel").set_value("walmart").run()
+    assert at.query_params["channel"] == ["walmart"] or at.query_params["channel"] == "walmart"
+    breaches = table_with(at, "Overdue by")
+    assert set(breaches["Correlation id"]) == {*seeded["overdue_walmart_erp"], "cid-wm-9"}
+    assert "✖ CRITICAL" in markdown_text(at)
+
+
+def test_transaction_story_reads_like_the_issue_example() -> None:
+    tx = {
+        "channel": "walmart",
+        "milestones": {"order.received": "2026-11-22T09:12:04.000Z", "order.acknowledged": "2026-11-22T09:13:30.000Z",
+                       "order.erp_posted": "2026-11-22T09:20:00.000Z", "fulfilment.released": "2026-11-22T09:41:00.000Z",
+                       "fulfilment.shipped": "2026-11-22T14:05:00.000Z"},
+        "events": [
+            {"occurred_at": f"2026-11-22T14:{10 + i}:00.000Z", "flow": "shipment", "stage": "shipment_confirmed",
+             "status": "retry"} for i in range(3)
+        ] + [{"occurred_at": "2026-11-22T09:12:04.000Z", "flow": "order", "stage": "received", "status": "ok"}],
+        "sla": [
+            {"sla": "erp_posting", "state": "met", "due_at": "2026-11-22T09:42:04.000Z"},
+            {"sla": "shipment_confirmation", "state": "pending", "due_at": "2026-11-22T18:00:00.000Z"},
+        ],
+    }
+    assert data.transaction_story(tx) == (
+        "Received from Walmart 09:12, acknowledged 09:13, posted to the ERP 09:20, released to the warehouse 09:41, "
+        "shipped 14:05; confirmation to Walmart failed 3 times — blocking step: shipment confirmation, due by 18:00."
+    )
+    # Overdue beats pending; a recovered step says so; another day shows its date.
+    tx["sla"].append({"sla": "erp_posting_x", "state": "overdue", "due_at": "2026-11-23T08:00:00.000Z"})
+    tx["events"].append({"occurred_at": "2026-11-22T09:15:00.000Z", "flow": "order", "stage": "erp_posted",
+                         "status": "error"})
+    story = data.transaction_story(tx)
+    assert "posting to the ERP failed once, then succeeded" in story
+    assert story.endswith("blocking step: ERP posting x, overdue since 23 Nov 08:00.")
+    assert data.transaction_story({"channel": "pos", "milestones": {}, "events": [], "sla": []}) == (
+        "No milestone reached yet for this POS order.")
+
+
+def test_transaction_page_story_deep_link_and_related_alerts(seeded: dict[str, Any]) -> None:
+    at = run("views/transaction.py", correlation_id="cid-wm-2")
+    assert at.text_input(key="q").value == "cid-wm-2"
+    story = at.info[0].value
+    assert story.startswith("Received from Walmart ")
+    assert "acknowledged" in story and "posting to the ERP failed once" in story
+    assert "blocking step: ERP posting, overdue since" in story
+    alerts = table_with(at, "Firing since")
+    assert list(alerts["Rule"]) == ["ErpPostingSlow"]
+
+    at = run("views/transaction.py", id="cid-amz-1")
+    story = at.info[0].value
+    assert "shipment confirmed to Amazon" in story and "confirmation to Amazon failed once, then succeeded" in story
+    assert "blocking step" not in story
+    assert not any("Firing since" in d.value.columns for d in at.dataframe)  # no amazon alert is firing
+
+
+def test_reconciliation_funnel_and_gap(seeded: dict[str, Any]) -> None:
+    at = run("views/reconciliation.py", channel="ebay", day=seeded["recon_day"].isoformat())
+    assert at.date_input(key="day").value == seeded["recon_day"]
+    funnel = json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]
+    assert funnel["x"] == seeded["recon_funnel"]
+    assert funnel["y"][0] == "received" and funnel["y"][-1] == "delivered"
+    # The first gap with orders in it is selected: acknowledged but never posted to the ERP.
+    assert at.selectbox(key="gap").value == "acknowledged → erp_posted"
+    stuck = table_with(at, "External order id")
+    assert list(stuck["Correlation id"]) == ["cid-eb-5"]
+    assert list(stuck["External order id"]) == ["EB-9105"] and list(stuck["Order id"]) == ["SO-4005"]
+    assert list(stuck["Transaction"]) == ["transaction?correlation_id=cid-eb-5"]
+
+    at.selectbox(key="gap").set_value("shipped → shipment_confirmed").run()
+    assert list(table_with(at, "External order id")["Correlation id"]) == ["cid-eb-3"]
+    at.selectbox(key="gap").set_value("released → shipped").run()
+    assert any("also reached shipped" in s.value for s in at.success)
+
+    at.date_input(key="day").set_value(seeded["recon_day"] - timedelta(days=3)).run()
+    assert any("No ebay orders" in i.value for i in at.info)
+
+
+def test_inventory_page_heat_map_and_stale_feeds(seeded: dict[str, Any]) -> None:
+    at = run("views/inventory.py")
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Feeds (channel × location)"] == "22"  # 4 channels × 5 locations + pos at its 2 stores
+    assert metrics["Stale feeds"] == "1"
+    assert metrics["Max age"] == "3 h 10 min"
+    heat = json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]
+    i, j = heat["y"].index("ebay"), heat["x"].index("STORE-0047")
+    assert heat["z"][i][j] == pytest.approx(190, abs=0.2)
+    assert heat["text"][i][j] == "! 3.2 h"
+    assert not any(t.startswith("!") for row_i, row in enumerate(heat["text"]) for col_j, t in enumerate(row)
+                   if (row_i, col_j) != (i, j))
+    stale = table_with(at, "Over by")
+    assert list(stale["Location"]) == ["STORE-0047"] and list(stale["Max age"]) == ["1 h"]
+    assert list(stale["Over by"]) == ["2 h 10 min"]
+
+
+def test_alerts_page_lists_acknowledges_and_silences(seeded: dict[str, Any], engine: Engine) -> None:
+    at = run("views/alerts.py")
+    active = table_with(at, "Acknowledged")
+    assert list(active["Rule"]) == ["ErpPostingSlow", "InventoryStale", "ErrorRateHigh"]  # firing (critical first), pending
+    assert list(active["State"]) == ["firing", "firing", "pending"]
+    assert "AckSlow" not in set(active["Rule"])  # resolved
+    assert active.iloc[0]["Labels"] == "alertname=ErpPostingSlow, channel=walmart, severity=critical, sla=erp_posting"
+    assert active.iloc[0]["Value"] == "143" and active.iloc[0]["Acknowledged"] == "–"
+    assert active.iloc[1]["Acknowledged"].startswith("dana at ")
+    history = table_with(at, "Change")
+    assert len(history) == 4 and history.iloc[0]["Change"] == "inactive → pending"
+    silences = table_with(at, "Matchers")
+    assert list(silences["Matchers"]) == ["channel=pos"] and list(silences["Active"]) == ["yes"]
+
+    # A name is required.
+    at.selectbox(key="ack_pick").set_value("fp-wm-erp")
+    at.button(key="ack").click().run()
+    assert any("Enter your name" in e.value for e in at.error)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT acknowledged_by FROM alert_state WHERE fingerprint = 'fp-wm-erp'")).scalar() is None
+
+    at.text_input(key="who").set_value("Robin")
+    at.selectbox(key="ack_pick").set_value("fp-wm-erp")
+    at.button(key="ack").click().run()
+    assert not at.exception
+    with engine.connect() as conn:
+        by, when = conn.execute(sa.text(
+            "SELECT acknowledged_by, acknowledged_at FROM alert_state WHERE fingerprint = 'fp-wm-erp'")).one()
+    assert by == "Robin" and abs((datetime.now(UTC) - when).total_seconds()) < 60
+    assert any("Acknowledged" in s.value and "Robin" in s.value for s in at.success)
+    assert table_with(at, "Acknowledged").iloc[0]["Acknowledged"].startswith("Robin at ")
+
+    at.selectbox(key="silence_pick").set_value("fp-shop-err")
+    at.selectbox(key="silence_duration").set_value("4h")
+    at.text_input(key="silence_comment").set_value("deploy in progress")
+    at.button(key="silence").click().run()
+    assert not at.exception
+    with engine.connect() as conn:
+        row = conn.execute(sa.text(
+            "SELECT matchers, ends_at - starts_at AS span, created_by, comment FROM alert_silences "
+            "WHERE created_by = 'Robin'")).one()
+    assert row.matchers == {"alertname": "ErrorRateHigh", "channel": "shopify", "sla": "error_rate", "severity": "warning"}
+    assert row.span == timedelta(hours=4) and row.comment == "deploy in progress"
+    assert "channel=shopify" in " ".join(table_with(at, "Matchers")["Matchers"])
+
+
+def test_alert_writes_use_bound_parameters(seeded: dict[str, Any], engine: Engine) -> None:
+    assert data.acknowledge_alert(engine, "fp-x' OR '1'='1", "mallory") is False
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM alert_state WHERE acknowledged_by = 'mallory'")).scalar() == 0
+    with pytest.raises(ValueError):
+        data.acknowledge_alert(engine, "fp-wm-erp", "  ")
+    with pytest.raises(ValueError):
+        data.create_silence(engine, {"channel": "pos"}, "1h", created_by="")
+    sid = data.create_silence(engine, {"channel": "o'brien"}, "30min", created_by="ops", comment="quote ' ok")
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT matchers FROM alert_silences WHERE id = :i"), {"i": sid}).scalar() == {
+            "channel": "o'brien"}

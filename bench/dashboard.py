@@ -1,0 +1,152 @@
+"""Dashboard benchmark: the database time behind the home page and the transaction view.
+
+Calls the `app/data.py` query functions directly (no Streamlit cache) against a database and
+prints p50/max in ms over --repeat runs of:
+  1. the home page's queries (headline counts, SLA table, hops, throughput, within-target,
+     SLA list, freshness), summed per run,
+  2. the transaction view's queries (search by key, the whole transaction, related alerts),
+and with --browser the first full render of both pages in Debian's Chromium (Playwright).
+
+    python bench/dashboard.py postgresql://postgres@127.0.0.1:5432/postgres
+    python bench/dashboard.py postgresql://postgres@127.0.0.1:5432/postgres --seed --browser
+
+--seed benchmarks a fresh database beside the given one, migrated and filled with the
+dashboard tests' seed (dropped afterwards); otherwise the given database is read as it is.
+Figures only: no asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from app import data  # noqa: E402
+from controltower import migrate  # noqa: E402
+from controltower.db import make_engine, normalize_url  # noqa: E402
+from controltower.settings import Settings  # noqa: E402
+
+
+def home_queries(engine: sa.Engine) -> None:
+    data.headline_counts(engine)
+    data.sla_status(engine, "1h")
+    data.hop_health(engine)
+    data.throughput(engine, 6)
+    data.within_target(engine, 6, None)
+    data.rollup_slas(engine, 24)
+    data.freshness(engine)
+
+
+def transaction_queries(engine: sa.Engine, q: str) -> None:
+    results = data.search_transactions(engine, q)
+    if results:
+        tx = data.get_transaction(engine, results[0]["correlation_id"])
+        if tx:
+            data.related_alerts(engine, tx["channel"])
+
+
+def timed(fn: Callable[[], Any], repeat: int) -> list[float]:
+    fn()  # warm the pool and the plan cache
+    out = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - start) * 1000)
+    return out
+
+
+def report(name: str, ms: list[float]) -> None:
+    print(f"{name:<34} p50 {statistics.median(ms):8.1f} ms   max {max(ms):8.1f} ms   (n={len(ms)})")
+
+
+def browser_render(url: str, data_dir: Path, q: str) -> None:
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    from tests.app.test_browser import CHROMIUM_ARGS, Dashboard, settle
+
+    server = Dashboard(url, data_dir)
+    try:
+        server.wait_ready()
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1500, "height": 1000})
+            for name, path, selector in (("home", "/", ".js-plotly-plot .main-svg"),
+                                         ("transaction", f"/transaction?q={q}", '[data-testid="stAlert"]')):
+                start = time.perf_counter()
+                page.goto(server.url + path, wait_until="domcontentloaded")
+                page.wait_for_selector(selector, timeout=60_000, state="visible")
+                page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=60_000)
+                first = (time.perf_counter() - start) * 1000
+                settle(page)
+                print(f"first render in Chromium: {name:<12} {first:8.0f} ms (content visible, script done)")
+            browser.close()
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("database_url")
+    parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--q", help="the key to search for (default: the latest transaction's order id)")
+    parser.add_argument("--seed", action="store_true", help="benchmark a fresh seeded database beside this one")
+    parser.add_argument("--browser", action="store_true", help="also time the first render in Chromium")
+    args = parser.parse_args()
+
+    url = normalize_url(args.database_url)
+    scratch = None
+    if args.seed:
+        scratch = f"ct_bench_{uuid.uuid4().hex[:8]}"
+        admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{scratch}"'))
+        url = sa.engine.make_url(url).set(database=scratch).render_as_string(hide_password=False)
+    data_dir = Path("/tmp") / f"ct-bench-dashboard-{uuid.uuid4().hex[:6]}"
+    engine = make_engine(url, pool_size=3)
+    try:
+        if args.seed:
+            from tests.app.test_dashboard import seed
+
+            migrate.upgrade(engine)
+            seed(engine, Settings.load({"database_url": url, "data_dir": data_dir}, environ={}), datetime.now(UTC))
+        state = data.database_state(engine)
+        if state != "ready":
+            print(f"the database is {state}: run `controltower migrate` and the simulator, or pass --seed")
+            return
+        with engine.connect() as conn:
+            q = args.q or conn.execute(sa.text(
+                "SELECT COALESCE(order_id, correlation_id) FROM transactions ORDER BY last_event_at DESC LIMIT 1"
+            )).scalar()
+            counts = conn.execute(sa.text(
+                "SELECT (SELECT count(*) FROM transactions), (SELECT count(*) FROM sla_status), "
+                "(SELECT count(*) FROM event_rollup_minute)")).one()
+        print(f"database: {sa.engine.make_url(url).render_as_string(hide_password=True)}")
+        print(f"rows: {counts[0]:,} transactions, {counts[1]:,} SLA rows, {counts[2]:,} event rollup rows; "
+              f"search key {q!r}")
+        report("home page queries (sum)", timed(lambda: home_queries(engine), args.repeat))
+        if q:
+            report("transaction view queries (sum)", timed(lambda: transaction_queries(engine, q), args.repeat))
+        if args.browser and q:
+            browser_render(url, data_dir, q)
+    finally:
+        engine.dispose()
+        if scratch:
+            with admin.connect() as conn:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)'))
+            admin.dispose()
+
+
+if __name__ == "__main__":
+    main()
