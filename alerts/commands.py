@@ -1,10 +1,12 @@
 """CLI commands of the `alerts` room, registered by the composition root.
 
-    controltower alerts check FILE
+    controltower alerts check FILE        (also: controltower rules check FILE)
     controltower alerts list [--all] [--json]
     controltower alerts silence --matcher channel=amazon --for 2h --comment "ERP maintenance"
     controltower alerts silences
     controltower alerts ack FINGERPRINT --by NAME
+    controltower alerts deliveries [--status failed] [--limit 50] [--json]
+    controltower alerts audit [--limit 100] [--json]
 """
 
 from __future__ import annotations
@@ -21,13 +23,16 @@ from controltower.errors import ConfigError, ControlTowerError
 from controltower.settings import parse_duration
 
 alerts_app = typer.Typer(name="alerts", help="Alert rules, active alerts, silences and acknowledgements.", no_args_is_help=True)
+rules_app = typer.Typer(name="rules", help="Alert rules files.", no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
     """Add this room's commands to `app`."""
     app.add_typer(alerts_app, name="alerts")
+    app.add_typer(rules_app, name="rules")
 
 
+@rules_app.command("check")
 @alerts_app.command("check")
 def check_command(file: Path = typer.Argument(..., help="Alert rules YAML to validate.")) -> None:
     """Validate an alert rules file; print the rule and receiver count."""
@@ -137,3 +142,64 @@ def ack_command(
     except ControlTowerError as exc:
         fail(str(exc))
     console.print(f"acknowledged {row['fingerprint']} ({row['rule']}): {row['summary']}", highlight=False)
+
+
+def _when(value: datetime | None) -> str:
+    return value.astimezone(UTC).isoformat(timespec="seconds") if value else ""
+
+
+@alerts_app.command("deliveries")
+def deliveries_command(
+    ctx: typer.Context,
+    status: str = typer.Option(None, "--status", help="Only pending, sent or failed.", show_default=False),
+    limit: int = typer.Option(50, "--limit", help="How many, newest first."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
+) -> None:
+    """The delivery log: every notification, its receiver, status, attempts and last error."""
+    from alerts.operations import list_deliveries
+
+    if status is not None and status not in ("pending", "sent", "failed"):
+        fail(f"--status {status!r}: expected pending, sent or failed")
+    rows = list_deliveries(context_of(ctx).engine, status=status, limit=limit)
+    if as_json:
+        times = ("created_at", "sent_at", "next_attempt_at")
+        out = [{str(k): (_when(v) or None) if k in times else v for k, v in r.items()} for r in rows]
+        typer.echo(orjson.dumps({"deliveries": out}, option=orjson.OPT_INDENT_2).decode())
+        return
+    if not rows:
+        console.print("no notifications")
+        return
+    from rich.table import Table
+
+    table = Table()
+    for name in ("id", "created", "rule", "kind", "alerts", "receiver", "status", "attempts", "last_error"):
+        table.add_column(name, overflow="fold")  # a narrow terminal wraps, never hides, an error
+    for r in rows:
+        table.add_row(
+            str(r["id"]), _when(r["created_at"]), r["rule"], r["kind"], str(r["alert_count"]), r["receiver"],
+            r["status"], str(r["attempts"]), r["last_error"] or "",
+        )
+    console.print(table)
+
+
+@alerts_app.command("audit")
+def audit_command(
+    ctx: typer.Context,
+    limit: int = typer.Option(100, "--limit", help="How many, newest first."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
+) -> None:
+    """Who silenced or acknowledged what, and when."""
+    from alerts.operations import list_audit
+
+    rows = list_audit(context_of(ctx).engine, limit=limit)
+    if as_json:
+        out = [{str(k): _when(v) if k == "at" else v for k, v in r.items()} for r in rows]
+        typer.echo(orjson.dumps({"audit": out}, option=orjson.OPT_INDENT_2).decode())
+        return
+    if not rows:
+        console.print("no audit entries")
+    for r in rows:
+        detail = r["detail"] or {}
+        extra = detail.get("summary") or ", ".join(f"{k}={v}" for k, v in (detail.get("matchers") or {}).items())
+        via = f" via {detail['via']}" if detail.get("via") else ""
+        console.print(f"{_when(r['at'])} {r['actor']} {r['action']} {r['target']}{via}: {extra}", highlight=False)

@@ -100,7 +100,7 @@ def routes(context: AppContext) -> list[BaseRoute]:
 
         def run() -> Response:
             try:
-                row = acknowledge(engine, fingerprint, by, datetime.now(UTC))
+                row = acknowledge(engine, fingerprint, by, datetime.now(UTC), via="http")
             except ControlTowerError as exc:
                 return JSONResponse({"error": str(exc)}, status_code=404)
             return JSONResponse({"fingerprint": row["fingerprint"], "acknowledged_by": by})

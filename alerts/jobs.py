@@ -22,7 +22,7 @@ def jobs(context: AppContext) -> list[ScheduledJob]:
     engine = context.engine
 
     def run_evaluate(now: datetime) -> object:
-        return evaluate(engine, ruleset.rules, now, dashboard_url=settings.dashboard_url)
+        return evaluate(engine, ruleset.rules, now, dashboard_url=settings.dashboard_url, routes=ruleset.routes)
 
     def run_deliver(now: datetime) -> object:
         return deliver_pending(engine, ruleset.receivers, now)

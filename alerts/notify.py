@@ -2,14 +2,19 @@
 
 `deliver_pending` sends every due outbox row once, marks it sent, or schedules a retry with
 exponential backoff (`attempts`, `next_attempt_at`) until `max_attempts`, then marks it failed.
-A row is locked (`FOR UPDATE SKIP LOCKED`) while it is sent, so two deliverers never send the
-same row. Payloads are rendered here from the receiver-neutral snapshot the evaluator stored:
+A row is claimed with `SELECT … FOR UPDATE SKIP LOCKED` and stays locked while it is sent, so
+two deliverers (two scheduler processes) never send the same row. Payloads are rendered here from the receiver-neutral snapshot the evaluator stored:
 
-- webhook: Prometheus Alertmanager's webhook payload, version 4 (one alert per notification)
-- slack: incoming-webhook JSON with `text` and Block Kit `blocks`
-- pagerduty: Events API v2 (`trigger`/`resolve`, `dedup_key` = the alert's fingerprint)
-- email: plain text over SMTP
-- log: one log line
+- webhook: Prometheus Alertmanager's webhook payload, version 4 (every alert of the group in
+  `alerts`, `groupKey` by `alertname`)
+- slack: incoming-webhook JSON with `text` and Block Kit `blocks` (one section per alert)
+- pagerduty: Events API v2, one event per alert (`trigger`/`resolve`, `dedup_key` = fingerprint)
+- email: plain text over SMTP, one message per group
+- log: one log line per alert
+
+Each receiver's notifications go out in the order they were created: a row is sent only when no
+older row for the same receiver is still pending, so a receiver that is down gets its backlog
+in order once it is back.
 
 Secrets (Slack URLs, routing keys, SMTP passwords) come from environment variables named in the
 rules file and are scrubbed from logs and from the stored `last_error`.
@@ -72,39 +77,65 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def webhook_payload(receiver: str, alert: Mapping[str, Any]) -> dict[str, Any]:
-    """Alertmanager's webhook body (version 4) for one alert."""
-    labels = dict(alert["labels"])
-    annotations = {k: v for k, v in dict(alert["annotations"]).items() if v is not None}
-    group_labels = {k: labels[k] for k in ("alertname", "sla", "channel") if k in labels}
-    status = alert["status"]
+def alerts_of(notification: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The alerts one outbox row carries (rows written before grouping carry one, unwrapped)."""
+    alerts = notification.get("alerts")
+    return list(alerts) if alerts else [notification]
+
+
+def _common(maps: list[Mapping[str, str]]) -> dict[str, str]:
+    first = dict(maps[0]) if maps else {}
+    return {k: v for k, v in first.items() if all(m.get(k) == v for m in maps[1:])}
+
+
+def webhook_payload(receiver: str, notification: Mapping[str, Any]) -> dict[str, Any]:
+    """Alertmanager's webhook body (version 4) for one group of alerts of one rule."""
+    alerts = alerts_of(notification)
+    items = []
+    for alert in alerts:
+        annotations = {k: v for k, v in dict(alert["annotations"]).items() if v is not None}
+        items.append({
+            "status": alert["status"],
+            "labels": dict(alert["labels"]),
+            "annotations": annotations,
+            "startsAt": alert["startsAt"],
+            "endsAt": alert["endsAt"],
+            "generatorURL": alert.get("generatorURL") or "",
+            "fingerprint": alert["fingerprint"],
+        })
+    group_labels = dict(notification.get("groupLabels") or {"alertname": notification["rule"]})
+    status = "firing" if any(a["status"] == "firing" for a in items) else "resolved"
     return {
         "receiver": receiver,
         "status": status,
-        "alerts": [
-            {
-                "status": status,
-                "labels": labels,
-                "annotations": annotations,
-                "startsAt": alert["startsAt"],
-                "endsAt": alert["endsAt"],
-                "generatorURL": alert.get("generatorURL") or "",
-                "fingerprint": alert["fingerprint"],
-            }
-        ],
+        "alerts": items,
         "groupLabels": group_labels,
-        "commonLabels": labels,
-        "commonAnnotations": annotations,
-        "externalURL": alert.get("externalURL") or "",
+        "commonLabels": _common([a["labels"] for a in items]),
+        "commonAnnotations": _common([a["annotations"] for a in items]),
+        "externalURL": notification.get("externalURL") or "",
         "version": "4",
-        "groupKey": _group_key(group_labels),
+        "groupKey": notification.get("groupKey") or _group_key(group_labels),
         "truncatedAlerts": 0,
     }
 
 
 def _title(alert: Mapping[str, Any]) -> str:
     tag = {"firing": "FIRING", "repeat": "FIRING", "resolved": "RESOLVED"}.get(alert.get("kind", ""), alert["status"].upper())
+    alerts = alert.get("alerts") or ()
+    if len(alerts) > 1:
+        firing = sum(1 for a in alerts if a["status"] == "firing")
+        tag = f"FIRING:{firing}" if firing else f"RESOLVED:{len(alerts)}"
+        if alert.get("kind") == "digest":
+            tag = f"DIGEST {tag}"
     return f"[{tag}] {alert['rule']}"
+
+
+def _group_summary(notification: Mapping[str, Any]) -> str:
+    alerts = alerts_of(notification)
+    if len(alerts) == 1:
+        return str(alerts[0].get("summary") or notification["rule"])
+    return "\n".join(f"{'resolved' if a['status'] == 'resolved' else 'firing'}: {a.get('summary') or a['rule']}"
+                     for a in alerts)
 
 
 def _slack_escape(text: str) -> str:
@@ -114,7 +145,8 @@ def _slack_escape(text: str) -> str:
 def slack_payload(alert: Mapping[str, Any]) -> dict[str, Any]:
     labels = dict(alert["labels"])
     annotations = dict(alert["annotations"])
-    summary = str(alert.get("summary") or annotations.get("summary") or alert["rule"])
+    summary = _group_summary(alert) if len(alerts_of(alert)) > 1 else str(
+        alert.get("summary") or annotations.get("summary") or alert["rule"])
     icon = ":large_green_circle:" if alert["status"] == "resolved" else (
         ":red_circle:" if alert["severity"] == "page" else ":large_orange_circle:"
     )
@@ -126,6 +158,10 @@ def slack_payload(alert: Mapping[str, Any]) -> dict[str, Any]:
     if annotations.get("description"):
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _slack_escape(annotations["description"])}})
     facts = [f"*severity:* {alert['severity']}", f"*sla:* {labels.get('sla', '')}", f"*channel:* {labels.get('channel', '')}"]
+    if annotations.get("orders_at_risk"):
+        facts.append(f"*orders at risk:* {annotations['orders_at_risk']}")
+    if annotations.get("order_value_at_risk"):
+        facts.append(f"*order value at risk:* {annotations['order_value_at_risk']}")
     links = []
     if alert.get("dashboard_url"):
         links.append(f"<{alert['dashboard_url']}|Offending transactions>")
@@ -178,11 +214,15 @@ def email_message(receiver: Receiver, alert: Mapping[str, Any]) -> EmailMessage:
     labels = dict(alert["labels"])
     annotations = dict(alert["annotations"])
     summary = str(alert.get("summary") or alert["rule"])
+    if len(alerts_of(alert)) > 1:
+        summary = f"{len(alerts_of(alert))} alerts"
     msg = EmailMessage()
     msg["Subject"] = f"{_title(alert)}: {summary}"[:250]
     msg["From"] = receiver.sender or ""
     msg["To"] = ", ".join(receiver.to)
     lines = [summary, ""]
+    if len(alerts_of(alert)) > 1:
+        lines += [_group_summary(alert), ""]
     if annotations.get("description"):
         lines += [annotations["description"], ""]
     lines += [
@@ -240,7 +280,9 @@ def send(
         _post(client, url, slack_payload(alert), receiver.timeout_seconds)
     elif kind == "pagerduty":
         key = _env(receiver.routing_key_env, environ, f"receiver {receiver.name}")
-        _post(client, receiver.url or "", pagerduty_payload(key, alert), receiver.timeout_seconds)
+        # one event per alert: dedup_key is the alert's fingerprint, so a retried group is harmless
+        for one in alerts_of(alert):
+            _post(client, receiver.url or "", pagerduty_payload(key, one), receiver.timeout_seconds)
     elif kind == "email":
         msg = email_message(receiver, alert)
         try:
@@ -255,7 +297,8 @@ def send(
         except (smtplib.SMTPException, OSError) as exc:
             raise DeliveryError(f"SMTP {type(exc).__name__}: {exc}") from None
     elif kind == "log":
-        log.warning("%s: %s (%s)", _title(alert), alert.get("summary"), alert.get("dashboard_url"))
+        for one in alerts_of(alert):
+            log.warning("%s: %s (%s)", _title(one), one.get("summary"), one.get("dashboard_url"))
     else:  # pragma: no cover - rules validation admits only the types above
         raise DeliveryError(f"receiver type {kind!r} is not supported", permanent=True)
 
@@ -264,6 +307,20 @@ def _scrub(text: str, secrets: list[str]) -> str:
     for secret in secrets:
         text = text.replace(secret, "***")
     return text[:1000]
+
+
+_CLAIM = """
+    SELECT n.id FROM alert_notifications n
+    WHERE n.status = 'pending' AND n.next_attempt_at <= :now AND n.id > :after
+      AND NOT EXISTS (
+          SELECT 1 FROM alert_notifications o
+          WHERE o.receiver = n.receiver AND o.status = 'pending' AND o.id < n.id
+      )
+      AND n.receiver <> ALL(CAST(:blocked AS text[]))
+    ORDER BY n.id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+"""
 
 
 def deliver_pending(
@@ -277,31 +334,29 @@ def deliver_pending(
     max_attempts: int = MAX_ATTEMPTS,
     base_backoff: float = BASE_BACKOFF_SECONDS,
 ) -> DeliveryReport:
-    """Send every outbox row due at `now`; return how many were sent, retried and given up on."""
+    """Send every outbox row due at `now`; return how many were sent, retried and given up on.
+
+    Rows are claimed one at a time, oldest first, each in its own transaction that holds the
+    row lock while it is sent. A row waits while an older row for the same receiver is pending
+    (in backoff, or being sent by another deliverer): each receiver gets its notifications in
+    order, and a receiver that fails is left alone for the rest of this pass.
+    """
     env = os.environ if environ is None else environ
     report = DeliveryReport()
     t = alert_notifications
-    with engine.connect() as conn:
-        due = conn.execute(
-            sa.select(t.c.id)
-            .where(t.c.status == "pending", t.c.next_attempt_at <= now)
-            .order_by(t.c.next_attempt_at, t.c.id)
-            .limit(batch)
-        ).scalars().all()
-    if not due:
-        return report
+    claim = sa.text(_CLAIM)
+    blocked: list[str] = []
+    after = 0
     own_client = client is None
     http = client or httpx.Client(follow_redirects=False)
     try:
-        for row_id in due:
+        for _ in range(batch):
             with engine.begin() as conn:
-                row = conn.execute(
-                    sa.select(t)
-                    .where(t.c.id == row_id, t.c.status == "pending", t.c.next_attempt_at <= now)
-                    .with_for_update(skip_locked=True)
-                ).first()
-                if row is None:
-                    continue  # another deliverer has it, or it was handled meanwhile
+                row_id = conn.execute(claim, {"now": now, "after": after, "blocked": blocked}).scalar()
+                if row_id is None:
+                    break
+                after = row_id
+                row = conn.execute(sa.select(t).where(t.c.id == row_id)).one()
                 attempts = row.attempts + 1
                 receiver = receivers.get(row.receiver)
                 try:
@@ -318,6 +373,7 @@ def deliver_pending(
                     else:
                         values["next_attempt_at"] = now + timedelta(seconds=backoff(attempts, base_backoff))
                         report.retried += 1
+                        blocked.append(row.receiver)  # keep its later notifications behind this one
                     report.errors.append(f"{row.receiver}: {message}")
                     log.warning(
                         "notification %s to %s (%s) attempt %d %s: %s", row.id, row.receiver, row.rule,

@@ -1,9 +1,10 @@
-"""Alert rules and receivers: the YAML model, validated with `file:line` errors.
+"""Alert rules: the YAML model, validated with `file:line` errors.
 
-A rule is a condition on one field of `sla_status` rows (`field`, `op`, `value`) matched by
-SLA, channel and window; it fires once the condition has held for `for`. Receivers are named
-notification targets (webhook, slack, pagerduty, email, log); secrets are never written in the
-file: they are read from the environment variables the file names (`*_env`).
+A rule is a condition on fields of `sla_status` rows (`field`, `op`, `value`, plus any `and:`
+conditions) matched by SLA, channel and window; it fires once the condition has held for `for`
+and keeps firing for `keep_firing_for` after it clears. `no_data` says what a series whose row
+vanished means; `routes` pick receivers by label; `max_notifications_per_hour` and
+`digest_interval` keep a noisy rule quiet. Receivers are modelled in `alerts.receivers`.
 """
 
 from __future__ import annotations
@@ -16,12 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controltower.errors import ConfigError
-from controltower.settings import parse_duration
+from alerts import receivers as rv
+from alerts.receivers import LABEL, NAME, PAGERDUTY_URL, RECEIVER_TYPES, Receiver
 from controltower.yamlfile import Located, load
+
+__all__ = ["PAGERDUTY_URL", "RECEIVER_TYPES", "Receiver", "Route", "Rule", "RuleSet", "load_rules", "parse"]
 
 DEFAULT_FILE = Path(__file__).with_name("alerts.yaml")
 
+# Derived fields the evaluator adds to every row (see alerts.derived): not columns of sla_status.
+DERIVED_FIELDS = ("volume_ratio",)
 FIELDS = (
     "open_breaches",
     "oldest_breach_ms",
@@ -35,6 +40,7 @@ FIELDS = (
     "value",
     "count",
     "health",
+    *DERIVED_FIELDS,
 )
 HEALTH_RANK = {"ok": 0, "warn": 1, "critical": 2}
 OPS: dict[str, Callable[[Any, Any], bool]] = {
@@ -46,14 +52,14 @@ OPS: dict[str, Callable[[Any, Any], bool]] = {
     "!=": operator.ne,
 }
 SEVERITIES = ("page", "ticket", "info")
-RECEIVER_TYPES = ("webhook", "slack", "pagerduty", "email", "log")
-PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"
+NO_DATA = ("ok", "breach", "keep", "alert")
 
-# Every column of sla_status a summary template may name, plus the humanized extras.
+# Every column of sla_status a summary template may name, the derived fields, plus the humanized extras.
 ROW_FIELDS = (
     "sla", "channel", "window", "kind", "computed_at", "count", "p50_ms", "p95_ms", "p99_ms",
     "target_ms", "within_target_ratio", "open_breaches", "oldest_breach_ms", "value", "threshold",
     "health", "reason", "objective", "error_budget_remaining", "burn_rate_short", "burn_rate_long",
+    "volume_ratio", "volume_last_hour", "volume_usual",
 )
 HUMAN_FIELDS = ("oldest_breach_ms", "p50_ms", "p95_ms", "p99_ms", "target_ms")
 EXTRA_FIELDS = ("rule", "severity", "field", "op", "threshold_value", "dashboard_url")
@@ -61,34 +67,28 @@ EXTRA_FIELDS = ("rule", "severity", "field", "op", "threshold_value", "dashboard
 _RULE_KEYS = {
     "name", "sla", "channel", "window", "field", "op", "value", "for", "severity", "labels",
     "annotations", "runbook_url", "repeat_interval", "receivers", "description",
+    "and", "keep_firing_for", "no_data", "impact", "max_notifications_per_hour", "digest_interval",
 }
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]*$")
-_LABEL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME = NAME
+_LABEL = LABEL
 
 
 @dataclass(frozen=True)
-class Receiver:
-    name: str
-    type: str
-    url: str | None = None
-    url_env: str | None = None
-    routing_key_env: str | None = None
-    smtp_host: str = "localhost"
-    smtp_port: int = 25
-    sender: str | None = None
-    to: tuple[str, ...] = ()
-    starttls: bool = False
-    username: str | None = None
-    password_env: str | None = None
-    timeout_seconds: float = 10.0
+class Condition:
+    field: str
+    op: str
+    value: float | str
 
-    def secrets(self, environ: Mapping[str, str]) -> list[str]:
-        """The secret values this receiver uses (to keep them out of logs and stored errors)."""
-        names = [self.url_env, self.routing_key_env, self.password_env]
-        values = [environ.get(n or "", "") for n in names if n]
-        if self.type == "slack" and self.url:
-            values.append(self.url)
-        return [v for v in values if v]
+    def holds(self, row: Mapping[str, Any]) -> bool:
+        """The condition on `row`; a missing (NULL) value never holds."""
+        observed = row.get(self.field)
+        if observed is None:
+            return False
+        if self.field == "health":
+            left = HEALTH_RANK.get(str(observed))
+            right = HEALTH_RANK[str(self.value)]
+            return left is not None and OPS[self.op](left, right)
+        return bool(OPS[self.op](float(observed), float(self.value)))
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,12 @@ class Rule:
     repeat_interval_seconds: float | None = None
     receivers: tuple[str, ...] = ()
     where: str = ""
+    also: tuple[Condition, ...] = ()  # the `and:` conditions
+    keep_firing_for_seconds: float = 0.0
+    no_data: str = "ok"
+    impact: bool = False
+    max_notifications_per_hour: int | None = None
+    digest_interval_seconds: float | None = None
 
     def matches(self, row: Mapping[str, Any]) -> bool:
         return (
@@ -120,15 +126,11 @@ class Rule:
         return row.get(self.field)
 
     def holds(self, row: Mapping[str, Any]) -> bool:
-        """The condition on `row`; a missing (NULL) value never holds."""
-        observed = row.get(self.field)
-        if observed is None:
-            return False
-        if self.field == "health":
-            left = HEALTH_RANK.get(str(observed))
-            right = HEALTH_RANK[str(self.value)]
-            return left is not None and OPS[self.op](left, right)
-        return bool(OPS[self.op](float(observed), float(self.value)))
+        """Every condition on `row`; a missing (NULL) value never holds."""
+        return Condition(self.field, self.op, self.value).holds(row) and all(c.holds(row) for c in self.also)
+
+    def uses(self, name: str) -> bool:
+        return self.field == name or any(c.field == name for c in self.also)
 
     def numeric(self, row: Mapping[str, Any]) -> float | None:
         """The observed value as a number for storage (health as its rank)."""
@@ -142,10 +144,30 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class Route:
+    """Alerts whose labels equal every `match` value go to `receivers` (first matching route wins)."""
+
+    match: dict[str, str]
+    receivers: tuple[str, ...]
+
+    def applies(self, labels: Mapping[str, str]) -> bool:
+        return all(labels.get(k) == v for k, v in self.match.items())
+
+
+@dataclass(frozen=True)
 class RuleSet:
     source: str
     rules: tuple[Rule, ...]
     receivers: dict[str, Receiver]
+    routes: tuple[Route, ...] = ()
+
+
+def route(routes: tuple[Route, ...] | list[Route], rule: Rule, labels: Mapping[str, str]) -> tuple[str, ...]:
+    """Receivers of one alert: the first route whose matchers all equal its labels, else the rule's."""
+    for candidate in routes:
+        if candidate.applies(labels):
+            return candidate.receivers
+    return rule.receivers
 
 
 def human_ms(ms: Any) -> str:
@@ -213,119 +235,15 @@ def _check_template(doc: Located, text: Any, *path: Any) -> str:
     return text
 
 
-def _duration(doc: Located, raw: Any, *path: Any) -> float:
-    key = path[-1]
-    if isinstance(raw, bool) or raw is None:
-        raise doc.error(f'{key}: "{raw}" is not a duration (expected e.g. 90s, 15m, 4h)', *path)
-    try:
-        return parse_duration(str(raw), where=str(key))
-    except ConfigError as exc:
-        raise doc.error(str(exc), *path) from None
-
-
-def _str(doc: Located, raw: Any, *path: Any) -> str:
-    if not isinstance(raw, str) or not raw.strip():
-        raise doc.error(f"{path[-1]}: expected a non-empty string, got {raw!r}", *path)
-    return raw
-
-
-def _str_map(doc: Located, raw: Any, *path: Any) -> dict[str, str]:
-    if raw is None:
-        return {}
+def _condition(doc: Located, raw: Any, *path: Any) -> Condition:
     if not isinstance(raw, dict):
-        raise doc.error(f"{path[-1]}: expected a mapping of names to strings", *path)
-    out = {}
-    for key, value in raw.items():
-        if not isinstance(key, str) or not _LABEL.match(key):
-            raise doc.error(f"{path[-1]}: {key!r} is not a valid name", *path, key)
-        if isinstance(value, dict | tuple | list | bool) or value is None:
-            raise doc.error(f"{path[-1]}.{key}: expected a string", *path, key)
-        out[key] = str(value)
-    return out
-
-
-def _receiver(doc: Located, name: Any, raw: Any) -> Receiver:
-    path = ("receivers", name)
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise doc.error(f"receiver name {name!r} is not valid", *path)
-    if not isinstance(raw, dict):
-        raise doc.error(f"receiver {name}: expected a mapping with a type", *path)
-    kind = raw.get("type")
-    if kind not in RECEIVER_TYPES:
-        raise doc.error(
-            f"receiver {name}: type {kind!r} is not one of {', '.join(RECEIVER_TYPES)}", *path, "type"
-        )
-    allowed = {
-        "webhook": {"url", "url_env", "timeout"},
-        "slack": {"url", "url_env", "timeout"},
-        "pagerduty": {"url", "routing_key_env", "timeout"},
-        "email": {"smtp_host", "smtp_port", "from", "to", "starttls", "username", "password_env", "timeout"},
-        "log": set(),
-    }[kind] | {"type"}
+        raise doc.error("expected a mapping with field, op and value", *path)
     for key in raw:
-        if key not in allowed:
-            hint = ""
-            if key in {"routing_key", "password", "token"}:
-                hint = f" (secrets are never written here: name an environment variable with {key}_env)"
-            raise doc.error(
-                f"receiver {name}: unknown field {key!r}{hint} (allowed: {', '.join(sorted(allowed))})",
-                *path, key,
-            )
-    kw: dict[str, Any] = {"name": name, "type": kind}
-    if "timeout" in raw:
-        kw["timeout_seconds"] = _duration(doc, raw["timeout"], *path, "timeout")
-    if kind in {"webhook", "slack"}:
-        if ("url" in raw) == ("url_env" in raw):
-            raise doc.error(f"receiver {name}: give exactly one of url or url_env", *path)
-        if "url" in raw:
-            url = _str(doc, raw["url"], *path, "url")
-            if not url.startswith(("http://", "https://")):
-                raise doc.error(f"receiver {name}: url must start with http:// or https://", *path, "url")
-            kw["url"] = url
-        else:
-            kw["url_env"] = _str(doc, raw["url_env"], *path, "url_env")
-    elif kind == "pagerduty":
-        if "routing_key_env" not in raw:
-            raise doc.error(f"receiver {name}: routing_key_env (an environment variable name) is required", *path)
-        kw["routing_key_env"] = _str(doc, raw["routing_key_env"], *path, "routing_key_env")
-        kw["url"] = _str(doc, raw.get("url", PAGERDUTY_URL), *path, "url")
-    elif kind == "email":
-        to = raw.get("to")
-        if isinstance(to, str):
-            to = (to,)
-        if not to or not isinstance(to, list | tuple) or not all(isinstance(t, str) and "@" in t for t in to):
-            raise doc.error(f"receiver {name}: to must be an address or a list of addresses", *path, "to")
-        sender = raw.get("from")
-        if not isinstance(sender, str) or "@" not in sender:
-            raise doc.error(f"receiver {name}: from must be an email address", *path, "from")
-        port = raw.get("smtp_port", 25)
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-            raise doc.error(f"receiver {name}: smtp_port must be a port number", *path, "smtp_port")
-        starttls = raw.get("starttls", False)
-        if not isinstance(starttls, bool):
-            raise doc.error(f"receiver {name}: starttls must be true or false", *path, "starttls")
-        kw.update(
-            smtp_host=_str(doc, raw.get("smtp_host", "localhost"), *path, "smtp_host"),
-            smtp_port=port, sender=sender, to=tuple(to), starttls=starttls,
-            username=raw.get("username"),
-            password_env=raw.get("password_env"),
-        )
-    return Receiver(**kw)
-
-
-def _rule(doc: Located, i: int, raw: Any, receivers: dict[str, Receiver], defaults: tuple[str, ...]) -> Rule:
-    path = ("rules", i)
-    if not isinstance(raw, dict):
-        raise doc.error("each rule must be a mapping", *path)
-    for key in raw:
-        if key not in _RULE_KEYS:
-            raise doc.error(f"unknown field {key!r} (allowed: {', '.join(sorted(_RULE_KEYS))})", *path, key)
-    for key in ("name", "sla", "field", "op", "value"):
+        if key not in {"field", "op", "value"}:
+            raise doc.error(f"unknown field {key!r} in a condition (field, op, value)", *path, key)
+    for key in ("field", "op", "value"):
         if key not in raw:
-            raise doc.error(f"rule is missing {key!r}", *path)
-    name = _str(doc, raw["name"], *path, "name")
-    if not _NAME.match(name):
-        raise doc.error(f"name {name!r}: use letters, digits, _ . : -", *path, "name")
+            raise doc.error(f"condition is missing {key!r}", *path)
     fld = raw["field"]
     if fld not in FIELDS:
         raise doc.error(f"field {fld!r} is not one of {', '.join(FIELDS)}", *path, "field")
@@ -338,61 +256,130 @@ def _rule(doc: Located, i: int, raw: Any, receivers: dict[str, Receiver], defaul
             raise doc.error(f"value {value!r}: health is one of ok, warn, critical", *path, "value")
     elif isinstance(value, bool) or not isinstance(value, int | float):
         raise doc.error(f"value {value!r}: {fld} is compared with a number", *path, "value")
+    return Condition(fld, op, value)
+
+
+def _options(doc: Located, raw: Mapping[str, Any], *path: Any) -> dict[str, Any]:
+    """The noise and no-data options of one rule."""
+    out: dict[str, Any] = {}
+    if "and" in raw:
+        extra = raw["and"]
+        if not isinstance(extra, list | tuple) or not extra:
+            raise doc.error("and: expected a list of conditions ({field, op, value})", *path, "and")
+        out["also"] = tuple(_condition(doc, c, *path, "and", j) for j, c in enumerate(extra))
+    if "keep_firing_for" in raw:
+        out["keep_firing_for_seconds"] = rv.duration(doc, raw["keep_firing_for"], *path, "keep_firing_for")
+    if "no_data" in raw:
+        policy = raw["no_data"]
+        if policy not in NO_DATA:
+            raise doc.error(f"no_data {policy!r} is not one of {', '.join(NO_DATA)}", *path, "no_data")
+        out["no_data"] = policy
+    if "impact" in raw:
+        if not isinstance(raw["impact"], bool):
+            raise doc.error(f"impact: expected true or false, got {raw['impact']!r}", *path, "impact")
+        out["impact"] = raw["impact"]
+    if "max_notifications_per_hour" in raw:
+        cap = raw["max_notifications_per_hour"]
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+            raise doc.error(
+                f"max_notifications_per_hour: expected a whole number of at least 1, got {cap!r}",
+                *path, "max_notifications_per_hour",
+            )
+        out["max_notifications_per_hour"] = cap
+    if "digest_interval" in raw:
+        every = rv.duration(doc, raw["digest_interval"], *path, "digest_interval")
+        if every <= 0:
+            raise doc.error("digest_interval must be more than 0", *path, "digest_interval")
+        out["digest_interval_seconds"] = every
+    return out
+
+
+def _rule(doc: Located, i: int, raw: Any, receivers: dict[str, Receiver], defaults: tuple[str, ...]) -> Rule:
+    path = ("rules", i)
+    if not isinstance(raw, dict):
+        raise doc.error("each rule must be a mapping", *path)
+    for key in raw:
+        if key not in _RULE_KEYS:
+            raise doc.error(f"unknown field {key!r} (allowed: {', '.join(sorted(_RULE_KEYS))})", *path, key)
+    for key in ("name", "sla", "field", "op", "value"):
+        if key not in raw:
+            raise doc.error(f"rule is missing {key!r}", *path)
+    name = rv.text(doc, raw["name"], *path, "name")
+    if not _NAME.match(name):
+        raise doc.error(f"name {name!r}: use letters, digits, _ . : -", *path, "name")
+    first = _condition(doc, {k: raw[k] for k in ("field", "op", "value")}, *path)
+    fld, op, value = first.field, first.op, first.value
     severity = raw.get("severity", "ticket")
     if severity not in SEVERITIES:
         raise doc.error(f"severity {severity!r} is not one of {', '.join(SEVERITIES)}", *path, "severity")
     channel = raw.get("channel")
     if channel is not None:
-        channel = _str(doc, channel, *path, "channel")
-    window = _str(doc, raw.get("window", "1h"), *path, "window")
-    for_seconds = _duration(doc, raw["for"], *path, "for") if "for" in raw else 0.0
-    repeat = _duration(doc, raw["repeat_interval"], *path, "repeat_interval") if "repeat_interval" in raw else None
+        channel = rv.text(doc, channel, *path, "channel")
+    window = rv.text(doc, raw.get("window", "1h"), *path, "window")
+    for_seconds = rv.duration(doc, raw["for"], *path, "for") if "for" in raw else 0.0
+    repeat = rv.duration(doc, raw["repeat_interval"], *path, "repeat_interval") if "repeat_interval" in raw else None
     if repeat is not None and repeat <= 0:
         raise doc.error("repeat_interval must be more than 0 (leave it out to never repeat)", *path, "repeat_interval")
-    labels = _str_map(doc, raw.get("labels"), *path, "labels")
+    labels = rv.str_map(doc, raw.get("labels"), *path, "labels")
     for reserved in ("alertname", "sla", "channel", "window", "severity"):
         if reserved in labels:
             raise doc.error(f"labels: {reserved!r} is set by the evaluator", *path, "labels", reserved)
-    annotations = _str_map(doc, raw.get("annotations"), *path, "annotations")
-    for key, text in annotations.items():
-        _check_template(doc, text, *path, "annotations", key)
+    annotations = rv.str_map(doc, raw.get("annotations"), *path, "annotations")
+    for key, template in annotations.items():
+        _check_template(doc, template, *path, "annotations", key)
     if "description" in raw:
         annotations.setdefault("description", _check_template(doc, raw["description"], *path, "description"))
     annotations.setdefault("summary", f"{{sla}} on {{channel}}: {fld} {op} {value} (now {{{fld}}})")
     runbook = raw.get("runbook_url")
     if runbook is not None:
-        runbook = _str(doc, runbook, *path, "runbook_url")
+        runbook = rv.text(doc, runbook, *path, "runbook_url")
         annotations["runbook_url"] = runbook
     names = raw.get("receivers")
-    if names is None:
-        names = defaults
-    if isinstance(names, str):
-        names = (names,)
-    if not isinstance(names, list | tuple):
-        raise doc.error("receivers: expected a list of receiver names", *path, "receivers")
-    for j, rname in enumerate(names):
-        if rname not in receivers:
-            known = ", ".join(sorted(receivers)) or "none defined"
-            raise doc.error(f"unknown receiver {rname!r} (defined: {known})", *path, "receivers", j)
+    names = defaults if names is None else rv.receiver_names(doc, names, receivers, *path, "receivers")
     return Rule(
-        name=name, sla=_str(doc, raw["sla"], *path, "sla"), field=fld, op=op, value=value,
+        name=name, sla=rv.text(doc, raw["sla"], *path, "sla"), field=fld, op=op, value=value,
         channel=channel, window=window, for_seconds=for_seconds, severity=severity, labels=labels,
         annotations=annotations, runbook_url=runbook, repeat_interval_seconds=repeat,
-        receivers=tuple(names), where=doc.where(*path),
+        receivers=tuple(names), where=doc.where(*path), **_options(doc, raw, *path),
     )
+
+
+def _routes(doc: Located, raw: Any, receivers: dict[str, Receiver]) -> tuple[Route, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list | tuple):
+        raise doc.error("routes: expected a list of {match: {label: value}, receivers: [...]}", "routes")
+    out = []
+    for j, item in enumerate(raw):
+        path = ("routes", j)
+        if not isinstance(item, dict):
+            raise doc.error("each route must be a mapping with match and receivers", *path)
+        for key in item:
+            if key not in {"match", "receivers"}:
+                raise doc.error(f"unknown field {key!r} in a route (match, receivers)", *path, key)
+        if "match" not in item or "receivers" not in item:
+            raise doc.error("a route needs match: {label: value} and receivers: [...]", *path)
+        match = rv.str_map(doc, item["match"], *path, "match")
+        if not match:
+            raise doc.error("match: give at least one label: value", *path, "match")
+        out.append(Route(match, rv.receiver_names(doc, item["receivers"], receivers, *path, "receivers")))
+    return tuple(out)
+
+
+_TOP_KEYS = ("rules", "receivers", "default_receivers", "routes")
 
 
 def parse(doc: Located) -> RuleSet:
     data = doc.data
     if not isinstance(data, dict):
-        raise doc.error("expected a mapping with rules: (and optionally receivers:, default_receivers:)")
+        raise doc.error("expected a mapping with rules: (and optionally receivers:, default_receivers:, routes:)")
     for key in data:
-        if key not in {"rules", "receivers", "default_receivers"}:
-            raise doc.error(f"unknown top-level key {key!r} (rules, receivers, default_receivers)", key)
+        if key not in _TOP_KEYS:
+            raise doc.error(f"unknown top-level key {key!r} ({', '.join(_TOP_KEYS)})", key)
     raw_receivers = data.get("receivers") or {}
     if not isinstance(raw_receivers, dict):
         raise doc.error("receivers: expected a mapping of receiver names", "receivers")
-    receivers = {name: _receiver(doc, name, raw) for name, raw in raw_receivers.items()}
+    receivers = {name: rv.parse_receiver(doc, name, raw) for name, raw in raw_receivers.items()}
     defaults = data.get("default_receivers") or ()
     if isinstance(defaults, str):
         defaults = (defaults,)
@@ -401,6 +388,7 @@ def parse(doc: Located) -> RuleSet:
     for j, rname in enumerate(defaults):
         if rname not in receivers:
             raise doc.error(f"unknown receiver {rname!r}", "default_receivers", j)
+    routes = _routes(doc, data.get("routes"), receivers)
     raw_rules = data.get("rules")
     if not isinstance(raw_rules, list | tuple):
         raise doc.error("rules: expected a list of rules", "rules")
@@ -412,7 +400,7 @@ def parse(doc: Located) -> RuleSet:
             raise doc.error(f"duplicate rule name {rule.name!r} (first at {seen[rule.name]})", "rules", i, "name")
         seen[rule.name] = rule.where
         rules.append(rule)
-    return RuleSet(doc.source, tuple(rules), receivers)
+    return RuleSet(doc.source, tuple(rules), receivers, routes)
 
 
 def load_rules(path: Path | str | None = None) -> RuleSet:

@@ -30,6 +30,8 @@ alert_state = sa.Table(
     sa.Column("acknowledged_at", TS),
     sa.Column("summary", sa.Text),
     sa.Column("dashboard_url", sa.Text),
+    # keep_firing_for: when the condition of a firing alert first stopped holding (0011)
+    sa.Column("cleared_since", TS),
     sa.PrimaryKeyConstraint("fingerprint", name="alert_state_pkey"),
     sa.Index("alert_state_state_idx", "state"),
     sa.Index("alert_state_rule_idx", "rule"),
@@ -84,7 +86,29 @@ alert_notifications = sa.Table(
     sa.Column("next_attempt_at", TS, nullable=False),
     sa.Column("sent_at", TS),
     sa.Column("last_error", sa.Text),
+    # grouping (0011): one row carries every alert of one rule for one receiver and evaluation;
+    # `fingerprint` is the first alert's, `payload.alerts` holds them all
+    sa.Column("group_key", sa.Text),
+    sa.Column("alert_count", sa.Integer, nullable=False, server_default=sa.text("1")),
     sa.PrimaryKeyConstraint("id", name="alert_notifications_pkey"),
     sa.Index("alert_notifications_due_idx", "status", "next_attempt_at"),
     sa.Index("alert_notifications_fingerprint_idx", "fingerprint"),
+    sa.Index("alert_notifications_rule_idx", "rule", "created_at"),
+    sa.Index(
+        "alert_notifications_pending_idx", "receiver", "id", postgresql_where=sa.text("status = 'pending'")
+    ),
+)
+
+# Who silenced or acknowledged what (written by the CLI and the HTTP API, read by `alerts audit`).
+alert_audit = sa.Table(
+    "alert_audit",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), nullable=False),
+    sa.Column("at", TS, nullable=False),
+    sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("action", sa.Text, nullable=False),
+    sa.Column("target", sa.Text, nullable=False),
+    sa.Column("detail", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.PrimaryKeyConstraint("id", name="alert_audit_pkey"),
+    sa.Index("alert_audit_at_idx", "at"),
 )

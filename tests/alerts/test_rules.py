@@ -151,4 +151,68 @@ def test_check_command_exit_code_from_the_real_console_script(tmp_path):
     assert len(lines) == 1 and lines[0].startswith(f"error: {bad}:{_line_of(GOOD, 'for: 10m')}: for:")
     ok = subprocess.run([sys.executable, "-m", "controltower", "alerts", "check", str(DEFAULT_FILE)],
                         capture_output=True, text=True, timeout=60)
-    assert ok.returncode == 0 and "6 rules" in ok.stdout
+    assert ok.returncode == 0 and "12 rules" in ok.stdout
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "needle", "message"),
+    [
+        ("    repeat_interval: 4h\n", "    repeat_interval: 4h\n    keep_firing_for: soon\n", "keep_firing_for: soon", "is not a duration"),
+        ("    repeat_interval: 4h\n", "    repeat_interval: 4h\n    no_data: ignore\n", "no_data: ignore", "no_data 'ignore' is not one of ok, breach, keep, alert"),
+        ("    repeat_interval: 4h\n", "    repeat_interval: 4h\n    impact: yes please\n", "impact: yes please", "impact: expected true or false"),
+        ("    repeat_interval: 4h\n", "    repeat_interval: 4h\n    max_notifications_per_hour: 0\n", "max_notifications_per_hour: 0", "at least 1"),
+        ("    repeat_interval: 4h\n", "    repeat_interval: 4h\n    digest_interval: 0s\n", "digest_interval: 0s", "digest_interval must be more than 0"),
+        ("    repeat_interval: 4h\n", "    repeat_interval: 4h\n    and:\n      - {field: volume_ratio, op: \"<\"}\n", "field: volume_ratio", "condition is missing 'value'"),
+        ("    repeat_interval: 4h\n", "    repeat_interval: 4h\n    and:\n      - field: volume\n        op: \"<\"\n        value: 1\n", "field: volume", "field 'volume' is not one of"),
+        ("default_receivers: [hook]\n", "default_receivers: [hook]\nroutes:\n  - match: {channel: walmart}\n    receivers: [pager]\n", "receivers: [pager]", "unknown receiver 'pager'"),
+        ("default_receivers: [hook]\n", "default_receivers: [hook]\nroutes:\n  - match: {channel: walmart}\n    to: [hook]\n", "to: [hook]", "unknown field 'to' in a route"),
+        ("default_receivers: [hook]\n", "default_receivers: [hook]\nroutes:\n  - receivers: [hook]\n", "- receivers: [hook]", "a route needs match"),
+    ],
+)
+def test_bad_new_options_name_file_and_line(tmp_path, old, new, needle, message):
+    assert old in GOOD
+    text = GOOD.replace(old, new, 1)
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_rules(path)
+    assert str(info.value).startswith(f"{path}:{_line_of(text, needle)}: "), str(info.value)
+    assert message in str(info.value)
+
+
+def test_new_options_load_and_rules_check_alias(tmp_path):
+    from controltower.cli import app
+
+    text = GOOD.replace("default_receivers: [hook]\n", "default_receivers: [hook]\nroutes:\n"
+                        "  - match: {channel: walmart}\n    receivers: [pd]\n").replace(
+        "    repeat_interval: 4h\n", "    repeat_interval: 4h\n    keep_firing_for: 10m\n    no_data: alert\n"
+        "    impact: true\n    max_notifications_per_hour: 6\n    digest_interval: 15m\n"
+        "    and:\n      - {field: volume_ratio, op: \"<\", value: 0.2}\n")
+    ruleset = load_rules(write(tmp_path, text))
+    rule = ruleset.rules[0]
+    assert (rule.keep_firing_for_seconds, rule.no_data, rule.impact) == (600, "alert", True)
+    assert (rule.max_notifications_per_hour, rule.digest_interval_seconds) == (6, 900)
+    assert [(c.field, c.op, c.value) for c in rule.also] == [("volume_ratio", "<", 0.2)]
+    assert [(r.match, r.receivers) for r in ruleset.routes] == [({"channel": "walmart"}, ("pd",))]
+    assert rule.holds({"open_breaches": 1, "volume_ratio": 0.1})
+    assert not rule.holds({"open_breaches": 1, "volume_ratio": 0.5})
+    assert not rule.holds({"open_breaches": 1, "volume_ratio": None})
+    ok = CliRunner().invoke(app, ["rules", "check", str(tmp_path / "alerts.yaml")])
+    assert ok.exit_code == 0 and "2 rules" in ok.output
+
+
+def test_shipped_marketplace_templates():
+    rules = {r.name: r for r in load_rules(None).rules}
+    walmart_ack = rules["WalmartUnacknowledged"]
+    assert (walmart_ack.sla, walmart_ack.channel, walmart_ack.field, walmart_ack.op, walmart_ack.value) == (
+        "order_acknowledgement", "walmart", "open_breaches", ">", 0)
+    assert "4 hours" in walmart_ack.annotations["description"]
+    assert rules["WalmartAtRiskOfAutoCancel"].sla == "ship_by_expected_date"
+    assert "+ 4 days" in rules["WalmartAtRiskOfAutoCancel"].annotations["description"]
+    assert "48 h" in rules["WalmartLateOriginScan"].annotations["description"]
+    for name in ("AmazonLateShipmentRateBudget", "AmazonValidTrackingRateBudget"):
+        r = rules[name]
+        assert (r.sla, r.channel, r.field, r.op, r.value) == ("ship_by_expected_date", "amazon", "error_budget_remaining", "<", 0.25)
+        assert "Seller Central" in r.annotations["description"]
+    quiet = rules["ChannelQuiet"]
+    assert quiet.sla == "channel_silence" and quiet.value == 900000 and quiet.also[0].field == "volume_ratio"
+    assert rules["UnpostedOrders"].impact

@@ -1,0 +1,104 @@
+"""Values the evaluator derives from tables metrics owns: volume against the usual level, impact.
+
+Read-only, bound parameters, each query bounded (index ranges and a LIMIT) so one evaluation
+cycle stays cheap however large the event history is:
+
+- `volume_by_channel`: events in the last hour per channel from `event_rollup_minute`, against
+  the average of the same hour on each of the previous 7 days (`volume_ratio`; NULL when the
+  channel had no events in those hours, so there is no usual level to fall below).
+- `impact`: orders at risk of one SLA on one channel (the row's open breaches, else the open
+  items past due) and, when the `order.received` events carry `order_total` or `amount`, the
+  order value at risk over at most `IMPACT_LIMIT` of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+BASELINE_DAYS = 7
+IMPACT_LIMIT = 500
+
+# Relies on event_rollup_minute_channel_idx (channel, minute) / the primary key's minute range.
+_VOLUME = sa.text(
+    """
+    WITH recent AS (
+        SELECT channel, sum(count) AS n
+        FROM event_rollup_minute
+        WHERE minute >= :now - interval '1 hour' AND minute < :now
+        GROUP BY channel
+    ), usual AS (
+        SELECT e.channel, sum(e.count)::double precision / CAST(:days AS integer) AS n
+        FROM generate_series(1, CAST(:days AS integer)) AS d(day)
+        JOIN event_rollup_minute e
+          ON e.minute >= :now - make_interval(days => d.day::int) - interval '1 hour'
+         AND e.minute < :now - make_interval(days => d.day::int)
+        GROUP BY e.channel
+    )
+    SELECT coalesce(u.channel, r.channel) AS channel, coalesce(r.n, 0) AS last_hour, u.n AS usual
+    FROM usual u FULL JOIN recent r ON r.channel = u.channel
+    """
+)
+
+# Relies on sla_open_items_due_idx (sla, channel, due_at), transaction_milestones' primary key
+# (correlation_id, milestone) and events' primary key (correlation_id, ...) with run-time
+# partition pruning on occurred_at.
+_IMPACT = sa.text(
+    r"""
+    WITH items AS (
+        SELECT correlation_id
+        FROM sla_open_items
+        WHERE sla = :sla AND channel = :channel AND due_at < :now
+        ORDER BY due_at
+        LIMIT :limit
+    ), amounts AS (
+        SELECT (SELECT CASE WHEN v ~ '^-?[0-9]+(\.[0-9]+)?$' THEN v::numeric END
+                FROM (SELECT coalesce(e.attributes->>'order_total', e.attributes->>'amount') AS v) x) AS amount
+        FROM items i
+        JOIN transaction_milestones m ON m.correlation_id = i.correlation_id AND m.milestone = 'order.received'
+        JOIN LATERAL (
+            SELECT ev.attributes FROM events ev
+            WHERE ev.correlation_id = i.correlation_id AND ev.occurred_at = m.reached_at
+              AND ev.flow = 'order' AND ev.stage = 'received'
+            LIMIT 1
+        ) e ON true
+    )
+    SELECT (SELECT count(*) FROM items) AS items,
+           (SELECT sum(amount) FROM amounts) AS value,
+           (SELECT count(amount) FROM amounts) AS priced
+    """
+)
+
+
+def volume_by_channel(conn: Connection, now: datetime) -> dict[str, dict[str, Any]]:
+    """`{channel: {volume_last_hour, volume_usual, volume_ratio}}` at `now`."""
+    out: dict[str, dict[str, Any]] = {}
+    for row in conn.execute(_VOLUME, {"now": now, "days": BASELINE_DAYS}):
+        usual = float(row.usual) if row.usual is not None else None
+        last = float(row.last_hour)
+        out[row.channel] = {
+            "volume_last_hour": int(last),
+            "volume_usual": round(usual, 1) if usual is not None else None,
+            "volume_ratio": (last / usual) if usual else None,
+        }
+    return out
+
+
+def impact(conn: Connection, row: Mapping[str, Any], now: datetime, *, limit: int = IMPACT_LIMIT) -> dict[str, Any]:
+    """Orders (and, when known, order value) at risk for the SLA row's channel."""
+    found = conn.execute(
+        _IMPACT, {"sla": row["sla"], "channel": row["channel"], "now": now, "limit": limit}
+    ).one()
+    open_breaches = row.get("open_breaches")
+    orders = int(open_breaches) if open_breaches is not None else int(found.items)
+    out: dict[str, Any] = {"orders_at_risk": orders}
+    if found.priced:
+        out["order_value_at_risk"] = round(float(found.value), 2)
+        out["orders_priced"] = int(found.priced)
+        if found.items >= limit:
+            out["order_value_capped_at"] = limit  # only the `limit` oldest past-due orders were summed
+    return out

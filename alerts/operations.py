@@ -1,0 +1,138 @@
+"""What people do to alerts (list, acknowledge, silence) and the audit log of who did it.
+
+Used by the CLI and the HTTP API alike, so every acknowledgement and silence lands in
+`alert_audit` in the same transaction as the change itself, whichever way it came in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from controltower.errors import ControlTowerError
+from controltower.schema.alerts import (
+    alert_audit,
+    alert_events,
+    alert_notifications,
+    alert_silences,
+    alert_state,
+)
+
+ACTIVE = ("pending", "firing")
+
+
+def audit(conn: Connection, now: datetime, actor: str, action: str, target: str, detail: Mapping[str, Any]) -> None:
+    conn.execute(alert_audit.insert().values(at=now, actor=actor, action=action, target=target, detail=dict(detail)))
+
+
+def list_alerts(engine: Engine, states: Sequence[str] = ACTIVE) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(alert_state)
+            .where(alert_state.c.state.in_(list(states)))
+            .order_by(
+                sa.case({"firing": 0, "pending": 1}, value=alert_state.c.state, else_=2),
+                sa.case({"page": 0, "ticket": 1}, value=alert_state.c.severity, else_=2),
+                alert_state.c.active_since,
+                alert_state.c.rule,
+                alert_state.c.labels["sla"].astext,
+                alert_state.c.labels["channel"].astext,
+                alert_state.c.fingerprint,
+            )
+        )
+        return [dict(r._mapping) for r in rows]
+
+
+def acknowledge(
+    engine: Engine, fingerprint_or_prefix: str, by: str, now: datetime, *, via: str = "cli"
+) -> dict[str, Any]:
+    """Acknowledge one pending or firing alert (an unambiguous fingerprint prefix is enough)."""
+    prefix = fingerprint_or_prefix.strip().lower()
+    if not prefix:
+        raise ControlTowerError("fingerprint: missing")
+    with engine.begin() as conn:
+        rows = conn.execute(
+            sa.select(alert_state)
+            .where(alert_state.c.fingerprint.startswith(prefix, autoescape=True), alert_state.c.state.in_(ACTIVE))
+            .with_for_update()
+        ).all()
+        if not rows:
+            raise ControlTowerError(f"no pending or firing alert with fingerprint {prefix!r}")
+        if len(rows) > 1:
+            raise ControlTowerError(f"fingerprint prefix {prefix!r} matches {len(rows)} alerts; give more digits")
+        row = rows[0]
+        conn.execute(
+            alert_state.update()
+            .where(alert_state.c.fingerprint == row.fingerprint)
+            .values(acknowledged_by=by, acknowledged_at=now)
+        )
+        conn.execute(
+            alert_events.insert().values(
+                at=now, fingerprint=row.fingerprint, rule=row.rule, from_state=row.state,
+                to_state=row.state, value=row.last_value, labels=row.labels, summary=f"acknowledged by {by}",
+            )
+        )
+        audit(conn, now, by, "acknowledge", row.fingerprint,
+              {"rule": row.rule, "labels": row.labels, "state": row.state, "summary": row.summary, "via": via})
+        return {**row._mapping, "acknowledged_by": by, "acknowledged_at": now}
+
+
+def add_silence(
+    engine: Engine,
+    matchers: Mapping[str, str],
+    *,
+    starts_at: datetime,
+    ends_at: datetime,
+    created_by: str,
+    comment: str = "",
+    via: str = "cli",
+) -> int:
+    if not matchers:
+        raise ControlTowerError("a silence needs at least one matcher (label=value)")
+    if ends_at <= starts_at:
+        raise ControlTowerError("a silence must end after it starts")
+    with engine.begin() as conn:
+        silence_id = int(
+            conn.execute(
+                alert_silences.insert()
+                .values(matchers=dict(matchers), starts_at=starts_at, ends_at=ends_at,
+                        created_by=created_by, comment=comment)
+                .returning(alert_silences.c.id)
+            ).scalar_one()
+        )
+        audit(conn, starts_at, created_by, "silence", f"silence:{silence_id}",
+              {"matchers": dict(matchers), "starts_at": starts_at.isoformat(), "ends_at": ends_at.isoformat(),
+               "comment": comment, "via": via})
+        return silence_id
+
+
+def list_silences(engine: Engine, now: datetime) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(alert_silences).where(alert_silences.c.ends_at > now).order_by(alert_silences.c.ends_at)
+        )
+        return [dict(r._mapping) for r in rows]
+
+
+def list_audit(engine: Engine, limit: int = 100) -> list[dict[str, Any]]:
+    """Newest first."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(alert_audit).order_by(alert_audit.c.id.desc()).limit(limit))
+        return [dict(r._mapping) for r in rows]
+
+
+def list_deliveries(engine: Engine, *, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    """The delivery log: newest outbox rows first (every notification, its receiver and outcome)."""
+    t = alert_notifications
+    query = sa.select(
+        t.c.id, t.c.created_at, t.c.rule, t.c.kind, t.c.receiver, t.c.status, t.c.attempts,
+        t.c.last_error, t.c.sent_at, t.c.next_attempt_at, t.c.alert_count, t.c.group_key,
+    ).order_by(t.c.id.desc()).limit(limit)
+    if status:
+        query = query.where(t.c.status == status)
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(query)]

@@ -1,0 +1,160 @@
+"""Receivers: named notification targets (webhook, slack, pagerduty, email, log) and their YAML.
+
+Secrets are never written in the rules file: a receiver names the environment variables that
+hold them (`*_env`), read at delivery. This module only models and validates; sending is
+`alerts.notify`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from controltower.errors import ConfigError
+from controltower.settings import parse_duration
+from controltower.yamlfile import Located
+
+RECEIVER_TYPES = ("webhook", "slack", "pagerduty", "email", "log")
+PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"
+NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]*$")
+LABEL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class Receiver:
+    name: str
+    type: str
+    url: str | None = None
+    url_env: str | None = None
+    routing_key_env: str | None = None
+    smtp_host: str = "localhost"
+    smtp_port: int = 25
+    sender: str | None = None
+    to: tuple[str, ...] = ()
+    starttls: bool = False
+    username: str | None = None
+    password_env: str | None = None
+    timeout_seconds: float = 10.0
+
+    def secrets(self, environ: Mapping[str, str]) -> list[str]:
+        """The secret values this receiver uses (to keep them out of logs and stored errors)."""
+        names = [self.url_env, self.routing_key_env, self.password_env]
+        values = [environ.get(n or "", "") for n in names if n]
+        if self.type == "slack" and self.url:
+            values.append(self.url)
+        return [v for v in values if v]
+
+
+# -- typed readers shared by the rules parser: each error names the file and line ------------
+
+def duration(doc: Located, raw: Any, *path: Any) -> float:
+    key = path[-1]
+    if isinstance(raw, bool) or raw is None:
+        raise doc.error(f'{key}: "{raw}" is not a duration (expected e.g. 90s, 15m, 4h)', *path)
+    try:
+        return parse_duration(str(raw), where=str(key))
+    except ConfigError as exc:
+        raise doc.error(str(exc), *path) from None
+
+
+def text(doc: Located, raw: Any, *path: Any) -> str:
+    if not isinstance(raw, str) or not raw.strip():
+        raise doc.error(f"{path[-1]}: expected a non-empty string, got {raw!r}", *path)
+    return raw
+
+
+def str_map(doc: Located, raw: Any, *path: Any) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise doc.error(f"{path[-1]}: expected a mapping of names to strings", *path)
+    out = {}
+    for key, value in raw.items():
+        if not isinstance(key, str) or not LABEL.match(key):
+            raise doc.error(f"{path[-1]}: {key!r} is not a valid name", *path, key)
+        if isinstance(value, dict | tuple | list | bool) or value is None:
+            raise doc.error(f"{path[-1]}.{key}: expected a string", *path, key)
+        out[key] = str(value)
+    return out
+
+
+def receiver_names(doc: Located, raw: Any, receivers: Mapping[str, Receiver], *path: Any) -> tuple[str, ...]:
+    names = (raw,) if isinstance(raw, str) else raw
+    if not isinstance(names, list | tuple):
+        raise doc.error(f"{path[-1]}: expected a list of receiver names", *path)
+    for j, rname in enumerate(names):
+        if rname not in receivers:
+            known = ", ".join(sorted(receivers)) or "none defined"
+            raise doc.error(f"unknown receiver {rname!r} (defined: {known})", *path, j)
+    return tuple(names)
+
+
+def parse_receiver(doc: Located, name: Any, raw: Any) -> Receiver:
+    path = ("receivers", name)
+    if not isinstance(name, str) or not NAME.match(name):
+        raise doc.error(f"receiver name {name!r} is not valid", *path)
+    if not isinstance(raw, dict):
+        raise doc.error(f"receiver {name}: expected a mapping with a type", *path)
+    kind = raw.get("type")
+    if kind not in RECEIVER_TYPES:
+        raise doc.error(
+            f"receiver {name}: type {kind!r} is not one of {', '.join(RECEIVER_TYPES)}", *path, "type"
+        )
+    allowed = {
+        "webhook": {"url", "url_env", "timeout"},
+        "slack": {"url", "url_env", "timeout"},
+        "pagerduty": {"url", "routing_key_env", "timeout"},
+        "email": {"smtp_host", "smtp_port", "from", "to", "starttls", "username", "password_env", "timeout"},
+        "log": set(),
+    }[kind] | {"type"}
+    for key in raw:
+        if key not in allowed:
+            hint = ""
+            if key in {"routing_key", "password", "token"}:
+                hint = f" (secrets are never written here: name an environment variable with {key}_env)"
+            raise doc.error(
+                f"receiver {name}: unknown field {key!r}{hint} (allowed: {', '.join(sorted(allowed))})",
+                *path, key,
+            )
+    kw: dict[str, Any] = {"name": name, "type": kind}
+    if "timeout" in raw:
+        kw["timeout_seconds"] = duration(doc, raw["timeout"], *path, "timeout")
+    if kind in {"webhook", "slack"}:
+        if ("url" in raw) == ("url_env" in raw):
+            raise doc.error(f"receiver {name}: give exactly one of url or url_env", *path)
+        if "url" in raw:
+            url = text(doc, raw["url"], *path, "url")
+            if not url.startswith(("http://", "https://")):
+                raise doc.error(f"receiver {name}: url must start with http:// or https://", *path, "url")
+            kw["url"] = url
+        else:
+            kw["url_env"] = text(doc, raw["url_env"], *path, "url_env")
+    elif kind == "pagerduty":
+        if "routing_key_env" not in raw:
+            raise doc.error(f"receiver {name}: routing_key_env (an environment variable name) is required", *path)
+        kw["routing_key_env"] = text(doc, raw["routing_key_env"], *path, "routing_key_env")
+        kw["url"] = text(doc, raw.get("url", PAGERDUTY_URL), *path, "url")
+    elif kind == "email":
+        to = raw.get("to")
+        if isinstance(to, str):
+            to = (to,)
+        if not to or not isinstance(to, list | tuple) or not all(isinstance(t, str) and "@" in t for t in to):
+            raise doc.error(f"receiver {name}: to must be an address or a list of addresses", *path, "to")
+        sender = raw.get("from")
+        if not isinstance(sender, str) or "@" not in sender:
+            raise doc.error(f"receiver {name}: from must be an email address", *path, "from")
+        port = raw.get("smtp_port", 25)
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise doc.error(f"receiver {name}: smtp_port must be a port number", *path, "smtp_port")
+        starttls = raw.get("starttls", False)
+        if not isinstance(starttls, bool):
+            raise doc.error(f"receiver {name}: starttls must be true or false", *path, "starttls")
+        kw.update(
+            smtp_host=text(doc, raw.get("smtp_host", "localhost"), *path, "smtp_host"),
+            smtp_port=port, sender=sender, to=tuple(to), starttls=starttls,
+            username=raw.get("username"),
+            password_env=raw.get("password_env"),
+        )
+    return Receiver(**kw)
