@@ -962,13 +962,22 @@ _SILENCE = sa.text(
 )
 
 
+_AUDIT = sa.text(
+    "INSERT INTO alert_audit (at, actor, action, target, detail) VALUES (:at, :actor, :action, :target, CAST(:detail AS jsonb))"
+)
+
+
 def acknowledge_alert(_engine: Engine, fingerprint: str, who: str, *, now: datetime | None = None) -> bool:
     """Record that `who` acknowledged the alert `fingerprint`; False when no such alert."""
     who = who.strip()
     if not who:
         raise ValueError("who acknowledges is required")
+    at = now or datetime.now(UTC)
     with _engine.begin() as conn:
-        result = conn.execute(_ACK, {"who": who, "at": now or datetime.now(UTC), "fingerprint": fingerprint})
+        result = conn.execute(_ACK, {"who": who, "at": at, "fingerprint": fingerprint})
+        if result.rowcount:  # the audit log says who did it, in the same transaction
+            conn.execute(_AUDIT, {"at": at, "actor": who, "action": "acknowledge", "target": fingerprint,
+                                  "detail": '{"via": "dashboard"}'})
         return bool(result.rowcount)
 
 
@@ -990,9 +999,15 @@ def create_silence(
     if not matchers:
         raise ValueError("a silence needs at least one matcher")
     now = now or datetime.now(UTC)
+    clean = {str(k): str(v) for k, v in matchers.items()}
+    ends_at = now + pd.Timedelta(duration)
     with _engine.begin() as conn:
-        return int(conn.execute(_SILENCE, {
-            "matchers": json.dumps({str(k): str(v) for k, v in matchers.items()}, sort_keys=True),
-            "starts_at": now, "ends_at": now + pd.Timedelta(duration), "created_by": created_by,
+        silence_id = int(conn.execute(_SILENCE, {
+            "matchers": json.dumps(clean, sort_keys=True),
+            "starts_at": now, "ends_at": ends_at, "created_by": created_by,
             "comment": comment.strip(), "at": now,
         }).scalar_one())
+        detail = {"matchers": clean, "ends_at": ends_at.isoformat(), "comment": comment.strip(), "via": "dashboard"}
+        conn.execute(_AUDIT, {"at": now, "actor": created_by, "action": "silence", "target": f"silence:{silence_id}",
+                              "detail": json.dumps(detail)})
+        return silence_id

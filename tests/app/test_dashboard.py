@@ -721,6 +721,10 @@ def test_alerts_page_lists_acknowledges_and_silences(seeded: dict[str, Any], eng
     assert row.matchers == {"alertname": "ErrorRateHigh", "channel": "shopify", "sla": "error_rate", "severity": "warning"}
     assert row.span == timedelta(hours=4) and row.comment == "deploy in progress"
     assert "channel=shopify" in " ".join(table_with(at, "Matchers")["Matchers"])
+    with engine.connect() as conn:
+        audit = conn.execute(sa.text("SELECT actor, action, target, detail->>'via' FROM alert_audit ORDER BY id")).all()
+    assert [tuple(r) for r in audit] == [("Robin", "acknowledge", "fp-wm-erp", "dashboard"),
+                                         ("Robin", "silence", f"silence:{audit[1].target.split(':')[1]}", "dashboard")]
 
 
 def test_alert_writes_use_bound_parameters(seeded: dict[str, Any], engine: Engine) -> None:
