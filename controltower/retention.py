@@ -33,6 +33,7 @@ _DERIVED = (
     ("event_rollup_minute", "minute", None),
     ("sla_samples", "completed_at", None),
     ("sla_rollup_hour", "hour", "retention_rollups"),
+    ("event_rollup_hour", "hour", "retention_rollups"),
     ("alert_events", "at", "retention_alerts"),
     ("alert_notifications", "created_at", "retention_alerts"),
     ("alert_audit", "at", "retention_alerts"),

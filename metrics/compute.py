@@ -69,7 +69,7 @@ WITH r AS (
     WHERE hour >= :h0 AND hour < :h1 AND (CAST(:channel AS text) IS NULL OR channel = :channel)
     UNION ALL
     SELECT sla, channel, count, met, hist FROM sla_rollup_minute
-    WHERE ((minute >= :start AND minute < :h0) OR (minute >= GREATEST(:h1, :start) AND minute < :end))
+    WHERE ((minute >= :start AND minute < LEAST(:h0, :end)) OR (minute >= GREATEST(:h1, :start) AND minute < :end))
       AND (CAST(:channel AS text) IS NULL OR channel = :channel)
 )
 SELECT sla, channel, e.key::int AS bucket, sum(e.value::bigint) AS n
@@ -82,7 +82,7 @@ SELECT sla, channel, sum(count) AS count, sum(met) AS met FROM (
     WHERE hour >= :h0 AND hour < :h1 AND (CAST(:channel AS text) IS NULL OR channel = :channel)
     UNION ALL
     SELECT sla, channel, count, met FROM sla_rollup_minute
-    WHERE ((minute >= :start AND minute < :h0) OR (minute >= GREATEST(:h1, :start) AND minute < :end))
+    WHERE ((minute >= :start AND minute < LEAST(:h0, :end)) OR (minute >= GREATEST(:h1, :start) AND minute < :end))
       AND (CAST(:channel AS text) IS NULL OR channel = :channel)
 ) r GROUP BY 1, 2
 """)
@@ -95,9 +95,16 @@ GROUP BY 1, 2
 """)
 
 _EVENTS = sa.text("""
-SELECT channel, flow, status, sum(count) AS n FROM event_rollup_minute
-WHERE minute >= :start AND minute < :end AND (CAST(:channel AS text) IS NULL OR channel = :channel)
-GROUP BY 1, 2, 3
+SELECT channel, status, sum(n) AS n FROM (
+    SELECT channel, status, sum(count) AS n FROM event_rollup_hour
+    WHERE hour >= :h0 AND hour < :h1 AND (CAST(:channel AS text) IS NULL OR channel = :channel)
+    GROUP BY 1, 2
+    UNION ALL
+    SELECT channel, status, sum(count) FROM event_rollup_minute
+    WHERE ((minute >= :start AND minute < LEAST(:h0, :end)) OR (minute >= GREATEST(:h1, :start) AND minute < :end))
+      AND (CAST(:channel AS text) IS NULL OR channel = :channel)
+    GROUP BY 1, 2
+) e GROUP BY 1, 2
 """)
 
 _FRESH = sa.text("""

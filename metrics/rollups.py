@@ -199,6 +199,18 @@ JOIN unnest(CAST(:minutes AS timestamptz[])) AS m(minute) ON m.minute = date_tru
 WHERE occurred_at >= :lo AND occurred_at < :hi
 GROUP BY 1, 2, 3, 4, 5
 """),
+    sa.text("""
+DELETE FROM event_rollup_hour
+WHERE hour = ANY(SELECT DISTINCT date_trunc('hour', m) FROM unnest(CAST(:minutes AS timestamptz[])) AS m)
+"""),
+    sa.text("""
+INSERT INTO event_rollup_hour (hour, channel, flow, stage, status, count)
+SELECT date_trunc('hour', minute), channel, flow, stage, status, sum(count)
+FROM event_rollup_minute
+WHERE minute >= date_trunc('hour', CAST(:lo AS timestamptz)) AND minute < date_trunc('hour', CAST(:hi AS timestamptz)) + interval '1 hour'
+  AND date_trunc('hour', minute) = ANY(SELECT DISTINCT date_trunc('hour', m) FROM unnest(CAST(:minutes AS timestamptz[])) AS m)
+GROUP BY 1, 2, 3, 4, 5
+"""),
 )
 
 _FRESHNESS = sa.text("""
@@ -296,7 +308,7 @@ def rebuild(engine: Engine, definitions: Definitions, now: datetime) -> dict[str
         conn.execute(
             sa.text(
                 "TRUNCATE sla_samples, sla_open_items, sla_deadlines, sla_rollup_minute, sla_rollup_hour,"
-                " event_rollup_minute, freshness_state, metrics_watermarks"
+                " event_rollup_minute, event_rollup_hour, freshness_state, metrics_watermarks"
             )
         )
     return refresh_rollups(engine, definitions, now)

@@ -165,3 +165,15 @@ freshness_state = sa.Table(
     sa.Column("last_at", TS, nullable=False),
     sa.PrimaryKeyConstraint("sla", "channel", "key", name="freshness_state_pkey"),
 )
+
+event_rollup_hour = sa.Table(
+    "event_rollup_hour",
+    metadata,
+    sa.Column("hour", TS, nullable=False),
+    sa.Column("channel", sa.Text, nullable=False),
+    sa.Column("flow", sa.Text, nullable=False),
+    sa.Column("stage", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("count", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("hour", "channel", "flow", "stage", "status", name="event_rollup_hour_pkey"),
+)

@@ -203,3 +203,21 @@ def test_stored_status_and_hop_health(engine, settings):
     assert hops["acknowledgement"].health == "ok"
     assert [h.position for h in sorted(hops.values(), key=lambda h: h.position)] == list(range(len(DEFS.hops)))
     assert tuple(stored) == ("critical", 60)
+
+
+def test_short_windows_ignore_future_dated_minutes_and_rates_read_hours(engine, settings):
+    from datetime import datetime
+
+    now = datetime(2026, 11, 23, 12, 20, tzinfo=NOW.tzinfo)
+    records = [ev(f"Q{i}", "order.received", now - minutes(10), channel="ebay") for i in range(5)]
+    records += [ev(f"Q{i}", "order.received", now + minutes(20), channel="ebay") for i in range(5, 8)]  # clock skew
+    records += [ev(f"Q{i}", "order.received", now - minutes(200), channel="ebay", status="error") for i in range(8, 10)]
+    ingest(engine, settings, records, now=now)
+    jobs.refresh(engine, DEFS, now)
+    short = table(engine, window=timedelta(minutes=15), now=now)[("error_rate", "ebay")]
+    assert short["count"] == 5  # not the 3 stamped 20 minutes ahead
+    day = table(engine, window=timedelta(hours=24), now=now)[("error_rate", "ebay")]
+    assert day["count"] == 7 and day["details"] == {"ok": 5, "error": 2}
+    with engine.connect() as conn:
+        hours = conn.execute(sa.text("SELECT sum(count) FROM event_rollup_hour WHERE channel = 'ebay'")).scalar()
+    assert hours == 10
