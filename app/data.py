@@ -19,7 +19,7 @@ import sqlalchemy as sa
 import streamlit as st
 from sqlalchemy.engine import Engine
 
-from controltower import transactions
+from controltower import histogram, transactions
 from controltower.context import AppContext
 from controltower.settings import Settings
 
@@ -609,39 +609,10 @@ def health_grid(status: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-# -- latency percentiles from the rollups' log histograms -----------------------------------------
-_LN_RATIO = math.log(1.02)
-
-
-def bucket_ms(index: int) -> float:
-    """The representative value of log bucket `index` (its geometric middle), in milliseconds."""
-    return math.exp((index + 0.5) * _LN_RATIO)
-
-
-def merge_histograms(hists: Any) -> dict[int, int]:
-    """Sum histograms `{bucket index: count}` (JSON keys are strings) into one."""
-    merged: dict[int, int] = {}
-    for hist in hists:
-        if not hist:
-            continue
-        for key, count in hist.items():
-            if count:
-                merged[int(key)] = merged.get(int(key), 0) + int(count)
-    return merged
-
-
-def hist_percentile(hist: dict[int, int], q: float) -> float | None:
-    """The `q` quantile (0..1) of a merged log histogram in ms (nearest rank; ~1 % accurate). Pure."""
-    total = sum(hist.values())
-    if total <= 0:
-        return None
-    rank = max(1, math.ceil(q * total))
-    seen = 0
-    for index in sorted(hist):
-        seen += hist[index]
-        if seen >= rank:
-            return bucket_ms(index) if index > 0 else min(bucket_ms(index), 1.0)
-    return bucket_ms(max(hist))
+# -- latency percentiles from the rollups' log histograms (format: controltower.histogram) -------
+bucket_ms = histogram.bucket_value
+merge_histograms = histogram.merge
+hist_percentile = histogram.percentile
 
 
 def latency_bins(rows: pd.DataFrame, *, bin_minutes: int = 5) -> pd.DataFrame:

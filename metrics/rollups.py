@@ -15,7 +15,6 @@ that committed late), so its cost follows the ingest rate, not the data size:
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 
@@ -23,36 +22,15 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from controltower import histogram
 from metrics.definitions import SLA, Definitions
 
-BUCKET_RATIO = 1.02
-_LN_RATIO = math.log(BUCKET_RATIO)
+BUCKET_RATIO = histogram.RATIO
 LAG = timedelta(minutes=2)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 WATERMARK = "rollups"
 SILENCE_KEY = "*"
-
-
-def bucket_of(ms: float) -> int:
-    return math.floor(math.log(max(ms, 1.0)) / _LN_RATIO)
-
-
-def bucket_value(bucket: int) -> float:
-    """The geometric middle of a bucket: within 1 % of any value in it."""
-    return math.exp((bucket + 0.5) * _LN_RATIO)
-
-
-def percentile(hist: dict[int, int], q: float) -> float | None:
-    total = sum(hist.values())
-    if total == 0:
-        return None
-    rank = max(1, math.ceil(q * total))
-    seen = 0
-    for bucket in sorted(hist):
-        seen += hist[bucket]
-        if seen >= rank:
-            return bucket_value(bucket) if bucket > 0 else min(bucket_value(bucket), 1.0)
-    return bucket_value(max(hist))
+bucket_of, bucket_value, percentile = histogram.bucket_of, histogram.bucket_value, histogram.percentile
 
 
 _TOUCHED = """
