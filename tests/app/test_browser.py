@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -153,8 +152,12 @@ def take_screenshots(base_url: str, folder: Path, recon_day: str) -> dict[str, s
 
 def test_dashboard_pages_in_chromium(dashboard: Dashboard, tmp_path: Path) -> None:
     texts = take_screenshots(dashboard.url, tmp_path, dashboard.facts["recon_day"].isoformat())
-    for name in PAGES:  # for people to look at: /tmp/dashboard-<page>.png
-        shutil.copyfile(tmp_path / f"dashboard-{name}.png", Path(tempfile.gettempdir()) / f"dashboard-{name}.png")
+    # kept for people to look at (and for CI to archive): artifacts/screenshots/dashboard-<page>.png
+    shots = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    for name in PAGES:
+        shutil.copyfile(tmp_path / f"dashboard-{name}.png", shots / f"dashboard-{name}.png")
+    print(f"dashboard screenshots: {shots}")
     health = texts["health"]
     assert "walmart" in health and "CRITICAL" in health.upper()
     assert WALMART_REASON in health
