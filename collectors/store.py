@@ -189,7 +189,7 @@ WHERE excluded.first_seen_at < k.first_seen_at
 """
 
 MAX_KEY_LEN = 256
-_CACHE_LIMIT = 400_000
+_CACHE_LIMIT = 100_000  # per cache and process: ~25 MB; skips rows a recent batch already wrote
 
 
 class _SeenCache:
