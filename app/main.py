@@ -25,8 +25,30 @@ pages = [
     st.Page(str(HERE / "views" / "inventory.py"), title="Inventory", icon=":material/inventory_2:", url_path="inventory"),
     st.Page(str(HERE / "views" / "alerts.py"), title="Alerts", icon=":material/notifications:", url_path="alerts"),
 ]
+
+
+def _login_required() -> bool:
+    """With an `[auth]` section in .streamlit/secrets.toml (Streamlit's OIDC login), every page
+    needs a signed-in user; without one, protect the dashboard with a reverse proxy (README)."""
+    try:
+        configured = "auth" in st.secrets
+    except FileNotFoundError:  # no secrets.toml at all
+        configured = False
+    if not configured or st.user.get("is_logged_in", False):
+        return False
+    st.title("Control Tower")
+    st.write("Sign in to see channel health, orders and alerts.")
+    st.button("Sign in", on_click=st.login, type="primary")
+    return True
+
+
+if _login_required():
+    st.stop()
 page = st.navigation(pages)
 with st.sidebar:
     st.markdown("**Control Tower**")
     st.caption(f"version {controltower.__version__}")
+    if st.user.get("is_logged_in", False):
+        st.caption(f"signed in as {st.user.get('email') or st.user.get('name')}")
+        st.button("Sign out", on_click=st.logout)
 page.run()

@@ -739,3 +739,17 @@ def test_alert_writes_use_bound_parameters(seeded: dict[str, Any], engine: Engin
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT matchers FROM alert_silences WHERE id = :i"), {"i": sid}).scalar() == {
             "channel": "o'brien"}
+
+
+def test_oidc_login_gates_every_page_when_configured(seeded: dict[str, Any]) -> None:
+    at = AppTest.from_file(str(MAIN), default_timeout=30)
+    at.secrets["auth"] = {
+        "redirect_uri": "http://127.0.0.1:8501/oauth2callback", "cookie_secret": "test-only",
+        "client_id": "control-tower", "client_secret": "test-only",
+        "server_metadata_url": "http://127.0.0.1:9/.well-known/openid-configuration",
+    }
+    at.run()
+    assert not at.exception
+    assert [b.label for b in at.button] == ["Sign in"]
+    assert "walmart" not in " ".join(m.value for m in at.markdown)  # no data before sign-in
+    assert not at.dataframe
