@@ -32,6 +32,7 @@ from controltower.db import is_unavailable
 from controltower.errors import StorageUnavailable
 
 log = logging.getLogger(__name__)
+MAX_OFFSET = 100_000  # deeper than any support search pages
 
 PROTOBUF_TYPES = ("application/x-protobuf", "application/protobuf")
 JSON_TYPES = ("application/json",)
@@ -197,6 +198,8 @@ class Collector:
             offset = int(request.query_params.get("offset", "0"))
         except ValueError:
             return _error(400, "limit and offset must be integers")
+        if not 1 <= limit <= 200 or not 0 <= offset <= MAX_OFFSET:
+            return _error(400, f"limit must be 1..200 and offset 0..{MAX_OFFSET} (got limit={limit}, offset={offset})")
 
         def run() -> list[dict[str, Any]]:
             with self.context.engine.connect() as conn:

@@ -8,6 +8,7 @@ result is passed down. Every setting is documented in README.md (a test checks i
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ def parse_duration(text: str, *, where: str = "duration") -> float:
                 value = float(number)
             except ValueError:
                 break
-            if value < 0:
+            if not value >= 0 or not math.isfinite(value):
                 break
             return value * _UNITS[unit]
     else:
@@ -39,7 +40,7 @@ def parse_duration(text: str, *, where: str = "duration") -> float:
             value = float(raw)
         except ValueError:
             value = -1
-        if value >= 0:
+        if value >= 0 and math.isfinite(value):
             return value
     raise ConfigError(f'{where}: "{text}" is not a duration (expected e.g. 250ms, 90s, 15m, 4h, 7d)')
 

@@ -73,7 +73,7 @@ def iso(moment: datetime | None) -> str | None:
 def search(conn: Connection, q: str, *, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
     """Transactions any of whose keys (or correlation id) equals `q`, newest first."""
     q = q.strip()
-    if not q:
+    if not q or "\x00" in q:  # stored text never holds U+0000 (PostgreSQL refuses it): no match
         return []
     rows = conn.execute(
         _SEARCH, {"q": q, "limit": max(1, min(limit, MAX_PAGE)), "offset": max(0, offset)}
@@ -145,6 +145,8 @@ def get(
     conn: Connection, correlation_id: str, *, now: datetime | None = None, event_limit: int = 5000
 ) -> dict[str, Any] | None:
     """One transaction: its fields, keys, milestones, SLA verdicts and events in time order."""
+    if "\x00" in correlation_id:
+        return None
     tx = conn.execute(_TRANSACTION, {"cid": correlation_id}).mappings().first()
     if tx is None:
         return None

@@ -8,6 +8,7 @@ small read.
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,6 +26,7 @@ from controltower.settings import parse_duration
 from metrics import compute, jobs
 
 MAX_WINDOW = timedelta(days=90)
+SLUG = re.compile(r"^[a-z0-9][a-z0-9_.\-]{0,63}$")  # as the canonical event's channel
 _FIELDS = (
     "sla", "kind", "channel", "flow", "count", "p50_ms", "p95_ms", "p99_ms", "target_ms", "within_target_ratio",
     "open_breaches", "oldest_breach_ms", "value", "threshold", "health", "reason", "objective",
@@ -96,12 +98,15 @@ def routes(context: AppContext) -> list[BaseRoute]:
             return refused
         raw = request.query_params.get("window", "1h")
         try:
-            window = timedelta(seconds=parse_duration(raw, where="window"))
+            seconds = parse_duration(raw, where="window")
         except ConfigError as exc:
             return _error(400, str(exc))
-        if window <= timedelta(0) or window > MAX_WINDOW:
-            return _error(400, f"window: {raw} must be above 0 and at most 90d")
+        if not 0 < seconds <= MAX_WINDOW.total_seconds():  # before timedelta(): huge numbers overflow it
+            return _error(400, f"window: {raw[:40]} must be above 0 and at most 90d")
+        window = timedelta(seconds=seconds)
         channel = request.query_params.get("channel") or None
+        if channel is not None and not SLUG.match(channel):
+            return _error(400, f"channel: {channel[:40]!r} is not a channel name (lowercase letters, digits, _ - .)")
         now = datetime.now(UTC)
 
         def run() -> list[dict[str, Any]]:

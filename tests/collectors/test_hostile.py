@@ -113,3 +113,10 @@ def test_keys_wrong_expired_and_missing(collector, engine):
         response = httpx.post(url, json=body, headers=headers)
         assert response.status_code == 401 and "API key" in response.json()["error"]
     assert httpx.post(url, json=body, headers={"x-api-key": good}).status_code == 200
+
+
+def test_search_with_unstorable_characters_is_simply_not_found(collector):
+    found = httpx.get(collector.url + "/v1/transactions", params={"q": "SO-\x00-1"})
+    assert found.status_code == 200 and found.json()["results"] == []
+    assert httpx.get(collector.url + "/v1/transactions/C%00X").status_code == 404
+    assert httpx.get(collector.url + "/v1/transactions", params={"q": "x", "offset": "-1"}).status_code == 400
