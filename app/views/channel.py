@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from html import escape
+
 import pandas as pd
 import streamlit as st
 
@@ -43,7 +45,7 @@ if not mine.empty:
     reason = worst_row["reason"] if isinstance(worst_row["reason"], str) and worst_row["reason"] else "All SLAs within target"
     st.markdown(
         f'<div style="border:1px solid #d0d7de;border-left:8px solid {colour};border-radius:8px;padding:8px 14px;'
-        f'margin-bottom:8px"><b style="color:{colour}">{symbol} {health.upper()}</b> · {reason}</div>',
+        f'margin-bottom:8px"><b style="color:{colour}">{symbol} {escape(health.upper())}</b> · {escape(reason)}</div>',
         unsafe_allow_html=True,
     )
 
