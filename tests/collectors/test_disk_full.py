@@ -1,6 +1,11 @@
 """Disk full: the partition being written lives on a 6 MB tmpfs tablespace. Ingest answers 503
 with Retry-After once PostgreSQL cannot extend the files, nothing acknowledged is lost, and
-after space is freed the retried batches land exactly once. Needs root (to mount tmpfs)."""
+after space is freed the retried batches land exactly once. Needs root (to mount tmpfs).
+
+Opt-in (`CONTROLTOWER_TEST_DISK_FULL=1`): it passes against PostgreSQL 15, but in one CI run the
+embedded PostgreSQL 16 server died at the teardown's DROP TABLESPACE and took the rest of the
+session's tests with it, so it does not run by default.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +26,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def tiny_tablespace(engine):
+    if os.environ.get("CONTROLTOWER_TEST_DISK_FULL") != "1":
+        pytest.skip("opt-in: set CONTROLTOWER_TEST_DISK_FULL=1 (mounts a tmpfs, creates a tablespace)")
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
     # directly under /tmp: the server's OS user must be able to reach it (pytest's tmp_path is 0700)
