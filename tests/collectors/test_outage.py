@@ -42,9 +42,11 @@ def own_postgres(tmp_path: Path):
                pgdata=folder, user=server.system_user)
 
     yield url, stop, start
+    # the server we restarted by hand is not the one pgserver tracks: stop it ourselves, or it
+    # outlives the test session (pgserver then only deletes the folder)
     try:
-        start()
-    except Exception:  # already running
+        stop()
+    except Exception:  # already stopped
         pass
 
 
