@@ -524,6 +524,20 @@ def verdicts_frame(tx: dict[str, Any]) -> pd.DataFrame:
 
 
 # -- page guard ---------------------------------------------------------------------------------
+def channel_choices(engine: Engine) -> list[str]:
+    """Known channels for a page's channel picker, with `?channel=` (a deep link) preselected;
+    stops the page with the empty-state message when there are none."""
+    channels = cached(known_channels)(engine)
+    wanted = st.query_params.get("channel") or None
+    if wanted and wanted not in channels:
+        channels.append(wanted)
+    if not channels:
+        st.info(EMPTY_MESSAGE)
+        st.stop()
+    st.session_state.setdefault("channel", wanted or channels[0])
+    return channels
+
+
 def require_data(_engine: Engine) -> str:
     """Stop the page with a friendly message when the database is unreachable, unmigrated or empty."""
     try:

@@ -17,15 +17,7 @@ engine = data.engine()
 st.title("Channel")
 data.require_data(engine)
 
-channels = data.cached(data.known_channels)(engine)
-wanted = st.query_params.get("channel") or None
-if wanted and wanted not in channels:
-    channels.append(wanted)
-if not channels:
-    st.info(data.EMPTY_MESSAGE)
-    st.stop()
-if "channel" not in st.session_state:
-    st.session_state["channel"] = wanted if wanted else channels[0]
+channels = data.channel_choices(engine)
 
 left, right, _ = st.columns([2, 1, 3])
 channel = left.selectbox("Channel", channels, key="channel")

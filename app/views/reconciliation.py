@@ -19,15 +19,7 @@ engine = data.engine()
 st.title("Reconciliation")
 data.require_data(engine)
 
-channels = data.cached(data.known_channels)(engine)
-wanted = st.query_params.get("channel") or None
-if wanted and wanted not in channels:
-    channels.append(wanted)
-if not channels:
-    st.info(data.EMPTY_MESSAGE)
-    st.stop()
-if "channel" not in st.session_state:
-    st.session_state["channel"] = wanted or channels[0]
+channels = data.channel_choices(engine)
 if "day" not in st.session_state:
     try:
         st.session_state["day"] = date.fromisoformat(st.query_params.get("day") or "")
