@@ -24,7 +24,6 @@ import statistics
 import sys
 import threading
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -35,8 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from alerts.evaluate import evaluate  # noqa: E402
 from alerts.notify import deliver_pending  # noqa: E402
 from alerts.rules import parse  # noqa: E402
+from bench import scratch  # noqa: E402
 from controltower import migrate  # noqa: E402
-from controltower.db import make_engine, normalize_url  # noqa: E402
+from controltower.db import make_engine  # noqa: E402
 from controltower.yamlfile import loads  # noqa: E402
 
 SLAS = ["order_acknowledgement", "erp_posting", "warehouse_release", "warehouse_shipping", "shipment_confirmation",
@@ -139,11 +139,8 @@ def main() -> None:
     args = parser.parse_args()
     if not args.database_url:
         sys.exit("--database-url (or CONTROLTOWER_DATABASE_URL) is required: the benchmark creates its own database there")
-    admin = make_engine(normalize_url(args.database_url))
-    name = f"ct_bench_alerts_{uuid.uuid4().hex[:8]}"
-    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    engine = make_engine(admin.url.set(database=name).render_as_string(hide_password=False), pool_size=2)
+    admin, name, scratch_url = scratch.create(args.database_url, "ct_bench_alerts")
+    engine = make_engine(scratch_url, pool_size=2)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
@@ -217,9 +214,7 @@ rules:
         server.shutdown()
         engine.dispose()
         if not args.keep:
-            with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+            scratch.drop(admin, name)
 
 
 if __name__ == "__main__":

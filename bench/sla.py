@@ -21,7 +21,6 @@ import os
 import statistics
 import sys
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -29,8 +28,9 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import scratch  # noqa: E402
 from controltower import migrate  # noqa: E402
-from controltower.db import make_engine, normalize_url  # noqa: E402
+from controltower.db import make_engine  # noqa: E402
 from metrics import compute, definitions, rollups  # noqa: E402
 
 STAGES = [  # (flow, stage, minutes after received, share of orders that reach it)
@@ -118,12 +118,8 @@ def main() -> None:
     args = parser.parse_args()
     if not args.database_url:
         sys.exit("--database-url (or CONTROLTOWER_DATABASE_URL) is required: the benchmark creates its own database there")
-    admin = make_engine(normalize_url(args.database_url))
-    name = f"ct_bench_sla_{uuid.uuid4().hex[:8]}"
-    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = admin.url.set(database=name)
-    engine = make_engine(url.render_as_string(hide_password=False), pool_size=2)
+    admin, name, url = scratch.create(args.database_url, "ct_bench_sla")
+    engine = make_engine(url, pool_size=2)
     try:
         migrate.upgrade(engine)
         now = datetime.now(UTC).replace(second=0, microsecond=0)
@@ -189,8 +185,7 @@ def main() -> None:
     finally:
         engine.dispose()
         if not args.keep:
-            with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            scratch.drop(admin, name)
 
 
 if __name__ == "__main__":

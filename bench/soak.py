@@ -24,7 +24,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,8 +33,9 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import scratch  # noqa: E402
 from controltower import migrate  # noqa: E402
-from controltower.db import make_engine, normalize_url  # noqa: E402
+from controltower.db import make_engine  # noqa: E402
 from simulator.faults import FaultPlan  # noqa: E402
 from simulator.model import Simulation  # noqa: E402
 
@@ -64,11 +64,14 @@ def main() -> None:
     args = parser.parse_args()
     if not args.database_url:
         sys.exit("--database-url is required (the soak creates and drops its own database there)")
-    admin = make_engine(normalize_url(args.database_url))
-    name = f"ct_soak_{uuid.uuid4().hex[:8]}"
-    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = admin.url.set(database=name).render_as_string(hide_password=False)
+    admin, name, url = scratch.create(args.database_url, "ct_soak")
+    try:
+        soak(args, name, url)
+    finally:  # the scratch database goes, whatever happened
+        scratch.drop(admin, name)
+
+
+def soak(args: argparse.Namespace, name: str, url: str) -> None:
     engine = make_engine(url, pool_size=2)
     migrate.upgrade(engine)
     port = free_port()
@@ -213,8 +216,6 @@ def main() -> None:
     exact = stored == distinct == len(sent_ids)
     print(f"stored exactly once: {'yes' if exact else 'NO'} (sent {len(sent_ids):,} distinct, stored {stored:,}, distinct stored {distinct:,})")
     engine.dispose()
-    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     print(f"process logs in {logs}; finished {datetime.now(UTC):%H:%M:%S}")
 
 
