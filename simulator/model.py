@@ -232,7 +232,9 @@ class Simulation:
             shipped = life.add("fulfilment", "shipped", "wms", picked + lognormal(rng, 3600, 0.6), picked, n=n, attributes=keys)
             confirmed = self.faults.defer("carrier_outage", shipped + lognormal(rng, 900, 0.8), rng)
             life.add("shipment", "shipment_confirmed", "middleware", confirmed, shipped, n=n, attributes=keys)
-            delivered = life.add("shipment", "delivered", "carrier", confirmed + lognormal(rng, 2 * _DAY, 0.4), confirmed, n=n, attributes=keys)
+            # the carrier's first (origin) scan, then delivery: Walmart alarms on a scan > 48 h late
+            scanned = life.add("shipment", "first_scan", "carrier", confirmed + lognormal(rng, 6 * 3600, 0.6), confirmed, n=n, attributes=keys)
+            delivered = life.add("shipment", "delivered", "carrier", scanned + lognormal(rng, 1.5 * _DAY, 0.4), scanned, n=n, attributes=keys)
         if rng.random() < RETURN_SHARE:
             back = life.add("return", "received", "wms", delivered + lognormal(rng, 7 * _DAY, 0.5), delivered, attributes=where)
             seen = life.add("return", "inspected", "wms", back + lognormal(rng, _DAY, 0.5), back, attributes=where)
