@@ -156,7 +156,7 @@ def deliveries_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
 ) -> None:
     """The delivery log: every notification, its receiver, status, attempts and last error."""
-    from alerts.operations import list_deliveries
+    from controltower.alertops import list_deliveries
 
     if status is not None and status not in ("pending", "sent", "failed"):
         fail(f"--status {status!r}: expected pending, sent or failed")
@@ -189,7 +189,7 @@ def audit_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
 ) -> None:
     """Who silenced or acknowledged what, and when."""
-    from alerts.operations import list_audit
+    from controltower.alertops import list_audit
 
     rows = list_audit(context_of(ctx).engine, limit=limit)
     if as_json:

@@ -33,7 +33,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Connection, Engine
 
 from alerts import derived
-from alerts.operations import (
+from controltower.alertops import (
     ACTIVE,
     acknowledge,
     add_silence,

@@ -1,7 +1,9 @@
 """What people do to alerts (list, acknowledge, silence) and the audit log of who did it.
 
-Used by the CLI and the HTTP API alike, so every acknowledgement and silence lands in
-`alert_audit` in the same transaction as the change itself, whichever way it came in.
+The one implementation of these operations: the alerts room's CLI, the HTTP API and the
+dashboard all call it, so every acknowledgement and silence takes the row lock, checks the
+alert's state, and lands in `alert_audit` (and `alert_events`) in the same transaction as the
+change itself, whichever way it came in. It owns no scheduling and sends nothing.
 """
 
 from __future__ import annotations
