@@ -33,6 +33,8 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Connection, Engine
 
 from alerts import derived
+from alerts.outbox import Outbox
+from alerts.rules import Route, Rule, render, template_fields
 from controltower.alertops import (
     ACTIVE,
     acknowledge,
@@ -40,8 +42,6 @@ from controltower.alertops import (
     list_alerts,
     list_silences,
 )
-from alerts.outbox import Outbox
-from alerts.rules import Route, Rule, render, template_fields
 from controltower.schema.alerts import alert_events, alert_silences, alert_state
 from controltower.schema.metrics import sla_status
 
