@@ -11,13 +11,22 @@ At the end it prints sustained ingest, p50/p95/p99 request latency, memory over 
 from the first to the last third), database size, and checks that every distinct event sent
 was stored exactly once (count by event id).
 
+With `--hostile 0.05` every batch also carries 5 % hostile records (`bench/hostile.py`: deep
+nesting, 140,000-digit amounts, out-of-range deadlines, fan-out, personal data, markup,
+extreme numbers, confusable ids, NUL) and re-sends of already stored ids with changed content.
+It then also checks that no good record was rejected, every must-reject record was, no request
+answered 5xx for its content, no changed duplicate rewrote a stored event, and alert evaluation
+kept succeeding.
+
     python bench/soak.py --database-url postgresql://postgres@127.0.0.1:5432/postgres --minutes 10
+    python bench/soak.py --database-url postgresql://postgres@127.0.0.1:5432/postgres --minutes 5 --hostile 0.05
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import socket
 import statistics
 import subprocess
@@ -33,7 +42,7 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import scratch  # noqa: E402
+from bench import hostile, scratch  # noqa: E402
 from controltower import migrate  # noqa: E402
 from controltower.db import make_engine  # noqa: E402
 from simulator.faults import FaultPlan  # noqa: E402
@@ -61,6 +70,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=3000.0, help="target events/s offered")
     parser.add_argument("--senders", type=int, default=4)
     parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--hostile", type=float, default=0.0, help="share of hostile records mixed into each batch")
     args = parser.parse_args()
     if not args.database_url:
         sys.exit("--database-url is required (the soak creates and drops its own database there)")
@@ -92,7 +102,11 @@ def soak(args: argparse.Namespace, name: str, url: str) -> None:
     stop = threading.Event()
     latencies: list[float] = []
     sent_ids: set[tuple[str, str]] = set()
-    counts = {"requests": 0, "retries": 0, "accepted": 0, "duplicates": 0, "rejected": 0}
+    counts = {"requests": 0, "retries": 0, "accepted": 0, "duplicates": 0, "rejected": 0, "server_errors": 0,
+              "good_rejected": 0, "hostile_sent": 0, "hostile_stored_wrongly": 0, "changed_duplicates": 0}
+    good_stored: dict[tuple[str, str], str] = {}  # id -> stage as first stored
+    rewrites: list[tuple[str, str]] = []
+    errors_seen: list[str] = []
     lock = threading.Lock()
     now = time.time()
     sim = Simulation(seed=11, start=now - 3 * 86400, faults=FaultPlan(), rate_scale=200.0)
@@ -116,8 +130,32 @@ def soak(args: argparse.Namespace, name: str, url: str) -> None:
                 qlock.notify_all()
             stop.wait(max(0.0, 0.1 - (time.monotonic() - t0)))
 
-    def send() -> None:
+    def mix(batch: list[dict], rng: random.Random) -> tuple[list[dict], list[str]]:
+        """The batch with hostile records and changed re-sends of stored ids added; each record's role."""
+        roles = ["good"] * len(batch)
+        if not args.hostile:
+            return batch, roles
+        extra, extra_roles = [], []
+        for record in rng.sample(batch, max(1, int(len(batch) * args.hostile))):
+            kind = rng.choice(list(hostile.KINDS))
+            bad, must_reject = hostile.poison(record, kind, rng)
+            extra.append(bad)
+            extra_roles.append("reject" if must_reject else "hostile")
+        with lock:
+            stored = list(good_stored.items())[-2000:]
+        for (cid, eid), stage in rng.sample(stored, min(len(stored), max(1, int(len(batch) * args.hostile / 4)))):
+            original = {"correlation_id": cid, "event_id": eid, "stage": stage}
+            template = next((r for r in batch), None)
+            if template is None:
+                break
+            changed = hostile.changed_duplicate({**template, **original, "occurred_at": template["occurred_at"]})
+            extra.append(changed)
+            extra_roles.append("changed")
+        return batch + extra, roles + extra_roles
+
+    def send(seed: int) -> None:
         client = httpx.Client(timeout=30)
+        rng = random.Random(seed)
         while not stop.is_set():
             with qlock:
                 while not queue and not stop.is_set():
@@ -125,6 +163,7 @@ def soak(args: argparse.Namespace, name: str, url: str) -> None:
                 if stop.is_set():
                     return
                 batch = queue.pop(0)
+            batch, roles = mix(batch, rng)
             while not stop.is_set():
                 t0 = time.perf_counter()
                 try:
@@ -132,11 +171,16 @@ def soak(args: argparse.Namespace, name: str, url: str) -> None:
                 except httpx.HTTPError:
                     time.sleep(1)
                     continue
-                if response.status_code in (429, 503):
+                if response.status_code in (429, 503) and "retry later" in response.text:
                     with lock:
                         counts["retries"] += 1
                     time.sleep(float(response.headers.get("retry-after", "1")))
                     continue
+                if response.status_code >= 500 or response.status_code not in (200, 400):
+                    with lock:
+                        counts["server_errors"] += 1
+                        errors_seen.append(f"{response.status_code}: {response.text[:200]}")
+                    break
                 body = response.json()
                 with lock:
                     latencies.append(time.perf_counter() - t0)
@@ -145,7 +189,24 @@ def soak(args: argparse.Namespace, name: str, url: str) -> None:
                         counts[key] += body[key]
                     counts["rejected"] += len(body["rejected"])
                     bad = {r["index"] for r in body["rejected"]}
-                    sent_ids.update((r["correlation_id"], r["event_id"]) for i, r in enumerate(batch) if i not in bad)
+                    for i, (r, role) in enumerate(zip(batch, roles, strict=True)):
+                        key = (r["correlation_id"], r["event_id"])
+                        if role == "changed":
+                            counts["changed_duplicates"] += 1
+                            rewrites.append(key)
+                            continue
+                        if role != "good":
+                            counts["hostile_sent"] += 1
+                        if role == "reject" and i not in bad:
+                            counts["hostile_stored_wrongly"] += 1
+                        if i in bad:
+                            if role == "good":
+                                counts["good_rejected"] += 1
+                                errors_seen.append(f"good record rejected: {body['rejected'][0]}")
+                            continue
+                        sent_ids.add(key)
+                        if role == "good":
+                            good_stored.setdefault(key, r["stage"])
                 break
 
     reads: list[float] = []
@@ -165,7 +226,7 @@ def soak(args: argparse.Namespace, name: str, url: str) -> None:
             stop.wait(2)
 
     threads = [threading.Thread(target=produce, daemon=True), threading.Thread(target=read, daemon=True)]
-    threads += [threading.Thread(target=send, daemon=True) for _ in range(args.senders)]
+    threads += [threading.Thread(target=send, args=(i,), daemon=True) for i in range(args.senders)]
     for t in threads:
         t.start()
     started = time.monotonic()
@@ -196,6 +257,13 @@ def soak(args: argparse.Namespace, name: str, url: str) -> None:
         stored = conn.execute(sa.text("SELECT count(*) FROM events")).scalar_one()
         distinct = conn.execute(sa.text("SELECT count(DISTINCT (correlation_id, event_id)) FROM events")).scalar_one()
         sla_rows = conn.execute(sa.text("SELECT count(*) FROM sla_status")).scalar_one()
+        rewritten = 0
+        for cid, eid in set(rewrites):
+            stages = conn.execute(sa.text("SELECT stage FROM events WHERE correlation_id = :c AND event_id = :e"),
+                                  {"c": cid, "e": eid}).scalars().all()
+            if len(stages) != 1 or stages[0] != good_stored.get((cid, eid), stages[0]):
+                rewritten += 1
+        evaluated = conn.execute(sa.text("SELECT max(last_evaluated_at) FROM alert_state")).scalar_one()
     lat = sorted(latencies)
 
     def q(p: float) -> float:
@@ -216,6 +284,14 @@ def soak(args: argparse.Namespace, name: str, url: str) -> None:
     exact = stored == distinct == len(sent_ids)
     print(f"stored exactly once: {'yes' if exact else 'NO'} (sent {len(sent_ids):,} distinct, stored {stored:,}, distinct stored {distinct:,})")
     engine.dispose()
+    if args.hostile:
+        print(f"hostile: {counts['hostile_sent']:,} hostile records and {counts['changed_duplicates']:,} changed re-sends "
+              f"mixed in ({args.hostile:.0%}); good records rejected: {counts['good_rejected']}; must-reject records "
+              f"stored: {counts['hostile_stored_wrongly']}; 5xx/unexpected answers: {counts['server_errors']}; "
+              f"stored events rewritten by a changed re-send: {rewritten}")
+        print(f"alert evaluation: last evaluated {evaluated} (soak ended {datetime.now(UTC):%H:%M:%S})")
+        for line in errors_seen[:5]:
+            print("  " + line)
     print(f"process logs in {logs}; finished {datetime.now(UTC):%H:%M:%S}")
 
 
