@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import typer
 
 from controltower import apikeys, grantcommands, migrate
-from controltower.clitools import console, context_of, fail, settings_of
+from controltower.clitools import console, context_of, fail, keys_json, print_json, settings_of
 from controltower.db import redact, resolve_url
 from controltower.settings import ENV_PREFIX, parse_duration
 
@@ -92,10 +92,16 @@ def keys_create(
 
 
 @keys_app.command("list")
-def keys_list(ctx: typer.Context) -> None:
+def keys_list(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
+) -> None:
     """List keys (names, prefixes, scopes; never the keys themselves)."""
     context = context_of(ctx)
     rows = apikeys.list_keys(context.engine)
+    if as_json:
+        print_json({"keys": [keys_json(r, datetime.now(UTC)) for r in rows]})
+        return
     if not rows:
         console.print("no keys: ingest is open (create one with `controltower keys create NAME`)")
     for r in rows:
