@@ -34,7 +34,7 @@ from sqlalchemy.engine import Engine
 from controltower.errors import ControlTowerError
 from controltower.event import FIELDS
 from controltower.settings import Settings
-from simulator.model import SimEvent
+from simulator.records import SimEvent
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 1000
