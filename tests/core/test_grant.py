@@ -95,6 +95,7 @@ def test_every_table_has_a_line_in_the_policy():
 
 def test_collector_ingests_makes_partitions_on_demand_and_acknowledges_but_nothing_else(engine, settings, login, now):
     collector = login("collector")
+    assert migrate.upgrade(collector) == []  # `serve` starts with it: heads current, partitions ahead
     old = now - timedelta(days=20)  # partitions are made 1 day back and 7 ahead: none for this day
     partition = f"events_{old.astimezone(now.tzinfo).date():%Y%m%d}"
     assert not scalar(engine, "SELECT to_regclass(:p) IS NOT NULL", p=partition)
@@ -138,6 +139,7 @@ def test_collector_ingests_makes_partitions_on_demand_and_acknowledges_but_nothi
 
 def test_scheduler_refreshes_evaluates_delivers_and_keeps_retention_but_writes_no_events(engine, settings, login, now):
     scheduler = login("scheduler")
+    assert migrate.upgrade(scheduler) == []  # `scheduler` starts with it
     store = EventStore(engine, settings)  # the collector's part, as owner
     store.ingest([
         ev("late", "order.received", now - timedelta(hours=2)),  # never posted, target 30m: open breaches
