@@ -27,7 +27,8 @@ from controltower.context import AppContext
 from controltower.settings import Settings
 
 PIPE_WIDTH = 100_000  # "unlimited": off a terminal a table is as wide as its content
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C0/C1 controls and Unicode line separators break a line; bidi controls reorder what it shows
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 class CliConsole(Console):
@@ -66,8 +67,13 @@ def context_of(ctx: typer.Context, *, migrate_first: bool = True, application_na
     return app_ctx
 
 
+def print_error(message: str) -> None:
+    """`error: …` on stderr, one line; the message is text (it often quotes input), never markup."""
+    err_console.print(Text.assemble(("error:", "bold red"), " ", plain(message)), highlight=False)
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
-    err_console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False)
+    print_error(message)
     raise typer.Exit(code)
 
 

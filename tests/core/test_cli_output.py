@@ -10,6 +10,9 @@ from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from collectors.store import EventStore
@@ -140,6 +143,34 @@ def test_keys_list_has_json(engine, cli, now):
     [key] = json.loads(cli("keys", "list", "--json"))["keys"]
     assert (key["name"], key["scopes"], key["state"]) == ("shopify-webhooks", ["ingest"], "expired")
     assert key["prefix"].startswith("ct_") and "key_hash" not in key
+
+
+HOSTILE = st.one_of(
+    st.text(max_size=300),
+    st.sampled_from(["[/]", "[bold]x", "[link=https://evil.example]y[/link]", "a\nb\r\nc", "\x1b[31mred", "x" * 5000,
+                     "ｆｕｌｌ\u200bwidth", "\u202eRTL", "]]][[["]),
+)
+
+
+@hypothesis_settings(max_examples=150, deadline=None)
+@given(value=HOSTILE, other=HOSTILE)
+def test_any_value_prints_as_one_line_of_text(value, other):
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out):
+        patch.setattr(clitools, "console", clitools.CliConsole(soft_wrap=True))  # stdout: the StringIO
+        clitools.line(f"order {value}:", other)
+        clitools.print_table(("key", "value"), [(value, other)])
+    shown = io.StringIO()
+    with contextlib.redirect_stdout(shown):
+        clitools.print_json({"value": value})
+    assert json.loads(shown.getvalue()) == {"value": value}
+    lines = out.getvalue().splitlines()  # every Unicode line break counts
+    assert lines[0] == f"order {clitools.plain(value)}: {clitools.plain(other)}"
+    assert len(lines) == 6 and lines[1].startswith("┏") and lines[5].startswith("└")  # 1 header, 1 row
+    assert "\x1b" not in out.getvalue()  # no terminal control sequence smuggled through
 
 
 def test_a_table_fits_the_terminal_only_on_a_terminal():
