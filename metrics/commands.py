@@ -9,7 +9,6 @@ from typing import Any
 import typer
 
 from controltower.clitools import (
-    console,
     context_of,
     fail,
     line,
@@ -66,7 +65,7 @@ def sla_command(
         _dump({"window": window, "as_of": now.isoformat(), "slas": table, "scorecards": cards})
         return
     if not table:
-        console.print(f"no SLA data in the last {window} (is anything sending events? try `controltower simulate`)")
+        line(f"no SLA data in the last {window} (is anything sending events? try `controltower simulate`)")
         return
     rows = []
     for r in table:

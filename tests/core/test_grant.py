@@ -16,13 +16,12 @@ import sqlalchemy as sa
 
 from alerts.evaluate import evaluate
 from alerts.notify import deliver_pending
-from alerts.rules import parse
 from collectors.store import EventStore
 from controltower import alertops, grants, migrate, retention, transactions
 from controltower.db import make_engine
 from controltower.schema import metadata
-from controltower.yamlfile import loads
 from metrics import jobs as metric_jobs
+from tests.alerts.test_delivery import ruleset
 
 try:  # the composition root moves to `wiring` (helper "web"); either is fine here
     from wiring.cli import main  # type: ignore[import-not-found]
@@ -153,21 +152,11 @@ def test_scheduler_refreshes_evaluates_delivers_and_keeps_retention_but_writes_n
     assert scalar(engine, "SELECT open_breaches FROM sla_status"
                           " WHERE sla = 'erp_posting' AND channel = 'amazon' AND \"window\" = '1h'") == 2
 
-    rules = parse(loads("""
-receivers:
-  hook: {type: webhook, url: "http://127.0.0.1:9/hook"}
-default_receivers: [hook]
-rules:
-  - name: UnpostedOrders
-    sla: erp_posting
-    field: open_breaches
-    op: ">"
-    value: 0
-""", "test.yaml"))
+    rules = ruleset("http://127.0.0.1:9")  # UnpostedOrders: erp_posting open_breaches > 0; nothing on port 9
     evaluate(scheduler, rules.rules, now, dashboard_url="http://dash", routes=rules.routes)
     assert scalar(engine, "SELECT state FROM alert_state WHERE rule = 'UnpostedOrders'") == "firing"
     assert scalar(engine, "SELECT count(*) FROM alert_notifications") == 1
-    assert deliver_pending(scheduler, rules.receivers, now).retried == 1  # nothing listens on port 9
+    assert deliver_pending(scheduler, rules.receivers, now).retried == 1
     assert scalar(engine, "SELECT attempts FROM alert_notifications") == 1
 
     expired = (now - timedelta(days=60)).date()
