@@ -1,7 +1,7 @@
 """What every CLI command shares: the settings from the global options, one-line errors, output.
 
 Rooms register their commands with `register(app)` functions and use these helpers; the
-composition root (`controltower.cli`) owns the app and the global options.
+composition root (`wiring.cli`) owns the app and the global options.
 
 Output is data: a line is never wrapped (a pipe, `grep`, `cut` see one record per line), and
 a table fits the terminal's width only on a terminal; piped or captured, it is as wide as its
