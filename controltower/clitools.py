@@ -1,13 +1,13 @@
 """What every CLI command shares: the settings from the global options, one-line errors, output.
 
-Rooms register their commands with `register(app)` functions and use these helpers; the
-composition root (`wiring.cli`) owns the app and the global options.
-
 Output is data: a line is never wrapped (a pipe, `grep`, `cut` see one record per line), and
 a table fits the terminal's width only on a terminal; piped or captured, it is as wide as its
 widest row. Values from events and users are printed as text, never as Rich markup (a
 `[/]` in an order id neither crashes the command nor restyles it). Every command that prints
 a table also has `--json` (`print_json`).
+
+Rooms register their commands with `register(app)` functions and use these helpers; the
+composition root (`wiring.cli`) owns the app and the global options.
 """
 
 from __future__ import annotations
