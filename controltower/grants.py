@@ -178,16 +178,20 @@ def _check_role(conn: Connection, role: str) -> None:
 
 
 def ensure_login(conn: Connection, role: str, password: str) -> bool:
-    """Create `role` as a plain login role with `password`, or reset its password; True when created."""
+    """Create `role` as a plain login role with `password`, or reset the password of an existing
+    role this command may limit (never a superuser's or the owner's); True when created."""
     if not password:
         raise GrantError(f"role {role!r}: the password is empty")
     raw = conn.connection.driver_connection
     exists = conn.execute(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}).first()
-    verb = "ALTER" if exists else "CREATE"
-    statement = sql.SQL(
-        verb + " ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD {}"
-    ).format(sql.Identifier(role), sql.Literal(password))
-    raw.execute(statement)  # type: ignore[union-attr]
+    if exists:
+        _check_role(conn, role)
+        statement = sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}")
+    else:
+        statement = sql.SQL(
+            "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD {}"
+        )
+    raw.execute(statement.format(sql.Identifier(role), sql.Literal(password)))  # type: ignore[union-attr]
     return not exists
 
 

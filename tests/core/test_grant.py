@@ -214,7 +214,9 @@ def test_grant_is_exact_repeatable_and_refuses_roles_it_cannot_limit(engine, dat
 
     for argv in (["grant", "dashboard", "no_such_role_x"], ["grant-readonly", "no_such_role_x"],
                  ["grant", "dashboard", "postgres"], ["grant", "janitor", role],
-                 ["grant", "collector", "no_such_role_x", "--password-env", "CT_TEST_UNSET_VARIABLE"]):
+                 ["grant", "collector", "no_such_role_x", "--password-env", "CT_TEST_UNSET_VARIABLE"],
+                 ["grant", "collector", "postgres", "--password-env", PASSWORD_ENV]):  # never alters a superuser
         with pytest.raises(SystemExit) as failed:
             main(argv)
         assert failed.value.code in (1, 2), argv
+    assert scalar(engine, "SELECT rolsuper FROM pg_roles WHERE rolname = 'postgres'") is True
