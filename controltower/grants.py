@@ -113,13 +113,17 @@ POLICY: dict[str, Policy] = {
 
 # The scheduler's retention drops whole expired day partitions: DETACH needs ownership of
 # `events`, so it goes through this owner-defined function, which drops nothing but a
-# partition of `events` named for the day it is given.
+# partition of `events` named for the day it is given, and never one of the last two days
+# (live ingest), whatever the caller asks.
 _DROP_FUNCTION = """
 CREATE OR REPLACE FUNCTION ct_drop_event_partition(day date) RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = {schema}, pg_temp AS $$
 DECLARE
     part text := 'events_' || to_char(day, 'YYYYMMDD');
 BEGIN
+    IF day >= current_date - 1 THEN
+        RAISE EXCEPTION 'ct_drop_event_partition: refusing to drop %, not older than yesterday', part;
+    END IF;
     IF NOT EXISTS (
         SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
         WHERE i.inhparent = 'events'::regclass AND c.relname = part

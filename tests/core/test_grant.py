@@ -172,6 +172,8 @@ def test_scheduler_refreshes_evaluates_delivers_and_keeps_retention_but_writes_n
     refused(scheduler, "SELECT * FROM api_keys")
     refused(scheduler, "INSERT INTO alert_silences (matchers, starts_at, ends_at, created_by) VALUES ('{}', now(), now(), 'x')")
     refused(scheduler, "DROP TABLE events")
+    with pytest.raises(sa.exc.DBAPIError, match="refusing to drop"), scheduler.begin() as conn:
+        conn.execute(sa.text("SELECT ct_drop_event_partition(current_date)"))  # live ingest's day
     refused(scheduler, "CREATE TABLE planted (x int)")
 
 
