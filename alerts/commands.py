@@ -1,9 +1,10 @@
 """CLI commands of the `alerts` room, registered by the composition root.
 
     controltower alerts check FILE        (also: controltower rules check FILE)
+    controltower rules list [FILE] [--json]
     controltower alerts list [--all] [--json]
     controltower alerts silence --matcher channel=amazon --for 2h --comment "ERP maintenance"
-    controltower alerts silences
+    controltower alerts silences [--json]
     controltower alerts ack FINGERPRINT --by NAME
     controltower alerts deliveries [--status failed] [--limit 50] [--json]
     controltower alerts audit [--limit 100] [--json]
@@ -15,10 +16,18 @@ import getpass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import orjson
 import typer
 
-from controltower.clitools import console, context_of, fail
+from controltower.clitools import (
+    console,
+    context_of,
+    fail,
+    line,
+    plain,
+    print_json,
+    print_table,
+    settings_of,
+)
 from controltower.errors import ConfigError, ControlTowerError
 from controltower.settings import parse_duration
 
@@ -39,8 +48,35 @@ def check_command(file: Path = typer.Argument(..., help="Alert rules YAML to val
     from alerts.rules import load_rules
 
     ruleset = load_rules(file)  # a ConfigError is printed as one `file:line: ...` line, exit 1
-    console.print(
-        f"{file}: ok, {len(ruleset.rules)} rules, {len(ruleset.receivers)} receivers", highlight=False
+    line(f"{file}: ok, {len(ruleset.rules)} rules, {len(ruleset.receivers)} receivers")
+
+
+@rules_app.command("list")
+def rules_list_command(
+    ctx: typer.Context,
+    file: Path = typer.Argument(None, help="Alert rules YAML (default: the configured or shipped file)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
+) -> None:
+    """The rules in effect: condition, wait, severity and receivers."""
+    from alerts.rules import load_rules
+
+    ruleset = load_rules(file or settings_of(ctx).alerts_file)
+    rows = [
+        {
+            "name": r.name, "sla": r.sla, "channel": getattr(r, "channel", None),
+            "condition": f"{r.field} {r.op} {r.value:g}" if isinstance(r.value, float) else f"{r.field} {r.op} {r.value}",
+            "for_seconds": getattr(r, "for_seconds", None), "severity": getattr(r, "severity", None),
+            "receivers": list(getattr(r, "receivers", ()) or ()),  # empty: the routes and defaults decide
+        }
+        for r in ruleset.rules
+    ]
+    if as_json:
+        print_json({"rules": rows})
+        return
+    print_table(
+        ("rule", "sla", "channel", "condition", "for", "severity", "receivers"),
+        [(r["name"], r["sla"], r["channel"] or "*", r["condition"], f"{r['for_seconds'] or 0:g}s", r["severity"],
+          ", ".join(r["receivers"])) for r in rows],
     )
 
 
@@ -58,20 +94,16 @@ def list_command(
     states = ("pending", "firing", "resolved", "inactive") if show_all else ("pending", "firing")
     rows = [alert_json(r) for r in list_alerts(context.engine, states)]
     if as_json:
-        typer.echo(orjson.dumps({"alerts": rows}, option=orjson.OPT_INDENT_2).decode())
+        print_json({"alerts": rows})
         return
     if not rows:
         console.print("no pending or firing alerts")
         return
-    from rich.table import Table
-
-    table = Table("fingerprint", "state", "severity", "rule", "summary", "since", "ack")
-    for a in rows:
-        table.add_row(
-            a["fingerprint"], a["state"], a["severity"], a["rule"], a["summary"] or "",
-            a["firing_since"] or a["active_since"] or "", a["acknowledged_by"] or "",
-        )
-    console.print(table)
+    print_table(
+        ("fingerprint", "state", "severity", "rule", "summary", "since", "ack"),
+        [(a.get("fingerprint"), a.get("state"), a.get("severity"), a.get("rule"), a.get("summary"),
+          a.get("firing_since") or a.get("active_since"), a.get("acknowledged_by")) for a in rows],
+    )
 
 
 @alerts_app.command("silence")
@@ -107,23 +139,29 @@ def silence_command(
     except ControlTowerError as exc:
         fail(str(exc))
     ends = (now + timedelta(seconds=seconds)).isoformat(timespec="seconds")
-    console.print(f"silence {silence_id} until {ends}: " + ", ".join(f"{k}={v}" for k, v in matchers.items()), highlight=False)
+    line(f"silence {silence_id} until {ends}: " + ", ".join(f"{k}={v}" for k, v in matchers.items()))
 
 
 @alerts_app.command("silences")
-def silences_command(ctx: typer.Context) -> None:
+def silences_command(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
+) -> None:
     """Active and upcoming silences."""
     from alerts.evaluate import list_silences
 
     rows = list_silences(context_of(ctx).engine, datetime.now(UTC))
+    if as_json:
+        times = ("starts_at", "ends_at", "created_at")
+        print_json({"silences": [{str(k): (_when(v) or None) if k in times else v for k, v in r.items()} for r in rows]})
+        return
     if not rows:
         console.print("no silences")
     for s in rows:
-        matchers = ", ".join(f"{k}={v}" for k, v in s["matchers"].items())
-        console.print(
-            f"{s['id']}: {matchers} until {s['ends_at'].isoformat(timespec='seconds')} by {s['created_by']}"
-            + (f" — {s['comment']}" if s["comment"] else ""),
-            highlight=False,
+        matchers = ", ".join(f"{k}={v}" for k, v in (s.get("matchers") or {}).items())
+        line(
+            f"{s['id']}: {matchers} until {_when(s.get('ends_at'))} by {plain(s.get('created_by'))}"
+            + (f" — {plain(s['comment'])}" if s.get("comment") else "")
         )
 
 
@@ -141,7 +179,7 @@ def ack_command(
         row = acknowledge(context.engine, fingerprint, by or getpass.getuser(), datetime.now(UTC))
     except ControlTowerError as exc:
         fail(str(exc))
-    console.print(f"acknowledged {row['fingerprint']} ({row['rule']}): {row['summary']}", highlight=False)
+    line(f"acknowledged {row['fingerprint']} ({row['rule']}): {plain(row.get('summary'))}")
 
 
 def _when(value: datetime | None) -> str:
@@ -164,22 +202,17 @@ def deliveries_command(
     if as_json:
         times = ("created_at", "sent_at", "next_attempt_at")
         out = [{str(k): (_when(v) or None) if k in times else v for k, v in r.items()} for r in rows]
-        typer.echo(orjson.dumps({"deliveries": out}, option=orjson.OPT_INDENT_2).decode())
+        print_json({"deliveries": out})
         return
     if not rows:
         console.print("no notifications")
         return
-    from rich.table import Table
-
-    table = Table()
-    for name in ("id", "created", "rule", "kind", "alerts", "receiver", "status", "attempts", "last_error"):
-        table.add_column(name, overflow="fold")  # a narrow terminal wraps, never hides, an error
-    for r in rows:
-        table.add_row(
-            str(r["id"]), _when(r["created_at"]), r["rule"], r["kind"], str(r["alert_count"]), r["receiver"],
-            r["status"], str(r["attempts"]), r["last_error"] or "",
-        )
-    console.print(table)
+    # on a narrow terminal a cell folds, never hides, an error; piped, each row is one line
+    print_table(
+        ("id", "created", "rule", "kind", "alerts", "receiver", "status", "attempts", "last_error"),
+        [(r["id"], _when(r["created_at"]), r["rule"], r["kind"], r["alert_count"], r["receiver"],
+          r["status"], r["attempts"], r["last_error"]) for r in rows],
+    )
 
 
 @alerts_app.command("audit")
@@ -194,12 +227,12 @@ def audit_command(
     rows = list_audit(context_of(ctx).engine, limit=limit)
     if as_json:
         out = [{str(k): _when(v) if k == "at" else v for k, v in r.items()} for r in rows]
-        typer.echo(orjson.dumps({"audit": out}, option=orjson.OPT_INDENT_2).decode())
+        print_json({"audit": out})
         return
     if not rows:
         console.print("no audit entries")
     for r in rows:
-        detail = r["detail"] or {}
+        detail = r["detail"] if isinstance(r.get("detail"), dict) else {}
         extra = detail.get("summary") or ", ".join(f"{k}={v}" for k, v in (detail.get("matchers") or {}).items())
         via = f" via {detail['via']}" if detail.get("via") else ""
-        console.print(f"{_when(r['at'])} {r['actor']} {r['action']} {r['target']}{via}: {extra}", highlight=False)
+        line(f"{_when(r['at'])} {plain(r['actor'])} {r['action']} {plain(r['target'])}{via}: {plain(extra)}")

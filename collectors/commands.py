@@ -7,11 +7,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
 import typer
 
 from controltower import transactions
-from controltower.clitools import console, context_of, fail
+from controltower.clitools import console, context_of, fail, line, plain, print_json, print_table
+from controltower.vocab import human_duration
 
 
 def register(app: typer.Typer) -> None:
@@ -82,23 +82,41 @@ def search_command(
         hits = transactions.search(conn, key, limit=20)
         found = [transactions.get(conn, h["correlation_id"], now=datetime.now(UTC)) for h in hits[:1]]
     if as_json:
-        typer.echo(orjson.dumps({"results": hits, "transaction": found[0] if found else None}, option=orjson.OPT_INDENT_2).decode())
+        print_json({"results": hits, "transaction": found[0] if found else None})
         if not hits:
             raise typer.Exit(1)
         return
     if not hits:
         fail(f"nothing found for {key!r} (searched order ids, correlation ids and business keys)")
     if len(hits) > 1:
-        console.print(f"{len(hits)} transactions match {key!r}; newest first:")
-        for h in hits:
-            console.print(f"  {h['correlation_id']}  {h['channel']}  {h['order_id'] or '-'}  {h['status']}  last {h['last_event_at']}")
+        line(f"{len(hits)} transactions match {key!r}; newest first:")
+        print_table(
+            ("correlation_id", "channel", "order_id", "status", "last_event_at"),
+            [(h.get("correlation_id"), h.get("channel"), h.get("order_id") or "-", h.get("status"),
+              h.get("last_event_at")) for h in hits],
+        )
     tx = found[0]
-    assert tx is not None
-    console.print(f"[bold]{tx['correlation_id']}[/]  channel {tx['channel']}  order {tx['order_id'] or '-'}  status {tx['status']}")
-    for kind, values in tx["keys"].items():
-        console.print(f"  {kind}: {', '.join(values)}")
-    for verdict in tx["sla"]:
-        console.print(f"  SLA {verdict['sla']}: {verdict['state']} ({verdict['elapsed_ms'] / 1000:.0f}s of {verdict['target_ms'] and verdict['target_ms'] / 1000:.0f}s)")
-    for e in tx["events"]:
-        err = f"  [red]{e.get('error_code', '')} {e.get('error_message', '')}[/]" if e["status"] != "ok" else ""
-        console.print(f"  {e['occurred_at']}  {e.get('system', '-'):<12} {e['flow']}.{e['stage']:<22} {e['status']}{err}", highlight=False)
+    if tx is None:
+        fail(f"{hits[0]['correlation_id']!r} disappeared while reading it (retention?); search again")
+    line(f"{plain(tx.get('correlation_id'))}  channel {plain(tx.get('channel'))}  "
+         f"order {plain(tx.get('order_id') or '-')}  status {plain(tx.get('status'))}", style="bold")
+    for kind, values in (tx.get("keys") or {}).items():
+        line(f"  {plain(kind)}: {', '.join(plain(v) for v in values)}")
+    for verdict in tx.get("sla") or []:
+        line(f"  SLA {plain(verdict.get('sla'))}: {plain(verdict.get('state'))}{_measure(verdict)}")
+    for e in tx.get("events") or []:
+        failed = e.get("status") != "ok"
+        err = f"  {plain(e.get('error_code'))} {plain(e.get('error_message'))}".rstrip() if failed else ""
+        line(f"  {plain(e.get('occurred_at'))}  {plain(e.get('system') or '-'):<12} "
+             f"{plain(e.get('flow'))}.{plain(e.get('stage')):<22} {plain(e.get('status'))}{err}",
+             style="red" if failed else None)
+
+
+def _measure(verdict: dict[str, Any]) -> str:
+    """` (4 min of 15 min)`, ` (4 min, due 2026-…)` for a deadline SLA, or nothing: any field may be missing."""
+    elapsed, target, due = verdict.get("elapsed_ms"), verdict.get("target_ms"), verdict.get("due_at")
+    if not isinstance(elapsed, int | float):
+        return f" (due {plain(due)})" if due else ""
+    if isinstance(target, int | float):
+        return f" ({human_duration(elapsed)} of {human_duration(target)})"
+    return f" ({human_duration(elapsed)}, due {plain(due)})" if due else f" ({human_duration(elapsed)})"

@@ -8,11 +8,10 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime, timedelta
 
-import sqlalchemy as sa
 import typer
 
-from controltower import apikeys, migrate
-from controltower.clitools import console, context_of, fail, settings_of
+from controltower import apikeys, grantcommands, migrate
+from controltower.clitools import console, context_of, fail, keys_json, print_json, settings_of
 from controltower.db import redact, resolve_url
 from controltower.settings import ENV_PREFIX, parse_duration
 
@@ -24,38 +23,7 @@ def register(app: typer.Typer) -> None:
     app.command("serve")(serve_command)
     app.add_typer(keys_app, name="keys")
     app.command("retention")(retention_command)
-    app.command("grant-readonly")(grant_readonly_command)
-
-
-def grant_readonly_command(
-    ctx: typer.Context,
-    role: str = typer.Argument(..., help="An existing PostgreSQL role (create it with a password first)."),
-    alert_actions: bool = typer.Option(
-        True, "--alert-actions/--no-alert-actions",
-        help="Also let it acknowledge alerts and create silences (the dashboard's alerts page).",
-    ),
-) -> None:
-    """Grant a role read access to every table (now and future): the dashboard's database user."""
-    from psycopg import sql
-
-    context = context_of(ctx)
-    statements = [
-        sql.SQL("GRANT USAGE ON SCHEMA public TO {}"),
-        sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}"),
-        sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {}"),
-    ]
-    if alert_actions:
-        statements.append(sql.SQL("GRANT UPDATE (acknowledged_by, acknowledged_at) ON alert_state TO {}"))
-        statements.append(sql.SQL("GRANT INSERT ON alert_silences TO {}"))
-        statements.append(sql.SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {}"))
-    with context.engine.begin() as conn:
-        raw = conn.connection.driver_connection
-        exists = conn.execute(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}).first()
-        if not exists:
-            fail(f"role {role!r} does not exist (CREATE ROLE {role} LOGIN PASSWORD '…' first)")
-        for statement in statements:
-            raw.execute(statement.format(sql.Identifier(role)))  # type: ignore[union-attr]
-    console.print(f"{role}: SELECT on every table{' + alert acknowledge/silence' if alert_actions else ''}")
+    grantcommands.register(app)  # grant, grant-readonly
 
 
 def retention_command(
@@ -124,10 +92,16 @@ def keys_create(
 
 
 @keys_app.command("list")
-def keys_list(ctx: typer.Context) -> None:
+def keys_list(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
+) -> None:
     """List keys (names, prefixes, scopes; never the keys themselves)."""
     context = context_of(ctx)
     rows = apikeys.list_keys(context.engine)
+    if as_json:
+        print_json({"keys": [keys_json(r, datetime.now(UTC)) for r in rows]})
+        return
     if not rows:
         console.print("no keys: ingest is open (create one with `controltower keys create NAME`)")
     for r in rows:

@@ -20,7 +20,7 @@ from datetime import UTC, date, datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from controltower import migrate
+from controltower import grants, migrate
 from controltower.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -98,9 +98,9 @@ def apply(engine: Engine, settings: Settings, now: datetime | None = None) -> Pl
     todo = plan(engine, settings, now)
     for name in todo.partitions:
         with engine.begin() as conn:
-            # DETACH first so concurrent readers of `events` never wait on the DROP
-            conn.execute(sa.text(f'ALTER TABLE events DETACH PARTITION "{name}"'))
-            conn.execute(sa.text(f'DROP TABLE "{name}"'))
+            # DETACH first so concurrent readers of `events` never wait on the DROP; a process
+            # role (not the owner) goes through the owner's function (controltower.grants)
+            grants.drop_event_partition(conn, name)
         log.info("retention: dropped partition %s", name)
     _batched(engine, "transactions", """
         WITH gone AS (

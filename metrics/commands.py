@@ -6,11 +6,17 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import orjson
 import typer
-from rich.table import Table
 
-from controltower.clitools import console, context_of, fail, settings_of
+from controltower.clitools import (
+    context_of,
+    fail,
+    line,
+    plain,
+    print_json,
+    print_table,
+    settings_of,
+)
 from controltower.settings import parse_duration
 from metrics import compute, definitions, jobs, reconcile
 
@@ -26,7 +32,11 @@ def register(app: typer.Typer) -> None:
 
 
 def _dump(value: Any) -> None:
-    typer.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2, default=str).decode())
+    print_json(value)
+
+
+def _ms(value: Any) -> str:
+    return compute.human_ms(value) if value is not None else "-"
 
 
 def sla_command(
@@ -55,32 +65,32 @@ def sla_command(
         _dump({"window": window, "as_of": now.isoformat(), "slas": table, "scorecards": cards})
         return
     if not table:
-        console.print(f"no SLA data in the last {window} (is anything sending events? try `controltower simulate`)")
+        line(f"no SLA data in the last {window} (is anything sending events? try `controltower simulate`)")
         return
-    out = Table(title=f"SLAs over the last {window}", show_lines=False)
-    for name in ("SLA", "channel", "count", "p50", "p95", "p99", "target", "within", "open", "oldest", "budget", "health"):
-        out.add_column(name, justify="right" if name not in ("SLA", "channel", "health") else "left")
+    rows = []
     for r in table:
-        within = f"{r['within_target_ratio']:.1%}" if r["within_target_ratio"] is not None else "-"
-        budget = f"{r['error_budget_remaining']:.0%}" if r["error_budget_remaining"] is not None else "-"
-        value = compute.human_ms(r["value"]) if r["kind"] in ("freshness", "absence") else None
-        out.add_row(
-            r["sla"], r["channel"], str(r["count"] if r["count"] is not None else "-"),
-            value or compute.human_ms(r["p50_ms"]), compute.human_ms(r["p95_ms"]), compute.human_ms(r["p99_ms"]),
-            compute.human_ms(r["target_ms"]) if r["target_ms"] else (f"{r['threshold']:g}" if r["threshold"] is not None else "-"),
-            within, str(r["open_breaches"] or 0), compute.human_ms(r["oldest_breach_ms"]), budget,
-            f"[{HEALTH_STYLE[r['health']]}]{r['health']}[/]",
-        )
-    console.print(out)
+        within = r.get("within_target_ratio")
+        budget = r.get("error_budget_remaining")
+        value = _ms(r.get("value")) if r.get("kind") in ("freshness", "absence") else None
+        threshold = r.get("threshold")
+        rows.append((
+            r.get("sla"), r.get("channel"), r["count"] if r.get("count") is not None else "-",
+            value or _ms(r.get("p50_ms")), _ms(r.get("p95_ms")), _ms(r.get("p99_ms")),
+            _ms(r["target_ms"]) if r.get("target_ms") else (f"{threshold:g}" if threshold is not None else "-"),
+            f"{within:.1%}" if within is not None else "-", r.get("open_breaches") or 0,
+            _ms(r.get("oldest_breach_ms")), f"{budget:.0%}" if budget is not None else "-", r.get("health"),
+        ))
+    names = ("SLA", "channel", "count", "p50", "p95", "p99", "target", "within", "open", "oldest", "budget", "health")
+    print_table(names, rows, title=f"SLAs over the last {window}", right=names[2:-1],
+                styles={len(names) - 1: lambda h: HEALTH_STYLE.get(h, "")})
     for r in table:
-        if r["reason"] and r["health"] != "ok":
-            console.print(f"[{HEALTH_STYLE[r['health']]}]{r['channel']}[/]: {r['reason']}", highlight=False)
+        if r.get("reason") and r.get("health") != "ok":
+            line(f"{r['channel']}: {r['reason']}", style=HEALTH_STYLE.get(r["health"]))
     for card in cards:
-        if card["orders"]:
-            console.print(
+        if card.get("orders"):
+            line(
                 f"scorecard {card['channel']} {card['metric']}: {card['rate']:.2%} of {card['orders']} (limit {card['limit']:.0%}),"
-                f" {card['late_orders_left']} more late orders allowed",
-                highlight=False,
+                f" {card['late_orders_left']} more late orders allowed"
             )
 
 
@@ -91,17 +101,25 @@ def slas_check(
     """Validate an SLA definitions file; errors name the line."""
     defs = definitions.load(file)
     for warning in defs.warnings:
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
-    console.print(f"{defs.source}: {len(defs.slas)} SLAs, {len(defs.hops)} hops, {len(defs.scorecards)} scorecards: ok", highlight=False)
+        line(f"warning: {warning}", style="yellow")
+    line(f"{defs.source}: {len(defs.slas)} SLAs, {len(defs.hops)} hops, {len(defs.scorecards)} scorecards: ok")
 
 
 @slas_app.command("list")
-def slas_list(ctx: typer.Context) -> None:
+def slas_list(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
+) -> None:
     """Print the SLA definitions in effect."""
     defs = jobs.load_definitions(settings_of(ctx))
+    rows = []
     for s in defs.slas:
         detail = f"{s.from_milestone} → {s.to_milestone}" if s.is_latency else (s.milestone or s.metric or "")
-        console.print(f"{s.name:<24} {s.kind:<18} {detail}", highlight=False)
+        rows.append({"name": s.name, "kind": s.kind, "measures": detail})
+    if as_json:
+        print_json({"slas": rows})
+        return
+    print_table(("SLA", "kind", "measures"), [(r["name"], r["kind"], r["measures"]) for r in rows])
 
 
 def reconcile_command(
@@ -122,12 +140,12 @@ def reconcile_command(
     if as_json:
         _dump(result)
     else:
-        console.print(f"{result['report_orders']} orders in the report, {result['matched']} collected, "
-                      f"{len(result['missing'])} never seen, {len(result['extra'])} not in the report", highlight=False)
+        line(f"{result['report_orders']} orders in the report, {result['matched']} collected, "
+             f"{len(result['missing'])} never seen, {len(result['extra'])} not in the report")
         for m in result["missing"][:50]:
-            console.print(f"  [red]never seen[/] {m['order']} (report line {m['line']})", highlight=False)
+            line(f"  never seen {plain(m['order'])} (report line {m['line']})", style="red")
         for e in result["extra"][:50]:
-            console.print(f"  [yellow]not in report[/] {e['external_order_id'] or e['order_id']} ({e['correlation_id']})", highlight=False)
+            line(f"  not in report {plain(e['external_order_id'] or e['order_id'])} ({plain(e['correlation_id'])})", style="yellow")
     if result["missing"] or result["extra"]:
         raise typer.Exit(3)
 
@@ -152,7 +170,7 @@ def funnel_command(
     top = steps[0]["orders"] or 1
     for s in steps:
         bar = "█" * round(30 * s["orders"] / top)
-        console.print(f"{s['milestone']:<30} {s['orders']:>7}  {bar}", highlight=False)
+        line(f"{plain(s['milestone']):<30} {s['orders']:>7}  {bar}")
 
 
 def _moment(text: str, name: str) -> datetime:

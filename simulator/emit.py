@@ -1,7 +1,8 @@
 """Sinks: where simulated events go. The product's own public entry points, nothing private.
 
 - `HttpSink`: `POST /v1/events` in batches of at most 1000, retrying 429/503 after the
-  `Retry-After` they carry; optionally a share of plain, current events as OTLP spans
+  `Retry-After` they carry; a batch refused record by record (400 with every record in
+  `rejected`) is counted and logged, and the run goes on; optionally a share of plain, current events as OTLP spans
   through `collectors.instrument.flow_step`, so the span path is exercised too.
 - `FileSink`: a 3PL's shipment feed (fulfilment.shipped) as JSONL or CSV files in a drop
   folder, written whole then renamed so a watcher never reads half a file.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import logging
 import os
 import threading
 import time
@@ -32,8 +34,9 @@ from sqlalchemy.engine import Engine
 from controltower.errors import ControlTowerError
 from controltower.event import FIELDS
 from controltower.settings import Settings
-from simulator.model import SimEvent
+from simulator.records import SimEvent
 
+log = logging.getLogger(__name__)
 MAX_BATCH = 1000
 MAX_RETRY_WAIT_S = 30.0
 # A span is stamped with the wall clock, so only events this close to real now go as spans.
@@ -114,7 +117,15 @@ class HttpSink:
             else:
                 records.append(event.record)
         for batch in _chunks(records, MAX_BATCH):
-            self.totals.add(len(batch), self._post(list(batch)))
+            answer = self._post(list(batch))
+            self.totals.add(len(batch), answer)
+            rejected = answer.get("rejected") or []
+            if rejected:
+                first = rejected[0]
+                log.warning(
+                    "%s/v1/events: %d of %d records rejected (first: %s); going on",
+                    self.endpoint, len(rejected), len(batch), first.get("error", first) if isinstance(first, dict) else first,
+                )
 
     def _as_span(self, event: SimEvent, now: datetime) -> bool:
         """Plain, current events whose id hashes into the share (deterministic per event)."""
@@ -137,7 +148,7 @@ class HttpSink:
                 if response.status_code in (429, 503):
                     wait, reason = _retry_after(response, delay), f"{url} answered {response.status_code}"
                 else:
-                    return _answer(url, response)
+                    return _answer(url, response, len(batch))
             if self.stop.wait(wait):
                 raise EmitError(f"stopped while retrying: {reason}")
 
@@ -147,18 +158,18 @@ class HttpSink:
             self._spans.close()
 
 
-def _answer(url: str, response: httpx.Response) -> dict[str, Any]:
-    """The ingest answer; 400 still carries one when every record of the batch was rejected."""
+def _answer(url: str, response: httpx.Response, sent: int) -> dict[str, Any]:
+    """The ingest answer. A 400 is an answer too: every record rejected (each with its reason in
+    `rejected`), or the body refused as a whole (`error`, no per-record list: then every record
+    counts as rejected with that reason). Anything else the product will not take is an error."""
     try:
         answer = response.json()
     except ValueError:
         answer = None
-    if (
-        response.status_code in (200, 400)
-        and isinstance(answer, dict)
-        and "accepted" in answer
-        and "error" not in answer  # a 400 about the body as a whole, not per record
-    ):
+    if response.status_code in (200, 400) and isinstance(answer, dict) and "accepted" in answer:
+        if response.status_code == 400 and not answer.get("rejected"):
+            reason = str(answer.get("error") or "the body was refused")
+            answer = {**answer, "rejected": [{"index": i, "error": reason} for i in range(sent)]}
         return answer
     raise EmitError(f"{url} answered {response.status_code}: {response.text[:200]}")
 

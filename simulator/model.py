@@ -7,8 +7,8 @@ ids, and overlapping runs regenerate identical events that the store counts as d
 instead of storing twice. Faults (a `simulator.faults.FaultPlan`) bend the timeline.
 
 Times inside the model are epoch seconds rounded to milliseconds; records carry RFC 3339.
-`Simulation` yields `SimEvent`s in simulated-time order from a heap; `GroundTruth` watches
-what was emitted and says what the product should find.
+`Simulation` yields `SimEvent`s (simulator.records) in simulated-time order from a heap;
+`simulator.truth.GroundTruth` watches what was emitted and says what the product should find.
 """
 
 from __future__ import annotations
@@ -17,12 +17,23 @@ import heapq
 import itertools
 import math
 import random
-import uuid
-from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
+
+from simulator.records import (
+    Order,
+    SimEvent,
+    customer,
+    drift,
+    iso,
+    make_record,
+    new_order,
+    tracking,
+)
+
+__all__ = ["CHANNELS", "Order", "SimEvent", "Simulation", "iso", "lognormal"]
 
 if TYPE_CHECKING:
     from simulator.faults import FaultPlan
@@ -61,53 +72,12 @@ SPLIT_SHARE = 0.12
 POISON_SHARE = 0.1
 DRIFT_SHARE = 0.2
 SKUS = tuple(f"SKU-{n}" for n in range(10000, 10200))
-_STORES = (101, 102, 205, 311)
-_FIRST = ("Ava", "Liam", "Mia", "Noah", "Zoe", "Ethan", "Ivy", "Lucas")
-_LAST = ("Garcia", "Smith", "Nguyen", "Patel", "Kowalski", "Okafor", "Rossi", "Jensen")
-_STREETS = ("Maple Ave", "Oak St", "Pine Rd", "Cedar Ln", "Elm Dr")
 _DAY = 86400.0
 
 
 def lognormal(rng: random.Random, median_s: float, sigma: float) -> float:
     """A long-tailed step duration: most near the median, a few far beyond it."""
     return median_s * math.exp(rng.gauss(0.0, sigma))
-
-
-def iso(at: float) -> str:
-    """RFC 3339 with offset, millisecond precision (what the records carry)."""
-    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
-
-
-@dataclass(frozen=True)
-class SimEvent:
-    """One record to send, at its simulated time.
-
-    `malformed`: deliberately broken (schema drift), must be rejected. `duplicate`: an extra
-    copy of a record already emitted. `plain`: untouched by faults, so any transport may carry
-    it (a span cannot reproduce the deterministic event id a duplicate needs).
-    """
-
-    at: float
-    record: dict[str, Any]
-    malformed: bool = False
-    duplicate: bool = False
-    plain: bool = True
-
-    @property
-    def milestone(self) -> str:
-        return f"{self.record.get('flow')}.{self.record.get('stage')}"
-
-
-@dataclass(frozen=True)
-class Order:
-    """The identities one order carries across systems."""
-
-    correlation_id: str
-    order_id: str
-    channel: str
-    external_order_id: str
-    marketplace_order_id: str | None
-    received_at: float
 
 
 class Simulation:
@@ -158,7 +128,7 @@ class Simulation:
         if hour % 24 == SETTLEMENT_HOUR_UTC:
             self._settlements(hour)
 
-    def _push(self, at: float, record: dict[str, Any]) -> None:
+    def push(self, at: float, record: dict[str, Any]) -> None:
         """Queue a record unless it falls before the run (or never happens: inf)."""
         at = round(at, 3)
         if self.start <= at < math.inf:
@@ -180,7 +150,7 @@ class Simulation:
                 return
             k += 1
             rate = base * (PEAK_FACTOR if self.faults.active("peak", at) else 1.0)
-            order = _new_order(rng, channel, hour, k, round(at, 3))
+            order = new_order(rng, channel, list(CHANNELS).index(channel), hour, k, round(at, 3))
             if rng.random() * top < rate and at >= self.start:
                 self._plan_order(order)
 
@@ -193,7 +163,7 @@ class Simulation:
         ship_by = datetime.fromtimestamp(t0, UTC).date() + timedelta(days=rng.choice((1, 2)))
         life.add("order", "received", CHANNELS[order.channel].system, t0, None, attributes={
             "sku": sku, "quantity": quantity, "expected_ship_date": ship_by.isoformat(),
-        }, payload=_customer(rng, sku, quantity))
+        }, payload=customer(rng, sku, quantity))
         t = life.add("order", "validated", "middleware", t0 + lognormal(rng, 5, 0.6), t0)
         if order.channel != "pos":
             ack = t + lognormal(rng, 40, 0.9)
@@ -228,7 +198,7 @@ class Simulation:
         delivered = picked
         for n, part in enumerate(parts, start=1):
             carrier = rng.choice(CARRIERS)
-            keys = {**where, "quantity": part, "carrier": carrier, "tracking_number": _tracking(rng, carrier)}
+            keys = {**where, "quantity": part, "carrier": carrier, "tracking_number": tracking(rng, carrier)}
             shipped = life.add("fulfilment", "shipped", "wms", picked + lognormal(rng, 3600, 0.6), picked, n=n, attributes=keys)
             confirmed = self.faults.defer("carrier_outage", shipped + lognormal(rng, 900, 0.8), rng)
             life.add("shipment", "shipment_confirmed", "middleware", confirmed, shipped, n=n, attributes=keys)
@@ -251,7 +221,7 @@ class Simulation:
                     if self.faults.active("inventory_stall", at, channel, location):
                         continue
                     feed = f"inv-{channel}-{location}-{int(at)}"
-                    self._push(at, _record(feed, None, channel, "inventory", "published", "middleware", at, None, 1, {
+                    self.push(at, make_record(feed, None, channel, "inventory", "published", "middleware", at, None, 1, {
                         "location": location, "sku_count": skus, "feed_id": feed,
                     }))
 
@@ -265,8 +235,8 @@ class Simulation:
                     "order_count": round(CHANNELS[channel].orders_per_hour * 24 * self.rate_scale)}
             received = hour * 3600.0 + rng.uniform(0, 3600)
             settled = received + lognormal(rng, 3 * 3600, 0.5)
-            self._push(received, _record(cid, None, channel, "settlement", "received", "marketplace", received, None, 1, dict(keys)))
-            self._push(settled, _record(cid, None, channel, "settlement", "settled", "erp", settled, received, 1, dict(keys)))
+            self.push(received, make_record(cid, None, channel, "settlement", "received", "marketplace", received, None, 1, dict(keys)))
+            self.push(settled, make_record(cid, None, channel, "settlement", "settled", "erp", settled, received, 1, dict(keys)))
 
     # -- faults on emission -----------------------------------------------------------------
     def _emissions(self, at: float, record: dict[str, Any]) -> list[SimEvent]:
@@ -274,7 +244,7 @@ class Simulation:
         rng = random.Random(f"{self.seed}:emit:{record['event_id']}")
         channel = record["channel"]
         if self.faults.active("schema_drift", at, channel) and rng.random() < DRIFT_SHARE:
-            return [SimEvent(at, _drift(record, rng), malformed=True, plain=False)]
+            return [SimEvent(at, drift(record, rng), malformed=True, plain=False)]
         if self.faults.active("duplicate_storm", at):
             copies = rng.choice((2, 3))
             return [SimEvent(at, record, plain=False)] + [
@@ -307,177 +277,11 @@ class _Life:
         keys = {"external_order_id": o.external_order_id, **(attributes or {})}
         if o.marketplace_order_id:
             keys["marketplace_order_id"] = o.marketplace_order_id
-        record = _record(o.correlation_id, o.order_id, o.channel, flow, stage, system, at, after, n, keys)
+        record = make_record(o.correlation_id, o.order_id, o.channel, flow, stage, system, at, after, n, keys)
         record["status"] = status
         if error:
             record["error_code"], record["error_message"] = error
         if payload:
             record["payload"] = payload
-        self.sim._push(at, record)
+        self.sim.push(at, record)
         return round(at, 3)
-
-
-def _record(
-    cid: str, order_id: str | None, channel: str, flow: str, stage: str, system: str,
-    at: float, after: float | None, n: int, attributes: dict[str, Any],
-) -> dict[str, Any]:
-    """A canonical record; `occurred_at` is stamped when it is queued (`Simulation._push`),
-    and the event id is a pure function of the transaction and milestone, so resends dedupe."""
-    record: dict[str, Any] = {
-        "event_id": f"{cid}:{flow}.{stage}:{n}",
-        "correlation_id": cid,
-        "channel": channel,
-        "flow": flow,
-        "stage": stage,
-        "status": "ok",
-        "system": system,
-        "attributes": attributes,
-    }
-    if order_id:
-        record["order_id"] = order_id
-    if after is not None:
-        record["latency_ms"] = round((round(at, 3) - round(after, 3)) * 1000.0, 1)
-    return record
-
-
-def _digits(rng: random.Random, n: int) -> str:
-    return f"{rng.randrange(10**n):0{n}d}"
-
-
-def _new_order(rng: random.Random, channel: str, hour: int, k: int, at: float) -> Order:
-    """Identities in each channel's real format; draws the same numbers whether kept or not."""
-    cid = uuid.UUID(int=rng.getrandbits(128), version=4).hex
-    order_id = f"SO-{hour % 10**6:06d}{list(CHANNELS).index(channel)}{k:03d}"
-    numeric = _digits(rng, 13)
-    formats = {
-        "amazon": f"{_digits(rng, 3)}-{_digits(rng, 7)}-{_digits(rng, 7)}",
-        "ebay": f"{_digits(rng, 2)}-{_digits(rng, 5)}-{_digits(rng, 5)}",
-        "walmart": f"{rng.randrange(1, 10)}{_digits(rng, 14)}",
-        "shopify": f"#{1001 + (hour % 10**5) * 100 + k}",
-        "pos": f"{rng.choice(_STORES)}-{rng.randrange(1, 9):02d}-{_digits(rng, 6)}",
-    }
-    marketplace_id = numeric if channel == "shopify" else None
-    return Order(cid, order_id, channel, formats[channel], marketplace_id, at)
-
-
-def _customer(rng: random.Random, sku: str, quantity: int) -> dict[str, Any]:
-    """A fake customer, so the collector's masking of personal data is exercised."""
-    first, last = rng.choice(_FIRST), rng.choice(_LAST)
-    return {
-        "customer": {
-            "name": f"{first} {last}",
-            "email": f"{first.lower()}.{last.lower()}@example.com",
-            "phone": f"+1-555-01{rng.randrange(100):02d}",
-            "address": f"{rng.randrange(1, 999)} {rng.choice(_STREETS)}, Springfield",
-        },
-        "lines": [{"sku": sku, "quantity": quantity, "price": round(rng.uniform(5, 120), 2)}],
-    }
-
-
-def _tracking(rng: random.Random, carrier: str) -> str:
-    if carrier == "ups":
-        return "1Z" + "".join(rng.choice("0123456789ABCDEFGHJKLMNPRSTUVWXYZ") for _ in range(16))
-    if carrier == "fedex":
-        return _digits(rng, 12)
-    return "9400" + _digits(rng, 18)
-
-
-def _drift(record: dict[str, Any], rng: random.Random) -> dict[str, Any]:
-    """A record as a channel that changed its schema sends it: each way must be rejected."""
-    drifted = dict(record)
-    way = rng.randrange(3)
-    if way == 0:
-        del drifted["correlation_id"]
-    elif way == 1:
-        drifted["latency_ms"] = "fast"
-    else:
-        drifted["occurred_at"] = drifted["occurred_at"][:-6]  # no UTC offset
-    return drifted
-
-
-@dataclass
-class GroundTruth:
-    """What the emitted stream implies the product should find; fed every emitted event."""
-
-    received: dict[str, tuple[str, str, float]] = field(default_factory=dict)
-    posted: set[str] = field(default_factory=set)
-    ack_ms: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
-    feeds: dict[tuple[str, str], float] = field(default_factory=dict)
-    events: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
-    malformed: int = 0
-    duplicates: int = 0
-    dead_letters: int = 0
-    records: int = 0
-
-    def observe(self, event: SimEvent) -> None:
-        self.records += 1
-        if event.malformed:
-            self.malformed += 1
-            return
-        if event.duplicate:
-            self.duplicates += 1
-            return
-        r = event.record
-        self.events[r["channel"]][r["flow"]] += 1
-        if r["status"] == "dead_letter":
-            self.dead_letters += 1
-        if r["status"] != "ok":
-            return
-        cid, milestone = r["correlation_id"], event.milestone
-        if milestone == "order.received":
-            self.received[cid] = (r.get("order_id", ""), r["channel"], event.at)
-        elif milestone == "order.erp_posted":
-            self.posted.add(cid)
-        elif milestone == "order.acknowledged" and cid in self.received:
-            self.ack_ms[r["channel"]].append((event.at - self.received[cid][2]) * 1000.0)
-        elif milestone == "inventory.published":
-            self.feeds[(r["channel"], r["attributes"]["location"])] = event.at
-
-    def unposted(self) -> list[str]:
-        """Orders received (well-formed, ok) with no successful ERP posting emitted."""
-        return sorted(set(self.received) - self.posted)
-
-    def stalled_feeds(self, end: float) -> list[tuple[str, str, float | None]]:
-        """Feeds silent for more than two publishing intervals at the end of the run."""
-        out: list[tuple[str, str, float | None]] = []
-        for channel in MARKETPLACES:
-            for location in LOCATIONS:
-                last = self.feeds.get((channel, location))
-                if last is None or end - last > 2 * INVENTORY_INTERVAL_S:
-                    out.append((channel, location, last))
-        return out
-
-    def to_json(self, *, start: float, end: float, seed: int, faults: list[dict[str, Any]]) -> dict[str, Any]:
-        unposted = self.unposted()
-        return {
-            "seed": seed,
-            "start": iso(start),
-            "end": iso(end),
-            "faults": faults,
-            "unposted_count": len(unposted),
-            "unposted_orders": [
-                {"correlation_id": cid, "order_id": self.received[cid][0], "channel": self.received[cid][1],
-                 "received_at": iso(self.received[cid][2])}
-                for cid in unposted
-            ],
-            "ack_latency_ms": {ch: _summary(v) for ch, v in sorted(self.ack_ms.items())},
-            "stalled_feeds": [
-                {"channel": c, "location": loc, "last_published_at": None if last is None else iso(last)}
-                for c, loc, last in self.stalled_feeds(end)
-            ],
-            "events": {ch: dict(sorted(flows.items())) for ch, flows in sorted(self.events.items())},
-            "events_total": sum(sum(f.values()) for f in self.events.values()),
-            "records_sent": self.records,
-            "malformed_records": self.malformed,
-            "duplicate_records": self.duplicates,
-            "dead_letters": self.dead_letters,
-        }
-
-
-def _summary(samples: list[float]) -> dict[str, float | int]:
-    ordered = sorted(samples)
-
-    def rank(p: float) -> float:
-        return round(ordered[max(0, math.ceil(p * len(ordered)) - 1)], 1)
-
-    return {"count": len(ordered), "p50": rank(0.5), "p95": rank(0.95)}

@@ -31,7 +31,9 @@ from controltower.errors import ConfigError
 from controltower.settings import Settings
 from simulator.emit import EmitError, FileSink, HttpSink, Sink, StoreSink
 from simulator.faults import FaultPlan, FaultSpec, parse_faults
-from simulator.model import GroundTruth, SimEvent, Simulation
+from simulator.model import Simulation
+from simulator.records import SimEvent
+from simulator.truth import GroundTruth
 
 # Catch-up span of a live run without --duration: at speed 60 it is caught up in ~6 minutes.
 DEFAULT_LEAD_S = 6 * 3600.0

@@ -160,6 +160,40 @@ def test_live_run_over_http_stores_events_and_rejects_only_drift(collector, engi
     assert datetime.fromisoformat(truth["end"]) <= datetime.now(UTC)
 
 
+def test_a_batch_with_every_record_rejected_is_counted_and_the_run_goes_on(collector, engine, caplog):
+    """A 400 listing every record as rejected used to stop the simulator (and the demo) for good."""
+    at = datetime.now(UTC).timestamp() - 60
+
+    def record(cid: str, **changes) -> SimEvent:
+        base = {"event_id": f"{cid}:order.received", "occurred_at": iso(at), "correlation_id": cid,
+                "channel": "ebay", "flow": "order", "stage": "received", "status": "ok", "system": "marketplace"}
+        return SimEvent(at, base | changes, malformed=bool(changes))
+
+    bad = [record("bad-1", status="exploded"), record("bad-2", correlation_id=""), record("bad-3", latency_ms=-5)]
+    good = [record("good-1"), record("good-2")]
+    sink = HttpSink(collector.url)
+    with caplog.at_level("WARNING", logger="simulator.emit"):
+        sink.send(bad)  # the collector answers 400: none of the 3 could be stored
+        sink.send(good)
+    sink.close()
+    assert (sink.totals.sent, sink.totals.rejected, sink.totals.accepted) == (5, 3, 2)
+    assert len(sink.totals.rejections) == 3
+    assert scalar(engine, "SELECT count(*) FROM events") == 2
+    assert any("3 of 3 records rejected" in r.getMessage() for r in caplog.records)
+
+
+def test_a_body_refused_as_a_whole_counts_every_record_and_other_errors_still_stop():
+    import httpx
+
+    from simulator.emit import EmitError, _answer
+
+    whole = httpx.Response(400, json={"error": "the body is not JSON", "accepted": 0, "duplicates": 0, "rejected": []})
+    answer = _answer("http://c/v1/events", whole, 4)
+    assert [r["error"] for r in answer["rejected"]] == ["the body is not JSON"] * 4
+    with pytest.raises(EmitError, match="401"):
+        _answer("http://c/v1/events", httpx.Response(401, json={"error": "a valid key is required"}), 4)
+
+
 def test_live_stop_event_ends_an_open_ended_run(collector):
     stop = threading.Event()
     timer = threading.Timer(1.0, stop.set)
