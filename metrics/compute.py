@@ -16,35 +16,18 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from controltower.vocab import human_duration, worst
 from metrics.definitions import SLA, Definitions
 from metrics.rollups import SILENCE_KEY, percentile
 
-HEALTH_ORDER = {"ok": 0, "warn": 1, "critical": 2}
 SHORT_BURN = timedelta(hours=1)  # Google SRE workbook: page on 1 h (and 5 m) burn > 14.4
 LONG_BURN = timedelta(hours=6)  # ... and on 6 h (and 30 m) burn > 6
 PAGE_BURN, TICKET_BURN = 14.4, 6.0
 MIN_SAMPLES = 10  # below this, a ratio says nothing about health
 
 
-def human_ms(ms: float | None) -> str:
-    if ms is None:
-        return "-"
-    seconds = ms / 1000
-    if seconds < 1:
-        return f"{ms:.0f} ms"
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    minutes = seconds / 60
-    if minutes < 60:
-        return f"{minutes:.0f} min"
-    hours, minutes = divmod(int(minutes), 60)
-    if hours < 48:
-        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-    return f"{hours // 24} d {hours % 24} h"
-
-
-def worst(healths: list[str]) -> str:
-    return max(healths, key=lambda h: HEALTH_ORDER.get(h, 0), default="ok")
+# metrics/commands.py (helper "ops" owns its output) still reads durations through this name
+human_ms = human_duration
 
 
 @dataclass(frozen=True)
@@ -219,14 +202,14 @@ def _latency_row(sla, ch, counts, hists, open_rows, period_counts, short, long, 
         row["threshold"] = sla.objective
     n_open = row["open_breaches"]
     noun = f"{(sla.from_milestone or 'x').split('.')[0]}s"
-    what = f"{noun} unposted" if sla.to_milestone == "order.erp_posted" else f"{noun} without {sla.to_milestone}"
+    what = f"{noun} {sla.open_label or f'without {sla.to_milestone}'}"
     if n_open >= sla.critical_open_breaches:
         health = "critical"
     elif n_open >= sla.warn_open_breaches:
         health = "warn"
     if n_open:
-        target = f"> {human_ms(sla.target_for(ch))}" if sla.kind == "milestone_latency" else "past their promised date"
-        reasons.append(f"{n_open} {what} {target}, oldest {human_ms(row['oldest_breach_ms'])}")
+        target = f"> {human_duration(sla.target_for(ch))}" if sla.kind == "milestone_latency" else "past their promised date"
+        reasons.append(f"{n_open} {what} {target}, oldest {human_duration(row['oldest_breach_ms'])}")
     burn_short, burn_long = row["burn_rate_short"] or 0, row["burn_rate_long"] or 0
     if sla.objective and total >= MIN_SAMPLES:
         if burn_short >= PAGE_BURN and burn_long >= PAGE_BURN:
@@ -287,7 +270,7 @@ def _freshness_row(sla: SLA, ch: str, keys: dict[str, datetime] | None, now: dat
     )
     if stale:
         row["health"] = "critical" if ages[oldest_key] > limit * sla.critical_factor else "warn"
-        row["reason"] = f"{sla.name}: {len(stale)} of {len(ages)} {sla.key or 'feed'}s stale, oldest {oldest_key} {human_ms(ages[oldest_key])} (max {human_ms(limit)})"
+        row["reason"] = f"{sla.name}: {len(stale)} of {len(ages)} {sla.key or 'feed'}s stale, oldest {oldest_key} {human_duration(ages[oldest_key])} (max {human_duration(limit)})"
     return row
 
 
@@ -302,7 +285,7 @@ def _absence_row(sla: SLA, ch: str, last: datetime | None, now: datetime) -> dic
         row["health"] = "critical" if silent > limit * sla.critical_factor else "warn"
         row["open_breaches"] = 1
         row["oldest_breach_ms"] = silent
-        row["reason"] = f"{sla.name}: no events from {ch} for {human_ms(silent)} (max {human_ms(limit)})"
+        row["reason"] = f"{sla.name}: no events from {ch} for {human_duration(silent)} (max {human_duration(limit)})"
     return row
 
 

@@ -2,8 +2,9 @@
 
 `load(path)` returns `Definitions` (SLAs, hops, scorecards) or raises ConfigError naming
 `file:line`. Unknown milestone names are allowed (new flows need no code change) but returned
-as warnings. `publish(engine, definitions)` writes them to `sla_definitions`, which the core's
-transaction view reads to give a single transaction its verdicts.
+as warnings. `publish(engine, definitions)` writes the full latency definitions (exclusions,
+closing milestones, labels included) to `sla_definitions`, which the core's transaction view
+reads to give a single transaction its verdicts from `controltower.slajudge`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Engine
 
-from controltower import yamlfile
+from controltower import slajudge, yamlfile
 from controltower.errors import ConfigError
 from controltower.schema.metrics import sla_definitions
 from controltower.settings import parse_duration
@@ -44,7 +45,7 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _MILESTONE = re.compile(r"^[a-z][a-z0-9_-]*\.[a-z][a-z0-9_-]*$")
 _COMMON = {
     "name", "kind", "description", "objective", "period", "warn_open_breaches", "critical_open_breaches",
-    "channels", "exclude_channels", "closed_by",
+    "channels", "exclude_channels", "closed_by", "open_label",
 }
 _KEYS = {
     "milestone_latency": _COMMON | {"from", "to", "target", "targets"},
@@ -81,6 +82,7 @@ class SLA:
     channels: tuple[str, ...] = ()  # latency: only these channels (empty: all)
     exclude_channels: tuple[str, ...] = ()  # latency: channels whose flow has no such step (POS: no warehouse)
     closed_by: tuple[str, ...] = ()  # latency: milestones that end the obligation (a cancelled order)
+    open_label: str | None = None  # latency: what an open breach is called ("unposted")
 
     def target_for(self, channel: str) -> int | None:
         return self.targets_ms.get(channel, self.target_ms)
@@ -90,7 +92,18 @@ class SLA:
 
     @property
     def is_latency(self) -> bool:
-        return self.kind in ("milestone_latency", "deadline")
+        return self.kind in slajudge.LATENCY_KINDS
+
+    @property
+    def judged(self) -> slajudge.Definition:
+        """What the SLA judge and the transaction view need of this latency SLA."""
+        assert self.from_milestone and self.to_milestone, f"{self.name} is not a latency SLA"
+        return slajudge.Definition(
+            name=self.name, kind=self.kind, from_milestone=self.from_milestone, to_milestone=self.to_milestone,
+            target_ms=self.target_ms, targets_ms=self.targets_ms, deadline_attribute=self.deadline_attribute,
+            channels=self.channels, exclude_channels=self.exclude_channels, closed_by=self.closed_by,
+            open_label=self.open_label, objective=self.objective, description=self.description,
+        )
 
 
 @dataclass(frozen=True)
@@ -274,6 +287,8 @@ def _parse_sla(c: _Checker, item: Any, path: tuple[Any, ...]) -> SLA:
         for key in ("channels", "exclude_channels"):
             if key in item:
                 fields[key] = c.text_list(item[key], *path, key)
+        if "open_label" in item:
+            fields["open_label"] = c.text(item["open_label"], *path, "open_label")
         if "closed_by" in item:
             fields["closed_by"] = tuple(c.milestone(m, *path, "closed_by", i) for i, m in enumerate(c.text_list(item["closed_by"], *path, "closed_by")))
         if "period" in item:
@@ -314,22 +329,9 @@ def _parse_sla(c: _Checker, item: Any, path: tuple[Any, ...]) -> SLA:
 
 
 def publish(engine: Engine, definitions: Definitions) -> None:
-    """Replace `sla_definitions` with these latency SLAs (what a transaction's verdicts use)."""
-    rows = [
-        {
-            "name": s.name,
-            "kind": s.kind,
-            "from_milestone": s.from_milestone,
-            "to_milestone": s.to_milestone,
-            "default_target_ms": s.target_ms,
-            "targets_ms": s.targets_ms,
-            "deadline_attribute": s.deadline_attribute,
-            "objective": s.objective,
-            "description": s.description,
-            "definition": {"period_s": s.period_s, "source": definitions.source},
-        }
-        for s in definitions.latency
-    ]
+    """Replace `sla_definitions` with the full latency SLAs: the API and the dashboard judge a
+    single transaction from these rows, with the same rules as the SLA table."""
+    rows = [s.judged.row(extra={"period_s": s.period_s, "source": definitions.source}) for s in definitions.latency]
     with engine.begin() as conn:
         conn.execute(sla_definitions.delete().where(sla_definitions.c.name.not_in([r["name"] for r in rows])))
         if rows:
