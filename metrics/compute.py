@@ -16,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from controltower import slajudge
 from controltower.vocab import human_duration, worst
 from metrics.definitions import SLA, Definitions
 from metrics.rollups import SILENCE_KEY, percentile
@@ -71,7 +72,8 @@ SELECT sla, channel, sum(count) AS count, sum(met) AS met FROM (
 """)
 
 _OPEN = sa.text("""
-SELECT sla, channel, count(*) AS n, min(started_at) AS oldest, count(*) FILTER (WHERE started_at >= :period_start) AS in_period
+SELECT sla, channel, count(*) AS n, count(*) FILTER (WHERE started_at >= :period_start) AS in_period,
+       min(started_at) FILTER (WHERE started_at >= :earliest AND started_at < :latest) AS oldest
 FROM sla_open_items
 WHERE due_at < :now AND (CAST(:channel AS text) IS NULL OR channel = :channel)
 GROUP BY 1, 2
@@ -119,7 +121,8 @@ def sla_table(conn: Connection, definitions: Definitions, *, window: timedelta, 
     short = _counts(conn, now - SHORT_BURN, now, channel)
     long = _counts(conn, now - LONG_BURN, now, channel)
     open_rows: dict[tuple[str, str], Any] = {}
-    for r in conn.execute(_OPEN, {"now": now, "channel": channel, "period_start": now - timedelta(seconds=longest)}):
+    sane = {"earliest": slajudge.EARLIEST, "latest": slajudge.LATEST}
+    for r in conn.execute(_OPEN, {"now": now, "channel": channel, "period_start": now - timedelta(seconds=longest)} | sane):
         open_rows[(r.sla, r.channel)] = r
     events: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for r in conn.execute(_EVENTS, params):
@@ -187,7 +190,7 @@ def _latency_row(sla, ch, counts, hists, open_rows, period_counts, short, long, 
         target_ms=sla.target_for(ch),
         within_target_ratio=(met / total) if total else None,
         open_breaches=int(opened.n) if opened else 0,
-        oldest_breach_ms=int((now - opened.oldest).total_seconds() * 1000) if opened else None,
+        oldest_breach_ms=int((now - opened.oldest).total_seconds() * 1000) if opened and opened.oldest else None,
     )
     reasons, health = [], "ok"
     if sla.objective:
@@ -320,25 +323,36 @@ def channel_health(table: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+# a stored time outside the sane range (written by hand, or before ingest validated) cannot be
+# read into Python: it comes back as NULL and the row says so instead of failing the page
+_OPEN_BREACHES = sa.text("""
+SELECT i.correlation_id, i.channel, t.order_id, t.last_milestone, t.status,
+       CASE WHEN i.started_at >= :earliest AND i.started_at < :latest THEN i.started_at END AS started_at,
+       CASE WHEN i.due_at >= :earliest AND i.due_at < :latest THEN i.due_at END AS due_at
+FROM sla_open_items i LEFT JOIN transactions t ON t.correlation_id = i.correlation_id
+WHERE i.sla = :sla AND i.due_at < :now AND (CAST(:channel AS text) IS NULL OR i.channel = :channel)
+ORDER BY i.started_at, i.correlation_id LIMIT :limit
+""")
+
+
 def open_breaches(conn: Connection, *, sla: str, now: datetime, channel: str | None = None, limit: int = 500) -> list[dict[str, Any]]:
     """Offending transactions of one SLA, oldest first (e.g. the unposted orders)."""
-    rows = conn.execute(
-        sa.text("""
-            SELECT i.correlation_id, i.channel, i.started_at, i.due_at, t.order_id, t.last_milestone, t.status
-            FROM sla_open_items i LEFT JOIN transactions t ON t.correlation_id = i.correlation_id
-            WHERE i.sla = :sla AND i.due_at < :now AND (CAST(:channel AS text) IS NULL OR i.channel = :channel)
-            ORDER BY i.started_at LIMIT :limit
-        """),
-        {"sla": sla, "now": now, "channel": channel, "limit": limit},
-    )
-    return [
-        {
+    params = {"sla": sla, "now": now, "channel": channel, "limit": limit, "earliest": slajudge.EARLIEST, "latest": slajudge.LATEST}
+    out = []
+    for r in conn.execute(_OPEN_BREACHES, params):
+        row = {
             "correlation_id": r.correlation_id, "channel": r.channel, "order_id": r.order_id,
-            "started_at": r.started_at, "due_at": r.due_at, "age_ms": int((now - r.started_at).total_seconds() * 1000),
-            "overdue_ms": int((now - r.due_at).total_seconds() * 1000), "last_milestone": r.last_milestone, "status": r.status,
+            "started_at": r.started_at, "due_at": r.due_at, "age_ms": _ms_since(r.started_at, now),
+            "overdue_ms": _ms_since(r.due_at, now), "last_milestone": r.last_milestone, "status": r.status,
         }
-        for r in rows
-    ]
+        if r.started_at is None or r.due_at is None:
+            row["reason"] = "invalid date stored (outside the sane range): ignored"
+        out.append(row)
+    return out
+
+
+def _ms_since(moment: datetime | None, now: datetime) -> int | None:
+    return None if moment is None else int((now - moment).total_seconds() * 1000)
 
 
 def scorecards(conn: Connection, definitions: Definitions, *, now: datetime) -> list[dict[str, Any]]:
