@@ -170,7 +170,7 @@ def parse_deadline(raw: Any) -> tuple[datetime | None, str | None]:
                 return None, f"{shown!r} is outside {EARLIEST.year}–{LATEST.year}"
             moment = datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1) - timedelta(microseconds=1)
         else:
-            parsed = datetime.fromisoformat(raw)
+            parsed = datetime.fromisoformat(raw[:-1] + "+00:00" if raw[-1] in "Zz" else raw)
             if not 1 < parsed.year < 9999:  # its UTC time may not exist
                 return None, f"{shown!r} is outside {EARLIEST.year}–{LATEST.year}"
             moment = parsed.astimezone(UTC)
