@@ -248,14 +248,15 @@ def _rate_row(sla: SLA, ch: str, statuses: dict[str, int] | None) -> dict[str, A
     else:
         value = total
     row.update(count=total, value=value, threshold=sla.max, details=dict(statuses))
-    enough = sla.metric != "error_ratio" or total >= sla.min_events
+    ratio = sla.unit == "ratio"
+    enough = not ratio or total >= sla.min_events
     if enough and sla.critical is not None and value > sla.critical:
         row["health"] = "critical"
     elif enough and sla.max is not None and value > sla.max:
         row["health"] = "warn"
     if row["health"] != "ok":
-        shown = f"{value:.1%}" if sla.metric == "error_ratio" else f"{value:.0f}"
-        row["reason"] = f"{sla.name}: {shown} (max {sla.max:.1%})" if sla.metric == "error_ratio" else f"{sla.name}: {shown} (max {sla.max:.0f})"
+        shown, limit = (f"{value:.1%}", f"{sla.max:.1%}") if ratio else (f"{value:.0f}", f"{sla.max:.0f}")
+        row["reason"] = f"{sla.name}: {shown} (max {limit})"
     return row
 
 

@@ -25,7 +25,8 @@ from controltower.schema.metrics import sla_definitions
 from controltower.settings import parse_duration
 
 KINDS = ("milestone_latency", "deadline", "freshness", "rate", "absence")
-RATE_METRICS = ("error_ratio", "dead_letters", "retries", "throughput")
+# rate metric → the unit of its value (a ratio is shown as a percentage, a count as a number)
+RATE_METRICS = {"error_ratio": "ratio", "dead_letters": "count", "retries": "count", "throughput": "count"}
 KNOWN_MILESTONES = frozenset(
     f"{flow}.{stage}"
     for flow, stages in {
@@ -93,6 +94,11 @@ class SLA:
     @property
     def is_latency(self) -> bool:
         return self.kind in slajudge.LATENCY_KINDS
+
+    @property
+    def unit(self) -> str:
+        """`ms` for latencies, ages and silences; a rate metric's own unit (`ratio`, `count`)."""
+        return RATE_METRICS.get(self.metric or "", "count") if self.kind == "rate" else "ms"
 
     @property
     def judged(self) -> slajudge.Definition:
@@ -314,9 +320,10 @@ def _parse_sla(c: _Checker, item: Any, path: tuple[Any, ...]) -> SLA:
         if metric not in RATE_METRICS:
             raise c.fail(f"{name}: metric {metric!r} is not one of {', '.join(RATE_METRICS)}", *path, "metric")
         fields["metric"] = metric
-        fields["max"] = c.number(need("max"), *path, "max", high=1.0 if metric == "error_ratio" else None)
+        high = 1.0 if RATE_METRICS[metric] == "ratio" else None
+        fields["max"] = c.number(need("max"), *path, "max", high=high)
         if "critical" in item:
-            fields["critical"] = c.number(item["critical"], *path, "critical", high=1.0 if metric == "error_ratio" else None)
+            fields["critical"] = c.number(item["critical"], *path, "critical", high=high)
             if fields["critical"] < fields["max"]:
                 raise c.fail(f"{name}: critical ({fields['critical']}) is below max ({fields['max']})", *path, "critical")
         if "flow" in item:
@@ -329,9 +336,20 @@ def _parse_sla(c: _Checker, item: Any, path: tuple[Any, ...]) -> SLA:
 
 
 def publish(engine: Engine, definitions: Definitions) -> None:
-    """Replace `sla_definitions` with the full latency SLAs: the API and the dashboard judge a
-    single transaction from these rows, with the same rules as the SLA table."""
-    rows = [s.judged.row(extra={"period_s": s.period_s, "source": definitions.source}) for s in definitions.latency]
+    """Replace `sla_definitions` with every SLA: the API and the dashboard judge a single
+    transaction from the latency rows with the same rules as the SLA table, and read each SLA's
+    `unit` (ms, ratio, count) from `definition` instead of knowing SLA names."""
+    rows = []
+    for s in definitions.slas:
+        extra = {"unit": s.unit, "source": definitions.source}
+        if s.is_latency:
+            rows.append(s.judged.row(extra=extra | {"period_s": s.period_s}))
+        else:
+            rows.append({
+                "name": s.name, "kind": s.kind, "from_milestone": None, "to_milestone": None, "default_target_ms": None,
+                "targets_ms": {}, "deadline_attribute": None, "objective": None, "description": s.description,
+                "definition": extra | {"metric": s.metric, "milestone": s.milestone, "max": s.max, "critical": s.critical},
+            })
     with engine.begin() as conn:
         conn.execute(sla_definitions.delete().where(sla_definitions.c.name.not_in([r["name"] for r in rows])))
         if rows:
