@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from controltower import slajudge
+from controltower import breaches, slajudge
 from controltower.vocab import human_duration, worst
 from metrics.definitions import SLA, Definitions
 from metrics.rollups import SILENCE_KEY, percentile
@@ -324,36 +324,9 @@ def channel_health(table: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-# a stored time outside the sane range (written by hand, or before ingest validated) cannot be
-# read into Python: it comes back as NULL and the row says so instead of failing the page
-_OPEN_BREACHES = sa.text("""
-SELECT i.correlation_id, i.channel, t.order_id, t.last_milestone, t.status,
-       CASE WHEN i.started_at >= :earliest AND i.started_at < :latest THEN i.started_at END AS started_at,
-       CASE WHEN i.due_at >= :earliest AND i.due_at < :latest THEN i.due_at END AS due_at
-FROM sla_open_items i LEFT JOIN transactions t ON t.correlation_id = i.correlation_id
-WHERE i.sla = :sla AND i.due_at < :now AND (CAST(:channel AS text) IS NULL OR i.channel = :channel)
-ORDER BY i.started_at, i.correlation_id LIMIT :limit
-""")
-
-
 def open_breaches(conn: Connection, *, sla: str, now: datetime, channel: str | None = None, limit: int = 500) -> list[dict[str, Any]]:
     """Offending transactions of one SLA, oldest first (e.g. the unposted orders)."""
-    params = {"sla": sla, "now": now, "channel": channel, "limit": limit, "earliest": slajudge.EARLIEST, "latest": slajudge.LATEST}
-    out = []
-    for r in conn.execute(_OPEN_BREACHES, params):
-        row = {
-            "correlation_id": r.correlation_id, "channel": r.channel, "order_id": r.order_id,
-            "started_at": r.started_at, "due_at": r.due_at, "age_ms": _ms_since(r.started_at, now),
-            "overdue_ms": _ms_since(r.due_at, now), "last_milestone": r.last_milestone, "status": r.status,
-        }
-        if r.started_at is None or r.due_at is None:
-            row["reason"] = "invalid date stored (outside the sane range): ignored"
-        out.append(row)
-    return out
-
-
-def _ms_since(moment: datetime | None, now: datetime) -> int | None:
-    return None if moment is None else int((now - moment).total_seconds() * 1000)
+    return breaches.open_breaches(conn, now=now, sla=sla, channel=channel, limit=limit)
 
 
 def scorecards(conn: Connection, definitions: Definitions, *, now: datetime) -> list[dict[str, Any]]:

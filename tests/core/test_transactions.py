@@ -146,3 +146,26 @@ def test_readers_never_crash_on_stored_out_of_range_or_garbage_deadlines(engine,
         assert api.status_code == 200
         assert [v["state"] for v in api.json()["sla"] if v["sla"] == "ship_by_expected_date"] == ["unjudged"]
         assert cli(cid)["transaction"]["correlation_id"] == cid
+
+
+def test_open_breaches_for_the_dashboard_all_slas_longest_overdue_first(engine):
+    from controltower import breaches
+
+    now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    with engine.begin() as conn:
+        for sla, cid, channel, started, due in (
+            ("erp_posting", "A", "amazon", "2026-11-23T09:00:00Z", "2026-11-23T09:30:00Z"),
+            ("order_acknowledgement", "B", "walmart", "2026-11-23T07:00:00Z", "2026-11-23T11:00:00Z"),
+            ("erp_posting", "C", "amazon", "2026-11-23T11:50:00Z", "2026-11-23T12:20:00Z"),  # not yet due
+            ("erp_posting", "D", "ebay", "0001-01-01T00:00:00+05:00", "0001-01-01T00:30:00+05:00"),  # stored garbage
+        ):
+            conn.execute(sa.text("INSERT INTO sla_open_items VALUES (:sla, :cid, :ch, CAST(:s AS timestamptz), CAST(:d AS timestamptz))"),
+                         {"sla": sla, "cid": cid, "ch": channel, "s": started, "d": due})
+        rows = breaches.open_breaches(conn, now=now, order="due")
+        assert [(r["correlation_id"], r["sla"], r["age_ms"], r["overdue_ms"]) for r in rows] == [
+            ("D", "erp_posting", None, None),
+            ("A", "erp_posting", 3 * 3600_000, 150 * 60_000),
+            ("B", "order_acknowledgement", 5 * 3600_000, 3600_000),
+        ]
+        assert rows[0]["reason"] == breaches.INVALID and "reason" not in rows[1]
+        assert [r["correlation_id"] for r in breaches.open_breaches(conn, now=now, channel="walmart")] == ["B"]
