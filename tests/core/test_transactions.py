@@ -13,8 +13,10 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from controltower import transactions
+from controltower import migrate, transactions
 from controltower.vocab import rfc3339
 from metrics import compute, definitions, jobs
 from tests.metrics.helpers import ev, ingest
@@ -169,3 +171,37 @@ def test_open_breaches_for_the_dashboard_all_slas_longest_overdue_first(engine):
         ]
         assert rows[0]["reason"] == breaches.INVALID and "reason" not in rows[1]
         assert [r["correlation_id"] for r in breaches.open_breaches(conn, now=now, channel="walmart")] == ["B"]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(10**40), max_value=10**40)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=40)
+    | st.sampled_from(["0001-01-01T00:00:00+05:00", "9999-12-31T23:00:00-05:00", "２０２６-１１-２５", "2026-11-25\u200b",
+                       "2026-11-25T10:00:00+14:59", "-infinity", "infinity", "epoch", "1e400"]),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=json_values)
+def test_any_stored_promise_gives_a_verdict_never_an_error(migrated_engine, value):
+    now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    migrate.ensure_partitions(migrated_engine, {now.date()})
+    with migrated_engine.begin() as conn:
+        conn.execute(sa.text("TRUNCATE events, transactions, transaction_milestones"))
+        conn.execute(sa.text(
+            "INSERT INTO transactions (correlation_id, channel, flow, first_event_at, first_event_id, last_event_at,"
+            " last_event_id, status, last_milestone, event_count, error_count, retry_count, dead_letter_count, updated_at)"
+            " VALUES ('H1', 'amazon', 'order', :at, 'e1', :at, 'e1', 'ok', 'order.received', 1, 0, 0, 0, :at)"), {"at": now - H})
+        conn.execute(sa.text("INSERT INTO transaction_milestones VALUES ('H1', 'order.received', :at, 'amazon', :at)"), {"at": now - H})
+        conn.execute(sa.text(
+            "INSERT INTO events (occurred_at, correlation_id, event_id, received_at, channel, flow, stage, status, attributes, source)"
+            " VALUES (:at, 'H1', 'e1', :at, 'amazon', 'order', 'received', 'ok', jsonb_build_object('expected_ship_date', CAST(:v AS jsonb)), 'test')"),
+            {"at": now - H, "v": json.dumps(value)})
+    definitions.publish(migrated_engine, DEFS)
+    with migrated_engine.connect() as conn:
+        [verdict] = [v for v in transactions.get(conn, "H1", now=now)["sla"] if v["sla"] == "ship_by_expected_date"]
+    assert verdict["state"] in ("pending", "overdue", "unjudged")
+    assert (verdict["state"] == "unjudged") == ("due_at" not in verdict)
