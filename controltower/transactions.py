@@ -3,17 +3,22 @@
 Shared by the HTTP API (`/v1/transactions`), the CLI (`controltower search`) and the
 dashboard. Read-only. Search resolves a key through `transaction_keys` first, then reads the
 transaction's events bounded by its first/last event time so partition pruning applies.
-SLA verdicts come from the `sla_definitions` the metrics room stores.
+SLA verdicts come from `controltower.slajudge` fed with the full definitions the metrics room
+publishes to `sla_definitions`, so they agree with the SLA table. A stored value the judge
+cannot read (a promise in year 9999, a garbage date) is shown with a reason, never raised.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+
+from controltower import slajudge
+from controltower.vocab import rfc3339
 
 MAX_PAGE = 200
 
@@ -38,7 +43,7 @@ _SEARCH = sa.text(
 
 _TRANSACTION = sa.text("SELECT * FROM transactions WHERE correlation_id = :cid")
 _MILESTONES = sa.text(
-    "SELECT milestone, reached_at FROM transaction_milestones WHERE correlation_id = :cid "
+    "SELECT milestone, reached_at, channel FROM transaction_milestones WHERE correlation_id = :cid "
     "ORDER BY reached_at, milestone"
 )
 _KEYS = sa.text(
@@ -58,16 +63,14 @@ _EVENTS = sa.text(
 )
 _SLA_DEFS = sa.text(
     "SELECT name, kind, from_milestone, to_milestone, default_target_ms, targets_ms, "
-    "deadline_attribute, objective FROM sla_definitions "
+    "deadline_attribute, objective, description, definition FROM sla_definitions "
     "WHERE from_milestone IS NOT NULL AND to_milestone IS NOT NULL ORDER BY name"
 )
 
 
-def iso(moment: datetime | None) -> str | None:
-    """RFC 3339 UTC with milliseconds, as every API response writes timestamps."""
-    if moment is None:
-        return None
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def published(conn: Connection) -> list[slajudge.Definition]:
+    """The latency SLA definitions the metrics room published, as the judge reads them."""
+    return [slajudge.Definition.from_row(row) for row in conn.execute(_SLA_DEFS).mappings()]
 
 
 def search(conn: Connection, q: str, *, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
@@ -81,64 +84,17 @@ def search(conn: Connection, q: str, *, limit: int = 50, offset: int = 0) -> lis
     out = []
     for row in rows:
         item = dict(row._mapping)
-        item["first_event_at"] = iso(item["first_event_at"])
-        item["last_event_at"] = iso(item["last_event_at"])
+        item["first_event_at"] = rfc3339(item["first_event_at"])
+        item["last_event_at"] = rfc3339(item["last_event_at"])
         out.append(item)
     return out
 
 
 def verdicts(
-    milestones: dict[str, datetime],
-    channel: str,
-    definitions: list[dict[str, Any]],
-    *,
-    attributes: dict[str, Any] | None = None,
-    now: datetime,
+    facts: slajudge.Facts, definitions: list[slajudge.Definition], *, now: datetime
 ) -> list[dict[str, Any]]:
-    """Per-SLA verdict of one transaction: met, breached, pending (A reached, B not yet, within
-    target) or overdue (A reached, B missing past target). Pure."""
-    out = []
-    for d in definitions:
-        start = milestones.get(d["from_milestone"])
-        if start is None:
-            continue
-        end = milestones.get(d["to_milestone"])
-        target = (d.get("targets_ms") or {}).get(channel, d.get("default_target_ms"))
-        deadline = None
-        if d.get("deadline_attribute") and attributes:
-            raw = attributes.get(d["deadline_attribute"])
-            if isinstance(raw, str):
-                try:
-                    deadline = datetime.fromisoformat(raw)
-                    if deadline.tzinfo is None:
-                        deadline = deadline.replace(tzinfo=UTC)
-                except ValueError:
-                    deadline = None
-        elapsed = ((end or now) - start).total_seconds() * 1000
-        if deadline is not None:
-            late = (end or now) > deadline
-        elif target is not None:
-            late = elapsed > float(target)
-        else:
-            late = False
-        if end is not None:
-            state = "breached" if late else "met"
-        else:
-            state = "overdue" if late else "pending"
-        verdict: dict[str, Any] = {
-            "sla": d["name"],
-            "from": d["from_milestone"],
-            "to": d["to_milestone"],
-            "state": state,
-            "elapsed_ms": int(elapsed),
-            "target_ms": int(target) if target is not None else None,
-        }
-        if deadline is not None:
-            verdict["due_at"] = iso(deadline)
-        elif target is not None:
-            verdict["due_at"] = iso(start + timedelta(milliseconds=float(target)))
-        out.append(verdict)
-    return out
+    """Every SLA verdict that applies to one transaction, in the API shape. Pure."""
+    return [v.as_dict() for v in slajudge.judge_all(definitions, facts, now=now)]
 
 
 def get(
@@ -152,22 +108,25 @@ def get(
         return None
     now = now or datetime.now(UTC)
     milestone_rows = conn.execute(_MILESTONES, {"cid": correlation_id}).all()
-    milestones = {m: at for m, at in milestone_rows}
+    milestones = {m: at for m, at, _ in milestone_rows}
     keys: dict[str, list[str]] = defaultdict(list)
     for kind, value in conn.execute(_KEYS, {"cid": correlation_id}):
         keys[kind].append(value)
     events = []
-    attributes: dict[str, Any] = {}
+    attributes: dict[str, list[Any]] = defaultdict(list)  # per milestone: its events' attributes
     for row in conn.execute(
         _EVENTS,
         {"cid": correlation_id, "first": tx["first_event_at"], "last": tx["last_event_at"], "limit": event_limit},
     ).mappings():
         item = {k: v for k, v in row.items() if v is not None}
-        item["occurred_at"] = iso(row["occurred_at"])
-        item["received_at"] = iso(row["received_at"])
-        attributes.update(row["attributes"] or {})
+        item["occurred_at"] = rfc3339(row["occurred_at"])
+        item["received_at"] = rfc3339(row["received_at"])
+        attributes[f"{row['flow']}.{row['stage']}"].append(row["attributes"] or {})
         events.append(item)
-    definitions = [dict(r._mapping) for r in conn.execute(_SLA_DEFS)]
+    facts = slajudge.Facts(
+        milestones=milestones, channel=tx["channel"],
+        channels={m: channel for m, _, channel in milestone_rows}, attributes=attributes,
+    )
     return {
         "correlation_id": tx["correlation_id"],
         "order_id": tx["order_id"],
@@ -176,17 +135,17 @@ def get(
         "status": tx["status"],
         "last_milestone": tx["last_milestone"],
         "last_system": tx["last_system"],
-        "first_event_at": iso(tx["first_event_at"]),
-        "last_event_at": iso(tx["last_event_at"]),
+        "first_event_at": rfc3339(tx["first_event_at"]),
+        "last_event_at": rfc3339(tx["last_event_at"]),
         "event_count": tx["event_count"],
         "error_count": tx["error_count"],
         "retry_count": tx["retry_count"],
         "dead_letter_count": tx["dead_letter_count"],
         "last_error": None
         if tx["last_error_at"] is None
-        else {"at": iso(tx["last_error_at"]), "code": tx["last_error_code"], "message": tx["last_error_message"]},
+        else {"at": rfc3339(tx["last_error_at"]), "code": tx["last_error_code"], "message": tx["last_error_message"]},
         "keys": dict(keys),
-        "milestones": {m: iso(at) for m, at in milestones.items()},
-        "sla": verdicts(milestones, tx["channel"], definitions, attributes=attributes, now=now),
+        "milestones": {m: rfc3339(at) for m, at in milestones.items()},
+        "sla": verdicts(facts, published(conn), now=now),
         "events": events,
     }

@@ -16,35 +16,19 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from controltower import breaches, slajudge
+from controltower.vocab import human_duration, worst
 from metrics.definitions import SLA, Definitions
 from metrics.rollups import SILENCE_KEY, percentile
 
-HEALTH_ORDER = {"ok": 0, "warn": 1, "critical": 2}
 SHORT_BURN = timedelta(hours=1)  # Google SRE workbook: page on 1 h (and 5 m) burn > 14.4
 LONG_BURN = timedelta(hours=6)  # ... and on 6 h (and 30 m) burn > 6
 PAGE_BURN, TICKET_BURN = 14.4, 6.0
 MIN_SAMPLES = 10  # below this, a ratio says nothing about health
 
 
-def human_ms(ms: float | None) -> str:
-    if ms is None:
-        return "-"
-    seconds = ms / 1000
-    if seconds < 1:
-        return f"{ms:.0f} ms"
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    minutes = seconds / 60
-    if minutes < 60:
-        return f"{minutes:.0f} min"
-    hours, minutes = divmod(int(minutes), 60)
-    if hours < 48:
-        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-    return f"{hours // 24} d {hours % 24} h"
-
-
-def worst(healths: list[str]) -> str:
-    return max(healths, key=lambda h: HEALTH_ORDER.get(h, 0), default="ok")
+# metrics/commands.py (helper "ops" owns its output) still reads durations through this name
+human_ms = human_duration
 
 
 @dataclass(frozen=True)
@@ -88,7 +72,8 @@ SELECT sla, channel, sum(count) AS count, sum(met) AS met FROM (
 """)
 
 _OPEN = sa.text("""
-SELECT sla, channel, count(*) AS n, min(started_at) AS oldest, count(*) FILTER (WHERE started_at >= :period_start) AS in_period
+SELECT sla, channel, count(*) AS n, count(*) FILTER (WHERE started_at >= :period_start) AS in_period,
+       min(started_at) FILTER (WHERE started_at >= :earliest AND started_at < :latest) AS oldest
 FROM sla_open_items
 WHERE due_at < :now AND (CAST(:channel AS text) IS NULL OR channel = :channel)
 GROUP BY 1, 2
@@ -136,7 +121,8 @@ def sla_table(conn: Connection, definitions: Definitions, *, window: timedelta, 
     short = _counts(conn, now - SHORT_BURN, now, channel)
     long = _counts(conn, now - LONG_BURN, now, channel)
     open_rows: dict[tuple[str, str], Any] = {}
-    for r in conn.execute(_OPEN, {"now": now, "channel": channel, "period_start": now - timedelta(seconds=longest)}):
+    sane = {"earliest": slajudge.EARLIEST, "latest": slajudge.LATEST}
+    for r in conn.execute(_OPEN, {"now": now, "channel": channel, "period_start": now - timedelta(seconds=longest)} | sane):
         open_rows[(r.sla, r.channel)] = r
     events: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for r in conn.execute(_EVENTS, params):
@@ -204,7 +190,7 @@ def _latency_row(sla, ch, counts, hists, open_rows, period_counts, short, long, 
         target_ms=sla.target_for(ch),
         within_target_ratio=(met / total) if total else None,
         open_breaches=int(opened.n) if opened else 0,
-        oldest_breach_ms=int((now - opened.oldest).total_seconds() * 1000) if opened else None,
+        oldest_breach_ms=int((now - opened.oldest).total_seconds() * 1000) if opened and opened.oldest else None,
     )
     reasons, health = [], "ok"
     if sla.objective:
@@ -219,14 +205,14 @@ def _latency_row(sla, ch, counts, hists, open_rows, period_counts, short, long, 
         row["threshold"] = sla.objective
     n_open = row["open_breaches"]
     noun = f"{(sla.from_milestone or 'x').split('.')[0]}s"
-    what = f"{noun} unposted" if sla.to_milestone == "order.erp_posted" else f"{noun} without {sla.to_milestone}"
+    what = f"{noun} {sla.open_label or f'without {sla.to_milestone}'}"
     if n_open >= sla.critical_open_breaches:
         health = "critical"
     elif n_open >= sla.warn_open_breaches:
         health = "warn"
     if n_open:
-        target = f"> {human_ms(sla.target_for(ch))}" if sla.kind == "milestone_latency" else "past their promised date"
-        reasons.append(f"{n_open} {what} {target}, oldest {human_ms(row['oldest_breach_ms'])}")
+        target = f"> {human_duration(sla.target_for(ch))}" if sla.kind == "milestone_latency" else "past their promised date"
+        reasons.append(f"{n_open} {what} {target}, oldest {human_duration(row['oldest_breach_ms'])}")
     burn_short, burn_long = row["burn_rate_short"] or 0, row["burn_rate_long"] or 0
     if sla.objective and total >= MIN_SAMPLES:
         if burn_short >= PAGE_BURN and burn_long >= PAGE_BURN:
@@ -262,14 +248,15 @@ def _rate_row(sla: SLA, ch: str, statuses: dict[str, int] | None) -> dict[str, A
     else:
         value = total
     row.update(count=total, value=value, threshold=sla.max, details=dict(statuses))
-    enough = sla.metric != "error_ratio" or total >= sla.min_events
+    ratio = sla.unit == "ratio"
+    enough = not ratio or total >= sla.min_events
     if enough and sla.critical is not None and value > sla.critical:
         row["health"] = "critical"
     elif enough and sla.max is not None and value > sla.max:
         row["health"] = "warn"
     if row["health"] != "ok":
-        shown = f"{value:.1%}" if sla.metric == "error_ratio" else f"{value:.0f}"
-        row["reason"] = f"{sla.name}: {shown} (max {sla.max:.1%})" if sla.metric == "error_ratio" else f"{sla.name}: {shown} (max {sla.max:.0f})"
+        shown, limit = (f"{value:.1%}", f"{sla.max:.1%}") if ratio else (f"{value:.0f}", f"{sla.max:.0f}")
+        row["reason"] = f"{sla.name}: {shown} (max {limit})"
     return row
 
 
@@ -287,7 +274,7 @@ def _freshness_row(sla: SLA, ch: str, keys: dict[str, datetime] | None, now: dat
     )
     if stale:
         row["health"] = "critical" if ages[oldest_key] > limit * sla.critical_factor else "warn"
-        row["reason"] = f"{sla.name}: {len(stale)} of {len(ages)} {sla.key or 'feed'}s stale, oldest {oldest_key} {human_ms(ages[oldest_key])} (max {human_ms(limit)})"
+        row["reason"] = f"{sla.name}: {len(stale)} of {len(ages)} {sla.key or 'feed'}s stale, oldest {oldest_key} {human_duration(ages[oldest_key])} (max {human_duration(limit)})"
     return row
 
 
@@ -302,7 +289,7 @@ def _absence_row(sla: SLA, ch: str, last: datetime | None, now: datetime) -> dic
         row["health"] = "critical" if silent > limit * sla.critical_factor else "warn"
         row["open_breaches"] = 1
         row["oldest_breach_ms"] = silent
-        row["reason"] = f"{sla.name}: no events from {ch} for {human_ms(silent)} (max {human_ms(limit)})"
+        row["reason"] = f"{sla.name}: no events from {ch} for {human_duration(silent)} (max {human_duration(limit)})"
     return row
 
 
@@ -339,23 +326,7 @@ def channel_health(table: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def open_breaches(conn: Connection, *, sla: str, now: datetime, channel: str | None = None, limit: int = 500) -> list[dict[str, Any]]:
     """Offending transactions of one SLA, oldest first (e.g. the unposted orders)."""
-    rows = conn.execute(
-        sa.text("""
-            SELECT i.correlation_id, i.channel, i.started_at, i.due_at, t.order_id, t.last_milestone, t.status
-            FROM sla_open_items i LEFT JOIN transactions t ON t.correlation_id = i.correlation_id
-            WHERE i.sla = :sla AND i.due_at < :now AND (CAST(:channel AS text) IS NULL OR i.channel = :channel)
-            ORDER BY i.started_at LIMIT :limit
-        """),
-        {"sla": sla, "now": now, "channel": channel, "limit": limit},
-    )
-    return [
-        {
-            "correlation_id": r.correlation_id, "channel": r.channel, "order_id": r.order_id,
-            "started_at": r.started_at, "due_at": r.due_at, "age_ms": int((now - r.started_at).total_seconds() * 1000),
-            "overdue_ms": int((now - r.due_at).total_seconds() * 1000), "last_milestone": r.last_milestone, "status": r.status,
-        }
-        for r in rows
-    ]
+    return breaches.open_breaches(conn, now=now, sla=sla, channel=channel, limit=limit)
 
 
 def scorecards(conn: Connection, definitions: Definitions, *, now: datetime) -> list[dict[str, Any]]:

@@ -2,8 +2,9 @@
 
 `load(path)` returns `Definitions` (SLAs, hops, scorecards) or raises ConfigError naming
 `file:line`. Unknown milestone names are allowed (new flows need no code change) but returned
-as warnings. `publish(engine, definitions)` writes them to `sla_definitions`, which the core's
-transaction view reads to give a single transaction its verdicts.
+as warnings. `publish(engine, definitions)` writes the full latency definitions (exclusions,
+closing milestones, labels included) to `sla_definitions`, which the core's transaction view
+reads to give a single transaction its verdicts from `controltower.slajudge`.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Engine
 
-from controltower import yamlfile
+from controltower import slajudge, yamlfile
 from controltower.errors import ConfigError
 from controltower.schema.metrics import sla_definitions
 from controltower.settings import parse_duration
 
 KINDS = ("milestone_latency", "deadline", "freshness", "rate", "absence")
-RATE_METRICS = ("error_ratio", "dead_letters", "retries", "throughput")
+# rate metric → the unit of its value (a ratio is shown as a percentage, a count as a number)
+RATE_METRICS = {"error_ratio": "ratio", "dead_letters": "count", "retries": "count", "throughput": "count"}
 KNOWN_MILESTONES = frozenset(
     f"{flow}.{stage}"
     for flow, stages in {
@@ -44,7 +46,7 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _MILESTONE = re.compile(r"^[a-z][a-z0-9_-]*\.[a-z][a-z0-9_-]*$")
 _COMMON = {
     "name", "kind", "description", "objective", "period", "warn_open_breaches", "critical_open_breaches",
-    "channels", "exclude_channels", "closed_by",
+    "channels", "exclude_channels", "closed_by", "open_label",
 }
 _KEYS = {
     "milestone_latency": _COMMON | {"from", "to", "target", "targets"},
@@ -81,6 +83,7 @@ class SLA:
     channels: tuple[str, ...] = ()  # latency: only these channels (empty: all)
     exclude_channels: tuple[str, ...] = ()  # latency: channels whose flow has no such step (POS: no warehouse)
     closed_by: tuple[str, ...] = ()  # latency: milestones that end the obligation (a cancelled order)
+    open_label: str | None = None  # latency: what an open breach is called ("unposted")
 
     def target_for(self, channel: str) -> int | None:
         return self.targets_ms.get(channel, self.target_ms)
@@ -90,7 +93,23 @@ class SLA:
 
     @property
     def is_latency(self) -> bool:
-        return self.kind in ("milestone_latency", "deadline")
+        return self.kind in slajudge.LATENCY_KINDS
+
+    @property
+    def unit(self) -> str:
+        """`ms` for latencies, ages and silences; a rate metric's own unit (`ratio`, `count`)."""
+        return RATE_METRICS.get(self.metric or "", "count") if self.kind == "rate" else "ms"
+
+    @property
+    def judged(self) -> slajudge.Definition:
+        """What the SLA judge and the transaction view need of this latency SLA."""
+        assert self.from_milestone and self.to_milestone, f"{self.name} is not a latency SLA"
+        return slajudge.Definition(
+            name=self.name, kind=self.kind, from_milestone=self.from_milestone, to_milestone=self.to_milestone,
+            target_ms=self.target_ms, targets_ms=self.targets_ms, deadline_attribute=self.deadline_attribute,
+            channels=self.channels, exclude_channels=self.exclude_channels, closed_by=self.closed_by,
+            open_label=self.open_label, objective=self.objective, description=self.description,
+        )
 
 
 @dataclass(frozen=True)
@@ -274,6 +293,8 @@ def _parse_sla(c: _Checker, item: Any, path: tuple[Any, ...]) -> SLA:
         for key in ("channels", "exclude_channels"):
             if key in item:
                 fields[key] = c.text_list(item[key], *path, key)
+        if "open_label" in item:
+            fields["open_label"] = c.text(item["open_label"], *path, "open_label")
         if "closed_by" in item:
             fields["closed_by"] = tuple(c.milestone(m, *path, "closed_by", i) for i, m in enumerate(c.text_list(item["closed_by"], *path, "closed_by")))
         if "period" in item:
@@ -299,9 +320,10 @@ def _parse_sla(c: _Checker, item: Any, path: tuple[Any, ...]) -> SLA:
         if metric not in RATE_METRICS:
             raise c.fail(f"{name}: metric {metric!r} is not one of {', '.join(RATE_METRICS)}", *path, "metric")
         fields["metric"] = metric
-        fields["max"] = c.number(need("max"), *path, "max", high=1.0 if metric == "error_ratio" else None)
+        high = 1.0 if RATE_METRICS[metric] == "ratio" else None
+        fields["max"] = c.number(need("max"), *path, "max", high=high)
         if "critical" in item:
-            fields["critical"] = c.number(item["critical"], *path, "critical", high=1.0 if metric == "error_ratio" else None)
+            fields["critical"] = c.number(item["critical"], *path, "critical", high=high)
             if fields["critical"] < fields["max"]:
                 raise c.fail(f"{name}: critical ({fields['critical']}) is below max ({fields['max']})", *path, "critical")
         if "flow" in item:
@@ -314,22 +336,20 @@ def _parse_sla(c: _Checker, item: Any, path: tuple[Any, ...]) -> SLA:
 
 
 def publish(engine: Engine, definitions: Definitions) -> None:
-    """Replace `sla_definitions` with these latency SLAs (what a transaction's verdicts use)."""
-    rows = [
-        {
-            "name": s.name,
-            "kind": s.kind,
-            "from_milestone": s.from_milestone,
-            "to_milestone": s.to_milestone,
-            "default_target_ms": s.target_ms,
-            "targets_ms": s.targets_ms,
-            "deadline_attribute": s.deadline_attribute,
-            "objective": s.objective,
-            "description": s.description,
-            "definition": {"period_s": s.period_s, "source": definitions.source},
-        }
-        for s in definitions.latency
-    ]
+    """Replace `sla_definitions` with every SLA: the API and the dashboard judge a single
+    transaction from the latency rows with the same rules as the SLA table, and read each SLA's
+    `unit` (ms, ratio, count) from `definition` instead of knowing SLA names."""
+    rows = []
+    for s in definitions.slas:
+        extra = {"unit": s.unit, "source": definitions.source}
+        if s.is_latency:
+            rows.append(s.judged.row(extra=extra | {"period_s": s.period_s}))
+        else:
+            rows.append({
+                "name": s.name, "kind": s.kind, "from_milestone": None, "to_milestone": None, "default_target_ms": None,
+                "targets_ms": {}, "deadline_attribute": None, "objective": None, "description": s.description,
+                "definition": extra | {"metric": s.metric, "milestone": s.milestone, "max": s.max, "critical": s.critical},
+            })
     with engine.begin() as conn:
         conn.execute(sla_definitions.delete().where(sla_definitions.c.name.not_in([r["name"] for r in rows])))
         if rows:

@@ -1,4 +1,4 @@
-"""Reconciliation: the order funnel per channel and day, and a channel's own report vs ours.
+"""Reconciliation: a channel's own order report vs what we collected (the funnel is in the core).
 
 A webhook subscription silently removed (Shopify drops one after 8 failed retries over 4 h)
 leaves no error anywhere: only comparing the channel's order report with what was collected
@@ -10,65 +10,22 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from controltower import funnel as _funnel
 from controltower.errors import ConfigError
 
-FUNNEL = (
-    "order.received", "order.acknowledged", "order.erp_posted", "fulfilment.released",
-    "fulfilment.shipped", "shipment.shipment_confirmed", "shipment.delivered",
-)
+# the funnel queries live in the core (the dashboard counts the same orders); metrics/commands.py
+# (helper "ops" owns its output) still reaches them through these names
+FUNNEL, funnel, funnel_gap = _funnel.MILESTONES, _funnel.funnel, _funnel.funnel_gap
+
 ORDER_COLUMNS = ("external_order_id", "amazon-order-id", "order-id", "order_id", "order number", "ordernumber", "purchase order number", "name")
 DATE_COLUMNS = ("purchase-date", "purchase_date", "order_date", "order date", "created_at", "order-date", "date")
-
-
-def _day_bounds(day: date) -> tuple[datetime, datetime]:
-    start = datetime.combine(day, time(0), tzinfo=UTC)
-    return start, start + timedelta(days=1)
-
-
-def funnel(conn: Connection, *, channel: str, day: date, stages: tuple[str, ...] = FUNNEL) -> list[dict[str, Any]]:
-    """Distinct orders received that day that reached each milestone, in flow order."""
-    start, end = _day_bounds(day)
-    rows = conn.execute(
-        sa.text("""
-            SELECT m.milestone, count(*) AS n
-            FROM transaction_milestones r
-            JOIN transaction_milestones m ON m.correlation_id = r.correlation_id
-            WHERE r.milestone = :first AND r.channel = :channel AND r.reached_at >= :start AND r.reached_at < :end
-              AND m.milestone = ANY(:stages)
-            GROUP BY m.milestone
-        """),
-        {"first": stages[0], "channel": channel, "start": start, "end": end, "stages": list(stages)},
-    )
-    counts = {r.milestone: int(r.n) for r in rows}
-    return [{"milestone": m, "orders": counts.get(m, 0)} for m in stages]
-
-
-def funnel_gap(conn: Connection, *, channel: str, day: date, reached: str, missing: str, limit: int = 1000) -> list[dict[str, Any]]:
-    """Orders received that day that reached `reached` but not `missing`, with their keys."""
-    start, end = _day_bounds(day)
-    rows = conn.execute(
-        sa.text("""
-            SELECT a.correlation_id, t.order_id, a.reached_at,
-                   (SELECT min(k.value) FROM transaction_keys k
-                    WHERE k.correlation_id = a.correlation_id AND k.kind = 'external_order_id') AS external_order_id
-            FROM transaction_milestones r
-            JOIN transaction_milestones a ON a.correlation_id = r.correlation_id AND a.milestone = :reached
-            JOIN transactions t ON t.correlation_id = r.correlation_id
-            WHERE r.milestone = 'order.received' AND r.channel = :channel AND r.reached_at >= :start AND r.reached_at < :end
-              AND NOT EXISTS (SELECT 1 FROM transaction_milestones b
-                              WHERE b.correlation_id = r.correlation_id AND b.milestone = :missing)
-            ORDER BY a.reached_at LIMIT :limit
-        """),
-        {"reached": reached, "missing": missing, "channel": channel, "start": start, "end": end, "limit": limit},
-    )
-    return [dict(r._mapping) for r in rows]
 
 
 @dataclass
@@ -138,9 +95,9 @@ def reconcile(conn: Connection, report: Report, *, channel: str, since: datetime
                        (SELECT min(k.value) FROM transaction_keys k
                         WHERE k.correlation_id = r.correlation_id AND k.kind = 'external_order_id') AS external_order_id
                 FROM transaction_milestones r JOIN transactions t ON t.correlation_id = r.correlation_id
-                WHERE r.milestone = 'order.received' AND r.channel = :channel AND r.reached_at >= :since AND r.reached_at < :until
+                WHERE r.milestone = :first AND r.channel = :channel AND r.reached_at >= :since AND r.reached_at < :until
             """),
-            {"channel": channel, "since": since, "until": until},
+            {"channel": channel, "since": since, "until": until, "first": _funnel.MILESTONES[0]},
         )
         for r in ours:
             if r.external_order_id not in report.orders and r.order_id not in report.orders:

@@ -8,7 +8,9 @@ that committed late), so its cost follows the ingest rate, not the data size:
   (`sla_open_items`) recomputed from `transaction_milestones`; the minutes whose samples
   changed are re-aggregated into `sla_rollup_minute` (log-bucket histograms), their hours
   into `sla_rollup_hour`. Recomputing per transaction makes the result idempotent: late,
-  duplicate and out-of-order events give the same rollups as in-order delivery.
+  duplicate and out-of-order events give the same rollups as in-order delivery. The set-based
+  SQL implements the per-transaction rules of `controltower.slajudge` (exclusions, closing
+  milestones, promises and their sane range); a property test holds it to the judge.
 - event counts: minutes that received events are recounted from `events` per day partition.
 - freshness: the last ok event per channel and key only moves forward (GREATEST).
 """
@@ -22,7 +24,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from controltower import histogram
+from controltower import histogram, slajudge
 from metrics.definitions import SLA, Definitions
 
 BUCKET_RATIO = histogram.RATIO
@@ -39,12 +41,16 @@ CREATE TEMP TABLE IF NOT EXISTS ct_minutes (channel text, minute timestamptz) ON
 TRUNCATE ct_touched, ct_minutes;
 """
 
+# the judge's rules for a promise (controltower.slajudge): its grammar, then its sane range
 _DEADLINES = sa.text("""
 INSERT INTO sla_deadlines (sla, correlation_id, due_at)
-SELECT :sla, correlation_id, min(ct_deadline(attributes ->> :attr))
-FROM events
-WHERE received_at > :since AND flow = :flow AND stage = :stage AND attributes ? :attr
-  AND ct_deadline(attributes ->> :attr) IS NOT NULL
+SELECT :sla, correlation_id, min(due_at) FROM (
+    SELECT correlation_id, ct_deadline(attributes ->> :attr) AS due_at
+    FROM events
+    WHERE received_at > :since AND flow = :flow AND stage = :stage AND attributes ? :attr
+      AND (attributes ->> :attr) ~ :pattern
+) promises
+WHERE due_at >= :earliest AND due_at < :latest
 GROUP BY correlation_id
 ON CONFLICT (sla, correlation_id) DO UPDATE SET due_at = LEAST(sla_deadlines.due_at, excluded.due_at)
 """)
@@ -88,7 +94,8 @@ WITH pairs AS (
     JOIN transaction_milestones a ON a.correlation_id = t.cid AND a.milestone = :a
         AND a.channel <> ALL(:excluded) AND (cardinality(CAST(:only AS text[])) = 0 OR a.channel = ANY(:only))
     LEFT JOIN transaction_milestones b ON b.correlation_id = t.cid AND b.milestone = :b
-    LEFT JOIN sla_deadlines d ON d.sla = :sla AND d.correlation_id = t.cid
+    LEFT JOIN sla_deadlines d ON d.sla = :sla AND d.correlation_id = t.cid AND CAST(:attr AS text) IS NOT NULL
+        AND d.due_at >= :earliest AND d.due_at < :latest
 ), samples AS (
     INSERT INTO sla_samples (sla, correlation_id, channel, started_at, completed_at, latency_ms, due_at, met)
     SELECT :sla, cid, channel, started_at, completed_at,
@@ -252,6 +259,7 @@ def _refresh_latency(conn: Connection, sla: SLA, since: datetime) -> int:
         "targets": orjson.dumps(sla.targets_ms).decode(), "target": sla.target_ms, "ratio": BUCKET_RATIO,
         "watch": [sla.from_milestone, sla.to_milestone, *sla.closed_by], "closed_by": list(sla.closed_by),
         "excluded": list(sla.exclude_channels), "only": list(sla.channels),
+        "pattern": slajudge.DEADLINE_PATTERN, "earliest": slajudge.EARLIEST, "latest": slajudge.LATEST,
     }
     conn.exec_driver_sql(_TOUCHED)
     touched = conn.execute(_TOUCH, params).rowcount

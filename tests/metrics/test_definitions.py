@@ -74,3 +74,30 @@ def test_slas_check_command(tmp_path):
     with pytest.raises(SystemExit) as exited:
         main(["slas", "check", str(bad)])
     assert exited.value.code == 1
+
+
+def test_publish_writes_the_full_definitions_the_readers_need(engine):
+    import sqlalchemy as sa
+
+    from controltower import transactions
+
+    definitions.publish(engine, definitions.load())
+    with engine.connect() as conn:
+        rows = {r.name: r for r in conn.execute(sa.text("SELECT name, kind, definition FROM sla_definitions"))}
+        judged = {d.name: d for d in transactions.published(conn)}
+    assert rows["error_rate"].definition["unit"] == "ratio" and rows["dead_letters"].definition["unit"] == "count"
+    assert rows["inventory_freshness"].definition["unit"] == "ms"
+    # only latency and deadline SLAs judge a transaction, with everything the SLA table uses
+    assert sorted(judged) == ["erp_posting", "order_acknowledgement", "origin_scan", "return_refund", "settlement",
+                              "ship_by_expected_date", "shipment_confirmation", "warehouse_release", "warehouse_shipping"]
+    assert judged["erp_posting"].closed_by == ("cancellation.requested",) and judged["erp_posting"].open_label == "unposted"
+    assert judged["order_acknowledgement"].exclude_channels == ("pos",)
+    assert judged["order_acknowledgement"].targets_ms == {"walmart": 4 * 3600_000, "amazon": 1800_000}
+    assert judged["ship_by_expected_date"].deadline_attribute == "expected_ship_date"
+
+
+def test_open_label_names_the_open_breaches(tmp_path):
+    text = GOOD.replace("    target: 15m", "    target: 15m\n    open_label: unshipped")
+    assert definitions.loads(text).slas[0].open_label == "unshipped"
+    with pytest.raises(ConfigError, match="open_label: expected text"):
+        definitions.loads(GOOD.replace("    target: 15m", "    target: 15m\n    open_label: 3"))

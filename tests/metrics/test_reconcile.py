@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from controltower import funnel
 from metrics import reconcile
 from tests.metrics.helpers import NOW, ev, ingest, minutes
 
@@ -42,7 +43,9 @@ def test_funnel_counts_distinct_orders_per_milestone(engine, settings):
             records.append(ev(f"F{i}", "order.erp_posted", at + minutes(3), channel="ebay"))
     ingest(engine, settings, records)
     with engine.connect() as conn:
-        steps = reconcile.funnel(conn, channel="ebay", day=NOW.date())
-        gap = reconcile.funnel_gap(conn, channel="ebay", day=NOW.date(), reached="order.acknowledged", missing="order.erp_posted")
+        steps = funnel.funnel(conn, channel="ebay", day=NOW.date())
+        gap = funnel.funnel_gap(conn, channel="ebay", day=NOW.date(), reached="order.acknowledged", missing="order.erp_posted")
     assert [s["orders"] for s in steps[:3]] == [10, 8, 5]
     assert [g["external_order_id"] for g in gap] == ["12-0000-5", "12-0000-6", "12-0000-7"]
+    assert [g["reached_at"] for g in gap] == [day_start + minutes(i + 1) for i in (5, 6, 7)]
+    assert {g["status"] for g in gap} == {"ok"} and {g["last_milestone"] for g in gap} == {"order.acknowledged"}

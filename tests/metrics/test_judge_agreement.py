@@ -1,0 +1,149 @@
+"""The SLA judge and the SLA table agree: generated transactions and definitions, real Postgres.
+
+For every generated example the definitions are published, the metrics job refreshes its
+rollups on a real database, and then each transaction's verdict from `controltower.slajudge`
+(fed the definitions read back from `sla_definitions`) must match the table: `overdue` exactly
+when the transaction is an open breach (`sla_open_items`, due before now), `pending` when it is
+an open item not yet due, `met`/`breached` when it is a sample with that outcome, and nothing
+in either table otherwise (excluded channel, closed, no due time, not started).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import sqlalchemy as sa
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from controltower import migrate, slajudge, transactions
+from metrics import definitions, rollups
+from metrics.definitions import SLA, Definitions
+
+NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
+CHANNELS = ("amazon", "pos", "walmart")
+FROM, TO, CANCEL, OTHER = "order.received", "order.erp_posted", "cancellation.requested", "order.acknowledged"
+ATTR = "promise"
+_TABLES = "events, transaction_milestones, sla_definitions, sla_samples, sla_open_items, sla_deadlines, " \
+          "sla_rollup_minute, sla_rollup_hour, event_rollup_minute, event_rollup_hour, metrics_watermarks"
+
+minutes = st.integers(min_value=-600, max_value=600)
+channel_sets = st.lists(st.sampled_from(CHANNELS), unique=True, max_size=2).map(tuple)
+
+
+@st.composite
+def slas(draw: st.DrawFn, index: int) -> SLA:
+    kind = draw(st.sampled_from(slajudge.LATENCY_KINDS))
+    to = draw(st.sampled_from((TO, OTHER)))
+    target = draw(st.integers(1, 300)) * 60_000 + draw(st.integers(0, 999))  # odd milliseconds too
+    if kind == "deadline" and draw(st.booleans()):
+        target = None  # a promise or nothing
+    targets = draw(st.dictionaries(st.sampled_from(CHANNELS), st.integers(1, 300).map(lambda m: m * 60_000), max_size=2))
+    return SLA(
+        name=f"sla_{index}", kind=kind, from_milestone=FROM, to_milestone=to, target_ms=target,
+        targets_ms=targets if kind == "milestone_latency" else {},
+        deadline_attribute=ATTR if kind == "deadline" else None,
+        channels=draw(st.one_of(st.just(()), channel_sets)), exclude_channels=draw(channel_sets.map(lambda c: c[:1])),
+        closed_by=draw(st.sampled_from(((), (CANCEL,), (CANCEL, "shipment.delivered")))),
+    )
+
+
+def _stamp(moment: datetime, offset_minutes: int) -> str:
+    sign = "+" if offset_minutes >= 0 else "-"
+    hours, mins = divmod(abs(offset_minutes), 60)
+    local = moment.astimezone(UTC) + timedelta(minutes=offset_minutes)
+    return local.strftime("%Y-%m-%dT%H:%M:%S") + f"{sign}{hours:02d}:{mins:02d}"
+
+
+promises = st.one_of(
+    st.builds(lambda m, off: _stamp(NOW + timedelta(minutes=m), off), minutes, st.sampled_from((0, 60, -300, 330, 840))),
+    st.builds(lambda d: (NOW + timedelta(days=d)).strftime("%Y-%m-%d"), st.integers(-3, 3)),
+    st.builds(lambda m: (NOW + timedelta(minutes=m)).strftime("%Y-%m-%dT%H:%MZ"), minutes),
+    st.sampled_from((
+        "0001-01-01T00:00:00+05:00", "9999-12-31T23:00:00-05:00", "1969-12-31", "2200-01-01", "2026-02-30",
+        "2026-11-23T12:00:00", "tomorrow", "", "2026-11-23T24:00:00Z", "2026-11-23T12:00:00.1234567Z",
+        "٢٠٢٦-١١-٢٣", "2026-11-23\n", "2026-11-23T12:00:00+15:00", "2026-11-23T11:30:00.5z", "2026-11-23 17:00+0530",
+    )),
+    st.integers(-10, 10**6), st.none(), st.text(max_size=12),
+)
+
+
+@st.composite
+def transaction(draw: st.DrawFn, index: int) -> dict:
+    milestones = {FROM: NOW + timedelta(minutes=draw(minutes), seconds=draw(st.integers(0, 59)))}
+    for name in (TO, OTHER, CANCEL):
+        if draw(st.integers(0, 2)) == 0:
+            milestones[name] = NOW + timedelta(minutes=draw(minutes), microseconds=draw(st.integers(0, 999_999)))
+    if draw(st.integers(0, 4)) == 0:
+        del milestones[FROM]
+    channel = draw(st.sampled_from(CHANNELS))
+    # a carrier or the ERP may report a milestone under another channel: the `from` one decides
+    channels = {m: draw(st.sampled_from(CHANNELS)) if draw(st.integers(0, 3)) == 0 else channel for m in milestones}
+    # the `from` events may carry promises (several events: the earliest valid one counts)
+    from_attributes = draw(st.lists(st.one_of(st.just({}), st.builds(lambda v: {ATTR: v}, promises)), max_size=3))
+    return {"cid": f"T{index}", "channel": channel, "channels": channels, "milestones": milestones,
+            "from_attributes": from_attributes}
+
+
+def _store(engine, txs: list[dict]) -> None:
+    with engine.begin() as conn:
+        for tx in txs:
+            for milestone, at in tx["milestones"].items():
+                conn.execute(
+                    sa.text("INSERT INTO transaction_milestones VALUES (:cid, :m, :at, :ch, :rec)"),
+                    {"cid": tx["cid"], "m": milestone, "at": at, "ch": tx["channels"][milestone], "rec": NOW},
+                )
+            at = tx["milestones"].get(FROM, NOW)
+            for n, attributes in enumerate(tx["from_attributes"]):
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO events (occurred_at, correlation_id, event_id, received_at, channel, flow, stage,"
+                        " status, attributes, source) VALUES (:at, :cid, :eid, :rec, :ch, 'order', 'received', 'ok',"
+                        " CAST(:attrs AS jsonb), 'test')"
+                    ),
+                    {"at": at, "cid": tx["cid"], "eid": f"e{n}", "rec": NOW, "ch": tx["channel"],
+                     "attrs": orjson.dumps(attributes).decode()},
+                )
+
+
+def _table(engine) -> dict[tuple[str, str], str]:
+    out = {}
+    with engine.connect() as conn:
+        for sla, cid, due in conn.execute(sa.text("SELECT sla, correlation_id, due_at FROM sla_open_items")):
+            out[(sla, cid)] = "overdue" if due < NOW else "pending"
+        for sla, cid, met in conn.execute(sa.text("SELECT sla, correlation_id, met FROM sla_samples")):
+            assert (sla, cid) not in out, (sla, cid)
+            out[(sla, cid)] = "met" if met else "breached"
+    return out
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_judge_and_sla_table_agree_on_every_open_breach_and_sample(migrated_engine, data):
+    engine = migrated_engine
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"TRUNCATE {_TABLES}"))  # noqa: S608 (constant list)
+    migrate.ensure_partitions(engine, {(NOW + timedelta(days=d)).date() for d in (-1, 0, 1)})
+    defs = Definitions(tuple(data.draw(slas(i)) for i in range(data.draw(st.integers(1, 3)))))
+    txs = [data.draw(transaction(i)) for i in range(data.draw(st.integers(1, 6)))]
+    _store(engine, txs)
+    definitions.publish(engine, defs)
+    rollups.refresh_rollups(engine, defs, NOW)
+
+    with engine.connect() as conn:
+        published = transactions.published(conn)
+    assert sorted(d.name for d in published) == sorted(s.name for s in defs.slas)
+    expected = {}
+    for tx in txs:
+        facts = slajudge.Facts(
+            milestones=tx["milestones"], channel=tx["channel"],
+            channels=tx["channels"],
+            attributes={FROM: tx["from_attributes"]},
+        )
+        for sla in published:
+            verdict = slajudge.judge(sla, facts, now=NOW)
+            event(f"verdict {verdict.state}" + (" (promise ignored)" if verdict.reason and "ignored" in verdict.reason else ""))
+            if verdict.state in ("met", "breached", "pending", "overdue"):
+                expected[(sla.name, tx["cid"])] = verdict.state
+    assert _table(engine) == expected
