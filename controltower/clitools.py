@@ -1,7 +1,7 @@
 """What every CLI command shares: the settings from the global options, one-line errors, output.
 
 Rooms register their commands with `register(app)` functions and use these helpers; the
-composition root (`controltower.cli`) owns the app and the global options.
+composition root (`wiring.cli`) owns the app and the global options.
 """
 
 from __future__ import annotations

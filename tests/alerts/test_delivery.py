@@ -222,8 +222,8 @@ def test_cli_deliveries_and_audit_log(engine, database_url, tmp_path, settings):
     from typer.testing import CliRunner
 
     from alerts.http import routes
-    from controltower.cli import app
     from controltower.context import AppContext
+    from wiring.cli import app
 
     rs = ruleset("http://127.0.0.1:9")  # nothing listens on port 9: the delivery fails
     put_row(engine, channel="amazon", open_breaches=4)

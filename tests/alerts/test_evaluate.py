@@ -256,7 +256,7 @@ def test_http_lists_and_acknowledges_alerts(engine, settings):
 def test_cli_list_silence_ack(engine, database_url, tmp_path):
     from typer.testing import CliRunner
 
-    from controltower.cli import app
+    from wiring.cli import app
 
     put_row(engine, open_breaches=3)
     from alerts.rules import load_rules

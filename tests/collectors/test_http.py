@@ -178,8 +178,8 @@ def test_wrong_method(collector, path):
 
 def test_rate_limit_per_key_answers_429_with_retry_after(engine, settings):
     from controltower.context import AppContext
-    from controltower.server import build_app
     from tests.conftest import LoopbackServer
+    from wiring.server import build_app
 
     limited = settings.with_(rate_limit_events=5.0)  # bucket of 50 events
     token = apikeys.create(engine, "pos-bridge", ("ingest",))

@@ -14,8 +14,8 @@ from typing import Any
 import typer.main
 import yaml
 
-from controltower.cli import app
 from controltower.settings import ENV_PREFIX, Settings
+from wiring.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

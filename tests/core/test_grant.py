@@ -7,8 +7,8 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from controltower.cli import main
 from controltower.db import make_engine
+from wiring.cli import main
 
 
 def test_readonly_role_reads_but_cannot_write(engine, database_url, monkeypatch):

@@ -15,7 +15,7 @@ from controltower.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("package", ["controltower", "collectors", "metrics", "alerts", "app", "simulator"])
+@pytest.mark.parametrize("package", ["controltower", "collectors", "metrics", "alerts", "app", "simulator", "wiring"])
 def test_rooms_import_from_this_repository(package):
     module = importlib.import_module(package)
     assert Path(module.__file__).resolve().is_relative_to(ROOT), module.__file__

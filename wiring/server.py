@@ -104,7 +104,7 @@ def serve(settings: Settings, *, workers: int = 1) -> None:
     log_level = settings.log_level.lower()
     if workers > 1:
         uvicorn.run(
-            "controltower.server:create_app", factory=True, host=settings.host, port=settings.port,
+            "wiring.server:create_app", factory=True, host=settings.host, port=settings.port,
             workers=workers, log_level=log_level, access_log=False,
         )
         return

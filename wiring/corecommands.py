@@ -1,6 +1,6 @@
 """Core CLI commands: `migrate`, `serve` (the collector) and `keys`.
 
-Composition root like `controltower.cli`: `serve` mounts every room's routes.
+Composition root like `wiring.cli`: `serve` mounts every room's routes.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def serve_command(
     workers: int = typer.Option(None, "--workers", help="Worker processes."),
 ) -> None:
     """Run the collector: OTLP/HTTP traces, the events API, search, SLA and alert read routes."""
-    from controltower import server
+    from wiring import server
 
     settings = settings_of(ctx).with_(**{k: v for k, v in {"host": host, "port": port, "workers": workers}.items() if v is not None})
     url = resolve_url(settings)  # starts the embedded database once, before any worker
