@@ -130,8 +130,11 @@ def keys_list(ctx: typer.Context) -> None:
     rows = apikeys.list_keys(context.engine)
     if not rows:
         console.print("no keys: ingest is open (create one with `controltower keys create NAME`)")
+    now = datetime.now(UTC)
+    if rows and all(apikeys.key_state(r, now=now) != "active" for r in rows):
+        console.print("no active key: every request is refused until one is created")
     for r in rows:
-        state = "revoked" if r["revoked_at"] else "active"
+        state = apikeys.key_state(r, now=now)
         console.print(f"{r['name']}\tct_{r['prefix']}_…\t{','.join(r['scopes'])}\t{state}\tcreated {r['created_at']:%Y-%m-%d}")
 
 
