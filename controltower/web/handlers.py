@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from controltower.db import is_unavailable
@@ -49,6 +49,10 @@ def exception_handlers(web: Any) -> dict[Any, Callable[..., Any]]:
         web.count("storage_unavailable")
         return error(503, "storage unavailable, retry later", retry_after=retry)
 
+    async def disconnected(request: Request, exc: Exception) -> Response:
+        # the sender went away mid-body: nobody reads this answer, but nothing is logged as a crash
+        return error(400, "client disconnected before the body was complete")
+
     async def http_exception(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         response = error(exc.status_code, str(exc.detail))
@@ -65,4 +69,5 @@ def exception_handlers(web: Any) -> dict[Any, Callable[..., Any]]:
         DBAPIError: unavailable,
         psycopg.Error: unavailable,
         HTTPException: http_exception,
+        ClientDisconnect: disconnected,
     }
