@@ -30,7 +30,7 @@ from controltower.db import is_unavailable
 from controltower.settings import Settings
 
 log = logging.getLogger(__name__)
-MAX_HEADER_BYTES = 64 * 1024  # h11's limit on an incomplete request head (headers)
+MAX_HEADER_BYTES = 16 * 1024  # request line + headers; larger heads are refused (h11's own default, made explicit)
 
 
 def build_app(context: AppContext, extra_collectors: list[Collector] | None = None) -> Starlette:

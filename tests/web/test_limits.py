@@ -87,3 +87,13 @@ def test_a_sender_that_disconnects_mid_body_leaves_no_traceback(keyed, caplog):
     time.sleep(0.3)
     assert httpx.get(server.url + "/healthz").status_code == 200
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+def test_uvicorn_gets_the_connection_limits_from_the_settings(settings):
+    from wiring.server import MAX_HEADER_BYTES, uvicorn_options
+
+    options = uvicorn_options(settings.with_(header_timeout=7.0, max_connections=50, port=4999))
+    assert (options["timeout_keep_alive"], options["limit_concurrency"], options["port"]) == (7, 50, 4999)
+    assert options["h11_max_incomplete_event_size"] == MAX_HEADER_BYTES == 16 * 1024
+    assert uvicorn_options(settings.with_(max_connections=0))["limit_concurrency"] is None
+
