@@ -31,7 +31,9 @@ def exception_handlers(web: Any) -> dict[Any, Callable[..., Any]]:
 
     async def unauthorized(request: Request, exc: Exception) -> Response:
         web.count("unauthorized")
-        return error(401, str(exc))
+        response = error(401, str(exc))
+        response.headers["WWW-Authenticate"] = 'Bearer realm="controltower"'  # RFC 9110: a 401 names its scheme
+        return response
 
     async def bad_body(request: Request, exc: Exception) -> Response:
         return error(400, str(exc))

@@ -48,6 +48,7 @@ def test_unauthorized_requests_are_counted(collector, engine):
         assert httpx.post(collector.url + "/v1/events", json=[record("u")]).status_code == 401
     web = collector.server.config.app.state.web
     assert web.refusals.value("unauthorized") == 3
+    assert httpx.get(collector.url + "/v1/alerts").headers["www-authenticate"].startswith("Bearer")
 
 
 def test_keys_list_shows_expired_and_revoked(engine, database_url, tmp_path):
