@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from sqlalchemy.exc import DBAPIError
@@ -22,10 +22,13 @@ from controltower.errors import StorageUnavailable
 from controltower.web.errors import BadBody, BodyTimeout, RequestTooLarge, Unauthorized
 from controltower.web.responses import error
 
+if TYPE_CHECKING:
+    from controltower.web.app import Web
+
 log = logging.getLogger(__name__)
 
 
-def exception_handlers(web: Any) -> dict[Any, Callable[..., Any]]:
+def exception_handlers(web: Web) -> dict[Any, Callable[..., Any]]:
     """The handlers for Starlette's `exception_handlers=`; `web` counts the refusals."""
     retry = web.settings.retry_after_seconds
 

@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from controltower.auth import bearer_token
 from controltower.web.errors import BadBody, Unauthorized
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -54,8 +55,6 @@ async def authorize_metrics(request: Request) -> None:
     if mode == "open":
         return
     if mode == "token":
-        from controltower.auth import bearer_token
-
         expected = (web.settings.metrics_token or "").encode()
         given = (bearer_token(request.headers) or "").encode("utf-8", "replace")
         if not expected or not hmac.compare_digest(given, expected):
