@@ -11,6 +11,7 @@ COPY metrics ./metrics
 COPY alerts ./alerts
 COPY app ./app
 COPY simulator ./simulator
+COPY wiring ./wiring
 COPY .streamlit ./.streamlit
 RUN pip install '.[sim]' \
  && useradd --system --home-dir /srv/controltower controltower \

@@ -1,35 +1,32 @@
-"""HTTP read routes of the alerts room (`/v1/alerts`), mounted by `controltower serve`.
+"""HTTP routes of the alerts room (`/v1/alerts`), mounted by the wiring behind the web layer.
 
-Authentication follows the collector's rule: once any API key exists (or with
-`require_api_keys`), reads need a key with the `read` scope (`Authorization: Bearer <key>`).
+Reads need the `read` scope, acknowledging the `ingest` (write) scope, once keys are enforced:
+the web layer's `require_scope` checks the key before the body is read; body limits, timeouts
+and the storage-outage 503 are the web layer's too. `collectors(context)` is where this room
+adds its metrics collectors (e.g. the time of the last successful evaluation).
 """
 
 from __future__ import annotations
 
-import time
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from prometheus_client.registry import Collector
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from alerts.evaluate import acknowledge, list_alerts, rfc3339
-from controltower import apikeys
+from controltower.alertops import acknowledge, list_alerts
 from controltower.context import AppContext
-from controltower.db import is_unavailable
 from controltower.errors import ControlTowerError
+from controltower.vocab import rfc3339
+from controltower.web import ORJSONResponse, error, read_json, require_scope
 
-_KEYS_TTL = 5.0
-
-
-def _token(headers: Mapping[str, str]) -> str | None:
-    scheme, _, token = (headers.get("authorization") or "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return headers.get("x-api-key") or None
+FINGERPRINT = re.compile(r"[0-9a-f]{1,64}")
+MAX_BY_CHARS = 200
 
 
 def alert_json(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -41,74 +38,64 @@ def alert_json(row: Mapping[str, Any]) -> dict[str, Any]:
         "labels": row["labels"],
         "summary": row["summary"],
         "annotations": row["annotations"],
-        "active_since": rfc3339(row["active_since"]) if row["active_since"] else None,
-        "firing_since": rfc3339(row["firing_since"]) if row["firing_since"] else None,
+        "active_since": rfc3339(row["active_since"]),
+        "firing_since": rfc3339(row["firing_since"]),
         "value": row["last_value"],
         "dashboard_url": row["dashboard_url"],
         "acknowledged": row["acknowledged_at"] is not None,
         "acknowledged_by": row["acknowledged_by"],
-        "acknowledged_at": rfc3339(row["acknowledged_at"]) if row["acknowledged_at"] else None,
+        "acknowledged_at": rfc3339(row["acknowledged_at"]),
         "last_evaluated_at": rfc3339(row["last_evaluated_at"]),
     }
 
 
+def acknowledged_by(body: Any) -> str | None:
+    """Who acknowledges, from `{"by": "name"}` ("api" when absent); None when `by` is unusable."""
+    if body is None:
+        return "api"
+    if not isinstance(body, dict):
+        return None
+    by = body.get("by", "api")
+    if by is None:
+        return "api"
+    if not isinstance(by, str):
+        return None
+    by = "".join(ch for ch in by if ch.isprintable()).strip()[:MAX_BY_CHARS]
+    return by or "api"
+
+
 def routes(context: AppContext) -> list[BaseRoute]:
     engine = context.engine
-    settings = context.settings
-    cache: dict[str, Any] = {"keys": None, "at": 0.0}
 
-    def allowed(headers: Mapping[str, str], scope: str) -> bool:
-        now = datetime.now(UTC)
-        if cache["keys"] is None or time.monotonic() - cache["at"] > _KEYS_TTL:
-            cache["keys"] = apikeys.active_keys(engine, now=now)
-            cache["at"] = time.monotonic()
-        keys = cache["keys"]
-        if not keys and not settings.require_api_keys:
-            return True
-        return apikeys.verify(_token(headers), keys, scope, now=now) is not None
-
-    async def guarded(request: Request, scope: str, fn: Any) -> Response:
-        try:
-            if not await run_in_threadpool(allowed, request.headers, scope):
-                return JSONResponse(
-                    {"error": f"missing or invalid API key for scope {scope!r} (Authorization: Bearer <key>)"},
-                    status_code=401,
-                )
-            return await run_in_threadpool(fn)
-        except Exception as exc:  # a database outage is a retryable 503
-            if is_unavailable(exc):
-                return JSONResponse(
-                    {"error": "storage unavailable, retry later"}, status_code=503,
-                    headers={"Retry-After": str(settings.retry_after_seconds)},
-                )
-            raise
-
+    @require_scope("read")
     async def get_alerts(request: Request) -> Response:
-        def run() -> Response:
-            alerts = [alert_json(r) for r in list_alerts(engine)]
-            return JSONResponse({"as_of": rfc3339(datetime.now(UTC)), "alerts": alerts})
+        rows = await run_in_threadpool(list_alerts, engine)
+        return ORJSONResponse({"as_of": rfc3339(datetime.now(UTC)), "alerts": [alert_json(r) for r in rows]})
 
-        return await guarded(request, "read", run)
-
+    @require_scope("ingest")  # acknowledging changes state: the write scope
     async def post_ack(request: Request) -> Response:
         fingerprint = request.path_params["fingerprint"]
-        try:
-            body = await request.json() if await request.body() else {}
-        except ValueError:
-            return JSONResponse({"error": "body must be JSON: {\"by\": \"name\"}"}, status_code=400)
-        by = str((body or {}).get("by") or "api") if isinstance(body, dict) else "api"
+        by = acknowledged_by(await read_json(request))
+        if by is None:
+            return error(400, 'body must be JSON: {"by": "name"} with a string name')
+        if not FINGERPRINT.fullmatch(fingerprint.lower()):
+            return error(404, f"no pending or firing alert with fingerprint {fingerprint[:80]!r}")
 
         def run() -> Response:
             try:
                 row = acknowledge(engine, fingerprint, by, datetime.now(UTC), via="http")
             except ControlTowerError as exc:
-                return JSONResponse({"error": str(exc)}, status_code=404)
-            return JSONResponse({"fingerprint": row["fingerprint"], "acknowledged_by": by})
+                return error(404, str(exc))
+            return ORJSONResponse({"fingerprint": row["fingerprint"], "acknowledged_by": by})
 
-        # Acknowledging changes state: it needs the `ingest` (write) scope once keys exist.
-        return await guarded(request, "ingest", run)
+        return await run_in_threadpool(run)
 
     return [
         Route("/v1/alerts", get_alerts, methods=["GET"]),
         Route("/v1/alerts/{fingerprint}/ack", post_ack, methods=["POST"]),
     ]
+
+
+def collectors(context: AppContext) -> list[Collector]:
+    """This room's contributions to `/metrics` (the hook for the last-evaluation collector)."""
+    return []

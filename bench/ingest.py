@@ -165,7 +165,7 @@ def start_collector(url: str, workers: int) -> tuple[subprocess.Popen, str]:
     sock.close()
     env = dict(os.environ, CONTROLTOWER_DATABASE_URL=url, CONTROLTOWER_LOG_LEVEL="warning")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "controltower.cli", "serve", "--port", str(port), "--workers", str(workers)],
+        [sys.executable, "-m", "wiring", "serve", "--port", str(port), "--workers", str(workers)],
         env=env,
     )
     base = f"http://127.0.0.1:{port}"

@@ -86,7 +86,7 @@ def soak(args: argparse.Namespace, name: str, url: str) -> None:
     migrate.upgrade(engine)
     port = free_port()
     env = dict(os.environ, CONTROLTOWER_EVALUATION_INTERVAL="10s", CONTROLTOWER_PORT=str(port), PYTHONUNBUFFERED="1")
-    cli = [sys.executable, "-m", "controltower", "--database-url", url]
+    cli = [sys.executable, "-m", "wiring", "--database-url", url]
     logs = Path(os.environ.get("TMPDIR", "/tmp")) / name
     logs.mkdir(parents=True, exist_ok=True)
     collector = subprocess.Popen([*cli, "serve", "--port", str(port), "--workers", "2"], env=env,

@@ -1,16 +1,28 @@
-"""The collector's own counters, in Prometheus text format (seconds, `_total` suffixes).
+"""The collector's own counters, as a prometheus_client collector (seconds, `_total` suffixes).
 
-In-process only; each collector process reports its own. No I/O beyond formatting.
+In-process only; each collector process reports its own. The web layer's registry collects
+it for `/metrics`; the refusals the web layer itself decides (401, storage 503) it counts there.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any
 
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
-class Counters:
+SOURCES = ("api", "otlp", "file")
+REFUSALS = (
+    ("saturated", "Requests refused with 503 because the write path was saturated."),
+    ("rate_limited", "Requests refused with 429 because the sender exceeded its rate limit."),
+    ("write_errors", "Batches that failed for another reason (answered 503)."),
+)
+
+
+class Counters(Collector):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._values: dict[tuple[str, str], float] = defaultdict(float)
@@ -34,35 +46,24 @@ class Counters:
             out.update({f"{k}{'/' + s if s else ''}": v for (k, s), v in self._values.items()})
             return out
 
-    def exposition(self) -> str:
-        lines = []
+    def collect(self) -> Iterator[Metric]:
         with self._lock:
             events = dict(self._events)
             values = dict(self._values)
         for outcome in ("accepted", "duplicates", "rejected"):
-            name = f"controltower_collector_events_{outcome}_total"
-            lines.append(f"# HELP {name} Events {outcome} by this collector process.")
-            lines.append(f"# TYPE {name} counter")
-            for source in ("api", "otlp", "file"):
-                lines.append(f'{name}{{source="{source}"}} {events.get((outcome, source), 0):g}')
-        lines.append("# HELP controltower_collector_batches_total Write batches committed.")
-        lines.append("# TYPE controltower_collector_batches_total counter")
-        lines.append("# HELP controltower_collector_batch_seconds_total Time spent writing batches.")
-        lines.append("# TYPE controltower_collector_batch_seconds_total counter")
-        for source in ("api", "otlp", "file"):
-            lines.append(f'controltower_collector_batches_total{{source="{source}"}} {values.get(("batches", source), 0):g}')
-            lines.append(
-                f'controltower_collector_batch_seconds_total{{source="{source}"}} {values.get(("batch_seconds", source), 0):g}'
+            family = CounterMetricFamily(
+                f"controltower_collector_events_{outcome}", f"Events {outcome} by this collector process.",
+                labels=["source"],
             )
-        for name, help_ in (
-            ("storage_unavailable", "Requests refused with 503 because the database was unreachable."),
-            ("saturated", "Requests refused with 503 because the write path was saturated."),
-            ("unauthorized", "Requests refused with 401."),
-            ("rate_limited", "Requests refused with 429 because the sender exceeded its rate limit."),
-            ("write_errors", "Batches that failed for another reason (answered 503)."),
-        ):
-            full = f"controltower_collector_{name}_total"
-            lines.append(f"# HELP {full} {help_}")
-            lines.append(f"# TYPE {full} counter")
-            lines.append(f"{full} {values.get((name, ''), 0):g}")
-        return "\n".join(lines) + "\n"
+            for source in SOURCES:
+                family.add_metric([source], events.get((outcome, source), 0))
+            yield family
+        for name, help_ in (("batches", "Write batches committed."), ("batch_seconds", "Time spent writing batches.")):
+            family = CounterMetricFamily(f"controltower_collector_{name}", help_, labels=["source"])
+            for source in SOURCES:
+                family.add_metric([source], values.get((name, source), 0))
+            yield family
+        for name, help_ in REFUSALS:
+            family = CounterMetricFamily(f"controltower_collector_{name}", help_)
+            family.add_metric([], values.get((name, ""), 0))
+            yield family

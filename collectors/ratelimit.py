@@ -1,4 +1,8 @@
-"""Per-sender rate limit for ingest: a token bucket per API key (or client address).
+"""Per-sender rate limit for ingest: a token bucket per valid API key, else per client address.
+
+A bearer token that is not a valid key never names a bucket (random tokens would each get a
+fresh, full one): such requests share their address's bucket. The table is bounded (LRU: the
+least recently seen sender is evicted), so a flood of senders cannot grow memory.
 
 Each collector process keeps its own buckets (N collectors behind a balancer allow N × the
 rate; set the limit per process accordingly). A request costs its number of records; the
@@ -11,10 +15,11 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 BURST_SECONDS = 10.0
-MAX_SENDERS = 100_000
+MAX_SENDERS = 10_000
 
 
 @dataclass
@@ -24,11 +29,12 @@ class _Bucket:
 
 
 class RateLimiter:
-    def __init__(self, rate: float, *, clock=time.monotonic) -> None:  # noqa: ANN001 - injectable clock for tests
+    def __init__(self, rate: float, *, clock=time.monotonic, max_senders: int = MAX_SENDERS) -> None:  # noqa: ANN001 - injectable clock for tests
         self.rate = rate
         self.capacity = rate * BURST_SECONDS
         self.clock = clock
-        self._buckets: dict[str, _Bucket] = {}
+        self.max_senders = max_senders
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
         self._lock = threading.Lock()
 
     @property
@@ -43,9 +49,11 @@ class RateLimiter:
         with self._lock:
             bucket = self._buckets.get(sender)
             if bucket is None:
-                if len(self._buckets) >= MAX_SENDERS:
-                    self._buckets.clear()
+                while len(self._buckets) >= self.max_senders:
+                    self._buckets.popitem(last=False)
                 bucket = self._buckets[sender] = _Bucket(self.capacity, now)
+            else:
+                self._buckets.move_to_end(sender)
             bucket.tokens = min(self.capacity, bucket.tokens + (now - bucket.stamp) * self.rate)
             bucket.stamp = now
             # a batch bigger than the whole bucket passes only from a full bucket (then owes)
@@ -53,6 +61,10 @@ class RateLimiter:
                 bucket.tokens -= cost
                 return 0.0
             return max(0.001, (min(cost, self.capacity) - bucket.tokens) / self.rate)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._buckets)
 
 
 def retry_after(seconds: float) -> int:

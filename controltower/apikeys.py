@@ -83,6 +83,22 @@ def list_keys(engine: Engine) -> list[dict[str, Any]]:
         return [dict(r._mapping) for r in rows]
 
 
+def any_key_ever(engine: Engine) -> bool:
+    """True once any key was ever created (revoked and expired ones count): auth never reopens."""
+    with engine.connect() as conn:
+        return conn.execute(sa.select(sa.literal(1)).select_from(api_keys).limit(1)).first() is not None
+
+
+def key_state(row: dict[str, Any], *, now: datetime) -> str:
+    """`active`, `revoked` or `expired`, as `keys list` shows a key."""
+    if row.get("revoked_at") is not None:
+        return "revoked"
+    expires = row.get("expires_at")
+    if expires is not None and expires <= now:
+        return "expired"
+    return "active"
+
+
 def active_keys(engine: Engine, *, now: datetime) -> dict[str, StoredKey]:
     """Active keys by prefix (not revoked, not expired)."""
     with engine.connect() as conn:
@@ -97,8 +113,8 @@ def active_keys(engine: Engine, *, now: datetime) -> dict[str, StoredKey]:
         }
 
 
-def verify(token: str | None, keys: dict[str, StoredKey], scope: str, *, now: datetime) -> StoredKey | None:
-    """The key `token` names if it is valid for `scope`; None otherwise (constant-time compare)."""
+def verify(token: str | None, keys: dict[str, StoredKey], scope: str | None, *, now: datetime) -> StoredKey | None:
+    """The key `token` names if it is valid for `scope` (any scope when None); None otherwise (constant-time compare)."""
     if not token:
         return None
     prefix = split_prefix(token)
@@ -109,4 +125,4 @@ def verify(token: str | None, keys: dict[str, StoredKey], scope: str, *, now: da
         return None
     if stored.expires_at is not None and stored.expires_at <= now:
         return None
-    return stored if scope in stored.scopes else None
+    return stored if scope is None or scope in stored.scopes else None

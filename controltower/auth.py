@@ -1,8 +1,10 @@
-"""Ingest authentication: the API keys of `controltower keys`, cached briefly per process.
+"""API-key authentication for every HTTP route: the keys of `controltower keys`, cached per process.
 
-Keys are demanded once any key exists (or always with `require_api_keys`). The cache is
-refreshed every few seconds so a new or revoked key takes effect without a restart, which is
-also how a key is rotated without downtime: create the new one, switch senders, revoke the old.
+Keys are demanded once any key has EVER existed (revoking or letting the last one expire never
+reopens the API), or always with `require_api_keys`. The cache is refreshed every few seconds
+so a new or revoked key takes effect without a restart (rotation: create, switch senders,
+revoke the old). When the database is briefly unreachable the last loaded keys keep serving.
+This module checks keys; it does not speak HTTP (see `controltower.web`).
 """
 
 from __future__ import annotations
@@ -19,39 +21,64 @@ from controltower.db import is_unavailable
 from controltower.errors import StorageUnavailable
 
 REFRESH_SECONDS = 5.0
+MAX_TOKEN_CHARS = 512  # a real key is ~50 characters; anything longer is not one of ours
 
 
 def bearer_token(headers: Mapping[str, str]) -> str | None:
-    auth = headers.get("authorization") or ""
+    """The token of `Authorization: Bearer <token>` (any case, any spacing) or `X-API-Key`."""
+    auth = (headers.get("authorization") or "").strip()
     scheme, _, token = auth.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return headers.get("x-api-key") or None
+    token = token.strip()
+    if scheme.lower() == "bearer" and token:
+        return token
+    return (headers.get("x-api-key") or "").strip() or None
 
 
 class KeyCache:
+    """The process's one view of the API keys (thread-safe, with an outage fallback)."""
+
     def __init__(self, engine: Engine, *, require: bool = False) -> None:
         self.engine = engine
         self.require = require
         self._keys: dict[str, apikeys.StoredKey] | None = None
+        self._ever = False
         self._loaded = 0.0
         self._lock = threading.Lock()
 
-    def _current(self) -> dict[str, apikeys.StoredKey]:
+    def _current(self) -> tuple[dict[str, apikeys.StoredKey], bool]:
         with self._lock:
             if self._keys is None or time.monotonic() - self._loaded > REFRESH_SECONDS:
                 try:
-                    self._keys = apikeys.active_keys(self.engine, now=datetime.now(UTC))
+                    keys = apikeys.active_keys(self.engine, now=datetime.now(UTC))
+                    ever = bool(keys) or self._ever or apikeys.any_key_ever(self.engine)
+                    self._keys, self._ever = keys, ever
                     self._loaded = time.monotonic()
                 except Exception as exc:
                     if not is_unavailable(exc):
                         raise
                     if self._keys is None:
                         raise StorageUnavailable("cannot load API keys") from exc
-            return self._keys
+            return self._keys, self._ever
+
+    def invalidate(self) -> None:
+        """Forget the cached keys: the next check reloads them (tests, and after `keys create`)."""
+        with self._lock:
+            self._keys = None
+
+    def enforced(self) -> bool:
+        """True once keys are demanded: `require_api_keys`, or any key has ever existed."""
+        keys, ever = self._current()
+        return self.require or ever or bool(keys)
+
+    def identify(self, headers: Mapping[str, str], scope: str | None = None) -> apikeys.StoredKey | None:
+        """The valid key the request carries (for `scope` when given), else None."""
+        token = bearer_token(headers)
+        if not token or len(token) > MAX_TOKEN_CHARS:
+            return None
+        keys, _ = self._current()
+        return apikeys.verify(token, keys, scope, now=datetime.now(UTC))
 
     def check(self, headers: Mapping[str, str], scope: str) -> bool:
-        keys = self._current()
-        if not keys and not self.require:
+        if not self.enforced():
             return True
-        return apikeys.verify(bearer_token(headers), keys, scope, now=datetime.now(UTC)) is not None
+        return self.identify(headers, scope) is not None

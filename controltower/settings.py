@@ -106,6 +106,15 @@ def _seconds(text: str, where: str) -> float:
     return parse_duration(text, where=where)
 
 
+METRICS_AUTH = ("read-key", "token", "open")
+
+
+def _metrics_auth(text: str, where: str) -> str:
+    if text.strip().lower() not in METRICS_AUTH:
+        raise ConfigError(f'{where}: "{text}" is not one of {", ".join(METRICS_AUTH)}')
+    return text.strip().lower()
+
+
 def _setting(default: Any, parse: Callable[[str, str], Any], help: str) -> Any:
     return field(default=default, metadata={"parse": parse, "help": help})
 
@@ -206,6 +215,24 @@ class Settings:
         _float,
         "Events per second one API key (or, without keys, one client address) may send to one "
         "collector process; past it requests get 429 with Retry-After. 0 = no limit.",
+    )
+    body_timeout: float = _setting(
+        30.0, _seconds, "A request body (every POST) must arrive within this time, else 408; slow senders hold no connection for ever."
+    )
+    header_timeout: float = _setting(
+        5.0, _seconds, "Idle keep-alive connections (and their next request's headers) are closed after this (uvicorn timeout_keep_alive)."
+    )
+    max_connections: int = _setting(
+        1000, _int, "Concurrent connections and requests one collector process serves; beyond it 503 (uvicorn limit_concurrency). 0 = no limit."
+    )
+    metrics_auth: str = _setting(
+        "read-key",
+        _metrics_auth,
+        "Who may scrape /metrics: read-key (a key with the read scope, once any key has existed), "
+        "token (Authorization: Bearer <metrics_token>) or open.",
+    )
+    metrics_token: str | None = _setting(
+        None, _opt_str, "The bearer token /metrics demands when metrics_auth is token (compared in constant time)."
     )
     retention_events: float = _setting(
         35 * 86400.0, _seconds, "Raw events are kept this long; whole daily partitions are dropped after it."

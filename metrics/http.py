@@ -1,30 +1,35 @@
-"""HTTP read routes of the metrics room: `GET /v1/sla` and the SLA part of `GET /metrics`.
+"""HTTP read routes of the metrics room: `GET /v1/sla`, and the SLA gauges of `GET /metrics`.
 
-`/v1/sla` computes the table for any window from rollups (fast at any data size); `/metrics`
-exposes the scheduler's stored table (window 1h) as Prometheus gauges, so scraping costs one
-small read.
+`/v1/sla` computes the table for any window from rollups (fast at any data size); the
+`SlaGauges` collector exposes the scheduler's stored table (window 1h) through the web layer's
+one registry, so scraping costs one small read. Auth and outage mapping are the web layer's.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from controltower.auth import KeyCache
 from controltower.context import AppContext
 from controltower.db import is_unavailable
-from controltower.errors import ConfigError, StorageUnavailable
+from controltower.errors import ConfigError
 from controltower.settings import parse_duration
+from controltower.web import error, require_scope
 from metrics import compute, jobs
 
+log = logging.getLogger(__name__)
 MAX_WINDOW = timedelta(days=90)
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_.\-]{0,63}$")  # as the canonical event's channel
 _FIELDS = (
@@ -50,27 +55,49 @@ GAUGES = (
 HEALTH_VALUE = {"ok": 0, "warn": 1, "critical": 2}
 
 
-def _label(value: Any) -> str:
-    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+LABELS = ["sla", "channel", "flow"]
 
 
-def exposition(rows: list[dict[str, Any]]) -> str:
-    """Prometheus text format 0.0.4 (what `promtool check metrics` accepts)."""
-    lines: list[str] = []
+def families(rows: list[dict[str, Any]]) -> list[Metric]:
+    """The SLA table as gauge families (each family's samples together; empty ones left out)."""
+    out: list[Metric] = []
     for name, help_, field, scale in GAUGES:
         samples = [r for r in rows if r.get(field) is not None and math.isfinite(float(r[field]))]
         if not samples:
             continue
-        lines += [f"# HELP {name} {help_}", f"# TYPE {name} gauge"]
+        family = GaugeMetricFamily(name, help_, labels=LABELS)
         for r in samples:
-            labels = f'sla="{_label(r["sla"])}",channel="{_label(r["channel"])}",flow="{_label(r.get("flow") or "*")}"'
-            lines.append(f"{name}{{{labels}}} {float(r[field]) * scale:.6g}")
+            family.add_metric(_labels(r), float(r[field]) * scale)
+        out.append(family)
     if rows:
-        lines += ["# HELP controltower_sla_health SLA health: 0 ok, 1 warn, 2 critical.", "# TYPE controltower_sla_health gauge"]
+        family = GaugeMetricFamily("controltower_sla_health", "SLA health: 0 ok, 1 warn, 2 critical.", labels=LABELS)
         for r in rows:
-            labels = f'sla="{_label(r["sla"])}",channel="{_label(r["channel"])}",flow="{_label(r.get("flow") or "*")}"'
-            lines.append(f"controltower_sla_health{{{labels}}} {HEALTH_VALUE.get(r['health'], 0)}")
-    return "\n".join(lines) + ("\n" if lines else "")
+            family.add_metric(_labels(r), HEALTH_VALUE.get(r["health"], 0))
+        out.append(family)
+    return out
+
+
+def _labels(row: dict[str, Any]) -> list[str]:
+    return [str(row["sla"]), str(row["channel"]), str(row.get("flow") or "*")]
+
+
+class SlaGauges(Collector):
+    """Reads the stored 1h table on every scrape; a database outage yields no SLA samples."""
+
+    def __init__(self, context: AppContext) -> None:
+        self.context = context
+        self.defs = jobs.load_definitions(context.settings)
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            rows = jobs.stored_table(self.context.engine, "1h")
+        except Exception as exc:  # a scrape during an outage still shows the process's own counters
+            if not is_unavailable(exc):
+                raise
+            log.warning("SLA values unavailable for /metrics: %s", exc)
+            return
+        rows = [r | {"flow": compute.flow_of(self.defs.get(r["sla"]))} for r in rows]
+        yield from families(rows)
 
 
 def _json_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -82,59 +109,33 @@ def _json_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def routes(context: AppContext) -> list[BaseRoute]:
-    keys = KeyCache(context.engine, require=context.settings.require_api_keys)
     defs = jobs.load_definitions(context.settings)
 
-    async def denied(request: Request) -> Response | None:
-        try:
-            ok = await run_in_threadpool(keys.check, request.headers, "read")
-        except StorageUnavailable:
-            return _error(503, "storage unavailable, retry later", context.settings.retry_after_seconds)
-        return None if ok else _error(401, "missing or invalid API key (Authorization: Bearer …) with the read scope")
-
+    @require_scope("read")
     async def sla(request: Request) -> Response:
-        refused = await denied(request)
-        if refused:
-            return refused
         raw = request.query_params.get("window", "1h")
         try:
             seconds = parse_duration(raw, where="window")
         except ConfigError as exc:
-            return _error(400, str(exc))
+            return error(400, str(exc)[:300])
         if not 0 < seconds <= MAX_WINDOW.total_seconds():  # before timedelta(): huge numbers overflow it
-            return _error(400, f"window: {raw[:40]} must be above 0 and at most 90d")
+            return error(400, f"window: {raw[:40]} must be above 0 and at most 90d")
         window = timedelta(seconds=seconds)
         channel = request.query_params.get("channel") or None
         if channel is not None and not SLUG.match(channel):
-            return _error(400, f"channel: {channel[:40]!r} is not a channel name (lowercase letters, digits, _ - .)")
+            return error(400, f"channel: {channel[:40]!r} is not a channel name (lowercase letters, digits, _ - .)")
         now = datetime.now(UTC)
 
         def run() -> list[dict[str, Any]]:
             with context.engine.connect() as conn:
                 return compute.sla_table(conn, defs, window=window, now=now, channel=channel)
 
-        try:
-            table = await run_in_threadpool(run)
-        except Exception as exc:
-            if is_unavailable(exc):
-                return _error(503, "storage unavailable, retry later", context.settings.retry_after_seconds)
-            raise
+        table = await run_in_threadpool(run)
         body = {"window": raw, "as_of": now.isoformat().replace("+00:00", "Z"), "slas": [_json_row(r) for r in table]}
         return Response(orjson.dumps(body), media_type="application/json")
 
-    async def metrics(request: Request) -> Response:
-        try:
-            rows = await run_in_threadpool(jobs.stored_table, context.engine, "1h")
-        except Exception as exc:
-            if is_unavailable(exc):
-                return PlainTextResponse("# SLA values unavailable: storage unreachable\n")
-            raise
-        rows = [r | {"flow": compute.flow_of(defs.get(r["sla"]))} for r in rows]
-        return PlainTextResponse(exposition(rows), media_type="text/plain; version=0.0.4; charset=utf-8")
-
-    return [Route("/v1/sla", sla, methods=["GET"]), Route("/metrics", metrics, methods=["GET"])]
+    return [Route("/v1/sla", sla, methods=["GET"])]
 
 
-def _error(status: int, message: str, retry_after: int | None = None) -> Response:
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+def collectors(context: AppContext) -> list[Collector]:
+    return [SlaGauges(context)]

@@ -117,7 +117,7 @@ class LoopbackServer:
 def collector(engine: Engine, settings: Settings) -> Iterator[LoopbackServer]:
     """The real collector app (every room's routes) on loopback, over the test database."""
     from controltower.context import AppContext
-    from controltower.server import build_app
+    from wiring.server import build_app
 
     context = AppContext(settings, engine)
     with LoopbackServer(build_app(context)) as server:

@@ -218,12 +218,12 @@ def test_two_concurrent_deliverers_send_each_notification_exactly_once(engine, d
 
 def test_cli_deliveries_and_audit_log(engine, database_url, tmp_path, settings):
     import httpx
-    from starlette.applications import Starlette
     from typer.testing import CliRunner
 
     from alerts.http import routes
-    from controltower.cli import app
     from controltower.context import AppContext
+    from controltower.web import build_app
+    from wiring.cli import app
 
     rs = ruleset("http://127.0.0.1:9")  # nothing listens on port 9: the delivery fails
     put_row(engine, channel="amazon", open_breaches=4)
@@ -244,7 +244,7 @@ def test_cli_deliveries_and_audit_log(engine, database_url, tmp_path, settings):
     assert runner.invoke(app, [*base, "alerts", "silence", "-m", "channel=ebay", "--by", "dave",
                                "--comment", "ebay maintenance"]).exit_code == 0
     assert runner.invoke(app, [*base, "alerts", "ack", t.fingerprint, "--by", "erin"]).exit_code == 0
-    with LoopbackServer(Starlette(routes=routes(AppContext(settings, engine)))) as server:
+    with LoopbackServer(build_app(AppContext(settings, engine), routes(AppContext(settings, engine)))) as server:
         assert httpx.post(f"{server.url}/v1/alerts/{t.fingerprint}/ack", json={"by": "frank"}).status_code == 200
     audit = json.loads(runner.invoke(app, [*base, "alerts", "audit", "--json"]).output)["audit"]
     got = [(a["actor"], a["action"], a["target"], a["detail"]["via"]) for a in audit]

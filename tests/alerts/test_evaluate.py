@@ -217,18 +217,18 @@ def test_removed_rule_retires_quietly(engine):
 
 def test_http_lists_and_acknowledges_alerts(engine, settings):
     import httpx
-    from starlette.applications import Starlette
 
     from alerts.http import routes
     from controltower import apikeys
     from controltower.context import AppContext
+    from controltower.web import build_app
     from tests.conftest import LoopbackServer
 
     put_row(engine, open_breaches=143, oldest_breach_ms=5_400_000)
     put_row(engine, channel="ebay", open_breaches=1)
     run(engine, T0)
     assert len(run(engine, T0 + timedelta(minutes=10))) == 2
-    with LoopbackServer(Starlette(routes=routes(AppContext(settings, engine)))) as server:
+    with LoopbackServer(build_app(AppContext(settings, engine), routes(AppContext(settings, engine)))) as server:
         body = httpx.get(f"{server.url}/v1/alerts").json()
         assert [(a["rule"], a["state"], a["labels"]["channel"]) for a in body["alerts"]] == [
             ("UnpostedOrders", "firing", "amazon"), ("UnpostedOrders", "firing", "ebay")]
@@ -247,7 +247,7 @@ def test_http_lists_and_acknowledges_alerts(engine, settings):
 
     # once an API key exists, reads need one with the read scope
     token = apikeys.create(engine, "reader", ("read",))
-    with LoopbackServer(Starlette(routes=routes(AppContext(settings, engine)))) as server:
+    with LoopbackServer(build_app(AppContext(settings, engine), routes(AppContext(settings, engine)))) as server:
         assert httpx.get(f"{server.url}/v1/alerts").status_code == 401
         ok = httpx.get(f"{server.url}/v1/alerts", headers={"Authorization": f"Bearer {token}"})
         assert ok.status_code == 200 and len(ok.json()["alerts"]) == 2
@@ -256,7 +256,7 @@ def test_http_lists_and_acknowledges_alerts(engine, settings):
 def test_cli_list_silence_ack(engine, database_url, tmp_path):
     from typer.testing import CliRunner
 
-    from controltower.cli import app
+    from wiring.cli import app
 
     put_row(engine, open_breaches=3)
     from alerts.rules import load_rules

@@ -125,7 +125,7 @@ def test_not_yaml_and_missing_file(tmp_path):
 
 
 def test_check_command(tmp_path):
-    from controltower.cli import app
+    from wiring.cli import app
 
     runner = CliRunner()
     ok = runner.invoke(app, ["alerts", "check", str(write(tmp_path, GOOD))])
@@ -144,12 +144,12 @@ def test_check_command_exit_code_from_the_real_console_script(tmp_path):
     import sys
 
     bad = write(tmp_path, GOOD.replace("    for: 10m\n", "    for: -5m\n"))
-    done = subprocess.run([sys.executable, "-m", "controltower", "alerts", "check", str(bad)],
+    done = subprocess.run([sys.executable, "-m", "wiring", "alerts", "check", str(bad)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {bad}:{_line_of(GOOD, 'for: 10m')}: for:")
-    ok = subprocess.run([sys.executable, "-m", "controltower", "alerts", "check", str(DEFAULT_FILE)],
+    ok = subprocess.run([sys.executable, "-m", "wiring", "alerts", "check", str(DEFAULT_FILE)],
                         capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and "12 rules" in ok.stdout
 
@@ -180,7 +180,7 @@ def test_bad_new_options_name_file_and_line(tmp_path, old, new, needle, message)
 
 
 def test_new_options_load_and_rules_check_alias(tmp_path):
-    from controltower.cli import app
+    from wiring.cli import app
 
     text = GOOD.replace("default_receivers: [hook]\n", "default_receivers: [hook]\nroutes:\n"
                         "  - match: {channel: walmart}\n    receivers: [pd]\n").replace(

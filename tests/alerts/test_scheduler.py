@@ -9,10 +9,10 @@ from collections.abc import Callable
 import pytest
 import sqlalchemy as sa
 
-from controltower import scheduler
 from controltower.context import AppContext
 from controltower.db import make_engine
 from controltower.jobs import ScheduledJob
+from wiring import scheduler
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:

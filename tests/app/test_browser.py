@@ -44,7 +44,7 @@ class Dashboard:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONTROLTOWER_")}
         env["CONTROLTOWER_REFRESH_SECONDS"] = "5"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "controltower.cli", "--database-url", database_url, "--data-dir", str(data_dir),
+            [sys.executable, "-m", "wiring", "--database-url", database_url, "--data-dir", str(data_dir),
              "dashboard", "--port", str(self.port)],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )

@@ -27,7 +27,7 @@ def free_port() -> int:
 
 def start_collector(database_url: str, port: int) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONTROLTOWER_")} | {"CONTROLTOWER_PORT": str(port)}
-    proc = subprocess.Popen([sys.executable, "-m", "controltower", "--database-url", database_url, "serve"],
+    proc = subprocess.Popen([sys.executable, "-m", "wiring", "--database-url", database_url, "serve"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(150):
         try:

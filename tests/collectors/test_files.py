@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from collectors.files import import_files, watch_once
 from collectors.masking import Masker
 from collectors.store import EventStore
-from controltower.cli import app
+from wiring.cli import app
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 

@@ -104,7 +104,7 @@ def test_keys_wrong_expired_and_missing(collector, engine):
 
     good = apikeys.create(engine, "src", ("ingest",))
     expired = apikeys.create(engine, "old", ("ingest",), expires_at=datetime.now(UTC) - timedelta(minutes=1))
-    collector.server.config.app.state.collector.keys._keys = None
+    collector.server.config.app.state.web.keys.invalidate()
     url = collector.url + "/v1/events"
     body = [{"event_id": "k", "occurred_at": NOW.isoformat(), "correlation_id": "C-k", "channel": "amazon",
              "flow": "order", "stage": "received"}]

@@ -103,7 +103,7 @@ def test_api_keys(collector, engine):
     url = collector.url + "/v1/events"
     token = apikeys.create(engine, "shopify-bridge", ("ingest",))
     reader = apikeys.create(engine, "support", ("read",))
-    collector.server.config.app.state.collector.keys._keys = None  # drop the 5 s cache now
+    collector.server.config.app.state.web.keys.invalidate()  # drop the 5 s cache now
     assert httpx.post(url, json=[rec("k1")]).status_code == 401
     assert httpx.post(url, json=[rec("k1")], headers={"authorization": "Bearer ct_dead_beef"}).status_code == 401
     assert httpx.post(url, json=[rec("k1")], headers={"authorization": f"Bearer {reader}"}).status_code == 401
@@ -178,8 +178,8 @@ def test_wrong_method(collector, path):
 
 def test_rate_limit_per_key_answers_429_with_retry_after(engine, settings):
     from controltower.context import AppContext
-    from controltower.server import build_app
     from tests.conftest import LoopbackServer
+    from wiring.server import build_app
 
     limited = settings.with_(rate_limit_events=5.0)  # bucket of 50 events
     token = apikeys.create(engine, "pos-bridge", ("ingest",))
@@ -194,5 +194,7 @@ def test_rate_limit_per_key_answers_429_with_retry_after(engine, settings):
         assert "rate limit" in refused.json()["error"]
         # another key has its own bucket
         assert httpx.post(url, json=[rec("rl-x", cid="C-rl2")], headers={"authorization": f"Bearer {other}"}).status_code == 200
-        assert "controltower_collector_rate_limited_total 1" in httpx.get(server.url + "/metrics").text
+        reader = {"authorization": "Bearer " + apikeys.create(engine, "scraper", ("read",))}
+        server.server.config.app.state.web.keys.invalidate()
+        assert "controltower_collector_rate_limited_total 1.0" in httpx.get(server.url + "/metrics", headers=reader).text
     assert count(engine, "SELECT count(*) FROM events WHERE correlation_id = 'C-rl'") == 40

@@ -18,9 +18,9 @@ import sqlalchemy as sa
 from controltower import migrate
 from controltower.context import AppContext
 from controltower.db import make_engine, normalize_url
-from controltower.server import build_app
 from controltower.settings import Settings
 from tests.conftest import LoopbackServer
+from wiring.server import build_app
 
 pytestmark = pytest.mark.slow
 

@@ -19,11 +19,7 @@ import yaml
 
 from controltower import grants
 from controltower.settings import ENV_PREFIX, Settings
-
-try:  # the composition root moves to `wiring` (helper "web"); either is fine here
-    from wiring.cli import app  # type: ignore[import-not-found]
-except ImportError:
-    from controltower.cli import app
+from wiring.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

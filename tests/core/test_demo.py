@@ -46,7 +46,7 @@ def test_demo_runs_the_stack_and_shuts_down_on_ctrl_c(tmp_path):
     data = tmp_path / "data"
     log = (tmp_path / "demo.log").open("w+")
     demo = subprocess.Popen(
-        [sys.executable, "-m", "controltower", "--data-dir", str(data), "demo", "--backfill", "2h", "--no-dashboard", "--speed", "600"],
+        [sys.executable, "-m", "wiring", "--data-dir", str(data), "demo", "--backfill", "2h", "--no-dashboard", "--speed", "600"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:

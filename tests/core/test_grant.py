@@ -22,11 +22,7 @@ from controltower.db import make_engine
 from controltower.schema import metadata
 from metrics import jobs as metric_jobs
 from tests.alerts.test_delivery import ruleset
-
-try:  # the composition root moves to `wiring` (helper "web"); either is fine here
-    from wiring.cli import main  # type: ignore[import-not-found]
-except ImportError:
-    from controltower.cli import main
+from wiring.cli import main
 
 REFUSED = "permission denied|must be owner"
 PASSWORD_ENV = "CT_TEST_GRANT_PASSWORD"

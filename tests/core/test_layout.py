@@ -15,7 +15,7 @@ from controltower.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("package", ["controltower", "collectors", "metrics", "alerts", "app", "simulator"])
+@pytest.mark.parametrize("package", ["controltower", "collectors", "metrics", "alerts", "app", "simulator", "wiring"])
 def test_rooms_import_from_this_repository(package):
     module = importlib.import_module(package)
     assert Path(module.__file__).resolve().is_relative_to(ROOT), module.__file__
@@ -43,3 +43,22 @@ def test_settings_precedence_and_errors():
         Settings.load(environ={"CONTROLTOWER_MAX_EVENT_AGE": "soon"})
     with pytest.raises(ConfigError, match='CONTROLTOWER_PORT: "x" is not an integer'):
         Settings.load(environ={"CONTROLTOWER_PORT": "x"})
+
+
+def test_every_v1_route_requires_a_scope_and_every_refusal_is_mapped_once(engine, settings):
+    """The web layer is the only auth: each room's /v1 endpoint is wrapped in `require_scope`,
+    and no room module keeps its own key cache, bearer parsing or 503 mapping."""
+    from starlette.routing import Route
+
+    from controltower.context import AppContext
+    from wiring.server import build_app
+
+    app = build_app(AppContext(settings, engine))
+    v1 = [r for r in app.routes if isinstance(r, Route) and r.path.startswith("/v1/")]
+    assert len(v1) >= 7
+    unguarded = [r.path for r in v1 if getattr(r.endpoint, "required_scope", None) not in ("ingest", "read")]
+    assert not unguarded, unguarded
+    for room in ("collectors/http.py", "metrics/http.py", "alerts/http.py"):
+        text = (ROOT / room).read_text()
+        for copy in ("KeyCache(", "bearer_token(", '"authorization"', '"Retry-After"', "except StorageUnavailable"):
+            assert copy not in text, f"{room} re-implements {copy!r}: use controltower.web"

@@ -27,7 +27,7 @@ H, MIN = timedelta(hours=1), timedelta(minutes=1)
 
 @pytest.fixture
 def cli(monkeypatch, database_url, capsys):
-    from controltower.cli import main  # the lead rewires this import when the CLI moves to wiring/
+    from wiring.cli import main
 
     monkeypatch.setenv("CONTROLTOWER_DATABASE_URL", database_url)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from controltower.cli import app
 from controltower.errors import ConfigError
 from metrics import definitions
+from wiring.cli import app
 
 GOOD = """\
 slas:
@@ -69,7 +69,7 @@ def test_slas_check_command(tmp_path):
     runner = CliRunner()
     ok = runner.invoke(app, ["slas", "check", str(good)])
     assert ok.exit_code == 0 and "1 SLAs" in ok.output
-    from controltower.cli import main
+    from wiring.cli import main
 
     with pytest.raises(SystemExit) as exited:
         main(["slas", "check", str(bad)])

@@ -39,10 +39,19 @@ def test_sla_endpoint(collector, engine, settings):
 
 def test_metrics_exposition_is_valid_prometheus(collector, engine, settings, tmp_path):
     seed(engine, settings)
+    from prometheus_client.parser import text_string_to_metric_families
+
     text = httpx.get(collector.url + "/metrics").text
-    assert 'controltower_sla_open_breaches{sla="erp_posting",channel="walmart",flow="order"} 3' in text
-    assert 'controltower_sla_health{sla="erp_posting",channel="walmart",flow="order"} 1' in text
-    assert "controltower_collector_events_total" in text or "controltower_collector" in text
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    walmart = (("channel", "walmart"), ("flow", "order"), ("sla", "erp_posting"))
+    assert samples[("controltower_sla_open_breaches", walmart)] == 3
+    assert samples[("controltower_sla_health", walmart)] == 1
+    assert samples[("controltower_collector_events_accepted_total", (("source", "api"),))] == 0
+    # each family's samples are together: a family's name never reappears after another family began
+    names = [line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")]
+    runs = [n for i, n in enumerate(names) if i == 0 or names[i - 1] != n]
+    assert len(runs) == len(set(runs)), runs
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool (Debian package prometheus) not installed")

@@ -12,12 +12,12 @@ from typer.testing import CliRunner
 
 from collectors.files import import_files
 from collectors.store import EventStore
-from controltower.cli import app
 from controltower.errors import ConfigError
 from simulator.emit import FileSink, HttpSink, StoreSink
 from simulator.faults import FaultPlan, parse_fault, parse_faults
 from simulator.model import SimEvent, Simulation, iso
 from simulator.run import run_demo_simulator, simulate
+from wiring.cli import app
 
 START = datetime(2026, 3, 2, 8, tzinfo=UTC).timestamp()
 

@@ -67,9 +67,9 @@ def _register_rooms() -> None:
     from alerts import commands as alert_commands
     from app import commands as app_commands
     from collectors import commands as collector_commands
-    from controltower import corecommands, demo, scheduler
     from metrics import commands as metric_commands
     from simulator import commands as simulator_commands
+    from wiring import corecommands, demo, scheduler
 
     corecommands.register(app)
     demo.register(app)

@@ -1,6 +1,6 @@
 """Core CLI commands: `migrate`, `serve` (the collector) and `keys`.
 
-Composition root like `controltower.cli`: `serve` mounts every room's routes.
+Composition root like `wiring.cli`: `serve` mounts every room's routes.
 """
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ from datetime import UTC, datetime, timedelta
 
 import typer
 
-from controltower import apikeys, grantcommands, migrate
+from controltower import apikeys, migrate
 from controltower.clitools import console, context_of, fail, keys_json, print_json, settings_of
 from controltower.db import redact, resolve_url
 from controltower.settings import ENV_PREFIX, parse_duration
+from wiring import grantcommands
 
 keys_app = typer.Typer(help="API keys for ingest and read access (stored hashed).", no_args_is_help=True)
 
@@ -61,7 +62,7 @@ def serve_command(
     workers: int = typer.Option(None, "--workers", help="Worker processes."),
 ) -> None:
     """Run the collector: OTLP/HTTP traces, the events API, search, SLA and alert read routes."""
-    from controltower import server
+    from wiring import server
 
     settings = settings_of(ctx).with_(**{k: v for k, v in {"host": host, "port": port, "workers": workers}.items() if v is not None})
     url = resolve_url(settings)  # starts the embedded database once, before any worker
@@ -104,8 +105,11 @@ def keys_list(
         return
     if not rows:
         console.print("no keys: ingest is open (create one with `controltower keys create NAME`)")
+    now = datetime.now(UTC)
+    if rows and all(apikeys.key_state(r, now=now) != "active" for r in rows):
+        console.print("no active key: every request is refused until one is created")
     for r in rows:
-        state = "revoked" if r["revoked_at"] else "active"
+        state = apikeys.key_state(r, now=now)
         console.print(f"{r['name']}\tct_{r['prefix']}_…\t{','.join(r['scopes'])}\t{state}\tcreated {r['created_at']:%Y-%m-%d}")
 
 

@@ -29,7 +29,7 @@ class Child:
 
 
 def _cli(settings_args: list[str], *args: str) -> list[str]:
-    return [sys.executable, "-m", "controltower", *settings_args, *args]
+    return [sys.executable, "-m", "wiring", *settings_args, *args]
 
 
 def _wait_ready(url: str, children: list[Child], timeout: float = 60.0) -> bool:

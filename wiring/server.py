@@ -1,7 +1,10 @@
-"""The collector process's ASGI app: each room's routes mounted into one Starlette app.
+"""The collector process's ASGI app: each room's routes and metrics collectors mounted into one
+Starlette app behind the core web layer (`controltower.web`: auth, limits, errors, /metrics).
 
 Composition root (imports rooms). Health endpoints live here because they speak for the whole
 process: `/healthz` is liveness, `/readyz` checks the database and that migrations are current.
+Connection-level limits (keep-alive/header timeout, connection cap, header size) are uvicorn's,
+set here from the settings.
 """
 
 from __future__ import annotations
@@ -13,32 +16,41 @@ from typing import Any
 
 import uvicorn
 import yaml
+from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from controltower import __version__, migrate
+import controltower
+from controltower import __version__, migrate, web
 from controltower.context import AppContext
 from controltower.db import is_unavailable
 from controltower.settings import Settings
 
 log = logging.getLogger(__name__)
+MAX_HEADER_BYTES = 16 * 1024  # request line + headers; larger heads are refused (h11's own default, made explicit)
 
 
-def build_app(context: AppContext) -> Starlette:
+def build_app(context: AppContext, extra_collectors: list[Collector] | None = None) -> Starlette:
+    """Every room's routes and collectors in one app; `extra_collectors` for the lead's hooks."""
     from alerts import http as alerts_http
     from collectors import http as collectors_http
     from metrics import http as metrics_http
 
-    collector_routes, collector = collectors_http.routes(context)
+    collector_routes, collector_metrics = collectors_http.build(context)
     room_routes: list[BaseRoute] = [
         *collector_routes,
         *metrics_http.routes(context),
         *alerts_http.routes(context),
     ]
-    metrics_endpoint = _pop_route(room_routes, "/metrics")
+    collectors: list[Collector] = [
+        *collector_metrics,
+        *metrics_http.collectors(context),
+        *alerts_http.collectors(context),
+        *(extra_collectors or []),
+    ]
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "version": __version__})
@@ -55,14 +67,6 @@ def build_app(context: AppContext) -> Starlette:
             return JSONResponse({"status": "unavailable", "database": "ok", "migrations": "pending"}, status_code=503)
         return JSONResponse({"status": "ready", "database": "ok", "migrations": "current"})
 
-    async def metrics(request: Request) -> Response:
-        # The collector's own counters, then whatever the metrics room exposes (SLA values).
-        text = collector.counters.exposition()
-        if metrics_endpoint is not None:
-            room: Any = await metrics_endpoint(request)
-            text += bytes(room.body).decode()
-        return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
-
     async def openapi(request: Request) -> Response:
         return JSONResponse(_openapi_document())
 
@@ -70,26 +74,14 @@ def build_app(context: AppContext) -> Starlette:
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
         *room_routes,
     ]
-    app = Starlette(routes=routes)
-    app.state.context = context
-    app.state.collector = collector
-    return app
+    return web.build_app(context, routes, collectors)
 
 
 @functools.cache
 def _openapi_document() -> dict[str, Any]:
-    return yaml.safe_load((Path(__file__).parent / "openapi.yaml").read_text())  # type: ignore[no-any-return]
-
-
-def _pop_route(routes: list[BaseRoute], path: str) -> Any:
-    for i, route in enumerate(routes):
-        if isinstance(route, Route) and route.path == path:
-            del routes[i]
-            return route.endpoint
-    return None
+    return yaml.safe_load((Path(controltower.__file__).parent / "openapi.yaml").read_text())  # type: ignore[no-any-return]
 
 
 def create_app() -> Starlette:
@@ -101,12 +93,22 @@ def create_app() -> Starlette:
 
 def serve(settings: Settings, *, workers: int = 1) -> None:
     """Run the collector until interrupted (migrations are applied by the caller)."""
-    log_level = settings.log_level.lower()
+    options = uvicorn_options(settings)
     if workers > 1:
-        uvicorn.run(
-            "controltower.server:create_app", factory=True, host=settings.host, port=settings.port,
-            workers=workers, log_level=log_level, access_log=False,
-        )
+        uvicorn.run("wiring.server:create_app", factory=True, workers=workers, **options)
         return
     context = AppContext.open(settings, pool_size=settings.max_inflight_batches + 2, application_name="controltower-collector")
-    uvicorn.run(build_app(context), host=settings.host, port=settings.port, log_level=log_level, access_log=False)
+    uvicorn.run(build_app(context), **options)
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """Connection limits from the settings: keep-alive/header timeout, connection cap, header size."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level.lower(),
+        "access_log": False,
+        "timeout_keep_alive": max(1, round(settings.header_timeout)),
+        "limit_concurrency": settings.max_connections or None,
+        "h11_max_incomplete_event_size": MAX_HEADER_BYTES,
+    }
