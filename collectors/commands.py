@@ -54,7 +54,7 @@ def watch_command(
     interval: float = typer.Option(2.0, "--interval", help="Seconds between polls."),
 ) -> None:
     """Watch a drop folder: import new files, move them to processed/ or quarantine/."""
-    from collectors.files import watch_folder
+    from collectors.dropfolder import watch_folder
 
     if not folder.is_dir():
         fail(f"{folder}: not a folder")
