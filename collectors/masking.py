@@ -39,6 +39,7 @@ _TEXT_KEY = re.compile(r"(^|_)(message|msg|messages|text|note|notes|comment|comm
 _KV_NAME_KEYS = frozenset({"name", "key", "field", "label", "attribute", "property"})
 _KV_VALUE_KEYS = frozenset({"value", "val", "values", "text", "data"})
 _KV_VALUE_SPELLINGS = frozenset({*_KV_VALUE_KEYS, *(k.title() for k in _KV_VALUE_KEYS), *(k.upper() for k in _KV_VALUE_KEYS)})
+_TOO_DEEP = f"nested deeper than {limits.MAX_DEPTH} levels"
 _CACHE_LIMIT = 10_000  # keys come from senders: bound what is remembered about them
 
 
@@ -96,6 +97,8 @@ class Masker:
                 masked, n = self.mask_value(value, None)
             except _Problem as problem:
                 where = "".join(f"[{p}]" if isinstance(p, int) else f".{str(p)[:40]}" for p in problem.path)
+                if problem.message == _TOO_DEEP:
+                    where = ""  # the path would be as long as the nesting
                 raise EventError(f"{name}{where}: {problem.message}") from None
             setattr(event, name, masked)
             changed += n
@@ -118,7 +121,7 @@ class Masker:
             return self._mask_dict(value, kind, in_address, depth)
         if isinstance(value, list):
             if depth >= limits.MAX_DEPTH:
-                raise _Problem(f"nested deeper than {limits.MAX_DEPTH} levels")
+                raise _Problem(_TOO_DEEP)
             changed = 0
             items = []
             for index, item in enumerate(value):
@@ -143,7 +146,7 @@ class Masker:
 
     def _mask_dict(self, value: dict[Any, Any], kind: str | None, in_address: bool, depth: int) -> tuple[Any, int]:
         if depth >= limits.MAX_DEPTH:
-            raise _Problem(f"nested deeper than {limits.MAX_DEPTH} levels")
+            raise _Problem(_TOO_DEEP)
         pair_kind = self._pair_kind(value) if len(value) <= 6 else None
         plain = kind is None and not in_address and pair_kind is None
         keys = self._keys

@@ -248,7 +248,7 @@ def test_limits_reject_the_record_naming_the_field():
     deep: object = "x"
     for _ in range(40):
         deep = {"a": deep}
-    with pytest.raises(EventError, match=r"^payload\.a\.a(\.a)*: nested deeper than 32 levels$"):
+    with pytest.raises(EventError, match=r"^payload: nested deeper than 32 levels$"):
         Masker().mask_event(event(payload=deep))
     with pytest.raises(EventError, match=r"^attributes\.order_total: integer of 30 digits is outside the 64-bit range"):
         Masker().mask_event(event(attributes={"order_total": 10**29}))
