@@ -71,15 +71,27 @@ def _print_report(report: Any) -> None:
     console.print(f"{report.path.name}: {report.accepted} stored, {report.duplicates} already present, {len(report.errors)} rejected → {state}")
 
 
+def verdict_line(verdict: dict[str, Any]) -> str:
+    """One SLA verdict as a line; a deadline SLA has no target and may have no elapsed time."""
+    elapsed, target = verdict.get("elapsed_ms"), verdict.get("target_ms")
+    timing = f"{elapsed / 1000:.0f}s" if elapsed is not None else "-"
+    timing += f" of {target / 1000:.0f}s" if target is not None else ""
+    return f"  SLA {verdict['sla']}: {verdict['state']} ({timing})"
+
+
 def search_command(
     ctx: typer.Context,
     key: str = typer.Argument(..., help="Order id, correlation id, marketplace order number, SKU or tracking number."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
 ) -> None:
     """Find a transaction by any of its keys and print its timeline."""
+    from collectors.masking import Masker, MaskingRules
+
     context = context_of(ctx)
+    # identifiers carrying personal data are stored as tokens: look up what was stored
+    stored_key = Masker(MaskingRules.load(context.settings.masking_rules)).mask_identifier(key)
     with context.engine.connect() as conn:
-        hits = transactions.search(conn, key, limit=20)
+        hits = transactions.search(conn, stored_key, limit=20)
         found = [transactions.get(conn, h["correlation_id"], now=datetime.now(UTC)) for h in hits[:1]]
     if as_json:
         typer.echo(orjson.dumps({"results": hits, "transaction": found[0] if found else None}, option=orjson.OPT_INDENT_2).decode())
@@ -98,7 +110,7 @@ def search_command(
     for kind, values in tx["keys"].items():
         console.print(f"  {kind}: {', '.join(values)}")
     for verdict in tx["sla"]:
-        console.print(f"  SLA {verdict['sla']}: {verdict['state']} ({verdict['elapsed_ms'] / 1000:.0f}s of {verdict['target_ms'] and verdict['target_ms'] / 1000:.0f}s)")
+        console.print(verdict_line(verdict), highlight=False)
     for e in tx["events"]:
         err = f"  [red]{e.get('error_code', '')} {e.get('error_message', '')}[/]" if e["status"] != "ok" else ""
         console.print(f"  {e['occurred_at']}  {e.get('system', '-'):<12} {e['flow']}.{e['stage']:<22} {e['status']}{err}", highlight=False)
