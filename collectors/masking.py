@@ -28,7 +28,7 @@ from typing import Any
 
 from collectors import limits
 from collectors.maskrules import ADDRESS_KEEP, POSTAL_KEYS, MaskingRules, normalise_key
-from collectors.pii import EMAIL_RE, SCREEN, Finder, mask_by_kind, mask_email, mask_name, mask_phone
+from collectors.pii import EMAIL_RE, Finder, clean, mask_by_kind, mask_email, mask_name, mask_phone
 from controltower.errors import EventError
 from controltower.event import Event
 
@@ -79,7 +79,7 @@ class Masker:
         changed = 0
         for name in ("event_id", "correlation_id", "order_id", "error_code"):
             value = getattr(event, name)
-            if value and (not value.isascii() or SCREEN.search(value)):
+            if value and not (value.isascii() and clean(value)):
                 masked = self.find.identifier(value)
                 if masked is not value:
                     setattr(event, name, masked)
@@ -107,7 +107,7 @@ class Masker:
     def mask_value(self, value: Any, kind: str | None, *, in_address: bool = False, depth: int = 0,
                    identifier: bool = False, free_text: bool = False) -> tuple[Any, int]:
         if type(value) is str:
-            if kind is None and not in_address and not free_text and value.isascii() and not SCREEN.search(value):
+            if kind is None and not in_address and not free_text and value.isascii() and clean(value):
                 return value, 0  # the common case: nothing that could be personal data
             if kind is not None or in_address:
                 masked = mask_by_kind(kind or "address", value) if value else value
@@ -157,7 +157,7 @@ class Masker:
                 known = keys.get(key)
                 # the common case: a known harmless key over a short ASCII value without PII
                 if known is not None and known[0] is None and not known[2] and known[4] is key \
-                        and item.isascii() and not SCREEN.search(item):
+                        and item.isascii() and clean(item):
                     out[key] = item
                     continue
             try:

@@ -48,7 +48,13 @@ _STREET_RE = re.compile(
     r"|\b(?i:p\.?\s*o\.?\s*box)\s+\d+\b"
 )
 # Quick screens (one C-level search each) before the detectors run.
-SCREEN = re.compile(r"@|%40|\d[\d -]{11}|[A-Z]{2}\d\d")
+_SCREEN_LONG = re.compile(r"\d[\d -]{11}|[A-Z]{2}\d\d")
+
+
+def clean(text: str) -> bool:
+    """True when ASCII `text` cannot hold what `Finder` looks for outside free text: no `@`,
+    and too short for a card or an IBAN or without their shape. The hot path of masking."""
+    return "@" not in text and "%40" not in text and (len(text) < 13 or not _SCREEN_LONG.search(text))
 # (prefix ranges, allowed lengths) of the card networks (ISO/IEC 7812 IINs in use)
 _NETWORKS: tuple[tuple[tuple[int, int, int], frozenset[int]], ...] = (
     ((1, 4, 4), frozenset({13, 16, 19})),  # Visa
@@ -144,7 +150,7 @@ class Finder:
 
     def value(self, text: str, *, free_text: bool = False, identifier: bool = False) -> str:
         """`text` with the personal data found in it masked (the same object when none)."""
-        if not free_text and text.isascii() and not SCREEN.search(text):
+        if not free_text and text.isascii() and clean(text):
             return text
         folded = fold(text)
         out = folded
@@ -161,7 +167,7 @@ class Finder:
     def identifier(self, text: str) -> str:
         """An id, code or dict key: personal data inside becomes a stable token. A value made
         only of digits is an identifier (order numbers are often 13–19 digits), not a card."""
-        if text.isdigit() or (text.isascii() and not SCREEN.search(text)):
+        if text.isdigit() or (text.isascii() and clean(text)):
             return text
         return self.value(text, identifier=True)
 
