@@ -1,19 +1,24 @@
 """Request bodies: bounded decompression and parsing of canonical-event bodies. Pure.
 
-Accepts a JSON array, `{"events": [...]}`, a single object, or NDJSON. A record that cannot be
-decoded (bad JSON line, invalid UTF-8 inside a string) becomes a per-record error at its
-index, so the good records of the same body still land. Nothing here touches the database.
+Accepts a JSON array, `{"events": [...]}`, a single object, or NDJSON, plain or compressed
+(every member of a multi-member gzip body). A record that cannot be decoded (bad JSON, invalid
+UTF-8 inside a string, nesting deeper than `limits.MAX_DEPTH`, a number that cannot be stored
+exactly) becomes a per-record error at its index naming the field, so the good records of the
+same body still land. Only a body whose outer structure is unreadable is a `BodyError`.
+Nothing here touches the database.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from typing import Any
 
 import orjson
 
-from controltower.errors import ControlTowerError
+from collectors import limits
+from controltower.errors import ControlTowerError, EventError
 
 
 class BodyError(ControlTowerError):
@@ -24,37 +29,147 @@ class BodyTooLarge(ControlTowerError):
     """The body, or what it inflates to, is larger than the limit (HTTP 413)."""
 
 
+_NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines")
+# JSON tokens that matter for structure; strings are skipped whole (escapes included).
+_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{},:]', re.DOTALL)
+
+
 def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
-    """Inflate gzip/deflate bodies without ever holding more than `limit` bytes of output."""
+    """Inflate gzip/deflate bodies without ever holding more than `limit` bytes of output.
+
+    A gzip body may hold several members (concatenated `gzip` outputs, as `cat a.gz b.gz`
+    makes): every member is inflated, and the limit holds for their sum.
+    """
     encoding = (encoding or "identity").strip().lower()
     if encoding in ("", "identity"):
         if len(body) > limit:
             raise BodyTooLarge(f"body is {len(body)} bytes, more than the {limit} allowed")
         return body
-    if encoding == "gzip":
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    elif encoding == "deflate":
-        inflater = zlib.decompressobj()
-    else:
+    if encoding not in ("gzip", "x-gzip", "deflate"):
         raise BodyError(f'Content-Encoding "{encoding}" is not supported (use gzip, deflate or none)')
+    gzip_wbits = 16 + zlib.MAX_WBITS
+    out = bytearray()
+    rest = body
     try:
-        out = inflater.decompress(body, limit + 1)
-        if len(out) > limit or inflater.unconsumed_tail:
-            raise BodyTooLarge(f"body inflates to more than the {limit} bytes allowed")
-        out += inflater.flush()
+        while True:
+            inflater = zlib.decompressobj(gzip_wbits if encoding != "deflate" else zlib.MAX_WBITS)
+            out += inflater.decompress(rest, limit + 1 - len(out))
+            if len(out) > limit or inflater.unconsumed_tail:
+                raise BodyTooLarge(f"body inflates to more than the {limit} bytes allowed")
+            out += inflater.flush()
+            if not inflater.eof:
+                raise BodyError(f"body is not valid {encoding} data: truncated stream")
+            rest = inflater.unused_data
+            if encoding == "deflate" or not rest.strip(b"\0"):
+                break  # trailing NUL padding after the last member is tolerated, like gzip(1)
     except zlib.error as exc:
         raise BodyError(f"body is not valid {encoding} data: {exc}") from None
     if len(out) > limit:
         raise BodyTooLarge(f"body inflates to more than the {limit} bytes allowed")
-    return out
+    return bytes(out)
 
 
-def _is_valid_utf8(record: Any) -> bool:
+class _BadNumber:
+    """A number the stdlib parser met that cannot be stored exactly (kept for the message)."""
+
+    __slots__ = ("problem",)
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+
+def _parse_int(text: str) -> Any:
+    if len(text.lstrip("-")) > 19:
+        return _BadNumber(f"integer of {len(text.lstrip('-'))} digits is outside the 64-bit range; send it as a string")
+    value = int(text)
+    problem = limits.number_problem(value)
+    return _BadNumber(problem) if problem else value
+
+
+def _parse_float(text: str) -> Any:
+    value = float(text)
+    if limits.number_problem(value) is None:
+        return value
+    return _BadNumber(f"number {text[:40]} is outside the range stored exactly (±2^63, finite); send it as a string")
+
+
+def _parse_constant(text: str) -> Any:
+    return _BadNumber(f"{text} is not a JSON number")
+
+
+def _first_problem(value: Any, where: str) -> str | None:
+    """The first field holding an unstorable number or invalid UTF-8, with the reason."""
+    if isinstance(value, _BadNumber):
+        return f"{where or 'record'}: {value.problem}"
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"{where or 'record'}: not valid UTF-8"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            problem = _first_problem(key, f"{where} (a key)" if where else "key") or _first_problem(item, limits.path(where, key))
+            if problem:
+                return problem
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            problem = _first_problem(item, limits.path(where, index))
+            if problem:
+                return problem
+    return None
+
+
+def _too_deep(raw: bytes) -> str | None:
+    """The top-level field nested deeper than the limit, scanning tokens (no recursion)."""
+    depth = 0
+    key: bytes | None = None
+    expect_key = False
+    for match in _TOKENS.finditer(raw):
+        token = match.group()
+        if token in (b"{", b"["):
+            depth += 1
+            expect_key = token == b"{" and depth == 1
+            if depth > limits.MAX_DEPTH + 1:  # the record itself is level 1
+                return str(limits.too_deep(key.decode("utf-8", "replace")[1:-1][:40] if key else "record"))
+        elif token in (b"}", b"]"):
+            depth -= 1
+        elif token == b",":
+            expect_key = depth == 1
+        elif token == b":":
+            expect_key = False
+        elif depth == 1 and expect_key:
+            key = token
+    return None
+
+
+def decode_record(raw: bytes) -> tuple[Any, str | None]:
+    """One JSON record from its bytes: (value, None) or (None, reason naming the field)."""
+    deep = _too_deep(raw) if raw.count(b"{") + raw.count(b"[") > limits.MAX_DEPTH else None
+    if deep:
+        return None, deep
     try:
-        orjson.dumps(record)
-    except TypeError:
-        return False
-    return True
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        first = str(exc)
+    else:
+        try:
+            for name in ("attributes", "payload"):
+                if isinstance(value, dict) and isinstance(value.get(name), dict | list):
+                    limits.check(value[name], name)
+        except EventError as exc:
+            return None, str(exc)
+        return value, None
+    # The stdlib parser keeps what orjson refuses (invalid UTF-8 as surrogates, huge numbers)
+    # visible, so the reason can name the field instead of blaming the whole record.
+    try:
+        value = json.loads(
+            raw.decode("utf-8", "surrogateescape"),
+            parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant,
+        )
+    except (ValueError, RecursionError):
+        return None, f"invalid JSON: {first}"
+    return None, _first_problem(value, "") or f"invalid JSON: {first}"
 
 
 def _ndjson(body: bytes) -> tuple[list[Any], dict[int, str]]:
@@ -63,18 +178,10 @@ def _ndjson(body: bytes) -> tuple[list[Any], dict[int, str]]:
     for number, line in enumerate(body.split(b"\n"), start=1):
         if not line.strip():
             continue
-        index = len(records)
-        try:
-            records.append(orjson.loads(line))
-            continue
-        except orjson.JSONDecodeError as exc:
-            records.append(None)
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError:
-                errors[index] = f"line {number}: not valid UTF-8"
-            else:
-                errors[index] = f"line {number}: invalid JSON: {exc}"
+        value, error = decode_record(line)
+        if error:
+            errors[len(records)] = f"line {number}: {error}"
+        records.append(value)
     return records, errors
 
 
@@ -91,27 +198,62 @@ def _unwrap(doc: Any) -> list[Any]:
     raise BodyError('body must be a JSON array of events, {"events": [...]}, or NDJSON')
 
 
+def _elements(body: bytes) -> list[bytes] | None:
+    """The raw bytes of each element of the body's event array (a top-level array, or the
+    `events` array of a top-level object), or None when the outer structure is broken."""
+    text = body.strip()
+    if text[:1] == b"{":
+        match = re.match(rb'\{\s*"events"\s*:\s*', text)
+        if not match or not text.endswith(b"}"):
+            return None  # one object without "events": decode_record handles it as one record
+        text = text[match.end():-1].rstrip()
+    if text[:1] != b"[" or text[-1:] != b"]":
+        return None
+    elements: list[bytes] = []
+    depth, start = 0, 1
+    for match in _TOKENS.finditer(text):
+        token = match.group()
+        if token in (b"[", b"{"):
+            depth += 1
+        elif token in (b"]", b"}"):
+            depth -= 1
+            if depth == 0:
+                if text[start : match.start()].strip():
+                    elements.append(text[start : match.start()])
+                return elements if match.end() == len(text) else None
+        elif token == b"," and depth == 1:
+            elements.append(text[start : match.start()])
+            start = match.end()
+    return None
+
+
 def parse_events(body: bytes, content_type: str | None = None) -> tuple[list[Any], dict[int, str]]:
     """Return (records, errors by index). Raises BodyError when nothing at all can be read."""
     kind = (content_type or "").split(";")[0].strip().lower()
     if not body.strip():
         raise BodyError("body is empty: send a JSON array of events, {\"events\": [...]}, or NDJSON")
-    if kind in ("application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"):
+    if kind in _NDJSON_TYPES:
         return _ndjson(body)
     try:
         return _unwrap(orjson.loads(body)), {}
     except orjson.JSONDecodeError as exc:
         whole_error = str(exc)
-    if b"\n" in body.strip():
+    stripped = body.strip()
+    if b"\n" in stripped and stripped[:1] == b"{" and not stripped.startswith(b'{"events"'):
         records, errors = _ndjson(body)
         if len(errors) < len(records):
             return records, errors
-    # Invalid UTF-8 inside one string must not sink the whole array: decode leniently, then
-    # reject exactly the records that carry the undecodable bytes.
-    try:
-        doc = json.loads(body.decode("utf-8", "surrogateescape"))
-    except ValueError:
-        raise BodyError(f"body is not valid JSON: {whole_error}") from None
-    records = _unwrap(doc)
-    errors = {i: "record contains invalid UTF-8" for i, r in enumerate(records) if not _is_valid_utf8(r)}
+    elements = _elements(body)
+    if elements is None:
+        if stripped[:1] == b"{":
+            value, error = decode_record(stripped)
+            if error and not error.startswith("invalid JSON"):
+                return [None], {0: error}
+        raise BodyError(f"body is not valid JSON: {whole_error}")
+    records, errors = [], {}
+    for index, raw in enumerate(elements):
+        value, error = decode_record(raw)
+        if error:
+            errors[index] = error
+        records.append(value)
     return records, errors

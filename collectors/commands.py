@@ -54,7 +54,7 @@ def watch_command(
     interval: float = typer.Option(2.0, "--interval", help="Seconds between polls."),
 ) -> None:
     """Watch a drop folder: import new files, move them to processed/ or quarantine/."""
-    from collectors.files import watch_folder
+    from collectors.dropfolder import watch_folder
 
     if not folder.is_dir():
         fail(f"{folder}: not a folder")
@@ -77,9 +77,13 @@ def search_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
 ) -> None:
     """Find a transaction by any of its keys and print its timeline."""
+    from collectors.masking import Masker, MaskingRules
+
     context = context_of(ctx)
+    # identifiers carrying personal data are stored as tokens: look up what was stored
+    stored_key = Masker(MaskingRules.load(context.settings.masking_rules)).mask_identifier(key)
     with context.engine.connect() as conn:
-        hits = transactions.search(conn, key, limit=20)
+        hits = transactions.search(conn, stored_key, limit=20)
         found = [transactions.get(conn, h["correlation_id"], now=datetime.now(UTC)) for h in hits[:1]]
     if as_json:
         print_json({"results": hits, "transaction": found[0] if found else None})

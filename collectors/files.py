@@ -5,10 +5,11 @@ field names; `attributes.X` columns go into `attributes`, and `attributes` / `pa
 columns may hold JSON objects. A record without `event_id` gets one derived from its content,
 so re-importing the same file stores nothing twice. `.gz` files are read transparently.
 
-`import_files` reports errors per file and line; `watch_folder` polls a drop folder, moves
-processed files to `processed/` and files with bad records to `quarantine/` with a
-`NAME.errors.txt` next to them. Good records of a file with bad ones are still stored.
-When the database is unavailable a file stays where it is and is retried on the next poll.
+Reading is streamed and bounded: a line longer than `MAX_LINE_BYTES` (a gzip bomb inflating
+to one 200 MB line) is skipped without being held and reported with a reason; a line with
+bytes that are not UTF-8 rejects only that line; JSONL lines go through the same record
+decoder as the events API (depth, numbers, fields named). `import_files` reports errors per
+file and line; the drop folder lives in `dropfolder`.
 """
 
 from __future__ import annotations
@@ -16,22 +17,20 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
-import io
-import logging
-import threading
+import os
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 
-from controltower.errors import StorageUnavailable
-
-log = logging.getLogger(__name__)
+from collectors.bodies import decode_record
 
 SUFFIXES = (".csv", ".jsonl", ".ndjson", ".json")
+MAX_LINE_BYTES = 1 << 20  # one record per line: 1 MiB is far above any real event
+_SKIP_CHUNK = 1 << 16
 Sink = Callable[[list[dict[str, Any]], str], Any]
 _DERIVED_ID_FIELDS = ("correlation_id", "channel", "flow", "stage", "status", "occurred_at", "order_id", "system")
 
@@ -91,12 +90,59 @@ class ImportReport:
         return text
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    raw = gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")  # noqa: SIM115
-    return io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline="")
+def open_binary(path: Path, *, follow_symlinks: bool = True) -> IO[bytes]:
+    """The file's bytes, inflated when it ends in `.gz`; never through a symlink when
+    `follow_symlinks` is false (O_NOFOLLOW: no race between a check and the open)."""
+    flags = os.O_RDONLY | (0 if follow_symlinks else os.O_NOFOLLOW)
+    raw = os.fdopen(os.open(path, flags), "rb")
+    return gzip.GzipFile(fileobj=raw, mode="rb") if path.name.endswith(".gz") else raw  # type: ignore[return-value]
 
 
-def _kind(path: Path) -> str:
+class _Lines:
+    """Lines of a byte stream, each at most `limit` bytes; longer ones are skipped in chunks
+    (never held whole) and their numbers kept in `too_long`."""
+
+    def __init__(self, stream: IO[bytes], limit: int) -> None:
+        self.stream, self.limit = stream, limit
+        self.number = 0
+        self.too_long: list[int] = []
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            line = self.stream.readline(self.limit + 1)
+            if not line:
+                return
+            self.number += 1
+            if len(line) > self.limit and not line.endswith(b"\n"):
+                while (rest := self.stream.readline(_SKIP_CHUNK)) and not rest.endswith(b"\n"):
+                    pass
+                self.too_long.append(self.number)
+                yield b"\n"  # keeps the numbering of the lines after it
+                continue
+            if self.number == 1 and line.startswith(b"\xef\xbb\xbf"):
+                line = line[3:]  # UTF-8 byte order mark
+            yield line
+
+    def text(self) -> Iterator[str]:
+        """Decoded lines; undecodable bytes become surrogates so the row that holds them,
+        and only that row, is rejected."""
+        for line in self:
+            yield line.decode("utf-8", "surrogateescape")
+
+
+def _too_long(number: int, limit: int) -> tuple[int, None, str]:
+    return number, None, f"line longer than {limit} bytes: skipped (one record per line)"
+
+
+def _not_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def file_kind(path: Path) -> str:
     name = path.name[:-3] if path.name.endswith(".gz") else path.name
     for suffix in SUFFIXES:
         if name.lower().endswith(suffix):
@@ -120,6 +166,8 @@ def _csv_record(row: dict[str, str | None], line: int) -> dict[str, Any]:
         column = column.strip()
         if value == "":
             continue
+        if not value.isascii() and _not_utf8(value):
+            raise ValueError(f"{column}: not valid UTF-8")
         if column.startswith(("attributes.", "attr.")):
             attributes[column.split(".", 1)[1]] = value
         elif column in ("attributes", "payload"):
@@ -140,42 +188,84 @@ def _csv_record(row: dict[str, str | None], line: int) -> dict[str, Any]:
     return record
 
 
-def read_records(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+def read_records(
+    path: Path, *, max_line_bytes: int = MAX_LINE_BYTES, follow_symlinks: bool = True
+) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
     """Yield (line number, record or None, error or None) for every record of a file."""
-    kind = _kind(path)
+    kind = file_kind(path)
     try:
-        with _open_text(path) as text:
+        with open_binary(path, follow_symlinks=follow_symlinks) as stream:
+            lines = _Lines(stream, max_line_bytes)
             if kind == "jsonl":
-                for number, line in enumerate(text, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        value = orjson.loads(line)
-                    except orjson.JSONDecodeError as exc:
-                        yield number, None, f"not valid JSON ({exc})"
-                        continue
-                    if not isinstance(value, dict):
-                        yield number, None, f"expected a JSON object, got {type(value).__name__}"
-                        continue
-                    yield number, value, None
+                yield from _jsonl(lines)
             else:
-                reader = csv.DictReader(text)
-                if not reader.fieldnames:
-                    raise FileFormatError("empty CSV file (no header row)")
-                for row in reader:
-                    try:
-                        yield reader.line_num, _csv_record(row, reader.line_num), None
-                    except ValueError as exc:
-                        yield reader.line_num, None, str(exc)
-    except UnicodeDecodeError as exc:
-        raise FileFormatError(f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    except (gzip.BadGzipFile, EOFError) as exc:
+                yield from _csv(lines)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise FileFormatError(f"damaged gzip file ({exc})") from None
+
+
+def _jsonl(lines: _Lines) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+    for line in lines:
+        if lines.too_long and lines.too_long[-1] == lines.number:
+            yield _too_long(lines.number, lines.limit)
+            continue
+        if not line.strip():
+            continue
+        value, error = decode_record(line)
+        if error is not None:
+            yield lines.number, None, error
+        elif not isinstance(value, dict):
+            yield lines.number, None, f"expected a JSON object, got {type(value).__name__}"
+        else:
+            yield lines.number, value, None
+
+
+def _csv(lines: _Lines) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+    csv.field_size_limit(max(csv.field_size_limit(), lines.limit))
+    reader = csv.DictReader(lines.text())
+    try:
+        header = reader.fieldnames
     except csv.Error as exc:
-        raise FileFormatError(f"bad CSV: {exc}") from None
+        raise FileFormatError(f"bad CSV header: {exc}") from None
+    if lines.too_long and lines.too_long[0] == 1:
+        raise FileFormatError(f"header line longer than {lines.limit} bytes")
+    if not header:
+        raise FileFormatError("empty CSV file (no header row)")
+    if any(_not_utf8(name) for name in header):
+        raise FileFormatError("header row is not valid UTF-8")
+    reported = 0
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            row, error = None, f"bad CSV row: {exc}"
+        else:
+            error = None
+        while reported < len(lines.too_long):
+            yield _too_long(lines.too_long[reported], lines.limit)
+            reported += 1
+        if row is None:
+            yield reader.line_num, None, error
+            continue
+        try:
+            yield reader.line_num, _csv_record(row, reader.line_num), None
+        except ValueError as exc:
+            yield reader.line_num, None, str(exc)
+    for number in lines.too_long[reported:]:
+        yield _too_long(number, lines.limit)
 
 
-def import_file(path: Path, sink: Sink, *, batch_size: int = 5000, on_records: Callable[[int], None] | None = None) -> FileReport:
+def import_file(
+    path: Path,
+    sink: Sink,
+    *,
+    batch_size: int = 5000,
+    on_records: Callable[[int], None] | None = None,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    follow_symlinks: bool = True,
+) -> FileReport:
     """Import one file. Raises StorageUnavailable (nothing from the failing batch is stored)."""
     report = FileReport(path)
     source = f"file:{path.name}"
@@ -195,7 +285,7 @@ def import_file(path: Path, sink: Sink, *, batch_size: int = 5000, on_records: C
         lines.clear()
 
     try:
-        for number, record, error in read_records(path):
+        for number, record, error in read_records(path, max_line_bytes=max_line_bytes, follow_symlinks=follow_symlinks):
             report.lines += 1
             if error is not None or record is None:
                 report.errors.append((number, error or "unreadable"))
@@ -235,58 +325,3 @@ def import_files(paths: Sequence[Path], sink: Sink, *, batch_size: int = 5000, p
                 report.files.append(import_file(path, sink, batch_size=batch_size, on_records=tick))
             bar.update(1)
     return report
-
-
-def _unique(target: Path) -> Path:
-    if not target.exists():
-        return target
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
-    return target.with_name(f"{stamp}-{target.name}")
-
-
-def watch_once(folder: Path, sink: Sink, *, sizes: dict[Path, int] | None = None) -> list[FileReport]:
-    """Process every complete file in the drop folder once.
-
-    With `sizes` (carried between polls), a file is taken only once its size has stayed the
-    same for one poll, so a feed still being written is not imported half-way.
-    """
-    processed, quarantine = folder / "processed", folder / "quarantine"
-    reports = []
-    for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.name.startswith("."):
-            continue
-        try:
-            _kind(path)
-        except FileFormatError:
-            continue
-        if sizes is not None:
-            size = path.stat().st_size
-            if sizes.get(path) != size:
-                sizes[path] = size
-                continue
-            sizes.pop(path, None)
-        try:
-            report = import_file(path, sink)
-        except StorageUnavailable as exc:
-            log.warning("%s left in place, will retry: %s", path.name, exc)
-            break
-        if report.ok:
-            processed.mkdir(exist_ok=True)
-            path.rename(_unique(processed / path.name))
-        else:
-            quarantine.mkdir(exist_ok=True)
-            target = _unique(quarantine / path.name)
-            path.rename(target)
-            target.with_name(target.name + ".errors.txt").write_text(report.error_text(), encoding="utf-8")
-            log.warning("%s quarantined: %d bad record(s)", path.name, len(report.errors))
-        reports.append(report)
-    return reports
-
-
-def watch_folder(folder: Path, sink: Sink, *, stop: threading.Event, interval: float = 2.0, on_report: Callable[[FileReport], None] | None = None) -> None:
-    sizes: dict[Path, int] = {}
-    while not stop.is_set():
-        for report in watch_once(folder, sink, sizes=sizes):
-            if on_report:
-                on_report(report)
-        stop.wait(interval)

@@ -1,212 +1,209 @@
-"""Personal data masking, applied to every event before it is stored.
+"""Personal data masking, applied to every field of every event before it is stored.
 
-Two kinds of rule:
+What is masked (see docs/security-masking.md):
 - **by key**: a value under a key that names personal data (`buyer_email`, `phone`,
-  `ship_to_name`, `shipping_address`, ...) is masked whatever it looks like; containers
-  under an address key have every string leaf masked except coarse location fields (city,
-  state, country, postal-code prefix) that ops need to route a parcel question.
-- **by value**: email addresses are recognised anywhere in any string (they are
-  unambiguous); phone numbers only under keys, because marketplace order numbers such as
-  Amazon's `113-4567890-1234567` look like phone numbers and must stay searchable.
+  `ship_to_name`, `card_number`, `iban`, `shipping_address`, ...; see `maskrules`) is masked
+  whatever it looks like; containers under an address key have every string leaf masked
+  except coarse location fields (city, state, country, postal-code prefix). Key/value arrays
+  (`[{"name": "phone", "value": "…"}]`, OTLP `{"key": …, "value": …}`) mask the value by
+  the name they carry.
+- **by value**, everywhere: emails (also URL-encoded, full-width, with zero-width characters,
+  and as object keys), payment cards (Luhn) and IBANs (mod 97). In free text (`error_message`,
+  values under message/note/comment keys) also phones, names after a cue word and street
+  addresses. Phones are not looked for elsewhere: marketplace order numbers such as Amazon's
+  `113-4567890-1234567` look like phone numbers and must stay searchable.
+- **identifiers** (`event_id`, `correlation_id`, `order_id`, `error_code`, id-like attribute
+  values, object keys) keep their shape: personal data inside becomes a keyed-hash token
+  (`email-3fa9c1d2e4b5`), so they still correlate and never collide, and the clear value is
+  never indexed as a search key.
 
-The built-in rules cover the common marketplace payload shapes; a YAML file
-(`CONTROLTOWER_MASKING_RULES`) replaces the key lists:
-
-```yaml
-email: [email, e_mail]          # regexes matched against the normalised key
-phone: [phone, mobile, fax]
-name: ['^(first|last|full|buyer|customer|recipient)_?name$']
-address: [address, street]
-keep: [sku_name, product_name]  # keys never masked
-mask_emails_in_text: true
-```
-
-Keys are normalised (lower case, camelCase split, `-`/spaces → `_`) before matching.
+The same walk enforces `limits` (depth, numbers) and rejects the record naming the field: it
+is the one pass over every value before storage.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from controltower import yamlfile
+from collectors import limits
+from collectors.maskrules import ADDRESS_KEEP, POSTAL_KEYS, MaskingRules, normalise_key
+from collectors.pii import EMAIL_RE, Finder, clean, mask_by_kind, mask_email, mask_name, mask_phone
+from controltower.errors import EventError
 from controltower.event import Event
 
-EMAIL_RE = re.compile(r"(?<![\w.+-])([\w.+-]+)@([\w-]+(?:\.[\w-]+)*\.[a-zA-Z]{2,})")
+__all__ = ["EMAIL_RE", "Masker", "MaskingRules", "mask_email", "mask_name", "mask_phone", "normalise_key"]
 
-DEFAULT_KEYS: dict[str, tuple[str, ...]] = {
-    "email": (r"e_?mail",),
-    "phone": (r"phone", r"mobile", r"^tel$", r"telephone", r"^fax", r"msisdn"),
-    "name": (
-        r"^(first|last|full|given|family|middle|buyer|customer|recipient|contact|ship_to|bill_to|shipto|billto|sold_to|consignee|cardholder|card_holder|account_holder|receiver|sender)_?name$",
-        r"^(name|surname|forename)$",
-        r"^(buyer|customer|recipient|consignee|receiver)$",
-    ),
-    "address": (r"address", r"^street", r"^addr", r"^line_?[123]$", r"^ship_to$", r"^bill_to$", r"^house_?(number|no)?$"),
-}
-DEFAULT_KEEP: tuple[str, ...] = (
-    r"^(sku|product|item|channel|location|store|warehouse|carrier|service|marketplace|seller|shop|file|event|stage|flow|system|host|queue|topic|company|brand|category)_?name$",
-    r"^email_(sent|status|template|type|count)$",
-    r"ip_?address",
-    r"^(mac|queue|endpoint|web|url)_?address$",
-)
-# Inside an address container these stay readable (coarse location, not a person).
-ADDRESS_KEEP = re.compile(r"^(city|town|state|state_or_region|region|province|county|country|country_code|countrycode|postal_code|postalcode|zip|zip_code|zipcode|type|is_residential|address_type)$")
-_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_ID_KEY = re.compile(r"(^|_)(id|ids|uuid|guid|number|no|num|ref|reference|code|key|document|doc|rma|sku|tracking|awb|po|asin|upc|ean|gtin|isbn)$")
+_TEXT_KEY = re.compile(r"(^|_)(message|msg|messages|text|note|notes|comment|comments|description|desc|reason|detail|details|remark|remarks|instructions|body|summary|error|errors|log|status_message|gift_message)$")
+_KV_NAME_KEYS = frozenset({"name", "key", "field", "label", "attribute", "property"})
+_KV_VALUE_KEYS = frozenset({"value", "val", "values", "text", "data"})
+_KV_VALUE_SPELLINGS = frozenset({*_KV_VALUE_KEYS, *(k.title() for k in _KV_VALUE_KEYS), *(k.upper() for k in _KV_VALUE_KEYS)})
+_TOO_DEEP = f"nested deeper than {limits.MAX_DEPTH} levels"
+_CACHE_LIMIT = 10_000  # keys come from senders: bound what is remembered about them
 
 
-def normalise_key(key: str) -> str:
-    return re.sub(r"[\s\-.]+", "_", _CAMEL.sub("_", key)).lower()
+class _Problem(Exception):
+    """A value breaks a limit; `path` is filled in on the way out of the walk."""
 
-
-@dataclass(frozen=True)
-class MaskingRules:
-    email: tuple[re.Pattern[str], ...]
-    phone: tuple[re.Pattern[str], ...]
-    name: tuple[re.Pattern[str], ...]
-    address: tuple[re.Pattern[str], ...]
-    keep: tuple[re.Pattern[str], ...]
-    mask_emails_in_text: bool = True
-
-    @classmethod
-    def defaults(cls) -> MaskingRules:
-        compiled = {kind: tuple(re.compile(p) for p in patterns) for kind, patterns in DEFAULT_KEYS.items()}
-        return cls(keep=tuple(re.compile(p) for p in DEFAULT_KEEP), **compiled)
-
-    @classmethod
-    def load(cls, path: Path | str | None) -> MaskingRules:
-        if path is None:
-            return cls.defaults()
-        doc = yamlfile.load(path)
-        if not isinstance(doc.data, dict):
-            raise doc.error("masking rules must be a mapping of email/phone/name/address/keep to lists of key patterns")
-        known = {"email", "phone", "name", "address", "keep", "mask_emails_in_text"}
-        for key in doc.data:
-            if key not in known:
-                raise doc.error(f"unknown key {key!r}; expected one of {', '.join(sorted(known))}", key)
-        lists: dict[str, tuple[re.Pattern[str], ...]] = {}
-        for kind in ("email", "phone", "name", "address", "keep"):
-            patterns = doc.data.get(kind, DEFAULT_KEYS.get(kind, DEFAULT_KEEP) if kind != "keep" else DEFAULT_KEEP)
-            if isinstance(patterns, str) or not isinstance(patterns, list | tuple):
-                raise doc.error(f"{kind}: expected a list of regular expressions", kind)
-            compiled = []
-            for i, pattern in enumerate(patterns):
-                if not isinstance(pattern, str):
-                    raise doc.error(f"{kind}[{i}]: expected a string, got {type(pattern).__name__}", kind, i)
-                try:
-                    compiled.append(re.compile(pattern))
-                except re.error as exc:
-                    raise doc.error(f"{kind}[{i}]: bad regular expression {pattern!r}: {exc}", kind, i) from None
-            lists[kind] = tuple(compiled)
-        flag = doc.data.get("mask_emails_in_text", True)
-        if not isinstance(flag, bool):
-            raise doc.error("mask_emails_in_text: expected true or false", "mask_emails_in_text")
-        return cls(mask_emails_in_text=flag, **lists)
-
-    def kind_of(self, key: str) -> str | None:
-        norm = normalise_key(key)
-        if any(p.search(norm) for p in self.keep):
-            return None
-        for kind in ("email", "phone", "address", "name"):
-            if any(p.search(norm) for p in getattr(self, kind)):
-                return kind
-        return None
-
-
-def mask_email(value: str) -> str:
-    def one(match: re.Match[str]) -> str:
-        local, domain = match.group(1), match.group(2)
-        tld = domain.rsplit(".", 1)[-1]
-        return f"{local[:1]}***@***.{tld}"
-
-    masked = EMAIL_RE.sub(one, value)
-    return masked if masked != value else "***"
-
-
-def mask_phone(value: str) -> str:
-    digits = re.sub(r"\D", "", value)
-    return f"***{digits[-2:]}" if len(digits) >= 6 else "***"
-
-
-def mask_name(value: str) -> str:
-    return " ".join(f"{part[:1]}***" for part in value.split()) or "***"
-
-
-def mask_text(kind: str, value: str) -> str:
-    if kind == "email":
-        return mask_email(value)
-    if kind == "phone":
-        return mask_phone(value)
-    if kind == "name":
-        return mask_name(value)
-    return "***"
+    def __init__(self, message: str) -> None:
+        self.message = message
+        self.path: list[Any] = []
 
 
 class Masker:
-    """Masks one event's `attributes` and `payload` in place; returns how many values changed."""
+    """Masks one event in place (every field); returns how many values changed."""
 
     def __init__(self, rules: MaskingRules | None = None) -> None:
         self.rules = rules or MaskingRules.defaults()
-        self._kinds: dict[str, str | None] = {}
+        self.find = Finder(self.rules.hash_key, emails=self.rules.mask_emails_in_text)
+        self._keys: dict[str, tuple[str | None, bool, bool, str, str]] = {}
 
-    def _kind(self, key: str) -> str | None:
-        if key in self._kinds:
-            return self._kinds[key]
-        kind = self.rules.kind_of(key)
-        if len(self._kinds) < 10_000:  # bounded: keys come from senders
-            self._kinds[key] = kind
-        return kind
+    def _key(self, key: str) -> tuple[str | None, bool, bool, str, str]:
+        """(kind, is an identifier, is free text, normalised, as stored) for a key, cached."""
+        known = self._keys.get(key)
+        if known is not None:
+            return known
+        norm = normalise_key(key)
+        found = (self.rules.kind_of(key), bool(_ID_KEY.search(norm)), bool(_TEXT_KEY.search(norm)), norm,
+                 self.find.identifier(key))
+        if len(self._keys) < _CACHE_LIMIT:
+            self._keys[key] = found
+        return found
+
+    def mask_identifier(self, text: str) -> str:
+        """How an identifier carrying personal data is stored: search with this, not the clear value."""
+        return self.find.identifier(text)
 
     def mask_event(self, event: Event) -> int:
         changed = 0
-        if event.attributes:
-            event.attributes, n = self.mask_value(event.attributes, None)
-            changed += n
-        if event.payload is not None:
-            event.payload, n = self.mask_value(event.payload, None)
-            changed += n
-        if event.error_message and self.rules.mask_emails_in_text and "@" in event.error_message:
-            masked = EMAIL_RE.sub(lambda m: mask_email(m.group(0)), event.error_message)
-            if masked != event.error_message:
+        for name in ("event_id", "correlation_id", "order_id", "error_code"):
+            value = getattr(event, name)
+            if value and not (value.isascii() and clean(value)):
+                masked = self.find.identifier(value)
+                if masked is not value:
+                    setattr(event, name, masked)
+                    changed += 1
+        if event.error_message:
+            masked = self.find.value(event.error_message, free_text=True)
+            if masked is not event.error_message:
                 event.error_message = masked
                 changed += 1
+        for name in ("attributes", "payload"):
+            value = getattr(event, name)
+            if value is None:
+                continue
+            try:
+                masked, n = self.mask_value(value, None)
+            except _Problem as problem:
+                where = "".join(f"[{p}]" if isinstance(p, int) else f".{str(p)[:40]}" for p in problem.path)
+                if problem.message == _TOO_DEEP:
+                    where = ""  # the path would be as long as the nesting
+                raise EventError(f"{name}{where}: {problem.message}") from None
+            setattr(event, name, masked)
+            changed += n
         return changed
 
-    def mask_value(self, value: Any, kind: str | None, *, in_address: bool = False) -> tuple[Any, int]:
+    def mask_value(self, value: Any, kind: str | None, *, in_address: bool = False, depth: int = 0,
+                   identifier: bool = False, free_text: bool = False) -> tuple[Any, int]:
+        if type(value) is str:
+            if kind is None and not in_address and not free_text and value.isascii() and clean(value):
+                return value, 0  # the common case: nothing that could be personal data
+            if kind is not None or in_address:
+                masked = mask_by_kind(kind or "address", value) if value else value
+                return masked, int(masked != value)
+            if identifier:
+                masked = self.find.identifier(value)
+            else:
+                masked = self.find.value(value, free_text=free_text)
+            return masked, int(masked is not value)
         if isinstance(value, dict):
-            changed = 0
-            out: dict[str, Any] = {}
-            for key, item in value.items():
-                key_kind = self._kind(key) if isinstance(key, str) else None
-                if in_address and isinstance(key, str) and ADDRESS_KEEP.match(normalise_key(key)):
-                    if normalise_key(key) in {"postal_code", "postalcode", "zip", "zip_code", "zipcode"} and isinstance(item, str) and len(item) > 3:
-                        out[key] = item[:3] + "***"
-                        changed += 1
-                    else:
-                        out[key] = item
-                    continue
-                child_kind = key_kind or (kind if kind != "address" else None)
-                out[key], n = self.mask_value(item, child_kind, in_address=in_address or key_kind == "address" or kind == "address")
-                changed += n
-            return out, changed
+            return self._mask_dict(value, kind, in_address, depth)
         if isinstance(value, list):
+            if depth >= limits.MAX_DEPTH:
+                raise _Problem(_TOO_DEEP)
             changed = 0
             items = []
-            for item in value:
-                masked, n = self.mask_value(item, kind, in_address=in_address)
+            for index, item in enumerate(value):
+                try:
+                    masked, n = self.mask_value(item, kind, in_address=in_address, depth=depth + 1,
+                                                identifier=identifier, free_text=free_text)
+                except _Problem as problem:
+                    problem.path.insert(0, index)
+                    raise
                 items.append(masked)
                 changed += n
             return items, changed
-        if isinstance(value, str):
-            if kind is not None or in_address:
-                masked = mask_text(kind or "address", value) if value else value
-                return masked, int(masked != value)
-            if self.rules.mask_emails_in_text and "@" in value:
-                masked = EMAIL_RE.sub(lambda m: mask_email(m.group(0)), value)
-                return masked, int(masked != value)
-            return value, 0
-        if isinstance(value, int | float) and not isinstance(value, bool) and kind == "phone":
-            return mask_phone(str(value)), 1
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            problem = limits.number_problem(value)
+            if problem:
+                raise _Problem(problem)
+            if kind in ("phone", "card", "bank") or (kind is None and not identifier and isinstance(value, int) and value >= 10**11):
+                text = str(value)
+                masked = mask_by_kind(kind, text) if kind else self.find.value(text)
+                return (masked, 1) if masked != text else (value, 0)
         return value, 0
+
+    def _mask_dict(self, value: dict[Any, Any], kind: str | None, in_address: bool, depth: int) -> tuple[Any, int]:
+        if depth >= limits.MAX_DEPTH:
+            raise _Problem(_TOO_DEEP)
+        pair_kind = self._pair_kind(value) if len(value) <= 6 else None
+        plain = kind is None and not in_address and pair_kind is None
+        keys = self._keys
+        changed = 0
+        out: dict[Any, Any] = {}
+        for key, item in value.items():
+            if plain and type(item) is str and type(key) is str:
+                known = keys.get(key)
+                # the common case: a known harmless key over a short ASCII value without PII
+                if known is not None and known[0] is None and not known[2] and known[4] is key \
+                        and item.isascii() and clean(item):
+                    out[key] = item
+                    continue
+            try:
+                if isinstance(key, str):
+                    key_kind, key_is_id, key_is_text, norm, stored_key = keys.get(key) or self._key(key)
+                    if stored_key is not key:
+                        changed += 1
+                else:
+                    key_kind, key_is_id, key_is_text, norm, stored_key = None, False, False, "", key
+                if pair_kind is not None and norm in _KV_NAME_KEYS and isinstance(item, str):
+                    out[stored_key] = masked_label = self.find.identifier(item)  # a label, see _pair_kind
+                    changed += masked_label is not item
+                    continue
+                if pair_kind and norm in _KV_VALUE_KEYS:
+                    key_kind = pair_kind
+                if in_address and ADDRESS_KEEP.match(norm):
+                    if norm in POSTAL_KEYS and isinstance(item, str) and len(item) > 3:
+                        out[stored_key] = item[:3] + "***"
+                        changed += 1
+                    else:
+                        out[stored_key] = item
+                    continue
+                child_kind = key_kind or (kind if kind != "address" else None)
+                out[stored_key], n = self.mask_value(
+                    item, child_kind, depth=depth + 1, identifier=key_is_id and key_kind is None,
+                    free_text=key_is_text, in_address=in_address or key_kind == "address" or kind == "address",
+                )
+                changed += n
+            except _Problem as problem:
+                problem.path.insert(0, key)
+                raise
+        return out, changed
+
+    def _pair_kind(self, value: dict[Any, Any]) -> str | None:
+        """For a key/value pair object (`{"name": "phone", "value": …}`, OTLP `{"key": …}`):
+        the kind its name says ("" when none); None when `value` is not such a pair.
+
+        The name of a pair is a label, not a person: it stays readable (emails inside it still
+        become tokens), and the value is masked by what the label says it is.
+        """
+        if len(value) > 3 or value.keys().isdisjoint(_KV_VALUE_SPELLINGS):
+            return None
+        label = None
+        for key, item in value.items():
+            if isinstance(key, str) and isinstance(item, str) and len(item) <= 64 and normalise_key(key) in _KV_NAME_KEYS:
+                label = item
+        if label is None:
+            return None
+        return self._key(label)[0] or ""

@@ -8,6 +8,8 @@ does not validate time bounds or field formats: `controltower.event.parse_event`
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -29,6 +31,7 @@ from collectors.instrument import (
     ATTR_SYSTEM,
     MILESTONE_EVENT,
 )
+from collectors.otlp import REJECTED_ATTR
 from controltower.event import STATUSES
 
 # retail.* attributes that map to record fields; every other retail.* one goes to `attributes`.
@@ -47,6 +50,7 @@ _FIELDS = {
 _CORRELATION_KEYS = (ATTR_CORRELATION_ID, "baggage.correlation.id", "correlation.id")
 _REQUIRED = (ATTR_FLOW, ATTR_STAGE, ATTR_CHANNEL)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NOT_SLUG = re.compile(r"[^a-z0-9_.\-]+")
 
 
 @dataclass(slots=True)
@@ -71,6 +75,7 @@ def map_request(request: ExportTraceServiceRequest) -> SpanMapping:
         service = resource.get("service.name")
         if isinstance(service, str) and service.startswith("unknown_service"):
             service = None  # the SDK's placeholder when no service name was configured
+        service = service_slug(service)
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
                 mapping.span_count += 1
@@ -84,6 +89,9 @@ def map_request(request: ExportTraceServiceRequest) -> SpanMapping:
 
 def _map_span(span: Span, defaults: dict[str, Any], service: Any) -> list[dict[str, Any]]:
     trace_id, span_id = span.trace_id.hex(), span.span_id.hex()
+    for kv in span.attributes:
+        if kv.key == REJECTED_ATTR:  # a span `otlp` could not decode; the value says why
+            raise _Rejected(kv.value.string_value or "could not be decoded")
     if len(span.trace_id) != 16 or not span.trace_id.strip(b"\0"):
         raise _Rejected(f"trace id {trace_id!r} is not 16 bytes and non-zero")
     if len(span.span_id) != 8 or not span.span_id.strip(b"\0"):
@@ -144,6 +152,19 @@ def _map_span(span: Span, defaults: dict[str, Any], service: Any) -> list[dict[s
         }
         records.append(_compact(milestone))
     return records
+
+
+def service_slug(service: Any) -> str | None:
+    """A `system` slug from a free-text `service.name`: "Checkout API v2" → "checkout-api-v2".
+
+    Service names are free text in OpenTelemetry, the `system` field is a slug: derive one
+    instead of rejecting the span. None when nothing usable is left.
+    """
+    if not isinstance(service, str):
+        return None
+    text = unicodedata.normalize("NFKC", service).strip().lower()
+    slug = _NOT_SLUG.sub("-", text).strip("-_.")[:64].rstrip("-_.")
+    return slug or None
 
 
 def attribute_dict(attributes: Iterable[KeyValue]) -> dict[str, Any]:

@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from collectors.files import import_files, watch_once
+from collectors.dropfolder import watch_once
+from collectors.files import import_files
 from collectors.masking import Masker
 from collectors.store import EventStore
 from wiring.cli import app
@@ -81,7 +82,8 @@ def test_unreadable_files_are_reported(tmp_path, engine, settings):
     unknown.write_text("<x/>")
     report = import_files([bad, unknown, tmp_path / "missing.csv"], sink_for(engine, settings), progress=False)
     text = "\n".join(report.errors)
-    assert "not UTF-8" in text and "unknown file type" in text and "no such file" in text
+    assert f"{bad}:2: channel: not valid UTF-8" in text  # only that line (issue 10 #7)
+    assert "unknown file type" in text and "no such file" in text
 
 
 def test_drop_folder_moves_good_files_and_quarantines_bad_ones(tmp_path, engine, settings):
@@ -109,3 +111,138 @@ def test_import_command_exit_code_and_summary(tmp_path, engine, settings, monkey
     result = CliRunner().invoke(app, ["import", "--quiet", str(feed)])
     assert result.exit_code == 2, result.output
     assert "2 stored" in result.output and "2 rejected" in result.output and "feed.csv:4:" in result.output
+
+
+HEADER = "correlation_id,occurred_at,channel,flow,stage,event_id\n"
+
+
+def test_one_non_utf8_byte_rejects_only_its_csv_line(tmp_path, engine, settings):
+    feed = tmp_path / "mixed-bytes.csv"
+    feed.write_bytes(
+        HEADER.encode()
+        + f"C-1,{at(3)},walmart,order,received,e1\n".encode()
+        + f"C-2,{at(2)},walmart,order,received,caf\xe9\n".encode("latin-1")
+        + f"C-3,{at(1)},walmart,order,received,e3\n".encode()
+    )
+    report = import_files([feed], sink_for(engine, settings), progress=False)
+    assert report.errors == [f"{feed}:3: event_id: not valid UTF-8"]
+    assert report.accepted == 2
+    assert count(engine, "SELECT count(*) FROM events WHERE correlation_id IN ('C-1', 'C-3')") == 2
+
+
+def test_jsonl_lines_are_decoded_like_the_events_api(tmp_path, engine, settings):
+    good = {"correlation_id": "C-1", "occurred_at": at(3), "channel": "ebay", "flow": "order", "stage": "received"}
+    feed = tmp_path / "feed.jsonl"
+    feed.write_bytes(
+        json.dumps(good).encode() + b"\n"
+        + b'{"correlation_id": "C-2", "attributes": {"note": "\xff"}}\n'
+        + b'{"correlation_id": "C-3", "payload": ' + b"[" * 2000 + b"]" * 2000 + b"}\n"
+        + b'{"correlation_id": "C-4", "attributes": {"total": 1e400}}\n'
+        + json.dumps(good | {"correlation_id": "C-5"}).encode() + b"\n"
+    )
+    report = import_files([feed], sink_for(engine, settings), progress=False)
+    assert report.errors == [
+        f"{feed}:2: attributes.note: not valid UTF-8",
+        f"{feed}:3: payload: nested deeper than 32 levels",
+        f"{feed}:4: attributes.total: number 1e400 is outside the range stored exactly (±2^63, finite); send it as a string",
+    ]
+    assert report.accepted == 2
+
+
+def test_a_long_line_is_skipped_with_a_reason_and_bounded_memory(tmp_path, engine, settings):
+    feed = tmp_path / "bomb.jsonl.gz"
+    good = {"correlation_id": "C-1", "occurred_at": at(3), "channel": "ebay", "flow": "order", "stage": "received"}
+    with gzip.open(feed, "wb") as out:
+        out.write(b'{"payload": "' + b"A" * (3 << 20) + b'"}\n' + json.dumps(good).encode() + b"\n")
+    report = import_files([feed], sink_for(engine, settings), progress=False)
+    assert report.errors == [f"{feed}:1: line longer than 1048576 bytes: skipped (one record per line)"]
+    assert report.accepted == 1
+
+
+def test_csv_long_line_keeps_line_numbers(tmp_path, engine, settings):
+    from collectors.files import read_records
+
+    feed = tmp_path / "long.csv"
+    feed.write_text(HEADER + "C-1," + "x" * 5000 + ",a,b,c,d\n" + f"C-2,{at(1)},walmart,order,received,e2\n")
+    got = list(read_records(feed, max_line_bytes=1000))
+    assert got[0] == (2, None, "line longer than 1000 bytes: skipped (one record per line)")
+    assert got[1][0] == 3 and got[1][1]["correlation_id"] == "C-2"
+
+
+def test_gzip_bomb_memory_stays_bounded(tmp_path):
+    """200 MB of one line inflated from ~200 KB: the reader's peak RSS grows by a few MB only."""
+    import subprocess
+    import sys
+
+    feed = tmp_path / "bomb.jsonl.gz"
+    with gzip.open(feed, "wb", compresslevel=9) as out:
+        out.write(b'{"payload": "')
+        chunk = b"A" * (1 << 20)
+        for _ in range(200):
+            out.write(chunk)
+        out.write(b'"}\n')
+    script = (
+        "import resource, sys; from pathlib import Path; from collectors.files import read_records\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "rows = list(read_records(Path(sys.argv[1])))\n"
+        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print(len(rows), rows[0][2], after - before)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(feed)], capture_output=True, text=True, check=True)
+    rows, *reason, grown_kib = done.stdout.split()
+    assert rows == "1" and " ".join(reason).startswith("line longer than 1048576 bytes")
+    assert int(grown_kib) < 32 * 1024, f"peak RSS grew by {grown_kib} KiB"
+    assert feed.stat().st_size < 400_000
+
+
+def test_drop_folder_never_follows_symlinks(tmp_path, engine, settings, caplog):
+    secret = tmp_path / "outside.csv"
+    secret.write_text(HEADER + f"C-secret,{at(1)},walmart,order,received,s1\n")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("do not overwrite")
+    drop = tmp_path / "drop"
+    (drop / "quarantine").mkdir(parents=True)
+    (drop / "linked.csv").symlink_to(secret)
+    (drop / "mixed.csv").write_text(CSV)
+    (drop / "quarantine" / "mixed.csv.errors.txt").symlink_to(victim)  # planted
+    reports = watch_once(drop, sink_for(engine, settings))
+    assert [r.path.name for r in reports] == ["mixed.csv"]
+    assert "linked.csv skipped: a symlink" in caplog.text
+    assert (drop / "linked.csv").is_symlink()  # left alone, not imported
+    assert count(engine, "SELECT count(*) FROM events WHERE correlation_id = 'C-secret'") == 0
+    assert victim.read_text() == "do not overwrite"
+    errors_file = drop / "quarantine" / "mixed.csv.errors.txt"
+    assert not errors_file.is_symlink() and errors_file.read_text().startswith("mixed.csv:4: ")
+    assert [p.name for p in (drop / "quarantine").iterdir() if p.name.startswith(".")] == []
+
+
+def test_drop_folder_refuses_a_symlinked_processed_folder(tmp_path, engine, settings):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "processed").symlink_to(elsewhere)
+    (drop / "good.csv").write_text(CSV.splitlines()[0] + "\n" + CSV.splitlines()[1] + "\n")
+    assert watch_once(drop, sink_for(engine, settings)) == []
+    assert list(elsewhere.iterdir()) == [] and (drop / "good.csv").exists()
+
+
+def test_watcher_goes_on_after_a_poisoned_file(tmp_path, engine, settings):
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    good = {"correlation_id": "C-after", "occurred_at": at(1), "channel": "ebay", "flow": "order", "stage": "received"}
+    (drop / "a-deep.jsonl").write_bytes(b'{"payload": ' + b"[" * 1000 + b"]" * 1000 + b"}\n" + json.dumps(good).encode() + b"\n")
+    (drop / "b-good.jsonl").write_text(json.dumps(good) + "\n")
+    calls = []
+
+    def sink(records, source):
+        calls.append(source)
+        if source == "file:a-deep.jsonl":
+            raise RuntimeError("boom")
+        return sink_for(engine, settings)(records, source)
+
+    reports = watch_once(drop, sink)
+    assert [r.path.name for r in reports] == ["a-deep.jsonl", "b-good.jsonl"]
+    assert "RuntimeError: boom" in reports[0].failure  # an unexpected failure in one file...
+    assert (drop / "quarantine" / "a-deep.jsonl").exists() and (drop / "processed" / "b-good.jsonl").exists()
+    assert count(engine, "SELECT count(*) FROM events WHERE correlation_id = 'C-after'") == 1  # ...not the next

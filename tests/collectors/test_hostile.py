@@ -7,6 +7,7 @@ import json
 from datetime import UTC, datetime
 
 import httpx
+import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
@@ -120,3 +121,173 @@ def test_search_with_unstorable_characters_is_simply_not_found(collector):
     assert found.status_code == 200 and found.json()["results"] == []
     assert httpx.get(collector.url + "/v1/transactions/C%00X").status_code == 404
     assert httpx.get(collector.url + "/v1/transactions", params={"q": "x", "offset": "-1"}).status_code == 400
+
+
+# -- issue 10 #5 #6 #7 #8 #14 through the real app on loopback --------------------------------
+
+def _rec(event_id: str, **extra) -> dict:
+    return {"event_id": event_id, "occurred_at": NOW.isoformat(), "correlation_id": f"C-{event_id}",
+            "channel": "amazon", "flow": "order", "stage": "received"} | extra
+
+
+def _stored_ids(engine, prefix: str) -> list[str]:
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT event_id FROM events WHERE event_id LIKE :p ORDER BY event_id"), {"p": prefix + "%"})
+        return [r[0] for r in rows]
+
+
+def test_multi_member_gzip_body_stores_every_member(collector, engine):
+    import gzip
+
+    body = gzip.compress(json.dumps(_rec("gz-1")).encode() + b"\n") + gzip.compress(json.dumps(_rec("gz-2")).encode() + b"\n")
+    response = httpx.post(collector.url + "/v1/events", content=body,
+                          headers={"content-type": "application/x-ndjson", "content-encoding": "gzip"})
+    assert response.status_code == 200 and response.json()["accepted"] == 2
+    assert _stored_ids(engine, "gz-") == ["gz-1", "gz-2"]
+
+
+def test_gzip_bomb_across_members_is_413(collector, settings):
+    import gzip
+
+    member = gzip.compress(b" " * (settings.max_body_bytes // 2 + 1))
+    response = httpx.post(collector.url + "/v1/events", content=member + member + member,
+                          headers={"content-encoding": "gzip"})
+    assert response.status_code == 413
+
+
+def _deep(levels: int) -> bytes:
+    return b"[" * levels + b"]" * levels
+
+
+@pytest.mark.parametrize("levels", [40, 1000, 1100])
+@pytest.mark.parametrize("framing", ["array", "ndjson"])
+def test_deep_payload_rejects_only_its_record(collector, engine, levels, framing):
+    good_a, good_b = json.dumps(_rec(f"deep{levels}{framing}-a")).encode(), json.dumps(_rec(f"deep{levels}{framing}-c")).encode()
+    bad = json.dumps(_rec(f"deep{levels}{framing}-b", payload="X")).encode().replace(b'"X"', _deep(levels))
+    if framing == "array":
+        response = httpx.post(collector.url + "/v1/events", content=b"[" + good_a + b"," + bad + b"," + good_b + b"]")
+        prefix = ""
+    else:
+        response = httpx.post(collector.url + "/v1/events", content=b"\n".join([good_a, bad, good_b]),
+                              headers={"content-type": "application/x-ndjson"})
+        prefix = "line 2: "
+    assert response.status_code == 200, response.text
+    assert response.json()["rejected"] == [{"index": 1, "error": prefix + "payload: nested deeper than 32 levels"}]
+    assert _stored_ids(engine, f"deep{levels}{framing}-") == [f"deep{levels}{framing}-a", f"deep{levels}{framing}-c"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "error"),
+    [
+        # orjson reads a 30-digit integer as a float; either way the reason is the number, not UTF-8
+        (b"123456789012345678901234567890", "attributes.order_total: number 1.23457e+29 is outside ±2^63 and would lose digits; send it as a string"),
+        (b"1e400", "attributes.order_total: number 1e400 is outside the range stored exactly (±2^63, finite); send it as a string"),
+        (b"1e30", "attributes.order_total: number 1e+30 is outside ±2^63 and would lose digits; send it as a string"),
+    ],
+)
+def test_unstorable_numbers_are_rejected_with_the_field_never_stored_as_null(collector, engine, raw, error):
+    bad = json.dumps(_rec("num-b", attributes={"order_total": "X"})).encode().replace(b'"X"', raw)
+    response = httpx.post(collector.url + "/v1/events", content=b"[" + json.dumps(_rec("num-a")).encode() + b"," + bad + b"]")
+    assert response.status_code == 200
+    assert response.json()["rejected"] == [{"index": 1, "error": error}]
+    assert _stored_ids(engine, "num-") == ["num-a"]
+
+
+def _otlp_request(service: str, notes: list[str]):
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    request = ExportTraceServiceRequest()
+    resource_spans = request.resource_spans.add()
+    resource_spans.resource.attributes.add(key="service.name").value.string_value = service
+    scope = resource_spans.scope_spans.add()
+    end = int(NOW.timestamp() * 1e9)
+    for i, note in enumerate(notes):
+        span = scope.spans.add(trace_id=bytes([7] * 16), span_id=bytes([i + 1] * 8), name=f"step {i}",
+                               start_time_unix_nano=end - 1_000_000, end_time_unix_nano=end)
+        for key, value in (("retail.flow", "order"), ("retail.stage", "received"), ("retail.channel", "amazon"),
+                           ("retail.correlation_id", f"C-otlp-{i}"), ("retail.note", note)):
+            span.attributes.add(key=key).value.string_value = value
+    return request
+
+
+def test_otlp_protobuf_with_one_bad_string_keeps_the_good_spans(collector, engine):
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+    wire = _otlp_request("Checkout API v2", ["fine-0", "XBAD-1", "fine-2"]).SerializeToString().replace(b"XBAD-1", b"\xffBAD-1")
+    response = httpx.post(collector.url + "/v1/traces", content=wire, headers={"content-type": "application/x-protobuf"})
+    assert response.status_code == 200
+    answer = ExportTraceServiceResponse.FromString(response.content)
+    assert answer.partial_success.rejected_spans == 1
+    assert answer.partial_success.error_message == 'span 0202020202020202 ("step 1"): attribute "retail.note" is not valid UTF-8'
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT correlation_id, system FROM events WHERE correlation_id LIKE 'C-otlp-%' ORDER BY 1")).all()
+    assert [tuple(r) for r in rows] == [("C-otlp-0", "checkout-api-v2"), ("C-otlp-2", "checkout-api-v2")]
+
+
+def test_otlp_json_with_one_bad_string_keeps_the_good_spans(collector, engine):
+    from google.protobuf import json_format
+
+    document = json_format.MessageToDict(_otlp_request("Checkout API v2", ["fine-0", "XBAD-1", "fine-2"]))
+    for span in document["resourceSpans"][0]["scopeSpans"][0]["spans"]:
+        for key in ("traceId", "spanId"):
+            import base64
+
+            span[key] = base64.b64decode(span[key]).hex()
+    body = json.dumps(document).encode().replace(b"XBAD-1", b"\xffBAD-1")
+    response = httpx.post(collector.url + "/v1/traces", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 200
+    partial = response.json()["partialSuccess"]
+    assert partial["rejectedSpans"] == "1" and 'attribute "retail.note" is not valid UTF-8' in partial["errorMessage"]
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT correlation_id FROM events WHERE correlation_id LIKE 'C-otlp-%' ORDER BY 1")).scalars().all()
+    assert rows == ["C-otlp-0", "C-otlp-2"]
+
+
+def _everything_stored(engine) -> str:
+    with engine.connect() as conn:
+        parts = [conn.execute(sa.text(f"SELECT coalesce(string_agg(to_jsonb(t)::text, ' '), '') FROM {table} t")).scalar()  # noqa: S608 (fixed table names)
+                 for table in ("events", "transactions", "transaction_keys", "transaction_milestones")]
+    return " ".join(parts)
+
+
+PII = ["jane@example.com", "Jane", "Doe", "2065550143", "206 555 0143", "4111111111111111", "4111 1111 1111 1111",
+       "DE89370400440532013000", "Main Street"]
+
+
+def test_personal_data_is_stored_nowhere_in_clear(collector, engine):
+    record = _rec(
+        "pii:jane@example.com", correlation_id="jane@example.com", order_id="SO-9/jane@example.com",
+        error_code="Buyer[jane%40example.com]", status="error",
+        error_message="Address invalid for customer Jane Doe at 12 Main Street, call +1 206 555 0143",
+        attributes={"external_order_id": "jane@example.com", "buyer__name": "Jane Doe", "attn": "Jane Doe"},
+        payload={"fields": [{"name": "phone", "value": "+1 206 555 0143"}], "customer_full_name": "Jane Doe",
+                 "jane@example.com": True, "pay": {"note": "card 4111 1111 1111 1111"}, "iban": "DE89370400440532013000",
+                 "ｐｅｒｓｏｎ＿ｎａｍｅ": "Jane Doe", "person\u200b_name": "Jane Doe", "x": "4111111111111111"},
+    )
+    response = httpx.post(collector.url + "/v1/events", json=[record])
+    assert response.status_code == 200 and response.json()["accepted"] == 1, response.text
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    request = ExportTraceServiceRequest()
+    rs = request.resource_spans.add()
+    rs.resource.attributes.add(key="service.name").value.string_value = "Checkout API v2"
+    span = rs.scope_spans.add().spans.add(trace_id=bytes([9] * 16), span_id=bytes([9] * 8), name="s",
+                                          start_time_unix_nano=int(NOW.timestamp() * 1e9) - 5, end_time_unix_nano=int(NOW.timestamp() * 1e9))
+    span.status.code = 2
+    span.status.message = "Recipient Jane Doe unreachable at +1 206 555 0143"
+    for key, value in (("retail.flow", "order"), ("retail.stage", "received"), ("retail.channel", "amazon"),
+                       ("retail.order_id", "jane@example.com")):
+        span.attributes.add(key=key).value.string_value = value
+    kv = span.attributes.add(key="retail.contact").value.kvlist_value.values.add(key="phone")
+    kv.value.string_value = "+1 206 555 0143"
+    exception = span.events.add(name="exception")
+    exception.attributes.add(key="exception.type").value.string_value = "UnknownBuyer(jane@example.com)"
+    response = httpx.post(collector.url + "/v1/traces", content=request.SerializeToString(),
+                          headers={"content-type": "application/x-protobuf"})
+    assert response.status_code == 200 and not response.content, response.content
+    stored = _everything_stored(engine)
+    assert stored.count('"event_id"') >= 2
+    for clear in PII:
+        assert clear not in stored, clear
+    found = httpx.get(collector.url + "/v1/transactions", params={"q": "jane@example.com"}).json()["results"]
+    assert found == []  # the clear email is not a search key

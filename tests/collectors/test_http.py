@@ -80,9 +80,9 @@ def test_invalid_utf8_is_a_per_record_error(collector, engine):
     array = httpx.post(collector.url + "/v1/events", content=b"[" + good + b"," + bad + b"]")
     assert array.status_code == 200
     assert array.json()["accepted"] == 1
-    assert array.json()["rejected"] == [{"index": 1, "error": "record contains invalid UTF-8"}]
+    assert array.json()["rejected"] == [{"index": 1, "error": "error_message: not valid UTF-8"}]
     nd = httpx.post(collector.url + "/v1/events", content=bad + b"\n" + json.dumps(rec("u3")).encode())
-    assert nd.json()["accepted"] == 1 and nd.json()["rejected"][0]["error"] == "line 1: not valid UTF-8"
+    assert nd.json()["accepted"] == 1 and nd.json()["rejected"][0]["error"] == "line 1: error_message: not valid UTF-8"
 
 
 def test_body_limits(collector, engine, settings):

@@ -97,3 +97,164 @@ def test_api_stores_masked_data(collector, engine):
         row = conn.execute(sa.text("SELECT attributes::text || payload::text FROM events WHERE event_id = 'm1'")).scalar()
     assert "pat@example.com" not in row and "Pat" not in row and "4567" not in row
     assert "#1001" in row and "p***@***.com" in row
+
+
+# -- issue 10 #14: every field, every spelling, values anywhere -------------------------------
+
+def full_event(**fields) -> Event:
+    base = {"event_id": "e1", "occurred_at": datetime.now(UTC), "correlation_id": "C-1", "channel": "amazon",
+            "flow": "order", "stage": "received"}
+    return Event(**(base | fields))
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["buyer__name", "customer_full_name", "person_name", "attn", "Attn", "ATTN", "buyerName", "Buyer-Name",
+     "buyer.name", "buyer name", "buy\u200ber_name", "ｂｕｙｅｒ＿ｎａｍｅ", "ｃｕｓｔｏｍｅｒ", "recipient\u200d", "ShipToName",
+     "consignee", "cardholder"],
+)
+def test_name_keys_are_recognised_in_any_spelling(key):
+    e = event(payload={key: "Jane Doe"})
+    Masker().mask_event(e)
+    assert e.payload == {key: "J*** D***"}
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "masked"),
+    [
+        ("Phone\u200b", "+1 206 555 0143", "***43"),
+        ("ｅｍａｉｌ", "jane@example.com", "j***@***.com"),
+        ("card_number", "4111 1111 1111 1111", "[card …1111]"),
+        ("cc", 4111111111111111, "[card …1111]"),
+        ("IBAN", "DE89 3704 0044 0532 0130 00", "***"),
+        ("shipping-address", {"street": "12 Main St", "city": "Seattle", "zip": "98101"},
+         {"street": "***", "city": "Seattle", "zip": "981***"}),
+    ],
+)
+def test_personal_keys_mask_their_values(key, value, masked):
+    e = event(payload={key: value})
+    Masker().mask_event(e)
+    assert e.payload == {key: masked}
+
+
+def test_names_of_things_stay_readable():
+    payload = {"sku_name": "Blue mug", "carrier_name": "UPS", "product_display_name": "Mug", "warehouse name": "DC-1",
+               "file_name": "feed.csv", "card_type": "visa", "email_status": "sent"}
+    e = event(payload=dict(payload))
+    assert Masker().mask_event(e) == 0 and e.payload == payload
+
+
+def test_key_value_arrays_mask_the_value_by_its_name():
+    e = event(payload={
+        "fields": [{"name": "phone", "value": "+1 206 555 0143"}, {"name": "gift", "value": "yes"},
+                   {"key": "buyerEmail", "value": {"stringValue": "jane@example.com"}}],
+        "custom": [{"Name": "Ship To Name", "Value": "Jane Doe"}],
+    })
+    Masker().mask_event(e)
+    assert e.payload == {
+        "fields": [{"name": "phone", "value": "***43"}, {"name": "gift", "value": "yes"},
+                   {"key": "buyerEmail", "value": {"stringValue": "j***@***.com"}}],
+        "custom": [{"Name": "Ship To Name", "Value": "J*** D***"}],
+    }
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["jane@example.com", "jane%40example.com", "JANE%40EXAMPLE.COM", "ｊａｎｅ＠ｅｘａｍｐｌｅ.com", "ja\u200bne@exa\u200bmple.com",
+     "mailto:jane@example.com?subject=x"],
+)
+def test_emails_are_found_in_any_value_and_any_encoding(text):
+    e = event(attributes={"ref_note": text}, payload={"deep": [{"x": text}]})
+    Masker().mask_event(e)
+    stored = str(e.attributes) + str(e.payload)
+    assert "jane" not in stored.lower() and "example" not in stored.lower()
+
+
+def test_emails_as_object_keys_become_stable_tokens():
+    e1 = event(payload={"jane@example.com": {"orders": 2}, "bob%40example.com": 1})
+    e2 = event(payload={"JANE@example.com": {"orders": 3}})
+    Masker().mask_event(e1)
+    Masker().mask_event(e2)
+    keys = list(e1.payload)
+    assert all(k.startswith("email-") and len(k) == 18 for k in keys) and len(set(keys)) == 2
+    assert list(e2.payload) == keys[:1]  # the same address, the same token
+
+
+def test_identifiers_keep_correlating_without_the_clear_email():
+    masker = Masker()
+    # "SO-jane@example.com" would be one address (a valid local part); "/" and ":" end it
+    a = full_event(event_id="evt:jane@example.com", correlation_id="jane@example.com", order_id="SO-1/jane@example.com",
+                   error_code="InvalidBuyer[jane@example.com]", attributes={"external_order_id": "jane@example.com"})
+    b = full_event(correlation_id="Jane@Example.com", order_id="SO-1/jane@example.com")
+    masker.mask_event(a)
+    masker.mask_event(b)
+    token = a.correlation_id
+    assert token.startswith("email-") and "jane" not in token
+    assert b.correlation_id == token and b.order_id == a.order_id == f"SO-1/{token}"
+    assert a.event_id == f"evt:{token}" and a.error_code == f"InvalidBuyer[{token}]"
+    assert a.attributes == {"external_order_id": token}
+    assert masker.mask_identifier("jane@example.com") == token  # what search must look up
+    other = Masker(MaskingRules(**{**MaskingRules.defaults().__dict__, "hash_key": "another secret"}))
+    assert other.mask_identifier("jane@example.com") != token  # keyed: not a plain hash
+
+
+def test_numeric_identifiers_are_not_mistaken_for_cards():
+    e = full_event(order_id="4111111111111111", attributes={"external_order_id": "4111111111111111",
+                                                           "tracking_number": "9400111899223197428490"})
+    Masker().mask_event(e)
+    assert e.order_id == "4111111111111111" and e.attributes["tracking_number"] == "9400111899223197428490"
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("card 4111 1111 1111 1111 declined", "card [card …1111] declined"),
+        ("pan=4111-1111-1111-1111;", "pan=[card …1111];"),
+        ("amex 378282246310005 ok", "amex [card …0005] ok"),
+        ("not a card 4111 1111 1111 1112", "not a card 4111 1111 1111 1112"),  # fails Luhn
+        ("order 1234567890123456 shipped", "order 1234567890123456 shipped"),  # no card network starts with 1
+        ("refund to DE89 3704 0044 0532 0130 00 done", "refund to [iban DE…3000] done"),
+        ("refund to GB82WEST12345698765432", "refund to [iban GB…5432]"),
+        ("ref DE89 3704 0044 0532 0130 01", "ref DE89 3704 0044 0532 0130 01"),  # bad checksum
+    ],
+)
+def test_cards_and_ibans_are_masked_by_checksum(text, masked):
+    e = event(payload={"comment": text}, attributes={"misc": text})
+    Masker().mask_event(e)
+    assert e.payload == {"comment": masked} and e.attributes == {"misc": masked}
+
+
+@pytest.mark.parametrize(
+    ("message", "masked"),
+    [
+        ("Address invalid for customer Jane Doe: 12 Main Street, Apt 4 Seattle",
+         "Address invalid for customer J*** D***: [address] Seattle"),
+        ("carrier rejected: call recipient at +1 206 555 0143", "carrier rejected: call recipient at [phone …43]"),
+        ("Attn: Mary-Ann O'Neil, (206) 555-0143", "Attn: M*** O***, [phone …43]"),
+        ("ship to John Smith, Hauptstraße 5, Berlin", "ship to J*** S***, [address], Berlin"),
+        ("amazon order 113-4567890-1234567 not acknowledged", "amazon order 113-4567890-1234567 not acknowledged"),
+        ("Customer Service unavailable (HTTP 503)", "Customer Service unavailable (HTTP 503)"),
+    ],
+)
+def test_free_text_messages_lose_names_phones_and_streets(message, masked):
+    e = full_event(error_message=message, payload={"notes": message})
+    Masker().mask_event(e)
+    assert e.error_message == masked and e.payload == {"notes": masked}
+
+
+def test_limits_reject_the_record_naming_the_field():
+    from controltower.errors import EventError
+
+    deep: object = "x"
+    for _ in range(40):
+        deep = {"a": deep}
+    with pytest.raises(EventError, match=r"^payload: nested deeper than 32 levels$"):
+        Masker().mask_event(event(payload=deep))
+    with pytest.raises(EventError, match=r"^attributes\.order_total: integer of 30 digits is outside the 64-bit range"):
+        Masker().mask_event(event(attributes={"order_total": 10**29}))
+    with pytest.raises(EventError, match=r"^payload\.lines\[1\]\.price: number 1e\+20 is outside"):
+        Masker().mask_event(event(payload={"lines": [{"price": 1}, {"price": 1e20}]}))
+    ok: object = "x"
+    for _ in range(31):
+        ok = [ok]
+    Masker().mask_event(event(payload={"v": ok}))  # 32 levels: the payload object and 31 lists in it

@@ -19,7 +19,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyVa
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
 from collectors.otlp import OTLPDecodeError, decode_traces, encode_response
-from collectors.spans import map_request
+from collectors.spans import map_request, service_slug
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "otlp" / "trace.json"
 
@@ -538,16 +538,6 @@ def kvs_json(attributes: dict[str, str]) -> list[dict[str, Any]]:
         (b"[]", "application/json", "body: expected a JSON object, got list"),
         (b'{"resourceSpans": 5}', "application/json", "body is not valid OTLP/JSON: "),
         (
-            b'{"resourceSpans":[{"scopeSpans":[{"spans":[{},{},{"traceId":"xyz"}]}]}]}',
-            "application/json",
-            "resourceSpans[0].scopeSpans[0].spans[2].traceId: 'xyz' is not hex (two digits a byte)",
-        ),
-        (
-            b'{"resourceSpans":[{"scopeSpans":[{"spans":[{"links":[{"spanId":"abc"}]}]}]}]}',
-            "application/json",
-            "resourceSpans[0].scopeSpans[0].spans[0].links[0].spanId: 'abc' is not hex (two digits a byte)",
-        ),
-        (
             b"x",
             "text/plain",
             'unsupported content type "text/plain" (expected application/x-protobuf or application/json)',
@@ -559,6 +549,33 @@ def test_decode_errors_say_what_is_wrong(body: bytes, content_type: str, message
         decode_traces(body, content_type)
     assert str(info.value).startswith(message)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (
+            b'{"resourceSpans":[{"scopeSpans":[{"spans":[{},{},{"traceId":"xyz"}]}]}]}',
+            "resourceSpans[0].scopeSpans[0].spans[2].traceId: 'xyz' is not hex (two digits a byte)",
+        ),
+        (
+            b'{"resourceSpans":[{"scopeSpans":[{"spans":[{},{},{"links":[{"spanId":"abc"}]}]}]}]}',
+            "resourceSpans[0].scopeSpans[0].spans[2].links[0].spanId: 'abc' is not hex (two digits a byte)",
+        ),
+        (
+            b'{"resourceSpans":[{"scopeSpans":[{"spans":[{},{},{"startTimeUnixNano":"abc"}]}]}]}',
+            "resourceSpans[0].scopeSpans[0].spans[2]: not valid OTLP/JSON: ",
+        ),
+        (
+            b'{"resourceSpans":[{"scopeSpans":[{"spans":[{},{},{"name":"bad \xff"}]}]}]}',
+            "resourceSpans[0].scopeSpans[0].spans[2]: name is not valid UTF-8",
+        ),
+    ],
+)
+def test_one_malformed_json_span_is_rejected_alone(body: bytes, reason: str) -> None:
+    mapping = map_request(decode_traces(body, "application/json"))
+    assert mapping.span_count == 3
+    assert mapping.rejected[2].split(": ", 1)[1].startswith(reason)
 
 
 def test_protobuf_content_type_alias_and_empty_body() -> None:
@@ -577,3 +594,77 @@ def test_encode_response() -> None:
         1,
         "why",
     )
+
+
+def _with_bad_byte(message: ExportTraceServiceRequest, marker: bytes) -> bytes:
+    """Serialise, then turn the first byte of `marker` into 0xff (same length: framing stays)."""
+    wire = message.SerializeToString()
+    assert wire.count(marker) == 1
+    return wire.replace(marker, b"\xff" + marker[1:])
+
+
+def test_invalid_utf8_in_one_protobuf_span_rejects_that_span_only() -> None:
+    # protobuf refuses the whole message; before, the whole export was a 400 (issue 10 #6)
+    good_a = span({**STEP, "retail.note": "fine"}, span_id="00000000000000a1")
+    bad = span({**STEP, "retail.note": "Xbroken"}, span_id="00000000000000b2", name="bad one")
+    good_c = span(STEP, span_id="00000000000000c3", status=Status(code=ERROR, message="ZZ timeout"))
+    wire = _with_bad_byte(request(good_a, bad, good_c), b"Xbroken")
+    mapping = map_request(decode_traces(wire, "application/x-protobuf"))
+    assert mapping.span_count == 3
+    assert mapping.rejected == ['span 00000000000000b2 ("bad one"): attribute "retail.note" is not valid UTF-8']
+    assert [r["span_id"] for r in mapping.records] == ["00000000000000a1", "00000000000000c3"]
+    assert mapping.records[0]["attributes"] == {"note": "fine"}
+
+
+@pytest.mark.parametrize(
+    ("marker", "reason"),
+    [
+        (b"Nname", 'span 00000000000000b2 ("\ufffdname"): name: not valid UTF-8'),
+        (b"Mstatus", 'span 00000000000000b2 ("x"): status: a string is not valid UTF-8'),
+    ],
+)
+def test_invalid_utf8_in_span_name_or_status(marker: bytes, reason: str) -> None:
+    name = marker.decode() if marker == b"Nname" else "x"
+    status = Status(code=ERROR, message=marker.decode()) if marker == b"Mstatus" else None
+    wire = _with_bad_byte(request(span(span_id="00000000000000b2", name=name, status=status), span(span_id="00000000000000c3")), marker)
+    mapping = map_request(decode_traces(wire, "application/x-protobuf"))
+    assert mapping.rejected == [reason]
+    assert [r["span_id"] for r in mapping.records] == ["00000000000000c3"]
+
+
+def test_invalid_utf8_in_the_resource_rejects_its_spans_with_the_reason() -> None:
+    message = request(span(span_id="00000000000000a1"), resource={"service.name": "Qerp"})
+    other = request(span(span_id="00000000000000c3"))
+    message.resource_spans.extend(other.resource_spans)
+    mapping = map_request(decode_traces(_with_bad_byte(message, b"Qerp"), "application/x-protobuf"))
+    assert mapping.rejected == ['span 00000000000000a1 ("post order"): resource: attribute "service.name" is not valid UTF-8']
+    assert [r["span_id"] for r in mapping.records] == ["00000000000000c3"]
+
+
+def test_broken_protobuf_framing_is_still_a_decode_error() -> None:
+    wire = request(span()).SerializeToString()
+    with pytest.raises(OTLPDecodeError, match="not valid OTLP protobuf"):
+        decode_traces(wire[:-3], "application/x-protobuf")
+
+
+@pytest.mark.parametrize(
+    ("service", "system"),
+    [
+        ("Checkout API v2", "checkout-api-v2"),
+        ("  ERP (SAP S/4) ", "erp-sap-s-4"),
+        ("ｗｍｓ＿east", "wms_east"),  # full-width letters fold to ASCII
+        ("middleware", "middleware"),
+        ("日本", None),
+        ("x" * 100, "x" * 64),
+    ],
+)
+def test_free_text_service_names_derive_a_system_slug(service: str, system: str | None) -> None:
+    assert service_slug(service) == system
+    mapping = map_request(request(span(), resource={"service.name": service}))
+    assert mapping.rejected == []
+    assert mapping.records[0].get("system") == system
+
+
+def test_a_sender_cannot_smuggle_records_through_the_rejection_marker() -> None:
+    mapping = map_request(request(span({**STEP, "controltower.rejected": "mine"})))
+    assert mapping.records == [] and mapping.rejected[0].endswith(": mine")

@@ -19,11 +19,7 @@ from collectors.store import EventStore
 from controltower import apikeys, clitools
 from controltower.vocab import rfc3339
 from metrics import definitions, jobs
-
-try:  # the composition root moves to `wiring` (helper "web"); either is fine here
-    from wiring.cli import app  # type: ignore[import-not-found]
-except ImportError:
-    from controltower.cli import app
+from wiring.cli import app
 
 LONG = "erp rejected the sales order: " + "x" * 170  # 200 characters
 assert len(LONG) == 200

@@ -84,7 +84,7 @@ def test_pos_and_cancelled_orders_are_judged_like_the_sla_table_everywhere(engin
 
 
 def test_pos_order_text_output_shows_no_acknowledgement(engine, settings, monkeypatch, database_url, capsys):
-    from controltower.cli import main
+    from wiring.cli import main
 
     monkeypatch.setenv("CONTROLTOWER_DATABASE_URL", database_url)
     _story(engine, settings, datetime.now(UTC).replace(microsecond=0))

@@ -1,0 +1,25 @@
+"""Collector CLI: search finds what was stored under a masked identifier."""
+
+from __future__ import annotations
+
+
+def test_search_finds_an_order_by_the_email_its_id_was_masked_from(engine, settings, monkeypatch):
+    import json
+    from datetime import UTC, datetime
+
+    from typer.testing import CliRunner
+
+    from collectors.masking import Masker
+    from collectors.store import EventStore
+    from wiring.cli import app
+
+    now = datetime.now(UTC)
+    record = {"event_id": "s1", "occurred_at": now.isoformat(), "correlation_id": "jane@example.com",
+              "order_id": "jane@example.com", "channel": "shopify", "flow": "order", "stage": "received"}
+    assert EventStore(engine, settings, Masker()).ingest([record], source="test", now=now).accepted == 1
+    monkeypatch.setenv("CONTROLTOWER_DATABASE_URL", str(engine.url.render_as_string(hide_password=False)))
+    result = CliRunner().invoke(app, ["search", "--json", "jane@example.com"])
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.output)
+    assert found["results"][0]["correlation_id"] == Masker().mask_identifier("jane@example.com")
+    assert "jane@example.com" not in result.output
