@@ -90,10 +90,13 @@ class Outbox:
         return last is None or self.now - last >= timedelta(seconds=rule.digest_interval_seconds or 0)
 
     def add(self, rule: Rule, kind: str, alert: dict[str, Any], receivers: Iterable[str]) -> None:
+        self.add_named(rule.name, kind, alert, receivers)
+
+    def add_named(self, rule: str, kind: str, alert: dict[str, Any], receivers: Iterable[str]) -> None:
         if kind != "resolved":  # resolved notices pass the throttle without opening it for others
-            self.rules_sending.add(rule.name)
+            self.rules_sending.add(rule)
         for name in receivers:
-            self.groups[(rule.name, name)].append((kind, alert))
+            self.groups[(rule, name)].append((kind, alert))
 
     def add_digest(
         self,

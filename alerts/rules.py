@@ -10,8 +10,6 @@ vanished means; `routes` pick receivers by label; `max_notifications_per_hour` a
 from __future__ import annotations
 
 import operator
-import re
-import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +17,14 @@ from typing import Any
 
 from alerts import receivers as rv
 from alerts.receivers import LABEL, NAME, PAGERDUTY_URL, RECEIVER_TYPES, Receiver
+from alerts.templates import check_template, render, template_fields
+from controltower.vocab import HEALTH_RANK
 from controltower.yamlfile import Located, load
 
-__all__ = ["PAGERDUTY_URL", "RECEIVER_TYPES", "Receiver", "Route", "Rule", "RuleSet", "load_rules", "parse"]
+__all__ = [
+    "PAGERDUTY_URL", "RECEIVER_TYPES", "Receiver", "Route", "Rule", "RuleSet", "Watchdog", "load_rules", "parse",
+    "render", "template_fields",
+]
 
 DEFAULT_FILE = Path(__file__).with_name("alerts.yaml")
 
@@ -42,7 +45,6 @@ FIELDS = (
     "health",
     *DERIVED_FIELDS,
 )
-HEALTH_RANK = {"ok": 0, "warn": 1, "critical": 2}
 OPS: dict[str, Callable[[Any, Any], bool]] = {
     ">": operator.gt,
     ">=": operator.ge,
@@ -53,16 +55,6 @@ OPS: dict[str, Callable[[Any, Any], bool]] = {
 }
 SEVERITIES = ("page", "ticket", "info")
 NO_DATA = ("ok", "breach", "keep", "alert")
-
-# Every column of sla_status a summary template may name, the derived fields, plus the humanized extras.
-ROW_FIELDS = (
-    "sla", "channel", "window", "kind", "computed_at", "count", "p50_ms", "p95_ms", "p99_ms",
-    "target_ms", "within_target_ratio", "open_breaches", "oldest_breach_ms", "value", "threshold",
-    "health", "reason", "objective", "error_budget_remaining", "burn_rate_short", "burn_rate_long",
-    "volume_ratio", "volume_last_hour", "volume_usual",
-)
-HUMAN_FIELDS = ("oldest_breach_ms", "p50_ms", "p95_ms", "p99_ms", "target_ms")
-EXTRA_FIELDS = ("rule", "severity", "field", "op", "threshold_value", "dashboard_url")
 
 _RULE_KEYS = {
     "name", "sla", "channel", "window", "field", "op", "value", "for", "severity", "labels",
@@ -155,11 +147,22 @@ class Route:
 
 
 @dataclass(frozen=True)
+class Watchdog:
+    """An always-firing notification sent every `interval_seconds` by every successful evaluation
+    cycle (Alertmanager's Watchdog): a receiver that stops getting it knows alerting has stopped."""
+
+    interval_seconds: float
+    receivers: tuple[str, ...]
+    name: str = "Watchdog"
+
+
+@dataclass(frozen=True)
 class RuleSet:
     source: str
     rules: tuple[Rule, ...]
     receivers: dict[str, Receiver]
     routes: tuple[Route, ...] = ()
+    watchdog: Watchdog | None = None
 
 
 def route(routes: tuple[Route, ...] | list[Route], rule: Rule, labels: Mapping[str, str]) -> tuple[str, ...]:
@@ -168,71 +171,6 @@ def route(routes: tuple[Route, ...] | list[Route], rule: Rule, labels: Mapping[s
         if candidate.applies(labels):
             return candidate.receivers
     return rule.receivers
-
-
-def human_ms(ms: Any) -> str:
-    """`5400000` -> `1h 30m`; `95000` -> `1m 35s`; None -> `n/a`."""
-    if ms is None:
-        return "n/a"
-    seconds = int(round(float(ms) / 1000))
-    if seconds < 60:
-        return f"{float(ms) / 1000:.1f}s" if float(ms) < 10_000 else f"{seconds}s"
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if seconds >= size:
-            parts.append(f"{seconds // size}{unit}")
-            seconds %= size
-        if len(parts) == 2:
-            break
-    return " ".join(parts)
-
-
-def template_fields(row: Mapping[str, Any], rule: Rule, dashboard_url: str = "") -> dict[str, Any]:
-    values: dict[str, Any] = {name: row.get(name) for name in ROW_FIELDS}
-    for name in HUMAN_FIELDS:
-        values[name.removesuffix("_ms") + "_human"] = human_ms(row.get(name))
-    values.update(
-        rule=rule.name, severity=rule.severity, field=rule.field, op=rule.op,
-        threshold_value=rule.value, dashboard_url=dashboard_url,
-    )
-    return {k: ("n/a" if v is None else v) for k, v in values.items()}
-
-
-def render(template: str, values: Mapping[str, Any]) -> str:
-    """Format `template` with `values`; a value that does not fit its format spec is shown as is."""
-    try:
-        return template.format_map(values)
-    except (ValueError, TypeError):
-        loose = {k: str(v) for k, v in values.items()}
-        stripped = re.sub(r"\{(\w+)(![rsa])?:[^{}]*\}", r"{\1}", template)
-        try:
-            return stripped.format_map(loose)
-        except (KeyError, ValueError, IndexError):
-            return template
-
-
-_SAMPLE_ROW = {name: 1 for name in ROW_FIELDS} | {
-    "sla": "erp_posting", "channel": "amazon", "window": "1h", "kind": "milestone_latency",
-    "health": "critical", "reason": "r", "computed_at": "2026-01-01T00:00:00Z",
-}
-
-
-def _check_template(doc: Located, text: Any, *path: Any) -> str:
-    if not isinstance(text, str):
-        raise doc.error("must be a string", *path)
-    known = set(template_fields(_SAMPLE_ROW, Rule("r", "s", "value", ">", 0)))
-    try:
-        for _, name, _, _ in string.Formatter().parse(text):
-            if name is None:
-                continue
-            base = re.split(r"[.\[]", name, maxsplit=1)[0]
-            if base not in known:
-                raise doc.error(
-                    f"unknown field {{{name}}} in template (known: {', '.join(sorted(known))})", *path
-                )
-    except ValueError as exc:
-        raise doc.error(f"template is not valid: {exc}", *path) from None
-    return text
 
 
 def _condition(doc: Located, raw: Any, *path: Any) -> Condition:
@@ -326,9 +264,9 @@ def _rule(doc: Located, i: int, raw: Any, receivers: dict[str, Receiver], defaul
             raise doc.error(f"labels: {reserved!r} is set by the evaluator", *path, "labels", reserved)
     annotations = rv.str_map(doc, raw.get("annotations"), *path, "annotations")
     for key, template in annotations.items():
-        _check_template(doc, template, *path, "annotations", key)
+        check_template(doc, template, *path, "annotations", key)
     if "description" in raw:
-        annotations.setdefault("description", _check_template(doc, raw["description"], *path, "description"))
+        annotations.setdefault("description", check_template(doc, raw["description"], *path, "description"))
     annotations.setdefault("summary", f"{{sla}} on {{channel}}: {fld} {op} {value} (now {{{fld}}})")
     runbook = raw.get("runbook_url")
     if runbook is not None:
@@ -366,13 +304,36 @@ def _routes(doc: Located, raw: Any, receivers: dict[str, Receiver]) -> tuple[Rou
     return tuple(out)
 
 
-_TOP_KEYS = ("rules", "receivers", "default_receivers", "routes")
+_TOP_KEYS = ("rules", "receivers", "default_receivers", "routes", "watchdog")
+
+
+def _watchdog(doc: Located, raw: Any, receivers: dict[str, Receiver], defaults: tuple[str, ...]) -> Watchdog | None:
+    """`watchdog: {interval: 1h, receivers: [...]}`; absent: no watchdog (receivers default to default_receivers)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise doc.error("watchdog: expected a mapping with interval (and optionally receivers)", "watchdog")
+    for key in raw:
+        if key not in ("interval", "receivers"):
+            raise doc.error(f"unknown field {key!r} in watchdog (interval, receivers)", "watchdog", key)
+    if "interval" not in raw:
+        raise doc.error("watchdog: missing interval (e.g. 1h)", "watchdog")
+    every = rv.duration(doc, raw["interval"], "watchdog", "interval")
+    if every <= 0:
+        raise doc.error("watchdog: interval must be more than 0", "watchdog", "interval")
+    names = raw.get("receivers")
+    names = defaults if names is None else rv.receiver_names(doc, names, receivers, "watchdog", "receivers")
+    if not names:
+        raise doc.error("watchdog: no receivers (give receivers: or default_receivers:)", "watchdog")
+    return Watchdog(every, tuple(names))
 
 
 def parse(doc: Located) -> RuleSet:
     data = doc.data
     if not isinstance(data, dict):
-        raise doc.error("expected a mapping with rules: (and optionally receivers:, default_receivers:, routes:)")
+        raise doc.error(
+            "expected a mapping with rules: (and optionally receivers:, default_receivers:, routes:, watchdog:)"
+        )
     for key in data:
         if key not in _TOP_KEYS:
             raise doc.error(f"unknown top-level key {key!r} ({', '.join(_TOP_KEYS)})", key)
@@ -400,7 +361,8 @@ def parse(doc: Located) -> RuleSet:
             raise doc.error(f"duplicate rule name {rule.name!r} (first at {seen[rule.name]})", "rules", i, "name")
         seen[rule.name] = rule.where
         rules.append(rule)
-    return RuleSet(doc.source, tuple(rules), receivers, routes)
+    watchdog = _watchdog(doc, data.get("watchdog"), receivers, tuple(defaults))
+    return RuleSet(doc.source, tuple(rules), receivers, routes, watchdog)
 
 
 def load_rules(path: Path | str | None = None) -> RuleSet:

@@ -78,7 +78,7 @@ def test_pending_firing_resolved_with_one_notification_per_transition(engine):
     rows = outbox(engine)
     assert [(r["receiver"], r["kind"], r["status"]) for r in rows] == [("hook", "firing", "pending"), ("mail", "firing", "pending")]
     payload = rows[0]["payload"]
-    assert payload["summary"] == "amazon: 143 orders unposted, oldest 1h 30m"
+    assert payload["summary"] == "amazon: 143 orders unposted, oldest 1 h 30 min"
     assert payload["endsAt"] == "0001-01-01T00:00:00Z"
     assert payload["startsAt"] == "2026-11-22T09:10:00.000Z"
     assert payload["annotations"]["runbook_url"] == "https://wiki.example.com/unposted"
@@ -183,27 +183,31 @@ def test_silenced_when_resolving_sends_nothing(engine):
 
 
 def test_state_change_and_outbox_share_one_transaction(engine, monkeypatch):
-    """A failure after the state was computed leaves neither the state nor the notification."""
-    import pytest
-
+    """A failure after the state was computed leaves neither the state nor the notification of that
+    rule (its savepoint rolls back), is recorded as the rule's error, and the cycle goes on."""
     from alerts import evaluate as mod
+    from controltower.alertops import evaluation_health
 
     put_row(engine, open_breaches=5)
     run(engine, T0)
-    original = mod._Run.step
+    original = mod._RuleRun.step
 
     def broken(self, *args, **kwargs):
         original(self, *args, **kwargs)
         raise RuntimeError("process died")
 
-    monkeypatch.setattr(mod._Run, "step", broken)
-    with pytest.raises(RuntimeError):
-        run(engine, T0 + timedelta(minutes=10))
-    monkeypatch.setattr(mod._Run, "step", original)
+    monkeypatch.setattr(mod._RuleRun, "step", broken)
+    assert run(engine, T0 + timedelta(minutes=10)) == []
+    monkeypatch.setattr(mod._RuleRun, "step", original)
     assert outbox(engine) == []
     assert list_alerts(engine)[0]["state"] == "pending"
+    health = evaluation_health(engine, T0 + timedelta(minutes=10))
+    assert health["failing_rules"] == [{"rule": "UnpostedOrders", "error": "RuntimeError: process died",
+                                        "since": T0 + timedelta(minutes=10), "failures": 1}]
+    assert health["last_success_at"] == T0 + timedelta(minutes=10) and not health["stale"]
     [t] = run(engine, T0 + timedelta(minutes=11))
     assert t.to_state == "firing" and len(outbox(engine)) == 2
+    assert evaluation_health(engine, T0 + timedelta(minutes=11))["failing_rules"] == []
 
 
 def test_removed_rule_retires_quietly(engine):
@@ -233,7 +237,7 @@ def test_http_lists_and_acknowledges_alerts(engine, settings):
         assert [(a["rule"], a["state"], a["labels"]["channel"]) for a in body["alerts"]] == [
             ("UnpostedOrders", "firing", "amazon"), ("UnpostedOrders", "firing", "ebay")]
         alert = body["alerts"][0]
-        assert alert["summary"] == "amazon: 143 orders unposted, oldest 1h 30m"
+        assert alert["summary"] == "amazon: 143 orders unposted, oldest 1 h 30 min"
         assert alert["severity"] == "page" and alert["value"] == 143 and alert["acknowledged"] is False
         assert alert["firing_since"] == "2026-11-22T09:10:00.000Z"
         assert alert["dashboard_url"] == f"{DASH}/breaches?sla=erp_posting&channel=amazon"

@@ -81,7 +81,7 @@ def test_summary_template_renders_row_fields():
     rule = load_rules(None).rules[2]
     values = template_fields({"sla": "erp_posting", "channel": "amazon", "open_breaches": 143,
                               "oldest_breach_ms": 5_400_000}, rule)
-    assert render(rule.annotations["summary"], values) == "amazon: 143 orders unposted, oldest 1h 30m"
+    assert render(rule.annotations["summary"], values) == "amazon: 143 orders unposted, oldest 1 h 30 min"
     # a NULL value never breaks the notification
     assert render("{burn_rate_short:.1f}x", template_fields({}, rule)) == "n/ax"
 
