@@ -9,6 +9,7 @@ vanished means; `routes` pick receivers by label; `max_notifications_per_hour` a
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -173,6 +174,18 @@ def route(routes: tuple[Route, ...] | list[Route], rule: Rule, labels: Mapping[s
     return rule.receivers
 
 
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(float(value)) and abs(float(value)) <= 1e300
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}… ({len(text)} characters)"
+
+
 def _condition(doc: Located, raw: Any, *path: Any) -> Condition:
     if not isinstance(raw, dict):
         raise doc.error("expected a mapping with field, op and value", *path)
@@ -183,17 +196,19 @@ def _condition(doc: Located, raw: Any, *path: Any) -> Condition:
         if key not in raw:
             raise doc.error(f"condition is missing {key!r}", *path)
     fld = raw["field"]
-    if fld not in FIELDS:
+    if not isinstance(fld, str) or fld not in FIELDS:
         raise doc.error(f"field {fld!r} is not one of {', '.join(FIELDS)}", *path, "field")
     op = raw["op"]
-    if op not in OPS:
+    if not isinstance(op, str) or op not in OPS:
         raise doc.error(f"op {op!r} is not one of {' '.join(OPS)}", *path, "op")
     value = raw["value"]
     if fld == "health":
-        if value not in HEALTH_RANK:
+        if not isinstance(value, str) or value not in HEALTH_RANK:
             raise doc.error(f"value {value!r}: health is one of ok, warn, critical", *path, "value")
     elif isinstance(value, bool) or not isinstance(value, int | float):
         raise doc.error(f"value {value!r}: {fld} is compared with a number", *path, "value")
+    elif not _finite(value):
+        raise doc.error(f"value {_short(value)}: expected a finite number (at most 1e300)", *path, "value")
     return Condition(fld, op, value)
 
 
@@ -209,7 +224,7 @@ def _options(doc: Located, raw: Mapping[str, Any], *path: Any) -> dict[str, Any]
         out["keep_firing_for_seconds"] = rv.duration(doc, raw["keep_firing_for"], *path, "keep_firing_for")
     if "no_data" in raw:
         policy = raw["no_data"]
-        if policy not in NO_DATA:
+        if not isinstance(policy, str) or policy not in NO_DATA:
             raise doc.error(f"no_data {policy!r} is not one of {', '.join(NO_DATA)}", *path, "no_data")
         out["no_data"] = policy
     if "impact" in raw:
@@ -248,7 +263,7 @@ def _rule(doc: Located, i: int, raw: Any, receivers: dict[str, Receiver], defaul
     first = _condition(doc, {k: raw[k] for k in ("field", "op", "value")}, *path)
     fld, op, value = first.field, first.op, first.value
     severity = raw.get("severity", "ticket")
-    if severity not in SEVERITIES:
+    if not isinstance(severity, str) or severity not in SEVERITIES:
         raise doc.error(f"severity {severity!r} is not one of {', '.join(SEVERITIES)}", *path, "severity")
     channel = raw.get("channel")
     if channel is not None:
@@ -347,7 +362,7 @@ def parse(doc: Located) -> RuleSet:
     if not isinstance(defaults, list | tuple):
         raise doc.error("default_receivers: expected a list of receiver names", "default_receivers")
     for j, rname in enumerate(defaults):
-        if rname not in receivers:
+        if not isinstance(rname, str) or rname not in receivers:
             raise doc.error(f"unknown receiver {rname!r}", "default_receivers", j)
     routes = _routes(doc, data.get("routes"), receivers)
     raw_rules = data.get("rules")
@@ -362,6 +377,8 @@ def parse(doc: Located) -> RuleSet:
         seen[rule.name] = rule.where
         rules.append(rule)
     watchdog = _watchdog(doc, data.get("watchdog"), receivers, tuple(defaults))
+    if watchdog is not None and watchdog.name in seen:
+        raise doc.error(f"rule name {watchdog.name!r} is the watchdog's: rename the rule", "watchdog")
     return RuleSet(doc.source, tuple(rules), receivers, routes, watchdog)
 
 
