@@ -32,7 +32,8 @@ def describe(exc: BaseException) -> str:
     return text if len(text) <= MAX_ERROR else text[: MAX_ERROR - 1] + "…"
 
 
-def _succeeded(conn: Connection, now: datetime, rows: list[dict[str, object]]) -> None:
+def _upsert(conn: Connection, rows: list[dict[str, object]], **changes: object) -> None:
+    """Insert `rows`; for a rule already recorded, set the run fields and `changes`."""
     t = alert_evaluations
     stmt = insert(t)
     conn.execute(
@@ -40,34 +41,25 @@ def _succeeded(conn: Connection, now: datetime, rows: list[dict[str, object]]) -
             index_elements=[t.c.rule],
             set_={
                 "last_run_at": stmt.excluded.last_run_at,
-                "last_success_at": stmt.excluded.last_success_at,
-                "failing_since": None,
-                "consecutive_failures": 0,
-                "ignored_amounts_total": t.c.ignored_amounts_total + stmt.excluded.ignored_amounts_total,
                 "interval_seconds": sa.func.coalesce(stmt.excluded.interval_seconds, t.c.interval_seconds),
+                **changes,
             },
         ),
         rows,
     )
+
+
+def _succeeded(conn: Connection, rows: list[dict[str, object]]) -> None:
+    t, new = alert_evaluations, insert(alert_evaluations).excluded
+    _upsert(conn, rows, last_success_at=new.last_success_at, failing_since=None, consecutive_failures=0,
+            ignored_amounts_total=t.c.ignored_amounts_total + new.ignored_amounts_total)
 
 
 def _failed(conn: Connection, rows: list[dict[str, object]]) -> None:
-    t = alert_evaluations
-    stmt = insert(t)
-    conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[t.c.rule],
-            set_={
-                "last_run_at": stmt.excluded.last_run_at,
-                "last_error": stmt.excluded.last_error,
-                "last_error_at": stmt.excluded.last_error_at,
-                "failing_since": sa.func.coalesce(t.c.failing_since, stmt.excluded.failing_since),
-                "consecutive_failures": t.c.consecutive_failures + 1,
-                "interval_seconds": sa.func.coalesce(stmt.excluded.interval_seconds, t.c.interval_seconds),
-            },
-        ),
-        rows,
-    )
+    t, new = alert_evaluations, insert(alert_evaluations).excluded
+    _upsert(conn, rows, last_error=new.last_error, last_error_at=new.last_error_at,
+            failing_since=sa.func.coalesce(t.c.failing_since, new.failing_since),
+            consecutive_failures=t.c.consecutive_failures + 1)
 
 
 def record_cycle(
@@ -86,7 +78,7 @@ def record_cycle(
     ]
     ok.append({"rule": CYCLE, "last_run_at": now, "last_success_at": now, "consecutive_failures": 0,
                "ignored_amounts_total": 0, "interval_seconds": interval_seconds})
-    _succeeded(conn, now, ok)
+    _succeeded(conn, ok)
     if failures:
         _failed(conn, [
             {"rule": name, "last_run_at": now, "last_error": error, "last_error_at": now, "failing_since": now,

@@ -284,3 +284,29 @@ def test_cli_list_silence_ack(engine, database_url, tmp_path):
     assert state_of(engine, t.fingerprint)["acknowledged_by"] == "erin"
     bad = runner.invoke(app, [*base, "alerts", "silence", "-m", "nonsense"])
     assert bad.exit_code == 1
+
+
+def test_acknowledge_tells_no_such_alert_from_an_ambiguous_prefix(engine):
+    """What the dashboard and the HTTP API need: "no such alert" (404) apart from other refusals."""
+    import pytest
+
+    from controltower.alertops import AmbiguousFingerprint, NoSuchAlert
+    from controltower.errors import ControlTowerError
+
+    with engine.begin() as conn:
+        conn.execute(alert_state.insert(), [
+            {"fingerprint": fp, "rule": "R", "labels": {"channel": ch}, "severity": "page", "state": state,
+             "active_since": T0, "last_evaluated_at": T0}
+            for fp, ch, state in (("abc1000000000000", "amazon", "firing"), ("abc2000000000000", "ebay", "pending"),
+                                  ("def1000000000000", "pos", "resolved"))])
+    with pytest.raises(NoSuchAlert, match="no pending or firing alert with fingerprint 'def1'"):
+        acknowledge(engine, "def1", "ana", T0, via="dashboard")  # resolved: nothing to acknowledge
+    with pytest.raises(NoSuchAlert):
+        acknowledge(engine, "0123", "ana", T0, via="dashboard")
+    with pytest.raises(AmbiguousFingerprint, match="matches 2 alerts"):
+        acknowledge(engine, "abc", "ana", T0, via="dashboard")
+    with pytest.raises(ControlTowerError, match="fingerprint: missing"):
+        acknowledge(engine, "  ", "ana", T0)
+    acked = acknowledge(engine, "ABC2", "ana", T0 + timedelta(minutes=1), via="dashboard")
+    assert (acked["fingerprint"], acked["acknowledged_by"]) == ("abc2000000000000", "ana")
+    assert issubclass(NoSuchAlert, ControlTowerError) and issubclass(AmbiguousFingerprint, ControlTowerError)

@@ -216,3 +216,36 @@ def test_shipped_marketplace_templates():
     quiet = rules["ChannelQuiet"]
     assert quiet.sla == "channel_silence" and quiet.value == 900000 and quiet.also[0].field == "volume_ratio"
     assert rules["UnpostedOrders"].impact
+
+
+@pytest.mark.parametrize(
+    ("watchdog", "line", "message"),
+    [
+        ("watchdog: 1h\n", 1, "watchdog: expected a mapping with interval"),
+        ("watchdog:\n  every: 1h\n", 2, "unknown field 'every' in watchdog"),
+        ("watchdog:\n  receivers: [hook]\n", 1, "watchdog: missing interval"),
+        ("watchdog:\n  interval: 0s\n", 2, "interval must be more than 0"),
+        ("watchdog:\n  interval: 99999d\n", 2, "longer than the longest allowed duration"),
+        ("watchdog:\n  interval: 1h\n  receivers: [pager]\n", 3, "unknown receiver 'pager'"),
+    ],
+)
+def test_watchdog_config_errors_name_file_and_line(watchdog, line, message):
+    from alerts.rules import parse
+    from controltower.yamlfile import loads
+
+    text = watchdog + "receivers:\n  hook: {type: webhook, url: http://x/h}\nrules: []\n"
+    with pytest.raises(ConfigError) as err:
+        parse(loads(text, "alerts.yaml"))
+    assert str(err.value).startswith(f"alerts.yaml:{line}: ") and message in str(err.value)
+
+
+def test_watchdog_defaults_to_default_receivers_and_is_off_when_absent():
+    from alerts.rules import Watchdog, parse
+    from controltower.yamlfile import loads
+
+    base = "receivers:\n  hook: {type: webhook, url: http://x/h}\ndefault_receivers: [hook]\nrules: []\n"
+    assert parse(loads(base)).watchdog is None
+    assert load_rules(None).watchdog is None  # shipped defaults: off (see alerts.yaml)
+    assert parse(loads(base + "watchdog: {interval: 2h}\n")).watchdog == Watchdog(7200.0, ("hook",))
+    with pytest.raises(ConfigError, match="no receivers"):
+        parse(loads("rules: []\nwatchdog: {interval: 2h}\n"))

@@ -3,6 +3,7 @@ its own health, its /metrics collector and the watchdog notification at a real r
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -43,6 +44,18 @@ rules:
     op: ">"
     value: 0
 """, "alerts.yaml"))
+
+
+@contextmanager
+def table_away(engine, name: str):
+    """A real failure of whatever reads `name`: the table is gone for the block, then back."""
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"ALTER TABLE {name} RENAME TO {name}_away"))
+    try:
+        yield
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"ALTER TABLE {name}_away RENAME TO {name}"))
 
 
 def run(engine, rs, at, **kw):
@@ -102,13 +115,8 @@ def test_amounts_that_are_not_sane_numbers_are_ignored(engine, settings, amount)
 def test_a_failing_rule_is_recorded_and_the_others_go_on(engine, settings):
     seed_orders(engine, settings, {"c1": "10"})
     rs = ruleset()
-    with engine.begin() as conn:  # a real failure of one rule's own query: its table is gone
-        conn.execute(sa.text("ALTER TABLE sla_open_items RENAME TO sla_open_items_away"))
-    try:
+    with table_away(engine, "sla_open_items"):
         fired = run(engine, rs, NOW)
-    finally:
-        with engine.begin() as conn:
-            conn.execute(sa.text("ALTER TABLE sla_open_items_away RENAME TO sla_open_items"))
     assert [(t.rule, t.to_state) for t in fired] == [("UnpostedOrders", "firing")]
     assert [r["rule"] for r in outbox(engine)] == ["UnpostedOrders"]
     health = evaluation_health(engine, NOW)
@@ -135,14 +143,9 @@ def test_health_is_stale_after_three_intervals_and_when_never_run(engine):
 def test_a_cycle_that_fails_as_a_whole_is_recorded_and_keeps_the_last_success(engine):
     rs = ruleset()
     run(engine, rs, NOW)
-    with engine.begin() as conn:
-        conn.execute(sa.text("ALTER TABLE sla_status RENAME TO sla_status_away"))
-    try:
+    with table_away(engine, "sla_status"):
         with pytest.raises(sa.exc.ProgrammingError):
             run(engine, rs, NOW + timedelta(minutes=5))
-    finally:
-        with engine.begin() as conn:
-            conn.execute(sa.text("ALTER TABLE sla_status_away RENAME TO sla_status"))
     health = evaluation_health(engine, NOW + timedelta(minutes=5))
     assert health["last_success_at"] == NOW and health["stale"]
     assert health["last_error"].startswith("ProgrammingError: (psycopg.errors.UndefinedTable)")
@@ -150,13 +153,8 @@ def test_a_cycle_that_fails_as_a_whole_is_recorded_and_keeps_the_last_success(en
 
 def test_metrics_collector_exposes_last_success_rule_failures_and_ignored_amounts(engine, settings):
     seed_orders(engine, settings, {"c1": HUGE})
-    with engine.begin() as conn:
-        conn.execute(sa.text("ALTER TABLE sla_open_items RENAME TO sla_open_items_away"))
-    try:
+    with table_away(engine, "sla_open_items"):
         run(engine, ruleset(), NOW)
-    finally:
-        with engine.begin() as conn:
-            conn.execute(sa.text("ALTER TABLE sla_open_items_away RENAME TO sla_open_items"))
     run(engine, ruleset(), NOW + timedelta(seconds=30))  # the rule recovers and ignores the huge amount
     registry = CollectorRegistry()
     registry.register(AlertingCollector(engine, clock=lambda: NOW + timedelta(seconds=40)))
@@ -189,14 +187,9 @@ def test_watchdog_reaches_a_real_receiver_every_interval_and_stops_with_evaluati
         assert all(b["status"] == "firing" and b["alerts"][0]["endsAt"] == "0001-01-01T00:00:00Z" for b in watch)
         assert "repeats every 1 h" in watch[0]["alerts"][0]["annotations"]["summary"]
         # evaluation stops (its table is gone): no watchdog however long we wait
-        with engine.begin() as conn:
-            conn.execute(sa.text("ALTER TABLE sla_status RENAME TO sla_status_away"))
-        try:
+        with table_away(engine, "sla_status"):
             with pytest.raises(sa.exc.ProgrammingError):
                 run(engine, rs, NOW + timedelta(hours=5))
-        finally:
-            with engine.begin() as conn:
-                conn.execute(sa.text("ALTER TABLE sla_status_away RENAME TO sla_status"))
         deliver_pending(engine, rs.receivers, NOW + timedelta(hours=5))
         assert len([r for r in recorder.requests if r["body"]["groupLabels"]["alertname"] == "Watchdog"]) == 3
 
@@ -204,12 +197,7 @@ def test_watchdog_reaches_a_real_receiver_every_interval_and_stops_with_evaluati
 def test_watchdog_names_failing_rules(engine, settings):
     seed_orders(engine, settings, {"c1": "10"})
     rs = ruleset(watchdog="watchdog: {interval: 10m, receivers: [hook]}")
-    with engine.begin() as conn:
-        conn.execute(sa.text("ALTER TABLE sla_open_items RENAME TO sla_open_items_away"))
-    try:
+    with table_away(engine, "sla_open_items"):
         run(engine, rs, NOW)
-    finally:
-        with engine.begin() as conn:
-            conn.execute(sa.text("ALTER TABLE sla_open_items_away RENAME TO sla_open_items"))
     [watch] = [r for r in outbox(engine) if r["rule"] == "Watchdog"]
     assert watch["payload"]["summary"].endswith("1 rule(s) failing: UnacknowledgedImpact.")
