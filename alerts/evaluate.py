@@ -91,7 +91,8 @@ class _RuleRun:
         """The receiver-neutral notification of one alert, with its impact when the rule asks for it."""
         alert = content.payload(state, kind, self.dashboard_url)
         if self.rule.impact and kind != "resolved" and row is not None:
-            impact = derived.impact(self.conn, row, self.now)
+            impact = derived.impact(self.conn, row, self.now, milestone=self.rule.impact_milestone,
+                                    amounts=self.rule.impact_amounts)
             self.ignored_amounts += impact.pop("amounts_ignored", 0)
             alert["impact"] = impact
             alert["annotations"] = content.with_impact(alert["annotations"], impact)

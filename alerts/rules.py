@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 import operator
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from alerts import receivers as rv
+from alerts.derived import DEFAULT_IMPACT_AMOUNTS, DEFAULT_IMPACT_MILESTONE
 from alerts.receivers import LABEL, NAME, PAGERDUTY_URL, RECEIVER_TYPES, Receiver
 from alerts.templates import check_template, render, template_fields
 from controltower.vocab import HEALTH_RANK
@@ -105,6 +107,8 @@ class Rule:
     keep_firing_for_seconds: float = 0.0
     no_data: str = "ok"
     impact: bool = False
+    impact_milestone: str = DEFAULT_IMPACT_MILESTONE  # whose event carries the order value
+    impact_amounts: tuple[str, ...] = DEFAULT_IMPACT_AMOUNTS  # its attributes, first present wins
     max_notifications_per_hour: int | None = None
     digest_interval_seconds: float | None = None
 
@@ -212,6 +216,35 @@ def _condition(doc: Located, raw: Any, *path: Any) -> Condition:
     return Condition(fld, op, value)
 
 
+_MILESTONE = re.compile(r"^[a-z0-9_]+\.[a-z0-9_]+\Z")
+
+
+def _impact(doc: Located, raw: Any, *path: Any) -> dict[str, Any]:
+    """`impact: true|false` or `impact: {milestone: order.received, amounts: [order_total, amount]}`."""
+    if isinstance(raw, bool):
+        return {"impact": raw}
+    if not isinstance(raw, dict):
+        raise doc.error(f"impact: expected true, false or {{milestone, amounts}}, got {_short(raw)}", *path)
+    for key in raw:
+        if key not in ("milestone", "amounts"):
+            raise doc.error(f"unknown field {key!r} in impact (milestone, amounts)", *path, key)
+    out: dict[str, Any] = {"impact": True}
+    if "milestone" in raw:
+        milestone = raw["milestone"]
+        if not isinstance(milestone, str) or not _MILESTONE.match(milestone):
+            raise doc.error(f"impact.milestone {_short(milestone)}: expected flow.stage, e.g. order.received",
+                            *path, "milestone")
+        out["impact_milestone"] = milestone
+    if "amounts" in raw:
+        amounts = raw["amounts"]
+        amounts = (amounts,) if isinstance(amounts, str) else amounts
+        if (not isinstance(amounts, list | tuple) or not amounts
+                or not all(isinstance(a, str) and _LABEL.match(a) for a in amounts)):
+            raise doc.error("impact.amounts: expected a list of attribute names, e.g. [order_total]", *path, "amounts")
+        out["impact_amounts"] = tuple(amounts)
+    return out
+
+
 def _options(doc: Located, raw: Mapping[str, Any], *path: Any) -> dict[str, Any]:
     """The noise and no-data options of one rule."""
     out: dict[str, Any] = {}
@@ -228,9 +261,7 @@ def _options(doc: Located, raw: Mapping[str, Any], *path: Any) -> dict[str, Any]
             raise doc.error(f"no_data {policy!r} is not one of {', '.join(NO_DATA)}", *path, "no_data")
         out["no_data"] = policy
     if "impact" in raw:
-        if not isinstance(raw["impact"], bool):
-            raise doc.error(f"impact: expected true or false, got {raw['impact']!r}", *path, "impact")
-        out["impact"] = raw["impact"]
+        out.update(_impact(doc, raw["impact"], *path, "impact"))
     if "max_notifications_per_hour" in raw:
         cap = raw["max_notifications_per_hour"]
         if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:

@@ -159,7 +159,7 @@ def test_check_command_exit_code_from_the_real_console_script(tmp_path):
     [
         ("    repeat_interval: 4h\n", "    repeat_interval: 4h\n    keep_firing_for: soon\n", "keep_firing_for: soon", "is not a duration"),
         ("    repeat_interval: 4h\n", "    repeat_interval: 4h\n    no_data: ignore\n", "no_data: ignore", "no_data 'ignore' is not one of ok, breach, keep, alert"),
-        ("    repeat_interval: 4h\n", "    repeat_interval: 4h\n    impact: yes please\n", "impact: yes please", "impact: expected true or false"),
+        ("    repeat_interval: 4h\n", "    repeat_interval: 4h\n    impact: yes please\n", "impact: yes please", "impact: expected true, false or {milestone, amounts}"),
         ("    repeat_interval: 4h\n", "    repeat_interval: 4h\n    max_notifications_per_hour: 0\n", "max_notifications_per_hour: 0", "at least 1"),
         ("    repeat_interval: 4h\n", "    repeat_interval: 4h\n    digest_interval: 0s\n", "digest_interval: 0s", "digest_interval must be more than 0"),
         ("    repeat_interval: 4h\n", "    repeat_interval: 4h\n    and:\n      - {field: volume_ratio, op: \"<\"}\n", "field: volume_ratio", "condition is missing 'value'"),
@@ -249,3 +249,22 @@ def test_watchdog_defaults_to_default_receivers_and_is_off_when_absent():
     assert parse(loads(base + "watchdog: {interval: 2h}\n")).watchdog == Watchdog(7200.0, ("hook",))
     with pytest.raises(ConfigError, match="no receivers"):
         parse(loads("rules: []\nwatchdog: {interval: 2h}\n"))
+
+
+@pytest.mark.parametrize(
+    ("impact", "message"),
+    [
+        ("impact: yes-please", "impact: expected true, false or {milestone, amounts}"),
+        ("impact: {milestone: received}", "impact.milestone 'received': expected flow.stage"),
+        ("impact: {amounts: []}", "impact.amounts: expected a list of attribute names"),
+        ("impact: {colour: red}", "unknown field 'colour' in impact"),
+    ],
+)
+def test_impact_option_errors(impact, message):
+    from alerts.rules import parse
+    from controltower.yamlfile import loads
+
+    text = f"rules:\n  - name: A\n    sla: s\n    field: value\n    op: '>'\n    value: 1\n    {impact}\n"
+    with pytest.raises(ConfigError) as err:
+        parse(loads(text, "alerts.yaml"))
+    assert str(err.value).startswith("alerts.yaml:7: ") and message in str(err.value)

@@ -201,3 +201,33 @@ def test_watchdog_names_failing_rules(engine, settings):
         run(engine, rs, NOW)
     [watch] = [r for r in outbox(engine) if r["rule"] == "Watchdog"]
     assert watch["payload"]["summary"].endswith("1 rule(s) failing: UnacknowledgedImpact.")
+
+
+def test_impact_reads_the_milestone_and_amounts_the_rule_names(engine, settings):
+    """The meaning (which event carries the order value) is in the YAML, not the code."""
+    seed_orders(engine, settings, {"c1": "10", "c2": "5"})
+    with engine.begin() as conn:  # c2 also carries a `gross` attribute, listed first by the rule
+        conn.execute(sa.text("UPDATE events SET attributes = attributes || '{\"gross\": \"40\"}' WHERE correlation_id = 'c2'"))
+    text = """
+receivers:
+  hook: {type: webhook, url: "http://127.0.0.1:9/hook"}
+default_receivers: [hook]
+rules:
+  - name: UnacknowledgedImpact
+    sla: order_acknowledgement
+    field: open_breaches
+    op: ">"
+    value: 0
+    impact: {milestone: order.received, amounts: [gross, order_total]}
+"""
+    rs = parse(loads(text, "alerts.yaml"))
+    assert (rs.rules[0].impact_milestone, rs.rules[0].impact_amounts) == ("order.received", ("gross", "order_total"))
+    run(engine, rs, NOW)
+    [row] = outbox(engine)
+    assert row["payload"]["impact"] == {"orders_at_risk": 2, "order_value_at_risk": 50.0, "orders_priced": 2}
+    elsewhere = parse(loads(text.replace("order.received", "order.shipped"), "alerts.yaml"))
+    with engine.begin() as conn:
+        conn.execute(sa.text("TRUNCATE alert_state, alert_notifications"))
+    run(engine, elsewhere, NOW)  # no order.shipped events: orders at risk, no value
+    [row] = outbox(engine)
+    assert row["payload"]["impact"] == {"orders_at_risk": 2}
