@@ -91,8 +91,9 @@ class _RuleRun:
         """The receiver-neutral notification of one alert, with its impact when the rule asks for it."""
         alert = content.payload(state, kind, self.dashboard_url)
         if self.rule.impact and kind != "resolved" and row is not None:
-            impact = derived.impact(self.conn, row, self.now, milestone=self.rule.impact_milestone,
-                                    amounts=self.rule.impact_amounts)
+            with self.conn.begin_nested():  # a failing query must not abort the cycle's transaction
+                impact = derived.impact(self.conn, row, self.now, milestone=self.rule.impact_milestone,
+                                        amounts=self.rule.impact_amounts)
             self.ignored_amounts += impact.pop("amounts_ignored", 0)
             alert["impact"] = impact
             alert["annotations"] = content.with_impact(alert["annotations"], impact)
@@ -174,25 +175,25 @@ class _RuleRun:
 
         self.outbox.add_digest(self.rule, mine, snapshot, lambda labels: silenced_by(labels, self.silences) is not None)
 
-    def write(self) -> None:
-        """Write this rule's state changes and history in a few set-based statements."""
-        if self.upserts:
-            stmt = insert(alert_state)
-            self.conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=[alert_state.c.fingerprint],
-                    set_={c: stmt.excluded[c] for c in _STATE_COLUMNS if c != "fingerprint"},
-                ),
-                self.upserts,
-            )
-        if self.touched:
-            self.conn.execute(
-                alert_state.update()
-                .where(alert_state.c.fingerprint.in_(self.touched))
-                .values(last_evaluated_at=self.now)
-            )
-        if self.events:
-            self.conn.execute(alert_events.insert(), self.events)
+
+def _write(conn: Connection, now: datetime, runs: Sequence[_RuleRun]) -> None:
+    """Write the state changes and history of `runs` in a few set-based statements."""
+    upserts = [u for run in runs for u in run.upserts]
+    touched = [fp for run in runs for fp in run.touched]
+    events = [e for run in runs for e in run.events]
+    if upserts:
+        stmt = insert(alert_state)
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[alert_state.c.fingerprint],
+                set_={c: stmt.excluded[c] for c in _STATE_COLUMNS if c != "fingerprint"},
+            ),
+            upserts,
+        )
+    if touched:
+        conn.execute(alert_state.update().where(alert_state.c.fingerprint.in_(touched)).values(last_evaluated_at=now))
+    if events:
+        conn.execute(alert_events.insert(), events)
 
 
 def _uses_volume(rules: Sequence[Rule]) -> bool:
@@ -237,7 +238,6 @@ def _evaluate_rule(run: _RuleRun, rows: Sequence[Mapping[str, Any]], states: Map
         if rule.no_data == "keep" or (old["state"] not in ACTIVE and rule.no_data == "ok"):
             continue
         run.step(dict(old["labels"]), None, old)
-    run.write()
     run.digest(states)
 
 
@@ -263,20 +263,20 @@ def evaluate(
             box = Outbox.open(conn, now, rules, tuple(routes))
             by_key = {(r["sla"], r["channel"], r["window"]): r for r in rows}
             failures: dict[str, str] = {}
-            ignored: dict[str, int] = {}
+            runs: list[_RuleRun] = []
             for rule in rules:
-                box.groups.clear()
                 run = _RuleRun(conn, now, dashboard_url, silences, box, by_key, rule)
                 try:
-                    with conn.begin_nested():
-                        _evaluate_rule(run, rows, states)
-                        box.flush(dashboard_url)
+                    _evaluate_rule(run, rows, states)
                 except Exception as exc:  # noqa: BLE001 - the rule is the isolation boundary: the others go on
                     log.exception("alert rule %s failed; the other rules go on", rule.name)
                     failures[rule.name] = health.describe(exc)
+                    box.discard(rule.name)
                     continue
-                transitions.extend(run.transitions)
-                ignored[rule.name] = run.ignored_amounts
+                runs.append(run)
+            runs = _persist(conn, now, runs, box, dashboard_url, failures)
+            transitions = [t for run in runs for t in run.transitions]
+            ignored = {run.rule.name: run.ignored_amounts for run in runs}
             for old in states.values():
                 if old["rule"] not in by_name and old["state"] in ACTIVE:
                     _retire(conn, old, now)
@@ -287,6 +287,30 @@ def evaluate(
         health.record_cycle_failure(engine, now, health.describe(exc), interval_seconds)
         raise
     return transitions
+
+
+def _persist(conn: Connection, now: datetime, runs: list[_RuleRun], box: Outbox, dashboard_url: str,
+             failures: dict[str, str]) -> list[_RuleRun]:
+    """Write every rule's results at once; if that fails, rule by rule, so only the culprit is lost."""
+    try:
+        with conn.begin_nested():
+            _write(conn, now, runs)
+            box.flush(dashboard_url)
+        return runs
+    except sa.exc.SQLAlchemyError:
+        log.warning("writing the alert evaluation failed; writing rule by rule to isolate the failure")
+    kept = []
+    for run in runs:
+        try:
+            with conn.begin_nested():
+                _write(conn, now, [run])
+                box.flush(dashboard_url, only=run.rule.name)
+        except sa.exc.SQLAlchemyError as exc:
+            log.exception("alert rule %s could not be written; the other rules go on", run.rule.name)
+            failures[run.rule.name] = health.describe(exc)
+            continue
+        kept.append(run)
+    return kept
 
 
 def _retire(conn: Connection, old: Mapping[str, Any], now: datetime) -> None:

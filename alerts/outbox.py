@@ -127,10 +127,18 @@ class Outbox:
             self.add(rule, "digest", snapshot(state, kind), self.receivers(rule, state["labels"]))
         return len(picked)
 
-    def flush(self, external_url: str) -> int:
-        """Write one outbox row per (rule, receiver) group; return how many rows."""
+    def discard(self, rule: str) -> None:
+        """Forget what `rule` queued in this evaluation (its evaluation failed)."""
+        for key in [k for k in self.groups if k[0] == rule]:
+            del self.groups[key]
+        self.rules_sending.discard(rule)
+
+    def flush(self, external_url: str, *, only: str | None = None) -> int:
+        """Write one outbox row per (rule, receiver) group (of rule `only`, if given); return how many rows."""
         rows = []
         for (rule_name, receiver), items in sorted(self.groups.items()):
+            if only is not None and rule_name != only:
+                continue
             kinds = {k for k, _ in items}
             kind = next(k for k in KIND_ORDER if k in kinds)
             alerts = sorted((a for _, a in items), key=lambda a: (a["status"] != "firing", sorted(a["labels"].items())))
