@@ -9,19 +9,17 @@ vanished means; `routes` pick receivers by label; `max_notifications_per_hour` a
 
 from __future__ import annotations
 
-import math
-import operator
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from alerts import receivers as rv
+from alerts.conditions import HEALTH_RANK, Condition, parse_condition, short
 from alerts.derived import DEFAULT_IMPACT_AMOUNTS, DEFAULT_IMPACT_MILESTONE
 from alerts.receivers import LABEL, NAME, PAGERDUTY_URL, RECEIVER_TYPES, Receiver
 from alerts.templates import check_template, render, template_fields
-from controltower.vocab import HEALTH_RANK
 from controltower.yamlfile import Located, load
 
 __all__ = [
@@ -31,31 +29,6 @@ __all__ = [
 
 DEFAULT_FILE = Path(__file__).with_name("alerts.yaml")
 
-# Derived fields the evaluator adds to every row (see alerts.derived): not columns of sla_status.
-DERIVED_FIELDS = ("volume_ratio",)
-FIELDS = (
-    "open_breaches",
-    "oldest_breach_ms",
-    "p50_ms",
-    "p95_ms",
-    "p99_ms",
-    "within_target_ratio",
-    "burn_rate_short",
-    "burn_rate_long",
-    "error_budget_remaining",
-    "value",
-    "count",
-    "health",
-    *DERIVED_FIELDS,
-)
-OPS: dict[str, Callable[[Any, Any], bool]] = {
-    ">": operator.gt,
-    ">=": operator.ge,
-    "<": operator.lt,
-    "<=": operator.le,
-    "==": operator.eq,
-    "!=": operator.ne,
-}
 SEVERITIES = ("page", "ticket", "info")
 NO_DATA = ("ok", "breach", "keep", "alert")
 
@@ -66,24 +39,6 @@ _RULE_KEYS = {
 }
 _NAME = NAME
 _LABEL = LABEL
-
-
-@dataclass(frozen=True)
-class Condition:
-    field: str
-    op: str
-    value: float | str
-
-    def holds(self, row: Mapping[str, Any]) -> bool:
-        """The condition on `row`; a missing (NULL) value never holds."""
-        observed = row.get(self.field)
-        if observed is None:
-            return False
-        if self.field == "health":
-            left = HEALTH_RANK.get(str(observed))
-            right = HEALTH_RANK[str(self.value)]
-            return left is not None and OPS[self.op](left, right)
-        return bool(OPS[self.op](float(observed), float(self.value)))
 
 
 @dataclass(frozen=True)
@@ -178,44 +133,6 @@ def route(routes: tuple[Route, ...] | list[Route], rule: Rule, labels: Mapping[s
     return rule.receivers
 
 
-def _finite(value: float) -> bool:
-    try:
-        return math.isfinite(float(value)) and abs(float(value)) <= 1e300
-    except OverflowError:  # an integer too large for a float
-        return False
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else f"{text[:20]}… ({len(text)} characters)"
-
-
-def _condition(doc: Located, raw: Any, *path: Any) -> Condition:
-    if not isinstance(raw, dict):
-        raise doc.error("expected a mapping with field, op and value", *path)
-    for key in raw:
-        if key not in {"field", "op", "value"}:
-            raise doc.error(f"unknown field {key!r} in a condition (field, op, value)", *path, key)
-    for key in ("field", "op", "value"):
-        if key not in raw:
-            raise doc.error(f"condition is missing {key!r}", *path)
-    fld = raw["field"]
-    if not isinstance(fld, str) or fld not in FIELDS:
-        raise doc.error(f"field {fld!r} is not one of {', '.join(FIELDS)}", *path, "field")
-    op = raw["op"]
-    if not isinstance(op, str) or op not in OPS:
-        raise doc.error(f"op {op!r} is not one of {' '.join(OPS)}", *path, "op")
-    value = raw["value"]
-    if fld == "health":
-        if not isinstance(value, str) or value not in HEALTH_RANK:
-            raise doc.error(f"value {value!r}: health is one of ok, warn, critical", *path, "value")
-    elif isinstance(value, bool) or not isinstance(value, int | float):
-        raise doc.error(f"value {value!r}: {fld} is compared with a number", *path, "value")
-    elif not _finite(value):
-        raise doc.error(f"value {_short(value)}: expected a finite number (at most 1e300)", *path, "value")
-    return Condition(fld, op, value)
-
-
 _MILESTONE = re.compile(r"^[a-z0-9_]+\.[a-z0-9_]+\Z")
 
 
@@ -224,7 +141,7 @@ def _impact(doc: Located, raw: Any, *path: Any) -> dict[str, Any]:
     if isinstance(raw, bool):
         return {"impact": raw}
     if not isinstance(raw, dict):
-        raise doc.error(f"impact: expected true, false or {{milestone, amounts}}, got {_short(raw)}", *path)
+        raise doc.error(f"impact: expected true, false or {{milestone, amounts}}, got {short(raw)}", *path)
     for key in raw:
         if key not in ("milestone", "amounts"):
             raise doc.error(f"unknown field {key!r} in impact (milestone, amounts)", *path, key)
@@ -232,7 +149,7 @@ def _impact(doc: Located, raw: Any, *path: Any) -> dict[str, Any]:
     if "milestone" in raw:
         milestone = raw["milestone"]
         if not isinstance(milestone, str) or not _MILESTONE.match(milestone):
-            raise doc.error(f"impact.milestone {_short(milestone)}: expected flow.stage, e.g. order.received",
+            raise doc.error(f"impact.milestone {short(milestone)}: expected flow.stage, e.g. order.received",
                             *path, "milestone")
         out["impact_milestone"] = milestone
     if "amounts" in raw:
@@ -252,13 +169,13 @@ def _options(doc: Located, raw: Mapping[str, Any], *path: Any) -> dict[str, Any]
         extra = raw["and"]
         if not isinstance(extra, list | tuple) or not extra:
             raise doc.error("and: expected a list of conditions ({field, op, value})", *path, "and")
-        out["also"] = tuple(_condition(doc, c, *path, "and", j) for j, c in enumerate(extra))
+        out["also"] = tuple(parse_condition(doc, c, *path, "and", j) for j, c in enumerate(extra))
     if "keep_firing_for" in raw:
         out["keep_firing_for_seconds"] = rv.duration(doc, raw["keep_firing_for"], *path, "keep_firing_for")
     if "no_data" in raw:
         policy = raw["no_data"]
         if not isinstance(policy, str) or policy not in NO_DATA:
-            raise doc.error(f"no_data {policy!r} is not one of {', '.join(NO_DATA)}", *path, "no_data")
+            raise doc.error(f"no_data {short(policy)} is not one of {', '.join(NO_DATA)}", *path, "no_data")
         out["no_data"] = policy
     if "impact" in raw:
         out.update(_impact(doc, raw["impact"], *path, "impact"))
@@ -266,7 +183,7 @@ def _options(doc: Located, raw: Mapping[str, Any], *path: Any) -> dict[str, Any]
         cap = raw["max_notifications_per_hour"]
         if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
             raise doc.error(
-                f"max_notifications_per_hour: expected a whole number of at least 1, got {cap!r}",
+                f"max_notifications_per_hour: expected a whole number of at least 1, got {short(cap)}",
                 *path, "max_notifications_per_hour",
             )
         out["max_notifications_per_hour"] = cap
@@ -291,11 +208,11 @@ def _rule(doc: Located, i: int, raw: Any, receivers: dict[str, Receiver], defaul
     name = rv.text(doc, raw["name"], *path, "name")
     if not _NAME.match(name):
         raise doc.error(f"name {name!r}: use letters, digits, _ . : -", *path, "name")
-    first = _condition(doc, {k: raw[k] for k in ("field", "op", "value")}, *path)
+    first = parse_condition(doc, {k: raw[k] for k in ("field", "op", "value")}, *path)
     fld, op, value = first.field, first.op, first.value
     severity = raw.get("severity", "ticket")
     if not isinstance(severity, str) or severity not in SEVERITIES:
-        raise doc.error(f"severity {severity!r} is not one of {', '.join(SEVERITIES)}", *path, "severity")
+        raise doc.error(f"severity {short(severity)} is not one of {', '.join(SEVERITIES)}", *path, "severity")
     channel = raw.get("channel")
     if channel is not None:
         channel = rv.text(doc, channel, *path, "channel")

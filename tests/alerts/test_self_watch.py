@@ -25,7 +25,7 @@ NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 HUGE = "9" * 140_000
 
 
-def ruleset(url: str = "http://127.0.0.1:9", watchdog: str = ""):
+def ruleset(url: str = "http://127.0.0.1:9", watchdog: str = "", impact: str = "true"):
     return parse(loads(f"""
 receivers:
   hook: {{type: webhook, url: "{url}/hook"}}
@@ -37,7 +37,7 @@ rules:
     field: open_breaches
     op: ">"
     value: 0
-    impact: true
+    impact: {impact}
   - name: UnpostedOrders
     sla: erp_posting
     field: open_breaches
@@ -208,26 +208,14 @@ def test_impact_reads_the_milestone_and_amounts_the_rule_names(engine, settings)
     seed_orders(engine, settings, {"c1": "10", "c2": "5"})
     with engine.begin() as conn:  # c2 also carries a `gross` attribute, listed first by the rule
         conn.execute(sa.text("UPDATE events SET attributes = attributes || '{\"gross\": \"40\"}' WHERE correlation_id = 'c2'"))
-    text = """
-receivers:
-  hook: {type: webhook, url: "http://127.0.0.1:9/hook"}
-default_receivers: [hook]
-rules:
-  - name: UnacknowledgedImpact
-    sla: order_acknowledgement
-    field: open_breaches
-    op: ">"
-    value: 0
-    impact: {milestone: order.received, amounts: [gross, order_total]}
-"""
-    rs = parse(loads(text, "alerts.yaml"))
+    rs = ruleset(impact="{milestone: order.received, amounts: [gross, order_total]}")
     assert (rs.rules[0].impact_milestone, rs.rules[0].impact_amounts) == ("order.received", ("gross", "order_total"))
     run(engine, rs, NOW)
-    [row] = outbox(engine)
+    [row] = [r for r in outbox(engine) if r["rule"] == "UnacknowledgedImpact"]
     assert row["payload"]["impact"] == {"orders_at_risk": 2, "order_value_at_risk": 50.0, "orders_priced": 2}
-    elsewhere = parse(loads(text.replace("order.received", "order.shipped"), "alerts.yaml"))
+    elsewhere = ruleset(impact="{milestone: order.shipped, amounts: [gross, order_total]}")
     with engine.begin() as conn:
         conn.execute(sa.text("TRUNCATE alert_state, alert_notifications"))
     run(engine, elsewhere, NOW)  # no order.shipped events: orders at risk, no value
-    [row] = outbox(engine)
+    [row] = [r for r in outbox(engine) if r["rule"] == "UnacknowledgedImpact"]
     assert row["payload"]["impact"] == {"orders_at_risk": 2}
