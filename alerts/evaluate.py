@@ -1,16 +1,17 @@
 """Rule evaluation: the I/O shell around the pure state machine (`alerts.state`).
 
-One cycle reads the SLA table (plus derived volumes), the stored series and the active silences,
-then evaluates each rule on its own savepoint: for every matching `sla_status` row (and every
+One cycle reads the SLA table (plus derived volumes), the stored series and the active silences
+once, then evaluates each rule in isolation: for every matching `sla_status` row (and every
 stored series whose row vanished, by the rule's `no_data` policy) it takes the next state from
-`alerts.state.transition`, renders the text (`alerts.content`), lets the outbox route, throttle or
-digest the notifications (`alerts.outbox`), and writes state changes, history (`alert_events`) and
-the outbox rows. A rule that fails (a query, a template, a value) is rolled back to its savepoint,
-logged and recorded in `alert_evaluations` with its error; the other rules go on. The cycle's
-success time, the per-rule errors and the impact amounts ignored are recorded by
-`alerts.health`, and a configured watchdog notification (`alerts.watchdog`) is queued, in the
-same transaction, so a process that dies between evaluating and sending loses nothing and sends
-nothing twice.
+`alerts.state.transition`, renders the text (`alerts.content`) and lets the outbox route,
+throttle or digest the notifications (`alerts.outbox`). A rule that fails (a query, a template,
+a value) loses only its own results: its queries run on savepoints, its buffered results are
+dropped, it is logged and recorded with its error, and the other rules go on. The results are
+written in one batch (state, history in `alert_events`, outbox rows); should that fail, rule by
+rule on savepoints, so only the culprit is lost. The cycle's success time, the per-rule errors
+and the impact amounts ignored (`alerts.health`) and a due watchdog notification
+(`alerts.watchdog`) land in the same transaction, so a process that dies between evaluating and
+sending loses nothing and sends nothing twice.
 """
 
 from __future__ import annotations
