@@ -219,3 +219,19 @@ def test_impact_reads_the_milestone_and_amounts_the_rule_names(engine, settings)
     run(engine, elsewhere, NOW)  # no order.shipped events: orders at risk, no value
     [row] = [r for r in outbox(engine) if r["rule"] == "UnacknowledgedImpact"]
     assert row["payload"]["impact"] == {"orders_at_risk": 2}
+
+
+def test_a_rule_whose_results_cannot_be_written_is_the_only_one_lost(engine, settings):
+    """The batch write fails (a real constraint refuses one rule's rows): rule by rule, the rest land."""
+    seed_orders(engine, settings, {"c1": "10"})
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE alert_state ADD CONSTRAINT refuse_unposted CHECK (rule <> 'UnpostedOrders')"))
+    try:
+        fired = run(engine, ruleset(), NOW)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text("ALTER TABLE alert_state DROP CONSTRAINT refuse_unposted"))
+    assert [(t.rule, t.to_state) for t in fired] == [("UnacknowledgedImpact", "firing")]
+    assert [r["rule"] for r in outbox(engine)] == ["UnacknowledgedImpact"]
+    [failing] = evaluation_health(engine, NOW)["failing_rules"]
+    assert failing["rule"] == "UnpostedOrders" and "CheckViolation" in failing["error"]
