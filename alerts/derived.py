@@ -7,13 +7,15 @@ cycle stays cheap however large the event history is:
   the average of the same hour on each of the previous 7 days (`volume_ratio`; NULL when the
   channel had no events in those hours, so there is no usual level to fall below).
 - `impact`: orders at risk of one SLA on one channel (the row's open breaches, else the open
-  items past due) and, when the `order.received` events carry `order_total` or `amount`, the
-  order value at risk over at most `IMPACT_LIMIT` of them.
+  items past due) and, when the events of the rule's impact milestone (default
+  `order.received`) carry one of its amount attributes (default `order_total`, `amount`), the
+  order value at risk over at most `IMPACT_LIMIT` of them. Amounts that are not sane numbers
+  (`SANE_AMOUNT`) are left out of the sum and counted (`amounts_ignored`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -22,6 +24,12 @@ from sqlalchemy.engine import Connection
 
 BASELINE_DAYS = 7
 IMPACT_LIMIT = 500
+# What `impact: true` reads; a rule names others with `impact: {milestone: …, amounts: […]}`.
+DEFAULT_IMPACT_MILESTONE = "order.received"
+DEFAULT_IMPACT_AMOUNTS = ("order_total", "amount")
+# A sane amount: at most 18 integer digits and 12 decimals (finite, fits numeric and float8);
+# anything else (140,000 digits, 1e400, "12,50", text) is ignored and counted.
+SANE_AMOUNT = r"^-?[0-9]{1,18}(\.[0-9]{1,12})?$"
 
 # Relies on event_rollup_minute_channel_idx (channel, minute) / the primary key's minute range.
 _VOLUME = sa.text(
@@ -55,21 +63,26 @@ _IMPACT = sa.text(
         WHERE sla = :sla AND channel = :channel AND due_at < :now
         ORDER BY due_at
         LIMIT :limit
-    ), amounts AS (
-        SELECT (SELECT CASE WHEN v ~ '^-?[0-9]+(\.[0-9]+)?$' THEN v::numeric END
-                FROM (SELECT coalesce(e.attributes->>'order_total', e.attributes->>'amount') AS v) x) AS amount
+    ), raw AS (
+        -- the first of the amount attributes (in the rule's order) the milestone's event carries
+        SELECT (SELECT e.attributes->>k.name FROM unnest(CAST(:amounts AS text[])) WITH ORDINALITY AS k(name, n)
+                WHERE e.attributes->>k.name IS NOT NULL ORDER BY k.n LIMIT 1) AS v
         FROM items i
-        JOIN transaction_milestones m ON m.correlation_id = i.correlation_id AND m.milestone = 'order.received'
+        JOIN transaction_milestones m ON m.correlation_id = i.correlation_id AND m.milestone = :milestone
         JOIN LATERAL (
             SELECT ev.attributes FROM events ev
             WHERE ev.correlation_id = i.correlation_id AND ev.occurred_at = m.reached_at
-              AND ev.flow = 'order' AND ev.stage = 'received'
+              AND ev.flow = :flow AND ev.stage = :stage
             LIMIT 1
         ) e ON true
+    ), amounts AS (
+        -- the guard runs before the cast, row by row: no stored value can make this query fail
+        SELECT v, CASE WHEN v ~ :sane THEN v::numeric END AS amount FROM raw
     )
     SELECT (SELECT count(*) FROM items) AS items,
            (SELECT sum(amount) FROM amounts) AS value,
-           (SELECT count(amount) FROM amounts) AS priced
+           (SELECT count(amount) FROM amounts) AS priced,
+           (SELECT count(v) - count(amount) FROM amounts) AS ignored
     """
 )
 
@@ -88,10 +101,25 @@ def volume_by_channel(conn: Connection, now: datetime) -> dict[str, dict[str, An
     return out
 
 
-def impact(conn: Connection, row: Mapping[str, Any], now: datetime, *, limit: int = IMPACT_LIMIT) -> dict[str, Any]:
-    """Orders (and, when known, order value) at risk for the SLA row's channel."""
+def impact(
+    conn: Connection,
+    row: Mapping[str, Any],
+    now: datetime,
+    *,
+    limit: int = IMPACT_LIMIT,
+    milestone: str = DEFAULT_IMPACT_MILESTONE,
+    amounts: Sequence[str] = DEFAULT_IMPACT_AMOUNTS,
+) -> dict[str, Any]:
+    """Orders (and, when known, order value) at risk for the SLA row's channel.
+
+    The value is read from the first of the `amounts` attributes on the event that reached
+    `milestone` (a `flow.stage` name): the rule's `impact:` option says which, not this code.
+    """
+    flow, _, stage = milestone.partition(".")
     found = conn.execute(
-        _IMPACT, {"sla": row["sla"], "channel": row["channel"], "now": now, "limit": limit}
+        _IMPACT,
+        {"sla": row["sla"], "channel": row["channel"], "now": now, "limit": limit, "sane": SANE_AMOUNT,
+         "milestone": milestone, "flow": flow, "stage": stage, "amounts": list(amounts)},
     ).one()
     open_breaches = row.get("open_breaches")
     orders = int(open_breaches) if open_breaches is not None else int(found.items)
@@ -101,4 +129,6 @@ def impact(conn: Connection, row: Mapping[str, Any], now: datetime, *, limit: in
         out["orders_priced"] = int(found.priced)
         if found.items >= limit:
             out["order_value_capped_at"] = limit  # only the `limit` oldest past-due orders were summed
+    if found.ignored:
+        out["amounts_ignored"] = int(found.ignored)  # counted by the evaluator, not sent
     return out

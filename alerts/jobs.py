@@ -22,7 +22,10 @@ def jobs(context: AppContext) -> list[ScheduledJob]:
     engine = context.engine
 
     def run_evaluate(now: datetime) -> object:
-        return evaluate(engine, ruleset.rules, now, dashboard_url=settings.dashboard_url, routes=ruleset.routes)
+        return evaluate(
+            engine, ruleset.rules, now, dashboard_url=settings.dashboard_url, routes=ruleset.routes,
+            watchdog_rule=ruleset.watchdog, interval_seconds=settings.evaluation_interval,
+        )
 
     def run_deliver(now: datetime) -> object:
         return deliver_pending(engine, ruleset.receivers, now)

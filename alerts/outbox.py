@@ -90,10 +90,13 @@ class Outbox:
         return last is None or self.now - last >= timedelta(seconds=rule.digest_interval_seconds or 0)
 
     def add(self, rule: Rule, kind: str, alert: dict[str, Any], receivers: Iterable[str]) -> None:
+        self.add_named(rule.name, kind, alert, receivers)
+
+    def add_named(self, rule: str, kind: str, alert: dict[str, Any], receivers: Iterable[str]) -> None:
         if kind != "resolved":  # resolved notices pass the throttle without opening it for others
-            self.rules_sending.add(rule.name)
+            self.rules_sending.add(rule)
         for name in receivers:
-            self.groups[(rule.name, name)].append((kind, alert))
+            self.groups[(rule, name)].append((kind, alert))
 
     def add_digest(
         self,
@@ -124,10 +127,18 @@ class Outbox:
             self.add(rule, "digest", snapshot(state, kind), self.receivers(rule, state["labels"]))
         return len(picked)
 
-    def flush(self, external_url: str) -> int:
-        """Write one outbox row per (rule, receiver) group; return how many rows."""
+    def discard(self, rule: str) -> None:
+        """Forget what `rule` queued in this evaluation (its evaluation failed)."""
+        for key in [k for k in self.groups if k[0] == rule]:
+            del self.groups[key]
+        self.rules_sending.discard(rule)
+
+    def flush(self, external_url: str, *, only: str | None = None) -> int:
+        """Write one outbox row per (rule, receiver) group (of rule `only`, if given); return how many rows."""
         rows = []
         for (rule_name, receiver), items in sorted(self.groups.items()):
+            if only is not None and rule_name != only:
+                continue
             kinds = {k for k, _ in items}
             kind = next(k for k in KIND_ORDER if k in kinds)
             alerts = sorted((a for _, a in items), key=lambda a: (a["status"] != "firing", sorted(a["labels"].items())))

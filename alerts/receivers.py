@@ -18,8 +18,10 @@ from controltower.yamlfile import Located
 
 RECEIVER_TYPES = ("webhook", "slack", "pagerduty", "email", "log")
 PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"
-NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]*$")
-LABEL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Rule durations beyond ten years mean nothing and would overflow date arithmetic at evaluation.
+MAX_DURATION_SECONDS = 3650 * 86400.0
+NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]*\Z")
+LABEL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 @dataclass(frozen=True)
@@ -54,9 +56,12 @@ def duration(doc: Located, raw: Any, *path: Any) -> float:
     if isinstance(raw, bool) or raw is None:
         raise doc.error(f'{key}: "{raw}" is not a duration (expected e.g. 90s, 15m, 4h)', *path)
     try:
-        return parse_duration(str(raw), where=str(key))
+        seconds = parse_duration(str(raw), where=str(key))
     except ConfigError as exc:
         raise doc.error(str(exc), *path) from None
+    if seconds > MAX_DURATION_SECONDS:
+        raise doc.error(f'{key}: "{str(raw)[:40]}" is longer than the longest allowed duration (3650d)', *path)
+    return seconds
 
 
 def text(doc: Located, raw: Any, *path: Any) -> str:
@@ -85,7 +90,7 @@ def receiver_names(doc: Located, raw: Any, receivers: Mapping[str, Receiver], *p
     if not isinstance(names, list | tuple):
         raise doc.error(f"{path[-1]}: expected a list of receiver names", *path)
     for j, rname in enumerate(names):
-        if rname not in receivers:
+        if not isinstance(rname, str) or rname not in receivers:
             known = ", ".join(sorted(receivers)) or "none defined"
             raise doc.error(f"unknown receiver {rname!r} (defined: {known})", *path, j)
     return tuple(names)
@@ -98,7 +103,7 @@ def parse_receiver(doc: Located, name: Any, raw: Any) -> Receiver:
     if not isinstance(raw, dict):
         raise doc.error(f"receiver {name}: expected a mapping with a type", *path)
     kind = raw.get("type")
-    if kind not in RECEIVER_TYPES:
+    if not isinstance(kind, str) or kind not in RECEIVER_TYPES:
         raise doc.error(
             f"receiver {name}: type {kind!r} is not one of {', '.join(RECEIVER_TYPES)}", *path, "type"
         )

@@ -9,60 +9,28 @@ vanished means; `routes` pick receivers by label; `max_notifications_per_hour` a
 
 from __future__ import annotations
 
-import operator
 import re
-import string
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from alerts import receivers as rv
+from alerts.conditions import HEALTH_RANK, Condition, parse_condition, short
+from alerts.derived import DEFAULT_IMPACT_AMOUNTS, DEFAULT_IMPACT_MILESTONE
 from alerts.receivers import LABEL, NAME, PAGERDUTY_URL, RECEIVER_TYPES, Receiver
+from alerts.templates import check_template, render, template_fields
 from controltower.yamlfile import Located, load
 
-__all__ = ["PAGERDUTY_URL", "RECEIVER_TYPES", "Receiver", "Route", "Rule", "RuleSet", "load_rules", "parse"]
+__all__ = [
+    "PAGERDUTY_URL", "RECEIVER_TYPES", "Receiver", "Route", "Rule", "RuleSet", "Watchdog", "load_rules", "parse",
+    "render", "template_fields",
+]
 
 DEFAULT_FILE = Path(__file__).with_name("alerts.yaml")
 
-# Derived fields the evaluator adds to every row (see alerts.derived): not columns of sla_status.
-DERIVED_FIELDS = ("volume_ratio",)
-FIELDS = (
-    "open_breaches",
-    "oldest_breach_ms",
-    "p50_ms",
-    "p95_ms",
-    "p99_ms",
-    "within_target_ratio",
-    "burn_rate_short",
-    "burn_rate_long",
-    "error_budget_remaining",
-    "value",
-    "count",
-    "health",
-    *DERIVED_FIELDS,
-)
-HEALTH_RANK = {"ok": 0, "warn": 1, "critical": 2}
-OPS: dict[str, Callable[[Any, Any], bool]] = {
-    ">": operator.gt,
-    ">=": operator.ge,
-    "<": operator.lt,
-    "<=": operator.le,
-    "==": operator.eq,
-    "!=": operator.ne,
-}
 SEVERITIES = ("page", "ticket", "info")
 NO_DATA = ("ok", "breach", "keep", "alert")
-
-# Every column of sla_status a summary template may name, the derived fields, plus the humanized extras.
-ROW_FIELDS = (
-    "sla", "channel", "window", "kind", "computed_at", "count", "p50_ms", "p95_ms", "p99_ms",
-    "target_ms", "within_target_ratio", "open_breaches", "oldest_breach_ms", "value", "threshold",
-    "health", "reason", "objective", "error_budget_remaining", "burn_rate_short", "burn_rate_long",
-    "volume_ratio", "volume_last_hour", "volume_usual",
-)
-HUMAN_FIELDS = ("oldest_breach_ms", "p50_ms", "p95_ms", "p99_ms", "target_ms")
-EXTRA_FIELDS = ("rule", "severity", "field", "op", "threshold_value", "dashboard_url")
 
 _RULE_KEYS = {
     "name", "sla", "channel", "window", "field", "op", "value", "for", "severity", "labels",
@@ -71,24 +39,6 @@ _RULE_KEYS = {
 }
 _NAME = NAME
 _LABEL = LABEL
-
-
-@dataclass(frozen=True)
-class Condition:
-    field: str
-    op: str
-    value: float | str
-
-    def holds(self, row: Mapping[str, Any]) -> bool:
-        """The condition on `row`; a missing (NULL) value never holds."""
-        observed = row.get(self.field)
-        if observed is None:
-            return False
-        if self.field == "health":
-            left = HEALTH_RANK.get(str(observed))
-            right = HEALTH_RANK[str(self.value)]
-            return left is not None and OPS[self.op](left, right)
-        return bool(OPS[self.op](float(observed), float(self.value)))
 
 
 @dataclass(frozen=True)
@@ -112,6 +62,8 @@ class Rule:
     keep_firing_for_seconds: float = 0.0
     no_data: str = "ok"
     impact: bool = False
+    impact_milestone: str = DEFAULT_IMPACT_MILESTONE  # whose event carries the order value
+    impact_amounts: tuple[str, ...] = DEFAULT_IMPACT_AMOUNTS  # its attributes, first present wins
     max_notifications_per_hour: int | None = None
     digest_interval_seconds: float | None = None
 
@@ -155,11 +107,22 @@ class Route:
 
 
 @dataclass(frozen=True)
+class Watchdog:
+    """An always-firing notification sent every `interval_seconds` by every successful evaluation
+    cycle (Alertmanager's Watchdog): a receiver that stops getting it knows alerting has stopped."""
+
+    interval_seconds: float
+    receivers: tuple[str, ...]
+    name: str = "Watchdog"
+
+
+@dataclass(frozen=True)
 class RuleSet:
     source: str
     rules: tuple[Rule, ...]
     receivers: dict[str, Receiver]
     routes: tuple[Route, ...] = ()
+    watchdog: Watchdog | None = None
 
 
 def route(routes: tuple[Route, ...] | list[Route], rule: Rule, labels: Mapping[str, str]) -> tuple[str, ...]:
@@ -170,93 +133,33 @@ def route(routes: tuple[Route, ...] | list[Route], rule: Rule, labels: Mapping[s
     return rule.receivers
 
 
-def human_ms(ms: Any) -> str:
-    """`5400000` -> `1h 30m`; `95000` -> `1m 35s`; None -> `n/a`."""
-    if ms is None:
-        return "n/a"
-    seconds = int(round(float(ms) / 1000))
-    if seconds < 60:
-        return f"{float(ms) / 1000:.1f}s" if float(ms) < 10_000 else f"{seconds}s"
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if seconds >= size:
-            parts.append(f"{seconds // size}{unit}")
-            seconds %= size
-        if len(parts) == 2:
-            break
-    return " ".join(parts)
+_MILESTONE = re.compile(r"^[a-z0-9_]+\.[a-z0-9_]+\Z")
 
 
-def template_fields(row: Mapping[str, Any], rule: Rule, dashboard_url: str = "") -> dict[str, Any]:
-    values: dict[str, Any] = {name: row.get(name) for name in ROW_FIELDS}
-    for name in HUMAN_FIELDS:
-        values[name.removesuffix("_ms") + "_human"] = human_ms(row.get(name))
-    values.update(
-        rule=rule.name, severity=rule.severity, field=rule.field, op=rule.op,
-        threshold_value=rule.value, dashboard_url=dashboard_url,
-    )
-    return {k: ("n/a" if v is None else v) for k, v in values.items()}
-
-
-def render(template: str, values: Mapping[str, Any]) -> str:
-    """Format `template` with `values`; a value that does not fit its format spec is shown as is."""
-    try:
-        return template.format_map(values)
-    except (ValueError, TypeError):
-        loose = {k: str(v) for k, v in values.items()}
-        stripped = re.sub(r"\{(\w+)(![rsa])?:[^{}]*\}", r"{\1}", template)
-        try:
-            return stripped.format_map(loose)
-        except (KeyError, ValueError, IndexError):
-            return template
-
-
-_SAMPLE_ROW = {name: 1 for name in ROW_FIELDS} | {
-    "sla": "erp_posting", "channel": "amazon", "window": "1h", "kind": "milestone_latency",
-    "health": "critical", "reason": "r", "computed_at": "2026-01-01T00:00:00Z",
-}
-
-
-def _check_template(doc: Located, text: Any, *path: Any) -> str:
-    if not isinstance(text, str):
-        raise doc.error("must be a string", *path)
-    known = set(template_fields(_SAMPLE_ROW, Rule("r", "s", "value", ">", 0)))
-    try:
-        for _, name, _, _ in string.Formatter().parse(text):
-            if name is None:
-                continue
-            base = re.split(r"[.\[]", name, maxsplit=1)[0]
-            if base not in known:
-                raise doc.error(
-                    f"unknown field {{{name}}} in template (known: {', '.join(sorted(known))})", *path
-                )
-    except ValueError as exc:
-        raise doc.error(f"template is not valid: {exc}", *path) from None
-    return text
-
-
-def _condition(doc: Located, raw: Any, *path: Any) -> Condition:
+def _impact(doc: Located, raw: Any, *path: Any) -> dict[str, Any]:
+    """`impact: true|false` or `impact: {milestone: order.received, amounts: [order_total, amount]}`."""
+    if isinstance(raw, bool):
+        return {"impact": raw}
     if not isinstance(raw, dict):
-        raise doc.error("expected a mapping with field, op and value", *path)
+        raise doc.error(f"impact: expected true, false or {{milestone, amounts}}, got {short(raw)}", *path)
     for key in raw:
-        if key not in {"field", "op", "value"}:
-            raise doc.error(f"unknown field {key!r} in a condition (field, op, value)", *path, key)
-    for key in ("field", "op", "value"):
-        if key not in raw:
-            raise doc.error(f"condition is missing {key!r}", *path)
-    fld = raw["field"]
-    if fld not in FIELDS:
-        raise doc.error(f"field {fld!r} is not one of {', '.join(FIELDS)}", *path, "field")
-    op = raw["op"]
-    if op not in OPS:
-        raise doc.error(f"op {op!r} is not one of {' '.join(OPS)}", *path, "op")
-    value = raw["value"]
-    if fld == "health":
-        if value not in HEALTH_RANK:
-            raise doc.error(f"value {value!r}: health is one of ok, warn, critical", *path, "value")
-    elif isinstance(value, bool) or not isinstance(value, int | float):
-        raise doc.error(f"value {value!r}: {fld} is compared with a number", *path, "value")
-    return Condition(fld, op, value)
+        if key not in ("milestone", "amounts"):
+            raise doc.error(f"unknown field {key!r} in impact (milestone, amounts)", *path, key)
+    out: dict[str, Any] = {"impact": True}
+    if "milestone" in raw:
+        milestone = raw["milestone"]
+        if not isinstance(milestone, str) or not _MILESTONE.match(milestone):
+            raise doc.error(f"impact.milestone {short(milestone)}: expected flow.stage, e.g. order.received",
+                            *path, "milestone")
+        out["impact_milestone"] = milestone
+    if "amounts" in raw:
+        amounts = raw["amounts"]
+        amounts = (amounts,) if isinstance(amounts, str) else amounts
+        if (not isinstance(amounts, list | tuple) or not amounts
+                or not all(isinstance(a, str) and _LABEL.match(a) for a in amounts)):
+            raise doc.error("impact.amounts: expected a list of attribute names, e.g. [order_total]", *path, "amounts")
+        out["impact_amounts"] = tuple(amounts)
+    return out
 
 
 def _options(doc: Located, raw: Mapping[str, Any], *path: Any) -> dict[str, Any]:
@@ -266,23 +169,21 @@ def _options(doc: Located, raw: Mapping[str, Any], *path: Any) -> dict[str, Any]
         extra = raw["and"]
         if not isinstance(extra, list | tuple) or not extra:
             raise doc.error("and: expected a list of conditions ({field, op, value})", *path, "and")
-        out["also"] = tuple(_condition(doc, c, *path, "and", j) for j, c in enumerate(extra))
+        out["also"] = tuple(parse_condition(doc, c, *path, "and", j) for j, c in enumerate(extra))
     if "keep_firing_for" in raw:
         out["keep_firing_for_seconds"] = rv.duration(doc, raw["keep_firing_for"], *path, "keep_firing_for")
     if "no_data" in raw:
         policy = raw["no_data"]
-        if policy not in NO_DATA:
-            raise doc.error(f"no_data {policy!r} is not one of {', '.join(NO_DATA)}", *path, "no_data")
+        if not isinstance(policy, str) or policy not in NO_DATA:
+            raise doc.error(f"no_data {short(policy)} is not one of {', '.join(NO_DATA)}", *path, "no_data")
         out["no_data"] = policy
     if "impact" in raw:
-        if not isinstance(raw["impact"], bool):
-            raise doc.error(f"impact: expected true or false, got {raw['impact']!r}", *path, "impact")
-        out["impact"] = raw["impact"]
+        out.update(_impact(doc, raw["impact"], *path, "impact"))
     if "max_notifications_per_hour" in raw:
         cap = raw["max_notifications_per_hour"]
         if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
             raise doc.error(
-                f"max_notifications_per_hour: expected a whole number of at least 1, got {cap!r}",
+                f"max_notifications_per_hour: expected a whole number of at least 1, got {short(cap)}",
                 *path, "max_notifications_per_hour",
             )
         out["max_notifications_per_hour"] = cap
@@ -307,11 +208,11 @@ def _rule(doc: Located, i: int, raw: Any, receivers: dict[str, Receiver], defaul
     name = rv.text(doc, raw["name"], *path, "name")
     if not _NAME.match(name):
         raise doc.error(f"name {name!r}: use letters, digits, _ . : -", *path, "name")
-    first = _condition(doc, {k: raw[k] for k in ("field", "op", "value")}, *path)
+    first = parse_condition(doc, {k: raw[k] for k in ("field", "op", "value")}, *path)
     fld, op, value = first.field, first.op, first.value
     severity = raw.get("severity", "ticket")
-    if severity not in SEVERITIES:
-        raise doc.error(f"severity {severity!r} is not one of {', '.join(SEVERITIES)}", *path, "severity")
+    if not isinstance(severity, str) or severity not in SEVERITIES:
+        raise doc.error(f"severity {short(severity)} is not one of {', '.join(SEVERITIES)}", *path, "severity")
     channel = raw.get("channel")
     if channel is not None:
         channel = rv.text(doc, channel, *path, "channel")
@@ -326,9 +227,9 @@ def _rule(doc: Located, i: int, raw: Any, receivers: dict[str, Receiver], defaul
             raise doc.error(f"labels: {reserved!r} is set by the evaluator", *path, "labels", reserved)
     annotations = rv.str_map(doc, raw.get("annotations"), *path, "annotations")
     for key, template in annotations.items():
-        _check_template(doc, template, *path, "annotations", key)
+        check_template(doc, template, *path, "annotations", key)
     if "description" in raw:
-        annotations.setdefault("description", _check_template(doc, raw["description"], *path, "description"))
+        annotations.setdefault("description", check_template(doc, raw["description"], *path, "description"))
     annotations.setdefault("summary", f"{{sla}} on {{channel}}: {fld} {op} {value} (now {{{fld}}})")
     runbook = raw.get("runbook_url")
     if runbook is not None:
@@ -366,13 +267,36 @@ def _routes(doc: Located, raw: Any, receivers: dict[str, Receiver]) -> tuple[Rou
     return tuple(out)
 
 
-_TOP_KEYS = ("rules", "receivers", "default_receivers", "routes")
+_TOP_KEYS = ("rules", "receivers", "default_receivers", "routes", "watchdog")
+
+
+def _watchdog(doc: Located, raw: Any, receivers: dict[str, Receiver], defaults: tuple[str, ...]) -> Watchdog | None:
+    """`watchdog: {interval: 1h, receivers: [...]}`; absent: no watchdog (receivers default to default_receivers)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise doc.error("watchdog: expected a mapping with interval (and optionally receivers)", "watchdog")
+    for key in raw:
+        if key not in ("interval", "receivers"):
+            raise doc.error(f"unknown field {key!r} in watchdog (interval, receivers)", "watchdog", key)
+    if "interval" not in raw:
+        raise doc.error("watchdog: missing interval (e.g. 1h)", "watchdog")
+    every = rv.duration(doc, raw["interval"], "watchdog", "interval")
+    if every <= 0:
+        raise doc.error("watchdog: interval must be more than 0", "watchdog", "interval")
+    names = raw.get("receivers")
+    names = defaults if names is None else rv.receiver_names(doc, names, receivers, "watchdog", "receivers")
+    if not names:
+        raise doc.error("watchdog: no receivers (give receivers: or default_receivers:)", "watchdog")
+    return Watchdog(every, tuple(names))
 
 
 def parse(doc: Located) -> RuleSet:
     data = doc.data
     if not isinstance(data, dict):
-        raise doc.error("expected a mapping with rules: (and optionally receivers:, default_receivers:, routes:)")
+        raise doc.error(
+            "expected a mapping with rules: (and optionally receivers:, default_receivers:, routes:, watchdog:)"
+        )
     for key in data:
         if key not in _TOP_KEYS:
             raise doc.error(f"unknown top-level key {key!r} ({', '.join(_TOP_KEYS)})", key)
@@ -386,7 +310,7 @@ def parse(doc: Located) -> RuleSet:
     if not isinstance(defaults, list | tuple):
         raise doc.error("default_receivers: expected a list of receiver names", "default_receivers")
     for j, rname in enumerate(defaults):
-        if rname not in receivers:
+        if not isinstance(rname, str) or rname not in receivers:
             raise doc.error(f"unknown receiver {rname!r}", "default_receivers", j)
     routes = _routes(doc, data.get("routes"), receivers)
     raw_rules = data.get("rules")
@@ -400,7 +324,10 @@ def parse(doc: Located) -> RuleSet:
             raise doc.error(f"duplicate rule name {rule.name!r} (first at {seen[rule.name]})", "rules", i, "name")
         seen[rule.name] = rule.where
         rules.append(rule)
-    return RuleSet(doc.source, tuple(rules), receivers, routes)
+    watchdog = _watchdog(doc, data.get("watchdog"), receivers, tuple(defaults))
+    if watchdog is not None and watchdog.name in seen:
+        raise doc.error(f"rule name {watchdog.name!r} is the watchdog's: rename the rule", "watchdog")
+    return RuleSet(doc.source, tuple(rules), receivers, routes, watchdog)
 
 
 def load_rules(path: Path | str | None = None) -> RuleSet:

@@ -3,7 +3,9 @@
 The one implementation of these operations: the alerts room's CLI, the HTTP API and the
 dashboard all call it, so every acknowledgement and silence takes the row lock, checks the
 alert's state, and lands in `alert_audit` (and `alert_events`) in the same transaction as the
-change itself, whichever way it came in. It owns no scheduling and sends nothing.
+change itself, whichever way it came in. `evaluation_health` tells any reader whether alerting
+itself runs (from `alert_evaluations`, written by the evaluator). It owns no scheduling and sends
+nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 from controltower.errors import ControlTowerError
 from controltower.schema.alerts import (
     alert_audit,
+    alert_evaluations,
     alert_events,
     alert_notifications,
     alert_silences,
@@ -25,6 +28,16 @@ from controltower.schema.alerts import (
 )
 
 ACTIVE = ("pending", "firing")
+DEFAULT_INTERVAL_SECONDS = 30.0  # the scheduler's default evaluation_interval
+STALE_AFTER_INTERVALS = 3
+
+
+class NoSuchAlert(ControlTowerError):
+    """No pending or firing alert has that fingerprint (or prefix): a caller may answer 404."""
+
+
+class AmbiguousFingerprint(ControlTowerError):
+    """The fingerprint prefix matches more than one alert."""
 
 
 def audit(conn: Connection, now: datetime, actor: str, action: str, target: str, detail: Mapping[str, Any]) -> None:
@@ -52,7 +65,12 @@ def list_alerts(engine: Engine, states: Sequence[str] = ACTIVE) -> list[dict[str
 def acknowledge(
     engine: Engine, fingerprint_or_prefix: str, by: str, now: datetime, *, via: str = "cli"
 ) -> dict[str, Any]:
-    """Acknowledge one pending or firing alert (an unambiguous fingerprint prefix is enough)."""
+    """Acknowledge one pending or firing alert (an unambiguous fingerprint prefix is enough).
+
+    Returns the alert's row as acknowledged. Raises `NoSuchAlert` when no pending or firing alert
+    matches, `AmbiguousFingerprint` when the prefix matches several, `ControlTowerError` (their
+    base) for an empty fingerprint. `via` names the way in (cli, http, dashboard) in the audit log.
+    """
     prefix = fingerprint_or_prefix.strip().lower()
     if not prefix:
         raise ControlTowerError("fingerprint: missing")
@@ -63,9 +81,9 @@ def acknowledge(
             .with_for_update()
         ).all()
         if not rows:
-            raise ControlTowerError(f"no pending or firing alert with fingerprint {prefix!r}")
+            raise NoSuchAlert(f"no pending or firing alert with fingerprint {prefix!r}")
         if len(rows) > 1:
-            raise ControlTowerError(f"fingerprint prefix {prefix!r} matches {len(rows)} alerts; give more digits")
+            raise AmbiguousFingerprint(f"fingerprint prefix {prefix!r} matches {len(rows)} alerts; give more digits")
         row = rows[0]
         conn.execute(
             alert_state.update()
@@ -138,3 +156,31 @@ def list_deliveries(engine: Engine, *, status: str | None = None, limit: int = 5
         query = query.where(t.c.status == status)
     with engine.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def evaluation_health(engine: Engine, now: datetime, *, interval_seconds: float | None = None) -> dict[str, Any]:
+    """Whether alerting runs: the last successful evaluation cycle, failing rules, staleness.
+
+    `{"last_success_at": datetime | None, "interval_seconds": float, "stale": bool,
+      "failing_rules": [{"rule", "error", "since", "failures"}], "last_error": str | None,
+      "ignored_amounts_total": int}`. `stale` is true when no cycle succeeded within
+    `STALE_AFTER_INTERVALS` intervals (or none ever did): alerting has stopped. The interval is
+    the one the scheduler recorded, unless given.
+    """
+    with engine.connect() as conn:
+        rows = {r.rule: r for r in conn.execute(sa.select(alert_evaluations))}
+    cycle = rows.get("")
+    interval = interval_seconds or (cycle.interval_seconds if cycle is not None else None) or DEFAULT_INTERVAL_SECONDS
+    last = cycle.last_success_at if cycle is not None else None
+    failing = [
+        {"rule": r.rule, "error": r.last_error, "since": r.failing_since, "failures": r.consecutive_failures}
+        for name, r in sorted(rows.items()) if name and r.consecutive_failures > 0
+    ]
+    return {
+        "last_success_at": last,
+        "interval_seconds": float(interval),
+        "stale": last is None or (now - last).total_seconds() > STALE_AFTER_INTERVALS * interval,
+        "failing_rules": failing,
+        "last_error": cycle.last_error if cycle is not None and cycle.consecutive_failures > 0 else None,
+        "ignored_amounts_total": sum(int(r.ignored_amounts_total) for r in rows.values()),
+    }

@@ -43,7 +43,7 @@ def _walk(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ...], i
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = _scalar(key_node)
+            key = _scalar(key_node, source)
             if key in out:
                 raise ConfigError(f"{source}:{key_node.start_mark.line + 1}: duplicate key {key!r}")
             lines[(*path, key)] = key_node.start_mark.line + 1
@@ -51,25 +51,36 @@ def _walk(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ...], i
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_walk(item, (*path, i), lines, source) for i, item in enumerate(node.value)]
-    return _scalar(node)
+    return _scalar(node, source)
 
 
-def _scalar(node: yaml.Node) -> Any:
-    value = yaml.constructor.SafeConstructor().construct_object(node, deep=True)
-    return tuple(value) if isinstance(value, list) else value
+def _scalar(node: yaml.Node, source: str = "<string>") -> Any:
+    line = node.start_mark.line + 1
+    try:
+        value = yaml.constructor.SafeConstructor().construct_object(node, deep=True)
+        value = tuple(value) if isinstance(value, list) else value
+        hash(value)  # a key must be hashable; a mapping used as a key is not
+    except yaml.MarkedYAMLError as exc:  # an unknown tag (!!python/object)
+        raise ConfigError(f"{source}:{line}: not valid here: {exc.problem or exc}") from None
+    except (TypeError, ValueError, OverflowError) as exc:  # `2026-13-45`, a mapping as a key
+        raise ConfigError(f"{source}:{line}: not a valid value: {exc}") from None
+    return value
 
 
 def loads(text: str, source: str = "<string>") -> Located:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        lines: dict[tuple[Any, ...], int] = {}
+        data = None if node is None else _walk(node, (), lines, source)
+    except RecursionError:
+        raise ConfigError(f"{source}:1: nested too deeply") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
         raise ConfigError(f"{source}:{line}: not valid YAML: {exc.problem or exc}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
-    lines: dict[tuple[Any, ...], int] = {}
-    data = None if node is None else _walk(node, (), lines, source)
+        line = text.count("\n", 0, getattr(exc, "position", 0) or 0) + 1  # a ReaderError: a character YAML forbids
+        raise ConfigError(f"{source}:{line}: not valid YAML: {exc}") from None
     return Located(source, data, lines)
 
 

@@ -112,3 +112,20 @@ alert_audit = sa.Table(
     sa.PrimaryKeyConstraint("id", name="alert_audit_pkey"),
     sa.Index("alert_audit_at_idx", "at"),
 )
+
+# Alerting watches itself (0012): one row per rule, plus rule = '' for the evaluation cycle as a
+# whole: last run and success, the last error and since when it fails, impact amounts ignored.
+alert_evaluations = sa.Table(
+    "alert_evaluations",
+    metadata,
+    sa.Column("rule", sa.Text, nullable=False),
+    sa.Column("last_run_at", TS),
+    sa.Column("last_success_at", TS),
+    sa.Column("last_error", sa.Text),
+    sa.Column("last_error_at", TS),
+    sa.Column("failing_since", TS),
+    sa.Column("consecutive_failures", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column("ignored_amounts_total", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("interval_seconds", sa.Float),
+    sa.PrimaryKeyConstraint("rule", name="alert_evaluations_pkey"),
+)

@@ -117,7 +117,7 @@ def test_impact_sums_order_value_when_events_carry_it(engine, settings):
             {"t0": t0, "due": t0 + timedelta(hours=1), "later": NOW + timedelta(hours=1)})
         row = {"sla": "order_acknowledgement", "channel": "walmart", "open_breaches": None}
         got = impact(conn, row, NOW)
-        assert got == {"orders_at_risk": 3, "order_value_at_risk": 120.5, "orders_priced": 2}
+        assert got == {"orders_at_risk": 3, "order_value_at_risk": 120.5, "orders_priced": 2, "amounts_ignored": 1}
         assert impact(conn, {**row, "open_breaches": 7}, NOW)["orders_at_risk"] == 7
         capped = impact(conn, row, NOW, limit=1)
         assert capped["order_value_capped_at"] == 1

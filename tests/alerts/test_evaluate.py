@@ -78,7 +78,7 @@ def test_pending_firing_resolved_with_one_notification_per_transition(engine):
     rows = outbox(engine)
     assert [(r["receiver"], r["kind"], r["status"]) for r in rows] == [("hook", "firing", "pending"), ("mail", "firing", "pending")]
     payload = rows[0]["payload"]
-    assert payload["summary"] == "amazon: 143 orders unposted, oldest 1h 30m"
+    assert payload["summary"] == "amazon: 143 orders unposted, oldest 1 h 30 min"
     assert payload["endsAt"] == "0001-01-01T00:00:00Z"
     assert payload["startsAt"] == "2026-11-22T09:10:00.000Z"
     assert payload["annotations"]["runbook_url"] == "https://wiki.example.com/unposted"
@@ -183,27 +183,31 @@ def test_silenced_when_resolving_sends_nothing(engine):
 
 
 def test_state_change_and_outbox_share_one_transaction(engine, monkeypatch):
-    """A failure after the state was computed leaves neither the state nor the notification."""
-    import pytest
-
+    """A failure after the state was computed leaves neither the state nor the notification of that
+    rule (its savepoint rolls back), is recorded as the rule's error, and the cycle goes on."""
     from alerts import evaluate as mod
+    from controltower.alertops import evaluation_health
 
     put_row(engine, open_breaches=5)
     run(engine, T0)
-    original = mod._Run.step
+    original = mod._RuleRun.step
 
     def broken(self, *args, **kwargs):
         original(self, *args, **kwargs)
         raise RuntimeError("process died")
 
-    monkeypatch.setattr(mod._Run, "step", broken)
-    with pytest.raises(RuntimeError):
-        run(engine, T0 + timedelta(minutes=10))
-    monkeypatch.setattr(mod._Run, "step", original)
+    monkeypatch.setattr(mod._RuleRun, "step", broken)
+    assert run(engine, T0 + timedelta(minutes=10)) == []
+    monkeypatch.setattr(mod._RuleRun, "step", original)
     assert outbox(engine) == []
     assert list_alerts(engine)[0]["state"] == "pending"
+    health = evaluation_health(engine, T0 + timedelta(minutes=10))
+    assert health["failing_rules"] == [{"rule": "UnpostedOrders", "error": "RuntimeError: process died",
+                                        "since": T0 + timedelta(minutes=10), "failures": 1}]
+    assert health["last_success_at"] == T0 + timedelta(minutes=10) and not health["stale"]
     [t] = run(engine, T0 + timedelta(minutes=11))
     assert t.to_state == "firing" and len(outbox(engine)) == 2
+    assert evaluation_health(engine, T0 + timedelta(minutes=11))["failing_rules"] == []
 
 
 def test_removed_rule_retires_quietly(engine):
@@ -233,7 +237,7 @@ def test_http_lists_and_acknowledges_alerts(engine, settings):
         assert [(a["rule"], a["state"], a["labels"]["channel"]) for a in body["alerts"]] == [
             ("UnpostedOrders", "firing", "amazon"), ("UnpostedOrders", "firing", "ebay")]
         alert = body["alerts"][0]
-        assert alert["summary"] == "amazon: 143 orders unposted, oldest 1h 30m"
+        assert alert["summary"] == "amazon: 143 orders unposted, oldest 1 h 30 min"
         assert alert["severity"] == "page" and alert["value"] == 143 and alert["acknowledged"] is False
         assert alert["firing_since"] == "2026-11-22T09:10:00.000Z"
         assert alert["dashboard_url"] == f"{DASH}/breaches?sla=erp_posting&channel=amazon"
@@ -280,3 +284,29 @@ def test_cli_list_silence_ack(engine, database_url, tmp_path):
     assert state_of(engine, t.fingerprint)["acknowledged_by"] == "erin"
     bad = runner.invoke(app, [*base, "alerts", "silence", "-m", "nonsense"])
     assert bad.exit_code == 1
+
+
+def test_acknowledge_tells_no_such_alert_from_an_ambiguous_prefix(engine):
+    """What the dashboard and the HTTP API need: "no such alert" (404) apart from other refusals."""
+    import pytest
+
+    from controltower.alertops import AmbiguousFingerprint, NoSuchAlert
+    from controltower.errors import ControlTowerError
+
+    with engine.begin() as conn:
+        conn.execute(alert_state.insert(), [
+            {"fingerprint": fp, "rule": "R", "labels": {"channel": ch}, "severity": "page", "state": state,
+             "active_since": T0, "last_evaluated_at": T0}
+            for fp, ch, state in (("abc1000000000000", "amazon", "firing"), ("abc2000000000000", "ebay", "pending"),
+                                  ("def1000000000000", "pos", "resolved"))])
+    with pytest.raises(NoSuchAlert, match="no pending or firing alert with fingerprint 'def1'"):
+        acknowledge(engine, "def1", "ana", T0, via="dashboard")  # resolved: nothing to acknowledge
+    with pytest.raises(NoSuchAlert):
+        acknowledge(engine, "0123", "ana", T0, via="dashboard")
+    with pytest.raises(AmbiguousFingerprint, match="matches 2 alerts"):
+        acknowledge(engine, "abc", "ana", T0, via="dashboard")
+    with pytest.raises(ControlTowerError, match="fingerprint: missing"):
+        acknowledge(engine, "  ", "ana", T0)
+    acked = acknowledge(engine, "ABC2", "ana", T0 + timedelta(minutes=1), via="dashboard")
+    assert (acked["fingerprint"], acked["acknowledged_by"]) == ("abc2000000000000", "ana")
+    assert issubclass(NoSuchAlert, ControlTowerError) and issubclass(AmbiguousFingerprint, ControlTowerError)

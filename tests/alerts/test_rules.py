@@ -81,7 +81,7 @@ def test_summary_template_renders_row_fields():
     rule = load_rules(None).rules[2]
     values = template_fields({"sla": "erp_posting", "channel": "amazon", "open_breaches": 143,
                               "oldest_breach_ms": 5_400_000}, rule)
-    assert render(rule.annotations["summary"], values) == "amazon: 143 orders unposted, oldest 1h 30m"
+    assert render(rule.annotations["summary"], values) == "amazon: 143 orders unposted, oldest 1 h 30 min"
     # a NULL value never breaks the notification
     assert render("{burn_rate_short:.1f}x", template_fields({}, rule)) == "n/ax"
 
@@ -159,7 +159,7 @@ def test_check_command_exit_code_from_the_real_console_script(tmp_path):
     [
         ("    repeat_interval: 4h\n", "    repeat_interval: 4h\n    keep_firing_for: soon\n", "keep_firing_for: soon", "is not a duration"),
         ("    repeat_interval: 4h\n", "    repeat_interval: 4h\n    no_data: ignore\n", "no_data: ignore", "no_data 'ignore' is not one of ok, breach, keep, alert"),
-        ("    repeat_interval: 4h\n", "    repeat_interval: 4h\n    impact: yes please\n", "impact: yes please", "impact: expected true or false"),
+        ("    repeat_interval: 4h\n", "    repeat_interval: 4h\n    impact: yes please\n", "impact: yes please", "impact: expected true, false or {milestone, amounts}"),
         ("    repeat_interval: 4h\n", "    repeat_interval: 4h\n    max_notifications_per_hour: 0\n", "max_notifications_per_hour: 0", "at least 1"),
         ("    repeat_interval: 4h\n", "    repeat_interval: 4h\n    digest_interval: 0s\n", "digest_interval: 0s", "digest_interval must be more than 0"),
         ("    repeat_interval: 4h\n", "    repeat_interval: 4h\n    and:\n      - {field: volume_ratio, op: \"<\"}\n", "field: volume_ratio", "condition is missing 'value'"),
@@ -216,3 +216,55 @@ def test_shipped_marketplace_templates():
     quiet = rules["ChannelQuiet"]
     assert quiet.sla == "channel_silence" and quiet.value == 900000 and quiet.also[0].field == "volume_ratio"
     assert rules["UnpostedOrders"].impact
+
+
+@pytest.mark.parametrize(
+    ("watchdog", "line", "message"),
+    [
+        ("watchdog: 1h\n", 1, "watchdog: expected a mapping with interval"),
+        ("watchdog:\n  every: 1h\n", 2, "unknown field 'every' in watchdog"),
+        ("watchdog:\n  receivers: [hook]\n", 1, "watchdog: missing interval"),
+        ("watchdog:\n  interval: 0s\n", 2, "interval must be more than 0"),
+        ("watchdog:\n  interval: 99999d\n", 2, "longer than the longest allowed duration"),
+        ("watchdog:\n  interval: 1h\n  receivers: [pager]\n", 3, "unknown receiver 'pager'"),
+    ],
+)
+def test_watchdog_config_errors_name_file_and_line(watchdog, line, message):
+    from alerts.rules import parse
+    from controltower.yamlfile import loads
+
+    text = watchdog + "receivers:\n  hook: {type: webhook, url: http://x/h}\nrules: []\n"
+    with pytest.raises(ConfigError) as err:
+        parse(loads(text, "alerts.yaml"))
+    assert str(err.value).startswith(f"alerts.yaml:{line}: ") and message in str(err.value)
+
+
+def test_watchdog_defaults_to_default_receivers_and_is_off_when_absent():
+    from alerts.rules import Watchdog, parse
+    from controltower.yamlfile import loads
+
+    base = "receivers:\n  hook: {type: webhook, url: http://x/h}\ndefault_receivers: [hook]\nrules: []\n"
+    assert parse(loads(base)).watchdog is None
+    assert load_rules(None).watchdog is None  # shipped defaults: off (see alerts.yaml)
+    assert parse(loads(base + "watchdog: {interval: 2h}\n")).watchdog == Watchdog(7200.0, ("hook",))
+    with pytest.raises(ConfigError, match="no receivers"):
+        parse(loads("rules: []\nwatchdog: {interval: 2h}\n"))
+
+
+@pytest.mark.parametrize(
+    ("impact", "message"),
+    [
+        ("impact: yes-please", "impact: expected true, false or {milestone, amounts}"),
+        ("impact: {milestone: received}", "impact.milestone 'received': expected flow.stage"),
+        ("impact: {amounts: []}", "impact.amounts: expected a list of attribute names"),
+        ("impact: {colour: red}", "unknown field 'colour' in impact"),
+    ],
+)
+def test_impact_option_errors(impact, message):
+    from alerts.rules import parse
+    from controltower.yamlfile import loads
+
+    text = f"rules:\n  - name: A\n    sla: s\n    field: value\n    op: '>'\n    value: 1\n    {impact}\n"
+    with pytest.raises(ConfigError) as err:
+        parse(loads(text, "alerts.yaml"))
+    assert str(err.value).startswith("alerts.yaml:7: ") and message in str(err.value)
