@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from alerts.selfmetrics import AlertingCollector
 from controltower.alertops import acknowledge, list_alerts
 from controltower.context import AppContext
 from controltower.errors import ControlTowerError
@@ -97,5 +98,5 @@ def routes(context: AppContext) -> list[BaseRoute]:
 
 
 def collectors(context: AppContext) -> list[Collector]:
-    """This room's contributions to `/metrics` (the hook for the last-evaluation collector)."""
-    return []
+    """This room's contributions to `/metrics`: whether alerting runs (last success, failing rules)."""
+    return [AlertingCollector(context.engine)]

@@ -51,3 +51,23 @@ def test_metrics_auth_setting_is_validated():
     assert Settings.load(environ={"CONTROLTOWER_METRICS_AUTH": "Token"}).metrics_auth == "token"
     with pytest.raises(ConfigError, match='CONTROLTOWER_METRICS_AUTH: "basic" is not one of read-key, token, open'):
         Settings.load(environ={"CONTROLTOWER_METRICS_AUTH": "basic"})
+
+
+def test_served_metrics_say_whether_alerting_runs(engine, settings):
+    """The alerts room's collector is mounted: a scrape shows the last successful evaluation."""
+    from datetime import UTC, datetime
+
+    from alerts import health
+
+    with LoopbackServer(build_app(AppContext(settings, engine))) as server:
+        before = httpx.get(server.url + "/metrics").text
+        assert "controltower_alerts_last_success_timestamp_seconds 0.0" in before  # never evaluated
+        assert "controltower_alerts_evaluation_stale 1.0" in before
+        at = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+        with engine.begin() as conn:
+            health.record_cycle(conn, at, [], {}, {}, interval_seconds=30.0)
+        after = httpx.get(server.url + "/metrics").text
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values = {s.name: s.value for f in text_string_to_metric_families(after) for s in f.samples}
+    assert values["controltower_alerts_last_success_timestamp_seconds"] == at.timestamp()
