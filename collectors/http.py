@@ -54,7 +54,8 @@ class Collector:
         self.context = context
         settings = context.settings
         self.settings = settings
-        self.store = EventStore(context.engine, settings, Masker(MaskingRules.load(settings.masking_rules)))
+        self.masker = Masker(MaskingRules.load(settings.masking_rules))
+        self.store = EventStore(context.engine, settings, self.masker)
         self.limiter = RateLimiter(settings.rate_limit_events)
         self.counters = Counters()
         self._slots = asyncio.Semaphore(max(1, settings.max_inflight_batches))
@@ -170,9 +171,12 @@ class Collector:
         if not 1 <= limit <= 200 or not 0 <= offset <= MAX_OFFSET:
             return error(400, f"limit must be 1..200 and offset 0..{MAX_OFFSET} (got limit={limit}, offset={offset})")
 
+        # an identifier carrying personal data was stored as a token: search for what was stored
+        stored = self.masker.mask_identifier(q)
+
         def run() -> list[dict[str, Any]]:
             with self.context.engine.connect() as conn:
-                return transactions.search(conn, q, limit=limit + 1, offset=offset)
+                return transactions.search(conn, stored, limit=limit + 1, offset=offset)
 
         rows = await run_in_threadpool(run)
         more = len(rows) > limit
@@ -183,10 +187,11 @@ class Collector:
 
     async def transaction(self, request: Request) -> Response:
         cid = request.path_params["correlation_id"]
+        stored = self.masker.mask_identifier(cid)
 
         def run() -> dict[str, Any] | None:
             with self.context.engine.connect() as conn:
-                return transactions.get(conn, cid, now=datetime.now(UTC))
+                return transactions.get(conn, stored, now=datetime.now(UTC))
 
         found = await run_in_threadpool(run)
         if found is None:

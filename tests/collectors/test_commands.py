@@ -23,3 +23,26 @@ def test_search_finds_an_order_by_the_email_its_id_was_masked_from(engine, setti
     found = json.loads(result.output)
     assert found["results"][0]["correlation_id"] == Masker().mask_identifier("jane@example.com")
     assert "jane@example.com" not in result.output
+
+
+def test_http_search_and_transaction_find_an_order_by_the_email_its_id_was_masked_from(engine, settings):
+    from datetime import UTC, datetime
+
+    import httpx
+
+    from collectors.masking import Masker
+    from controltower.context import AppContext
+    from tests.conftest import LoopbackServer
+    from wiring.server import build_app
+
+    now = datetime.now(UTC)
+    record = {"event_id": "s1", "occurred_at": now.isoformat(), "correlation_id": "jane@example.com",
+              "order_id": "jane@example.com", "channel": "shopify", "flow": "order", "stage": "received"}
+    token = Masker().mask_identifier("jane@example.com")
+    with LoopbackServer(build_app(AppContext(settings, engine))) as server:
+        assert httpx.post(server.url + "/v1/events", json=[record]).json()["accepted"] == 1
+        found = httpx.get(server.url + "/v1/transactions", params={"q": "jane@example.com"}).json()
+        one = httpx.get(server.url + "/v1/transactions/jane@example.com")
+    assert [r["correlation_id"] for r in found["results"]] == [token]
+    assert one.status_code == 200 and one.json()["correlation_id"] == token
+    assert "jane@example.com" not in one.text
