@@ -179,63 +179,6 @@ def timeline_figure(events: pd.DataFrame) -> go.Figure:
     return fig
 
 
-# Health grid: colour plus a symbol in every cell (readable without colour vision).
-GRID_COLOURS = {"unknown": "#eaeef2", "ok": "#aceebb", "warn": "#f8d97a", "critical": "#ff8a80"}
-GRID_ORDER = ["unknown", "ok", "warn", "critical"]
-
-
-def health_grid_figure(grid: pd.DataFrame) -> go.Figure:
-    """Channels × SLAs coloured by health; each cell shows ✓ / ! / ✖ and the value, hover the reason."""
-    channels = sorted(set(grid["channel"]) - {"all channels"}) + (["all channels"] if "all channels" in set(grid["channel"]) else [])
-    slas = sorted(set(grid["sla"]))
-    cells = {(r.channel, r.sla): r for r in grid.itertuples(index=False)}
-    z, text, custom = [], [], []
-    for channel in channels:
-        z_row, t_row, c_row = [], [], []
-        for sla in slas:
-            r = cells.get((channel, sla))
-            if r is None:
-                z_row.append(None)
-                t_row.append("")
-                c_row.append(["", "", ""])
-                continue
-            z_row.append(GRID_ORDER.index(r.health))
-            t_row.append(f"<b>{html(r.symbol)}</b> {html(r.value)}")
-            c_row.append([html(r.health.upper()), html(r.value), html(r.reason or "")])
-        z.append(z_row)
-        text.append(t_row)
-        custom.append(c_row)
-    n = len(GRID_ORDER)
-    scale = []
-    for i, name in enumerate(GRID_ORDER):
-        scale += [[i / n, GRID_COLOURS[name]], [(i + 1) / n, GRID_COLOURS[name]]]
-    fig = go.Figure(
-        go.Heatmap(
-            z=z,
-            x=[html(v) for v in slas],
-            y=[html(v) for v in channels],
-            text=text,
-            texttemplate="%{text}",
-            textfont={"size": 13, "color": "#1f2328"},
-            customdata=custom,
-            colorscale=scale,
-            zmin=-0.5,
-            zmax=n - 0.5,
-            showscale=False,
-            xgap=3,
-            ygap=3,
-            hovertemplate="<b>%{y} · %{x}</b><br>%{customdata[0]} · %{customdata[1]}<br>%{customdata[2]}<extra></extra>",
-        )
-    )
-    fig = _layout(fig, title="Channels × SLAs (✓ ok · ! warn · ✖ critical)", y_title="",
-                  height=max(220, 80 + 46 * len(channels)))
-    fig.update_layout(hovermode="closest", plot_bgcolor="white")
-    fig.update_xaxes(side="top", gridcolor="white", tickformat="", tickfont={"size": 12})
-    fig.update_yaxes(autorange="reversed", gridcolor="white", rangemode="normal", tickfont={"size": 13})
-    fig.update_layout(margin={"l": 10, "r": 10, "t": 70, "b": 10})
-    return fig
-
-
 def latency_figure(df: pd.DataFrame, *, sla: str, target_ms: float | None = None, bin_minutes: int = 5) -> go.Figure:
     """p50 and p95 latency (minutes) per bin for one SLA, the target as a dashed horizontal line."""
     fig = go.Figure()

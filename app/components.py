@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from app.escaping import html, md
-from app.shaping import HEALTH_SYMBOL, STATE_HEALTH, channel_name
+from app.shaping import DEFAULT_MAX_AGE_MS, HEALTH_SYMBOL, STATE_HEALTH, channel_name
 from controltower.vocab import human_duration, label
 
 HEALTH_COLOUR = {"ok": "#1a7f37", "warn": "#bf8700", "critical": "#cf222e", "unknown": "#6e7781"}
@@ -49,7 +49,7 @@ def tile(row: pd.Series | dict[str, Any]) -> str:
 def tiles_row(rows: list[dict[str, Any]]) -> str:
     """Channel cards side by side in one responsive grid (one element instead of one per column)."""
     cards = "".join(tile(r) for r in rows)
-    return (f'<div style="display:grid;grid-template-columns:repeat(auto-fill,minmax(220px,1fr));gap:0 12px">'
+    return (f'<div style="display:grid;grid-template-columns:repeat(auto-fit,minmax(180px,1fr));gap:0 12px">'
             f"{cards}</div>")
 
 
@@ -122,6 +122,71 @@ def keys_line(keys: dict[str, list[Any]]) -> str:
         for kind, values in keys.items()
     ]
     return '<div style="margin-bottom:8px">' + " &nbsp; ".join(parts) + "</div>"
+
+
+# -- heat grids as HTML tables: no chart library to load or lay out, readable without colour ----------
+GRID_COLOURS = {"unknown": "#eaeef2", "ok": "#aceebb", "warn": "#f8d97a", "critical": "#ff8a80"}
+_TABLE = 'style="border-collapse:separate;border-spacing:3px;width:100%;font-size:0.85rem;table-layout:fixed"'
+_HEAD = 'style="font-weight:600;text-align:center;padding:2px 4px;overflow-wrap:anywhere"'
+_ROW_HEAD = 'style="font-weight:600;text-align:left;padding:2px 6px;overflow-wrap:anywhere"'
+_CELL = "text-align:center;padding:6px 4px;border-radius:4px;color:#1f2328"
+
+
+def _grid(title: str, columns: list[str], rows: list[tuple[str, list[str]]]) -> str:
+    head = "".join(f"<th scope=\"col\" {_HEAD}>{html(c)}</th>" for c in columns)
+    body = "".join(f"<tr><th scope=\"row\" {_ROW_HEAD}>{html(name)}</th>{''.join(cells)}</tr>" for name, cells in rows)
+    return (f'<div style="font-weight:600;font-size:15px;margin:4px 0 6px">{html(title)}</div>'
+            f'<table {_TABLE}><thead><tr><th style="width:92px"></th>{head}</tr></thead><tbody>{body}</tbody></table>')
+
+
+def health_grid(grid: pd.DataFrame) -> str:
+    """Channels × SLAs (rows of `shaping.health_grid`): each cell coloured by health and showing
+    its symbol and value; the reason is the cell's tooltip. `all channels` comes last."""
+    names = set(grid["channel"])
+    channels = sorted(names - {"all channels"}) + (["all channels"] if "all channels" in names else [])
+    slas = sorted(set(grid["sla"]))
+    cells = {(r.channel, r.sla): r for r in grid.itertuples(index=False)}
+    rows = []
+    for channel in channels:
+        out = []
+        for sla in slas:
+            r = cells.get((channel, sla))
+            if r is None:
+                out.append(f'<td style="{_CELL};background:#f6f8fa"></td>')
+                continue
+            tip = html(f"{channel} · {sla}: {r.health.upper()} · {r.value}" + (f" · {r.reason}" if r.reason else ""))
+            out.append(f'<td title="{tip}" data-health="{html(r.health)}" style="{_CELL};'
+                       f'background:{GRID_COLOURS.get(r.health, GRID_COLOURS["unknown"])}">'
+                       f"<b>{html(r.symbol)}</b> {html(r.value)}</td>")
+        rows.append((channel, out))
+    return _grid("Channels × SLAs (✓ ok · ! warn · ✖ critical)", [label(s) for s in slas], rows)
+
+
+def _age_text(minutes: float) -> str:
+    return f"{minutes:.0f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
+
+
+def freshness_grid(fresh: pd.DataFrame, limits: dict[str, float]) -> str:
+    """Channel × location: minutes since the last successful sync; a cell past its channel's max
+    age is orange and marked `!`, one past half of it yellow."""
+    pivot = fresh.pivot_table(index="channel", columns="location", values="age_s", aggfunc="max")
+    rows = []
+    for channel in pivot.index:
+        limit_s = limits.get(channel, DEFAULT_MAX_AGE_MS) / 1000
+        out = []
+        for location in pivot.columns:
+            age = pivot.at[channel, location]
+            if pd.isna(age):
+                out.append(f'<td style="{_CELL};background:#f6f8fa"></td>')
+                continue
+            stale = age > limit_s
+            colour = "#ffb77c" if stale else ("#fff8c5" if age > limit_s / 2 else "#dafbe1")
+            text = ("! " if stale else "") + _age_text(age / 60)
+            tip = html(f"{channel} · {location}: last sync {_age_text(age / 60)} ago")
+            out.append(f'<td title="{tip}" style="{_CELL};background:{colour}">{html(text)}</td>')
+        rows.append((str(channel), out))
+    return _grid("Inventory freshness (age of last sync per location; ! past the channel's max age)",
+                 [str(c) for c in pivot.columns], rows)
 
 
 def quoted(value: Any) -> str:

@@ -1,4 +1,9 @@
-"""Channel health (default page): which channel is red, and at which hop the delay sits."""
+"""Channel health (default page): which channel is red, and at which hop the delay sits.
+
+Watched all day, so it is light for the browser: cards and grids are plain HTML (st.html, not
+Markdown), the time series inline SVG (app/svgcharts.py), no chart library to load; the headline
+and the rest refresh as two fragments.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from datetime import UTC, datetime
 import pandas as pd
 import streamlit as st
 
-from app import cache, charts, components, shaping, widgets
+from app import cache, components, shaping, svgcharts, widgets
 from app.escaping import md
 from controltower.vocab import human_duration
 
@@ -55,11 +60,11 @@ def live(window: str, channels: list[str], hours: int) -> None:
         )
 
     tiles = shaping.channel_tiles(status)
-    st.markdown(components.tiles_row(tiles.to_dict("records")), unsafe_allow_html=True)
+    st.html(components.tiles_row(tiles.to_dict("records")))
 
     grid = shaping.health_grid(status)
     if not grid.empty:
-        st.plotly_chart(charts.health_grid_figure(grid), width="stretch", key="health_grid")
+        st.html(components.health_grid(grid))
 
     hops = mine(cache.hop_health(), channels)
     if not hops.empty:
@@ -67,7 +72,7 @@ def live(window: str, channels: list[str], hours: int) -> None:
         order = {c: i for i, c in enumerate(tiles["channel"])}
         strips = [components.hop_strip(channel, group)
                   for channel, group in sorted(hops.groupby("channel"), key=lambda cg: (order.get(cg[0], 99), cg[0]))]
-        st.markdown("".join(strips), unsafe_allow_html=True)
+        st.html("".join(strips))
 
     st.subheader("SLAs")
     table = shaping.sla_display(status)
@@ -80,13 +85,13 @@ def live(window: str, channels: list[str], hours: int) -> None:
         key="sla_table",
     )
 
-    flow = mine(cache.throughput(hours), channels)
+    flow = mine(cache.throughput(hours), channels)  # the charts are SVG in Markdown: st.html strips SVG
     left, right = st.columns(2)
     if flow.empty:
         left.info(f"No events in the last {hours} h.")
     else:
-        left.plotly_chart(charts.throughput_figure(flow), width="stretch", key="throughput")
-        right.plotly_chart(charts.error_rate_figure(flow), width="stretch", key="error_rate")
+        left.markdown(svgcharts.throughput_chart(flow), unsafe_allow_html=True)
+        right.markdown(svgcharts.error_rate_chart(flow), unsafe_allow_html=True)
 
     left, right = st.columns(2)
     with left:
@@ -96,13 +101,14 @@ def live(window: str, channels: list[str], hours: int) -> None:
         if within.empty:
             st.info(f"No completed SLA items in the last {hours} h.")
         else:
-            st.plotly_chart(charts.within_target_figure(within, sla=sla), width="stretch", key="within")
+            st.markdown(svgcharts.within_target_chart(within, sla=sla), unsafe_allow_html=True)
     with right:
         fresh = mine(cache.freshness(), channels)
         if fresh.empty:
             st.info("No inventory syncs recorded yet.")
         else:
-            st.plotly_chart(charts.freshness_figure(fresh), width="stretch", key="freshness")
+            limits = shaping.freshness_limits(cache.sla_status("1h"))
+            st.html(components.freshness_grid(fresh, limits))
 
 
 live(window, chosen, hours)

@@ -11,6 +11,7 @@ import json
 import math
 import random
 import re
+from html.parser import HTMLParser
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -356,7 +357,45 @@ def plain(markdown: str) -> str:
 
 
 def markdown_text(at: AppTest) -> str:
-    return "\n".join(plain(m.value) for m in at.markdown)
+    """Every Markdown and HTML element's text, in page order of each kind (Markdown, then HTML)."""
+    return "\n".join([plain(m.value) for m in at.markdown] + [h.proto.body for h in at.html])
+
+
+def html_with(at: AppTest, needle: str) -> str:
+    return next(h.proto.body for h in at.html if needle in h.proto.body)
+
+
+class _Table(HTMLParser):
+    """The cells of the first HTML table: rows of (text, attributes) including header cells."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[list[tuple[str, dict[str, str | None]]]] = []
+        self.cell: list[str] | None = None
+        self.attrs: dict[str, str | None] = {}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self.cell, self.attrs = [], dict(attrs)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self.cell is not None:
+            self.rows[-1].append(("".join(self.cell).strip(), self.attrs))
+            self.cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self.cell is not None:
+            self.cell.append(data)
+
+
+def grid_cells(body: str) -> dict[tuple[str, str], tuple[str, dict[str, str | None]]]:
+    """An HTML grid as {(row header, column header): (text, attributes)}."""
+    table = _Table()
+    table.feed(body)
+    header = [text for text, _ in table.rows[0][1:]]
+    return {(row[0][0], header[j]): cell for row in table.rows[1:] for j, cell in enumerate(row[1:])}
 
 
 def test_empty_database_shows_the_friendly_message(engine: Engine, app_env: None) -> None:
@@ -368,13 +407,13 @@ def test_empty_database_shows_the_friendly_message(engine: Engine, app_env: None
 
 def test_health_page_tiles_table_and_charts(seeded: dict[str, Any]) -> None:
     at = run()
-    text = markdown_text(at)
+    text = html_with(at, "open breaches")  # the channel cards
     # The critical channel comes first, with the reason of its worst SLA.
     assert text.index("walmart") < text.index("amazon")
     assert WALMART_REASON in text
     assert "CRITICAL" in text.upper()
     # The hop strip names the hops in order.
-    strip = next(m.value for m in at.markdown if "Marketplace ingestion" in m.value)
+    strip = html_with(at, "Marketplace ingestion")
     assert strip.index("Marketplace ingestion") < strip.index("ERP posting") < strip.index("Carrier confirmation")
 
     table = table_with(at, "p95")
@@ -387,15 +426,23 @@ def test_health_page_tiles_table_and_charts(seeded: dict[str, Any]) -> None:
     assert amazon_ack["p95"] == seeded["p95_amazon_ack"]
     assert "all channels" in set(table["Channel"])
 
-    charts = {c.proto.id: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
-    specs = {json.dumps(s["layout"]["title"]["text"]): s for s in charts.values()}
-    throughput = next(s for t, s in specs.items() if "Throughput" in t)
-    assert sum(sum(trace["y"]) for trace in throughput["data"]) == seeded["events_6h"]
-    assert {trace["name"] for trace in throughput["data"]} == set(CHANNELS)
-    assert any("Error rate" in t for t in specs)
-    assert any("Within target" in t for t in specs)
-    heat = next(s for t, s in specs.items() if "freshness" in t)
-    assert heat["data"][0]["y"] == CHANNELS and "STORE-0047" in heat["data"][0]["x"]
+    # No chart library on the page people watch all day: HTML grids and inline SVG lines.
+    assert not at.get("plotly_chart")
+    svg = {m.value.split('data-chart="')[1].split('"')[0]: m.value for m in at.markdown if "<svg" in m.value}
+    assert set(svg) == {"Throughput (events per 5 min)", "Error rate (% of events per 5 min)",
+                        "Within target — all SLAs"}
+    throughput = svg["Throughput (events per 5 min)"]
+    assert throughput.count("<polyline") == len(CHANNELS) and all(f"{c}</span>" in throughput for c in CHANNELS)
+    heat = grid_cells(html_with(at, "Inventory freshness (age"))
+    assert {row for row, _ in heat} == set(CHANNELS)
+    assert heat[("ebay", "STORE-0047")][0] == "! 3.2 h"  # 190 min, past ebay's 1 h max age
+    assert not any(text.startswith("!") for key, (text, _) in heat.items() if key != ("ebay", "STORE-0047"))
+
+
+def test_home_throughput_is_the_seeded_events(seeded: dict[str, Any], engine: Engine) -> None:
+    flow = queries.throughput(engine, 6, now=datetime.now(UTC))
+    assert int(flow["events"].sum()) == seeded["events_6h"]
+    assert set(flow["channel"]) == set(CHANNELS)
 
 
 def test_health_page_window_and_channel_filter(seeded: dict[str, Any]) -> None:
@@ -405,6 +452,7 @@ def test_health_page_window_and_channel_filter(seeded: dict[str, Any]) -> None:
     table = table_with(at, "p95")
     assert set(table["Channel"]) == {"shopify"}
     assert "error rate 4.3%" in markdown_text(at)
+    assert "walmart" not in html_with(at, "Channels × SLAs")
     at.segmented_control(key="window").set_value("24h").run()
     table = table_with(at, "p95")
     erp = table[table["SLA"] == "erp_posting"].iloc[0]
@@ -488,19 +536,17 @@ def test_home_page_headline_counts_and_health_grid(seeded: dict[str, Any]) -> No
     assert metrics["Firing alerts"] == str(seeded["firing_alerts"])
     assert metrics["Dead letters (last hour)"] == "5"
 
-    grid = next(json.loads(c.proto.spec) for c in at.get("plotly_chart") if "Channels × SLAs" in c.proto.spec)
-    heat = grid["data"][0]
-    assert heat["y"] == [*CHANNELS, "all channels"]
-    assert heat["x"] == ["dead_letters", "erp_posting", "error_rate", "inventory_freshness", "order_acknowledgement"]
-    cell = {(y, x): (heat["text"][i][j], heat["customdata"][i][j]) for i, y in enumerate(heat["y"])
-            for j, x in enumerate(heat["x"])}
-    text, (health, value, reason) = cell[("walmart", "erp_posting")]
-    assert text == "<b>✖</b> p95 2 h 10 min" and health == "CRITICAL" and reason == WALMART_REASON
-    assert cell[("shopify", "error_rate")][0] == "<b>!</b> 4.3 %"
-    assert cell[("ebay", "inventory_freshness")][0] == "<b>!</b> 3 h 10 min"
-    assert cell[("amazon", "order_acknowledgement")][0] == "<b>✓</b> p95 1 min 35 s"
-    assert cell[("amazon", "dead_letters")][0] == ""  # no such SLA for a channel: an empty cell
-    assert heat["z"][heat["y"].index("walmart")][heat["x"].index("erp_posting")] == 3
+    cell = grid_cells(html_with(at, "Channels × SLAs"))
+    assert [row for row, col in cell if col == "ERP posting"] == [*CHANNELS, "all channels"]
+    assert [col for row, col in cell if row == "amazon"] == [
+        "Dead letters", "ERP posting", "Error rate", "Inventory freshness", "Order acknowledgement"]
+    text, attrs = cell[("walmart", "ERP posting")]
+    assert text == "✖ p95 2 h 10 min" and attrs["data-health"] == "critical"
+    assert attrs["title"] == f"walmart · erp_posting: CRITICAL · p95 2 h 10 min · {WALMART_REASON}"
+    assert cell[("shopify", "Error rate")][0] == "! 4.3 %"
+    assert cell[("ebay", "Inventory freshness")][0] == "! 3 h 10 min"
+    assert cell[("amazon", "Order acknowledgement")][0] == "✓ p95 1 min 35 s"
+    assert cell[("amazon", "Dead letters")][0] == ""  # no such SLA for a channel: an empty cell
 
 
 def test_sidebar_names_the_app_and_version(seeded: dict[str, Any]) -> None:
