@@ -17,7 +17,7 @@ from typing import Any
 import typer
 
 from app import access
-from controltower.clitools import console, err_console, settings_of
+from controltower.clitools import console, settings_of
 from controltower.settings import ENV_PREFIX, Settings
 
 MAIN = Path(__file__).resolve().parent / "main.py"
@@ -89,7 +89,7 @@ def dashboard_command(
     port = port or settings.dashboard_port
     refusal = bind_refusal(host, settings)
     if refusal:
-        err_console.print(f"error: {refusal}", highlight=False, markup=False)
+        typer.echo(f"error: {refusal}", err=True)  # one line, never wrapped
         raise typer.Exit(2)
     argv = dashboard_argv(host, port)
     console.print(f"dashboard on http://{host}:{port} (Ctrl-C to stop)", highlight=False)

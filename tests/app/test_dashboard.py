@@ -11,8 +11,8 @@ import json
 import math
 import random
 import re
-from html.parser import HTMLParser
 from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,11 @@ from sqlalchemy.engine import Engine
 from streamlit.testing.v1 import AppTest
 
 from app import queries
-from app.story import transaction_story
 from app.commands import config_flags, dashboard_argv, dashboard_env
+from app.story import transaction_story
 from collectors.store import EventStore
-from controltower.settings import Settings
 from controltower import histogram
+from controltower.settings import Settings
 from metrics.rollups import bucket_of
 
 MAIN = Path(queries.__file__).resolve().parent / "main.py"
