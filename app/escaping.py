@@ -9,14 +9,15 @@ these; none escapes on its own. Pure functions; no Streamlit.
 from __future__ import annotations
 
 import html as _html
+import re
 import string
 from typing import Any
 
 import pandas as pd
 
 # CommonMark lets any ASCII punctuation be backslash-escaped, and an escaped character starts
-# nothing: no link, image, code span, emphasis, autolink (`https\:`, `www\.`, `a\@b`), HTML tag,
-# math (`\$`), emoji or icon shortcode (`\:`). Escaping all of it is simpler than knowing which.
+# nothing: no link, image, code span, emphasis, HTML tag, math (`\$`), emoji or icon shortcode
+# (`\:`). Escaping all of it is simpler than knowing which.
 _MD = str.maketrans({c: "\\" + c for c in string.punctuation})
 # Line breaks would let a value open a new block (a heading, a list, a table) after our text.
 _BREAKS = str.maketrans({"\r": " ", "\n": " ", "\u2028": " ", "\u2029": " ", "\x0b": " ", "\x0c": " "})
@@ -24,11 +25,24 @@ _BREAKS = str.maketrans({"\r": " ", "\n": " ", "\u2028": " ", "\u2029": " ", "\x
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
+_WJ = "\u2060"  # WORD JOINER: invisible, and no autolink pattern runs across it
+_AUTOLINK = re.compile(r"(\\:)(\\/\\/)|(www)(\\\.)|(\\@)", re.IGNORECASE)
+
+
+def _defuse(match: re.Match[str]) -> str:
+    if match.group(1):
+        return match.group(1) + _WJ + match.group(2)
+    if match.group(3):
+        return match.group(3) + _WJ + match.group(4)
+    return _WJ + match.group(5)
+
+
 def md(value: Any) -> str:
-    """`value` as literal text inside Markdown, on one line."""
+    """`value` as literal text inside Markdown, on one line. GFM turns bare `https://…`, `www.…`
+    and `a@b.c` into links after escapes are resolved, so a word joiner goes inside each."""
     if value is None:
         return ""
-    return str(value).translate(_BREAKS).translate(_MD)
+    return _AUTOLINK.sub(_defuse, str(value).translate(_BREAKS).translate(_MD))
 
 
 def html(value: Any) -> str:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
 
+MAX_PARAM = 1024  # no key or name is longer; a longer value cannot match anything
 TX_PARAM = "id"
 TX_ALIASES = ("correlation_id",)
 SEARCH_PARAM = "q"
@@ -31,14 +32,20 @@ def breaches_link(sla: str | None = None, channel: str | None = None) -> str:
     return page_link("breaches", sla=sla, channel=channel)
 
 
+def clean(value: Any) -> str:
+    """A value from a URL or a search box as the database can compare it: no NUL (PostgreSQL
+    text cannot hold one), at most MAX_PARAM characters."""
+    return str(value).replace("\x00", "")[:MAX_PARAM]
+
+
 def first(params: Mapping[str, Any], *names: str) -> str | None:
-    """The first non-empty value among `names` in `params` (Streamlit's query params or a dict)."""
+    """The first non-empty value among `names` in `params` (Streamlit's query params or a dict), cleaned."""
     for name in names:
         value = params.get(name)
         if isinstance(value, list):
             value = value[0] if value else None
-        if value:
-            return str(value)
+        if value and clean(value):
+            return clean(value)
     return None
 
 

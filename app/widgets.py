@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 import streamlit as st
 
-from app import access, cache
+from app import access, cache, links
 from app.escaping import md
 
 EMPTY_MESSAGE = "No data yet: start the simulator with `controltower simulate` (or send events to the collector)."
@@ -39,8 +39,8 @@ def require_data() -> None:
 
 
 def param(name: str) -> str | None:
-    """A query parameter's value, or None when absent or empty."""
-    return st.query_params.get(name) or None
+    """A query parameter's value (cleaned by `links.clean`), or None when absent or empty."""
+    return links.first(st.query_params, name)
 
 
 def channel_choices() -> list[str]:

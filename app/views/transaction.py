@@ -19,9 +19,9 @@ opened = links.tx_param(st.query_params)
 searched = widgets.param(links.SEARCH_PARAM)
 if "q" not in st.session_state:
     st.session_state["q"] = searched or opened or ""
-q = st.text_input(
+q = links.clean(st.text_input(
     "Search", key="q", placeholder="Order id, marketplace order number, SKU, tracking number or correlation id"
-).strip()
+)).strip()
 
 if not q:
     st.caption("Type any key of an order to see its whole story across systems.")

@@ -353,7 +353,7 @@ def table_with(at: AppTest, column: str) -> Any:
 
 def plain(markdown: str) -> str:
     """What a reader sees of Markdown the dashboard escaped (backslash before punctuation dropped)."""
-    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown)
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown).replace("\u2060", "")
 
 
 def markdown_text(at: AppTest) -> str:

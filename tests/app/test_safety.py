@@ -25,23 +25,30 @@ from controltower.settings import Settings
 EVIL = "[Re-authenticate here](https://evil.example/login) ![t](https://evil.example/pixel.png)"
 # A Markdown link or image that would render: `[text](url)` with neither bracket escaped.
 LINK = re.compile(r"(?<!\\)\[[^\]]*(?<!\\)\]\(")
-AUTOLINK = re.compile(r"(?<![\\])(https?:|www\.)", re.IGNORECASE)
+# GFM finds these in the text after escapes are resolved (mdast-util-gfm-autolink-literal).
+AUTOLINK = re.compile(r"https?://|www\.|[-.\w+]@[-\w]+\.[-\w]", re.IGNORECASE)
+
+
+def unescape(markdown: str) -> str:
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown)
 
 
 def rendered_link(markdown: str) -> bool:
-    """Whether CommonMark/GFM would make a link, image or autolink out of `markdown`."""
-    return bool(LINK.search(markdown) or AUTOLINK.search(markdown) or re.search(r"(?<!\\)<[a-z]", markdown))
+    """Whether CommonMark/GFM would make a link, image, autolink or HTML out of `markdown`."""
+    return bool(LINK.search(markdown) or AUTOLINK.search(unescape(markdown))
+                or re.search(r"(?<!\\)<[a-zA-Z/!?]", markdown))
 
 
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
         ("plain words 42", "plain words 42"),
-        (EVIL, r"\[Re\-authenticate here\]\(https\:\/\/evil\.example\/login\) \!\[t\]\(https\:\/\/evil\.example\/pixel\.png\)"),
+        (EVIL, "\\[Re\\-authenticate here\\]\\(https\\:\u2060\\/\\/evil\\.example\\/login\\) "
+               "\\!\\[t\\]\\(https\\:\u2060\\/\\/evil\\.example\\/pixel\\.png\\)"),
         ("a`b`c", r"a\`b\`c"),
         ("**bold** _it_ ~~s~~ $x$ :smile: <b>", r"\*\*bold\*\* \_it\_ \~\~s\~\~ \$x\$ \:smile\: \<b\>"),
         ("line1\n# heading\r\n- item", r"line1 \# heading  \- item"),
-        ("jane@example.com www.evil.example", r"jane\@example\.com www\.evil\.example"),
+        ("jane@example.com www.evil.example", "jane\u2060\\@example\\.com www\u2060\\.evil\\.example"),
         ("ｆｕｌｌ‐width [ｘ](ｙ) zero\u200bwidth", "ｆｕｌｌ‐width \\[ｘ\\]\\(ｙ\\) zero\u200bwidth"),
         (None, ""),
         (12.5, r"12\.5"),
@@ -58,7 +65,8 @@ def test_md_never_leaves_an_active_link_and_keeps_the_text(text: str) -> None:
     out = md(text)
     assert not rendered_link(out)
     assert "\n" not in out and "\r" not in out
-    assert re.sub(r"\\(.)", r"\1", out) == re.sub(r"[\r\n\u2028\u2029\x0b\x0c]", " ", text)
+    shown = re.sub(r"\\(.)", r"\1", out).replace("\u2060", "")
+    assert shown == re.sub(r"[\r\n\u2028\u2029\x0b\x0c]", " ", text).replace("\u2060", "")
 
 
 @pytest.mark.parametrize(
