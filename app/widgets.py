@@ -67,10 +67,8 @@ def auth_configured() -> bool:
 
 
 def user() -> dict[str, Any]:
-    try:
-        return dict(st.user.to_dict()) if hasattr(st.user, "to_dict") else dict(st.user)
-    except Exception:  # noqa: BLE001 - st.user outside a session (bare script runs) has no claims
-        return {}
+    """The signed-in user's claims (`is_logged_in`, `email`, …); without sign-in, not logged in."""
+    return dict(st.user.to_dict())
 
 
 def sign_in_gate() -> bool:
