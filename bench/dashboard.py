@@ -1,19 +1,23 @@
-"""Dashboard benchmark: the database time behind the home page and the transaction view.
+"""Dashboard benchmark: the database time behind the home page and the transaction view, and
+the time a browser takes to show them.
 
 Calls the `app/queries.py` functions directly (no Streamlit cache) against a database and
 prints p50/max in ms over --repeat runs of:
   1. the home page's queries (headline counts, SLA table, hops, throughput, within-target,
      SLA list, freshness), summed per run,
   2. the transaction view's queries (search by key, the whole transaction, related alerts),
-and with --browser the first full render of both pages in Debian's Chromium (Playwright).
+and with --browser warm page loads in Debian's Chromium (Playwright; one cold load first fills
+the caches): ms from navigation to the first chart drawn, and to fully rendered (the last
+change of text or charts before the page stayed unchanged for 1.5 s with its script done).
 
     python bench/dashboard.py postgresql://postgres@127.0.0.1:5432/postgres
     python bench/dashboard.py postgresql://postgres@127.0.0.1:5432/postgres --seed --browser
-    python bench/dashboard.py postgresql://postgres@127.0.0.1:5432/postgres --seed --events 2300000 --browser
+    python bench/dashboard.py postgresql://postgres@127.0.0.1:5432/postgres --seed --events 2300000 --browser --keep
 
 --seed benchmarks a fresh database beside the given one, migrated and filled with the
-dashboard tests' seed (dropped afterwards); otherwise the given database is read as it is.
-Figures only: no asserts.
+dashboard tests' seed, or with --events with about that many generated events (bench/sla.py's
+generator; 2,300,000 gives ~2.0 M stored) and the metrics job run over them; it is dropped
+afterwards unless --keep. Otherwise the given database is read as it is. Figures only: no asserts.
 """
 
 from __future__ import annotations

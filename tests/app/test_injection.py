@@ -16,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 
 from collectors.store import EventStore
 from controltower.settings import Settings
-from tests.app.test_dashboard import MAIN, app_env, plain, seed  # noqa: F401  (fixture)
+from tests.app.test_dashboard import app_env, plain, run, seed  # noqa: F401  (fixture)
 from tests.app.test_safety import EVIL, rendered_link
 
 STATIC_LINKS = ("([all alerts](alerts))",)  # the dashboard's own links, not data
@@ -54,16 +54,6 @@ def assert_inert(at: AppTest) -> None:
 
 def page_text(at: AppTest) -> str:
     return "\n".join(plain(b) for b in markdown_bodies(at)) + "\n".join(html_bodies(at))
-
-
-def run(page: str | None = None, **params: str) -> AppTest:
-    at = AppTest.from_file(str(MAIN), default_timeout=60)
-    for key, value in params.items():
-        at.query_params[key] = value
-    at.run()
-    if page:
-        at.switch_page(page).run()
-    return at
 
 
 def _event(cid: str, **fields: Any) -> dict[str, Any]:
