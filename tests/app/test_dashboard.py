@@ -787,3 +787,46 @@ def test_oidc_login_gates_every_page_when_configured(seeded: dict[str, Any]) -> 
     assert [b.label for b in at.button] == ["Sign in"]
     assert "walmart" not in " ".join(m.value for m in at.markdown)  # no data before sign-in
     assert not at.dataframe
+
+
+AUTH = {"redirect_uri": "http://127.0.0.1:8501/oauth2callback", "cookie_secret": "test-only",
+        "client_id": "control-tower", "client_secret": "test-only",
+        "server_metadata_url": "http://127.0.0.1:9/.well-known/openid-configuration"}
+
+
+def signed_in(email: str) -> AppTest:
+    at = AppTest.from_file(str(MAIN), default_timeout=60)
+    at.secrets["auth"] = AUTH
+    at.user = {"is_logged_in": True, "email": email, "name": "Someone"}
+    return at
+
+
+def test_signed_in_user_outside_the_allow_list_is_refused(seeded: dict[str, Any],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONTROLTOWER_DASHBOARD_ALLOWED_DOMAINS", "acme.com")
+    at = signed_in("eve@evilacme.com").run()
+    assert not at.exception
+    assert any("is not allowed to use this dashboard" in plain(e.value) and "eve@evilacme.com" in plain(e.value)
+               for e in at.error)
+    assert [b.label for b in at.button] == ["Sign out"]
+    assert not at.dataframe and not at.html and "walmart" not in markdown_text(at)
+
+    at = signed_in("ana@acme.com").run()
+    assert not at.exception and not at.error
+    assert "walmart" in markdown_text(at)
+
+
+def test_acknowledgement_records_the_signed_in_identity_not_a_typed_name(seeded: dict[str, Any],
+                                                                        engine: Engine) -> None:
+    at = signed_in("ana@acme.com").run()
+    at.switch_page("views/alerts.py").run()
+    assert not at.exception
+    assert not [t for t in at.text_input if t.key == "who"]  # no name to type: the sign-in says who
+    assert any("Acting as ana" in plain(c.value) for c in at.caption)
+    at.selectbox(key="ack_pick").set_value("fp-wm-erp")
+    at.button(key="ack").click().run()
+    assert not at.exception
+    with engine.connect() as conn:
+        assert conn.execute(sa.text(
+            "SELECT acknowledged_by FROM alert_state WHERE fingerprint = 'fp-wm-erp'")).scalar() == "ana@acme.com"
+        assert conn.execute(sa.text("SELECT actor FROM alert_audit")).scalars().all() == ["ana@acme.com"]
