@@ -1,4 +1,8 @@
-"""Plotly figures for the dashboard: pure functions of DataFrames (no database, no Streamlit)."""
+"""Plotly figures for the dashboard: pure functions of DataFrames (no database, no Streamlit).
+
+Plotly renders a subset of HTML in titles, labels, legends and hover text (links included), so
+every value that came from data goes through `escaping.html` here.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
+
+from app.escaping import html
 
 STATUS_COLOUR = {"ok": "#1f6feb", "retry": "#bf8700", "error": "#cf222e", "dead_letter": "#82071e"}
 PALETTE = ["#1f6feb", "#8250df", "#1a7f37", "#bf3989", "#0a7ea4", "#9a6700", "#6e7781", "#fb8f44"]
@@ -39,10 +45,10 @@ def throughput_figure(df: pd.DataFrame, *, bin_minutes: int = 5) -> go.Figure:
             go.Scatter(
                 x=group["bucket"],
                 y=group["events"].astype(int).tolist(),
-                name=str(channel),
+                name=html(channel),
                 mode="lines",
                 line={"width": 2, "color": colours[channel]},
-                hovertemplate="%{y:,} events<extra>" + str(channel) + "</extra>",
+                hovertemplate="%{y:,} events<extra>" + html(channel) + "</extra>",
             )
         )
     return _layout(fig, title=f"Throughput (events per {bin_minutes} min)", y_title="events")
@@ -58,10 +64,10 @@ def error_rate_figure(df: pd.DataFrame, *, bin_minutes: int = 5) -> go.Figure:
                 x=group["bucket"],
                 y=(group["error_rate"] * 100).round(2).tolist(),
                 customdata=group[["errors", "events"]].astype(int).values.tolist(),
-                name=str(channel),
+                name=html(channel),
                 mode="lines",
                 line={"width": 2, "color": colours[channel]},
-                hovertemplate="%{y:.2f}% (%{customdata[0]} of %{customdata[1]})<extra>" + str(channel) + "</extra>",
+                hovertemplate="%{y:.2f}% (%{customdata[0]} of %{customdata[1]})<extra>" + html(channel) + "</extra>",
             )
         )
     return _layout(fig, title=f"Error rate (% of events per {bin_minutes} min)", y_title="% errors")
@@ -77,13 +83,13 @@ def within_target_figure(df: pd.DataFrame, *, sla: str | None = None) -> go.Figu
                 x=group["bucket"],
                 y=group["within_pct"].tolist(),
                 customdata=group[["met", "count"]].astype(int).values.tolist(),
-                name=str(channel),
+                name=html(channel),
                 mode="lines",
                 line={"width": 2, "color": colours[channel]},
-                hovertemplate="%{y:.1f}% (%{customdata[0]} of %{customdata[1]})<extra>" + str(channel) + "</extra>",
+                hovertemplate="%{y:.1f}% (%{customdata[0]} of %{customdata[1]})<extra>" + html(channel) + "</extra>",
             )
         )
-    title = f"Within target — {sla}" if sla else "Within target — all SLAs"
+    title = f"Within target — {html(sla)}" if sla else "Within target — all SLAs"
     fig = _layout(fig, title=title, y_title="% within target")
     fig.update_yaxes(range=[0, 101], rangemode="normal")
     return fig
@@ -107,8 +113,8 @@ def freshness_figure(df: pd.DataFrame, limits: dict[str, float] | None = None) -
     fig = go.Figure(
         go.Heatmap(
             z=pivot.round(1).values.tolist(),
-            x=[str(c) for c in pivot.columns],
-            y=[str(i) for i in pivot.index],
+            x=[html(c) for c in pivot.columns],
+            y=[html(i) for i in pivot.index],
             text=text.values.tolist(),
             texttemplate="%{text}",
             colorscale=[[0, "#dafbe1"], [0.35, "#fff8c5"], [0.7, "#ffb77c"], [1, "#cf222e"]],
@@ -133,7 +139,9 @@ def timeline_figure(events: pd.DataFrame) -> go.Figure:
     fig = go.Figure()
     if events.empty:
         return _layout(fig, title="Timeline", y_title="")
-    ordered = events.sort_values("time")
+    ordered = events.sort_values("time").assign(
+        system=lambda d: d["system"].map(html), milestone=lambda d: d["milestone"].map(html),
+        error=lambda d: d["error"].map(html))
     systems = list(dict.fromkeys(ordered["system"]))
     fig.add_trace(
         go.Scatter(
@@ -152,14 +160,14 @@ def timeline_figure(events: pd.DataFrame) -> go.Figure:
                 y=group["system"],
                 # Only successful steps carry a label: failed attempts sit next to their retry.
                 mode="markers+text" if status == "ok" else "markers",
-                name=str(status),
+                name=html(status),
                 text=group["milestone"],
                 textposition="top center",
                 textfont={"size": 11},
                 marker={"size": 13, "color": STATUS_COLOUR.get(str(status), "#6e7781"), "line": {"width": 1, "color": "white"},
                         "symbol": "x" if status in ("error", "dead_letter") else "circle"},
                 customdata=group[["error"]].values.tolist(),
-                hovertemplate="%{x|%H:%M:%S}<br>%{text}<br>" + str(status) + " %{customdata[0]}<extra>%{y}</extra>",
+                hovertemplate="%{x|%H:%M:%S}<br>%{text}<br>" + html(status) + " %{customdata[0]}<extra>%{y}</extra>",
             )
         )
     fig = _layout(fig, title="Timeline by system", y_title="", height=max(280, 130 + 60 * len(systems)))
@@ -168,63 +176,6 @@ def timeline_figure(events: pd.DataFrame) -> go.Figure:
     pad = max((end - start) * 0.12, pd.Timedelta(seconds=30))
     fig.update_xaxes(range=[start - pad, end + pad])
     fig.update_layout(hovermode="closest")
-    return fig
-
-
-# Health grid: colour plus a symbol in every cell (readable without colour vision).
-GRID_COLOURS = {"unknown": "#eaeef2", "ok": "#aceebb", "warn": "#f8d97a", "critical": "#ff8a80"}
-GRID_ORDER = ["unknown", "ok", "warn", "critical"]
-
-
-def health_grid_figure(grid: pd.DataFrame) -> go.Figure:
-    """Channels × SLAs coloured by health; each cell shows ✓ / ! / ✖ and the value, hover the reason."""
-    channels = sorted(set(grid["channel"]) - {"all channels"}) + (["all channels"] if "all channels" in set(grid["channel"]) else [])
-    slas = sorted(set(grid["sla"]))
-    cells = {(r.channel, r.sla): r for r in grid.itertuples(index=False)}
-    z, text, custom = [], [], []
-    for channel in channels:
-        z_row, t_row, c_row = [], [], []
-        for sla in slas:
-            r = cells.get((channel, sla))
-            if r is None:
-                z_row.append(None)
-                t_row.append("")
-                c_row.append(["", "", ""])
-                continue
-            z_row.append(GRID_ORDER.index(r.health))
-            t_row.append(f"<b>{r.symbol}</b> {r.value}")
-            c_row.append([r.health.upper(), r.value, r.reason or ""])
-        z.append(z_row)
-        text.append(t_row)
-        custom.append(c_row)
-    n = len(GRID_ORDER)
-    scale = []
-    for i, name in enumerate(GRID_ORDER):
-        scale += [[i / n, GRID_COLOURS[name]], [(i + 1) / n, GRID_COLOURS[name]]]
-    fig = go.Figure(
-        go.Heatmap(
-            z=z,
-            x=slas,
-            y=channels,
-            text=text,
-            texttemplate="%{text}",
-            textfont={"size": 13, "color": "#1f2328"},
-            customdata=custom,
-            colorscale=scale,
-            zmin=-0.5,
-            zmax=n - 0.5,
-            showscale=False,
-            xgap=3,
-            ygap=3,
-            hovertemplate="<b>%{y} · %{x}</b><br>%{customdata[0]} · %{customdata[1]}<br>%{customdata[2]}<extra></extra>",
-        )
-    )
-    fig = _layout(fig, title="Channels × SLAs (✓ ok · ! warn · ✖ critical)", y_title="",
-                  height=max(220, 80 + 46 * len(channels)))
-    fig.update_layout(hovermode="closest", plot_bgcolor="white")
-    fig.update_xaxes(side="top", gridcolor="white", tickformat="", tickfont={"size": 12})
-    fig.update_yaxes(autorange="reversed", gridcolor="white", rangemode="normal", tickfont={"size": 13})
-    fig.update_layout(margin={"l": 10, "r": 10, "t": 70, "b": 10})
     return fig
 
 
@@ -247,7 +198,7 @@ def latency_figure(df: pd.DataFrame, *, sla: str, target_ms: float | None = None
         fig.add_hline(y=float(target_ms) / 60_000, line={"color": "#cf222e", "dash": "dash", "width": 1.5},
                       annotation_text=f"target {float(target_ms) / 60_000:g} min", annotation_position="top left",
                       annotation_font={"color": "#cf222e", "size": 11})
-    return _layout(fig, title=f"{sla}: latency per {bin_minutes} min (p50 / p95)", y_title="minutes", height=300)
+    return _layout(fig, title=f"{html(sla)}: latency per {bin_minutes} min (p50 / p95)", y_title="minutes", height=300)
 
 
 def channel_flow_figure(df: pd.DataFrame, *, channel: str, bin_minutes: int = 5) -> go.Figure:
@@ -258,7 +209,8 @@ def channel_flow_figure(df: pd.DataFrame, *, channel: str, bin_minutes: int = 5)
     fig.add_trace(go.Scatter(x=df["bucket"], y=df["errors"].astype(int).tolist(), name="errors", mode="lines",
                              line={"color": "#cf222e", "width": 2}, yaxis="y2",
                              hovertemplate="%{y:,} errors<extra></extra>"))
-    fig = _layout(fig, title=f"{channel}: throughput and errors per {bin_minutes} min", y_title="events", height=300)
+    fig = _layout(fig, title=f"{html(channel)}: throughput and errors per {bin_minutes} min", y_title="events",
+                  height=300)
     fig.update_layout(yaxis2={"title": "errors", "overlaying": "y", "side": "right", "rangemode": "tozero",
                               "showgrid": False, "color": "#cf222e"}, bargap=0.1)
     return fig
@@ -276,7 +228,7 @@ def funnel_figure(df: pd.DataFrame, *, title: str) -> go.Figure:
             hovertemplate="%{y}: %{x} orders (%{percentInitial:.0%} of received)<extra></extra>",
         )
     )
-    fig = _layout(fig, title=title, y_title="", height=380)
+    fig = _layout(fig, title=html(title), y_title="", height=380)
     fig.update_layout(hovermode="closest")
     fig.update_yaxes(rangemode="normal")
     fig.update_xaxes(tickformat="")

@@ -1,4 +1,8 @@
-"""CLI commands of the `app` room: `controltower dashboard` runs the Streamlit dashboard."""
+"""CLI commands of the `app` room: `controltower dashboard` runs the Streamlit dashboard.
+
+It listens on loopback unless sign-in is configured or CONTROLTOWER_DASHBOARD_BEHIND_PROXY says
+an authenticating proxy is in front (app/access.py decides; a refusal is one line, exit 2).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from typing import Any
 
 import typer
 
+from app import access
 from controltower.clitools import console, settings_of
 from controltower.settings import ENV_PREFIX, Settings
 
@@ -54,6 +59,12 @@ def dashboard_argv(host: str, port: int, *, cwd: Path | None = None) -> list[str
     ]
 
 
+def bind_refusal(host: str, settings: Settings, cwd: Path | None = None) -> str | None:
+    """Why `controltower dashboard --host HOST` must not start, or None."""
+    configured = access.secrets_have_auth(access.secrets_paths(cwd or Path.cwd()))
+    return access.bind_refusal(host, auth_configured=configured, behind_proxy=settings.dashboard_behind_proxy)
+
+
 def dashboard_env(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
     """The child's environment: ours (CONTROLTOWER_* included) plus the resolved database and data folder."""
     env = dict(os.environ if base is None else base)
@@ -66,12 +77,20 @@ def dashboard_env(settings: Settings, base: dict[str, str] | None = None) -> dic
 
 def dashboard_command(
     ctx: typer.Context,
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 in containers)."),
+    host: str = typer.Option(
+        "127.0.0.1", "--host",
+        help="Address to listen on. Other than loopback only with sign-in ([auth] in .streamlit/secrets.toml) "
+        "or CONTROLTOWER_DASHBOARD_BEHIND_PROXY=1.",
+    ),
     port: int = typer.Option(None, "--port", help="Port; default CONTROLTOWER_DASHBOARD_PORT (8501).", show_default=False),
 ) -> None:
     """Run the dashboard (Streamlit): channel health, open breaches, transaction search."""
     settings = settings_of(ctx)
     port = port or settings.dashboard_port
+    refusal = bind_refusal(host, settings)
+    if refusal:
+        typer.echo(f"error: {refusal}", err=True)  # one line, never wrapped
+        raise typer.Exit(2)
     argv = dashboard_argv(host, port)
     console.print(f"dashboard on http://{host}:{port} (Ctrl-C to stop)", highlight=False)
     child = subprocess.Popen(argv, env=dashboard_env(settings))  # noqa: S603 - our own interpreter and file

@@ -1,6 +1,7 @@
 """Control Tower dashboard: the Streamlit entry point (`controltower dashboard` runs this file).
 
-Pages stay thin over `app.data` (queries, formatting) and `app.charts` (figures).
+Sets up navigation and the sign-in gate, nothing else. Pages (app/views/) stay thin over
+`app.cache` (data), `app.shaping` (tables, texts), `app.components` (HTML) and `app.charts`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from pathlib import Path
 import streamlit as st
 
 import controltower
+from app import access, widgets
+from app.escaping import md
 
 HERE = Path(__file__).resolve().parent
 
@@ -27,28 +30,14 @@ pages = [
 ]
 
 
-def _login_required() -> bool:
-    """With an `[auth]` section in .streamlit/secrets.toml (Streamlit's OIDC login), every page
-    needs a signed-in user; without one, protect the dashboard with a reverse proxy (README)."""
-    try:
-        configured = "auth" in st.secrets
-    except FileNotFoundError:  # no secrets.toml at all
-        configured = False
-    if not configured or st.user.get("is_logged_in", False):
-        return False
-    st.title("Control Tower")
-    st.write("Sign in to see channel health, orders and alerts.")
-    st.button("Sign in", on_click=st.login, type="primary")
-    return True
-
-
-if _login_required():
+if widgets.sign_in_gate():
     st.stop()
 page = st.navigation(pages)
 with st.sidebar:
     st.markdown("**Control Tower**")
     st.caption(f"version {controltower.__version__}")
-    if st.user.get("is_logged_in", False):
-        st.caption(f"signed in as {st.user.get('email') or st.user.get('name')}")
+    me = widgets.user()
+    if me.get("is_logged_in", False):
+        st.caption(f"signed in as {md(access.signed_in_actor(me) or '?')}")
         st.button("Sign out", on_click=st.logout)
 page.run()

@@ -203,6 +203,18 @@ class Settings:
         _str,
         "Public URL of the dashboard, used for deep links in alert notifications.",
     )
+    dashboard_behind_proxy: bool = _setting(
+        False,
+        _bool,
+        "The dashboard sits behind a reverse proxy that authenticates people: it may then listen on "
+        "a non-loopback address without Streamlit sign-in ([auth] in .streamlit/secrets.toml).",
+    )
+    dashboard_allowed_domains: tuple[str, ...] = _setting(
+        (), _list, "With dashboard sign-in (OIDC): email domains allowed in (comma-separated; empty: any)."
+    )
+    dashboard_allowed_groups: tuple[str, ...] = _setting(
+        (), _list, "With dashboard sign-in (OIDC): groups (the ID token's groups claim) allowed in (comma-separated)."
+    )
     refresh_seconds: float = _setting(
         15.0, _seconds, "Dashboard live-refresh interval and query cache lifetime."
     )

@@ -10,16 +10,15 @@ from datetime import UTC, datetime
 
 import streamlit as st
 
-from app import data
-
-engine = data.engine()
+from app import cache, shaping, widgets
+from app.escaping import csv_bytes, md
+from controltower.vocab import human_duration
 
 st.title("Open breaches")
-data.require_data(engine)
+widgets.require_data()
 
-slas, channels = data.cached(data.breach_filters)(engine)
-wanted_sla = st.query_params.get("sla") or None
-wanted_channel = st.query_params.get("channel") or None
+slas, channels = (list(v) for v in cache.breach_filters())
+wanted_sla, wanted_channel = widgets.param("sla"), widgets.param("channel")
 for wanted, options in ((wanted_sla, slas), (wanted_channel, channels)):
     if wanted and wanted not in options:
         options.append(wanted)
@@ -40,16 +39,16 @@ for name, value in (("sla", sla), ("channel", channel)):
     elif name in st.query_params:
         del st.query_params[name]
 
-items = data.cached(data.open_breaches)(engine, sla, channel)
-scope = " · ".join(v for v in (sla, channel) if v) or "all SLAs and channels"
+items = cache.open_breaches(sla, channel)
+scope = " · ".join(md(v) for v in (sla, channel) if v) or "all SLAs and channels"
 if items.empty:
     st.success(f"No overdue items for {scope}.", icon=":material/check_circle:")
     st.stop()
 
-shown = data.breaches_display(items)
+shown = shaping.breaches_display(items)
 m1, m2, m3 = st.columns(3)
 m1.metric("Overdue items", f"{len(shown):,}")
-m2.metric("Oldest overdue by", data.human_duration(items["overdue_ms"].max()))
+m2.metric("Oldest overdue by", human_duration(items["overdue_ms"].max()))
 m3.metric("Channels affected", f"{items['channel'].nunique()}")
 st.caption(f"Transactions past their SLA deadline for {scope}, most overdue first. Open one for its whole story.")
 
@@ -64,11 +63,12 @@ st.dataframe(
     key="breaches_table",
 )
 stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+safe_name = "".join(c if c.isalnum() or c in "-_" else "_" for c in f"{sla or 'all'}-{channel or 'all'}")
 st.download_button(
     "Download CSV",
-    shown.drop(columns="Transaction").to_csv(index=False).encode(),
+    csv_bytes(shown.drop(columns="Transaction")),
     icon=":material/download:",
-    file_name=f"open-breaches-{sla or 'all'}-{channel or 'all'}-{stamp}.csv",
+    file_name=f"open-breaches-{safe_name}-{stamp}.csv",
     mime="text/csv",
     key="csv",
 )

@@ -4,30 +4,30 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import charts, data
-
-engine = data.engine()
+from app import cache, charts, shaping, widgets
+from app.escaping import md
+from controltower.vocab import human_duration
 
 st.title("Inventory freshness")
-data.require_data(engine)
+widgets.require_data()
 
-fresh = data.cached(data.freshness)(engine)
+fresh = cache.freshness()
 fresh = fresh[fresh["sla"] == "inventory_freshness"].reset_index(drop=True) if not fresh.empty else fresh
 if fresh.empty:
     st.info("No inventory syncs recorded yet.")
     st.stop()
 
-limits = data.freshness_limits(data.cached(data.sla_status)(engine, "1h"))
-stale = data.stale_feeds(fresh, limits)
+limits = shaping.freshness_limits(cache.sla_status("1h"))
+stale = shaping.stale_feeds(fresh, limits)
 oldest = fresh.loc[fresh["age_s"].idxmax()]
 cols = st.columns(3)
 cols[0].metric("Feeds (channel × location)", f"{len(fresh):,}", border=True)
 cols[1].metric("Stale feeds", f"{len(stale):,}", border=True)
-cols[2].metric("Max age", data.human_duration(float(oldest["age_s"]) * 1000), border=True,
-               help=f"{oldest['channel']} · {oldest['location']}")
-st.caption(f"Oldest: {oldest['channel']} · {oldest['location']}. Max age allowed per channel: "
-           + ", ".join(f"{c} {data.human_duration(v)}" for c, v in sorted(limits.items()))
-           + (f" (others {data.human_duration(data.DEFAULT_MAX_AGE_MS)})." if limits else "")
+cols[2].metric("Max age", human_duration(float(oldest["age_s"]) * 1000), border=True,
+               help=f"{md(oldest['channel'])} · {md(oldest['location'])}")
+st.caption(f"Oldest: {md(oldest['channel'])} · {md(oldest['location'])}. Max age allowed per channel: "
+           + ", ".join(f"{md(c)} {human_duration(v)}" for c, v in sorted(limits.items()))
+           + (f" (others {human_duration(shaping.DEFAULT_MAX_AGE_MS)})." if limits else "")
            + " Stale cells are marked **!**.")
 
 st.plotly_chart(charts.freshness_figure(fresh, limits), width="stretch", key="freshness")

@@ -12,30 +12,31 @@ from datetime import UTC, date, datetime
 import pandas as pd
 import streamlit as st
 
-from app import charts, data
-
-engine = data.engine()
+from app import cache, charts, links, widgets
+from app.escaping import md
 
 st.title("Reconciliation")
-data.require_data(engine)
+widgets.require_data()
 
-channels = data.channel_choices(engine)
+channels = widgets.channel_choices()
+today = datetime.now(UTC).date()
+EARLIEST = date(2000, 1, 1)
 if "day" not in st.session_state:
-    try:
-        st.session_state["day"] = date.fromisoformat(st.query_params.get("day") or "")
-    except ValueError:
-        st.session_state["day"] = datetime.now(UTC).date()
+    try:  # a deep link's day, kept inside what the picker can show
+        st.session_state["day"] = min(max(date.fromisoformat(widgets.param("day") or ""), EARLIEST), today)
+    except (ValueError, TypeError):
+        st.session_state["day"] = today
 
 left, mid, _ = st.columns([2, 2, 3])
 channel = left.selectbox("Channel", channels, key="channel")
-day = mid.date_input("Orders received on (UTC)", key="day", max_value=datetime.now(UTC).date())
+day = mid.date_input("Orders received on (UTC)", key="day", min_value=EARLIEST, max_value=today)
 st.query_params["channel"] = channel
 st.query_params["day"] = day.isoformat()
 
-stages = data.funnel(engine, channel, day)
+stages = cache.funnel(channel, day)
 received = int(stages["orders"].iloc[0])
 if received == 0:
-    st.info(f"No {channel} orders were received on {day:%d %b %Y}.")
+    st.info(f"No {md(channel)} orders were received on {day:%d %b %Y}.")
     st.stop()
 
 left, right = st.columns([3, 2])
@@ -56,7 +57,7 @@ with right:
     st.caption("Counts are distinct orders; a stage can be skipped, so a later stage may hold orders an earlier "
                "one does not.")
 
-stuck = data.funnel_gap(engine, channel, day, a, b)
+stuck = cache.funnel_gap(channel, day, a, b)
 if stuck.empty:
     st.success(f"Every order that reached {a.replace('_', ' ')} also reached {b.replace('_', ' ')}.",
                icon=":material/check_circle:")
@@ -64,7 +65,7 @@ if stuck.empty:
 st.subheader(f"Orders stuck between {a.replace('_', ' ')} and {b.replace('_', ' ')}")
 st.dataframe(
     pd.DataFrame({
-        "Transaction": [data.tx_link(c) for c in stuck["correlation_id"]],
+        "Transaction": [links.tx_link(c) for c in stuck["correlation_id"]],
         "Correlation id": stuck["correlation_id"],
         "Order id": stuck["order_id"].fillna(""),
         "External order id": stuck["external_order_id"].fillna(""),

@@ -1,7 +1,7 @@
 """Transaction: support's search by order id, marketplace order number, SKU or tracking number.
 
-`?q=<key>` pre-fills the search; `?id=<correlation_id>` or `?correlation_id=<correlation_id>` opens
-one transaction directly.
+`?q=<key>` pre-fills the search; `?id=<correlation_id>` opens exactly that transaction (the old
+`?correlation_id=` still works). Every value from events is shown as text, never as Markdown.
 """
 
 from __future__ import annotations
@@ -9,61 +9,61 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import charts, data
-
-engine = data.engine()
+from app import cache, charts, components, links, shaping, story, widgets
+from app.escaping import md
 
 st.title("Transaction")
-data.require_data(engine)
+widgets.require_data()
 
-linked = st.query_params.get("q") or st.query_params.get("id") or st.query_params.get("correlation_id")
+opened = links.tx_param(st.query_params)
+searched = widgets.param(links.SEARCH_PARAM)
 if "q" not in st.session_state:
-    st.session_state["q"] = linked or ""
-q = st.text_input(
+    st.session_state["q"] = searched or opened or ""
+q = links.clean(st.text_input(
     "Search", key="q", placeholder="Order id, marketplace order number, SKU, tracking number or correlation id"
-).strip()
+)).strip()
 
 if not q:
     st.caption("Type any key of an order to see its whole story across systems.")
     st.stop()
-if q != linked:
+if q not in (searched, opened):
     st.query_params.clear()
-    st.query_params["q"] = q
+    st.query_params[links.SEARCH_PARAM] = q
 
-results = data.search_transactions(engine, q)
-if not results:
-    st.warning(f"No transaction has a key equal to “{q}”.")
-    st.stop()
-
-if len(results) == 1:
-    chosen = results[0]["correlation_id"]
+if opened and q == opened and not searched:
+    chosen = opened  # a deep link: exactly this correlation id, never a search
 else:
-    st.caption(f"{len(results)} transactions match “{q}”, newest first.")
-    st.dataframe(
-        pd.DataFrame(results)[["correlation_id", "channel", "flow", "order_id", "status", "last_milestone",
-                               "last_event_at", "error_count"]],
-        hide_index=True,
-        width="stretch",
-    )
-    labels = {
-        r["correlation_id"]: f"{r['correlation_id']} · {r['channel']} · {r.get('order_id') or '–'} · {r['status']}"
-        for r in results
-    }
-    chosen = st.selectbox("Show", list(labels), format_func=labels.get, key="pick")
+    results = cache.search_transactions(q)
+    if not results:
+        st.warning(f"No transaction has a key equal to {components.quoted(q)}.")
+        st.stop()
+    if len(results) == 1:
+        chosen = results[0]["correlation_id"]
+    else:
+        st.caption(f"{len(results)} transactions match {components.quoted(q)}, newest first.")
+        st.dataframe(
+            pd.DataFrame(results)[["correlation_id", "channel", "flow", "order_id", "status", "last_milestone",
+                                   "last_event_at", "error_count"]],
+            hide_index=True,
+            width="stretch",
+        )
+        choices = {r["correlation_id"]: f"{r['correlation_id']} · {r['channel']} · {r.get('order_id') or '–'} · "
+                   f"{r['status']}" for r in results}
+        chosen = st.selectbox("Show", list(choices), format_func=choices.get, key="pick")
 
-tx = data.get_transaction(engine, chosen)
+tx = cache.get_transaction(chosen)
 if tx is None:
-    st.warning("That transaction is gone (retention?).")
+    st.warning(f"No transaction has the correlation id {components.quoted(chosen)} (retention?).")
     st.stop()
 
-st.info(data.transaction_story(tx), icon=":material/support_agent:")
+st.info(md(story.transaction_story(tx)), icon=":material/support_agent:")
 first = min(tx["milestones"].values(), default=tx["first_event_at"])
 st.caption(f"What happened, in words you can read to the customer (times in UTC; "
            f"received {pd.Timestamp(first):%d %b %Y}).")
-st.markdown(data.transaction_header(tx), unsafe_allow_html=True)
-alerts = data.related_alerts(engine, tx["channel"])
+st.markdown(components.transaction_header(tx), unsafe_allow_html=True)
+alerts = cache.related_alerts(tx["channel"])
 if not alerts.empty:
-    st.markdown(f"**Firing alerts for {tx['channel']}** ([all alerts](alerts))")
+    st.markdown(f"**Firing alerts for {md(tx['channel'])}** ([all alerts](alerts))")
     st.dataframe(
         pd.DataFrame({
             "Severity": alerts["severity"],
@@ -77,19 +77,14 @@ if not alerts.empty:
         column_config={"Firing since": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm z")},
         key="related_alerts",
     )
-if tx["last_error"]:
-    err = tx["last_error"]
-    text = f"Last error at {err['at']}: {err['code'] or ''} {err['message'] or ''}".strip()
+error = shaping.last_error_text(tx)
+if error:
     if tx["status"] in ("error", "dead_letter"):
-        st.error(text, icon=":material/error:")
+        st.error(md(error), icon=":material/error:")
     else:
-        st.warning(f"{text} (recovered: status is now {tx['status']})", icon=":material/history:")
+        st.warning(f"{md(error)} (recovered: status is now {md(tx['status'])})", icon=":material/history:")
 if tx["keys"]:
-    st.markdown(
-        " ".join(
-            f"**{data.label(kind)}:** " + ", ".join(f"`{v}`" for v in values) for kind, values in tx["keys"].items()
-        )
-    )
+    st.markdown(components.keys_line(tx["keys"]), unsafe_allow_html=True)
 
 left, right = st.columns([1, 1])
 with left:
@@ -106,18 +101,18 @@ with left:
     )
 with right:
     st.markdown("**SLA verdicts**")
-    verdicts = data.verdicts_frame(tx)
+    verdicts = shaping.verdicts_frame(tx)
     if verdicts.empty:
         st.caption("No SLA applies yet (definitions are written by the metrics job).")
     else:
-        st.dataframe(data.style_health(verdicts, "State"), hide_index=True, width="stretch", key="verdicts")
+        st.dataframe(components.style_health(verdicts, "State"), hide_index=True, width="stretch", key="verdicts")
 
-events = data.events_frame(tx)
+events = shaping.events_frame(tx)
 st.plotly_chart(charts.timeline_figure(events), width="stretch", key="timeline")
 
 st.markdown("**Events**")
 st.dataframe(
-    data.style_health(events.drop(columns=["source"]), "status"),
+    components.style_health(events.drop(columns=["source"]), "status"),
     hide_index=True,
     width="stretch",
     column_config={"time": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss.SSS")},
@@ -125,7 +120,7 @@ st.dataframe(
 )
 for event in tx["events"][:100]:
     title = f"{event['occurred_at']} · {event.get('system') or '?'} · {event['flow']}.{event['stage']} · {event['status']}"
-    with st.expander(title):
+    with st.expander(md(title)):
         st.json({k: event.get(k) for k in ("attributes", "payload", "error_code", "error_message", "trace_id",
                                             "span_id", "source", "received_at") if event.get(k) is not None})
 if len(tx["events"]) > 100:

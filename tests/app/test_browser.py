@@ -132,7 +132,7 @@ def take_screenshots(base_url: str, folder: Path, recon_day: str) -> dict[str, s
         browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1500, "height": 1000})
-            texts["health"] = shoot(page, f"{base_url}/", ".js-plotly-plot .main-svg", folder / "dashboard-health.png")
+            texts["health"] = shoot(page, f"{base_url}/", "figure svg", folder / "dashboard-health.png")
             texts["breaches"] = shoot(page, f"{base_url}/breaches?sla=erp_posting&channel=walmart",
                                       '[data-testid="stDataFrame"]', folder / "dashboard-breaches.png")
             texts["transaction"] = shoot(page, f"{base_url}/transaction?q=112-0000001-0000001",
@@ -174,3 +174,39 @@ def test_dashboard_pages_in_chromium(dashboard: Dashboard, tmp_path: Path) -> No
     for name in PAGES:
         assert (tmp_path / f"dashboard-{name}.png").stat().st_size > 20_000
     assert dashboard.stop() in (0, -signal.SIGTERM)
+
+
+def test_hostile_event_values_are_text_in_the_dom(dashboard: Dashboard, engine: Engine, settings: Settings) -> None:
+    """#15 in a real browser: no link or image made from an event's text, and nothing fetched from it."""
+    from playwright.sync_api import sync_playwright
+
+    from collectors.store import EventStore
+    from tests.app.test_injection import BACKTICK_KEY, EVIL, SESSION, _event
+
+    record = _event("cid-evil", error_message=EVIL, status="error", attributes={"external_order_id": BACKTICK_KEY})
+    assert EventStore(engine, settings).ingest([record], source="test", now=datetime.now(UTC)).accepted == 1
+    requested: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1000})
+            page.on("request", lambda request: requested.append(request.url))
+            from urllib.parse import quote
+
+            for path, needle in ((f"/transaction?q={quote(BACKTICK_KEY)}", "Re-authenticate here"),
+                                 (f"/transaction?q={quote(SESSION)}", "Your session expired")):
+                page.goto(dashboard.url + path, wait_until="domcontentloaded")
+                settle(page, '[data-testid="stAlert"]')
+                assert needle in page.inner_text("body")  # shown, as text
+                links = page.locator('a[href*="evil.example"]')
+                assert links.count() == 0, [links.nth(i).evaluate("e => e.parentElement.parentElement.outerHTML")
+                                            for i in range(links.count())]
+                assert page.locator('img[src*="evil"]').count() == 0
+                assert page.locator('[data-testid="stException"]').count() == 0
+            page.screenshot(path=str(Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
+                                     / "dashboard-hostile-transaction.png"), full_page=True)
+        finally:
+            browser.close()
+    from urllib.parse import urlsplit
+
+    assert requested and not [url for url in requested if urlsplit(url).hostname == "evil.example"]

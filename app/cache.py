@@ -1,0 +1,156 @@
+"""Every Streamlit cache of the dashboard, in one place: settings, the engine, and each query.
+
+Views call these functions, never `app.queries` directly: a query runs at most once per refresh
+interval (CONTROLTOWER_REFRESH_SECONDS) for all sessions, whatever the reruns. The clock is read
+here (`now`), once per query run, and passed down; it is not part of any cache key.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from typing import Any, TypeVar
+
+import pandas as pd
+import streamlit as st
+from sqlalchemy.engine import Engine
+
+from app import queries
+from controltower.context import AppContext
+from controltower.settings import ENV_PREFIX, Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@st.cache_resource(show_spinner=False)
+def _settings(env_key: tuple[tuple[str, str], ...]) -> Settings:
+    return Settings.load()
+
+
+def settings() -> Settings:
+    """The settings from the environment (CONTROLTOWER_*), loaded once per distinct environment."""
+    return _settings(tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(ENV_PREFIX))))
+
+
+@st.cache_resource(show_spinner=False)
+def _engine_for(_settings_obj: Settings, database_url: str | None, data_dir: str) -> Engine:
+    return AppContext.open(_settings_obj, pool_size=3, application_name="controltower-dashboard").engine
+
+
+def engine() -> Engine:
+    s = settings()
+    return _engine_for(s, s.database_url, str(s.data_dir))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _cached(fn: F) -> F:
+    """`fn` behind `st.cache_data` with the refresh interval as lifetime (read on first call, not at import)."""
+    holder: dict[str, Any] = {}
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any) -> Any:
+        if "f" not in holder:
+            holder["f"] = st.cache_data(ttl=max(1.0, settings().refresh_seconds), show_spinner=False)(fn)
+        return holder["f"](*args)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@_cached
+def database_state(database_url: str | None) -> str:
+    return queries.database_state(engine())
+
+
+@_cached
+def sla_status(window: str) -> pd.DataFrame:
+    return queries.sla_status(engine(), window)
+
+
+@_cached
+def hop_health() -> pd.DataFrame:
+    return queries.hop_health(engine())
+
+
+@_cached
+def headline_counts() -> dict[str, int]:
+    return queries.headline_counts(engine(), now=_now())
+
+
+@_cached
+def throughput(hours: float) -> pd.DataFrame:
+    return queries.throughput(engine(), hours, now=_now())
+
+
+@_cached
+def within_target(hours: float, sla: str | None) -> pd.DataFrame:
+    return queries.within_target(engine(), hours, sla, now=_now())
+
+
+@_cached
+def rollup_slas(hours: float) -> list[str]:
+    return queries.rollup_slas(engine(), hours, now=_now())
+
+
+@_cached
+def channel_latency(channel: str, hours: float) -> pd.DataFrame:
+    return queries.channel_latency(engine(), channel, hours, now=_now())
+
+
+@_cached
+def freshness() -> pd.DataFrame:
+    return queries.freshness(engine(), now=_now())
+
+
+@_cached
+def known_channels() -> list[str]:
+    return queries.known_channels(engine())
+
+
+@_cached
+def open_breaches(sla: str | None, channel: str | None) -> pd.DataFrame:
+    return queries.open_breaches(engine(), sla, channel, now=_now())
+
+
+@_cached
+def breach_filters() -> tuple[list[str], list[str]]:
+    return queries.breach_filters(engine())
+
+
+@_cached
+def funnel(channel: str, day: date) -> pd.DataFrame:
+    return queries.funnel(engine(), channel, day)
+
+
+@_cached
+def funnel_gap(channel: str, day: date, a: str, b: str) -> pd.DataFrame:
+    return queries.funnel_gap(engine(), channel, day, a, b)
+
+
+# Support and on-call act on what they see: these read fresh on every run.
+def search_transactions(q: str) -> list[dict[str, Any]]:
+    return queries.search_transactions(engine(), q)
+
+
+def get_transaction(correlation_id: str) -> dict[str, Any] | None:
+    return queries.get_transaction(engine(), correlation_id, now=_now())
+
+
+def related_alerts(channel: str) -> pd.DataFrame:
+    return queries.related_alerts(engine(), channel)
+
+
+def active_alerts() -> pd.DataFrame:
+    return queries.active_alerts(engine())
+
+
+def alert_history() -> pd.DataFrame:
+    return queries.alert_history(engine(), now=_now())
+
+
+def silences() -> pd.DataFrame:
+    return queries.silences(engine(), now=_now())

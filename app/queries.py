@@ -1,0 +1,388 @@
+"""What the dashboard reads: one function per question, SQL with bound parameters, DataFrames out.
+
+Reads tables only (the schema is the contract; no room is imported). Time is passed in as
+`now`; nothing here caches (app/cache.py does) or imports Streamlit, so each query runs under
+plain pytest against a real Postgres. Writes (acknowledge, silence) are not here: they go
+through `controltower.alertops`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from controltower import transactions
+from controltower.histogram import merge as merge_histograms
+from controltower.histogram import percentile as hist_percentile
+
+
+def _frame(engine: Engine, query: sa.TextClause, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    with engine.connect() as conn:
+        result = conn.execute(query, params or {})
+        return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+
+
+def complete_bins(df: pd.DataFrame, now: datetime, bin_minutes: int) -> pd.DataFrame:
+    """Drop the bin still filling up (it would draw a misleading drop at the right edge)."""
+    if df.empty:
+        return df
+    end = pd.to_datetime(df["bucket"], utc=True) + pd.Timedelta(minutes=bin_minutes)
+    return df[end <= pd.Timestamp(now)].reset_index(drop=True)
+
+
+# -- is there anything to show ------------------------------------------------------------------
+_TABLES = ("sla_status", "hop_health", "event_rollup_minute", "transactions", "sla_open_items", "freshness_state")
+_MISSING = sa.text("SELECT t FROM unnest(CAST(:names AS text[])) AS t WHERE to_regclass(t) IS NULL")
+_HAS_DATA = sa.text(
+    "SELECT EXISTS (SELECT 1 FROM sla_status) OR EXISTS (SELECT 1 FROM hop_health) "
+    "OR EXISTS (SELECT 1 FROM event_rollup_minute) OR EXISTS (SELECT 1 FROM transactions)"
+)
+
+
+def database_state(engine: Engine) -> str:
+    """`ready`, `empty` (migrated, nothing written yet) or `unmigrated`."""
+    with engine.connect() as conn:
+        missing = conn.execute(_MISSING, {"names": list(_TABLES)}).scalars().all()
+        if missing:
+            return "unmigrated"
+        return "ready" if conn.execute(_HAS_DATA).scalar() else "empty"
+
+
+# -- the SLA table, hops, headline ----------------------------------------------------------------
+_SLA_STATUS = sa.text(
+    """
+    SELECT sla, channel, "window", kind, computed_at, count, p50_ms, p95_ms, p99_ms, target_ms,
+           within_target_ratio, open_breaches, oldest_breach_ms, value, threshold, health, reason,
+           objective, error_budget_remaining, burn_rate_short, burn_rate_long
+    FROM sla_status
+    WHERE "window" = :window
+    ORDER BY channel, sla
+    """
+)
+
+
+def sla_status(engine: Engine, window: str = "1h") -> pd.DataFrame:
+    """The current SLA table for one window, one row per SLA and channel."""
+    return _frame(engine, _SLA_STATUS, {"window": window})
+
+
+_HOPS = sa.text(
+    "SELECT channel, hop, position, computed_at, volume, backlog, p95_ms, health, reason "
+    "FROM hop_health ORDER BY channel, position"
+)
+
+
+def hop_health(engine: Engine) -> pd.DataFrame:
+    """Per channel its hops in order: volume, backlog, p95 and health (where the delay sits)."""
+    return _frame(engine, _HOPS)
+
+
+_HEADLINE = sa.text(
+    """
+    SELECT
+      (SELECT COALESCE(SUM(count), 0) FROM event_rollup_minute
+        WHERE minute >= :since AND flow = 'order' AND stage = 'received')::bigint AS orders_last_hour,
+      (SELECT COUNT(*) FROM sla_open_items WHERE due_at < :now)::bigint AS open_breaches,
+      (SELECT COUNT(*) FROM alert_state WHERE state = 'firing')::bigint AS firing_alerts,
+      (SELECT COALESCE(SUM(count), 0) FROM event_rollup_minute
+        WHERE minute >= :since AND status = 'dead_letter')::bigint AS dead_letters_last_hour
+    """
+)
+
+
+def headline_counts(engine: Engine, *, now: datetime) -> dict[str, int]:
+    """Orders received and dead letters in the last hour, overdue open items and firing alerts now."""
+    with engine.connect() as conn:
+        row = conn.execute(_HEADLINE, {"since": now - timedelta(hours=1), "now": now}).mappings().one()
+    return {k: int(v or 0) for k, v in row.items()}
+
+
+# -- rollups over time --------------------------------------------------------------------------
+_THROUGHPUT = sa.text(
+    """
+    SELECT date_bin(CAST(:bin AS interval), minute, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket,
+           channel,
+           SUM(count)::bigint AS events,
+           (SUM(count) FILTER (WHERE status IN ('error', 'dead_letter')))::bigint AS errors
+    FROM event_rollup_minute
+    WHERE minute >= :since
+    GROUP BY 1, 2
+    ORDER BY 1, 2
+    """
+)
+
+
+def throughput(engine: Engine, hours: float, *, now: datetime, bin_minutes: int = 5) -> pd.DataFrame:
+    """Events and errors (`error` + `dead_letter`) per channel in `bin_minutes` bins over the last `hours`."""
+    params = {"bin": f"{int(bin_minutes)} minutes", "since": now - timedelta(hours=hours)}
+    df = complete_bins(_frame(engine, _THROUGHPUT, params), now, bin_minutes)
+    if df.empty:
+        return pd.DataFrame(columns=["bucket", "channel", "events", "errors", "error_rate"])
+    df["errors"] = df["errors"].fillna(0).astype("int64")
+    df["events"] = df["events"].astype("int64")
+    df["error_rate"] = (df["errors"] / df["events"].where(df["events"] > 0)).fillna(0.0)
+    return df
+
+
+_WITHIN = sa.text(
+    """
+    SELECT date_bin(CAST(:bin AS interval), minute, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket,
+           channel, SUM(count)::bigint AS count, SUM(met)::bigint AS met
+    FROM sla_rollup_minute
+    WHERE minute >= :since AND (CAST(:sla AS text) IS NULL OR sla = :sla)
+    GROUP BY 1, 2
+    ORDER BY 1, 2
+    """
+)
+
+
+def within_target(engine: Engine, hours: float, sla: str | None, *, now: datetime, bin_minutes: int = 5) -> pd.DataFrame:
+    """Share of completed items within target per channel and bin (one SLA, or all of them)."""
+    params = {"bin": f"{int(bin_minutes)} minutes", "since": now - timedelta(hours=hours), "sla": sla}
+    df = complete_bins(_frame(engine, _WITHIN, params), now, bin_minutes)
+    if df.empty:
+        return pd.DataFrame(columns=["bucket", "channel", "count", "met", "within_pct"])
+    df["within_pct"] = (df["met"] / df["count"].where(df["count"] > 0) * 100).round(2)
+    return df
+
+
+_ROLLUP_SLAS = sa.text("SELECT DISTINCT sla FROM sla_rollup_minute WHERE minute >= :since ORDER BY sla")
+
+
+def rollup_slas(engine: Engine, hours: float, *, now: datetime) -> list[str]:
+    with engine.connect() as conn:
+        return list(conn.execute(_ROLLUP_SLAS, {"since": now - timedelta(hours=hours)}).scalars())
+
+
+_CHANNEL_ROLLUP = sa.text(
+    "SELECT sla, minute, count, met, hist FROM sla_rollup_minute "
+    "WHERE channel = :channel AND minute >= :since ORDER BY sla, minute"
+)
+
+
+def latency_bins(rows: pd.DataFrame, *, bin_minutes: int = 5) -> pd.DataFrame:
+    """Per SLA and `bin_minutes` bin: completed count, met, p50 and p95 (ms) from the merged
+    minute histograms (columns in: sla, minute, count, met, hist). Pure."""
+    columns = ["sla", "bucket", "count", "met", "p50_ms", "p95_ms"]
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    frame = rows.assign(bucket=pd.to_datetime(rows["minute"], utc=True).dt.floor(f"{int(bin_minutes)}min"))
+    out = []
+    for (sla, bucket), group in frame.groupby(["sla", "bucket"], sort=True):
+        merged = merge_histograms(group["hist"])
+        out.append({"sla": sla, "bucket": bucket, "count": int(group["count"].sum()), "met": int(group["met"].sum()),
+                    "p50_ms": hist_percentile(merged, 0.5), "p95_ms": hist_percentile(merged, 0.95)})
+    return pd.DataFrame(out, columns=columns)
+
+
+def channel_latency(engine: Engine, channel: str, hours: float, *, now: datetime, bin_minutes: int = 5) -> pd.DataFrame:
+    """p50/p95 latency, count and met per SLA and bin for one channel (complete bins only)."""
+    rows = _frame(engine, _CHANNEL_ROLLUP, {"channel": channel, "since": now - timedelta(hours=hours)})
+    return complete_bins(latency_bins(rows, bin_minutes=bin_minutes), now, bin_minutes)
+
+
+_FRESHNESS = sa.text(
+    """
+    SELECT sla, channel, key AS location, last_at,
+           EXTRACT(EPOCH FROM (CAST(:now AS timestamptz) - last_at)) AS age_s
+    FROM freshness_state
+    ORDER BY channel, key
+    """
+)
+
+
+def freshness(engine: Engine, *, now: datetime) -> pd.DataFrame:
+    """Age of the last successful sync per channel and location (key)."""
+    df = _frame(engine, _FRESHNESS, {"now": now})
+    if not df.empty:
+        df["age_s"] = df["age_s"].astype(float)
+    return df
+
+
+_KNOWN_CHANNELS = sa.text(
+    "SELECT channel FROM sla_status WHERE channel <> '*' UNION SELECT channel FROM sla_open_items "
+    "UNION SELECT DISTINCT channel FROM freshness_state ORDER BY 1"
+)
+
+
+def known_channels(engine: Engine) -> list[str]:
+    """Every channel the SLA, open-item and freshness tables know (for channel pickers)."""
+    with engine.connect() as conn:
+        return list(conn.execute(_KNOWN_CHANNELS).scalars())
+
+
+# -- open breaches --------------------------------------------------------------------------------
+_OPEN = sa.text(
+    """
+    SELECT o.correlation_id, t.order_id, o.channel, o.sla, o.started_at, o.due_at,
+           EXTRACT(EPOCH FROM (CAST(:now AS timestamptz) - o.started_at)) * 1000 AS age_ms,
+           EXTRACT(EPOCH FROM (CAST(:now AS timestamptz) - o.due_at)) * 1000 AS overdue_ms,
+           t.status, t.last_milestone
+    FROM sla_open_items o
+    LEFT JOIN transactions t ON t.correlation_id = o.correlation_id
+    WHERE o.due_at < :now
+      AND (CAST(:sla AS text) IS NULL OR o.sla = :sla)
+      AND (CAST(:channel AS text) IS NULL OR o.channel = :channel)
+    ORDER BY o.due_at, o.correlation_id
+    LIMIT :limit
+    """
+)
+
+
+def open_breaches(engine: Engine, sla: str | None, channel: str | None, *, now: datetime,
+                  limit: int = 5000) -> pd.DataFrame:
+    """Overdue open items (due_at < now), most overdue first: the offending transactions."""
+    df = _frame(engine, _OPEN, {"now": now, "sla": sla or None, "channel": channel or None, "limit": limit})
+    for column in ("age_ms", "overdue_ms"):
+        if column in df:
+            df[column] = df[column].astype(float)
+    return df
+
+
+_OPEN_OPTIONS = sa.text(
+    "SELECT DISTINCT sla, channel FROM sla_open_items UNION SELECT DISTINCT sla, channel FROM sla_status "
+    "ORDER BY sla, channel"
+)
+
+
+def breach_filters(engine: Engine) -> tuple[list[str], list[str]]:
+    """SLA names and channels known to the open-items and SLA tables (for filter choices)."""
+    df = _frame(engine, _OPEN_OPTIONS)
+    slas = sorted(set(df["sla"])) if not df.empty else []
+    channels = sorted(c for c in set(df["channel"]) if c != "*") if not df.empty else []
+    return slas, channels
+
+
+# -- one transaction ------------------------------------------------------------------------------
+def search_transactions(engine: Engine, q: str, limit: int = 50) -> list[dict[str, Any]]:
+    """Transactions with any key (order id, marketplace order number, SKU, tracking…) equal to `q`."""
+    with engine.connect() as conn:
+        return transactions.search(conn, q, limit=limit)
+
+
+def get_transaction(engine: Engine, correlation_id: str, *, now: datetime) -> dict[str, Any] | None:
+    """One transaction's whole story (fields, keys, milestones, SLA verdicts, events)."""
+    with engine.connect() as conn:
+        return transactions.get(conn, correlation_id, now=now)
+
+
+_RELATED_ALERTS = sa.text(
+    """
+    SELECT fingerprint, rule, severity, state, labels, summary, firing_since, last_value, acknowledged_by
+    FROM alert_state
+    WHERE state = 'firing' AND labels ->> 'channel' = :channel
+    ORDER BY firing_since DESC NULLS LAST, fingerprint
+    """
+)
+
+
+def related_alerts(engine: Engine, channel: str) -> pd.DataFrame:
+    """Firing alerts whose `channel` label is `channel`."""
+    return _frame(engine, _RELATED_ALERTS, {"channel": channel})
+
+
+# -- reconciliation -------------------------------------------------------------------------------
+FUNNEL = [
+    ("received", "order.received"),
+    ("acknowledged", "order.acknowledged"),
+    ("erp_posted", "order.erp_posted"),
+    ("released", "fulfilment.released"),
+    ("shipped", "fulfilment.shipped"),
+    ("shipment_confirmed", "shipment.shipment_confirmed"),
+    ("delivered", "shipment.delivered"),
+]
+_MILESTONE_OF = dict(FUNNEL)
+_FUNNEL = sa.text(
+    """
+    WITH orders AS (
+        SELECT DISTINCT correlation_id FROM transaction_milestones
+        WHERE milestone = 'order.received' AND channel = :channel AND reached_at >= :start AND reached_at < :end
+    )
+    SELECT m.milestone, COUNT(DISTINCT m.correlation_id)::bigint AS orders
+    FROM transaction_milestones m JOIN orders o USING (correlation_id)
+    WHERE m.milestone = ANY(:milestones)
+    GROUP BY m.milestone
+    """
+)
+_GAP = sa.text(
+    """
+    WITH orders AS (
+        SELECT DISTINCT correlation_id FROM transaction_milestones
+        WHERE milestone = 'order.received' AND channel = :channel AND reached_at >= :start AND reached_at < :end
+    )
+    SELECT o.correlation_id, t.order_id,
+           (SELECT min(k.value) FROM transaction_keys k
+             WHERE k.correlation_id = o.correlation_id AND k.kind = 'external_order_id') AS external_order_id,
+           a.reached_at AS reached_at, t.status, t.last_milestone
+    FROM orders o
+    JOIN transaction_milestones a ON a.correlation_id = o.correlation_id AND a.milestone = :a
+    LEFT JOIN transactions t ON t.correlation_id = o.correlation_id
+    WHERE NOT EXISTS (SELECT 1 FROM transaction_milestones b WHERE b.correlation_id = o.correlation_id AND b.milestone = :b)
+    ORDER BY a.reached_at, o.correlation_id
+    LIMIT :limit
+    """
+)
+
+
+def _day_bounds(day: date) -> dict[str, datetime]:
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return {"start": start, "end": start + timedelta(days=1)}
+
+
+def funnel(engine: Engine, channel: str, day: date) -> pd.DataFrame:
+    """Orders of `channel` received on `day` (UTC) and how many of them reached each stage."""
+    df = _frame(engine, _FUNNEL, {"channel": channel, **_day_bounds(day), "milestones": [m for _, m in FUNNEL]})
+    counts = dict(zip(df["milestone"], df["orders"], strict=False)) if not df.empty else {}
+    return pd.DataFrame({"stage": [s for s, _ in FUNNEL], "milestone": [m for _, m in FUNNEL],
+                         "orders": [int(counts.get(m, 0)) for _, m in FUNNEL]})
+
+
+def funnel_gap(engine: Engine, channel: str, day: date, a: str, b: str, *, limit: int = 2000) -> pd.DataFrame:
+    """Orders received on `day` that reached stage `a` but not stage `b` (stage names of FUNNEL)."""
+    return _frame(engine, _GAP, {"channel": channel, **_day_bounds(day), "a": _MILESTONE_OF[a],
+                                 "b": _MILESTONE_OF[b], "limit": limit})
+
+
+# -- alerts (reads; writes go through controltower.alertops) ---------------------------------------
+SEVERITY_RANK = {"critical": 0, "page": 0, "warning": 1, "warn": 1, "info": 2}
+
+_ACTIVE_ALERTS = sa.text(
+    """
+    SELECT fingerprint, rule, severity, state, labels, annotations, summary, active_since, firing_since,
+           last_value, acknowledged_by, acknowledged_at, dashboard_url
+    FROM alert_state
+    WHERE state IN ('pending', 'firing')
+    ORDER BY CASE state WHEN 'firing' THEN 0 ELSE 1 END, active_since, fingerprint
+    """
+)
+_ALERT_HISTORY = sa.text(
+    "SELECT at, rule, from_state, to_state, value, labels, summary, fingerprint FROM alert_events "
+    "WHERE at >= :since ORDER BY at DESC, id DESC LIMIT :limit"
+)
+_SILENCES = sa.text(
+    "SELECT id, matchers, starts_at, ends_at, created_by, comment, created_at FROM alert_silences "
+    "WHERE ends_at >= :since ORDER BY ends_at DESC, id DESC"
+)
+
+
+def active_alerts(engine: Engine) -> pd.DataFrame:
+    """Pending and firing alerts, firing first, then by severity and age."""
+    df = _frame(engine, _ACTIVE_ALERTS)
+    if not df.empty:
+        df["rank"] = df["severity"].map(SEVERITY_RANK).fillna(3)
+        df = df.sort_values(["state", "rank", "active_since"], ascending=[True, True, True]).drop(columns="rank")
+        df = df.reset_index(drop=True)
+    return df
+
+
+def alert_history(engine: Engine, *, now: datetime, hours: float = 24, limit: int = 200) -> pd.DataFrame:
+    return _frame(engine, _ALERT_HISTORY, {"since": now - timedelta(hours=hours), "limit": limit})
+
+
+def silences(engine: Engine, *, now: datetime, keep_hours: float = 24) -> pd.DataFrame:
+    """Active silences and those that ended within `keep_hours`."""
+    return _frame(engine, _SILENCES, {"since": now - timedelta(hours=keep_hours)})
