@@ -137,6 +137,19 @@ def test_ports_match_the_processes():
     assert "/readyz" in " ".join(SERVICES["collector"]["healthcheck"]["test"])
 
 
+def test_the_dashboard_command_in_compose_is_allowed_to_start():
+    """`dashboard --host 0.0.0.0` is refused without sign-in unless the service says a proxy (here:
+    the loopback-only publish) protects it; compose must say so or the dashboard never starts."""
+    from app.access import bind_refusal
+
+    service = SERVICES["dashboard"]
+    host = service["command"][service["command"].index("--host") + 1]
+    env = {k: str(v) for k, v in service["environment"].items() if k.startswith(ENV_PREFIX)}
+    settings = Settings.load(environ=env)
+    assert bind_refusal(host, auth_configured=False, behind_proxy=settings.dashboard_behind_proxy) is None
+    assert bind_refusal(host, auth_configured=False, behind_proxy=False) is not None
+
+
 def test_no_secret_is_committed():
     text = (ROOT / "docker-compose.yml").read_text()
     assert not re.search(r"^\s*\w*PASSWORD\w*:\s*[^$\s{]", text, re.M), "a literal password in docker-compose.yml"
