@@ -25,7 +25,7 @@ def _sink(ctx: typer.Context) -> Any:
     from collectors.store import EventStore
 
     context = context_of(ctx)
-    store = EventStore(context.engine, context.settings, Masker(MaskingRules.load(context.settings.masking_rules)))
+    store = EventStore(context.engine, context.settings, Masker(MaskingRules.for_settings(context.settings)))
 
     def sink(records: list[dict[str, Any]], source: str) -> Any:
         return store.ingest(records, source=source, now=datetime.now(UTC))
@@ -81,7 +81,7 @@ def search_command(
 
     context = context_of(ctx)
     # identifiers carrying personal data are stored as tokens: look up what was stored
-    stored_key = Masker(MaskingRules.load(context.settings.masking_rules)).mask_identifier(key)
+    stored_key = Masker(MaskingRules.for_settings(context.settings)).mask_identifier(key)
     with context.engine.connect() as conn:
         hits = transactions.search(conn, stored_key, limit=20)
         found = [transactions.get(conn, h["correlation_id"], now=datetime.now(UTC)) for h in hits[:1]]

@@ -54,7 +54,7 @@ class Collector:
         self.context = context
         settings = context.settings
         self.settings = settings
-        self.masker = Masker(MaskingRules.load(settings.masking_rules))
+        self.masker = Masker(MaskingRules.for_settings(settings))
         self.store = EventStore(context.engine, settings, self.masker)
         self.limiter = RateLimiter(settings.rate_limit_events)
         self.counters = Counters()

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from controltower import yamlfile
 
@@ -133,6 +134,13 @@ class MaskingRules:
         if not isinstance(hash_key, str) or not hash_key:
             raise doc.error("hash_key: expected a non-empty string", "hash_key")
         return cls(mask_emails_in_text=flag, hash_key=hash_key, **lists)
+
+    @classmethod
+    def for_settings(cls, settings: Any) -> MaskingRules:
+        """The rules a process uses: the configured file, keyed by the `masking_hash_key` secret if set."""
+        rules = cls.load(settings.masking_rules)
+        key = getattr(settings, "masking_hash_key", None)
+        return replace(rules, hash_key=key) if key else rules
 
     def kind_of(self, key: str) -> str | None:
         norm = normalise_key(key)

@@ -115,8 +115,9 @@ def _metrics_auth(text: str, where: str) -> str:
     return text.strip().lower()
 
 
-def _setting(default: Any, parse: Callable[[str, str], Any], help: str) -> Any:
-    return field(default=default, metadata={"parse": parse, "help": help})
+def _setting(default: Any, parse: Callable[[str, str], Any], help: str, *, secret: bool = False) -> Any:
+    """A documented setting; a `secret` one never appears in the settings' repr (logs, tracebacks)."""
+    return field(default=default, repr=not secret, metadata={"parse": parse, "help": help, "secret": secret})
 
 
 DEFAULT_KEY_ATTRIBUTES = (
@@ -141,6 +142,7 @@ class Settings:
         _opt_str,
         "PostgreSQL URL (postgresql+psycopg://user:pass@host/db). Unset: an embedded PostgreSQL "
         "is started from the pgserver package in data_dir.",
+        secret=True,
     )
     data_dir: Path = _setting(
         Path(".controltower"),
@@ -184,6 +186,14 @@ class Settings:
         None,
         _opt_path,
         "YAML file of personal-data masking rules replacing the built-in ones (see README).",
+    )
+    masking_hash_key: str | None = _setting(
+        None,
+        _opt_str,
+        "Secret key of the keyed hash that turns personal data inside identifiers into stable tokens "
+        "(email-<hash>); the same on every collector. Unset: the masking rules' hash_key, else a "
+        "public built-in key (fine for the demo, guessable in production: set it).",
+        secret=True,
     )
     require_api_keys: bool = _setting(
         False,
@@ -244,7 +254,8 @@ class Settings:
         "token (Authorization: Bearer <metrics_token>) or open.",
     )
     metrics_token: str | None = _setting(
-        None, _opt_str, "The bearer token /metrics demands when metrics_auth is token (compared in constant time)."
+        None, _opt_str, "The bearer token /metrics demands when metrics_auth is token (compared in constant time).",
+        secret=True,
     )
     retention_events: float = _setting(
         35 * 86400.0, _seconds, "Raw events are kept this long; whole daily partitions are dropped after it."

@@ -291,7 +291,7 @@ class StoreSink:
         from collectors.masking import Masker, MaskingRules
         from collectors.store import EventStore
 
-        self.store = EventStore(engine, settings, Masker(MaskingRules.load(settings.masking_rules)))
+        self.store = EventStore(engine, settings, Masker(MaskingRules.for_settings(settings)))
         self.batch_size = batch_size
         self.totals = Totals()
 

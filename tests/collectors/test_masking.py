@@ -258,3 +258,17 @@ def test_limits_reject_the_record_naming_the_field():
     for _ in range(31):
         ok = [ok]
     Masker().mask_event(event(payload={"v": ok}))  # 32 levels: the payload object and 31 lists in it
+
+
+def test_the_hash_key_setting_keys_identifier_tokens_and_stays_out_of_repr(tmp_path):
+    from controltower.settings import Settings
+
+    default = Masker(MaskingRules.for_settings(Settings.load(environ={}))).mask_identifier("jane@example.com")
+    keyed_settings = Settings.load(environ={"CONTROLTOWER_MASKING_HASH_KEY": "s3cret-installation-key"})
+    keyed = Masker(MaskingRules.for_settings(keyed_settings)).mask_identifier("jane@example.com")
+    again = Masker(MaskingRules.for_settings(keyed_settings)).mask_identifier("jane@example.com")
+    assert keyed.startswith("email-") and default.startswith("email-")
+    assert keyed != default and keyed == again  # stable per key, different across keys
+    assert "s3cret-installation-key" not in repr(keyed_settings)
+    url = "postgresql+psycopg://u:pw-in-url@db/ct"
+    assert "pw-in-url" not in repr(Settings.load(environ={"CONTROLTOWER_DATABASE_URL": url}))
