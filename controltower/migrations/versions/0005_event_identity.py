@@ -19,6 +19,19 @@ branch_labels = None
 depends_on = None
 
 
+# Existing events claim their ids; the earliest received wins where an id was stored twice.
+BACKFILL = """
+INSERT INTO event_ids (correlation_id, event_id, occurred_at, content_hash)
+SELECT DISTINCT ON (correlation_id, event_id)
+       correlation_id, event_id, occurred_at,
+       ct_event_hash(occurred_at, order_id, channel, flow, stage, status, system,
+                     latency_ms, error_code, error_message, attributes, payload,
+                     trace_id, span_id, parent_span_id)
+FROM events
+ORDER BY correlation_id, event_id, received_at, occurred_at
+"""
+
+
 def upgrade() -> None:
     op.execute(
         """
@@ -47,15 +60,6 @@ def upgrade() -> None:
         -- retention deletes by time; rows arrive roughly in time order, so BRIN is enough
         CREATE INDEX event_ids_occurred_brin ON event_ids USING brin (occurred_at);
 
-        INSERT INTO event_ids (correlation_id, event_id, occurred_at, content_hash)
-        SELECT DISTINCT ON (correlation_id, event_id)
-               correlation_id, event_id, occurred_at,
-               ct_event_hash(occurred_at, order_id, channel, flow, stage, status, system,
-                             latency_ms, error_code, error_message, attributes, payload,
-                             trace_id, span_id, parent_span_id)
-        FROM events
-        ORDER BY correlation_id, event_id, received_at, occurred_at;
-
         CREATE TABLE event_conflicts (
             correlation_id        text NOT NULL,
             event_id              text NOT NULL,
@@ -74,6 +78,7 @@ def upgrade() -> None:
         CREATE INDEX event_conflicts_last_seen_idx ON event_conflicts (last_seen_at);
         """
     )
+    op.execute(BACKFILL)
 
 
 def downgrade() -> None:
