@@ -11,39 +11,19 @@ event_id)`). Every identifier here is a module constant, never input.
 
 from __future__ import annotations
 
-COPY_COLUMNS = (
-    "occurred_at",
-    "correlation_id",
-    "event_id",
-    "received_at",
-    "order_id",
-    "channel",
-    "flow",
-    "stage",
-    "status",
-    "system",
-    "latency_ms",
-    "error_code",
-    "error_message",
-    "attributes",
-    "payload",
-    "trace_id",
-    "span_id",
-    "parent_span_id",
-    "source",
-)
+from controltower.event import CONTENT_FIELDS, IDENTITY
+
+# The events table's columns in COPY order: its key (time first), reception, then the content.
+COPY_COLUMNS = ("occurred_at", *IDENTITY, "received_at", *CONTENT_FIELDS[1:], "source")
 COLS = ", ".join(COPY_COLUMNS)
 # Binary COPY types of COPY_COLUMNS, in order.
 COPY_TYPES = (
     "timestamptz", "text", "text", "timestamptz", "text", "text", "text", "text", "text", "text",
     "float8", "text", "text", "jsonb", "jsonb", "text", "text", "text", "text",
 )
-# What "the same content" means (see ct_event_hash in migration 0005): everything but the
-# identity and where/when it was received. These fields, in this order, are its arguments.
-HASHED = (
-    "occurred_at", "order_id", "channel", "flow", "stage", "status", "system", "latency_ms",
-    "error_code", "error_message", "attributes", "payload", "trace_id", "span_id", "parent_span_id",
-)
+# What "the same content" means (ct_event_hash in migration 0005 takes these, in this order):
+# everything but the identity and where/when it was received.
+HASHED = CONTENT_FIELDS
 _HASH_ARGS = ", ".join(HASHED)
 
 STAGING_DDL = """
@@ -90,9 +70,7 @@ SELECT first.ord FROM first JOIN ins USING (correlation_id, event_id)
 """  # noqa: S608
 
 # Fields compared with the stored event when an id comes back with another content hash.
-_COMPARED = ("order_id", "channel", "flow", "stage", "status", "system", "latency_ms",
-             "error_code", "error_message", "attributes", "payload", "trace_id", "span_id",
-             "parent_span_id")
+_COMPARED = CONTENT_FIELDS[1:]  # occurred_at is compared with the claimed time in event_ids
 _DIFFS = ",\n            ".join(
     [
         "('occurred_at', to_jsonb(d.occurred_at), d.occurred_at IS DISTINCT FROM d.stored_occurred_at)",

@@ -37,7 +37,10 @@ FIELDS = (
     "attributes",
     "payload",
 )
-_INTERNAL = ("trace_id", "span_id", "parent_span_id")
+INTERNAL_FIELDS = ("trace_id", "span_id", "parent_span_id")  # set by the span mapping, not by senders
+IDENTITY = ("correlation_id", "event_id")
+# What makes two records with one identity "the same event": every field but the identity.
+CONTENT_FIELDS = ("occurred_at",) + tuple(f for f in FIELDS if f not in (*IDENTITY, "occurred_at")) + INTERNAL_FIELDS
 
 
 @dataclass(frozen=True)
@@ -260,7 +263,7 @@ def parse_event(record: Any, *, now: datetime, limits: Limits = Limits()) -> Eve
 def event_to_json(event: Event) -> dict[str, Any]:
     """The canonical JSON record of an event (as `POST /v1/events` accepts it)."""
     out: dict[str, Any] = {}
-    for name in FIELDS + _INTERNAL:
+    for name in FIELDS + INTERNAL_FIELDS:
         value = getattr(event, name)
         if name == "occurred_at":
             value = value.isoformat()
