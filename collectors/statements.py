@@ -87,8 +87,15 @@ RECORD_CONFLICTS = f"""
 WITH c AS (
     SELECT b.*, i.content_hash AS stored_hash, i.occurred_at AS stored_occurred_at,
            ct_event_hash({", ".join("b." + f for f in HASHED)}) AS incoming_hash
-    FROM ct_batch b JOIN event_ids i USING (correlation_id, event_id)
-    WHERE b.ord = ANY(%(dups)s)
+    FROM (  -- only the rows not stored (a hash join, not ANY() per row); OFFSET keeps it first
+        SELECT s.* FROM ct_batch s JOIN unnest(%(dups)s::integer[]) AS u(ord) ON u.ord = s.ord OFFSET 0
+    ) b
+    -- one index probe per row (LIMIT keeps the planner from a hash join over all of event_ids)
+    CROSS JOIN LATERAL (
+        SELECT content_hash, occurred_at FROM event_ids i
+        WHERE i.correlation_id = b.correlation_id AND i.event_id = b.event_id
+        LIMIT 1
+    ) i
 ), d AS (
     SELECT DISTINCT ON (correlation_id, event_id, incoming_hash) c.*,
            count(*) OVER (PARTITION BY correlation_id, event_id, incoming_hash) AS n
@@ -107,6 +114,7 @@ WITH c AS (
         SELECT * FROM events e
         WHERE e.correlation_id = d.correlation_id AND e.event_id = d.event_id
           AND e.occurred_at = d.stored_occurred_at
+        LIMIT 1
     ) s ON true
     CROSS JOIN LATERAL (
         SELECT coalesce(array_agg(name ORDER BY name), '{{}}') AS changed,
