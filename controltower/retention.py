@@ -43,10 +43,12 @@ _DERIVED = (
     ("event_conflicts", "last_seen_at", "retention_events"),
 )
 
-# Deadlines (metrics' sla_deadlines) whose transaction is gone: they would otherwise stay forever.
+# Deadlines (metrics' sla_deadlines) past the transactions' retention whose transaction is gone
+# (removed before deadlines went with it, or raced with it): they would otherwise stay forever.
 _ORPHAN_DEADLINES = """
     FROM sla_deadlines d
-    WHERE NOT EXISTS (SELECT 1 FROM transactions t WHERE t.correlation_id = d.correlation_id)
+    WHERE d.due_at < :c
+      AND NOT EXISTS (SELECT 1 FROM transactions t WHERE t.correlation_id = d.correlation_id)
 """
 
 
@@ -109,9 +111,10 @@ def plan(engine: Engine, settings: Settings, now: datetime | None = None) -> Pla
         if _exists(conn, "sla_deadlines"):
             result.rows["sla_deadlines"] = conn.execute(
                 sa.text("""SELECT count(*) FROM sla_deadlines d
-                           WHERE NOT EXISTS (SELECT 1 FROM transactions t
-                                             WHERE t.correlation_id = d.correlation_id
-                                               AND t.last_event_at >= :c)"""),
+                           WHERE EXISTS (SELECT 1 FROM transactions t
+                                         WHERE t.correlation_id = d.correlation_id AND t.last_event_at < :c)
+                              OR (d.due_at < :c AND NOT EXISTS (SELECT 1 FROM transactions t
+                                                                WHERE t.correlation_id = d.correlation_id))"""),
                 {"c": result.cutoffs["sla_deadlines"]},
             ).scalar_one()
         for table, column, _ in _DERIVED:

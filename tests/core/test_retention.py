@@ -64,8 +64,9 @@ def test_retention_prunes_event_ids_conflicts_and_deadlines(engine, settings):
     store.ingest([rec("NEW", recent, note="y")], source="test", now=NOW)
     jobs.refresh(engine, definitions.load(), NOW)
     with engine.begin() as conn:  # a deadline left behind by a transaction removed before this rule
-        conn.execute(sa.text("INSERT INTO sla_deadlines VALUES ('ship_by_expected_date', 'GONE', :t)"), {"t": NOW})
-    assert count(engine, "SELECT count(*) FROM sla_deadlines") == 4
+        conn.execute(sa.text("INSERT INTO sla_deadlines VALUES ('ship_by_expected_date', 'GONE', :t),"
+                             " ('ship_by_expected_date', 'RACING', :now)"), {"t": NOW - timedelta(days=200), "now": NOW})
+    assert count(engine, "SELECT count(*) FROM sla_deadlines") == 5
     assert count(engine, "SELECT count(*) FROM event_conflicts") == 2
 
     todo = retention.plan(engine, settings, NOW)
@@ -78,7 +79,8 @@ def test_retention_prunes_event_ids_conflicts_and_deadlines(engine, settings):
         ids = conn.execute(sa.text("SELECT correlation_id FROM event_ids ORDER BY 1")).scalars().all()
         deadlines = conn.execute(sa.text("SELECT correlation_id FROM sla_deadlines ORDER BY 1")).scalars().all()
         conflicts = conn.execute(sa.text("SELECT correlation_id FROM event_conflicts")).scalars().all()
-    assert ids == ["NEW"] and deadlines == ["MID", "NEW"] and conflicts == ["NEW"]
+    # RACING: no transaction yet but not past retention (its transaction may be committing)
+    assert ids == ["NEW"] and deadlines == ["MID", "NEW", "RACING"] and conflicts == ["NEW"]
     # the freed ids are free again only because their events are gone with their partitions
     assert count(engine, "SELECT count(*) FROM events WHERE correlation_id IN ('OLD', 'MID')") == 0
 
@@ -87,6 +89,6 @@ def test_deadline_sweep_is_batched(engine, settings, monkeypatch):
     monkeypatch.setattr(retention, "BATCH", 3)
     with engine.begin() as conn:
         conn.execute(sa.text("INSERT INTO sla_deadlines SELECT 's', 'G' || g, :t FROM generate_series(1, 10) g"),
-                     {"t": NOW})
+                     {"t": NOW - timedelta(days=400)})
     retention.apply(engine, settings, NOW)
     assert count(engine, "SELECT count(*) FROM sla_deadlines") == 0
