@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from controltower.errors import EventError
@@ -37,13 +37,22 @@ FIELDS = (
     "attributes",
     "payload",
 )
-_INTERNAL = ("trace_id", "span_id", "parent_span_id")
+INTERNAL_FIELDS = ("trace_id", "span_id", "parent_span_id")  # set by the span mapping, not by senders
+IDENTITY = ("correlation_id", "event_id")
+# What makes two records with one identity "the same event": every field but the identity.
+CONTENT_FIELDS = ("occurred_at",) + tuple(f for f in FIELDS if f not in (*IDENTITY, "occurred_at")) + INTERNAL_FIELDS
 
 
 @dataclass(frozen=True)
 class Limits:
     max_age: timedelta = timedelta(days=30)
     max_future: timedelta = timedelta(hours=1)
+    # attributes indexed as business keys, and how many values one event may carry under each
+    key_attributes: tuple[str, ...] = ()
+    max_key_values: int = 100
+    # attributes that hold a promised deadline, and the years a deadline may fall in
+    deadline_attributes: frozenset[str] = frozenset()
+    deadline_years: tuple[int, int] = (2000, 2100)
 
 
 @dataclass(slots=True)
@@ -143,6 +152,57 @@ def check_time_bounds(moment: datetime, *, now: datetime, limits: Limits, name: 
         )
 
 
+# What the SQL reader (`ct_deadline`) and the transaction view agree on: a calendar date, or a
+# date and time with an explicit offset. ASCII digits only (`\\d` would take Arabic-Indic ones).
+_DEADLINE_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_DEADLINE_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}.*([Zz]|[+-][0-9]{2}(:?[0-9]{2})?)", re.DOTALL)
+MAX_OFFSET = timedelta(hours=14)  # the widest offset in use (Kiribati); PostgreSQL stops at 15:59
+
+
+def check_deadline(value: Any, name: str, years: tuple[int, int]) -> None:
+    """A deadline attribute must be a date (`YYYY-MM-DD`) or an RFC 3339 timestamp with offset
+    whose UTC moment lies within `years` (inclusive), so readers never meet year 1 or 9999."""
+    where = f"attributes.{name}"
+    if not isinstance(value, str):
+        raise EventError(f"{where}: expected a date string (YYYY-MM-DD or RFC 3339), got {type(value).__name__}")
+    shown = value[:64]
+    moment: datetime | None = None
+    try:
+        if _DEADLINE_DATE.fullmatch(value):
+            years_seen = [date.fromisoformat(value).year]
+        elif _DEADLINE_TIME.fullmatch(value):
+            moment = datetime.fromisoformat(value)
+            offset = moment.utcoffset()
+            if offset is None or abs(offset) > MAX_OFFSET:
+                raise ValueError("offset")
+            years_seen = [moment.year]
+        else:
+            raise ValueError("format")
+    except ValueError:
+        raise EventError(
+            f'{where}: "{shown}" is not a deadline (expected YYYY-MM-DD or an RFC 3339 timestamp '
+            "with an offset of at most 14:00)"
+        ) from None
+    low, high = years
+    if moment is not None and low <= moment.year <= high:
+        years_seen.append(moment.astimezone(UTC).year)  # safe: the local year is in range
+    if not all(low <= year <= high for year in years_seen):
+        raise EventError(f'{where}: "{shown}" lies outside the years {low}..{high} accepted for deadlines')
+
+
+def check_attributes(attributes: dict[str, Any], limits: Limits) -> None:
+    """Fan-out and deadline limits on the attributes that become index rows and SLA promises."""
+    cap = limits.max_key_values
+    for kind in limits.key_attributes:
+        value = attributes.get(kind)
+        if type(value) is list and len(value) > cap:
+            raise EventError(f"attributes.{kind}: {len(value)} values, more than the {cap} allowed")
+    for name in limits.deadline_attributes:
+        value = attributes.get(name)
+        if value is not None:
+            check_deadline(value, name, limits.deadline_years)
+
+
 def _human(delta: timedelta) -> str:
     seconds = int(delta.total_seconds())
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
@@ -174,6 +234,8 @@ def parse_event(record: Any, *, now: datetime, limits: Limits = Limits()) -> Eve
         attributes = {}
     elif not isinstance(attributes, dict):
         raise EventError(f"attributes: expected an object, got {type(attributes).__name__}")
+    elif attributes:
+        check_attributes(attributes, limits)
     payload = record.get("payload")
     if payload is not None and not isinstance(payload, (dict, list)):
         raise EventError(f"payload: expected an object or array, got {type(payload).__name__}")
@@ -201,7 +263,7 @@ def parse_event(record: Any, *, now: datetime, limits: Limits = Limits()) -> Eve
 def event_to_json(event: Event) -> dict[str, Any]:
     """The canonical JSON record of an event (as `POST /v1/events` accepts it)."""
     out: dict[str, Any] = {}
-    for name in FIELDS + _INTERNAL:
+    for name in FIELDS + INTERNAL_FIELDS:
         value = getattr(event, name)
         if name == "occurred_at":
             value = value.isoformat()

@@ -1,9 +1,12 @@
 """Retention: keep every table bounded without long DELETEs.
 
 - raw events: whole daily partitions older than `retention_events` are detached and dropped
-  (instant, no vacuum debt); partitions ahead are created on the same run;
-- transactions, milestones and keys: those whose last event is older than
-  `retention_transactions`, removed in bounded batches by primary key;
+  (instant, no vacuum debt); partitions ahead are created on the same run; the event ids of
+  the dropped days (`event_ids`) follow in bounded batches, and recorded conflicts after the
+  same age;
+- transactions, milestones, keys, open items and promised deadlines: those whose last event
+  is older than `retention_transactions`, removed in bounded batches by primary key; deadlines
+  left without a transaction (from before this rule) are swept in batches too;
 - derived metrics: minute rollups and samples after the longest SLA window they serve, hourly
   rollups after `retention_rollups`; alert history after `retention_alerts`.
 
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -37,7 +40,16 @@ _DERIVED = (
     ("alert_events", "at", "retention_alerts"),
     ("alert_notifications", "created_at", "retention_alerts"),
     ("alert_audit", "at", "retention_alerts"),
+    ("event_conflicts", "last_seen_at", "retention_events"),
 )
+
+# Deadlines (metrics' sla_deadlines) past the transactions' retention whose transaction is gone
+# (removed before deadlines went with it, or raced with it): they would otherwise stay forever.
+_ORPHAN_DEADLINES = """
+    FROM sla_deadlines d
+    WHERE d.due_at < :c
+      AND NOT EXISTS (SELECT 1 FROM transactions t WHERE t.correlation_id = d.correlation_id)
+"""
 
 
 @dataclass
@@ -64,8 +76,18 @@ def _exists(conn: Connection, table: str) -> bool:
     return conn.execute(sa.text("SELECT to_regclass(:t) IS NOT NULL"), {"t": table}).scalar_one()
 
 
+def _oldest_kept_day(settings: Settings, now: datetime) -> date:
+    return (now - timedelta(seconds=settings.retention_events)).astimezone(UTC).date()
+
+
 def _cutoffs(settings: Settings, now: datetime) -> dict[str, datetime]:
-    out = {"transactions": now - timedelta(seconds=settings.retention_transactions)}
+    transactions = now - timedelta(seconds=settings.retention_transactions)
+    out = {
+        "transactions": transactions,
+        # the ids of events in dropped partitions: before the first kept (UTC) day
+        "event_ids": datetime.combine(_oldest_kept_day(settings, now), time(), UTC),
+        "sla_deadlines": transactions,
+    }
     for table, _, setting in _DERIVED:
         out[table] = now - (timedelta(seconds=getattr(settings, setting)) if setting else METRICS_MINUTES_KEEP)
     return out
@@ -74,7 +96,7 @@ def _cutoffs(settings: Settings, now: datetime) -> dict[str, datetime]:
 def plan(engine: Engine, settings: Settings, now: datetime | None = None) -> Plan:
     now = now or datetime.now(UTC)
     result = Plan(cutoffs=_cutoffs(settings, now))
-    oldest_kept = (now - timedelta(seconds=settings.retention_events)).date()
+    oldest_kept = _oldest_kept_day(settings, now)
     with engine.connect() as conn:
         for name in migrate.event_partitions(conn):
             day = _partition_day(name)
@@ -83,6 +105,18 @@ def plan(engine: Engine, settings: Settings, now: datetime | None = None) -> Pla
         result.rows["transactions"] = conn.execute(
             sa.text("SELECT count(*) FROM transactions WHERE last_event_at < :c"), {"c": result.cutoffs["transactions"]}
         ).scalar_one()
+        result.rows["event_ids"] = conn.execute(
+            sa.text("SELECT count(*) FROM event_ids WHERE occurred_at < :c"), {"c": result.cutoffs["event_ids"]}
+        ).scalar_one()
+        if _exists(conn, "sla_deadlines"):
+            result.rows["sla_deadlines"] = conn.execute(
+                sa.text("""SELECT count(*) FROM sla_deadlines d
+                           WHERE EXISTS (SELECT 1 FROM transactions t
+                                         WHERE t.correlation_id = d.correlation_id AND t.last_event_at < :c)
+                              OR (d.due_at < :c AND NOT EXISTS (SELECT 1 FROM transactions t
+                                                                WHERE t.correlation_id = d.correlation_id))"""),
+                {"c": result.cutoffs["sla_deadlines"]},
+            ).scalar_one()
         for table, column, _ in _DERIVED:
             if _exists(conn, table):
                 result.rows[table] = conn.execute(
@@ -102,6 +136,12 @@ def apply(engine: Engine, settings: Settings, now: datetime | None = None) -> Pl
             # role (not the owner) goes through the owner's function (controltower.grants)
             grants.drop_event_partition(conn, name)
         log.info("retention: dropped partition %s", name)
+    _batched(engine, "event_ids", """
+        WITH gone AS (
+            DELETE FROM event_ids WHERE ctid IN (SELECT ctid FROM event_ids WHERE occurred_at < :c LIMIT :n)
+            RETURNING 1)
+        SELECT count(*) FROM gone
+    """, todo.cutoffs["event_ids"])
     _batched(engine, "transactions", """
         WITH gone AS (
             DELETE FROM transactions WHERE correlation_id IN (
@@ -110,8 +150,18 @@ def apply(engine: Engine, settings: Settings, now: datetime | None = None) -> Pl
         , m AS (DELETE FROM transaction_milestones WHERE correlation_id IN (SELECT correlation_id FROM gone))
         , k AS (DELETE FROM transaction_keys WHERE correlation_id IN (SELECT correlation_id FROM gone))
         , s AS (DELETE FROM sla_open_items WHERE correlation_id IN (SELECT correlation_id FROM gone))
+        , d AS (DELETE FROM sla_deadlines WHERE correlation_id IN (SELECT correlation_id FROM gone))
         SELECT count(*) FROM gone
     """, todo.cutoffs["transactions"])
+    with engine.connect() as conn:
+        deadlines = _exists(conn, "sla_deadlines")
+    if deadlines:
+        _batched(engine, "sla_deadlines", f"""
+            WITH gone AS (
+                DELETE FROM sla_deadlines WHERE ctid IN (SELECT d.ctid {_ORPHAN_DEADLINES} LIMIT :n)
+                RETURNING 1)
+            SELECT count(*) FROM gone
+        """, todo.cutoffs["sla_deadlines"])  # noqa: S608 (a constant above)
     for table, column, _ in _DERIVED:
         with engine.connect() as conn:
             if not _exists(conn, table):

@@ -182,6 +182,20 @@ class Settings:
         _list,
         "Event attributes indexed as searchable business keys (comma-separated).",
     )
+    max_key_values: int = _setting(
+        100,
+        _int,
+        "Most values one event may carry under one key attribute (e.g. SKUs); a record with more "
+        "is rejected with the reason instead of writing one key row per value.",
+    )
+    deadline_attributes: tuple[str, ...] = _setting(
+        ("expected_ship_date",),
+        _list,
+        "Event attributes holding promised deadlines (besides every deadline_attribute of the loaded "
+        "SLA definitions); each must be YYYY-MM-DD or RFC 3339 with offset, or the record is rejected.",
+    )
+    deadline_min_year: int = _setting(2000, _int, "Earliest year a deadline attribute may name.")
+    deadline_max_year: int = _setting(2100, _int, "Latest year a deadline attribute may name.")
     masking_rules: Path | None = _setting(
         None,
         _opt_path,

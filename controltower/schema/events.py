@@ -1,14 +1,17 @@
-"""Tables written by `collectors/` (events, transactions, milestones, keys) and the CLI (api_keys).
+"""Tables written by `collectors/` (events, event identity, transactions, milestones, keys) and
+the CLI (api_keys).
 
 `events` is range-partitioned by `occurred_at` into daily partitions (`events_YYYYMMDD`,
-created ahead by `migrate` and on demand by ingest through `ct_ensure_event_partition`).
-Every unique key includes `correlation_id` so the schema can be distributed by it.
+created ahead by `migrate` and on demand by ingest through `ct_ensure_event_partition`);
+`event_ids` makes `(correlation_id, event_id)` unique whatever the time, and `event_conflicts`
+shows ids re-sent with other content. Every unique key includes `correlation_id` so the schema
+can be distributed by it.
 """
 
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, BYTEA, JSONB
 
 from controltower.schema.base import metadata
 
@@ -39,6 +42,40 @@ events = sa.Table(
     sa.PrimaryKeyConstraint("correlation_id", "event_id", "occurred_at", name="events_pkey"),
     sa.Index("events_received_at_idx", "received_at"),
     postgresql_partition_by="RANGE (occurred_at)",
+)
+
+# One row per stored event id, whatever its time: ingest inserts here first and stores in
+# `events` only the ids this insert returned (idempotency by (correlation_id, event_id)).
+event_ids = sa.Table(
+    "event_ids",
+    metadata,
+    sa.Column("correlation_id", sa.Text, nullable=False),
+    sa.Column("event_id", sa.Text, nullable=False),
+    sa.Column("occurred_at", TS, nullable=False),
+    sa.Column("content_hash", BYTEA, nullable=False),
+    sa.PrimaryKeyConstraint("correlation_id", "event_id", name="event_ids_pkey"),
+    sa.Index("event_ids_occurred_brin", "occurred_at", postgresql_using="brin"),
+)
+
+# An event id re-sent with different content (not stored): one row per distinct incoming content,
+# with the names of the fields that differ from the stored event and their incoming (masked) values.
+event_conflicts = sa.Table(
+    "event_conflicts",
+    metadata,
+    sa.Column("correlation_id", sa.Text, nullable=False),
+    sa.Column("event_id", sa.Text, nullable=False),
+    sa.Column("incoming_hash", BYTEA, nullable=False),
+    sa.Column("stored_hash", BYTEA, nullable=False),
+    sa.Column("stored_occurred_at", TS, nullable=False),
+    sa.Column("incoming_occurred_at", TS, nullable=False),
+    sa.Column("changed", ARRAY(sa.Text), nullable=False),
+    sa.Column("incoming", JSONB, nullable=False),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("first_seen_at", TS, nullable=False),
+    sa.Column("last_seen_at", TS, nullable=False),
+    sa.Column("count", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("correlation_id", "event_id", "incoming_hash", name="event_conflicts_pkey"),
+    sa.Index("event_conflicts_last_seen_idx", "last_seen_at"),
 )
 
 transactions = sa.Table(

@@ -89,5 +89,8 @@ def test_killed_collector_loses_nothing_acknowledged_and_stores_nothing_twice(en
         stored = conn.execute(sa.text("SELECT count(*) FROM events WHERE channel = 'walmart'")).scalar()
         distinct = conn.execute(sa.text("SELECT count(DISTINCT event_id) FROM events WHERE channel = 'walmart'")).scalar()
         tx_events = conn.execute(sa.text("SELECT sum(event_count) FROM transactions WHERE correlation_id LIKE 'K-%'")).scalar()
-    assert len(acknowledged) == stored == distinct == 40 * 500
+        claimed = conn.execute(sa.text("SELECT count(*) FROM event_ids WHERE correlation_id LIKE 'K-%'")).scalar()
+        conflicts = conn.execute(sa.text("SELECT count(*) FROM event_conflicts")).scalar()
+    assert len(acknowledged) == stored == distinct == claimed == 40 * 500
+    assert conflicts == 0  # retries re-send identical content: duplicates, never conflicts
     assert tx_events == stored  # transaction counters saw each event once, retries included

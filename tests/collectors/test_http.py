@@ -43,10 +43,10 @@ def test_events_as_array_object_and_ndjson(collector, engine):
     ndjson = "\n".join(json.dumps(rec(f"n{i}", cid="C-2")) for i in range(3)) + "\n"
     r3 = httpx.post(url, content=ndjson, headers={"content-type": "application/x-ndjson"})
     assert [r.status_code for r in (r1, r2, r3)] == [200, 200, 200]
-    assert r1.json() == {"accepted": 2, "duplicates": 0, "rejected": []}
+    assert r1.json() == {"accepted": 2, "duplicates": 0, "conflicts": 0, "rejected": []}
     assert r3.json()["accepted"] == 3
     again = httpx.post(url, json=[rec("a1"), rec("a2", "acknowledged")])
-    assert again.status_code == 200 and again.json() == {"accepted": 0, "duplicates": 2, "rejected": []}
+    assert again.status_code == 200 and again.json() == {"accepted": 0, "duplicates": 2, "conflicts": 0, "rejected": []}
     assert count(engine) == 6
 
 

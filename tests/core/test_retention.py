@@ -13,9 +13,14 @@ from metrics import definitions, jobs
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 
-def rec(cid: str, at: datetime, stage: str = "received") -> dict:
+def rec(cid: str, at: datetime, stage: str = "received", **attributes: str) -> dict:
     return {"event_id": f"{cid}-{stage}", "occurred_at": at.isoformat(), "correlation_id": cid,
-            "channel": "amazon", "flow": "order", "stage": stage}
+            "channel": "amazon", "flow": "order", "stage": stage, "attributes": attributes}
+
+
+def count(engine, sql: str) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.text(sql)).scalar()
 
 
 def test_retention_drops_old_partitions_and_expired_rows(engine, settings):
@@ -44,3 +49,46 @@ def test_retention_drops_old_partitions_and_expired_rows(engine, settings):
     assert f"events_{(NOW + timedelta(days=3)):%Y%m%d}" in parts  # still created ahead
     assert tx == ["MID", "NEW"] and keys_left == 0
     assert events_left == ["NEW"]
+
+
+def test_retention_prunes_event_ids_conflicts_and_deadlines(engine, settings):
+    settings = settings.with_(max_event_age=60 * 86400.0, retention_events=10 * 86400.0,
+                              retention_transactions=20 * 86400.0)
+    store = EventStore(engine, settings)
+    old, middle, recent = NOW - timedelta(days=40), NOW - timedelta(days=15), NOW - timedelta(hours=1)
+    ship_by = (NOW + timedelta(days=1)).date().isoformat()
+    store.ingest([rec("OLD", old, expected_ship_date=ship_by), rec("MID", middle, expected_ship_date=ship_by),
+                  rec("NEW", recent, expected_ship_date=ship_by)], source="test", now=NOW)
+    # the old id re-sent with other content long ago, the recent one just now
+    store.ingest([rec("OLD", old, note="x")], source="test", now=NOW - timedelta(days=39))
+    store.ingest([rec("NEW", recent, note="y")], source="test", now=NOW)
+    jobs.refresh(engine, definitions.load(), NOW)
+    with engine.begin() as conn:  # a deadline left behind by a transaction removed before this rule
+        conn.execute(sa.text("INSERT INTO sla_deadlines VALUES ('ship_by_expected_date', 'GONE', :t),"
+                             " ('ship_by_expected_date', 'RACING', :now)"), {"t": NOW - timedelta(days=200), "now": NOW})
+    assert count(engine, "SELECT count(*) FROM sla_deadlines") == 5
+    assert count(engine, "SELECT count(*) FROM event_conflicts") == 2
+
+    todo = retention.plan(engine, settings, NOW)
+    assert todo.rows["event_ids"] == 2  # OLD and MID: their days' partitions go
+    assert todo.rows["sla_deadlines"] == 2  # OLD's (its transaction expires) and GONE's
+    assert todo.rows["event_conflicts"] == 1
+    retention.apply(engine, settings, NOW)
+
+    with engine.connect() as conn:
+        ids = conn.execute(sa.text("SELECT correlation_id FROM event_ids ORDER BY 1")).scalars().all()
+        deadlines = conn.execute(sa.text("SELECT correlation_id FROM sla_deadlines ORDER BY 1")).scalars().all()
+        conflicts = conn.execute(sa.text("SELECT correlation_id FROM event_conflicts")).scalars().all()
+    # RACING: no transaction yet but not past retention (its transaction may be committing)
+    assert ids == ["NEW"] and deadlines == ["MID", "NEW", "RACING"] and conflicts == ["NEW"]
+    # the freed ids are free again only because their events are gone with their partitions
+    assert count(engine, "SELECT count(*) FROM events WHERE correlation_id IN ('OLD', 'MID')") == 0
+
+
+def test_deadline_sweep_is_batched(engine, settings, monkeypatch):
+    monkeypatch.setattr(retention, "BATCH", 3)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO sla_deadlines SELECT 's', 'G' || g, :t FROM generate_series(1, 10) g"),
+                     {"t": NOW - timedelta(days=400)})
+    retention.apply(engine, settings, NOW)
+    assert count(engine, "SELECT count(*) FROM sla_deadlines") == 0

@@ -37,7 +37,7 @@ def _compatible(col_type: sa.types.TypeEngine) -> set[str]:
         "Integer": {"INTEGER"}, "BigInteger": {"BIGINT"}, "Float": {"DOUBLE_PRECISION", "DOUBLE", "FLOAT"},
         "JSONB": {"JSONB"}, "ARRAY": {"ARRAY"}, "Boolean": {"BOOLEAN"}, "Double": {"DOUBLE_PRECISION"},
         "INTERVAL": {"INTERVAL"}, "Interval": {"INTERVAL"}, "Date": {"DATE"}, "SmallInteger": {"SMALLINT"},
-        "Numeric": {"NUMERIC"}, "UUID": {"UUID"}, "Uuid": {"UUID"},
+        "Numeric": {"NUMERIC"}, "UUID": {"UUID"}, "Uuid": {"UUID"}, "BYTEA": {"BYTEA"},
     }
     return families.get(name, {name.upper()})
 

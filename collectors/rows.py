@@ -1,0 +1,112 @@
+"""Index rows derived from stored events, and the per-process memory of rows already committed.
+
+`milestone_rows` and `key_rows` turn the events a batch really inserted into the rows of
+`transaction_milestones` and `transaction_keys` (earliest time wins); `SeenCache` remembers
+what this process committed so the next batch can skip rows that cannot change anything.
+Pure and thread-safe; no SQL here (the store writes these rows).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from controltower.event import Event
+
+MAX_KEY_LEN = 256
+CACHE_LIMIT = 100_000  # per cache and process: ~25 MB; skips rows a recent batch already wrote
+
+
+class SeenCache:
+    """What this process already committed: key → earliest value. Lets a batch skip milestone and
+    key rows that cannot change anything (a later time than the stored one).
+
+    Shared by the collector's worker threads: readers take one `dict.get` per key (no separate
+    membership test that a concurrent clear could invalidate), writers swap or update under a
+    lock. A value remembered too high only costs a redundant upsert; never too low, because only
+    committed rows are remembered."""
+
+    def __init__(self, limit: int = CACHE_LIMIT) -> None:
+        self.limit = limit
+        self._data: dict[tuple[str, ...], Any] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def fresh(self, rows: dict[tuple[str, ...], Any]) -> dict[tuple[str, ...], Any]:
+        get = self._data.get
+        out = {}
+        for key, value in rows.items():
+            seen = get(key)
+            if seen is None or value < seen:
+                out[key] = value
+        return out
+
+    def remember(self, rows: dict[tuple[str, ...], Any]) -> None:
+        with self._lock:
+            data = self._data
+            if len(data) + len(rows) > self.limit:
+                data = self._data = {}  # a new dict: readers holding the old one stay consistent
+            for key, value in rows.items():
+                seen = data.get(key)
+                if seen is None or value < seen:
+                    data[key] = value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data = {}
+
+
+def milestone_rows(events: Sequence[Event]) -> dict[tuple[str, ...], tuple[datetime, str]]:
+    """(correlation_id, milestone) → earliest (reached_at, channel) over successful events."""
+    out: dict[tuple[str, ...], tuple[datetime, str]] = {}
+    for e in events:
+        if e.status != "ok":
+            continue
+        key = (e.correlation_id, e.flow + "." + e.stage)
+        value = (e.occurred_at, e.channel)
+        seen = out.get(key)
+        if seen is None or value < seen:
+            out[key] = value
+    return out
+
+
+def key_rows(events: Sequence[Event], kinds: tuple[str, ...]) -> dict[tuple[str, ...], datetime]:
+    """(value, kind, correlation_id) → first time seen, for the order id and every key attribute."""
+    out: dict[tuple[str, ...], datetime] = {}
+
+    def add(value: Any, kind: str, e: Event) -> None:
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            return
+        try:
+            text = value if isinstance(value, str) else orjson.dumps(value).decode()
+        except orjson.JSONEncodeError:  # an integer past 64 bits: not a key anyone searches for
+            return
+        if not text or len(text) > MAX_KEY_LEN:
+            return
+        key = (text, kind, e.correlation_id)
+        seen = out.get(key)
+        if seen is None or e.occurred_at < seen:
+            out[key] = e.occurred_at
+
+    for e in events:
+        if e.order_id:
+            add(e.order_id, "order_id", e)
+        attrs = e.attributes
+        if not attrs:
+            continue
+        for kind in kinds:
+            value = attrs.get(kind)
+            if value is None:
+                continue
+            if isinstance(value, list):
+                for item in value:
+                    add(item, kind, e)
+            else:
+                add(value, kind, e)
+    return out

@@ -1,0 +1,239 @@
+"""The write path's SQL: staging tables, the idempotent insert, conflicts and the merges.
+
+A batch is COPYed into the per-connection staging table `ct_batch` (with its arrival order,
+`ord`); `INSERT_NEW` claims each `(correlation_id, event_id)` in `event_ids` first and writes
+to `events` only the ids that claim returned, so an id is stored once whatever its time;
+`RECORD_CONFLICTS` compares the rest with the stored content; the upserts then merge only
+the new events into `transactions`, `transaction_milestones` and `transaction_keys`, each
+commutatively (earliest milestone wins, "last" fields follow the latest `(occurred_at,
+event_id)`). Every identifier here is a module constant, never input.
+"""
+
+from __future__ import annotations
+
+from controltower.event import CONTENT_FIELDS, IDENTITY
+
+# The events table's columns in COPY order: its key (time first), reception, then the content.
+COPY_COLUMNS = ("occurred_at", *IDENTITY, "received_at", *CONTENT_FIELDS[1:], "source")
+COLS = ", ".join(COPY_COLUMNS)
+# Binary COPY types of COPY_COLUMNS, in order.
+COPY_TYPES = (
+    "timestamptz", "text", "text", "timestamptz", "text", "text", "text", "text", "text", "text",
+    "float8", "text", "text", "jsonb", "jsonb", "text", "text", "text", "text",
+)
+# What "the same content" means (ct_event_hash in migration 0005 takes these, in this order):
+# everything but the identity and where/when it was received.
+HASHED = CONTENT_FIELDS
+_HASH_ARGS = ", ".join(HASHED)
+
+STAGING_DDL = """
+CREATE TEMP TABLE IF NOT EXISTS ct_batch (ord integer NOT NULL, LIKE events) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS ct_new (
+    occurred_at timestamptz, correlation_id text, event_id text, order_id text,
+    channel text, flow text, stage text, status text, system text,
+    error_code text, error_message text
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS ct_milestones (
+    correlation_id text, milestone text, reached_at timestamptz, channel text
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS ct_keys (
+    value text, kind text, correlation_id text, first_seen_at timestamptz
+) ON COMMIT DELETE ROWS;
+"""
+COPY_BATCH = f"COPY ct_batch (ord, {COLS}) FROM STDIN (FORMAT BINARY)"  # noqa: S608
+
+# The first arrival of each id in the batch claims it in `event_ids`; only claimed ids reach
+# `events` (whose own key keeps occurred_at for partition pruning) and `ct_new`, which feeds the
+# transaction merge. Answers the arrival order (`ord`) of every event really stored.
+INSERT_NEW = f"""
+WITH first AS MATERIALIZED (
+    SELECT DISTINCT ON (correlation_id, event_id) ord, {COLS}
+    FROM ct_batch
+    ORDER BY correlation_id, event_id, ord
+), ids AS (
+    INSERT INTO event_ids (correlation_id, event_id, occurred_at, content_hash)
+    SELECT correlation_id, event_id, occurred_at, ct_event_hash({_HASH_ARGS})
+    FROM first
+    ORDER BY correlation_id, event_id
+    ON CONFLICT DO NOTHING
+    RETURNING correlation_id, event_id
+), ins AS (
+    INSERT INTO events ({COLS})
+    SELECT {COLS} FROM first JOIN ids USING (correlation_id, event_id)
+    ON CONFLICT DO NOTHING
+    RETURNING occurred_at, correlation_id, event_id, order_id, channel, flow, stage, status,
+              system, error_code, error_message
+), new AS (
+    INSERT INTO ct_new SELECT * FROM ins
+)
+SELECT first.ord FROM first JOIN ins USING (correlation_id, event_id)
+"""  # noqa: S608
+
+# Fields compared with the stored event when an id comes back with another content hash.
+_COMPARED = CONTENT_FIELDS[1:]  # occurred_at is compared with the claimed time in event_ids
+_DIFFS = ",\n            ".join(
+    [
+        "('occurred_at', to_jsonb(d.occurred_at), d.occurred_at IS DISTINCT FROM d.stored_occurred_at)",
+        # the payload's incoming value is not copied here: it may be large; the event shows it
+        "('payload', to_jsonb('differs'::text), d.payload IS DISTINCT FROM s.payload)",
+    ]
+    + [f"('{f}', to_jsonb(d.{f}), d.{f} IS DISTINCT FROM s.{f})" for f in _COMPARED if f != "payload"]
+)
+
+# Staged rows that were not stored (`%(dups)s`: their arrival order) whose content differs from
+# the stored event's: one row per distinct incoming content, counted, with the names of the
+# fields that differ; answers how many staged rows were conflicts.
+RECORD_CONFLICTS = f"""
+WITH c AS (
+    SELECT b.*, i.content_hash AS stored_hash, i.occurred_at AS stored_occurred_at,
+           ct_event_hash({", ".join("b." + f for f in HASHED)}) AS incoming_hash
+    FROM (  -- only the rows not stored (a hash join, not ANY() per row); OFFSET keeps it first
+        SELECT s.* FROM ct_batch s JOIN unnest(%(dups)s::integer[]) AS u(ord) ON u.ord = s.ord OFFSET 0
+    ) b
+    -- one index probe per row (LIMIT keeps the planner from a hash join over all of event_ids)
+    CROSS JOIN LATERAL (
+        SELECT content_hash, occurred_at FROM event_ids i
+        WHERE i.correlation_id = b.correlation_id AND i.event_id = b.event_id
+        LIMIT 1
+    ) i
+), d AS (
+    SELECT DISTINCT ON (correlation_id, event_id, incoming_hash) c.*,
+           count(*) OVER (PARTITION BY correlation_id, event_id, incoming_hash) AS n
+    FROM c
+    WHERE incoming_hash <> stored_hash
+    ORDER BY correlation_id, event_id, incoming_hash, ord
+), up AS (
+    INSERT INTO event_conflicts AS x (
+        correlation_id, event_id, incoming_hash, stored_hash, stored_occurred_at,
+        incoming_occurred_at, changed, incoming, source, first_seen_at, last_seen_at, count)
+    SELECT d.correlation_id, d.event_id, d.incoming_hash, d.stored_hash, d.stored_occurred_at,
+           d.occurred_at, diff.changed, diff.incoming, d.source, %(now)s, %(now)s, d.n
+    FROM d
+    -- one index probe per conflict into the stored event's partition
+    LEFT JOIN LATERAL (
+        SELECT * FROM events e
+        WHERE e.correlation_id = d.correlation_id AND e.event_id = d.event_id
+          AND e.occurred_at = d.stored_occurred_at
+        LIMIT 1
+    ) s ON true
+    CROSS JOIN LATERAL (
+        SELECT coalesce(array_agg(name ORDER BY name), '{{}}') AS changed,
+               coalesce(jsonb_object_agg(name, value), '{{}}') AS incoming
+        FROM (VALUES
+            {_DIFFS}
+        ) AS v(name, value, differs)
+        WHERE differs
+    ) diff
+    ORDER BY d.correlation_id, d.event_id, d.incoming_hash
+    ON CONFLICT (correlation_id, event_id, incoming_hash) DO UPDATE SET
+        first_seen_at = LEAST(x.first_seen_at, excluded.first_seen_at),
+        last_seen_at = GREATEST(x.last_seen_at, excluded.last_seen_at),
+        source = excluded.source,
+        count = x.count + excluded.count
+)
+SELECT coalesce(sum(n), 0)::integer FROM d
+"""  # noqa: S608
+
+# "first" fields follow the earliest (occurred_at, event_id), "last" fields the latest; counts
+# add up only over rows that were new; the latest error follows (time, code, message). Every
+# merge below is commutative and associative, so batch boundaries and arrival order don't matter.
+UPSERT_TRANSACTIONS = """
+INSERT INTO transactions AS t (
+    correlation_id, channel, flow, order_id, first_event_at, first_event_id, last_event_at,
+    last_event_id, status, last_milestone, last_system, event_count, error_count, retry_count,
+    dead_letter_count, last_error_at, last_error_code, last_error_message, updated_at)
+SELECT correlation_id,
+       (array_agg(channel ORDER BY occurred_at, event_id))[1],
+       (array_agg(flow ORDER BY occurred_at, event_id))[1],
+       min(order_id),
+       min(occurred_at),
+       (array_agg(event_id ORDER BY occurred_at, event_id))[1],
+       max(occurred_at),
+       (array_agg(event_id ORDER BY occurred_at DESC, event_id DESC))[1],
+       (array_agg(status ORDER BY occurred_at DESC, event_id DESC))[1],
+       (array_agg(flow || '.' || stage ORDER BY occurred_at DESC, event_id DESC))[1],
+       (array_agg(system ORDER BY occurred_at DESC, event_id DESC))[1],
+       count(*),
+       count(*) FILTER (WHERE status = 'error'),
+       count(*) FILTER (WHERE status = 'retry'),
+       count(*) FILTER (WHERE status = 'dead_letter'),
+       max(occurred_at) FILTER (WHERE status IN ('error', 'dead_letter')),
+       (array_agg(error_code ORDER BY occurred_at DESC, coalesce(error_code, '') DESC,
+                  coalesce(error_message, '') DESC)
+            FILTER (WHERE status IN ('error', 'dead_letter')))[1],
+       (array_agg(error_message ORDER BY occurred_at DESC, coalesce(error_code, '') DESC,
+                  coalesce(error_message, '') DESC)
+            FILTER (WHERE status IN ('error', 'dead_letter')))[1],
+       %(now)s
+FROM ct_new
+GROUP BY correlation_id
+ORDER BY correlation_id
+ON CONFLICT (correlation_id) DO UPDATE SET
+    channel = CASE WHEN (excluded.first_event_at, excluded.first_event_id)
+                        < (t.first_event_at, t.first_event_id)
+                   THEN excluded.channel ELSE t.channel END,
+    flow = CASE WHEN (excluded.first_event_at, excluded.first_event_id)
+                     < (t.first_event_at, t.first_event_id)
+                THEN excluded.flow ELSE t.flow END,
+    first_event_id = CASE WHEN (excluded.first_event_at, excluded.first_event_id)
+                               < (t.first_event_at, t.first_event_id)
+                          THEN excluded.first_event_id ELSE t.first_event_id END,
+    first_event_at = LEAST(t.first_event_at, excluded.first_event_at),
+    order_id = LEAST(t.order_id, excluded.order_id),
+    status = CASE WHEN (excluded.last_event_at, excluded.last_event_id)
+                       > (t.last_event_at, t.last_event_id)
+                  THEN excluded.status ELSE t.status END,
+    last_milestone = CASE WHEN (excluded.last_event_at, excluded.last_event_id)
+                               > (t.last_event_at, t.last_event_id)
+                          THEN excluded.last_milestone ELSE t.last_milestone END,
+    last_system = CASE WHEN (excluded.last_event_at, excluded.last_event_id)
+                            > (t.last_event_at, t.last_event_id)
+                       THEN excluded.last_system ELSE t.last_system END,
+    last_event_id = CASE WHEN (excluded.last_event_at, excluded.last_event_id)
+                              > (t.last_event_at, t.last_event_id)
+                         THEN excluded.last_event_id ELSE t.last_event_id END,
+    last_event_at = GREATEST(t.last_event_at, excluded.last_event_at),
+    event_count = t.event_count + excluded.event_count,
+    error_count = t.error_count + excluded.error_count,
+    retry_count = t.retry_count + excluded.retry_count,
+    dead_letter_count = t.dead_letter_count + excluded.dead_letter_count,
+    last_error_code = CASE WHEN t.last_error_at IS NULL
+                             OR (excluded.last_error_at, coalesce(excluded.last_error_code, ''),
+                                 coalesce(excluded.last_error_message, ''))
+                              > (t.last_error_at, coalesce(t.last_error_code, ''),
+                                 coalesce(t.last_error_message, ''))
+                           THEN excluded.last_error_code ELSE t.last_error_code END,
+    last_error_message = CASE WHEN t.last_error_at IS NULL
+                             OR (excluded.last_error_at, coalesce(excluded.last_error_code, ''),
+                                 coalesce(excluded.last_error_message, ''))
+                              > (t.last_error_at, coalesce(t.last_error_code, ''),
+                                 coalesce(t.last_error_message, ''))
+                           THEN excluded.last_error_message ELSE t.last_error_message END,
+    last_error_at = GREATEST(t.last_error_at, excluded.last_error_at),
+    updated_at = excluded.updated_at
+"""
+
+# Milestones and keys are computed from the events this batch really stored and merged with
+# LEAST, so they follow the same idempotency as `events`: a duplicate changes nothing.
+COPY_MILESTONES = "COPY ct_milestones FROM STDIN (FORMAT BINARY)"
+MILESTONE_TYPES = ("text", "text", "timestamptz", "text")
+UPSERT_MILESTONES = """
+INSERT INTO transaction_milestones AS m (correlation_id, milestone, reached_at, channel, recorded_at)
+SELECT correlation_id, milestone, reached_at, channel, %(now)s FROM ct_milestones
+ORDER BY correlation_id, milestone
+ON CONFLICT (correlation_id, milestone) DO UPDATE SET
+    reached_at = excluded.reached_at,
+    channel = excluded.channel,
+    recorded_at = excluded.recorded_at
+WHERE (excluded.reached_at, excluded.channel) < (m.reached_at, m.channel)
+"""
+
+COPY_KEYS = "COPY ct_keys FROM STDIN (FORMAT BINARY)"
+KEY_TYPES = ("text", "text", "text", "timestamptz")
+UPSERT_KEYS = """
+INSERT INTO transaction_keys AS k (value, kind, correlation_id, first_seen_at)
+SELECT value, kind, correlation_id, first_seen_at FROM ct_keys
+ORDER BY value, kind, correlation_id
+ON CONFLICT (value, kind, correlation_id) DO UPDATE SET first_seen_at = excluded.first_seen_at
+WHERE excluded.first_seen_at < k.first_seen_at
+"""
