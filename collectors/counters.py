@@ -36,6 +36,7 @@ class Counters(Collector):
         with self._lock:
             self._events[("accepted", source)] += result.accepted
             self._events[("duplicates", source)] += result.duplicates
+            self._events[("conflicts", source)] += getattr(result, "conflicts", 0)
             self._events[("rejected", source)] += len(result.rejected)
             self._values[("batches", source)] += 1
             self._values[("batch_seconds", source)] += seconds
@@ -50,11 +51,10 @@ class Counters(Collector):
         with self._lock:
             events = dict(self._events)
             values = dict(self._values)
-        for outcome in ("accepted", "duplicates", "rejected"):
-            family = CounterMetricFamily(
-                f"controltower_collector_events_{outcome}", f"Events {outcome} by this collector process.",
-                labels=["source"],
-            )
+        for outcome in ("accepted", "duplicates", "conflicts", "rejected"):
+            help_ = (f"Events {outcome} by this collector process." if outcome != "conflicts" else
+                     "Re-sent event ids whose content differed from the stored event (stored unchanged; see event_conflicts).")
+            family = CounterMetricFamily(f"controltower_collector_events_{outcome}", help_, labels=["source"])
             for source in SOURCES:
                 family.add_metric([source], events.get((outcome, source), 0))
             yield family

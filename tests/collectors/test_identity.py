@@ -119,3 +119,24 @@ def test_existing_events_are_backfilled_into_event_ids(engine, settings):
         assert conn.execute(sa.text("SELECT count(*) FROM event_ids")).scalar() == len(STORY)
     result = EventStore(engine, settings).ingest(STORY, source="api", now=NOW)
     assert (result.accepted, result.duplicates, result.conflicts) == (0, len(STORY), 0)
+
+
+def test_a_conflict_over_http_is_answered_and_counted_on_metrics(engine, settings):
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from controltower.context import AppContext
+    from tests.conftest import LoopbackServer
+    from wiring.server import build_app
+
+    first = ev("e-http", 1, "received", cid="c-http")
+    changed = {**first, "stage": "erp_posted", "order_id": "SO-OTHER"}
+    with LoopbackServer(build_app(AppContext(settings, engine))) as server:
+        assert httpx.post(server.url + "/v1/events", json=[first]).json() == {
+            "accepted": 1, "duplicates": 0, "conflicts": 0, "rejected": []}
+        again = httpx.post(server.url + "/v1/events", json=[first, changed]).json()
+        text = httpx.get(server.url + "/metrics").text
+    assert again == {"accepted": 0, "duplicates": 2, "conflicts": 1, "rejected": []}
+    values = {(s.name, s.labels.get("source")): s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    assert values[("controltower_collector_events_conflicts_total", "api")] == 1
+    assert values[("controltower_collector_events_duplicates_total", "api")] == 2
