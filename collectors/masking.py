@@ -1,6 +1,6 @@
 """Personal data masking, applied to every field of every event before it is stored.
 
-What is masked (see docs/security-masking.md):
+What is masked (see docs/security.md, "Personal data"):
 - **by key**: a value under a key that names personal data (`buyer_email`, `phone`,
   `ship_to_name`, `card_number`, `iban`, `shipping_address`, ...; see `maskrules`) is masked
   whatever it looks like; containers under an address key have every string leaf masked
