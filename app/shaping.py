@@ -351,3 +351,34 @@ def history_display(history: pd.DataFrame) -> pd.DataFrame:
         "Value": history["value"].map(lambda v: "–" if pd.isna(v) else f"{v:g}"),
         "Summary": history["summary"].fillna(""),
     })
+
+
+# -- alerting watches itself ------------------------------------------------------------------------
+def alerting_banner(health: dict[str, Any], now: datetime) -> str | None:
+    """The every-page warning when alerting has stopped (`controltower.alertops.evaluation_health`
+    says `stale`), as plain text; None while it runs. Times in UTC."""
+    if not health.get("stale"):
+        return None
+    last = health.get("last_success_at")
+    if last is None:
+        text = ("Alerting has never completed an evaluation — on-call is not being paged. "
+                "Is the scheduler (controltower scheduler) running?")
+    else:
+        moment = pd.Timestamp(last).tz_convert("UTC")
+        when = f"{moment:%H:%M}" if moment.date() == pd.Timestamp(now).tz_convert("UTC").date() else f"{moment:%d %b %H:%M}"
+        text = (f"Alerting has not completed an evaluation since {when} UTC ({human_age(last, now)}) "
+                "— on-call is not being paged.")
+    if health.get("last_error"):
+        error = str(health["last_error"])
+        text += f" Last error: {error if len(error) <= 200 else error[:200] + '…'}"
+    return text
+
+
+def failing_rules_text(health: dict[str, Any]) -> str | None:
+    """The smaller warning when some rules fail while the others run: their names, as plain text."""
+    failing = health.get("failing_rules") or []
+    if not failing:
+        return None
+    names = ", ".join(str(r["rule"]) for r in failing)
+    noun = "rule fails" if len(failing) == 1 else "rules fail"
+    return f"{len(failing)} alert {noun} to evaluate and cannot fire: {names}."
