@@ -205,8 +205,9 @@ def budget_display(status: pd.DataFrame) -> pd.DataFrame:
 
 # -- open breaches --------------------------------------------------------------------------------
 def breaches_display(df: pd.DataFrame) -> pd.DataFrame:
-    """The work queue as shown and downloaded: link to the transaction page, human ages."""
-    return pd.DataFrame({
+    """The work queue as shown and downloaded: link to the transaction page, human ages, and a
+    `Note` column only when some row has one (a stored time the core could not read)."""
+    out = pd.DataFrame({
         "Transaction": [links.tx_link(cid) for cid in df["correlation_id"]],
         "Correlation id": df["correlation_id"],
         "Order id": df["order_id"].fillna(""),
@@ -220,6 +221,7 @@ def breaches_display(df: pd.DataFrame) -> pd.DataFrame:
         # a stored time the core could not read: the row is listed, its ages are "–", and it says why
         "Note": df["reason"].fillna("") if "reason" in df else "",
     }).reset_index(drop=True)
+    return out if (out["Note"] != "").any() else out.drop(columns="Note")
 
 
 # -- one transaction ------------------------------------------------------------------------------

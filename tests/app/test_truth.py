@@ -52,6 +52,7 @@ def test_open_breaches_page_lists_out_of_range_times_as_invalid(seeded: dict[str
         assert row["Note"].startswith("invalid date") and row["Age"] == "–" and row["Overdue by"] == "–"
     assert table.iloc[2]["Note"] == "" and table.iloc[2]["Overdue by"] == "4 h 30 min"
     assert at.metric[0].value == "6"
+    assert any(plain(w.value).startswith("2 items with an invalid date stored") for w in at.warning)
     assert at.metric[1].value == "4 h 30 min"  # the oldest readable overdue time
     at = run("views/channel.py", channel="walmart")
     assert {"Y1", "Y9999"} <= set(table_with(at, "Overdue by")["Correlation id"])
