@@ -18,6 +18,7 @@ import streamlit as st
 from sqlalchemy.engine import Engine
 
 from app import queries
+from controltower import alertops
 from controltower.context import AppContext
 from controltower.settings import ENV_PREFIX, Settings
 
@@ -129,6 +130,13 @@ def funnel(channel: str, day: date) -> pd.DataFrame:
 @_cached
 def funnel_gap(channel: str, day: date, a: str, b: str) -> pd.DataFrame:
     return queries.funnel_gap(engine(), channel, day, a, b)
+
+
+@st.cache_data(ttl=15, show_spinner=False)
+def alerting_health() -> dict[str, Any]:
+    """Whether alerting runs (`controltower.alertops.evaluation_health`), re-read every 15 s: the
+    banner that says on-call is not being paged must not lag a whole refresh interval."""
+    return alertops.evaluation_health(engine(), _now())
 
 
 # Support and on-call act on what they see: these read fresh on every run.

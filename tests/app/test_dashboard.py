@@ -316,6 +316,16 @@ def seed(engine: Engine, settings: Settings, now: datetime) -> dict[str, Any]:
             "INSERT INTO sla_definitions (name, kind, from_milestone, to_milestone, default_target_ms, targets_ms, "
             "objective) VALUES (:name, :kind, :from_milestone, :to_milestone, :default_target_ms, "
             "CAST(:targets_ms AS jsonb), :objective)"), definitions)
+        # the units the metrics room publishes with each definition (shaping reads them, not SLA names)
+        conn.execute(sa.text(
+            "INSERT INTO sla_definitions (name, kind, targets_ms, definition) VALUES "
+            "('error_rate', 'rate', '{}', '{\"unit\": \"ratio\"}'), "
+            "('dead_letters', 'rate', '{}', '{\"unit\": \"count\"}'), "
+            "('inventory_freshness', 'freshness', '{}', '{\"unit\": \"ms\"}')"))
+        # alerting runs: its last evaluation cycle succeeded just now (no banner)
+        conn.execute(sa.text(
+            "INSERT INTO alert_evaluations (rule, last_run_at, last_success_at, interval_seconds) "
+            "VALUES ('', :now, :now, 30)"), {"now": now})
     return facts
 
 
