@@ -26,11 +26,19 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from collectors import limits
-from collectors.maskrules import ADDRESS_KEEP, POSTAL_KEYS, MaskingRules, normalise_key
-from collectors.pii import EMAIL_RE, Finder, clean, mask_by_kind, mask_email, mask_name, mask_phone
+from controltower import limits
 from controltower.errors import EventError
 from controltower.event import Event
+from controltower.maskrules import ADDRESS_KEEP, POSTAL_KEYS, MaskingRules, normalise_key
+from controltower.pii import (
+    EMAIL_RE,
+    Finder,
+    clean,
+    mask_by_kind,
+    mask_email,
+    mask_name,
+    mask_phone,
+)
 
 __all__ = ["EMAIL_RE", "Masker", "MaskingRules", "mask_email", "mask_name", "mask_phone", "normalise_key"]
 
