@@ -217,3 +217,21 @@ def test_failing_rules_text() -> None:
     assert shaping.failing_rules_text({"failing_rules": []}) is None
     rules = [{"rule": "A", "error": "e", "since": NOW, "failures": 2}, {"rule": "B", "error": "e", "since": NOW, "failures": 1}]
     assert shaping.failing_rules_text({"failing_rules": rules}) == "2 alert rules fail to evaluate and cannot fire: A, B."
+
+
+def test_pos_order_page_shows_no_acknowledgement_verdict(seeded: dict[str, Any], engine: Engine,
+                                                       settings: Settings) -> None:
+    """The shipped order_acknowledgement excludes POS (a till sale needs no marketplace ack): the
+    transaction page must not call a POS order overdue, exactly like the SLA table."""
+    from metrics import definitions
+
+    definitions.publish(engine, definitions.load())
+    now = datetime.now(UTC)
+    record = {"event_id": "pos-till-1", "occurred_at": (now - timedelta(hours=3)).isoformat(),
+              "correlation_id": "cid-pos-till", "order_id": "POS-7001", "channel": "pos", "flow": "order",
+              "stage": "received", "status": "ok", "system": "pos"}
+    assert EventStore(engine, settings).ingest([record], source="test", now=now).accepted == 1
+    at = run("views/transaction.py", id="cid-pos-till")
+    verdicts = table_with(at, "From → to")
+    assert "order_acknowledgement" not in set(verdicts["SLA"])  # excluded: not judged, not shown
+    assert verdicts[verdicts["SLA"] == "erp_posting"].iloc[0]["State"] == "overdue"  # 3 h > 30 min: still owed
