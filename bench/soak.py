@@ -264,6 +264,8 @@ def soak(args: argparse.Namespace, name: str, url: str) -> None:
                                   {"c": cid, "e": eid}).scalars().all()
             if len(stages) != 1 or stages[0] != good_stored.get((cid, eid), stages[0]):
                 rewritten += 1
+                errors_seen.append(f"re-sent id {cid!r}/{eid!r}: stored stages {stages}, first stored as "
+                                   f"{good_stored.get((cid, eid))!r}")
     health = alertops.evaluation_health(engine, datetime.now(UTC))
     lat = sorted(latencies)
 

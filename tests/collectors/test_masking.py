@@ -272,3 +272,27 @@ def test_the_hash_key_setting_keys_identifier_tokens_and_stays_out_of_repr(tmp_p
     assert "s3cret-installation-key" not in repr(keyed_settings)
     url = "postgresql+psycopg://u:pw-in-url@db/ct"
     assert "pw-in-url" not in repr(Settings.load(environ={"CONTROLTOWER_DATABASE_URL": url}))
+
+
+@pytest.mark.parametrize("cid", [
+    # hex ids from a soak: each holds a decimal run with a 13–19 digit stretch that passes Luhn
+    "2095285ecc4045478615900fcf287ec8", "9f67127bd9564e5389745807317144db", "8552c62713104034967529edea667af0",
+])
+def test_a_hex_trace_id_holding_a_luhn_valid_digit_run_is_not_a_card(cid):
+    import re
+
+    from controltower.pii import is_card
+
+    runs = re.findall(r"\d{13,}", cid)
+    assert any(is_card(r[i:i + n]) for r in runs for n in range(13, 20) for i in range(len(r) - n + 1)), \
+        "the id must hold a card-shaped run, or this test proves nothing"
+    e = Event(f"{cid}:order.received:1", datetime.now(UTC), cid, "amazon", "order", "received", attributes={})
+    Masker().mask_event(e)
+    assert e.correlation_id == cid and e.event_id == f"{cid}:order.received:1"
+
+
+def test_a_card_number_standing_apart_is_still_masked_in_ids_and_text():
+    e = event(error_message="paid with 4111 1111 1111 1111, declined")
+    e.order_id = "PAY-4111111111111111"
+    Masker().mask_event(e)
+    assert "4111" not in e.order_id.replace("…1111", "") and "4111 1111 1111 1111" not in (e.error_message or "")
