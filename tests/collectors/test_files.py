@@ -246,3 +246,43 @@ def test_watcher_goes_on_after_a_poisoned_file(tmp_path, engine, settings):
     assert "RuntimeError: boom" in reports[0].failure  # an unexpected failure in one file...
     assert (drop / "quarantine" / "a-deep.jsonl").exists() and (drop / "processed" / "b-good.jsonl").exists()
     assert count(engine, "SELECT count(*) FROM events WHERE correlation_id = 'C-after'") == 1  # ...not the next
+
+
+HEAD = "event_id,occurred_at,correlation_id,channel,flow,stage,status,system"
+
+
+def _row(event_id: str, *extra: str) -> str:
+    return ",".join([event_id, at(5), f"C-{event_id}", "amazon", "order", "received", "ok", "marketplace", *extra])
+
+
+def test_csv_unterminated_quote_rejects_its_row_and_never_swallows_later_lines(tmp_path, engine, settings):
+    """Row q2 opened a quote it never closed: q3 was stored inside q2's error_message."""
+    path = tmp_path / "q.csv"
+    path.write_text(f'{HEAD},error_message\n{_row("q1", chr(34) + "line1" + chr(10) + "line2" + chr(34))}\n'
+                    f'{_row("q2", chr(34) + "unterminated")}\n{_row("q3", "x")}\n')
+    report = import_files([path], sink_for(engine, settings), progress=False)
+    assert report.accepted == 1
+    assert len(report.errors) == 1 and "q.csv:" in report.errors[0]
+    with engine.connect() as conn:
+        rows = dict(conn.execute(sa.text("SELECT event_id, error_message FROM events")).all())
+    assert rows == {"q1": "line1\nline2"}  # q2 is not stored holding q3's line
+
+
+def test_csv_header_naming_a_column_twice_is_refused(tmp_path, engine, settings):
+    """`correlation_id,…,correlation_id`: the last cell won silently."""
+    path = tmp_path / "d.csv"
+    path.write_text(f"{HEAD},correlation_id\n{_row('d1', 'C-other')}\n")
+    report = import_files([path], sink_for(engine, settings), progress=False)
+    assert report.accepted == 0 and "correlation_id" in report.errors[0] and "twice" in report.errors[0]
+    assert count(engine) == 0
+
+
+def test_csv_latency_takes_ascii_numbers_only(tmp_path, engine, settings):
+    """`١٢` was stored as 12 and `1_000` as 1000 (float() accepts both)."""
+    path = tmp_path / "l.csv"
+    path.write_text(f"{HEAD},latency_ms\n{_row('l1', '١٢')}\n{_row('l2', '1_000')}\n{_row('l3', '12.5')}\n"
+                    f"{_row('l4', '1e3')}\n")
+    report = import_files([path], sink_for(engine, settings), progress=False)
+    assert report.accepted == 2 and len(report.errors) == 2
+    assert all("is not a number" in e for e in report.errors)
+    assert count(engine, "SELECT count(*) FROM events WHERE latency_ms IN (12.5, 1000)") == 2
