@@ -68,7 +68,8 @@ def watch_command(
 
 def _print_report(report: Any) -> None:
     state = "processed" if report.ok else "[red]quarantined[/]"
-    console.print(f"{report.path.name}: {report.accepted} stored, {report.duplicates} already present, {len(report.errors)} rejected → {state}")
+    name = plain(report.path.name).replace("[", "\\[")  # a file name is sender input: no control characters, no markup
+    console.print(f"{name}: {report.accepted} stored, {report.duplicates} already present, {len(report.errors)} rejected → {state}")
 
 
 def search_command(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import sqlalchemy as sa
 from typer.testing import CliRunner
@@ -286,3 +287,49 @@ def test_csv_latency_takes_ascii_numbers_only(tmp_path, engine, settings):
     assert report.accepted == 2 and len(report.errors) == 2
     assert all("is not a number" in e for e in report.errors)
     assert count(engine, "SELECT count(*) FROM events WHERE latency_ms IN (12.5, 1000)") == 2
+
+
+def test_drop_folder_waits_until_a_feed_has_settled(tmp_path, engine, settings):
+    """A writer appending every 1.5 s with 1 s polls saw its file imported half-way and moved;
+    the rest of its lines went to a new, header-less file. Now a file is taken only once its
+    size and mtime held for a poll AND it was last written `settle` seconds ago."""
+    import os
+
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    path = drop / "feed.csv"
+    path.write_text(f"{HEAD}\n{_row('s1')}\n")
+    mtime = os.lstat(path).st_mtime
+    sizes: dict = {}
+    sink = sink_for(engine, settings)
+    assert watch_once(drop, sink, sizes=sizes, now=mtime + 1, settle=3) == []  # first sight
+    assert watch_once(drop, sink, sizes=sizes, now=mtime + 2, settle=3) == []  # unchanged, but 2 s old
+    with path.open("a") as out:
+        out.write(_row("s2") + "\n")
+    os.utime(path, (mtime + 2.5, mtime + 2.5))
+    assert watch_once(drop, sink, sizes=sizes, now=mtime + 3, settle=3) == []  # it grew: wait again
+    assert watch_once(drop, sink, sizes=sizes, now=mtime + 6, settle=3)[0].accepted == 2
+    assert (drop / "processed" / "feed.csv").exists()
+
+
+def test_drop_folder_imports_nothing_while_it_cannot_file_away(tmp_path, engine, settings, caplog):
+    """A plain file named `quarantine` made every poll re-import the folder and log an error per file."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "quarantine").write_text("")
+    (drop / "a.csv").write_text(f"{HEAD}\n{_row('f1')}\n")
+    calls = []
+    warned: set[str] = set()
+    for _ in range(3):
+        assert watch_once(drop, lambda records, source: calls.append(source), warned=warned) == []
+    assert calls == [] and (drop / "a.csv").exists()
+    assert sum("not a real folder" in r.message for r in caplog.records) == 1  # said once, not every poll
+
+
+def test_watch_prints_file_names_without_control_characters_or_markup(capsys):
+    from collectors.commands import _print_report
+    from collectors.files import FileReport
+
+    _print_report(FileReport(Path("evil\nname\x1b[31m[bold]x.csv")))
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "evil\\nname\\x1b[31m[bold]x.csv: 0 stored" in out
