@@ -42,6 +42,7 @@ _ID_KEYS = ("traceId", "trace_id", "spanId", "span_id", "parentSpanId", "parent_
 # Protobuf field numbers (opentelemetry-proto trace.proto / common.proto).
 _SPAN_FIELDS = {5: "name", 9: "attributes", 11: "events", 13: "links", 15: "status", 3: "trace_state"}
 _PARTS: dict[str, type[Message]] = {"events": Span.Event, "links": Span.Link, "status": Status}
+_MAX_WALK_DEPTH = 120  # attribute values nested deeper than protobuf's own limit (100) are "too deep"
 
 
 class OTLPDecodeError(ControlTowerError):
@@ -162,8 +163,50 @@ def _bad_attribute(raw: bytes, field_number: int) -> str:
     for number, value in _fields(raw):
         if number == field_number and isinstance(value, bytes) and _try(KeyValue, value) is None:
             key = next((v for n, v in _fields(value) if n == 1 and isinstance(v, bytes)), b"")
-            return f'attribute "{_printable(key)}" is not valid UTF-8'
+            return f'attribute "{_printable(key)}" {_key_value_problem(value, 0) or "is nested too deeply to decode"}'
     return "a string is not valid UTF-8"
+
+
+def _key_value_problem(raw: bytes, depth: int) -> str | None:
+    """Why a KeyValue does not decode: a string that is not UTF-8 (named), else None (depth)."""
+    try:
+        for number, value in _fields(raw):
+            if number == 1 and isinstance(value, bytes) and not _utf8(value):
+                return "has a key that is not valid UTF-8"
+            if number == 2 and isinstance(value, bytes):
+                problem = _any_value_problem(value, depth + 1)
+                if problem:
+                    return problem
+    except _WireError as exc:
+        return f"is not a valid attribute ({exc})"
+    return None
+
+
+def _any_value_problem(raw: bytes, depth: int) -> str | None:
+    """AnyValue: string_value 1, array_value 5 (values 1), kvlist_value 6 (values 1)."""
+    if depth > _MAX_WALK_DEPTH:
+        return None  # deeper than protobuf decodes: the caller says so
+    for number, value in _fields(raw):
+        if not isinstance(value, bytes):
+            continue
+        if number == 1 and not _utf8(value):
+            return "is not valid UTF-8"
+        if number in (5, 6):
+            for inner_number, item in _fields(value):
+                if inner_number == 1 and isinstance(item, bytes):
+                    problem = (_any_value_problem(item, depth + 1) if number == 5
+                               else _key_value_problem(item, depth + 1))
+                    if problem:
+                        return problem
+    return None
+
+
+def _utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _span_problem(raw: bytes) -> str:
