@@ -143,6 +143,26 @@ def _too_deep(raw: bytes) -> str | None:
     return None
 
 
+def cut_deep(body: bytes, limit: int, mark: str) -> tuple[bytes, bool]:
+    """`body` with every object/array opening deeper than `limit` replaced by the JSON string
+    `"mark"` (`mark` is JSON text), scanning tokens without recursion; and whether any was cut.
+    For documents deeper than a parser takes, so only the part holding the mark is rejected."""
+    out = bytearray()
+    depth, start, copied = 0, -1, 0
+    for match in _TOKENS.finditer(body):
+        token = match.group()
+        if token in (b"{", b"["):
+            depth += 1
+            if depth == limit + 1:
+                start = match.start()
+        elif token in (b"}", b"]"):
+            if depth == limit + 1 and start >= 0:
+                out += body[copied:start] + b'"' + mark.encode() + b'"'
+                copied, start = match.end(), -1
+            depth -= 1
+    return bytes(out + body[copied:]), copied > 0
+
+
 def decode_record(raw: bytes) -> tuple[Any, str | None]:
     """One JSON record from its bytes: (value, None) or (None, reason naming the field)."""
     deep = _too_deep(raw) if raw.count(b"{") + raw.count(b"[") > limits.MAX_DEPTH else None

@@ -29,6 +29,7 @@ from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope, KeyVa
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span, Status
 
+from collectors.bodies import cut_deep
 from controltower.errors import ControlTowerError
 
 PROTOBUF_TYPES = ("application/x-protobuf", "application/protobuf")
@@ -42,6 +43,8 @@ _ID_KEYS = ("traceId", "trace_id", "spanId", "span_id", "parentSpanId", "parent_
 # Protobuf field numbers (opentelemetry-proto trace.proto / common.proto).
 _SPAN_FIELDS = {5: "name", 9: "attributes", 11: "events", 13: "links", 15: "status", 3: "trace_state"}
 _PARTS: dict[str, type[Message]] = {"events": Span.Event, "links": Span.Link, "status": Status}
+_JSON_CUT_DEPTH = 64  # OTLP/JSON levels kept when a body is deeper than the parsers take (1024)
+_CUT_MARK = "\\u0000controltower: nested too deeply"  # as JSON text, inside a string
 _MAX_WALK_DEPTH = 120  # attribute values nested deeper than protobuf's own limit (100) are "too deep"
 
 
@@ -251,12 +254,17 @@ def _placeholder(raw: bytes, reason: str) -> Span:
 
 
 def _decode_json(body: bytes) -> ExportTraceServiceRequest:
+    cut = False
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        # invalid UTF-8 inside one string: read leniently, the span holding it is rejected
+        # invalid UTF-8 inside one string: read leniently, the span holding it is rejected;
+        # a value nested past the parsers' limits is cut out, and only its span is rejected
+        text = body
+        if "depth" in str(exc):
+            text, cut = cut_deep(body, _JSON_CUT_DEPTH, _CUT_MARK)
         try:
-            document = json.loads(body.decode("utf-8", "surrogateescape"))
+            document = json.loads(text.decode("utf-8", "surrogateescape"))
         except (ValueError, RecursionError):
             raise OTLPDecodeError(f"body is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
@@ -286,6 +294,8 @@ def _decode_json(body: bytes) -> ExportTraceServiceRequest:
                 try:
                     if resource_problem:
                         raise OTLPDecodeError(resource_problem)
+                    if cut and _CUT_MARK in json.dumps(span):
+                        raise OTLPDecodeError(f"{span_where}: a value is nested deeper than {_JSON_CUT_DEPTH} levels")
                     _hex_ids_to_base64(span, span_where)
                     for link_index, link in _items(span, "links"):
                         _hex_ids_to_base64(link, f"{span_where}.links[{link_index}]")

@@ -325,3 +325,27 @@ def test_otlp_protobuf_too_deep_attribute_is_rejected_as_too_deep_not_as_bad_utf
     with engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT correlation_id FROM events WHERE correlation_id LIKE 'C-otlp-%' ORDER BY 1")).scalars().all()
     assert rows == ["C-otlp-0", "C-otlp-2"]
+
+
+def test_otlp_json_deeper_than_the_parser_takes_rejects_only_its_span(collector, engine):
+    """One attribute nested 1,200 JSON levels turned the whole export into a 400, losing its
+    good spans; the deep value is cut out while scanning and only its span is rejected."""
+    from google.protobuf import json_format
+
+    document = json_format.MessageToDict(_otlp_request("svc", ["fine-0", "DEEP-1", "fine-2"]))
+    for span in document["resourceSpans"][0]["scopeSpans"][0]["spans"]:
+        for key in ("traceId", "spanId"):
+            import base64
+
+            span[key] = base64.b64decode(span[key]).hex()
+    deep = b'{"arrayValue": {"values": [' * 400 + b'{"stringValue": "x"}' + b"]}}" * 400
+    body = json.dumps(document).encode().replace(b'{"stringValue": "DEEP-1"}', deep)
+    response = httpx.post(collector.url + "/v1/traces", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 200, response.text[:300]
+    partial = response.json()["partialSuccess"]
+    assert partial["rejectedSpans"] == "1"
+    assert partial["errorMessage"] == ('span 0202020202020202 ("step 1"): resourceSpans[0].scopeSpans[0].spans[1]: '
+                                       "a value is nested deeper than 64 levels")
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT correlation_id FROM events WHERE correlation_id LIKE 'C-otlp-%' ORDER BY 1")).scalars().all()
+    assert rows == ["C-otlp-0", "C-otlp-2"]
