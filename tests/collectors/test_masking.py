@@ -272,3 +272,33 @@ def test_the_hash_key_setting_keys_identifier_tokens_and_stays_out_of_repr(tmp_p
     assert "s3cret-installation-key" not in repr(keyed_settings)
     url = "postgresql+psycopg://u:pw-in-url@db/ct"
     assert "pw-in-url" not in repr(Settings.load(environ={"CONTROLTOWER_DATABASE_URL": url}))
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("ssn", "123-45-6789"), ("SSN", 123456789), ("socialSecurityNumber", "123-45-6789"), ("taxId", "123-45-6789"),
+        ("national_insurance_number", "QQ123456C"), ("passport_number", "X1234567"), ("driverLicense", "D1234567"),
+        ("dob", "1980-01-02"), ("dateOfBirth", "1980-01-02"), ("birth_date", "1980-01-02"),
+        ("password", "hunter2"), ("accessToken", "eyJhbGciOi"), ("api_key", "sk_live_1"), ("Authorization", "Bearer x"),
+        ("client_secret", "s3cr3t"), ("cvv", 123), ("card_security_code", "123"),
+    ],
+)
+def test_national_ids_birth_dates_and_secrets_are_masked(key, value):
+    """None of these were masked: an SSN, a date of birth, a password or a CVV was stored in clear."""
+    e = event(payload={key: value, "sku": "A-1"})
+    Masker().mask_event(e)
+    assert e.payload == {key: "***", "sku": "A-1"}
+
+
+def test_key_value_pairs_in_any_spelling_mask_the_value():
+    """`{"k": "phone", "v": …}`, `fieldName`/`fieldValue`, `attribute_name`/`attribute_value` and
+    `name`/`stringValue` kept the phone number in clear."""
+    phone = "+1 206 555 0143"
+    e = event(payload={"a": [{"k": "phone", "v": phone}, {"fieldName": "Phone", "fieldValue": phone},
+                             {"attribute_name": "phone", "attribute_value": phone}, {"name": "phone", "stringValue": phone},
+                             {"k": "gift", "v": "yes"}]})
+    Masker().mask_event(e)
+    assert e.payload == {"a": [{"k": "phone", "v": "***43"}, {"fieldName": "Phone", "fieldValue": "***43"},
+                               {"attribute_name": "phone", "attribute_value": "***43"},
+                               {"name": "phone", "stringValue": "***43"}, {"k": "gift", "v": "yes"}]}
