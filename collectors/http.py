@@ -127,6 +127,10 @@ class Collector:
                     return error(400, str(exc), accepted=0, duplicates=0, rejected=[])
                 if not records:
                     return error(400, "the body holds no events (an empty array)", accepted=0, duplicates=0, rejected=[])
+                cap = self.settings.max_batch_events
+                if len(records) > cap:  # one rejection per extra record would answer ~50 bytes per 2 sent
+                    return error(413, f"the body holds {len(records)} records, more than the {cap} allowed per "
+                                      "request; nothing was stored, send them in smaller batches")
                 await self._limit(request, len(records))
                 outcome = await self._write(records, errors, "api")
         except _Refused as refused:

@@ -155,7 +155,7 @@ class Settings:
         "Largest request body accepted, after decompression (413 past it). Accepts 64MiB, 1048576.",
     )
     max_batch_events: int = _setting(
-        50_000, _int, "Most records one request may carry; records past it are rejected each with a reason."
+        50_000, _int, "Most records one request may carry; POST /v1/events with more is refused whole (413), OTLP spans past it are rejected each with a reason."
     )
     max_event_age: float = _setting(
         30 * 86400.0,

@@ -80,3 +80,27 @@ def test_deadline_attributes_of_the_sla_definitions_are_enforced(engine, setting
                           source="api", now=NOW)
     assert result.accepted == 1
     assert result.rejected == [(0, 'attributes.promised_delivery: "2031-01-01" lies outside the years 2020..2030 accepted for deadlines')]
+
+
+def test_an_events_body_with_more_records_than_a_batch_is_413_and_stores_nothing(engine, settings):
+    """`[1,1,1,…]` answered one rejection per record past the batch limit: a 4 MB body drew a
+    193 MB answer, and a 64 MB one would have taken gigabytes of memory to build."""
+    import httpx
+
+    from controltower.context import AppContext
+    from tests.conftest import LoopbackServer
+    from wiring.server import build_app
+
+    small = settings.with_(max_batch_events=10)
+    with LoopbackServer(build_app(AppContext(small, engine))) as server:
+        body = "[" + ",".join(['{"a": 1}'] * 11) + "]"
+        r = httpx.post(server.url + "/v1/events", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 413
+        assert r.json()["error"] == ("the body holds 11 records, more than the 10 allowed per request; "
+                                     "nothing was stored, send them in smaller batches")
+        r = httpx.post(server.url + "/v1/events", content=b"1\n" * 11, headers={"content-type": "application/x-ndjson"})
+        assert r.status_code == 413 and len(r.content) < 300
+        r = httpx.post(server.url + "/v1/events", content=b"[" + b"1," * 9 + b"1]", headers={"content-type": "application/json"})
+        assert r.status_code == 400 and len(r.json()["rejected"]) == 10  # at the limit: per-record reasons
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM events")).scalar() == 0
