@@ -80,6 +80,11 @@ def search_command(
     """Find a transaction by any of its keys and print its timeline."""
     from collectors.masking import Masker, MaskingRules
 
+    if not key.isascii():
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:  # argv bytes that are not UTF-8 arrive as surrogates
+            fail(f"{plain(key.encode('utf-8', 'surrogateescape'))[:80]}: not valid UTF-8, so nothing stored can match it")
     context = context_of(ctx)
     # identifiers carrying personal data are stored as tokens: look up what was stored
     stored_key = Masker(MaskingRules.for_settings(context.settings)).mask_identifier(key)
