@@ -302,3 +302,22 @@ def test_key_value_pairs_in_any_spelling_mask_the_value():
     assert e.payload == {"a": [{"k": "phone", "v": "***43"}, {"fieldName": "Phone", "fieldValue": "***43"},
                                {"attribute_name": "phone", "attribute_value": "***43"},
                                {"name": "phone", "stringValue": "***43"}, {"k": "gift", "v": "yes"}]}
+
+
+@pytest.mark.parametrize(
+    ("message", "masked"),
+    [
+        ("SSN 123-45-6789 rejected by payroll", "SSN [ssn] rejected by payroll"),
+        ("login failed: password=hunter2 for svc", "login failed: password=*** for svc"),
+        ("upstream said Authorization: Bearer eyJhbGciOi.x.y", "upstream said Authorization: ***"),
+        ("callback https://x.example/cb?token=abcdef&page=2", "callback https://x.example/cb?token=***&page=2"),
+        ("api_key: sk_live_123; retry", "api_key: ***; retry"),
+        ("token expired, the password was wrong", "token expired, the password was wrong"),  # no value: kept
+        ("order 113-4567890-1234567 not found", "order 113-4567890-1234567 not found"),
+    ],
+)
+def test_error_messages_mask_ssns_and_secrets_after_a_cue(message, masked):
+    """An SSN or a `password=…` in an error message was stored in clear."""
+    e = event(error_message=message)
+    Masker().mask_event(e)
+    assert e.error_message == masked
