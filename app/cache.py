@@ -18,7 +18,10 @@ import streamlit as st
 from sqlalchemy.engine import Engine
 
 from app import queries
+from controltower import alertops
 from controltower.context import AppContext
+from controltower.masking import Masker
+from controltower.maskrules import MaskingRules
 from controltower.settings import ENV_PREFIX, Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -131,13 +134,31 @@ def funnel_gap(channel: str, day: date, a: str, b: str) -> pd.DataFrame:
     return queries.funnel_gap(engine(), channel, day, a, b)
 
 
+@st.cache_data(ttl=15, show_spinner=False)
+def alerting_health() -> dict[str, Any]:
+    """Whether alerting runs (`controltower.alertops.evaluation_health`), re-read every 15 s: the
+    banner that says on-call is not being paged must not lag a whole refresh interval."""
+    return alertops.evaluation_health(engine(), _now())
+
+
+@st.cache_resource(show_spinner=False)
+def _masker_for(_settings_obj: Settings, rules: str | None) -> Masker:
+    return Masker(MaskingRules.for_settings(_settings_obj))
+
+
+def stored_identifier(text: str) -> str:
+    """What the collectors stored for an identifier: an email in an order id is kept as a token."""
+    s = settings()
+    return _masker_for(s, str(s.masking_rules) if s.masking_rules else None).mask_identifier(text)
+
+
 # Support and on-call act on what they see: these read fresh on every run.
 def search_transactions(q: str) -> list[dict[str, Any]]:
-    return queries.search_transactions(engine(), q)
+    return queries.search_transactions(engine(), stored_identifier(q))
 
 
 def get_transaction(correlation_id: str) -> dict[str, Any] | None:
-    return queries.get_transaction(engine(), correlation_id, now=_now())
+    return queries.get_transaction(engine(), stored_identifier(correlation_id), now=_now())
 
 
 def related_alerts(channel: str) -> pd.DataFrame:

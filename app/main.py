@@ -40,4 +40,5 @@ with st.sidebar:
     if me.get("is_logged_in", False):
         st.caption(f"signed in as {md(access.signed_in_actor(me) or '?')}")
         st.button("Sign out", on_click=st.logout)
+widgets.alerting_banner()
 page.run()

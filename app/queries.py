@@ -8,14 +8,15 @@ through `controltower.alertops`.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from controltower import transactions
+from controltower import breaches, transactions
+from controltower import funnel as funnel_core
 from controltower.histogram import merge as merge_histograms
 from controltower.histogram import percentile as hist_percentile
 
@@ -55,18 +56,20 @@ def database_state(engine: Engine) -> str:
 # -- the SLA table, hops, headline ----------------------------------------------------------------
 _SLA_STATUS = sa.text(
     """
-    SELECT sla, channel, "window", kind, computed_at, count, p50_ms, p95_ms, p99_ms, target_ms,
-           within_target_ratio, open_breaches, oldest_breach_ms, value, threshold, health, reason,
-           objective, error_budget_remaining, burn_rate_short, burn_rate_long
-    FROM sla_status
-    WHERE "window" = :window
-    ORDER BY channel, sla
+    SELECT s.sla, s.channel, s."window", s.kind, s.computed_at, s.count, s.p50_ms, s.p95_ms, s.p99_ms, s.target_ms,
+           s.within_target_ratio, s.open_breaches, s.oldest_breach_ms, s.value, s.threshold, s.health, s.reason,
+           s.objective, s.error_budget_remaining, s.burn_rate_short, s.burn_rate_long,
+           d.definition ->> 'unit' AS unit
+    FROM sla_status s LEFT JOIN sla_definitions d ON d.name = s.sla
+    WHERE s."window" = :window
+    ORDER BY s.channel, s.sla
     """
 )
 
 
 def sla_status(engine: Engine, window: str = "1h") -> pd.DataFrame:
-    """The current SLA table for one window, one row per SLA and channel."""
+    """The current SLA table for one window, one row per SLA and channel, with the unit of `value`
+    (`ms`, `ratio`, `count`) the metrics room published with the definition (None before it did)."""
     return _frame(engine, _SLA_STATUS, {"window": window})
 
 
@@ -215,31 +218,20 @@ def known_channels(engine: Engine) -> list[str]:
         return list(conn.execute(_KNOWN_CHANNELS).scalars())
 
 
-# -- open breaches --------------------------------------------------------------------------------
-_OPEN = sa.text(
-    """
-    SELECT o.correlation_id, t.order_id, o.channel, o.sla, o.started_at, o.due_at,
-           EXTRACT(EPOCH FROM (CAST(:now AS timestamptz) - o.started_at)) * 1000 AS age_ms,
-           EXTRACT(EPOCH FROM (CAST(:now AS timestamptz) - o.due_at)) * 1000 AS overdue_ms,
-           t.status, t.last_milestone
-    FROM sla_open_items o
-    LEFT JOIN transactions t ON t.correlation_id = o.correlation_id
-    WHERE o.due_at < :now
-      AND (CAST(:sla AS text) IS NULL OR o.sla = :sla)
-      AND (CAST(:channel AS text) IS NULL OR o.channel = :channel)
-    ORDER BY o.due_at, o.correlation_id
-    LIMIT :limit
-    """
-)
+# -- open breaches (the core's list, so the CLI, the API and this page show the same orders) --------
+BREACH_COLUMNS = ["correlation_id", "order_id", "channel", "sla", "started_at", "due_at", "age_ms", "overdue_ms",
+                  "status", "last_milestone", "reason"]
 
 
 def open_breaches(engine: Engine, sla: str | None, channel: str | None, *, now: datetime,
                   limit: int = 5000) -> pd.DataFrame:
-    """Overdue open items (due_at < now), most overdue first: the offending transactions."""
-    df = _frame(engine, _OPEN, {"now": now, "sla": sla or None, "channel": channel or None, "limit": limit})
+    """Overdue open items (due_at < now), most overdue first: the offending transactions. A stored
+    time outside the sane range comes back as NaT/NaN with a `reason` (`controltower.breaches`)."""
+    with engine.connect() as conn:
+        rows = breaches.open_breaches(conn, now=now, sla=sla or None, channel=channel or None, limit=limit, order="due")
+    df = pd.DataFrame(rows, columns=BREACH_COLUMNS)
     for column in ("age_ms", "overdue_ms"):
-        if column in df:
-            df[column] = df[column].astype(float)
+        df[column] = df[column].astype(float)
     return df
 
 
@@ -285,66 +277,24 @@ def related_alerts(engine: Engine, channel: str) -> pd.DataFrame:
     return _frame(engine, _RELATED_ALERTS, {"channel": channel})
 
 
-# -- reconciliation -------------------------------------------------------------------------------
-FUNNEL = [
-    ("received", "order.received"),
-    ("acknowledged", "order.acknowledged"),
-    ("erp_posted", "order.erp_posted"),
-    ("released", "fulfilment.released"),
-    ("shipped", "fulfilment.shipped"),
-    ("shipment_confirmed", "shipment.shipment_confirmed"),
-    ("delivered", "shipment.delivered"),
-]
-_MILESTONE_OF = dict(FUNNEL)
-_FUNNEL = sa.text(
-    """
-    WITH orders AS (
-        SELECT DISTINCT correlation_id FROM transaction_milestones
-        WHERE milestone = 'order.received' AND channel = :channel AND reached_at >= :start AND reached_at < :end
-    )
-    SELECT m.milestone, COUNT(DISTINCT m.correlation_id)::bigint AS orders
-    FROM transaction_milestones m JOIN orders o USING (correlation_id)
-    WHERE m.milestone = ANY(:milestones)
-    GROUP BY m.milestone
-    """
-)
-_GAP = sa.text(
-    """
-    WITH orders AS (
-        SELECT DISTINCT correlation_id FROM transaction_milestones
-        WHERE milestone = 'order.received' AND channel = :channel AND reached_at >= :start AND reached_at < :end
-    )
-    SELECT o.correlation_id, t.order_id,
-           (SELECT min(k.value) FROM transaction_keys k
-             WHERE k.correlation_id = o.correlation_id AND k.kind = 'external_order_id') AS external_order_id,
-           a.reached_at AS reached_at, t.status, t.last_milestone
-    FROM orders o
-    JOIN transaction_milestones a ON a.correlation_id = o.correlation_id AND a.milestone = :a
-    LEFT JOIN transactions t ON t.correlation_id = o.correlation_id
-    WHERE NOT EXISTS (SELECT 1 FROM transaction_milestones b WHERE b.correlation_id = o.correlation_id AND b.milestone = :b)
-    ORDER BY a.reached_at, o.correlation_id
-    LIMIT :limit
-    """
-)
-
-
-def _day_bounds(day: date) -> dict[str, datetime]:
-    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-    return {"start": start, "end": start + timedelta(days=1)}
+# -- reconciliation (the core's funnel, so `controltower funnel` and this page count the same orders) --
+STAGES = dict(funnel_core.STEPS)  # stage as people name it → milestone
+GAP_COLUMNS = ["correlation_id", "order_id", "external_order_id", "reached_at", "status", "last_milestone"]
 
 
 def funnel(engine: Engine, channel: str, day: date) -> pd.DataFrame:
     """Orders of `channel` received on `day` (UTC) and how many of them reached each stage."""
-    df = _frame(engine, _FUNNEL, {"channel": channel, **_day_bounds(day), "milestones": [m for _, m in FUNNEL]})
-    counts = dict(zip(df["milestone"], df["orders"], strict=False)) if not df.empty else {}
-    return pd.DataFrame({"stage": [s for s, _ in FUNNEL], "milestone": [m for _, m in FUNNEL],
-                         "orders": [int(counts.get(m, 0)) for _, m in FUNNEL]})
+    with engine.connect() as conn:
+        rows = funnel_core.funnel(conn, channel=channel, day=day)
+    return pd.DataFrame({"stage": [stage for stage, _ in funnel_core.STEPS],
+                         "milestone": [r["milestone"] for r in rows], "orders": [int(r["orders"]) for r in rows]})
 
 
 def funnel_gap(engine: Engine, channel: str, day: date, a: str, b: str, *, limit: int = 2000) -> pd.DataFrame:
-    """Orders received on `day` that reached stage `a` but not stage `b` (stage names of FUNNEL)."""
-    return _frame(engine, _GAP, {"channel": channel, **_day_bounds(day), "a": _MILESTONE_OF[a],
-                                 "b": _MILESTONE_OF[b], "limit": limit})
+    """Orders received on `day` that reached stage `a` but not stage `b` (stage names of the funnel)."""
+    with engine.connect() as conn:
+        rows = funnel_core.funnel_gap(conn, channel=channel, day=day, reached=STAGES[a], missing=STAGES[b], limit=limit)
+    return pd.DataFrame(rows, columns=GAP_COLUMNS)
 
 
 # -- alerts (reads; writes go through controltower.alertops) ---------------------------------------

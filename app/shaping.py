@@ -17,8 +17,12 @@ from app import links
 from controltower.vocab import HEALTH_RANK, human_duration, worst
 
 HEALTH_SYMBOL = {"ok": "✓", "warn": "!", "critical": "✖", "unknown": "?"}
-STATE_HEALTH = {"met": "ok", "pending": "unknown", "breached": "warn", "overdue": "critical", "error": "critical",
-                "dead_letter": "critical", "retry": "warn"}
+# The SLA judge's verdicts (controltower.slajudge.STATES) and event statuses, as health colours.
+# `closed`: a closing milestone (a cancellation) means nothing is owed any more; `unjudged`,
+# `excluded` and `not_started` say nothing about how the transaction is doing.
+STATE_HEALTH = {"met": "ok", "closed": "ok", "pending": "unknown", "unjudged": "unknown", "excluded": "unknown",
+                "not_started": "unknown", "breached": "warn", "overdue": "critical",
+                "ok": "ok", "error": "critical", "dead_letter": "critical", "retry": "warn"}
 SEVERITY_HEALTH = {"critical": "critical", "page": "critical", "warning": "warn", "warn": "warn", "info": "ok"}
 DEFAULT_MAX_AGE_MS = 3_600_000
 
@@ -74,17 +78,28 @@ def channel_tiles(status: pd.DataFrame) -> pd.DataFrame:
     return out.drop(columns=["rank", "star"]).reset_index(drop=True)
 
 
+def is_ratio(row: pd.Series | dict[str, Any]) -> bool:
+    """Whether an SLA row's `value` is a ratio (shown as a percentage): the `unit` published with its
+    definition says so. Only a row without a published unit (a database the metrics job has not
+    published definitions to yet) falls back to the shape of the numbers."""
+    unit = row.get("unit")
+    if isinstance(unit, str) and unit:
+        return unit == "ratio"
+    value, threshold = row.get("value"), row.get("threshold")
+    return not _missing(threshold) and threshold < 1 and (_missing(value) or value <= 1)
+
+
 def status_value(row: pd.Series | dict[str, Any]) -> str:
     """An SLA row's headline value as text: the p95 of a latency SLA, a percentage for ratios,
     an age for freshness and absence SLAs, the plain number otherwise."""
-    kind, value, threshold = row.get("kind"), row.get("value"), row.get("threshold")
+    kind, value = row.get("kind"), row.get("value")
     if kind in ("milestone_latency", "latency") or (_missing(value) and not _missing(row.get("p95_ms"))):
         return "–" if _missing(row.get("p95_ms")) else f"p95 {human_duration(row['p95_ms'])}"
     if _missing(value):
         return "–"
     if kind in ("freshness", "absence"):
         return human_duration(value)
-    if row.get("sla") == "error_rate" or (not _missing(threshold) and threshold < 1 and value <= 1):
+    if is_ratio(row):
         return f"{float(value) * 100:.1f} %"
     return f"{value:g}"
 
@@ -92,7 +107,7 @@ def status_value(row: pd.Series | dict[str, Any]) -> str:
 def _target_text(row: pd.Series) -> str:
     if row.get("kind") == "deadline":
         return "promised date"
-    if not pd.isna(row["threshold"]) and row.get("kind") == "rate" and row["threshold"] < 1:
+    if not pd.isna(row["threshold"]) and row.get("kind") == "rate" and is_ratio(row):
         return f"≤ {pct(row['threshold'])}"
     if not pd.isna(row["target_ms"]):
         return human_duration(row["target_ms"])
@@ -106,7 +121,7 @@ def _value_text(row: pd.Series) -> str:
         return "–"
     if row.get("kind") in ("freshness", "absence"):  # ages and silences are milliseconds
         return human_duration(row["value"])
-    if row.get("sla") == "error_rate" or (not pd.isna(row["threshold"]) and row["threshold"] < 1 and row["value"] <= 1):
+    if is_ratio(row):
         return pct(row["value"])
     return f"{row['value']:g}"
 
@@ -190,8 +205,9 @@ def budget_display(status: pd.DataFrame) -> pd.DataFrame:
 
 # -- open breaches --------------------------------------------------------------------------------
 def breaches_display(df: pd.DataFrame) -> pd.DataFrame:
-    """The work queue as shown and downloaded: link to the transaction page, human ages."""
-    return pd.DataFrame({
+    """The work queue as shown and downloaded: link to the transaction page, human ages, and a
+    `Note` column only when some row has one (a stored time the core could not read)."""
+    out = pd.DataFrame({
         "Transaction": [links.tx_link(cid) for cid in df["correlation_id"]],
         "Correlation id": df["correlation_id"],
         "Order id": df["order_id"].fillna(""),
@@ -202,7 +218,10 @@ def breaches_display(df: pd.DataFrame) -> pd.DataFrame:
         "Overdue by": df["overdue_ms"].map(human_duration),
         "Last milestone": df["last_milestone"].fillna(""),
         "Status": df["status"].fillna(""),
+        # a stored time the core could not read: the row is listed, its ages are "–", and it says why
+        "Note": df["reason"].fillna("") if "reason" in df else "",
     }).reset_index(drop=True)
+    return out if (out["Note"] != "").any() else out.drop(columns="Note")
 
 
 # -- one transaction ------------------------------------------------------------------------------
@@ -225,11 +244,21 @@ def events_frame(tx: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
+def verdict_note(verdict: dict[str, Any]) -> str:
+    """Why a verdict is what it is: the closing milestone of a `closed` one, the judge's reason otherwise."""
+    closer, reason = verdict.get("closed_by"), verdict.get("reason")
+    if closer and (not reason or closer not in reason):
+        return f"closed by {closer}" + (f"; {reason}" if reason else "")
+    return reason or ""
+
+
 def verdicts_frame(tx: dict[str, Any]) -> pd.DataFrame:
-    columns = ["SLA", "State", "Elapsed", "Target", "From → to"]
+    """The judge's verdicts on one transaction (`controltower.transactions.get`'s `sla`), one row each."""
+    columns = ["SLA", "State", "Elapsed", "Target", "From → to", "Note"]
     return pd.DataFrame(
         [{"SLA": v["sla"], "State": v["state"], "Elapsed": human_duration(v.get("elapsed_ms")),
-          "Target": human_duration(v.get("target_ms")), "From → to": f"{v['from']} → {v['to']}"}
+          "Target": human_duration(v.get("target_ms")), "From → to": f"{v['from']} → {v['to']}",
+          "Note": verdict_note(v)}
          for v in tx.get("sla", [])],
         columns=columns,
     )
@@ -324,3 +353,34 @@ def history_display(history: pd.DataFrame) -> pd.DataFrame:
         "Value": history["value"].map(lambda v: "–" if pd.isna(v) else f"{v:g}"),
         "Summary": history["summary"].fillna(""),
     })
+
+
+# -- alerting watches itself ------------------------------------------------------------------------
+def alerting_banner(health: dict[str, Any], now: datetime) -> str | None:
+    """The every-page warning when alerting has stopped (`controltower.alertops.evaluation_health`
+    says `stale`), as plain text; None while it runs. Times in UTC."""
+    if not health.get("stale"):
+        return None
+    last = health.get("last_success_at")
+    if last is None:
+        text = ("Alerting has never completed an evaluation — on-call is not being paged. "
+                "Is the scheduler (controltower scheduler) running?")
+    else:
+        moment = pd.Timestamp(last).tz_convert("UTC")
+        when = f"{moment:%H:%M}" if moment.date() == pd.Timestamp(now).tz_convert("UTC").date() else f"{moment:%d %b %H:%M}"
+        text = (f"Alerting has not completed an evaluation since {when} UTC ({human_age(last, now)}) "
+                "— on-call is not being paged.")
+    if health.get("last_error"):
+        error = str(health["last_error"])
+        text += f" Last error: {error if len(error) <= 200 else error[:200] + '…'}"
+    return text
+
+
+def failing_rules_text(health: dict[str, Any]) -> str | None:
+    """The smaller warning when some rules fail while the others run: their names, as plain text."""
+    failing = health.get("failing_rules") or []
+    if not failing:
+        return None
+    names = ", ".join(str(r["rule"]) for r in failing)
+    noun = "rule fails" if len(failing) == 1 else "rules fail"
+    return f"{len(failing)} alert {noun} to evaluate and cannot fire: {names}."

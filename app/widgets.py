@@ -6,12 +6,13 @@ through app/cache.py; the rules (who may sign in, who is the actor) come from ap
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 import streamlit as st
 
-from app import access, cache, links
+from app import access, cache, links, shaping
 from app.escaping import md
 
 EMPTY_MESSAGE = "No data yet: start the simulator with `controltower simulate` (or send events to the collector)."
@@ -55,6 +56,27 @@ def channel_choices() -> list[str]:
         st.stop()
     st.session_state.setdefault("channel", wanted or channels[0])
     return channels
+
+
+def alerting_banner() -> None:
+    """On every page: an error banner when alerting has stopped, a warning when some rules fail.
+
+    Only once the database holds data (`database_state` is `ready`): a fresh demo before the
+    scheduler's first tick, or an empty or unreachable database, has nothing to page about, and
+    the page itself says why it is empty. Rule names and errors are shown as text."""
+    try:
+        if cache.database_state(cache.settings().database_url) != "ready":
+            return
+        health = cache.alerting_health()
+    except sa.exc.SQLAlchemyError:  # the page's own data guard reports an unreachable database
+        return
+    now = datetime.now(UTC)
+    stopped = shaping.alerting_banner(health, now)
+    if stopped:
+        st.error(md(stopped), icon=":material/notifications_off:")
+    failing = shaping.failing_rules_text(health)
+    if failing:
+        st.warning(md(failing), icon=":material/rule:")
 
 
 # -- sign-in ----------------------------------------------------------------------------------------

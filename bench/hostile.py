@@ -9,6 +9,7 @@ lost, nothing is stored twice, no hostile record earns a 5xx, and alerting keeps
 from __future__ import annotations
 
 import copy
+import json
 import random
 from typing import Any
 
@@ -16,16 +17,23 @@ ZERO_WIDTH = "\u200b"
 FULL_WIDTH_EMAIL = "ｊａｎｅ＠ｅｘａｍｐｌｅ．ｃｏｍ"
 
 
-def _nest(depth: int) -> Any:
-    value: Any = "leaf"
-    for _ in range(depth):
-        value = {"n": value}
-    return value
+DEEP = "__ct_deep_{}__"  # stands for a payload nested that deep; `encode` writes the text itself
 
 
 def _deep(record: dict[str, Any], rng: random.Random) -> tuple[dict[str, Any], bool]:
-    record["payload"] = _nest(rng.choice([200, 1000]))
+    # JSON encoders refuse to write 1,000 levels (recursion), so the body text is spliced in by `encode`
+    record["payload"] = DEEP.format(rng.choice([200, 1000]))
     return record, True
+
+
+def encode(batch: list[dict[str, Any]]) -> bytes:
+    """The batch as a JSON body, with each deep-payload marker replaced by that many nested objects."""
+    text = json.dumps(batch, ensure_ascii=False)
+    for depth in (200, 1000):
+        marker = json.dumps(DEEP.format(depth))
+        if marker in text:
+            text = text.replace(marker, '{"n":' * depth + '"leaf"' + "}" * depth)
+    return text.encode("utf-8", "surrogatepass")
 
 
 def _huge_amount(record: dict[str, Any], rng: random.Random) -> tuple[dict[str, Any], bool]:

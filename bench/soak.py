@@ -43,7 +43,7 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import hostile, scratch  # noqa: E402
-from controltower import migrate  # noqa: E402
+from controltower import alertops, migrate  # noqa: E402
 from controltower.db import make_engine  # noqa: E402
 from simulator.faults import FaultPlan  # noqa: E402
 from simulator.model import Simulation  # noqa: E402
@@ -167,7 +167,8 @@ def soak(args: argparse.Namespace, name: str, url: str) -> None:
             while not stop.is_set():
                 t0 = time.perf_counter()
                 try:
-                    response = client.post(base + "/v1/events", json=batch)
+                    response = client.post(base + "/v1/events", content=hostile.encode(batch),
+                                           headers={"content-type": "application/json"})
                 except httpx.HTTPError:
                     time.sleep(1)
                     continue
@@ -263,7 +264,7 @@ def soak(args: argparse.Namespace, name: str, url: str) -> None:
                                   {"c": cid, "e": eid}).scalars().all()
             if len(stages) != 1 or stages[0] != good_stored.get((cid, eid), stages[0]):
                 rewritten += 1
-        evaluated = conn.execute(sa.text("SELECT max(last_evaluated_at) FROM alert_state")).scalar_one()
+    health = alertops.evaluation_health(engine, datetime.now(UTC))
     lat = sorted(latencies)
 
     def q(p: float) -> float:
@@ -289,7 +290,9 @@ def soak(args: argparse.Namespace, name: str, url: str) -> None:
               f"mixed in ({args.hostile:.0%}); good records rejected: {counts['good_rejected']}; must-reject records "
               f"stored: {counts['hostile_stored_wrongly']}; 5xx/unexpected answers: {counts['server_errors']}; "
               f"stored events rewritten by a changed re-send: {rewritten}")
-        print(f"alert evaluation: last evaluated {evaluated} (soak ended {datetime.now(UTC):%H:%M:%S})")
+        print(f"alert evaluation: last success {health['last_success_at']}, stale: {health['stale']}, "
+              f"failing rules: {[r['rule'] for r in health['failing_rules']] or 'none'}, "
+              f"amounts ignored: {health['ignored_amounts_total']} (soak ended {datetime.now(UTC):%H:%M:%S})")
         for line in errors_seen[:5]:
             print("  " + line)
     print(f"process logs in {logs}; finished {datetime.now(UTC):%H:%M:%S}")

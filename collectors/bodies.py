@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from collectors import limits
+from controltower import limits
 from controltower.errors import ControlTowerError, EventError
 
 

@@ -21,8 +21,8 @@ def register(app: typer.Typer) -> None:
 
 
 def _sink(ctx: typer.Context) -> Any:
-    from collectors.masking import Masker, MaskingRules
     from collectors.store import EventStore
+    from controltower.masking import Masker, MaskingRules
 
     context = context_of(ctx)
     store = EventStore(context.engine, context.settings, Masker(MaskingRules.for_settings(context.settings)))
@@ -78,7 +78,7 @@ def search_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
 ) -> None:
     """Find a transaction by any of its keys and print its timeline."""
-    from collectors.masking import Masker, MaskingRules
+    from controltower.masking import Masker, MaskingRules
 
     if not key.isascii():
         try:

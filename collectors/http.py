@@ -26,12 +26,12 @@ from starlette.routing import BaseRoute, Route
 
 from collectors import bodies, otlp, spans
 from collectors.counters import Counters
-from collectors.masking import Masker, MaskingRules
 from collectors.ratelimit import RateLimiter, retry_after
 from collectors.store import EventStore, IngestResult
 from controltower import transactions
 from controltower.context import AppContext
 from controltower.db import is_unavailable
+from controltower.masking import Masker, MaskingRules
 from controltower.web import ORJSONResponse, error, require_scope, web_of
 
 log = logging.getLogger(__name__)

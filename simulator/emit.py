@@ -288,8 +288,8 @@ class StoreSink:
     """Backfill through the collectors' store: validation, masking and idempotency included."""
 
     def __init__(self, engine: Engine, settings: Settings, *, batch_size: int = 5000) -> None:
-        from collectors.masking import Masker, MaskingRules
         from collectors.store import EventStore
+        from controltower.masking import Masker, MaskingRules
 
         self.store = EventStore(engine, settings, Masker(MaskingRules.for_settings(settings)))
         self.batch_size = batch_size

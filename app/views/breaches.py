@@ -29,9 +29,11 @@ for name, wanted in (("sla", wanted_sla), ("channel", wanted_channel)):
         st.session_state[name] = wanted
 
 left, right, _ = st.columns([2, 2, 3])
-sla = left.selectbox("SLA", [None, *slas], key="sla", format_func=lambda v: "All SLAs" if v is None else v)
+sla = left.selectbox("SLA", [None, *slas], key="sla", format_func=lambda v: "All SLAs" if v is None else v,
+                     placeholder="All SLAs")
 channel = right.selectbox(
-    "Channel", [None, *channels], key="channel", format_func=lambda v: "All channels" if v is None else v
+    "Channel", [None, *channels], key="channel", format_func=lambda v: "All channels" if v is None else v,
+    placeholder="All channels",
 )
 for name, value in (("sla", sla), ("channel", channel)):
     if value:
@@ -51,6 +53,10 @@ m1.metric("Overdue items", f"{len(shown):,}")
 m2.metric("Oldest overdue by", human_duration(items["overdue_ms"].max()))
 m3.metric("Channels affected", f"{items['channel'].nunique()}")
 st.caption(f"Transactions past their SLA deadline for {scope}, most overdue first. Open one for its whole story.")
+if "Note" in shown:
+    unreadable = int((shown["Note"] != "").sum())
+    st.warning(f"{unreadable:,} item{'' if unreadable == 1 else 's'} with an invalid date stored (outside the sane "
+               "range): listed without ages; see the Note column.", icon=":material/event_busy:")
 
 st.dataframe(
     shown,

@@ -34,8 +34,8 @@ def test_erp_outage_fires_unposted_orders_then_resolves(engine, settings):
     import simulator.emit
     import simulator.faults
     import simulator.run
-    from collectors.masking import Masker, MaskingRules
     from collectors.store import EventStore
+    from controltower.masking import Masker, MaskingRules
 
     simulator.run.simulate(
         seed=11, faults=simulator.faults.parse_faults(["erp_outage@10h+2h"]), backfill=12 * 3600,
@@ -97,8 +97,8 @@ def test_erp_outage_fires_unposted_orders_then_resolves(engine, settings):
 def test_impact_sums_order_value_when_events_carry_it(engine, settings):
     """Orders at risk from the open items past due; value from their order.received attributes."""
     from alerts.derived import impact
-    from collectors.masking import Masker, MaskingRules
     from collectors.store import EventStore
+    from controltower.masking import Masker, MaskingRules
 
     t0 = NOW - timedelta(hours=3)
     store = EventStore(engine, settings, Masker(MaskingRules.load(None)))

@@ -65,8 +65,8 @@ def run(engine, rs, at, **kw):
 
 def seed_orders(engine, settings, totals: dict[str, str]) -> None:
     """order.received events through the real store, each an open acknowledgement breach past due."""
-    from collectors.masking import Masker, MaskingRules
     from collectors.store import EventStore
+    from controltower.masking import Masker, MaskingRules
 
     t0 = NOW - timedelta(hours=3)
     store = EventStore(engine, settings, Masker(MaskingRules.load(None)))

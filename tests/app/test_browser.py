@@ -210,3 +210,42 @@ def test_hostile_event_values_are_text_in_the_dom(dashboard: Dashboard, engine: 
     from urllib.parse import urlsplit
 
     assert requested and not [url for url in requested if urlsplit(url).hostname == "evil.example"]
+
+
+def test_alerting_banner_in_chromium(dashboard: Dashboard, engine: Engine) -> None:
+    """Alerting stopped 25 minutes ago and one rule fails: every page says so at the top, as text;
+    an open item with a year-1 due time is listed on Open breaches as invalid, not a crash."""
+    from datetime import timedelta
+
+    import sqlalchemy as sa
+    from playwright.sync_api import sync_playwright
+
+    now = datetime.now(UTC)
+    last = now - timedelta(minutes=25)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alert_evaluations SET last_success_at = :last, consecutive_failures = 50, "
+                             "last_error = 'numeric field overflow' WHERE rule = ''"), {"last": last})
+        conn.execute(sa.text(
+            "INSERT INTO alert_evaluations (rule, last_run_at, last_error, failing_since, consecutive_failures) "
+            "VALUES ('[ImpactHigh](https://evil.example/x)', :now, 'boom', :now, 3)"), {"now": now})
+        conn.execute(sa.text(  # a stored time Python cannot hold (#11): listed, marked invalid
+            "INSERT INTO sla_open_items VALUES ('erp_posting', 'Y1', 'walmart', "
+            "CAST('0001-01-01T00:00:00+05:00' AS timestamptz), CAST('0001-01-02T00:00:00+05:00' AS timestamptz))"))
+    shots = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1000})
+            text = shoot(page, f"{dashboard.url}/", '[data-testid="stAlert"]', shots / "dashboard-alerting-stopped.png")
+            text = text.replace("\u2060", "")  # the invisible word joiner escaping puts inside `https://`
+            assert f"Alerting has not completed an evaluation since {last:%H:%M} UTC (25 min" in text
+            assert "on-call is not being paged" in text
+            assert "1 alert rule fails to evaluate and cannot fire: [ImpactHigh](https://evil.example/x)." in text
+            assert page.locator('a[href*="evil.example"]').count() == 0
+            text = shoot(page, f"{dashboard.url}/breaches", '[data-testid="stDataFrame"]',
+                         shots / "dashboard-breaches-alerting-stopped.png")
+            assert "on-call is not being paged" in text
+            assert "1 item with an invalid date stored" in text  # the table itself is a canvas
+        finally:
+            browser.close()

@@ -316,6 +316,16 @@ def seed(engine: Engine, settings: Settings, now: datetime) -> dict[str, Any]:
             "INSERT INTO sla_definitions (name, kind, from_milestone, to_milestone, default_target_ms, targets_ms, "
             "objective) VALUES (:name, :kind, :from_milestone, :to_milestone, :default_target_ms, "
             "CAST(:targets_ms AS jsonb), :objective)"), definitions)
+        # the units the metrics room publishes with each definition (shaping reads them, not SLA names)
+        conn.execute(sa.text(
+            "INSERT INTO sla_definitions (name, kind, targets_ms, definition) VALUES "
+            "('error_rate', 'rate', '{}', '{\"unit\": \"ratio\"}'), "
+            "('dead_letters', 'rate', '{}', '{\"unit\": \"count\"}'), "
+            "('inventory_freshness', 'freshness', '{}', '{\"unit\": \"ms\"}')"))
+        # alerting runs: its last evaluation cycle succeeded just now (no banner)
+        conn.execute(sa.text(
+            "INSERT INTO alert_evaluations (rule, last_run_at, last_success_at, interval_seconds) "
+            "VALUES ('', :now, :now, 30)"), {"now": now})
     return facts
 
 
@@ -830,3 +840,21 @@ def test_acknowledgement_records_the_signed_in_identity_not_a_typed_name(seeded:
         assert conn.execute(sa.text(
             "SELECT acknowledged_by FROM alert_state WHERE fingerprint = 'fp-wm-erp'")).scalar() == "ana@acme.com"
         assert conn.execute(sa.text("SELECT actor FROM alert_audit")).scalars().all() == ["ana@acme.com"]
+
+
+def test_search_by_the_email_an_order_id_was_masked_from(seeded: dict[str, Any], engine: Engine,
+                                                        settings: Settings) -> None:
+    """Support types the customer's email: the dashboard finds the order stored under its token."""
+    from controltower.masking import Masker
+
+    now = datetime.now(UTC)
+    record = {"event_id": "mail-1", "occurred_at": (now - timedelta(minutes=5)).isoformat(),
+              "correlation_id": "cid-mail-1", "order_id": "jane.roe@example.com", "channel": "shopify",
+              "flow": "order", "stage": "received"}
+    assert EventStore(engine, settings, Masker()).ingest([record], source="test", now=now).accepted == 1
+    at = run("views/transaction.py")
+    at.text_input(key="q").set_value("jane.roe@example.com").run()
+    assert not at.exception
+    shown = markdown_text(at)
+    assert "cid-mail-1" in shown and Masker().mask_identifier("jane.roe@example.com") in shown
+    assert "jane.roe@example.com" not in shown.replace("jane\\.roe", "")

@@ -233,7 +233,7 @@ def test_bind_reads_the_auth_section_and_the_proxy_setting(tmp_path: Path) -> No
 def test_dashboard_command_refuses_a_public_bind_in_one_line(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "HOME": str(tmp_path)}
     done = subprocess.run(  # noqa: S603
-        [sys.executable, "-m", "controltower.cli", "--database-url", "postgresql://u@127.0.0.1:9/x", "dashboard",
+        [sys.executable, "-m", "wiring.cli", "--database-url", "postgresql://u@127.0.0.1:9/x", "dashboard",
          "--host", "0.0.0.0", "--port", "1"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
     )

@@ -9,8 +9,8 @@ def test_search_finds_an_order_by_the_email_its_id_was_masked_from(engine, setti
 
     from typer.testing import CliRunner
 
-    from collectors.masking import Masker
     from collectors.store import EventStore
+    from controltower.masking import Masker
     from wiring.cli import app
 
     now = datetime.now(UTC)
@@ -30,8 +30,8 @@ def test_http_search_and_transaction_find_an_order_by_the_email_its_id_was_maske
 
     import httpx
 
-    from collectors.masking import Masker
     from controltower.context import AppContext
+    from controltower.masking import Masker
     from tests.conftest import LoopbackServer
     from wiring.server import build_app
 

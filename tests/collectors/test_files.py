@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from collectors.dropfolder import watch_once
 from collectors.files import import_files
-from collectors.masking import Masker
 from collectors.store import EventStore
+from controltower.masking import Masker
 from wiring.cli import app
 
 NOW = datetime.now(UTC).replace(microsecond=0)

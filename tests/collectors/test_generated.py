@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from collectors.masking import Masker
 from collectors.store import EventStore
+from controltower.masking import Masker
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 SETTINGS = hsettings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

@@ -14,8 +14,8 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from collectors.files import import_files
-from collectors.masking import Masker
 from collectors.store import EventStore
+from controltower.masking import Masker
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 INJECTIONS = [

@@ -10,9 +10,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from collectors.masking import Masker
 from collectors.store import EventStore
 from controltower import migrations
+from controltower.masking import Masker
 from tests.collectors.test_store import NOW, STORY, T0, ev, state
 from tests.conftest import truncate_all
 

@@ -8,9 +8,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from collectors.masking import Masker, MaskingRules, normalise_key
 from controltower.errors import ConfigError
 from controltower.event import Event
+from controltower.masking import Masker, MaskingRules, normalise_key
 
 
 def event(attributes=None, payload=None, error_message=None) -> Event:

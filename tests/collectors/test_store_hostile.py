@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from collectors.masking import Masker
 from collectors.store import EventStore
+from controltower.masking import Masker
 from tests.collectors.test_store import NOW, ev
 from tests.conftest import truncate_all
 

@@ -23,7 +23,7 @@ import hmac
 import re
 from collections.abc import Callable
 
-from collectors.maskrules import fold
+from controltower.maskrules import fold
 
 EMAIL_RE = re.compile(r"(?<![\w.+%-])([\w.+%-]+?)(?:@|%40)([\w-]+(?:\.[\w-]+)*\.[a-zA-Z]{2,})(?![\w-])")
 _CARD_RE = re.compile(r"(?<![\d])\d(?:[ -]?\d){12,18}(?![\d])")

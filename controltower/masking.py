@@ -1,6 +1,6 @@
 """Personal data masking, applied to every field of every event before it is stored.
 
-What is masked (see docs/security-masking.md):
+What is masked (see docs/security.md, "Personal data"):
 - **by key**: a value under a key that names personal data (`buyer_email`, `phone`,
   `ship_to_name`, `card_number`, `iban`, `shipping_address`, ...; see `maskrules`) is masked
   whatever it looks like; containers under an address key have every string leaf masked
@@ -26,11 +26,19 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from collectors import limits
-from collectors.maskrules import ADDRESS_KEEP, POSTAL_KEYS, MaskingRules, normalise_key
-from collectors.pii import EMAIL_RE, Finder, clean, mask_by_kind, mask_email, mask_name, mask_phone
+from controltower import limits
 from controltower.errors import EventError
 from controltower.event import Event
+from controltower.maskrules import ADDRESS_KEEP, POSTAL_KEYS, MaskingRules, normalise_key
+from controltower.pii import (
+    EMAIL_RE,
+    Finder,
+    clean,
+    mask_by_kind,
+    mask_email,
+    mask_name,
+    mask_phone,
+)
 
 __all__ = ["EMAIL_RE", "Masker", "MaskingRules", "mask_email", "mask_name", "mask_phone", "normalise_key"]
 
