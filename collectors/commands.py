@@ -68,7 +68,8 @@ def watch_command(
 
 def _print_report(report: Any) -> None:
     state = "processed" if report.ok else "[red]quarantined[/]"
-    console.print(f"{report.path.name}: {report.accepted} stored, {report.duplicates} already present, {len(report.errors)} rejected → {state}")
+    name = plain(report.path.name).replace("[", "\\[")  # a file name is sender input: no control characters, no markup
+    console.print(f"{name}: {report.accepted} stored, {report.duplicates} already present, {len(report.errors)} rejected → {state}")
 
 
 def search_command(
@@ -79,6 +80,11 @@ def search_command(
     """Find a transaction by any of its keys and print its timeline."""
     from controltower.masking import Masker, MaskingRules
 
+    if not key.isascii():
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:  # argv bytes that are not UTF-8 arrive as surrogates
+            fail(f"{plain(key.encode('utf-8', 'surrogateescape'))[:80]}: not valid UTF-8, so nothing stored can match it")
     context = context_of(ctx)
     # identifiers carrying personal data are stored as tokens: look up what was stored
     stored_key = Masker(MaskingRules.for_settings(context.settings)).mask_identifier(key)

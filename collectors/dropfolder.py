@@ -19,6 +19,7 @@ import os
 import secrets
 import stat
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +29,7 @@ from controltower.db import is_unavailable
 from controltower.errors import StorageUnavailable
 
 log = logging.getLogger(__name__)
+SETTLE_SECONDS = 3.0  # a feed untouched this long (and for one poll) is taken as complete
 
 
 def _unique(target: Path) -> Path:
@@ -76,14 +78,23 @@ def _skip(path: Path, reason: str, warned: set[str] | None) -> None:
 
 
 def watch_once(
-    folder: Path, sink: Sink, *, sizes: dict[Path, int] | None = None, warned: set[str] | None = None
+    folder: Path, sink: Sink, *, sizes: dict[Path, tuple[int, int]] | None = None,
+    warned: set[str] | None = None, now: float | None = None, settle: float = SETTLE_SECONDS,
 ) -> list[FileReport]:
     """Process every complete file in the drop folder once.
 
-    With `sizes` (carried between polls), a file is taken only once its size has stayed the
-    same for one poll, so a feed still being written is not imported half-way. `warned`
-    (carried too) logs each skipped file once instead of every poll.
+    With `sizes` (carried between polls), a file is taken only once its size and modification
+    time have stayed the same for one poll and, given `now` (wall clock, like mtimes), it was
+    last written at least `settle` seconds ago: a feed still being written, even by a writer
+    pausing longer than one poll, is not imported half-way (and the rest filed into nowhere).
+    Writers that pause longer should write under a dot-name and rename. `warned` (carried too)
+    logs each skipped file once instead of every poll.
     """
+    try:  # before importing anything: a file that cannot be filed away would be re-imported every poll
+        _folder(folder, "processed"), _folder(folder, "quarantine")
+    except OSError as exc:
+        _skip(folder, str(exc), warned)
+        return []
     reports = []
     for path in sorted(folder.iterdir()):
         if path.name.startswith("."):
@@ -102,9 +113,10 @@ def watch_once(
         if not stat.S_ISREG(mode):
             continue
         if sizes is not None:
-            size = os.lstat(path).st_size
-            if sizes.get(path) != size:
-                sizes[path] = size
+            info = os.lstat(path)
+            seen = (info.st_size, info.st_mtime_ns)
+            if sizes.get(path) != seen or (now is not None and now - info.st_mtime < settle):
+                sizes[path] = seen
                 continue
             sizes.pop(path, None)
         try:
@@ -149,7 +161,7 @@ def watch_folder(
     sizes: dict[Path, int] = {}
     warned: set[str] = set()
     while not stop.is_set():
-        for report in watch_once(folder, sink, sizes=sizes, warned=warned):
+        for report in watch_once(folder, sink, sizes=sizes, warned=warned, now=time.time(), settle=max(interval, SETTLE_SECONDS)):
             if on_report:
                 on_report(report)
         stop.wait(interval)

@@ -18,6 +18,7 @@ import csv
 import gzip
 import hashlib
 import os
+import re
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from collectors.bodies import decode_record
 SUFFIXES = (".csv", ".jsonl", ".ndjson", ".json")
 MAX_LINE_BYTES = 1 << 20  # one record per line: 1 MiB is far above any real event
 _SKIP_CHUNK = 1 << 16
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
 Sink = Callable[[list[dict[str, Any]], str], Any]
 _DERIVED_ID_FIELDS = ("correlation_id", "channel", "flow", "stage", "status", "occurred_at", "order_id", "system")
 
@@ -176,10 +178,9 @@ def _csv_record(row: dict[str, str | None], line: int) -> dict[str, Any]:
             except orjson.JSONDecodeError as exc:
                 raise ValueError(f"{column}: not valid JSON ({exc})") from None
         elif column == "latency_ms":
-            try:
-                record[column] = float(value)
-            except ValueError:
-                raise ValueError(f"latency_ms: {value!r} is not a number") from None
+            if not _NUMBER.fullmatch(value.strip()):  # float() would take `١٢` and `1_000`
+                raise ValueError(f"latency_ms: {value[:40]!r} is not a number")
+            record[column] = float(value)
         else:
             record[column] = value
     if attributes:
@@ -222,7 +223,8 @@ def _jsonl(lines: _Lines) -> Iterator[tuple[int, dict[str, Any] | None, str | No
 
 def _csv(lines: _Lines) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
     csv.field_size_limit(max(csv.field_size_limit(), lines.limit))
-    reader = csv.DictReader(lines.text())
+    # strict: a quote left open is an error for its row, not a cell swallowing every later line
+    reader = csv.DictReader(lines.text(), strict=True)
     try:
         header = reader.fieldnames
     except csv.Error as exc:
@@ -233,6 +235,10 @@ def _csv(lines: _Lines) -> Iterator[tuple[int, dict[str, Any] | None, str | None
         raise FileFormatError("empty CSV file (no header row)")
     if any(_not_utf8(name) for name in header):
         raise FileFormatError("header row is not valid UTF-8")
+    names = [name.strip() for name in header]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:  # which of two `correlation_id` cells counts would be a silent guess
+        raise FileFormatError(f"header names a column twice: {', '.join(repeated)[:200]}")
     reported = 0
     while True:
         try:

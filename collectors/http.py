@@ -37,6 +37,7 @@ from controltower.web import ORJSONResponse, error, require_scope, web_of
 log = logging.getLogger(__name__)
 MAX_OFFSET = 100_000  # deeper than any support search pages
 SLOT_WAIT_SECONDS = 1.0
+VALUES_PER_RECORD = 40  # JSON values parsed per request: max_batch_events × this (about 150 MB at most)
 
 PROTOBUF_TYPES = ("application/x-protobuf", "application/protobuf")
 JSON_TYPES = ("application/json",)
@@ -73,13 +74,22 @@ class Collector:
         finally:
             self._slots.release()
 
-    async def _parse(self, request: Request, parse: Callable[[bytes], Any]) -> Any:
-        """Read the body (web layer limits apply), then inflate and parse it off the event loop."""
+    async def _parse(self, request: Request, parse: Callable[[bytes], Any], *, json: bool = True) -> Any:
+        """Read the body (web layer limits apply), then inflate, bound (JSON values) and parse it
+        off the event loop."""
         raw = await request.body()
         encoding = request.headers.get("content-encoding")
         limit = self.settings.max_body_bytes
+        values = self.settings.max_batch_events * VALUES_PER_RECORD
+
+        def run() -> Any:
+            body = bodies.decompress(raw, encoding, limit)
+            if json:
+                bodies.check_values(body, values)
+            return parse(body)
+
         try:
-            return await run_in_threadpool(lambda: parse(bodies.decompress(raw, encoding, limit)))
+            return await run_in_threadpool(run)
         except bodies.BodyTooLarge as exc:
             raise _Refused(error(413, str(exc))) from None
 
@@ -127,6 +137,10 @@ class Collector:
                     return error(400, str(exc), accepted=0, duplicates=0, rejected=[])
                 if not records:
                     return error(400, "the body holds no events (an empty array)", accepted=0, duplicates=0, rejected=[])
+                cap = self.settings.max_batch_events
+                if len(records) > cap:  # one rejection per extra record would answer ~50 bytes per 2 sent
+                    return error(413, f"the body holds {len(records)} records, more than the {cap} allowed per "
+                                      "request; nothing was stored, send them in smaller batches")
                 await self._limit(request, len(records))
                 outcome = await self._write(records, errors, "api")
         except _Refused as refused:
@@ -144,7 +158,8 @@ class Collector:
         try:
             async with self._slot():
                 try:
-                    mapping = await self._parse(request, lambda body: spans.map_request(otlp.decode_traces(body, kind)))
+                    mapping = await self._parse(request, lambda body: spans.map_request(otlp.decode_traces(body, kind)),
+                                                json=as_json)
                 except (bodies.BodyError, otlp.OTLPDecodeError) as exc:
                     return error(400, str(exc))
                 await self._limit(request, len(mapping.records))

@@ -29,6 +29,7 @@ from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope, KeyVa
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span, Status
 
+from collectors.bodies import cut_deep
 from controltower.errors import ControlTowerError
 
 PROTOBUF_TYPES = ("application/x-protobuf", "application/protobuf")
@@ -42,6 +43,9 @@ _ID_KEYS = ("traceId", "trace_id", "spanId", "span_id", "parentSpanId", "parent_
 # Protobuf field numbers (opentelemetry-proto trace.proto / common.proto).
 _SPAN_FIELDS = {5: "name", 9: "attributes", 11: "events", 13: "links", 15: "status", 3: "trace_state"}
 _PARTS: dict[str, type[Message]] = {"events": Span.Event, "links": Span.Link, "status": Status}
+_JSON_CUT_DEPTH = 64  # OTLP/JSON levels kept when a body is deeper than the parsers take (1024)
+_CUT_MARK = "\\u0000controltower: nested too deeply"  # as JSON text, inside a string
+_MAX_WALK_DEPTH = 120  # attribute values nested deeper than protobuf's own limit (100) are "too deep"
 
 
 class OTLPDecodeError(ControlTowerError):
@@ -162,8 +166,50 @@ def _bad_attribute(raw: bytes, field_number: int) -> str:
     for number, value in _fields(raw):
         if number == field_number and isinstance(value, bytes) and _try(KeyValue, value) is None:
             key = next((v for n, v in _fields(value) if n == 1 and isinstance(v, bytes)), b"")
-            return f'attribute "{_printable(key)}" is not valid UTF-8'
+            return f'attribute "{_printable(key)}" {_key_value_problem(value, 0) or "is nested too deeply to decode"}'
     return "a string is not valid UTF-8"
+
+
+def _key_value_problem(raw: bytes, depth: int) -> str | None:
+    """Why a KeyValue does not decode: a string that is not UTF-8 (named), else None (depth)."""
+    try:
+        for number, value in _fields(raw):
+            if number == 1 and isinstance(value, bytes) and not _utf8(value):
+                return "has a key that is not valid UTF-8"
+            if number == 2 and isinstance(value, bytes):
+                problem = _any_value_problem(value, depth + 1)
+                if problem:
+                    return problem
+    except _WireError as exc:
+        return f"is not a valid attribute ({exc})"
+    return None
+
+
+def _any_value_problem(raw: bytes, depth: int) -> str | None:
+    """AnyValue: string_value 1, array_value 5 (values 1), kvlist_value 6 (values 1)."""
+    if depth > _MAX_WALK_DEPTH:
+        return None  # deeper than protobuf decodes: the caller says so
+    for number, value in _fields(raw):
+        if not isinstance(value, bytes):
+            continue
+        if number == 1 and not _utf8(value):
+            return "is not valid UTF-8"
+        if number in (5, 6):
+            for inner_number, item in _fields(value):
+                if inner_number == 1 and isinstance(item, bytes):
+                    problem = (_any_value_problem(item, depth + 1) if number == 5
+                               else _key_value_problem(item, depth + 1))
+                    if problem:
+                        return problem
+    return None
+
+
+def _utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _span_problem(raw: bytes) -> str:
@@ -208,12 +254,17 @@ def _placeholder(raw: bytes, reason: str) -> Span:
 
 
 def _decode_json(body: bytes) -> ExportTraceServiceRequest:
+    cut = False
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        # invalid UTF-8 inside one string: read leniently, the span holding it is rejected
+        # invalid UTF-8 inside one string: read leniently, the span holding it is rejected;
+        # a value nested past the parsers' limits is cut out, and only its span is rejected
+        text = body
+        if "depth" in str(exc):
+            text, cut = cut_deep(body, _JSON_CUT_DEPTH, _CUT_MARK)
         try:
-            document = json.loads(body.decode("utf-8", "surrogateescape"))
+            document = json.loads(text.decode("utf-8", "surrogateescape"))
         except (ValueError, RecursionError):
             raise OTLPDecodeError(f"body is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
@@ -243,6 +294,8 @@ def _decode_json(body: bytes) -> ExportTraceServiceRequest:
                 try:
                     if resource_problem:
                         raise OTLPDecodeError(resource_problem)
+                    if cut and _CUT_MARK in json.dumps(span):
+                        raise OTLPDecodeError(f"{span_where}: a value is nested deeper than {_JSON_CUT_DEPTH} levels")
                     _hex_ids_to_base64(span, span_where)
                     for link_index, link in _items(span, "links"):
                         _hex_ids_to_base64(link, f"{span_where}.links[{link_index}]")

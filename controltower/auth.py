@@ -25,7 +25,14 @@ MAX_TOKEN_CHARS = 512  # a real key is ~50 characters; anything longer is not on
 
 
 def bearer_token(headers: Mapping[str, str]) -> str | None:
-    """The token of `Authorization: Bearer <token>` (any case, any spacing) or `X-API-Key`."""
+    """The token of `Authorization: Bearer <token>` (any case, any spacing) or `X-API-Key`.
+
+    A request carrying the header twice names no key: which copy counts would depend on who
+    reads it (this server takes the first, a proxy may check the last).
+    """
+    getlist = getattr(headers, "getlist", None)
+    if getlist is not None and (len(getlist("authorization")) > 1 or len(getlist("x-api-key")) > 1):
+        return None
     auth = (headers.get("authorization") or "").strip()
     scheme, _, token = auth.partition(" ")
     token = token.strip()

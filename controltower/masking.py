@@ -44,9 +44,12 @@ __all__ = ["EMAIL_RE", "Masker", "MaskingRules", "mask_email", "mask_name", "mas
 
 _ID_KEY = re.compile(r"(^|_)(id|ids|uuid|guid|number|no|num|ref|reference|code|key|document|doc|rma|sku|tracking|awb|po|asin|upc|ean|gtin|isbn)$")
 _TEXT_KEY = re.compile(r"(^|_)(message|msg|messages|text|note|notes|comment|comments|description|desc|reason|detail|details|remark|remarks|instructions|body|summary|error|errors|log|status_message|gift_message)$")
-_KV_NAME_KEYS = frozenset({"name", "key", "field", "label", "attribute", "property"})
-_KV_VALUE_KEYS = frozenset({"value", "val", "values", "text", "data"})
-_KV_VALUE_SPELLINGS = frozenset({*_KV_VALUE_KEYS, *(k.title() for k in _KV_VALUE_KEYS), *(k.upper() for k in _KV_VALUE_KEYS)})
+# normalised spellings (`fieldName` → field_name); matched through the key cache, so any case,
+# separator or camelCase spelling of these counts
+_KV_NAME_KEYS = frozenset({"name", "key", "field", "label", "attribute", "property", "k",
+                           "field_name", "attribute_name", "key_name", "property_name", "param_name"})
+_KV_VALUE_KEYS = frozenset({"value", "val", "values", "text", "data", "v", "field_value",
+                            "attribute_value", "string_value", "property_value", "param_value"})
 _TOO_DEEP = f"nested deeper than {limits.MAX_DEPTH} levels"
 _CACHE_LIMIT = 10_000  # keys come from senders: bound what is remembered about them
 
@@ -146,7 +149,7 @@ class Masker:
             problem = limits.number_problem(value)
             if problem:
                 raise _Problem(problem)
-            if kind in ("phone", "card", "bank") or (kind is None and not identifier and isinstance(value, int) and value >= 10**11):
+            if kind in ("phone", "card", "bank", "national_id", "birth", "secret") or (kind is None and not identifier and isinstance(value, int) and value >= 10**11):
                 text = str(value)
                 masked = mask_by_kind(kind, text) if kind else self.find.value(text)
                 return (masked, 1) if masked != text else (value, 0)
@@ -206,11 +209,11 @@ class Masker:
         The name of a pair is a label, not a person: it stays readable (emails inside it still
         become tokens), and the value is masked by what the label says it is.
         """
-        if len(value) > 3 or value.keys().isdisjoint(_KV_VALUE_SPELLINGS):
+        if len(value) > 3 or not any(type(key) is str and self._key(key)[3] in _KV_VALUE_KEYS for key in value):
             return None
         label = None
         for key, item in value.items():
-            if isinstance(key, str) and isinstance(item, str) and len(item) <= 64 and normalise_key(key) in _KV_NAME_KEYS:
+            if isinstance(key, str) and isinstance(item, str) and len(item) <= 64 and self._key(key)[3] in _KV_NAME_KEYS:
                 label = item
         if label is None:
             return None

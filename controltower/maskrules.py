@@ -10,6 +10,7 @@ name: ['^(first|last|full|buyer|customer|recipient)_?name$']
 address: [address, street]
 card: [card_number]
 bank: [iban]
+national_id: [ssn, passport]    # also birth (dob) and secret (password, api_key, cvv)
 keep: [sku_name, product_name]  # keys never masked
 mask_emails_in_text: true
 hash_key: "a long random secret shared by every collector"
@@ -31,7 +32,7 @@ from typing import Any
 
 from controltower import yamlfile
 
-KINDS = ("email", "phone", "card", "bank", "address", "name")
+KINDS = ("email", "phone", "card", "bank", "address", "name", "national_id", "birth", "secret")
 # Identifiers are a stable hash when they carry personal data, so they still correlate.
 DEFAULT_HASH_KEY = "controltower-masking-v1"
 DEFAULT_KEYS: dict[str, tuple[str, ...]] = {
@@ -42,6 +43,17 @@ DEFAULT_KEYS: dict[str, tuple[str, ...]] = {
     "name": (
         r"(^|_)(full|first|last|given|family|middle|maiden|sur|fore|nick|legal|display)?_?names?$",
         r"^(buyer|customer|recipient|consignee|receiver|addressee|attn|attention|c_o|care_of|contact|person|cardholder|card_holder|signed_by|signatory)$",
+    ),
+    "national_id": (
+        r"(^|_)(ssn|sin|nin|nino|tin|itin|cpf|curp|aadhaar|pesel|bsn|nric|ppsn|personnummer)(_|$)",
+        r"social_?security", r"national_?(id|identity|insurance)", r"(^|_)tax_?(id|number|no)$",
+        r"passport", r"driv(er|ers|ing)_?licen[cs]e", r"(^|_)(id_card|identity_card|government_id)(_|$)",
+    ),
+    "birth": (r"(^|_)(dob|birthday|birthdate)$", r"(date|day|place|year)_?of_?birth", r"birth_?(date|day|place|year)"),
+    "secret": (
+        r"(^|_)(password|passwd|pwd|passphrase|secret|client_secret|api_?key|private_?key|authorization|cookie)$",
+        r"(^|_)(access|refresh|id|auth|bearer|session|api|csrf|oauth)_?token$", r"^token$",
+        r"(^|_)(cvv2?|cvc2?|card_?security_?code|security_?code|card_?verification(_\w+)?)$",
     ),
     "address": (
         r"address", r"^street", r"(^|_)street(_|$)", r"^addr", r"^line_?[123]$", r"^ship_to$", r"^bill_to$",
@@ -94,6 +106,9 @@ class MaskingRules:
     keep: tuple[re.Pattern[str], ...]
     card: tuple[re.Pattern[str], ...] = ()
     bank: tuple[re.Pattern[str], ...] = ()
+    national_id: tuple[re.Pattern[str], ...] = ()
+    birth: tuple[re.Pattern[str], ...] = ()
+    secret: tuple[re.Pattern[str], ...] = ()
     mask_emails_in_text: bool = True
     hash_key: str = DEFAULT_HASH_KEY
 

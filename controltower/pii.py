@@ -12,7 +12,8 @@ Detection folds the text first (NFKC, zero-width removed: see `maskrules.fold`),
 `＠`, zero-width joiners and URL-encoded `%40` do not hide an email. Cards are digit runs of
 13–19 (single spaces or dashes allowed) with a card network's prefix and length that pass the
 Luhn check; IBANs pass ISO 13616's mod-97 check. Phones, names and streets are only looked for
-in free text (messages, notes), where marketplace order numbers are not expected.
+in free text (messages, notes), where marketplace order numbers are not expected; so are US
+social security numbers (`123-45-6789`) and secrets after a cue (`password=…`, `token: …`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ _STREET_RE = re.compile(
     r"(?:,?\s*(?i:apt|apartment|suite|ste|unit|floor|fl|#)\.?\s*[\w-]+)?"
     r"|\b[A-ZÄÖÜ][\wäöüß-]*(?:straße|strasse|str\.|weg|gasse|platz|allee)\s+\d+[a-z]?\b"
     r"|\b(?i:p\.?\s*o\.?\s*box)\s+\d+\b"
+)
+_SSN_RE = re.compile(r"(?<![\d-])\d{3}-\d{2}-\d{4}(?![\d-])")
+_SECRET_RE = re.compile(
+    r"(?i)\b(password|passwd|pwd|passphrase|secret|api[_-]?key|access[_-]?token|token|authorization)"
+    r"(\s*[:=]\s*)(?:bearer\s+|basic\s+)?[\"']?[^\s\"',;&]{3,}"
 )
 # Quick screens (one C-level search each) before the detectors run.
 _SCREEN_LONG = re.compile(r"\d[\d -]{11}|[A-Z]{2}\d\d")
@@ -161,6 +167,8 @@ class Finder:
         out = _CARD_RE.sub(self._card(identifier), out)
         out = _IBAN_RE.sub(self._iban(identifier), out)
         if free_text:
+            out = _SECRET_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}***", out)
+            out = _SSN_RE.sub("[ssn]", out)
             out = _STREET_RE.sub("[address]", out)
             out = _PHONE_RE.sub(lambda m: f"[phone …{re.sub(r'[^0-9]', '', m.group())[-2:]}]", out)
             out = _NAME_RE.sub(_masked_name, out)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,29 +21,25 @@ from controltower.errors import ConfigError
 ENV_PREFIX = "CONTROLTOWER_"
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+# ASCII digits only (`float()` would also take `١` or `1_0`), an optional exponent for YAML
+# floats written back as text (`1e-05`), an optional unit.
+_DURATION = re.compile(r"((?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?) ?(ms|s|m|h|d|w)?", re.ASCII)
+MAX_DURATION_SECONDS = 100 * 366 * 86400  # a century: longer is a typo, and overflows timedelta
 
 
 def parse_duration(text: str, *, where: str = "duration") -> float:
-    """Parse `90s`, `15m`, `4h`, `7d`, `250ms` or a bare number of seconds into seconds."""
-    raw = str(text).strip()
-    for unit in ("ms", "s", "m", "h", "d", "w"):
-        if raw.endswith(unit):
-            number = raw[: -len(unit)]
-            try:
-                value = float(number)
-            except ValueError:
-                break
-            if not value >= 0 or not math.isfinite(value):
-                break
-            return value * _UNITS[unit]
-    else:
-        try:
-            value = float(raw)
-        except ValueError:
-            value = -1
-        if value >= 0 and math.isfinite(value):
+    """Parse `90s`, `15m`, `4h`, `7d`, `250ms` or a bare number of seconds into seconds.
+
+    Only ASCII digits count, and a duration longer than a century is refused (a ConfigError,
+    never an OverflowError from whoever turns it into a `timedelta`).
+    """
+    match = _DURATION.fullmatch(str(text).strip())
+    if match:
+        value = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+        if math.isfinite(value) and value <= MAX_DURATION_SECONDS:
             return value
-    raise ConfigError(f'{where}: "{text}" is not a duration (expected e.g. 250ms, 90s, 15m, 4h, 7d)')
+        raise ConfigError(f'{where}: "{str(text)[:40]}" is longer than the longest allowed duration (100 years)')
+    raise ConfigError(f'{where}: "{str(text)[:40]}" is not a duration (expected e.g. 250ms, 90s, 15m, 4h, 7d)')
 
 
 def _bool(text: str, where: str) -> bool:
@@ -158,7 +155,7 @@ class Settings:
         "Largest request body accepted, after decompression (413 past it). Accepts 64MiB, 1048576.",
     )
     max_batch_events: int = _setting(
-        50_000, _int, "Most records one request may carry; records past it are rejected each with a reason."
+        50_000, _int, "Most records one request may carry; POST /v1/events with more is refused whole (413), OTLP spans past it are rejected each with a reason."
     )
     max_event_age: float = _setting(
         30 * 86400.0,

@@ -38,7 +38,26 @@ class Located:
         return f"{self.source}:{self.line(*path)}"
 
 
-def _walk(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ...], int], source: str) -> Any:
+MAX_NODES = 100_000  # values in one config file, counted after aliases expand
+
+
+class _Budget:
+    """Values left to walk: aliases re-use nodes, so a "billion laughs" file of a few lines
+    would otherwise expand to 9^9 values (minutes of CPU, gigabytes) before any check runs."""
+
+    def __init__(self, source: str) -> None:
+        self.left, self.source = MAX_NODES, source
+
+    def take(self, node: yaml.Node) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise ConfigError(f"{self.source}:{node.start_mark.line + 1}: more than {MAX_NODES} values "
+                              "(anchors and aliases expanding?)")
+
+
+def _walk(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ...], int], source: str,
+          budget: _Budget) -> Any:
+    budget.take(node)
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
@@ -47,10 +66,10 @@ def _walk(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ...], i
             if key in out:
                 raise ConfigError(f"{source}:{key_node.start_mark.line + 1}: duplicate key {key!r}")
             lines[(*path, key)] = key_node.start_mark.line + 1
-            out[key] = _walk(value_node, (*path, key), lines, source)
+            out[key] = _walk(value_node, (*path, key), lines, source, budget)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_walk(item, (*path, i), lines, source) for i, item in enumerate(node.value)]
+        return [_walk(item, (*path, i), lines, source, budget) for i, item in enumerate(node.value)]
     return _scalar(node, source)
 
 
@@ -71,7 +90,7 @@ def loads(text: str, source: str = "<string>") -> Located:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         lines: dict[tuple[Any, ...], int] = {}
-        data = None if node is None else _walk(node, (), lines, source)
+        data = None if node is None else _walk(node, (), lines, source, _Budget(source))
     except RecursionError:
         raise ConfigError(f"{source}:1: nested too deeply") from None
     except yaml.MarkedYAMLError as exc:

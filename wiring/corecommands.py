@@ -86,7 +86,10 @@ def keys_create(
     context = context_of(ctx)
     expires_at = None
     if expires:
-        expires_at = datetime.now(UTC) + timedelta(seconds=parse_duration(expires, where="--expires"))
+        lifetime = parse_duration(expires, where="--expires")
+        if lifetime <= 0:
+            fail(f'--expires: "{expires}" would create a key that is already expired')
+        expires_at = datetime.now(UTC) + timedelta(seconds=lifetime)
     token = apikeys.create(context.engine, name, tuple(scope), expires_at)
     console.print(f"key for {name} (scopes: {', '.join(scope)}); store it now, it is not shown again:")
     typer.echo(token)

@@ -28,6 +28,7 @@ from controltower import __version__, migrate, web
 from controltower.context import AppContext
 from controltower.db import is_unavailable
 from controltower.settings import Settings
+from wiring.http11 import HeadTimeoutH11Protocol
 
 log = logging.getLogger(__name__)
 MAX_HEADER_BYTES = 16 * 1024  # request line + headers; larger heads are refused (h11's own default, made explicit)
@@ -111,4 +112,5 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "timeout_keep_alive": max(1, round(settings.header_timeout)),
         "limit_concurrency": settings.max_connections or None,
         "h11_max_incomplete_event_size": MAX_HEADER_BYTES,
+        "http": HeadTimeoutH11Protocol,  # request heads get a deadline too (slowloris)
     }

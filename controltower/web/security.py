@@ -2,8 +2,8 @@
 
 Wrap an endpoint in `require_scope("read")` or `require_scope("ingest")`; it looks the key up
 in the app's one KeyCache (`Web.keys`) off the event loop and raises `Unauthorized` (401).
-`read_json` is the one way a small JSON body is read after that: size-limited and timed by
-the `BodyLimit` middleware, parsed off the loop, with any malformed or too-deep body a 400.
+`read_json` is the one way a small JSON body is read after that: capped at `SMALL_BODY_BYTES`,
+timed by the `BodyLimit` middleware, parsed off the loop, with any malformed or too-deep body a 400.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from controltower.auth import bearer_token
-from controltower.web.errors import BadBody, Unauthorized
+from controltower.web.errors import BadBody, RequestTooLarge, Unauthorized
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 SCOPES = ("ingest", "read")
@@ -63,9 +63,20 @@ async def authorize_metrics(request: Request) -> None:
     await authorize(request, "read")
 
 
-async def read_json(request: Request) -> Any:
-    """The body as JSON (None when empty); `BadBody` when it is not JSON or nested too deep."""
-    raw = await request.body()
+SMALL_BODY_BYTES = 64 * 1024  # a command body ({"by": "name"}); ingest bodies are not read here
+
+
+async def read_json(request: Request, max_bytes: int = SMALL_BODY_BYTES) -> Any:
+    """The body as JSON (None when empty); `BadBody` when it is not JSON or nested too deep;
+    `RequestTooLarge` past `max_bytes`, counted while it streams in (never held whole first)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise RequestTooLarge(f"body is more than the {max_bytes} bytes this route allows")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     if not raw.strip():
         return None
     try:

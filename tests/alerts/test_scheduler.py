@@ -106,7 +106,8 @@ def test_standby_takes_over_when_the_leaders_connection_dies(nodes, engine):
     with engine.begin() as conn:
         killed = conn.execute(sa.text(
             "SELECT pg_terminate_backend(pid) FROM pg_locks "
-            "WHERE locktype = 'advisory' AND objid::bigint = :k AND granted"), {"k": scheduler.LEADER_LOCK}).all()
+            "WHERE locktype = 'advisory' AND objid::bigint = :k AND granted "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"), {"k": scheduler.LEADER_LOCK}).all()
     assert killed == [(True,)]
 
     # the old leader notices and steps down (it may win the free lock again right after)

@@ -125,3 +125,11 @@ def test_unstorable_values_reject_their_record_naming_the_field(element, error):
 def test_events_wrapper_falls_back_per_record():
     records, errors = parse_events(b'{"events": [{"a": 1}, {"attributes": {"x": "\xff"}}]}')
     assert records[0] == {"a": 1} and errors == {1: "attributes.x: not valid UTF-8"}
+
+
+def test_cut_deep_replaces_only_what_is_deeper_than_the_limit():
+    from collectors.bodies import cut_deep
+
+    body = b'{"a": [[1, "[{"], {"b": [2]}], "c": 3}'
+    assert cut_deep(body, 2, "X") == (b'{"a": ["X", "X"], "c": 3}', True)
+    assert cut_deep(body, 4, "X") == (body, False)

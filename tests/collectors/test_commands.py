@@ -46,3 +46,15 @@ def test_http_search_and_transaction_find_an_order_by_the_email_its_id_was_maske
     assert [r["correlation_id"] for r in found["results"]] == [token]
     assert one.status_code == 200 and one.json()["correlation_id"] == token
     assert "jane@example.com" not in one.text
+
+
+def test_search_with_a_key_that_is_not_utf8_says_so(engine, monkeypatch):
+    """argv bytes that are not UTF-8 (surrogates in Python) crashed search with UnicodeEncodeError."""
+    from typer.testing import CliRunner
+
+    from wiring.cli import app
+
+    monkeypatch.setenv("CONTROLTOWER_DATABASE_URL", str(engine.url.render_as_string(hide_password=False)))
+    result = CliRunner().invoke(app, ["search", "--", "\udcff\udcfeab"])
+    assert result.exit_code == 1 and not isinstance(result.exception, UnicodeError)
+    assert "not valid UTF-8, so nothing stored can match it" in result.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import sqlalchemy as sa
 from typer.testing import CliRunner
@@ -246,3 +247,89 @@ def test_watcher_goes_on_after_a_poisoned_file(tmp_path, engine, settings):
     assert "RuntimeError: boom" in reports[0].failure  # an unexpected failure in one file...
     assert (drop / "quarantine" / "a-deep.jsonl").exists() and (drop / "processed" / "b-good.jsonl").exists()
     assert count(engine, "SELECT count(*) FROM events WHERE correlation_id = 'C-after'") == 1  # ...not the next
+
+
+HEAD = "event_id,occurred_at,correlation_id,channel,flow,stage,status,system"
+
+
+def _row(event_id: str, *extra: str) -> str:
+    return ",".join([event_id, at(5), f"C-{event_id}", "amazon", "order", "received", "ok", "marketplace", *extra])
+
+
+def test_csv_unterminated_quote_rejects_its_row_and_never_swallows_later_lines(tmp_path, engine, settings):
+    """Row q2 opened a quote it never closed: q3 was stored inside q2's error_message."""
+    path = tmp_path / "q.csv"
+    path.write_text(f'{HEAD},error_message\n{_row("q1", chr(34) + "line1" + chr(10) + "line2" + chr(34))}\n'
+                    f'{_row("q2", chr(34) + "unterminated")}\n{_row("q3", "x")}\n')
+    report = import_files([path], sink_for(engine, settings), progress=False)
+    assert report.accepted == 1
+    assert len(report.errors) == 1 and "q.csv:" in report.errors[0]
+    with engine.connect() as conn:
+        rows = dict(conn.execute(sa.text("SELECT event_id, error_message FROM events")).all())
+    assert rows == {"q1": "line1\nline2"}  # q2 is not stored holding q3's line
+
+
+def test_csv_header_naming_a_column_twice_is_refused(tmp_path, engine, settings):
+    """`correlation_id,…,correlation_id`: the last cell won silently."""
+    path = tmp_path / "d.csv"
+    path.write_text(f"{HEAD},correlation_id\n{_row('d1', 'C-other')}\n")
+    report = import_files([path], sink_for(engine, settings), progress=False)
+    assert report.accepted == 0 and "correlation_id" in report.errors[0] and "twice" in report.errors[0]
+    assert count(engine) == 0
+
+
+def test_csv_latency_takes_ascii_numbers_only(tmp_path, engine, settings):
+    """`١٢` was stored as 12 and `1_000` as 1000 (float() accepts both)."""
+    path = tmp_path / "l.csv"
+    path.write_text(f"{HEAD},latency_ms\n{_row('l1', '١٢')}\n{_row('l2', '1_000')}\n{_row('l3', '12.5')}\n"
+                    f"{_row('l4', '1e3')}\n")
+    report = import_files([path], sink_for(engine, settings), progress=False)
+    assert report.accepted == 2 and len(report.errors) == 2
+    assert all("is not a number" in e for e in report.errors)
+    assert count(engine, "SELECT count(*) FROM events WHERE latency_ms IN (12.5, 1000)") == 2
+
+
+def test_drop_folder_waits_until_a_feed_has_settled(tmp_path, engine, settings):
+    """A writer appending every 1.5 s with 1 s polls saw its file imported half-way and moved;
+    the rest of its lines went to a new, header-less file. Now a file is taken only once its
+    size and mtime held for a poll AND it was last written `settle` seconds ago."""
+    import os
+
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    path = drop / "feed.csv"
+    path.write_text(f"{HEAD}\n{_row('s1')}\n")
+    mtime = os.lstat(path).st_mtime
+    sizes: dict = {}
+    sink = sink_for(engine, settings)
+    assert watch_once(drop, sink, sizes=sizes, now=mtime + 1, settle=3) == []  # first sight
+    assert watch_once(drop, sink, sizes=sizes, now=mtime + 2, settle=3) == []  # unchanged, but 2 s old
+    with path.open("a") as out:
+        out.write(_row("s2") + "\n")
+    os.utime(path, (mtime + 2.5, mtime + 2.5))
+    assert watch_once(drop, sink, sizes=sizes, now=mtime + 3, settle=3) == []  # it grew: wait again
+    assert watch_once(drop, sink, sizes=sizes, now=mtime + 6, settle=3)[0].accepted == 2
+    assert (drop / "processed" / "feed.csv").exists()
+
+
+def test_drop_folder_imports_nothing_while_it_cannot_file_away(tmp_path, engine, settings, caplog):
+    """A plain file named `quarantine` made every poll re-import the folder and log an error per file."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "quarantine").write_text("")
+    (drop / "a.csv").write_text(f"{HEAD}\n{_row('f1')}\n")
+    calls = []
+    warned: set[str] = set()
+    for _ in range(3):
+        assert watch_once(drop, lambda records, source: calls.append(source), warned=warned) == []
+    assert calls == [] and (drop / "a.csv").exists()
+    assert sum("not a real folder" in r.message for r in caplog.records) == 1  # said once, not every poll
+
+
+def test_watch_prints_file_names_without_control_characters_or_markup(capsys):
+    from collectors.commands import _print_report
+    from collectors.files import FileReport
+
+    _print_report(FileReport(Path("evil\nname\x1b[31m[bold]x.csv")))
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "evil\\nname\\x1b[31m[bold]x.csv: 0 stored" in out

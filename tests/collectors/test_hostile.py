@@ -295,3 +295,57 @@ def test_personal_data_is_stored_nowhere_in_clear(collector, engine):
     assert "jane@example.com" not in answer.text.replace('"q":"jane@example.com"', "")
     token = Masker().mask_identifier("jane@example.com")
     assert token in {r["order_id"] for r in answer.json()["results"]}
+
+
+def _nested_value(levels: int):
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+    value = AnyValue(string_value="leaf")
+    for _ in range(levels):
+        outer = AnyValue()
+        outer.array_value.values.add().CopyFrom(value)
+        value = outer
+    return value
+
+
+def test_otlp_protobuf_too_deep_attribute_is_rejected_as_too_deep_not_as_bad_utf8(collector, engine):
+    """A span whose attribute nests 60 arrays (past protobuf's 100-level limit) was rejected as
+    "is not valid UTF-8": the wrong reason sends its sender looking for an encoding bug."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+    request = _otlp_request("svc", ["fine-0", "deep-1", "fine-2"])
+    deep = request.resource_spans[0].scope_spans[0].spans[1].attributes.add(key="retail.deep")
+    deep.value.CopyFrom(_nested_value(60))
+    response = httpx.post(collector.url + "/v1/traces", content=request.SerializeToString(),
+                          headers={"content-type": "application/x-protobuf"})
+    answer = ExportTraceServiceResponse.FromString(response.content)
+    assert response.status_code == 200 and answer.partial_success.rejected_spans == 1
+    assert answer.partial_success.error_message == \
+        'span 0202020202020202 ("step 1"): attribute "retail.deep" is nested too deeply to decode'
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT correlation_id FROM events WHERE correlation_id LIKE 'C-otlp-%' ORDER BY 1")).scalars().all()
+    assert rows == ["C-otlp-0", "C-otlp-2"]
+
+
+def test_otlp_json_deeper_than_the_parser_takes_rejects_only_its_span(collector, engine):
+    """One attribute nested 1,200 JSON levels turned the whole export into a 400, losing its
+    good spans; the deep value is cut out while scanning and only its span is rejected."""
+    from google.protobuf import json_format
+
+    document = json_format.MessageToDict(_otlp_request("svc", ["fine-0", "DEEP-1", "fine-2"]))
+    for span in document["resourceSpans"][0]["scopeSpans"][0]["spans"]:
+        for key in ("traceId", "spanId"):
+            import base64
+
+            span[key] = base64.b64decode(span[key]).hex()
+    deep = b'{"arrayValue": {"values": [' * 400 + b'{"stringValue": "x"}' + b"]}}" * 400
+    body = json.dumps(document).encode().replace(b'{"stringValue": "DEEP-1"}', deep)
+    response = httpx.post(collector.url + "/v1/traces", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 200, response.text[:300]
+    partial = response.json()["partialSuccess"]
+    assert partial["rejectedSpans"] == "1"
+    assert partial["errorMessage"] == ('span 0202020202020202 ("step 1"): resourceSpans[0].scopeSpans[0].spans[1]: '
+                                       "a value is nested deeper than 64 levels")
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT correlation_id FROM events WHERE correlation_id LIKE 'C-otlp-%' ORDER BY 1")).scalars().all()
+    assert rows == ["C-otlp-0", "C-otlp-2"]

@@ -80,3 +80,53 @@ def test_deadline_attributes_of_the_sla_definitions_are_enforced(engine, setting
                           source="api", now=NOW)
     assert result.accepted == 1
     assert result.rejected == [(0, 'attributes.promised_delivery: "2031-01-01" lies outside the years 2020..2030 accepted for deadlines')]
+
+
+def test_an_events_body_with_more_records_than_a_batch_is_413_and_stores_nothing(engine, settings):
+    """`[1,1,1,…]` answered one rejection per record past the batch limit: a 4 MB body drew a
+    193 MB answer, and a 64 MB one would have taken gigabytes of memory to build."""
+    import httpx
+
+    from controltower.context import AppContext
+    from tests.conftest import LoopbackServer
+    from wiring.server import build_app
+
+    small = settings.with_(max_batch_events=10)
+    with LoopbackServer(build_app(AppContext(small, engine))) as server:
+        body = "[" + ",".join(['{"a": 1}'] * 11) + "]"
+        r = httpx.post(server.url + "/v1/events", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 413
+        assert r.json()["error"] == ("the body holds 11 records, more than the 10 allowed per request; "
+                                     "nothing was stored, send them in smaller batches")
+        r = httpx.post(server.url + "/v1/events", content=b"1\n" * 11, headers={"content-type": "application/x-ndjson"})
+        assert r.status_code == 413 and len(r.content) < 300
+        r = httpx.post(server.url + "/v1/events", content=b"[" + b"1," * 9 + b"1]", headers={"content-type": "application/json"})
+        assert r.status_code == 400 and len(r.json()["rejected"]) == 10  # at the limit: per-record reasons
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM events")).scalar() == 0
+
+
+def test_a_body_with_more_json_values_than_a_batch_needs_is_413_before_parsing(engine, settings):
+    """64 MB of `{},{},…` parsed into 21 million dicts (~1.5 GB) before any count was checked;
+    three 20 MB bodies at once took the collector from 90 MB to 710 MB RSS."""
+    import httpx
+
+    from collectors import bodies
+    from controltower.context import AppContext
+    from tests.conftest import LoopbackServer
+    from wiring.server import build_app
+
+    assert bodies.check_values(b'[{"a": [1, 2]}, {"b": {}}]', 7) is None  # , , [ [ { { {  = 7
+    with pytest.raises(bodies.BodyTooLarge, match="up to 7 JSON values, more than the 6"):
+        bodies.check_values(b'[{"a": [1, 2]}, {"b": {}}]', 6)
+    small = settings.with_(max_batch_events=10)  # 400 values per request
+    with LoopbackServer(build_app(AppContext(small, engine))) as server:
+        for path, kind in (("/v1/events", "application/json"), ("/v1/events", "application/x-ndjson"),
+                           ("/v1/traces", "application/json")):
+            r = httpx.post(server.url + path, content=b"[" + b"{}," * 500 + b"{}]", headers={"content-type": kind})
+            assert r.status_code == 413 and "JSON values" in r.json()["error"], (path, kind, r.text[:200])
+        from tests.web.helpers import record
+
+        good = [record(f"v-{i}") for i in range(10)]
+        r = httpx.post(server.url + "/v1/events", json=good)
+        assert r.status_code == 200 and r.json()["accepted"] == 10

@@ -296,3 +296,52 @@ def test_a_card_number_standing_apart_is_still_masked_in_ids_and_text():
     e.order_id = "PAY-4111111111111111"
     Masker().mask_event(e)
     assert "4111" not in e.order_id.replace("…1111", "") and "4111 1111 1111 1111" not in (e.error_message or "")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("ssn", "123-45-6789"), ("SSN", 123456789), ("socialSecurityNumber", "123-45-6789"), ("taxId", "123-45-6789"),
+        ("national_insurance_number", "QQ123456C"), ("passport_number", "X1234567"), ("driverLicense", "D1234567"),
+        ("dob", "1980-01-02"), ("dateOfBirth", "1980-01-02"), ("birth_date", "1980-01-02"),
+        ("password", "hunter2"), ("accessToken", "eyJhbGciOi"), ("api_key", "sk_live_1"), ("Authorization", "Bearer x"),
+        ("client_secret", "s3cr3t"), ("cvv", 123), ("card_security_code", "123"),
+    ],
+)
+def test_national_ids_birth_dates_and_secrets_are_masked(key, value):
+    """None of these were masked: an SSN, a date of birth, a password or a CVV was stored in clear."""
+    e = event(payload={key: value, "sku": "A-1"})
+    Masker().mask_event(e)
+    assert e.payload == {key: "***", "sku": "A-1"}
+
+
+def test_key_value_pairs_in_any_spelling_mask_the_value():
+    """`{"k": "phone", "v": …}`, `fieldName`/`fieldValue`, `attribute_name`/`attribute_value` and
+    `name`/`stringValue` kept the phone number in clear."""
+    phone = "+1 206 555 0143"
+    e = event(payload={"a": [{"k": "phone", "v": phone}, {"fieldName": "Phone", "fieldValue": phone},
+                             {"attribute_name": "phone", "attribute_value": phone}, {"name": "phone", "stringValue": phone},
+                             {"k": "gift", "v": "yes"}]})
+    Masker().mask_event(e)
+    assert e.payload == {"a": [{"k": "phone", "v": "***43"}, {"fieldName": "Phone", "fieldValue": "***43"},
+                               {"attribute_name": "phone", "attribute_value": "***43"},
+                               {"name": "phone", "stringValue": "***43"}, {"k": "gift", "v": "yes"}]}
+
+
+@pytest.mark.parametrize(
+    ("message", "masked"),
+    [
+        ("SSN 123-45-6789 rejected by payroll", "SSN [ssn] rejected by payroll"),
+        ("login failed: password=hunter2 for svc", "login failed: password=*** for svc"),
+        ("upstream said Authorization: Bearer eyJhbGciOi.x.y", "upstream said Authorization: ***"),
+        ("callback https://x.example/cb?token=abcdef&page=2", "callback https://x.example/cb?token=***&page=2"),
+        ("api_key: sk_live_123; retry", "api_key: ***; retry"),
+        ("token expired, the password was wrong", "token expired, the password was wrong"),  # no value: kept
+        ("order 113-4567890-1234567 not found", "order 113-4567890-1234567 not found"),
+    ],
+)
+def test_error_messages_mask_ssns_and_secrets_after_a_cue(message, masked):
+    """An SSN or a `password=…` in an error message was stored in clear."""
+    e = event(error_message=message)
+    Masker().mask_event(e)
+    assert e.error_message == masked

@@ -179,7 +179,7 @@ json_values = st.recursive(
     | st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=40)
     | st.sampled_from(["0001-01-01T00:00:00+05:00", "9999-12-31T23:00:00-05:00", "２０２６-１１-２５", "2026-11-25\u200b",
                        "2026-11-25T10:00:00+14:59", "-infinity", "infinity", "epoch", "1e400"]),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=5), children, max_size=3),
     max_leaves=20,
 )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -70,3 +71,32 @@ def test_key_state_table():
     assert apikeys.key_state({"revoked_at": None, "expires_at": now}, now=now) == "expired"
     assert apikeys.key_state({"revoked_at": None, "expires_at": now + timedelta(seconds=1)}, now=now) == "active"
     assert apikeys.key_state({"revoked_at": now, "expires_at": now - timedelta(days=1)}, now=now) == "revoked"
+
+
+def test_keys_create_refuses_lifetimes_that_are_expired_overflowing_or_not_ascii(engine, database_url, tmp_path):
+    """`--expires 0s` made a key dead on arrival; `1e9d` crashed with OverflowError; `١h` passed."""
+    from wiring.cli import app
+
+    for expires, said in (("0s", "already expired"), ("1e9d", "longer than the longest allowed duration"), ("١h", "not a duration"),
+                          ("1_0h", "not a duration")):
+        out = CliRunner().invoke(app, ["--database-url", database_url, "--data-dir", str(tmp_path),
+                                       "keys", "create", "k", "--expires", expires])
+        told = out.output + str(out.exception or "")  # ConfigError is printed by the console entry point
+        assert out.exit_code != 0 and said in told, (expires, told)
+        assert not isinstance(out.exception, OverflowError)
+    assert apikeys.list_keys(engine) == []
+
+
+def test_two_authorization_headers_name_no_key(collector, engine):
+    """With the valid key first and junk second the first copy counted (a proxy may check the last)."""
+    token = apikeys.create(engine, "w", ("ingest",))
+    _reload(collector)
+    body = json.dumps([record("two-auth")]).encode()
+    for pair in ((f"Bearer {token}", "Bearer nope"), ("Bearer nope", f"Bearer {token}"),
+                 (f"Bearer {token}", f"Bearer {token}")):
+        headers = [("content-type", "application/json"), *(("authorization", value) for value in pair)]
+        assert httpx.post(collector.url + "/v1/events", headers=headers, content=body).status_code == 401, pair
+    headers = [("content-type", "application/json"), ("x-api-key", token), ("x-api-key", "nope")]
+    assert httpx.post(collector.url + "/v1/events", headers=headers, content=body).status_code == 401
+    headers = [("content-type", "application/json"), ("authorization", f"Bearer {token}")]
+    assert httpx.post(collector.url + "/v1/events", headers=headers, content=body).status_code == 200
