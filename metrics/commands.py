@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 
+from controltower import funnel
 from controltower.clitools import (
     context_of,
     fail,
@@ -18,6 +19,7 @@ from controltower.clitools import (
     settings_of,
 )
 from controltower.settings import parse_duration
+from controltower.vocab import human_duration
 from metrics import compute, definitions, jobs, reconcile
 
 HEALTH_STYLE = {"ok": "green", "warn": "yellow", "critical": "bold red"}
@@ -36,7 +38,7 @@ def _dump(value: Any) -> None:
 
 
 def _ms(value: Any) -> str:
-    return compute.human_ms(value) if value is not None else "-"
+    return human_duration(value) if value is not None else "-"
 
 
 def sla_command(
@@ -163,7 +165,7 @@ def funnel_command(
         fail(f"--day: {day!r} is not a date like 2026-11-23")
     context = context_of(ctx)
     with context.engine.connect() as conn:
-        steps = reconcile.funnel(conn, channel=channel, day=the_day)
+        steps = funnel.funnel(conn, channel=channel, day=the_day)
     if as_json:
         _dump(steps)
         return

@@ -27,10 +27,6 @@ PAGE_BURN, TICKET_BURN = 14.4, 6.0
 MIN_SAMPLES = 10  # below this, a ratio says nothing about health
 
 
-# metrics/commands.py (helper "ops" owns its output) still reads durations through this name
-human_ms = human_duration
-
-
 @dataclass(frozen=True)
 class Span:
     """A window split into whole hours (hour rollups) and ragged edges (minute rollups)."""

@@ -20,10 +20,6 @@ from sqlalchemy.engine import Connection
 from controltower import funnel as _funnel
 from controltower.errors import ConfigError
 
-# the funnel queries live in the core (the dashboard counts the same orders); metrics/commands.py
-# (helper "ops" owns its output) still reaches them through these names
-FUNNEL, funnel, funnel_gap = _funnel.MILESTONES, _funnel.funnel, _funnel.funnel_gap
-
 ORDER_COLUMNS = ("external_order_id", "amazon-order-id", "order-id", "order_id", "order number", "ordernumber", "purchase order number", "name")
 DATE_COLUMNS = ("purchase-date", "purchase_date", "order_date", "order date", "created_at", "order-date", "date")
 

@@ -35,7 +35,7 @@ MAX_HEADER_BYTES = 16 * 1024  # request line + headers; larger heads are refused
 
 
 def build_app(context: AppContext, extra_collectors: list[Collector] | None = None) -> Starlette:
-    """Every room's routes and collectors in one app; `extra_collectors` for the lead's hooks."""
+    """Every room's routes and collectors in one app; `extra_collectors` adds more (tests, embedders)."""
     from alerts import http as alerts_http
     from collectors import http as collectors_http
     from metrics import http as metrics_http
