@@ -28,9 +28,9 @@ import re
 import unicodedata
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from controltower import yamlfile
+from controltower.settings import Settings
 
 KINDS = ("email", "phone", "card", "bank", "address", "name", "national_id", "birth", "secret")
 # Identifiers are a stable hash when they carry personal data, so they still correlate.
@@ -151,11 +151,10 @@ class MaskingRules:
         return cls(mask_emails_in_text=flag, hash_key=hash_key, **lists)
 
     @classmethod
-    def for_settings(cls, settings: Any) -> MaskingRules:
+    def for_settings(cls, settings: Settings) -> MaskingRules:
         """The rules a process uses: the configured file, keyed by the `masking_hash_key` secret if set."""
         rules = cls.load(settings.masking_rules)
-        key = getattr(settings, "masking_hash_key", None)
-        return replace(rules, hash_key=key) if key else rules
+        return replace(rules, hash_key=settings.masking_hash_key) if settings.masking_hash_key else rules
 
     def kind_of(self, key: str) -> str | None:
         norm = normalise_key(key)
