@@ -193,10 +193,11 @@ FROM generate_series(:lo, :hi - 1) AS g
 """
 GROW_TX = """
 INSERT INTO transactions (correlation_id, channel, flow, order_id, first_event_at, first_event_id, last_event_at,
-    last_event_id, status, last_milestone, event_count, error_count, retry_count, dead_letter_count, updated_at)
+    last_event_id, status, last_milestone, event_count, error_count, retry_count, dead_letter_count, updated_at,
+    business_id)
 SELECT 'G-' || o, (ARRAY['amazon','shopify','ebay','walmart','pos'])[1 + o % 5], 'order', 'SO-G-' || o,
        :t0 + o * interval '300 ms', 'e0', :t0 + o * interval '300 ms' + interval '35 minutes', 'e5', 'ok',
-       'shipment.shipment_confirmed', 6, 0, 0, 0, now()
+       'shipment.shipment_confirmed', 6, 0, 0, 0, now(), 'G-' || o
 FROM generate_series(:lo, :hi - 1) AS o
 """
 GROW_KEYS = """

@@ -141,7 +141,7 @@ UPSERT_TRANSACTIONS = """
 INSERT INTO transactions AS t (
     correlation_id, channel, flow, order_id, first_event_at, first_event_id, last_event_at,
     last_event_id, status, last_milestone, last_system, event_count, error_count, retry_count,
-    dead_letter_count, last_error_at, last_error_code, last_error_message, updated_at)
+    dead_letter_count, last_error_at, last_error_code, last_error_message, updated_at, business_id)
 SELECT correlation_id,
        (array_agg(channel ORDER BY occurred_at, event_id))[1],
        (array_agg(flow ORDER BY occurred_at, event_id))[1],
@@ -164,7 +164,8 @@ SELECT correlation_id,
        (array_agg(error_message ORDER BY occurred_at DESC, coalesce(error_code, '') DESC,
                   coalesce(error_message, '') DESC)
             FILTER (WHERE status IN ('error', 'dead_letter')))[1],
-       %(now)s
+       %(now)s,
+       correlation_id
 FROM ct_new
 GROUP BY correlation_id
 ORDER BY correlation_id

@@ -38,7 +38,10 @@ METRICS_TABLES = (
     "event_rollup_minute", "event_rollup_hour", "freshness_state", "metrics_watermarks",
     "sla_status", "hop_health", "sla_definitions",
 )
-INGEST_TABLES = ("events", "transactions", "transaction_milestones", "transaction_keys", "event_ids", "event_conflicts")
+INGEST_TABLES = (
+    "events", "transactions", "transaction_milestones", "transaction_keys", "event_ids", "event_conflicts",
+    "identity_hubs", "identity_changes",
+)
 ALERT_TABLES = ("alert_state", "alert_events", "alert_notifications", "alert_silences", "alert_audit")
 ALERT_HEALTH_TABLES = ("alert_evaluations", "scheduler_health")
 KNOWN_TABLES = frozenset(

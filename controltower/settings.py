@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from controltower.errors import ConfigError
+from controltower.identity import DEFAULT_FANOUT, DEFAULT_IDENTITY_KEYS
 
 ENV_PREFIX = "CONTROLTOWER_"
 
@@ -117,7 +118,7 @@ def _setting(default: Any, parse: Callable[[str, str], Any], help: str, *, secre
     return field(default=default, repr=not secret, metadata={"parse": parse, "help": help, "secret": secret})
 
 
-DEFAULT_KEY_ATTRIBUTES = (
+DEFAULT_KEY_ATTRIBUTES = (  # searchable; identity_keys are added to these
     "external_order_id",
     "marketplace_order_id",
     "erp_document",
@@ -178,6 +179,25 @@ class Settings:
         DEFAULT_KEY_ATTRIBUTES,
         _list,
         "Event attributes indexed as searchable business keys (comma-separated).",
+    )
+    identity_keys: tuple[str, ...] = _setting(
+        DEFAULT_IDENTITY_KEYS,
+        _list,
+        "Keys that join correlation IDs into one business transaction (order_id and event attributes; "
+        "comma-separated). Other key attributes stay searchable but never link. After changing it, "
+        "run `controltower relink`.",
+    )
+    link_fanout_limit: int = _setting(
+        DEFAULT_FANOUT,
+        _int,
+        "An identity value seen on more correlation IDs than this is a hub (listed, counted) and links "
+        "none of them. After changing it, run `controltower relink`.",
+    )
+    orphan_grace_seconds: int = _setting(
+        900,
+        _int,
+        "How long an event's identity keys may link to nothing known (no channel order) before its "
+        "business transaction counts as an orphan.",
     )
     max_key_values: int = _setting(
         100,
@@ -311,3 +331,14 @@ class Settings:
 
     def with_(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def indexed_keys(self) -> tuple[str, ...]:
+        """Attributes written to `transaction_keys`: the searchable ones and the identity keys
+        (`order_id` is a column of its own, indexed always)."""
+        extra = tuple(k for k in self.identity_keys if k != "order_id" and k not in self.key_attributes)
+        return (*self.key_attributes, *extra)
+
+    @property
+    def linking_keys(self) -> frozenset[str]:
+        return frozenset(self.identity_keys)

@@ -25,7 +25,7 @@ events = sa.Table(
     sa.Column("event_id", sa.Text, nullable=False),
     sa.Column("received_at", TS, nullable=False),
     sa.Column("order_id", sa.Text),
-    sa.Column("channel", sa.Text, nullable=False),
+    sa.Column("channel", sa.Text, nullable=True),
     sa.Column("flow", sa.Text, nullable=False),
     sa.Column("stage", sa.Text, nullable=False),
     sa.Column("status", sa.Text, nullable=False),
@@ -82,7 +82,7 @@ transactions = sa.Table(
     "transactions",
     metadata,
     sa.Column("correlation_id", sa.Text, primary_key=True),
-    sa.Column("channel", sa.Text, nullable=False),
+    sa.Column("channel", sa.Text, nullable=True),
     sa.Column("flow", sa.Text, nullable=False),
     sa.Column("order_id", sa.Text),
     sa.Column("first_event_at", TS, nullable=False),
@@ -100,10 +100,12 @@ transactions = sa.Table(
     sa.Column("last_error_code", sa.Text),
     sa.Column("last_error_message", sa.Text),
     sa.Column("updated_at", TS, nullable=False),
+    sa.Column("business_id", sa.Text, nullable=False),
     sa.Index("transactions_channel_first_idx", "channel", "first_event_at"),
     sa.Index("transactions_last_event_idx", "last_event_at"),
     sa.Index("transactions_updated_idx", "updated_at"),
     sa.Index("transactions_order_idx", "order_id"),
+    sa.Index("transactions_business_idx", "business_id"),
 )
 
 # The earliest successful time each milestone (`flow.stage`) was reached, one row per
@@ -114,7 +116,7 @@ transaction_milestones = sa.Table(
     sa.Column("correlation_id", sa.Text, nullable=False),
     sa.Column("milestone", sa.Text, nullable=False),
     sa.Column("reached_at", TS, nullable=False),
-    sa.Column("channel", sa.Text, nullable=False),
+    sa.Column("channel", sa.Text, nullable=True),
     sa.Column("recorded_at", TS, nullable=False),
     sa.PrimaryKeyConstraint("correlation_id", "milestone", name="transaction_milestones_pkey"),
     sa.Index("transaction_milestones_lookup_idx", "milestone", "channel", "reached_at"),
@@ -132,6 +134,26 @@ transaction_keys = sa.Table(
     sa.Column("first_seen_at", TS, nullable=False),
     sa.PrimaryKeyConstraint("value", "kind", "correlation_id", name="transaction_keys_pkey"),
     sa.Index("transaction_keys_correlation_idx", "correlation_id"),
+)
+
+# One row per identity value seen on more correlation IDs than the fan-out limit: links none.
+identity_hubs = sa.Table(
+    "identity_hubs",
+    metadata,
+    sa.Column("kind", sa.Text, primary_key=True),
+    sa.Column("value", sa.Text, primary_key=True),
+    sa.Column("fanout", sa.BigInteger, nullable=False),
+    sa.Column("first_seen_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# Journal of business ids that gained or lost members (old and new id of every re-keyed member).
+identity_changes = sa.Table(
+    "identity_changes",
+    metadata,
+    sa.Column("business_id", sa.Text, nullable=False),
+    sa.Column("changed_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("identity_changes_changed_idx", "changed_at"),
 )
 
 api_keys = sa.Table(

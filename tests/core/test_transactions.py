@@ -193,8 +193,8 @@ def test_any_stored_promise_gives_a_verdict_never_an_error(migrated_engine, valu
         conn.execute(sa.text("TRUNCATE events, transactions, transaction_milestones"))
         conn.execute(sa.text(
             "INSERT INTO transactions (correlation_id, channel, flow, first_event_at, first_event_id, last_event_at,"
-            " last_event_id, status, last_milestone, event_count, error_count, retry_count, dead_letter_count, updated_at)"
-            " VALUES ('H1', 'amazon', 'order', :at, 'e1', :at, 'e1', 'ok', 'order.received', 1, 0, 0, 0, :at)"), {"at": now - H})
+            " last_event_id, status, last_milestone, event_count, error_count, retry_count, dead_letter_count, updated_at,"
+            " business_id) VALUES ('H1', 'amazon', 'order', :at, 'e1', :at, 'e1', 'ok', 'order.received', 1, 0, 0, 0, :at, 'H1')"), {"at": now - H})
         conn.execute(sa.text("INSERT INTO transaction_milestones VALUES ('H1', 'order.received', :at, 'amazon', :at)"), {"at": now - H})
         conn.execute(sa.text(
             "INSERT INTO events (occurred_at, correlation_id, event_id, received_at, channel, flow, stage, status, attributes, source)"
