@@ -390,3 +390,23 @@ def test_search_pages_business_transactions_newest_first(engine, settings):
         assert rows[0]["matched_by"] == ["sku"] and rows[1]["event_count"] == 8
         assert [r["correlation_id"] for r in transactions.search(conn, "SKU-RED", limit=1, offset=1)] == [MKT]
         assert [r["correlation_id"] for r in transactions.search(conn, "SKU-RED", limit=2, offset=2)] == ["SOLO-2"]
+
+
+def test_search_text_output_names_every_member(engine, settings, monkeypatch, database_url, capsys):
+    from wiring.cli import main
+
+    monkeypatch.setenv("CONTROLTOWER_DATABASE_URL", database_url)
+    now = datetime.now(UTC).replace(microsecond=0)
+    t0 = ingest_stitched(engine, settings, now)
+    capsys.readouterr()
+    main(["search", TRACKING])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == [MKT, "channel", "amazon", "order", "SO-1001", "status", "ok"]
+    assert out[1].strip() == "4 correlation ids, one business transaction:"
+    assert [o.split()[:3] for o in out[2:6]] == [
+        ["member", MKT, "marketplace"], ["member", ERP, "erp"], ["member", WMS, "wms"], ["member", CARRIER, "carrier"]]
+    assert out[4].split()[3:] == [rfc3339(t0 + 20 * MIN), "→", rfc3339(t0 + 60 * MIN), "2", "events",
+                                  f"erp_document={ERP_DOC},", f"shipment_id={SHIPMENT},", f"tracking_number={TRACKING}"]
+    assert "  SLA erp_posting: met (2 min of 30 min)" in out
+    scan = next(o for o in out if "shipment.first_scan" in o)
+    assert scan.split()[:3] == [rfc3339(t0 + 90 * MIN), CARRIER, "carrier"]  # each event says its member
