@@ -1,7 +1,11 @@
 """The transaction story: one business transaction told in plain words support can read out.
 
 Pure: the `controltower.transactions.get` shape in, one sentence of plain text out (the caller
-escapes it for wherever it is shown). Times are shown in the zone passed in.
+escapes it for wherever it is shown). Times are shown in the zone passed in. A business
+transaction stitched from several systems' correlation ids names each system and the ID it
+used: "Amazon received order 112-… at 09:12; the ERP posted it as 4500001 at 09:14; the
+warehouse shipped it as SHP-88 with tracking 1Z… at 14:05". Who a system is, which ID kinds it
+speaks and how each milestone and ID reads are tables below, so a new system or key needs no code.
 """
 
 from __future__ import annotations
@@ -33,6 +37,51 @@ _STEP = {
 }
 _FAILED = ("error", "retry", "dead_letter")
 
+# -- a business transaction across systems ------------------------------------------------------
+# What a system did at a milestone; `{it}` is the order ("order 112-…" at first mention, then "it").
+_DID = {
+    "order.received": "received {it}",
+    "order.acknowledged": "acknowledged {it}",
+    "order.erp_posted": "posted {it}",
+    "fulfilment.released": "released {it}",
+    "fulfilment.shipped": "shipped {it}",
+    "shipment.shipment_confirmed": "confirmed the shipment of {it} to {channel}",
+    "shipment.first_scan": "scanned {it}",
+    "shipment.delivered": "delivered {it}",
+    "cancellation.requested": "cancelled {it}",
+    "return.requested": "opened a return for {it}",
+    "return.received": "received the return of {it}",
+    "return.refund_posted": "refunded {it}",
+}
+# Who a system (an event's `system`) is in a sentence; others by their label.
+_WHO = {
+    "marketplace": "{channel}",
+    "erp": "the ERP",
+    "wms": "the warehouse",
+    "3pl": "the 3PL",
+    "carrier": "the carrier",
+    "middleware": "the middleware",
+    "oms": "the order management system",
+    "pos": "the till",
+}
+# The ID kinds a system speaks ("the ID it used"), as groups of alternatives: each group names its
+# first kind the member carries. A flow's own IDs (a return's) come first whatever the system.
+_ORDER_KINDS = ("marketplace_order_id", "external_order_id", "order_id")
+_SYSTEM_IDS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "marketplace": (_ORDER_KINDS,),
+    "pos": (_ORDER_KINDS,),
+    "erp": (("erp_document",),),
+    "wms": (("shipment_id",), ("tracking_number",)),
+    "3pl": (("shipment_id",), ("tracking_number",)),
+    "carrier": (("tracking_number", "shipment_id"),),
+}
+_FLOW_IDS: dict[str, tuple[tuple[str, ...], ...]] = {"return": (("return_id", "rma"),)}
+# Any other system: the identity keys it brought that the story has not named yet, in this order.
+_FALLBACK_IDS = (_ORDER_KINDS, ("erp_document",), ("shipment_id",), ("tracking_number",), ("return_id",), ("rma",))
+# How an ID reads after the verb ("posted it as 4500001", "shipped it with tracking 1Z…").
+_ID_PHRASE = {"tracking_number": "with tracking {}", "return_id": "as return {}", "rma": "under RMA {}"}
+_MAX_VALUES = 3
+
 
 def _times(n: int) -> str:
     return {1: "once", 2: "twice"}.get(n, f"{n} times")
@@ -62,8 +111,11 @@ def transaction_story(tx: dict[str, Any], *, tz: Any = UTC) -> str:
         text = table.get(milestone) or label(milestone.split(".")[-1]).lower()
         return text.format(channel=channel)
 
-    steps = [f"{phrase(_DONE, m)} {when(at)}" for m, at in reached]
-    story = ", ".join(steps) if steps else f"No milestone reached yet for this {channel} order"
+    if len(tx.get("correlation_ids") or ()) > 1 and tx.get("reached_by"):
+        story = _across_systems(tx, reached, channel, when)
+    else:
+        steps = [f"{phrase(_DONE, m)} {when(at)}" for m, at in reached]
+        story = ", ".join(steps) if steps else f"No milestone reached yet for this {channel} order"
 
     failures: dict[str, list[str]] = {}
     for event in sorted(tx.get("events") or [], key=lambda e: str(e.get("occurred_at"))):
@@ -91,3 +143,64 @@ def transaction_story(tx: dict[str, Any], *, tz: Any = UTC) -> str:
     story = story[:1].upper() + story[1:]
     return story + "."
 
+
+
+def _values(values: list[Any]) -> str:
+    shown = [str(v) for v in values[:_MAX_VALUES]]
+    text = shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " and " + shown[-1]
+    return text + (" …" if len(values) > _MAX_VALUES else "")
+
+
+def ids_used(member: dict[str, Any], system: str | None, flow: str | None,
+             named: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset()) -> list[tuple[str, list[Any]]]:
+    """The IDs a member used, as (kind, values): the kinds its system speaks (`_SYSTEM_IDS`, a
+    flow's own first), else the identity keys it carries that are not `named` yet. Pure."""
+    keys = member.get("keys") or {}
+    groups = _FLOW_IDS.get(flow or "", ()) + _SYSTEM_IDS.get(system or "", ())
+    out = []
+    for group in groups:
+        kind = next((k for k in group if keys.get(k)), None)
+        if kind:
+            out.append((kind, list(keys[kind])))
+    if out:
+        return out
+    for group in _FALLBACK_IDS:
+        for kind in group:
+            fresh = [v for v in keys.get(kind) or [] if (kind, str(v)) not in named]
+            if fresh:
+                out.append((kind, fresh))
+                break
+    return out
+
+
+def _across_systems(tx: dict[str, Any], reached: list[tuple[str, datetime]], channel: str, when: Any) -> str:
+    """Milestones in time order, one clause per run of milestones one member's system reached:
+    who it was, what it did and the ID it used, at what time."""
+    members = {m.get("correlation_id"): m for m in tx.get("members") or []}
+    reached_by = tx.get("reached_by") or {}
+    named: set[tuple[str, str]] = set()
+    clauses: list[tuple[tuple[Any, Any], list[str]]] = []
+    introduced = False
+    for milestone, at in reached:
+        by = reached_by.get(milestone) or {}
+        cid, system = by.get("correlation_id"), by.get("system")
+        template = _DID.get(milestone) or "recorded " + label(milestone.split(".")[-1]).lower() + " for {it}"
+        moment = when(at)  # "09:14", or "23 Nov 08:00" on another day
+        at_text = f"on {moment.rsplit(' ', 1)[0]} at {moment.rsplit(' ', 1)[1]}" if " " in moment else f"at {moment}"
+        if clauses and clauses[-1][0] == (cid, system):
+            clauses[-1][1].append(f"{template.format(it='it', channel=channel)} {at_text}")
+            continue
+        ids = ids_used(members.get(cid) or {}, system, milestone.split(".")[0], named)
+        it = "it"
+        if not introduced:
+            order = next(((k, v) for k, v in ids if k in _ORDER_KINDS), None)
+            it = f"order {_values(order[1])}" if order else f"the {tx.get('flow') or 'order'}"
+            ids = [(k, v) for k, v in ids if k not in _ORDER_KINDS] if order else ids
+            introduced = True
+        named.update((k, str(v)) for k, values in (members.get(cid) or {}).get("keys", {}).items() for v in values)
+        used = "".join(" " + _ID_PHRASE.get(k, "as {}").format(_values(v)) for k, v in ids)
+        who = _WHO.get(system or "", label(system) or "an unnamed system").format(channel=channel)
+        clauses.append(((cid, system), [f"{who} {template.format(it=it, channel=channel)}{used} {at_text}"]))
+    if not clauses:
+        return f"No milestone reached yet for this {channel} order"
+    return "; ".join(", ".join(acts[:-1]) + " and " + acts[-1] if len(acts) > 1 else acts[0] for _, acts in clauses)
