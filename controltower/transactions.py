@@ -87,26 +87,31 @@ _SEARCH = sa.text(
     """  # noqa: S608 (fixed fragments from controltower.identity, no user input)
 )
 
+# The business and its member rows in one round trip (a view answers in a few milliseconds).
 _BUSINESS = sa.text(
     f"""
-    SELECT {_BUSINESS_FIELDS}
+    SELECT {_BUSINESS_FIELDS},
+           (json_agg(json_build_object(
+                'correlation_id', t.correlation_id, 'channel', t.channel, 'flow', t.flow, 'order_id', t.order_id,
+                'status', t.status, 'last_system', t.last_system, 'first_event_at', t.first_event_at,
+                'last_event_at', t.last_event_at, 'event_count', t.event_count, 'error_count', t.error_count)
+            ORDER BY t.first_event_at, t.correlation_id)) AS members
     FROM transactions t
     WHERE t.business_id = (SELECT business_id FROM transactions WHERE correlation_id = :cid)
     GROUP BY t.business_id
     """  # noqa: S608 (fixed fragments from controltower.identity, no user input)
 )
-_MEMBERS = sa.text(
-    "SELECT correlation_id, channel, flow, order_id, status, last_milestone, last_system, first_event_at, "
-    "last_event_at, event_count, error_count FROM transactions WHERE correlation_id = ANY(:cids) "
-    "ORDER BY first_event_at, correlation_id LIMIT :limit"
-)
-_MILESTONES = sa.text(
-    "SELECT correlation_id, milestone, reached_at, channel FROM transaction_milestones "
-    "WHERE correlation_id = ANY(:cids) ORDER BY reached_at, correlation_id, milestone"
-)
-_KEYS = sa.text(
-    "SELECT correlation_id, kind, value FROM transaction_keys WHERE correlation_id = ANY(:cids) "
-    "ORDER BY kind, first_seen_at, value, correlation_id"
+# Every member's keys and milestones, in one round trip: ('key', member, kind, value, first_seen_at)
+# and ('milestone', member, milestone, NULL, reached_at).
+_FACTS = sa.text(
+    """
+    SELECT 'key' AS what, correlation_id, kind AS name, value, first_seen_at AS at
+    FROM transaction_keys WHERE correlation_id = ANY(:cids)
+    UNION ALL
+    SELECT 'milestone', correlation_id, milestone, NULL, reached_at
+    FROM transaction_milestones WHERE correlation_id = ANY(:cids)
+    ORDER BY what, name, at, value, correlation_id
+    """
 )
 # Bounded by the business's own time span: only the partitions it touches are read.
 _EVENTS = sa.text(
@@ -182,14 +187,18 @@ def get(
         return None
     now = now or datetime.now(UTC)
     cids = list(tx["correlation_ids"])
-    member_rows = conn.execute(_MEMBERS, {"cids": cids, "limit": MAX_MEMBERS}).mappings().all()
+    member_rows = tx["members"][:MAX_MEMBERS]
 
     keys: dict[str, list[str]] = defaultdict(list)
     member_keys: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
-    for cid, kind, value in conn.execute(_KEYS, {"cids": cids}):
-        if value not in keys[kind]:
-            keys[kind].append(value)
-        member_keys[cid][kind].append(value)
+    reached: list[tuple[str, str, datetime]] = []
+    for what, cid, name, value, at in conn.execute(_FACTS, {"cids": cids}):
+        if what == "milestone":
+            reached.append((cid, name, at))
+            continue
+        if value not in keys[name]:
+            keys[name].append(value)
+        member_keys[cid][name].append(value)
 
     events = []
     attributes: dict[str, list[Any]] = defaultdict(list)  # per milestone: its events' attributes, all members
@@ -211,9 +220,7 @@ def get(
             first_ok.setdefault((member, milestone), system)
         events.append(item)
 
-    merged = merge_milestones(
-        [(cid, m, at) for cid, m, at, _ in conn.execute(_MILESTONES, {"cids": cids})]
-    )
+    merged = merge_milestones(reached)
     last_system = {r["correlation_id"]: r["last_system"] for r in member_rows}
     facts = slajudge.Facts(
         # judged as the SLA table counts it: every milestone under the business channel
@@ -252,8 +259,8 @@ def get(
                 "status": r["status"],
                 "systems": systems.get(r["correlation_id"]) or ([r["last_system"]] if r["last_system"] else []),
                 "keys": {kind: list(values) for kind, values in member_keys.get(r["correlation_id"], {}).items()},
-                "first_event_at": rfc3339(r["first_event_at"]),
-                "last_event_at": rfc3339(r["last_event_at"]),
+                "first_event_at": _json_time(r["first_event_at"]),
+                "last_event_at": _json_time(r["last_event_at"]),
                 "event_count": r["event_count"],
                 "error_count": r["error_count"],
             }
@@ -262,3 +269,8 @@ def get(
         "sla": verdicts(facts, published(conn), now=now),
         "events": events,
     }
+
+
+def _json_time(text: str | None) -> str | None:
+    """A timestamptz as json_build_object writes it (ISO 8601, the session's offset), in RFC 3339 UTC."""
+    return None if text is None else rfc3339(datetime.fromisoformat(text))
