@@ -8,7 +8,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pandas as pd
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from app import shaping
@@ -27,7 +26,9 @@ from tests.core.test_transactions import (
     TRACKING,
     WMS,
     ingest_stitched,
+    picked,
 )
+from tests.metrics.helpers import ev, ingest
 
 
 def _hhmm(moment: datetime) -> str:
@@ -80,13 +81,15 @@ def test_the_story_names_each_system_and_the_id_it_used(engine: Engine, settings
 def test_search_hits_list_one_row_per_business_transaction(engine: Engine, settings: Settings, app_env: None) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
     t0 = ingest_stitched(engine, settings, now)
-    with engine.begin() as conn:  # a second order that shares the SKU the warehouse picked (a reference key)
-        conn.execute(sa.text("INSERT INTO transaction_keys VALUES ('SKU-RED', 'sku', :cid, :at), "
-                             "('SKU-RED', 'sku', :other, :at)"), {"cid": WMS, "other": CARRIER, "at": t0})
+    scan = {**picked(t0), "event_id": f"{CARRIER}-sku", "correlation_id": CARRIER, "system": "carrier",
+            "flow": "shipment", "stage": "in_transit", "attributes": {"tracking_number": TRACKING, "sku": "SKU-RED"}}
+    ingest(engine, settings, [picked(t0), scan], now=now)  # two members name the same SKU
+    ingest(engine, settings, [ev("SOLO-1", "order.received", t0, sku="SKU-RED")], now=now)  # and another order
     at = run("views/transaction.py", q="SKU-RED")
-    assert not at.exception
-    assert len(at.info) == 1  # one business transaction matched: its story, no pick list
-    assert plain(at.info[0].value).startswith(f"Amazon received order {ORDER_NO} ")
+    hits = table_with(at, "matched_by")  # one row per business transaction, newest first
+    assert hits[["correlation_id", "members", "matched_by"]].values.tolist() == [
+        [MKT, f"{CARRIER}, {ERP}, {MKT}, {WMS}", "sku"], ["SOLO-1", "SOLO-1", "sku"]]
+    assert plain(at.info[0].value).startswith(f"Amazon received order {ORDER_NO} ")  # the newest is shown
 
 
 def test_search_display_and_breach_members() -> None:

@@ -246,22 +246,14 @@ def stitched_records(t0: datetime, promise: str) -> list[dict]:
 
 
 def ingest_stitched(engine, settings, now: datetime) -> datetime:
-    """The four systems' events, stored and linked into one business transaction; returns t0."""
+    """The four systems' events through the real ingest, which links them into one business
+    transaction by their shared identity keys; returns t0."""
     t0 = now - 3 * H
     records = stitched_records(t0, (now + 48 * H).date().isoformat())
-    carrier = [r for r in records if "channel" not in r]
-    # Until ingest accepts channel-less events and links (feat(ingest): identity linking), store the
-    # carrier's scan with a channel and take it away, and link the members by hand; the business id
-    # is deliberately not the canonical member.
-    for r in carrier:
-        r["channel"] = "amazon"
     ingest(engine, settings, records, now=now)
-    with engine.begin() as conn:
-        for table in ("events", "transactions", "transaction_milestones"):
-            conn.execute(sa.text(f"UPDATE {table} SET channel = NULL WHERE correlation_id = :cid"),  # noqa: S608
-                         {"cid": CARRIER})
-        conn.execute(sa.text("UPDATE transactions SET business_id = :b WHERE correlation_id = ANY(:cids)"),
-                     {"b": WMS, "cids": [MKT, ERP, WMS, CARRIER]})
+    with engine.connect() as conn:
+        linked = dict(conn.execute(sa.text("SELECT correlation_id, business_id FROM transactions")).all())
+    assert len(linked) == 4 and len(set(linked.values())) == 1, linked  # one business, four members
     definitions.publish(engine, DEFS)
     return t0
 
@@ -369,6 +361,13 @@ def test_any_member_answers_the_whole_business_transaction(engine, settings, col
     assert settled(found["transaction"]["sla"]) == settled(stitched_verdicts(t0, now))
 
 
+def picked(t0: datetime) -> dict:
+    """The warehouse's pick names the SKU too (a reference key: searchable, links nothing)."""
+    return {"event_id": f"{WMS}-pick", "occurred_at": (t0 + 30 * MIN).isoformat(), "correlation_id": WMS,
+            "flow": "fulfilment", "stage": "picked", "status": "ok", "system": "wms",
+            "attributes": {"erp_document": ERP_DOC, "sku": "SKU-RED"}}
+
+
 def test_search_pages_business_transactions_newest_first(engine, settings):
     now = datetime.now(UTC).replace(microsecond=0)
     t0 = ingest_stitched(engine, settings, now)
@@ -377,17 +376,14 @@ def test_search_pages_business_transactions_newest_first(engine, settings):
         ev("SOLO-1", "order.received", t0 + 100 * MIN, sku="SKU-RED"),
         ev("SOLO-2", "order.received", t0 + 30 * MIN, sku="SKU-RED"),
     ], now=now)
-    with engine.begin() as conn:
-        # the warehouse's pick list named the SKU too (a reference key: searchable, links nothing)
-        conn.execute(sa.text("INSERT INTO transaction_keys VALUES ('SKU-RED', 'sku', :cid, :at)"),
-                     {"cid": WMS, "at": t0 + 20 * MIN})
+    ingest(engine, settings, [picked(t0)], now=now)
     with engine.connect() as conn:
         rows = transactions.search(conn, "SKU-RED")
         # newest last event first: SOLO-1 (t0+100), the stitched order (t0+90), SOLO-2 (t0+30)
         assert [(r["correlation_id"], r["correlation_ids"]) for r in rows] == [
             ("SOLO-1", ["SOLO-1"]), (MKT, [CARRIER, ERP, MKT, WMS]), ("SOLO-2", ["SOLO-2"])]
         assert (rows[1]["matched_by"], rows[1]["matched_correlation_ids"]) == (["sku"], [WMS])
-        assert rows[0]["matched_by"] == ["sku"] and rows[1]["event_count"] == 8
+        assert rows[0]["matched_by"] == ["sku"] and rows[1]["event_count"] == 9
         assert [r["correlation_id"] for r in transactions.search(conn, "SKU-RED", limit=1, offset=1)] == [MKT]
         assert [r["correlation_id"] for r in transactions.search(conn, "SKU-RED", limit=2, offset=2)] == ["SOLO-2"]
 
