@@ -146,3 +146,14 @@ def test_story_across_systems_pure() -> None:
     assert transaction_story(tx).startswith("The ERP received the order as 4500001 at 09:12 and posted it at 09:14; ")
     # one correlation id only: the single-system wording stays
     assert transaction_story({**tx, "correlation_ids": ["a"]}).startswith("Received from Walmart 09:12, posted to")
+
+
+def test_page_verdicts_are_the_cores_for_any_member(engine: Engine, settings: Settings, app_env: None) -> None:
+    from app import queries
+
+    ingest_stitched(engine, settings, datetime.now(UTC).replace(microsecond=0))
+    at = run("views/transaction.py", id=CARRIER)
+    shown = table_with(at, "From → to")
+    core = shaping.verdicts_frame(queries.get_transaction(engine, ERP, now=datetime.now(UTC)))
+    assert shown.values.tolist() == core.values.tolist()
+    assert len(core) == 6  # every SLA the merged milestones started
