@@ -144,7 +144,6 @@ def transaction_story(tx: dict[str, Any], *, tz: Any = UTC) -> str:
     return story + "."
 
 
-
 def _values(values: list[Any]) -> str:
     shown = [str(v) for v in values[:_MAX_VALUES]]
     text = shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " and " + shown[-1]
