@@ -41,16 +41,20 @@ _FAILED = ("error", "retry", "dead_letter")
 # What a system did at a milestone; `{it}` is the order ("order 112-…" at first mention, then "it").
 _DID = {
     "order.received": "received {it}",
+    "order.validated": "validated {it}",
     "order.acknowledged": "acknowledged {it}",
     "order.erp_posted": "posted {it}",
     "fulfilment.released": "released {it}",
+    "fulfilment.picked": "picked {it}",
     "fulfilment.shipped": "shipped {it}",
-    "shipment.shipment_confirmed": "confirmed the shipment of {it} to {channel}",
+    "shipment.shipment_confirmed": "confirmed {it} as shipped to {channel}",
     "shipment.first_scan": "scanned {it}",
     "shipment.delivered": "delivered {it}",
     "cancellation.requested": "cancelled {it}",
+    "cancellation.confirmed": "confirmed the cancellation of {it}",
     "return.requested": "opened a return for {it}",
     "return.received": "received the return of {it}",
+    "return.inspected": "inspected the return of {it}",
     "return.refund_posted": "refunded {it}",
 }
 # Who a system (an event's `system`) is in a sentence; others by their label.

@@ -157,3 +157,30 @@ def test_page_verdicts_are_the_cores_for_any_member(engine: Engine, settings: Se
     core = shaping.verdicts_frame(queries.get_transaction(engine, ERP, now=datetime.now(UTC)))
     assert shown.values.tolist() == core.values.tolist()
     assert len(core) == 6  # every SLA the merged milestones started
+
+
+def test_story_groups_runs_of_one_system_and_names_ids_once() -> None:
+    """As the simulator's real-ID mode tells it: the connector's trace holds the marketplace's
+    receipt and the middleware's steps; the confirmation is another trace of the middleware."""
+    def at(minute: int) -> str:
+        return f"2026-11-22T10:{minute:02d}:00.000Z"
+
+    tx = {
+        "channel": "shopify", "flow": "order", "correlation_ids": ["conn", "erp", "confirm"],
+        "milestones": {"order.received": at(0), "order.validated": at(1), "order.acknowledged": at(2),
+                       "order.erp_posted": at(5), "fulfilment.released": at(9), "shipment.shipment_confirmed": at(30)},
+        "reached_by": {"order.received": {"correlation_id": "conn", "system": "marketplace"},
+                       "order.validated": {"correlation_id": "conn", "system": "middleware"},
+                       "order.acknowledged": {"correlation_id": "conn", "system": "middleware"},
+                       "order.erp_posted": {"correlation_id": "erp", "system": "erp"},
+                       "fulfilment.released": {"correlation_id": "erp", "system": "erp"},
+                       "shipment.shipment_confirmed": {"correlation_id": "confirm", "system": "middleware"}},
+        "members": [{"correlation_id": "conn", "keys": {"external_order_id": ["#1001"], "order_id": ["SO-1"]}},
+                    {"correlation_id": "erp", "keys": {"erp_document": ["4500001"], "order_id": ["SO-1"]}},
+                    {"correlation_id": "confirm", "keys": {"order_id": ["SO-1"], "tracking_number": ["1Z7"]}}],
+        "events": [], "sla": [],
+    }
+    assert transaction_story(tx) == (
+        "Shopify received order #1001 at 10:00; the middleware validated it at 10:01 and acknowledged it at 10:02; "
+        "the ERP posted it as 4500001 at 10:05 and released it at 10:09; "
+        "the middleware confirmed it as shipped to Shopify with tracking 1Z7 at 10:30.")
