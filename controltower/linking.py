@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -90,6 +91,12 @@ FROM unnest(%(kinds)s::text[], %(values)s::text[]) AS u(kind, value)
 ORDER BY 1, 2
 ON CONFLICT (kind, value) DO UPDATE SET fanout = excluded.fanout, last_seen_at = excluded.last_seen_at
 """
+# a new correlation id on a known hub: counted, not linked
+_HUB_GROW = """
+UPDATE identity_hubs h SET fanout = h.fanout + u.n, last_seen_at = GREATEST(h.last_seen_at, %(now)s)
+FROM unnest(%(kinds)s::text[], %(values)s::text[], %(counts)s::int8[]) AS u(kind, value, n)
+WHERE h.kind = u.kind AND h.value = u.value
+"""
 _HUB_DOWN = """
 DELETE FROM identity_hubs h USING unnest(%(kinds)s::text[], %(values)s::text[]) AS u(kind, value)
 WHERE h.kind = u.kind AND h.value = u.value
@@ -122,12 +129,15 @@ def link(
     limit: int,
     now: datetime,
     full: bool = False,
+    seeds: Iterable[str] = (),
 ) -> LinkResult:
     """Re-link around `rows` ((value, kind, correlation_id) identity key rows, linkable ones,
     already stored). Ingest passes the rows its batch inserted; relink passes stored rows with
-    `full=True` (hub status re-decided both ways under `limit`)."""
+    `full=True` (hub status re-decided both ways under `limit`) and, as `seeds`, correlation ids
+    whose business must be recomputed even without rows (their keys stopped linking)."""
     result = LinkResult()
-    if not rows:
+    extra = set(seeds)
+    if not rows and not extra:
         return result
     kind_list = sorted(set(kinds))
     values = sorted({(kind, value) for value, kind, _ in rows})
@@ -139,6 +149,7 @@ def link(
     )
     fanouts = {(kind, value): (int(n), hub) for kind, value, n, hub in cur.fetchall()}
     new_per_value = Counter((kind, value) for value, kind, _ in rows)
+    grown: list[tuple[str, str]] = []
     became_hub: list[tuple[str, str]] = []
     stopped_hub: list[tuple[str, str]] = []
     hub_values: set[tuple[str, str]] = set()
@@ -146,30 +157,37 @@ def link(
     for key, (n, hub_fanout) in fanouts.items():
         if is_hub(n, limit):
             hub_values.add(key)
-            if hub_fanout is None or full:
-                became_hub.append(key)
             if hub_fanout is None:
+                became_hub.append(key)
                 result.new_hubs.append(key)
-            result.refused["hub"] += new_per_value[key]
+            elif not full:
+                grown.append(key)
+            result.refused["hub"] += 0 if full else new_per_value[key]
         else:
             if hub_fanout is not None:
                 if full:
                     stopped_hub.append(key)  # the limit was raised: it links again
                 else:
                     hub_values.add(key)  # a hub stays a hub (retention may have shrunk it)
+                    grown.append(key)
                     result.refused["hub"] += new_per_value[key]
                     continue
             if n > 1 or full:
                 linking.append(key)
     if became_hub:
         cur.execute(_HUB_UP, {"kinds": [k for k, _ in became_hub], "values": [v for _, v in became_hub], "now": now})
+    if grown:
+        cur.execute(_HUB_GROW, {
+            "kinds": [k for k, _ in grown], "values": [v for _, v in grown],
+            "counts": [new_per_value[k] for k in grown], "now": now,
+        })
     if stopped_hub:
         cur.execute(_HUB_DOWN, {"kinds": [k for k, _ in stopped_hub], "values": [v for _, v in stopped_hub]})
     # a hub split: its correlation ids may have been linked through it
-    to_expand = linking + [k for k in became_hub if fanouts[k][1] is None or full]
-    if not to_expand and not full:
+    to_expand = linking + became_hub
+    if not to_expand and not full and not extra:
         return result  # every new value is on its correlation id alone: nothing can link
-    seeds = {cid for _, _, cid in rows}
+    seeds = {cid for _, _, cid in rows} | extra
     if to_expand:
         cur.execute(
             _SHARERS, {"kinds": [k for k, _ in to_expand], "values": [v for _, v in to_expand]}
@@ -215,3 +233,67 @@ def _lock_region(cur: psycopg.Cursor, seeds: list[str]) -> dict[str, str]:
         cur.fetchall()
         locked |= set(fresh)
     raise RegionUnstable("identity region kept moving under concurrent merges")
+
+
+# -- relink: the whole graph again, after the identity-key configuration changed ---------------
+
+_CHUNK_IDS = """
+SELECT correlation_id FROM transactions WHERE correlation_id > %s ORDER BY correlation_id LIMIT %s
+"""
+_CHUNK_ROWS = f"""
+SELECT k.value, k.kind, k.correlation_id FROM transaction_keys k
+WHERE k.correlation_id = ANY(%(cids)s) AND k.kind = ANY(%(kinds)s)
+  AND length(k.value) <= {MAX_LINK_LEN} AND lower(btrim(k.value)) <> ALL(%(placeholders)s)
+"""  # noqa: S608 (MAX_LINK_LEN is a module constant)
+_STALE_HUBS = "DELETE FROM identity_hubs WHERE kind <> ALL(%s)"
+
+
+@dataclass
+class RelinkStats:
+    transactions: int = 0
+    moved: int = 0
+    merged: int = 0
+    new_hubs: int = 0
+    retried: int = 0
+
+
+def relink(
+    connect: Callable[[], AbstractContextManager[psycopg.Connection]],
+    *,
+    kinds: Iterable[str],
+    limit: int,
+    now: datetime,
+    chunk: int = 2000,
+    progress: Callable[[int], None] | None = None,
+) -> RelinkStats:
+    """Recompute every business transaction from the stored identity keys under `kinds` and
+    `limit`, `chunk` correlation ids per short database transaction (online: ingest keeps
+    running; both take the same locks). `connect()` yields a connection in a transaction."""
+    kind_list = sorted(set(kinds))
+    stats = RelinkStats()
+    with connect() as conn:
+        conn.execute(_STALE_HUBS, (kind_list,))
+    after = ""
+    while True:
+        with connect() as conn:
+            cids = [r[0] for r in conn.execute(_CHUNK_IDS, (after, chunk)).fetchall()]
+        if not cids:
+            return stats
+        for attempt in range(1, 4):
+            try:
+                with connect() as conn, conn.cursor() as cur:
+                    cur.execute(_CHUNK_ROWS, {"cids": cids, "kinds": kind_list, "placeholders": sorted(PLACEHOLDERS)})
+                    rows = cur.fetchall()
+                    result = link(cur, rows, kinds=kind_list, limit=limit, now=now, full=True, seeds=cids)
+                break
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+                stats.retried += 1
+                if attempt == 3:
+                    raise
+        stats.transactions += len(cids)
+        stats.moved += result.moved
+        stats.merged += result.merged
+        stats.new_hubs += len(result.new_hubs)
+        if progress is not None:
+            progress(len(cids))
+        after = cids[-1]
