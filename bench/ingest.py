@@ -14,7 +14,7 @@ of the last mode's database, optionally grown to --search-events (real-id shape)
     python bench/ingest.py                       # embedded PostgreSQL in a temp folder
     python bench/ingest.py --database-url postgresql://postgres@127.0.0.1:5432/postgres
     python bench/ingest.py --events 300000 --search-events 10000000
-    python bench/ingest.py --modes today,real --no-otlp    # linking cost only
+    python bench/ingest.py --modes today-real,real --no-otlp    # the linking cost alone
 """
 
 from __future__ import annotations
@@ -70,12 +70,13 @@ def make_events(n: int, prefix: str, now: datetime) -> list[dict]:
     return out[:n]
 
 
-def make_real_id_events(n: int, prefix: str, now: datetime) -> list[dict]:
+def make_real_id_events(n: int, prefix: str, now: datetime, *, channels: bool = False) -> list[dict]:
     """Each system under its own correlation id, knowing only its keys (the identity graph
     joins them): the connector (order number), the ERP (order number, ERP document), the
     warehouse (ERP document, shipment, tracking) and the carrier (tracking only, no channel).
     Sorted by time, so an order's events reach the collector in different batches and every
-    link after the first is a merge of transactions already stored."""
+    link after the first is a merge of transactions already stored. `channels`: every event
+    names its channel, as today's ingest demands (for the linking-off baseline)."""
     rnd = random.Random(7)
     out = []
     order = 0
@@ -101,8 +102,8 @@ def make_real_id_events(n: int, prefix: str, now: datetime) -> list[dict]:
                 "correlation_id": f"{prefix}-{system}-{order}", "flow": flow, "stage": stage, "status": "ok",
                 "system": system.lower(), "latency_ms": rnd.uniform(5, 900), "attributes": attrs, **top,
             }
-            if ch:
-                record["channel"] = ch
+            if ch or channels:
+                record["channel"] = ch or channel
             out.append(record)
     out = out[:n]
     out.sort(key=lambda e: e["occurred_at"])
@@ -336,11 +337,19 @@ def search_latency(engine: sa.Engine, samples: int) -> tuple[float, float, int, 
     return statistics.median(times), times[int(len(times) * 0.95) - 1], total, n_tx, n_bt
 
 
+def _real_with_channels(n: int, prefix: str, now: datetime) -> list[dict]:
+    return make_real_id_events(n, prefix, now, channels=True)
+
+
+OFF = {"CONTROLTOWER_IDENTITY_KEYS": ""}
+# name: (label, events, collector environment, the mode it is compared with)
 MODES = {
     # what ingest did before the identity graph: one correlation id per order, nothing to link
-    "today": ("shared ids, linking off", make_events, {"CONTROLTOWER_IDENTITY_KEYS": ""}),
-    "shared": ("shared ids, linking on", make_events, {}),
-    "real": ("real ids, linking on", make_real_id_events, {}),
+    "today": ("shared ids, linking off", make_events, OFF, None),
+    "shared": ("shared ids, linking on", make_events, {}, "today"),
+    # the same real-id events as today's ingest takes them (every event names its channel)
+    "today-real": ("real ids, linking off", _real_with_channels, OFF, None),
+    "real": ("real ids, linking on", make_real_id_events, {}, "today-real"),
 }
 
 
@@ -351,9 +360,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--modes", default="today,shared,real",
+    parser.add_argument("--modes", default="today,shared,today-real,real",
                         help="ingest runs side by side, each into its own database: today (shared ids, linking "
-                             "off), shared (shared ids, linking on), real (each system its own ids, linking on)")
+                             "off), shared (shared ids, linking on), today-real (each system its own ids, every "
+                             "event with its channel, linking off), real (each system its own ids, linking on)")
     parser.add_argument("--otlp", action=argparse.BooleanOptionalAction, default=True, help="also POST /v1/traces")
     parser.add_argument("--search-events", type=int, default=0, help="grow the store to this many events before the search test")
     parser.add_argument("--search-samples", type=int, default=300)
@@ -393,15 +403,15 @@ def main() -> None:
         rates: dict[str, float] = {}
         last = None
         for mode in modes:
-            label, make, env = MODES[mode]
+            label, make, env, baseline = MODES[mode]
             db = f"{name}_{mode}"
             proc, base = start_collector(url_of(db), args.workers, env)
-            events = make(args.events, mode[0].upper(), now)
+            events = make(args.events, mode[-1].upper(), now)
             bodies = [orjson.dumps(events[i:i + args.batch]) for i in range(0, len(events), args.batch)]
             elapsed, lat = post_all(base + "/v1/events", bodies, args.clients, "application/json")
             rate = rates[mode] = len(events) / elapsed
             lat.sort()
-            vs = f"   vs today {rate / rates['today']:.2f}" if "today" in rates and mode != "today" else ""
+            vs = f"   vs {baseline} {rate / rates[baseline]:.2f}" if baseline in rates else ""
             print(f"POST /v1/events, {label:<24} {rate:>10,.0f} events/s   ratio to COPY {rate / copy_rate:.2f}"
                   f"{vs}   batch p50 {statistics.median(lat) * 1000:.0f} ms p95 {lat[int(len(lat) * 0.95) - 1] * 1000:.0f} ms",
                   flush=True)
