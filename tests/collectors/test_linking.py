@@ -274,3 +274,38 @@ def test_any_arrival_order_gives_the_same_graph(migrated_engine, settings, recor
         else:
             assert got == expected_groups
             assert hubs == expected_hubs
+
+
+def test_relink_follows_a_changed_configuration(engine, settings, database_url, tmp_path):
+    import subprocess
+    import sys
+
+    store = EventStore(engine, settings)
+    store.ingest(ESTATE, source="api", now=NOW)
+    assert len(groups(engine)) == 2
+    env = {"CONTROLTOWER_DATABASE_URL": database_url, "CONTROLTOWER_DATA_DIR": str(tmp_path),
+           "PATH": "/usr/bin:/bin"}
+
+    def relink(**extra: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "wiring", "relink", "--chunk", "2"], env=env | extra,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    # tracking numbers stop linking: the carrier's scan stands alone again
+    out = relink(CONTROLTOWER_IDENTITY_KEYS="order_id,erp_document,shipment_id")
+    assert groups(engine) == {frozenset({"AMZ-TRACE-1", "ERP-77", "WMS-5"}), frozenset({"UPS-1"}),
+                              frozenset({"AMZ-TRACE-2"})}
+    assert "relinked 5 correlation IDs" in out and "1 moved" in out
+    # a fan-out limit of 1 makes every shared value a hub
+    relink(CONTROLTOWER_LINK_FANOUT_LIMIT="1")
+    assert all(len(g) == 1 for g in groups(engine))
+    with engine.connect() as conn:
+        hubs = set(conn.execute(sa.text("SELECT kind, value, fanout FROM identity_hubs")).all())
+    assert hubs == {("order_id", "112-0000001-0000001", 2), ("erp_document", "4500001", 2),
+                    ("tracking_number", "1Z999AA10123456784", 2)}
+    # back to the defaults: the same graph as ingest built, and no hubs left
+    relink()
+    assert groups(engine) == {frozenset({"AMZ-TRACE-1", "ERP-77", "WMS-5", "UPS-1"}), frozenset({"AMZ-TRACE-2"})}
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM identity_hubs")).scalar() == 0
