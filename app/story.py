@@ -115,11 +115,14 @@ def transaction_story(tx: dict[str, Any], *, tz: Any = UTC) -> str:
         text = table.get(milestone) or label(milestone.split(".")[-1]).lower()
         return text.format(channel=channel)
 
-    if len(tx.get("correlation_ids") or ()) > 1 and tx.get("reached_by"):
-        story = _across_systems(tx, reached, channel, when)
+    # several systems' ids, or one system's without a channel (a carrier's scan): say who did what
+    if tx.get("reached_by") and (len(tx.get("correlation_ids") or ()) > 1 or not tx.get("channel")):
+        story = _across_systems(tx, reached, channel)
     else:
         steps = [f"{phrase(_DONE, m)} {when(at)}" for m, at in reached]
         story = ", ".join(steps) if steps else f"No milestone reached yet for this {channel} order"
+    if not reached and not tx.get("channel"):
+        story = "No milestone reached yet for this order"
 
     failures: dict[str, list[str]] = {}
     for event in sorted(tx.get("events") or [], key=lambda e: str(e.get("occurred_at"))):
@@ -176,34 +179,41 @@ def ids_used(member: dict[str, Any], system: str | None, flow: str | None,
     return out
 
 
-def _across_systems(tx: dict[str, Any], reached: list[tuple[str, datetime]], channel: str, when: Any) -> str:
+def _across_systems(tx: dict[str, Any], reached: list[tuple[str, datetime]], channel: str) -> str:
     """Milestones in time order, one clause per run of milestones one member's system reached:
-    who it was, what it did and the ID it used, at what time."""
+    who it was, what it did and the ID it used (at its first clause), at what time (with the
+    date whenever it changes)."""
     members = {m.get("correlation_id"): m for m in tx.get("members") or []}
     reached_by = tx.get("reached_by") or {}
     named: set[tuple[str, str]] = set()
     clauses: list[tuple[tuple[Any, Any], list[str]]] = []
-    introduced = False
+    told: set[Any] = set()  # members whose IDs were named
+    day = reached[0][1].date() if reached else None
     for milestone, at in reached:
         by = reached_by.get(milestone) or {}
         cid, system = by.get("correlation_id"), by.get("system")
         template = _DID.get(milestone) or "recorded " + label(milestone.split(".")[-1]).lower() + " for {it}"
-        moment = when(at)  # "09:14", or "23 Nov 08:00" on another day
-        at_text = f"on {moment.rsplit(' ', 1)[0]} at {moment.rsplit(' ', 1)[1]}" if " " in moment else f"at {moment}"
+        at_text = f"at {at:%H:%M}" if at.date() == day else f"on {at:%d %b}".replace(" 0", " ") + f" at {at:%H:%M}"
+        day = at.date()
         if clauses and clauses[-1][0] == (cid, system):
             clauses[-1][1].append(f"{template.format(it='it', channel=channel)} {at_text}")
             continue
-        ids = ids_used(members.get(cid) or {}, system, milestone.split(".")[0], named)
+        member = members.get(cid) or {}
+        ids = ids_used(member, system, milestone.split(".")[0], named) if cid not in told else []
         it = "it"
-        if not introduced:
+        if not told:  # the first clause introduces the order, by its number where it has one
             order = next(((k, v) for k, v in ids if k in _ORDER_KINDS), None)
             it = f"order {_values(order[1])}" if order else f"the {tx.get('flow') or 'order'}"
             ids = [(k, v) for k, v in ids if k not in _ORDER_KINDS] if order else ids
-            introduced = True
-        named.update((k, str(v)) for k, values in (members.get(cid) or {}).get("keys", {}).items() for v in values)
+        told.add(cid)
+        named.update((k, str(v)) for k, values in (member.get("keys") or {}).items() for v in values)
         used = "".join(" " + _ID_PHRASE.get(k, "as {}").format(_values(v)) for k, v in ids)
         who = _WHO.get(system or "", label(system) or "an unnamed system").format(channel=channel)
         clauses.append(((cid, system), [f"{who} {template.format(it=it, channel=channel)}{used} {at_text}"]))
     if not clauses:
         return f"No milestone reached yet for this {channel} order"
-    return "; ".join(", ".join(acts[:-1]) + " and " + acts[-1] if len(acts) > 1 else acts[0] for _, acts in clauses)
+    story = "; ".join(", ".join(acts[:-1]) + " and " + acts[-1] if len(acts) > 1 else acts[0] for _, acts in clauses)
+    documents = list(dict.fromkeys(str(v) for m in members.values() for v in (m.get("keys") or {}).get("erp_document", [])))
+    if len(documents) > 1:  # one order, several ERP documents: support must see both
+        story += f"; the ERP holds it under {len(documents)} documents, {_values(documents)}"
+    return story

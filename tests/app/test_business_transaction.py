@@ -184,3 +184,33 @@ def test_story_groups_runs_of_one_system_and_names_ids_once() -> None:
         "Shopify received order #1001 at 10:00; the middleware validated it at 10:01 and acknowledged it at 10:02; "
         "the ERP posted it as 4500001 at 10:05 and released it at 10:09; "
         "the middleware confirmed it as shipped to Shopify with tracking 1Z7 at 10:30.")
+
+
+def test_story_names_a_members_ids_once_dates_once_and_every_erp_document() -> None:
+    tx = {
+        "channel": "shopify", "flow": "order", "correlation_ids": ["conn", "erp", "erp2"],
+        "milestones": {"order.received": "2026-11-22T23:50:00.000Z", "order.erp_posted": "2026-11-23T00:10:00.000Z",
+                       "fulfilment.released": "2026-11-23T00:20:00.000Z",
+                       "cancellation.requested": "2026-11-23T01:00:00.000Z"},
+        "reached_by": {"order.received": {"correlation_id": "conn", "system": "marketplace"},
+                       "order.erp_posted": {"correlation_id": "erp", "system": "erp"},
+                       "fulfilment.released": {"correlation_id": "erp2", "system": "erp"},
+                       "cancellation.requested": {"correlation_id": "conn", "system": "marketplace"}},
+        "members": [{"correlation_id": "conn", "keys": {"marketplace_order_id": ["#77"]}},
+                    {"correlation_id": "erp", "keys": {"erp_document": ["4500001"], "order_id": ["SO-1"]}},
+                    {"correlation_id": "erp2", "keys": {"erp_document": ["4600001"], "order_id": ["SO-1"]}}],
+        "events": [], "sla": [],
+    }
+    assert transaction_story(tx) == (
+        "Shopify received order #77 at 23:50; the ERP posted it as 4500001 on 23 Nov at 00:10; "
+        "the ERP released it as 4600001 at 00:20; Shopify cancelled it at 01:00; "
+        "the ERP holds it under 2 documents, 4500001 and 4600001.")
+
+
+def test_story_of_a_channel_less_scan_names_the_carrier_and_its_tracking_number() -> None:
+    tx = {"channel": None, "flow": "shipment", "correlation_ids": ["ups-1"],
+          "milestones": {"shipment.first_scan": "2026-11-22T11:02:00.000Z"},
+          "reached_by": {"shipment.first_scan": {"correlation_id": "ups-1", "system": "carrier"}},
+          "members": [{"correlation_id": "ups-1", "keys": {"tracking_number": ["1Z1"]}}], "events": [], "sla": []}
+    assert transaction_story(tx) == "The carrier scanned the shipment with tracking 1Z1 at 11:02."
+    assert transaction_story({**tx, "milestones": {}}) == "No milestone reached yet for this order."
