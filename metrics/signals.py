@@ -1,0 +1,360 @@
+"""Orphans, duplicate orders and hubs: what the identity graph signals, per business transaction.
+
+The metrics job's last part (`refresh`, after the rollups) keeps two derived tables, each row
+named by a business_id (readers show the canonical member and every member instead):
+
+- `signal_orphans`: business transactions that have an identity key but whose members reached
+  none of the *origin* milestones (`Definitions.orphan_origins`). They are candidates until
+  their earliest event is older than `Settings.orphan_grace_seconds`; the tick then marks them
+  orphans (`orphaned_at` = earliest event + grace), reading only the candidates' index. The
+  system is that of the business's earliest event naming one; no channel reads as "unknown".
+- `signal_orders`: business transactions that reached `order.received`, with the distinct ERP
+  documents their members carry (placeholders, over-long values and hubs are no document);
+  two or more make a *duplicate order*.
+
+Incremental like the rollups: a tick re-examines only the business ids touched since its
+watermark (minus a lag for late commits): transactions updated, milestones recorded and ids
+journaled in `identity_changes` (a merge names both the old and the new id). It clears their
+rows and recomputes those ids that still name a business. The watermark's name carries a
+fingerprint of what the rows depend on (origins, identity keys, grace): change one and the next
+tick rebuilds everything. `sla_rows` turns the tables into SLA table rows; `orphans`,
+`duplicates` and `hubs` list them for the API and the CLI. Nothing here writes ingest tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from controltower import identity
+from controltower.settings import Settings
+from controltower.vocab import human_duration, rfc3339
+from metrics.definitions import SIGNAL_UNITS, SLA, Definitions
+
+KINDS = frozenset(SIGNAL_UNITS)
+WATERMARK_PREFIX = "signals:"
+LAG = timedelta(minutes=2)  # transactions that committed after a later one (as the rollups)
+ORDER_RECEIVED = "order.received"
+ERP_DOCUMENT = "erp_document"
+UNKNOWN = "unknown"  # the channel or system of a business transaction none of whose events names one
+SWEEP = 5_000  # rows of businesses gone by retention removed per tick
+
+_TOUCHED = """
+CREATE TEMP TABLE IF NOT EXISTS ct_signal_touched (bid text PRIMARY KEY) ON COMMIT DROP;
+TRUNCATE ct_signal_touched;
+"""
+_TOUCH_ALL = sa.text("INSERT INTO ct_signal_touched (bid) SELECT DISTINCT business_id FROM transactions")
+_TOUCH = sa.text("""
+INSERT INTO ct_signal_touched (bid)
+SELECT business_id FROM transactions WHERE updated_at > :since
+UNION
+SELECT t.business_id FROM transaction_milestones m JOIN transactions t ON t.correlation_id = m.correlation_id
+WHERE m.recorded_at > :since
+UNION
+SELECT business_id FROM identity_changes WHERE changed_at > :since
+ON CONFLICT DO NOTHING
+""")
+_CLEAR = (
+    sa.text("DELETE FROM signal_orphans WHERE business_id IN (SELECT bid FROM ct_signal_touched)"),
+    sa.text("DELETE FROM signal_orders WHERE business_id IN (SELECT bid FROM ct_signal_touched)"),
+)
+
+# A candidate: some member has an identity key, no member reached an origin. Its system: of the
+# earliest event (over all members) that names one.
+_ORPHANS = sa.text(f"""
+WITH b AS (
+    SELECT t.business_id, min(t.first_event_at) AS first_event_at, {identity.BUSINESS_CHANNEL} AS channel
+    FROM ct_signal_touched x JOIN transactions t ON t.business_id = x.bid
+    GROUP BY t.business_id
+), candidates AS (
+    SELECT b.* FROM b
+    WHERE EXISTS (SELECT 1 FROM transactions t JOIN transaction_keys k ON k.correlation_id = t.correlation_id
+                  WHERE t.business_id = b.business_id AND k.kind = ANY(CAST(:kinds AS text[])))
+      AND NOT EXISTS (SELECT 1 FROM transactions t
+                      JOIN transaction_milestones m ON m.correlation_id = t.correlation_id
+                      WHERE t.business_id = b.business_id AND m.milestone = ANY(CAST(:origins AS text[])))
+)
+INSERT INTO signal_orphans (business_id, channel, system, first_event_at, orphaned_at)
+SELECT c.business_id, c.channel, s.system, c.first_event_at,
+       CASE WHEN c.first_event_at + CAST(:grace AS interval) <= :now THEN c.first_event_at + CAST(:grace AS interval) END
+FROM candidates c
+LEFT JOIN LATERAL (
+    SELECT e.system FROM transactions t
+    CROSS JOIN LATERAL (
+        SELECT e.system, e.occurred_at, e.event_id FROM events e
+        WHERE e.correlation_id = t.correlation_id AND e.occurred_at >= t.first_event_at AND e.system IS NOT NULL
+        ORDER BY e.occurred_at, e.event_id LIMIT 1
+    ) e
+    WHERE t.business_id = c.business_id
+    ORDER BY e.occurred_at, t.correlation_id, e.event_id LIMIT 1
+) s ON true
+""")  # noqa: S608 (a constant fragment of controltower.identity)
+
+_ORDERS = sa.text(f"""
+INSERT INTO signal_orders (business_id, channel, received_at, erp_documents)
+SELECT t.business_id, {identity.BUSINESS_CHANNEL}, min(m.reached_at),
+       COALESCE((
+           SELECT array_agg(DISTINCT k.value ORDER BY k.value)
+           FROM transactions d JOIN transaction_keys k ON k.correlation_id = d.correlation_id
+           WHERE d.business_id = t.business_id AND k.kind = :document AND length(k.value) <= :max_len
+             AND lower(btrim(k.value)) <> ALL(CAST(:placeholders AS text[]))
+             AND NOT EXISTS (SELECT 1 FROM identity_hubs h WHERE h.kind = k.kind AND h.value = k.value)
+       ), '{{}}')
+FROM ct_signal_touched x
+JOIN transactions t ON t.business_id = x.bid
+LEFT JOIN transaction_milestones m ON m.correlation_id = t.correlation_id AND m.milestone = :received
+GROUP BY t.business_id
+HAVING min(m.reached_at) IS NOT NULL
+""")  # noqa: S608 (a constant fragment of controltower.identity)
+
+_GRADUATE = sa.text("""
+UPDATE signal_orphans SET orphaned_at = first_event_at + CAST(:grace AS interval)
+WHERE orphaned_at IS NULL AND first_event_at <= CAST(:now AS timestamptz) - CAST(:grace AS interval)
+""")
+
+# Retention removes old transactions without journaling them: their rows go here, a batch a tick.
+_SWEEP = (
+    sa.text("""
+DELETE FROM signal_orphans WHERE business_id IN (
+    SELECT o.business_id FROM signal_orphans o WHERE o.first_event_at < :cutoff
+      AND NOT EXISTS (SELECT 1 FROM transactions t WHERE t.business_id = o.business_id) LIMIT :n)
+"""),
+    sa.text("""
+DELETE FROM signal_orders WHERE business_id IN (
+    SELECT o.business_id FROM signal_orders o WHERE o.received_at < :cutoff
+      AND NOT EXISTS (SELECT 1 FROM transactions t WHERE t.business_id = o.business_id) LIMIT :n)
+"""),
+)
+
+
+def watermark_name(defs: Definitions, settings: Settings) -> str:
+    """The watermark of rows computed under these origins, identity keys and grace period."""
+    basis = orjson.dumps([sorted(defs.orphan_origins), sorted(settings.identity_keys), settings.orphan_grace_seconds])
+    return WATERMARK_PREFIX + hashlib.sha256(basis).hexdigest()[:16]
+
+
+def refresh(engine: Engine, defs: Definitions, now: datetime, settings: Settings | None = None) -> dict[str, int]:
+    """Bring `signal_orphans` and `signal_orders` up to `now`; returns what it examined."""
+    settings = settings or Settings()
+    name = watermark_name(defs, settings)
+    grace = timedelta(seconds=settings.orphan_grace_seconds)
+    params = {
+        "kinds": list(settings.identity_keys), "origins": list(defs.orphan_origins), "grace": grace, "now": now,
+        "document": ERP_DOCUMENT, "received": ORDER_RECEIVED, "max_len": identity.MAX_LINK_LEN,
+        "placeholders": sorted(identity.PLACEHOLDERS),
+        "cutoff": now - timedelta(seconds=settings.retention_transactions), "n": SWEEP,
+    }
+    with engine.begin() as conn:
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('controltower.metrics.signals'))"))
+        mark = conn.execute(sa.text("SELECT value FROM metrics_watermarks WHERE name = :n"), {"n": name}).scalar()
+        conn.exec_driver_sql(_TOUCHED)
+        if mark is None:  # first run, a rebuild, or what the rows depend on changed: all of them
+            conn.execute(sa.text("TRUNCATE signal_orphans, signal_orders"))
+            touched = conn.execute(_TOUCH_ALL).rowcount
+        else:
+            touched = conn.execute(_TOUCH, {"since": mark - LAG}).rowcount
+        if touched:
+            for statement in _CLEAR:
+                conn.execute(statement)
+            conn.execute(_ORPHANS, params)
+            conn.execute(_ORDERS, params)
+        graduated = conn.execute(_GRADUATE, params).rowcount
+        swept = sum(conn.execute(statement, params).rowcount for statement in _SWEEP)
+        conn.execute(sa.text("DELETE FROM metrics_watermarks WHERE name LIKE :p AND name <> :n"),
+                     {"p": WATERMARK_PREFIX + "%", "n": name})
+        conn.execute(
+            sa.text(
+                "INSERT INTO metrics_watermarks (name, value) VALUES (:n, :v)"
+                " ON CONFLICT (name) DO UPDATE SET value = GREATEST(metrics_watermarks.value, excluded.value)"
+            ),
+            {"n": name, "v": now},
+        )
+    return {"signal_businesses": touched, "orphans_graduated": graduated, "signal_rows_swept": swept}
+
+
+# -- the SLA table ----------------------------------------------------------------------------
+_ORPHAN_COUNTS = sa.text("""
+SELECT COALESCE(channel, 'unknown') AS channel, COALESCE(system, 'unknown') AS system,
+       count(*) AS n, min(first_event_at) AS oldest
+FROM signal_orphans
+WHERE orphaned_at > :start AND orphaned_at <= :end  -- an orphan since `end` counts at `end`
+  AND (CAST(:channel AS text) IS NULL OR COALESCE(channel, 'unknown') = :channel)
+GROUP BY 1, 2
+""")
+_ORDER_COUNTS = sa.text("""
+SELECT COALESCE(channel, 'unknown') AS channel, count(*) AS orders,
+       count(*) FILTER (WHERE cardinality(erp_documents) >= 2) AS duplicates
+FROM signal_orders
+WHERE received_at >= :start AND received_at < :end
+  AND (CAST(:channel AS text) IS NULL OR COALESCE(channel, 'unknown') = :channel)
+GROUP BY 1
+""")
+
+
+def sla_rows(
+    conn: Connection, defs: Definitions, *, window: timedelta, now: datetime, channel: str | None,
+    base: Callable[[SLA, str], dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """The SLA table's rows of the signal kinds over the window: orphans that became orphans in
+    `(now - window, now]`, per channel (by system in `details`); the duplicate order rate of the
+    orders received in `[now - window, now)`. `base` gives a row's shape (the SLA engine's)."""
+    slas = [s for s in defs.slas if s.kind in KINDS]
+    if not slas:
+        return []
+    params = {"start": now - window, "end": now, "channel": channel}
+    orphans: dict[str, dict[str, int]] = defaultdict(dict)
+    oldest: dict[str, datetime] = {}
+    if any(s.kind == "orphans" for s in slas):
+        for r in conn.execute(_ORPHAN_COUNTS, params):
+            orphans[r.channel][r.system] = int(r.n)
+            oldest[r.channel] = min(oldest.get(r.channel, r.oldest), r.oldest)
+    orders = {}
+    if any(s.kind == "duplicate_rate" for s in slas):
+        orders = {r.channel: (int(r.orders), int(r.duplicates)) for r in conn.execute(_ORDER_COUNTS, params)}
+    out = []
+    for sla in slas:
+        if sla.kind == "orphans":
+            out += [orphan_row(base(sla, ch), sla, systems, now - oldest[ch]) for ch, systems in sorted(orphans.items())]
+        else:
+            out += [duplicate_row(base(sla, ch), sla, *counts) for ch, counts in sorted(orders.items())]
+    return out
+
+
+def _judge(row: dict[str, Any], sla: SLA, value: float, enough: bool = True) -> None:
+    if enough and sla.critical is not None and value > sla.critical:
+        row["health"] = "critical"
+    elif enough and sla.max is not None and value > sla.max:
+        row["health"] = "warn"
+
+
+def orphan_row(row: dict[str, Any], sla: SLA, systems: dict[str, int], age: timedelta) -> dict[str, Any]:
+    n = sum(systems.values())
+    age_ms = max(0, int(age.total_seconds() * 1000))
+    row.update(count=n, value=n, threshold=sla.max, open_breaches=n, oldest_breach_ms=age_ms,
+               details={"systems": dict(sorted(systems.items()))})
+    _judge(row, sla, n)
+    if row["health"] != "ok":
+        by_system = ", ".join(f"{system} {count}" for system, count in sorted(systems.items(), key=lambda i: (-i[1], i[0])))
+        row["reason"] = (f"{sla.name}: {n} orphan{'s' if n != 1 else ''} ({by_system}) without "
+                         f"{' or '.join(sla.origins)}, oldest {human_duration(age_ms)} (max {sla.max:g})")
+    return row
+
+
+def duplicate_row(row: dict[str, Any], sla: SLA, orders: int, duplicates: int) -> dict[str, Any]:
+    ratio = duplicates / orders if orders else 0.0
+    row.update(count=orders, value=ratio, threshold=sla.max, details={"orders": orders, "duplicates": duplicates})
+    _judge(row, sla, ratio, enough=orders >= sla.min_orders)
+    if row["health"] != "ok":
+        row["reason"] = (f"{sla.name}: {duplicates} of {orders} orders posted to the ERP more than once "
+                         f"({ratio:.1%}, max {sla.max or 0:.1%})")
+    return row
+
+
+# -- lists for the API and the CLI --------------------------------------------------------------
+# The members (canonical first by CANONICAL_MEMBER's order), their keys and milestones of `x`.
+_BUSINESS = f"""
+CROSS JOIN LATERAL (
+    SELECT {identity.CANONICAL_MEMBER} AS correlation_id,
+           array_agg(t.correlation_id ORDER BY t.first_event_at, t.correlation_id) AS correlation_ids,
+           (array_agg(t.order_id ORDER BY t.first_event_at, t.correlation_id)
+                FILTER (WHERE t.order_id IS NOT NULL))[1] AS order_id
+    FROM transactions t WHERE t.business_id = x.business_id
+) b
+CROSS JOIN LATERAL (
+    SELECT COALESCE(jsonb_object_agg(kind, vals ORDER BY kind), '{{}}'::jsonb) AS keys FROM (
+        SELECT k.kind, jsonb_agg(DISTINCT k.value ORDER BY k.value) AS vals
+        FROM transactions t JOIN transaction_keys k ON k.correlation_id = t.correlation_id
+        WHERE t.business_id = x.business_id GROUP BY k.kind
+    ) kv
+) k
+"""  # noqa: S608 (a constant fragment of controltower.identity)
+
+_ORPHAN_LIST = sa.text(f"""
+SELECT b.correlation_id, b.correlation_ids, b.order_id, COALESCE(x.channel, 'unknown') AS channel,
+       COALESCE(x.system, 'unknown') AS system, x.first_event_at, x.orphaned_at, k.keys,
+       (SELECT array_agg(milestone ORDER BY reached_at, milestone) FROM (
+            SELECT m.milestone, min(m.reached_at) AS reached_at
+            FROM transactions t JOIN transaction_milestones m ON m.correlation_id = t.correlation_id
+            WHERE t.business_id = x.business_id GROUP BY m.milestone) ms) AS milestones
+FROM signal_orphans x
+{_BUSINESS}
+WHERE x.orphaned_at IS NOT NULL AND b.correlation_id IS NOT NULL
+  AND (CAST(:channel AS text) IS NULL OR COALESCE(x.channel, 'unknown') = :channel)
+  AND (CAST(:system AS text) IS NULL OR COALESCE(x.system, 'unknown') = :system)
+ORDER BY x.first_event_at DESC, x.business_id
+LIMIT :limit OFFSET :offset
+""")  # noqa: S608 (constant fragments)
+
+_ORPHAN_TOTALS = sa.text("""
+SELECT COALESCE(system, 'unknown') AS system, COALESCE(channel, 'unknown') AS channel, count(*) AS orphans
+FROM signal_orphans WHERE orphaned_at IS NOT NULL
+GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2
+""")
+
+_DUPLICATE_LIST = sa.text(f"""
+SELECT b.correlation_id, b.correlation_ids, b.order_id, COALESCE(x.channel, 'unknown') AS channel,
+       x.received_at, x.erp_documents, k.keys
+FROM signal_orders x
+{_BUSINESS}
+WHERE cardinality(x.erp_documents) >= 2 AND b.correlation_id IS NOT NULL
+  AND (CAST(:channel AS text) IS NULL OR COALESCE(x.channel, 'unknown') = :channel)
+ORDER BY x.received_at DESC, x.business_id
+LIMIT :limit OFFSET :offset
+""")  # noqa: S608 (constant fragments)
+
+_HUBS = sa.text("""
+SELECT kind, value, fanout, first_seen_at, last_seen_at FROM identity_hubs
+WHERE CAST(:kind AS text) IS NULL OR kind = :kind
+ORDER BY fanout DESC, kind, value
+LIMIT :limit OFFSET :offset
+""")
+
+
+def orphans(
+    conn: Connection, *, now: datetime, channel: str | None = None, system: str | None = None,
+    limit: int = 100, offset: int = 0,
+) -> list[dict[str, Any]]:
+    """Orphan business transactions, newest first, with their keys, system, channel and age."""
+    params = {"channel": channel, "system": system, "limit": limit, "offset": offset}
+    out = []
+    for r in conn.execute(_ORPHAN_LIST, params):
+        out.append({
+            "correlation_id": r.correlation_id, "correlation_ids": list(r.correlation_ids), "order_id": r.order_id,
+            "channel": r.channel, "system": r.system, "keys": r.keys, "milestones": list(r.milestones or []),
+            "first_event_at": rfc3339(r.first_event_at), "orphaned_at": rfc3339(r.orphaned_at),
+            "age_ms": max(0, int((now - r.first_event_at).total_seconds() * 1000)),
+        })
+    return out
+
+
+def orphan_counts(conn: Connection) -> list[dict[str, Any]]:
+    """Orphans per system and channel, most first."""
+    return [dict(r._mapping) for r in conn.execute(_ORPHAN_TOTALS)]
+
+
+def duplicates(conn: Connection, *, channel: str | None = None, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+    """Duplicate orders, newest first: the order, its members and its ERP documents."""
+    out = []
+    for r in conn.execute(_DUPLICATE_LIST, {"channel": channel, "limit": limit, "offset": offset}):
+        out.append({
+            "correlation_id": r.correlation_id, "correlation_ids": list(r.correlation_ids), "order_id": r.order_id,
+            "channel": r.channel, "received_at": rfc3339(r.received_at), "erp_documents": list(r.erp_documents),
+            "keys": r.keys,
+        })
+    return out
+
+
+def hubs(conn: Connection, *, kind: str | None = None, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+    """Identity values that link nothing because too many correlation ids carry them, widest first."""
+    out = []
+    for r in conn.execute(_HUBS, {"kind": kind, "limit": limit, "offset": offset}):
+        out.append({"kind": r.kind, "value": r.value, "fanout": int(r.fanout),
+                    "first_seen_at": rfc3339(r.first_seen_at), "last_seen_at": rfc3339(r.last_seen_at)})
+    return out
