@@ -377,7 +377,7 @@ def _parse_signal(c: _Checker, item: dict[str, Any], path: tuple[Any, ...], fiel
         origins = item.get("origins", list(DEFAULT_ORIGINS))
         if not isinstance(origins, list | tuple) or not origins:
             raise c.fail("origins: expected a non-empty list of milestones like order.received", *path, "origins")
-        fields["origins"] = tuple(sorted({c.milestone(m, *path, "origins", i) for i, m in enumerate(origins)}))
+        fields["origins"] = tuple(sorted({c.milestone(m, *path, "origins") for m in origins}))
     else:
         fields["flow"] = "order"
         if "min_orders" in item:

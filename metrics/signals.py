@@ -17,8 +17,8 @@ watermark (minus a lag for late commits): transactions updated, milestones recor
 journaled in `identity_changes` (a merge names both the old and the new id). It clears their
 rows and recomputes those ids that still name a business. The watermark's name carries a
 fingerprint of what the rows depend on (origins, identity keys, grace): change one and the next
-tick rebuilds everything. `sla_rows` turns the tables into SLA table rows; `orphans`,
-`duplicates` and `hubs` list them for the API and the CLI. Nothing here writes ingest tables.
+tick rebuilds everything. `sla_rows` turns the tables into SLA table rows (the API and the
+CLI list them through `metrics.signallists`). Nothing here writes ingest tables.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from controltower import identity
 from controltower.settings import Settings
-from controltower.vocab import human_duration, rfc3339
+from controltower.vocab import human_duration
 from metrics.definitions import SIGNAL_UNITS, SLA, Definitions
 
 KINDS = frozenset(SIGNAL_UNITS)
@@ -156,7 +156,8 @@ def refresh(engine: Engine, defs: Definitions, now: datetime, settings: Settings
         mark = conn.execute(sa.text("SELECT value FROM metrics_watermarks WHERE name = :n"), {"n": name}).scalar()
         conn.exec_driver_sql(_TOUCHED)
         if mark is None:  # first run, a rebuild, or what the rows depend on changed: all of them
-            conn.execute(sa.text("TRUNCATE signal_orphans, signal_orders"))
+            for table in ("signal_orphans", "signal_orders"):  # DELETE: the scheduler's role may not TRUNCATE
+                conn.execute(sa.text(f"DELETE FROM {table}"))  # noqa: S608 (constant names)
             touched = conn.execute(_TOUCH_ALL).rowcount
         else:
             touched = conn.execute(_TOUCH, {"since": mark - LAG}).rowcount
@@ -255,106 +256,3 @@ def duplicate_row(row: dict[str, Any], sla: SLA, orders: int, duplicates: int) -
         row["reason"] = (f"{sla.name}: {duplicates} of {orders} orders posted to the ERP more than once "
                          f"({ratio:.1%}, max {sla.max or 0:.1%})")
     return row
-
-
-# -- lists for the API and the CLI --------------------------------------------------------------
-# The members (canonical first by CANONICAL_MEMBER's order), their keys and milestones of `x`.
-_BUSINESS = f"""
-CROSS JOIN LATERAL (
-    SELECT {identity.CANONICAL_MEMBER} AS correlation_id,
-           array_agg(t.correlation_id ORDER BY t.first_event_at, t.correlation_id) AS correlation_ids,
-           (array_agg(t.order_id ORDER BY t.first_event_at, t.correlation_id)
-                FILTER (WHERE t.order_id IS NOT NULL))[1] AS order_id
-    FROM transactions t WHERE t.business_id = x.business_id
-) b
-CROSS JOIN LATERAL (
-    SELECT COALESCE(jsonb_object_agg(kind, vals ORDER BY kind), '{{}}'::jsonb) AS keys FROM (
-        SELECT k.kind, jsonb_agg(DISTINCT k.value ORDER BY k.value) AS vals
-        FROM transactions t JOIN transaction_keys k ON k.correlation_id = t.correlation_id
-        WHERE t.business_id = x.business_id GROUP BY k.kind
-    ) kv
-) k
-"""  # noqa: S608 (a constant fragment of controltower.identity)
-
-_ORPHAN_LIST = sa.text(f"""
-SELECT b.correlation_id, b.correlation_ids, b.order_id, COALESCE(x.channel, 'unknown') AS channel,
-       COALESCE(x.system, 'unknown') AS system, x.first_event_at, x.orphaned_at, k.keys,
-       (SELECT array_agg(milestone ORDER BY reached_at, milestone) FROM (
-            SELECT m.milestone, min(m.reached_at) AS reached_at
-            FROM transactions t JOIN transaction_milestones m ON m.correlation_id = t.correlation_id
-            WHERE t.business_id = x.business_id GROUP BY m.milestone) ms) AS milestones
-FROM signal_orphans x
-{_BUSINESS}
-WHERE x.orphaned_at IS NOT NULL AND b.correlation_id IS NOT NULL
-  AND (CAST(:channel AS text) IS NULL OR COALESCE(x.channel, 'unknown') = :channel)
-  AND (CAST(:system AS text) IS NULL OR COALESCE(x.system, 'unknown') = :system)
-ORDER BY x.first_event_at DESC, x.business_id
-LIMIT :limit OFFSET :offset
-""")  # noqa: S608 (constant fragments)
-
-_ORPHAN_TOTALS = sa.text("""
-SELECT COALESCE(system, 'unknown') AS system, COALESCE(channel, 'unknown') AS channel, count(*) AS orphans
-FROM signal_orphans WHERE orphaned_at IS NOT NULL
-GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2
-""")
-
-_DUPLICATE_LIST = sa.text(f"""
-SELECT b.correlation_id, b.correlation_ids, b.order_id, COALESCE(x.channel, 'unknown') AS channel,
-       x.received_at, x.erp_documents, k.keys
-FROM signal_orders x
-{_BUSINESS}
-WHERE cardinality(x.erp_documents) >= 2 AND b.correlation_id IS NOT NULL
-  AND (CAST(:channel AS text) IS NULL OR COALESCE(x.channel, 'unknown') = :channel)
-ORDER BY x.received_at DESC, x.business_id
-LIMIT :limit OFFSET :offset
-""")  # noqa: S608 (constant fragments)
-
-_HUBS = sa.text("""
-SELECT kind, value, fanout, first_seen_at, last_seen_at FROM identity_hubs
-WHERE CAST(:kind AS text) IS NULL OR kind = :kind
-ORDER BY fanout DESC, kind, value
-LIMIT :limit OFFSET :offset
-""")
-
-
-def orphans(
-    conn: Connection, *, now: datetime, channel: str | None = None, system: str | None = None,
-    limit: int = 100, offset: int = 0,
-) -> list[dict[str, Any]]:
-    """Orphan business transactions, newest first, with their keys, system, channel and age."""
-    params = {"channel": channel, "system": system, "limit": limit, "offset": offset}
-    out = []
-    for r in conn.execute(_ORPHAN_LIST, params):
-        out.append({
-            "correlation_id": r.correlation_id, "correlation_ids": list(r.correlation_ids), "order_id": r.order_id,
-            "channel": r.channel, "system": r.system, "keys": r.keys, "milestones": list(r.milestones or []),
-            "first_event_at": rfc3339(r.first_event_at), "orphaned_at": rfc3339(r.orphaned_at),
-            "age_ms": max(0, int((now - r.first_event_at).total_seconds() * 1000)),
-        })
-    return out
-
-
-def orphan_counts(conn: Connection) -> list[dict[str, Any]]:
-    """Orphans per system and channel, most first."""
-    return [dict(r._mapping) for r in conn.execute(_ORPHAN_TOTALS)]
-
-
-def duplicates(conn: Connection, *, channel: str | None = None, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
-    """Duplicate orders, newest first: the order, its members and its ERP documents."""
-    out = []
-    for r in conn.execute(_DUPLICATE_LIST, {"channel": channel, "limit": limit, "offset": offset}):
-        out.append({
-            "correlation_id": r.correlation_id, "correlation_ids": list(r.correlation_ids), "order_id": r.order_id,
-            "channel": r.channel, "received_at": rfc3339(r.received_at), "erp_documents": list(r.erp_documents),
-            "keys": r.keys,
-        })
-    return out
-
-
-def hubs(conn: Connection, *, kind: str | None = None, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
-    """Identity values that link nothing because too many correlation ids carry them, widest first."""
-    out = []
-    for r in conn.execute(_HUBS, {"kind": kind, "limit": limit, "offset": offset}):
-        out.append({"kind": r.kind, "value": r.value, "fanout": int(r.fanout),
-                    "first_seen_at": rfc3339(r.first_seen_at), "last_seen_at": rfc3339(r.last_seen_at)})
-    return out

@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from collectors.store import EventStore
-from metrics import compute, definitions, jobs, signals
+from metrics import compute, definitions, jobs, signallists, signals
 from tests.metrics.helpers import NOW, minutes
 
 DEFS = definitions.load()
@@ -68,7 +68,7 @@ def refresh(engine, settings, now, defs=DEFS):
 
 def listed(engine, now, **filters):
     with engine.connect() as conn:
-        return signals.orphans(conn, now=now, **filters)
+        return signallists.orphans(conn, now=now, **filters)
 
 
 def sla(engine, now, defs=DEFS, window=timedelta(hours=1)):
@@ -98,7 +98,7 @@ def test_an_erp_posting_no_channel_sent_is_an_orphan_after_the_grace_period_unti
     assert row["details"] == {"systems": {"erp": 1}} and row["oldest_breach_ms"] == 16 * 60_000
     assert row["reason"] == "orphans: 1 orphan (erp 1) without order.received or return.requested, oldest 16 min (max 0)"
     with engine.connect() as conn:
-        assert signals.orphan_counts(conn) == [{"system": "erp", "channel": "unknown", "orphans": 1}]
+        assert signallists.orphan_counts(conn) == [{"system": "erp", "channel": "unknown", "orphans": 1}]
 
     # the channel's order arrives late and links to the posting by the marketplace order number
     t1 = t0 + minutes(20)
@@ -143,7 +143,7 @@ def test_a_carrier_scan_for_an_unknown_tracking_number_counts_under_its_system(e
     refresh(engine, settings, NOW + minutes(5))
     assert sla(engine, NOW + minutes(5))[("orphans", "unknown")]["details"] == {"systems": {"carrier": 2}}
     with engine.connect() as conn:
-        assert signals.orphan_counts(conn) == [{"system": "carrier", "channel": "unknown", "orphans": 2},
+        assert signallists.orphan_counts(conn) == [{"system": "carrier", "channel": "unknown", "orphans": 2},
                                                {"system": "wms", "channel": "walmart", "orphans": 1}]
     # an orphan counts in the windows it became one in (its earliest event + grace), then only in the list
     assert sla(engine, NOW + minutes(5), window=minutes(30))[("orphans", "unknown")]["value"] == 1
@@ -193,8 +193,8 @@ def test_an_order_with_two_erp_documents_is_a_duplicate_and_the_rate_is_per_chan
     assert not any(k[0] == "orphans" for k in rows)  # every ERP posting found its order
 
     with engine.connect() as conn:
-        found = signals.duplicates(conn)
-        assert [d["correlation_id"] for d in signals.duplicates(conn, channel="walmart")] == ["W0"]
+        found = signallists.duplicates(conn)
+        assert [d["correlation_id"] for d in signallists.duplicates(conn, channel="walmart")] == ["W0"]
     assert [d["correlation_id"] for d in found] == ["A8", "W0", "OLD"]  # newest first, then by business id
     assert found[0] == {
         "correlation_id": "A8", "correlation_ids": ["A8", "A8-erp0", "A8-erp1"], "order_id": "SO-A8", "channel": "amazon",
@@ -229,7 +229,7 @@ def test_a_merge_re_attributes_incrementally_and_matches_a_rebuild(engine, setti
     incremental = state()
     assert incremental == ([], [("E1", "ebay", t0 - minutes(1), ["D1", "D2"])])
     with engine.connect() as conn:
-        assert [d["correlation_id"] for d in signals.duplicates(conn)] == ["M1"]  # the canonical member: earliest event
+        assert [d["correlation_id"] for d in signallists.duplicates(conn)] == ["M1"]  # the canonical member: earliest event
     with engine.begin() as conn:
         conn.execute(sa.text("DELETE FROM metrics_watermarks"))
     refresh(engine, settings, t0 + minutes(41))
@@ -261,11 +261,11 @@ def test_hubs_are_listed_widest_first(engine):
             " ('erp_document', 'DEFAULT', 57, :a, :b), ('tracking_number', 'PENDING-LABEL', 312, :a, :b),"
             " ('order_id', 'SO-TEST', 21, :a, :a)"), {"a": NOW - minutes(90), "b": NOW})
     with engine.connect() as conn:
-        all_hubs = signals.hubs(conn)
-        assert signals.hubs(conn, kind="order_id") == [{
+        all_hubs = signallists.hubs(conn)
+        assert signallists.hubs(conn, kind="order_id") == [{
             "kind": "order_id", "value": "SO-TEST", "fanout": 21,
             "first_seen_at": "2026-11-23T10:30:00.000Z", "last_seen_at": "2026-11-23T10:30:00.000Z"}]
-        assert [h["value"] for h in signals.hubs(conn, limit=1, offset=1)] == ["DEFAULT"]
+        assert [h["value"] for h in signallists.hubs(conn, limit=1, offset=1)] == ["DEFAULT"]
     assert [(h["kind"], h["value"], h["fanout"]) for h in all_hubs] == [
         ("tracking_number", "PENDING-LABEL", 312), ("erp_document", "DEFAULT", 57), ("order_id", "SO-TEST", 21)]
 
