@@ -192,9 +192,9 @@ def _identity_query(request: Request, name: str) -> dict[str, Any] | str:
             return f"unknown query parameter {key[:40]!r} (expected {', '.join(allowed)})"
         if len(params.getlist(key)) > 1:
             return f"{key}: given more than once"
-    out: dict[str, Any] = {key: params.get(key) or None for key in allowed}
+    out: dict[str, Any] = {key: params.get(key) or None for key in allowed}  # an empty filter: all
     for key, default in (("limit", signallists.PAGE_DEFAULT), ("offset", 0)):
-        raw = out[key] or str(default)
+        raw = params.get(key, str(default))
         if not _COUNT.match(raw):
             return f"{key}: {raw[:40]!r} is not an integer"
         out[key] = int(raw)

@@ -1,7 +1,9 @@
 """Orphans, duplicate orders and their SLA rows from hand-built business transactions (real Postgres).
 
-Until ingest links correlation IDs itself, `link()` does what it will do: re-key the members'
-`business_id` and journal the old and new ids in `identity_changes` at the ingest's clock.
+Events go through the collectors' store, which links correlation IDs into business transactions
+by their identity keys; events without `channel` are sent without it. The signals are refreshed
+on their own (`signals.refresh`) where events have no channel: the rollups of those are the SLA
+engine's part of #11, not this module's.
 """
 
 from __future__ import annotations
@@ -36,33 +38,16 @@ def event(cid: str, milestone: str, at, *, system: str | None, channel: str | No
 
 
 def ingest(engine, settings, records: list[dict[str, Any]], *, now) -> None:
-    """Store `records` through the collectors' store; a record without `channel` (a carrier that
-    knows only its tracking number) is stored with none."""
-    blank = {r["correlation_id"] for r in records if "channel" not in r}
-    sent = [r if "channel" in r else r | {"channel": "zz-none"} for r in records]
-    result = EventStore(engine, settings).ingest(sent, source="test", now=now)
+    result = EventStore(engine, settings).ingest(records, source="test", now=now)
     assert not result.rejected, result.rejected
-    if blank:
-        with engine.begin() as conn:
-            for table in ("events", "transactions", "transaction_milestones"):
-                conn.execute(sa.text(f"UPDATE {table} SET channel = NULL WHERE channel = 'zz-none'"))  # noqa: S608
 
 
-def link(engine, members: list[str], *, now) -> str:
-    """Join `members` into one business transaction named by the first (as ingest linking does)."""
-    name = members[0]
-    with engine.begin() as conn:
-        old = conn.execute(sa.text("SELECT DISTINCT business_id FROM transactions WHERE correlation_id = ANY(:m)"),
-                           {"m": members}).scalars().all()
-        conn.execute(sa.text("UPDATE transactions SET business_id = :b WHERE business_id = ANY(:old)"),
-                     {"b": name, "old": list(old)})
-        conn.execute(sa.text("INSERT INTO identity_changes (business_id, changed_at) SELECT unnest(CAST(:ids AS text[])), :t"),
-                     {"ids": sorted({*old, name}), "t": now})
-    return name
+def business_of(engine, cid: str) -> str:
+    with engine.connect() as conn:
+        return conn.execute(sa.text("SELECT business_id FROM transactions WHERE correlation_id = :c"), {"c": cid}).scalar_one()
 
 
 def refresh(engine, settings, now, defs=DEFS):
-    # the signals alone: the rollups of events without a channel are the SLA engine's part of #11
     return signals.refresh(engine, defs, now, settings)
 
 
@@ -104,7 +89,7 @@ def test_an_erp_posting_no_channel_sent_is_an_orphan_after_the_grace_period_unti
     t1 = t0 + minutes(20)
     ingest(engine, settings, [event("MKT-9", "order.received", t0 - minutes(3), system="marketplace", channel="amazon",
                                     order_id="SO-9", external_order_id="112-0000009")], now=t1)
-    link(engine, ["ERP-9", "MKT-9"], now=t1)
+    assert business_of(engine, "MKT-9") == business_of(engine, "ERP-9") == "ERP-9"  # linked on ingest
     refresh(engine, settings, t1 + minutes(1))
     assert listed(engine, t1 + minutes(1)) == []
     assert set(sla(engine, t1 + minutes(1))) == {("duplicate_orders", "amazon")}
@@ -173,8 +158,6 @@ def test_an_order_with_two_erp_documents_is_a_duplicate_and_the_rate_is_per_chan
         records += _order(cid, channel, received, documents)
     records += _order("OLD", "amazon", NOW - minutes(120), ["4700001", "4700002"])  # outside the 1 h window
     ingest(engine, settings, records, now=NOW - minutes(30))
-    for cid, (_, documents) in [*plan.items(), ("OLD", ("amazon", None))]:
-        link(engine, [cid, *(f"{cid}-erp{i}" for i in range(len(documents or ["", ""])))], now=NOW - minutes(30))
     refresh(engine, settings, NOW)
 
     rows = sla(engine, NOW)
@@ -204,22 +187,23 @@ def test_an_order_with_two_erp_documents_is_a_duplicate_and_the_rate_is_per_chan
     assert found[1]["erp_documents"] == ["4600001", "4600002", "4600003"]
 
 
-def test_a_merge_re_attributes_incrementally_and_matches_a_rebuild(engine, settings):
-    """Two ERP documents arrive as separate orphans, then the order links both: one duplicate, no orphans."""
+def test_a_late_link_merges_two_orphans_into_their_order_incrementally_as_a_rebuild_would(engine, settings):
+    """Two ERP documents arrive as separate orphans, the order on its own; then the middleware's
+    acknowledgement names the order and both documents: one business, a duplicate, no orphans."""
     t0 = NOW - minutes(60)
     ingest(engine, settings, [
-        event("E1", "order.erp_posted", t0, system="erp", erp_document="D1", external_order_id="X-1"),
-        event("E2", "order.erp_posted", t0 + minutes(1), system="erp", erp_document="D2", external_order_id="X-1"),
+        event("E1", "order.erp_posted", t0, system="erp", erp_document="D1"),
+        event("E2", "order.erp_posted", t0 + minutes(1), system="erp", erp_document="D2"),
     ], now=t0 + minutes(2))
     refresh(engine, settings, t0 + minutes(30))
     assert [o["correlation_id"] for o in listed(engine, t0 + minutes(30))] == ["E2", "E1"]
-    link(engine, ["E1", "E2"], now=t0 + minutes(31))  # same marketplace order number
-    refresh(engine, settings, t0 + minutes(32))
-    assert [(o["correlation_id"], o["correlation_ids"]) for o in listed(engine, t0 + minutes(32))] == [("E1", ["E1", "E2"])]
     ingest(engine, settings, [event("M1", "order.received", t0 - minutes(1), system="marketplace", channel="ebay",
                                     external_order_id="X-1")], now=t0 + minutes(40))
-    link(engine, ["E1", "M1"], now=t0 + minutes(40))
     refresh(engine, settings, t0 + minutes(41))
+    assert [o["correlation_id"] for o in listed(engine, t0 + minutes(41))] == ["E2", "E1"]
+    ingest(engine, settings, [event("MW-1", "order.acknowledged", t0 + minutes(44), system="middleware", channel="ebay",
+                                    external_order_id="X-1", erp_document=["D1", "D2"])], now=t0 + minutes(45))
+    refresh(engine, settings, t0 + minutes(46))
 
     def state():
         with engine.connect() as conn:
@@ -227,12 +211,14 @@ def test_a_merge_re_attributes_incrementally_and_matches_a_rebuild(engine, setti
                     conn.execute(sa.text("SELECT * FROM signal_orders ORDER BY 1")).all())
 
     incremental = state()
-    assert incremental == ([], [("E1", "ebay", t0 - minutes(1), ["D1", "D2"])])
+    business = business_of(engine, "M1")
+    assert incremental == ([], [(business, "ebay", t0 - minutes(1), ["D1", "D2"])])
     with engine.connect() as conn:
-        assert [d["correlation_id"] for d in signallists.duplicates(conn)] == ["M1"]  # the canonical member: earliest event
+        [duplicate] = signallists.duplicates(conn)
+    assert (duplicate["correlation_id"], duplicate["correlation_ids"]) == ("M1", ["M1", "E1", "E2", "MW-1"])
     with engine.begin() as conn:
         conn.execute(sa.text("DELETE FROM metrics_watermarks"))
-    refresh(engine, settings, t0 + minutes(41))
+    refresh(engine, settings, t0 + minutes(46))
     assert state() == incremental
 
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from controltower import apikeys
 from metrics import definitions, signals
-from tests.metrics.test_signals import event, ingest, link
+from tests.metrics.test_signals import event, ingest
 from wiring.cli import app
 
 
@@ -29,7 +29,6 @@ def seed(engine, settings) -> datetime:
         event("E-1b", "order.erp_posted", at + timedelta(minutes=3), system="erp", channel="amazon",
               external_order_id="112-1", erp_document="4500012"),
     ], now=at + timedelta(minutes=4))
-    link(engine, ["O-1", "E-1a", "E-1b"], now=at + timedelta(minutes=4))
     with engine.begin() as conn:
         conn.execute(sa.text(
             "INSERT INTO identity_hubs (kind, value, fanout, first_seen_at, last_seen_at) VALUES"
@@ -75,6 +74,7 @@ def test_identity_endpoints_list_orphans_duplicates_and_hubs(collector, engine, 
     ("/v1/identity/orphans", {"limit": "0"}, "limit: 0 is not an integer from 1 to 500"),
     ("/v1/identity/orphans", {"limit": "501"}, "limit: 501 is not an integer from 1 to 500"),
     ("/v1/identity/orphans", {"limit": "ten"}, "limit: 'ten' is not an integer"),
+    ("/v1/identity/orphans", {"limit": ""}, "limit: '' is not an integer"),
     ("/v1/identity/orphans", {"limit": "٣"}, "limit: '٣' is not an integer"),
     ("/v1/identity/orphans", {"offset": "-1"}, "offset: '-1' is not an integer"),
     ("/v1/identity/orphans", {"offset": "100001"}, "offset: 100001 is not an integer from 0 to 100000"),

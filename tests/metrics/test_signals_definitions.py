@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from controltower.errors import ConfigError
 from metrics import definitions
 from wiring.cli import main
