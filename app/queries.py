@@ -363,13 +363,16 @@ _ORPHANS = sa.text(f"""
                 SELECT m.milestone, min(m.reached_at) AS reached_at
                 FROM transactions t JOIN transaction_milestones m ON m.correlation_id = t.correlation_id
                 WHERE t.business_id = x.business_id GROUP BY m.milestone) ms) AS milestones
-    FROM signal_orphans x
+    FROM (
+        SELECT * FROM signal_orphans
+        WHERE orphaned_at IS NOT NULL
+          AND (CAST(:system AS text) IS NULL OR COALESCE(system, 'unknown') = :system)
+          AND (CAST(:channel AS text) IS NULL OR COALESCE(channel, 'unknown') = :channel)
+        ORDER BY orphaned_at DESC, business_id LIMIT :limit
+    ) x
     {_BUSINESS_OF_X}
-    WHERE x.orphaned_at IS NOT NULL AND b.correlation_id IS NOT NULL
-      AND (CAST(:system AS text) IS NULL OR COALESCE(x.system, 'unknown') = :system)
-      AND (CAST(:channel AS text) IS NULL OR COALESCE(x.channel, 'unknown') = :channel)
-    ORDER BY x.first_event_at DESC, x.business_id
-    LIMIT :limit
+    WHERE b.correlation_id IS NOT NULL
+    ORDER BY x.orphaned_at DESC, x.business_id
 """)  # noqa: S608 (constant fragments)
 _ORPHAN_COUNTS = sa.text("""
     SELECT COALESCE(system, 'unknown') AS system, COALESCE(channel, 'unknown') AS channel, count(*) AS orphans
@@ -380,11 +383,13 @@ _DUPLICATE_ORDERS = sa.text(f"""
     SELECT b.correlation_id, COALESCE(x.channel, 'unknown') AS channel, b.order_id, x.received_at,
            array_to_string(x.erp_documents, ', ') AS erp_documents, cardinality(x.erp_documents) AS documents,
            b.members, b.member_ids, k.keys
-    FROM signal_orders x
+    FROM (
+        SELECT * FROM signal_orders WHERE cardinality(erp_documents) >= 2
+        ORDER BY received_at DESC, business_id LIMIT :limit
+    ) x
     {_BUSINESS_OF_X}
-    WHERE cardinality(x.erp_documents) >= 2 AND b.correlation_id IS NOT NULL
+    WHERE b.correlation_id IS NOT NULL
     ORDER BY x.received_at DESC, x.business_id
-    LIMIT :limit
 """)  # noqa: S608 (constant fragments)
 _HUBS = sa.text(
     "SELECT kind, value, fanout, first_seen_at, last_seen_at FROM identity_hubs "

@@ -69,13 +69,17 @@ SELECT b.correlation_id, b.correlation_ids, b.order_id, COALESCE(x.channel, 'unk
             SELECT m.milestone, min(m.reached_at) AS reached_at
             FROM transactions t JOIN transaction_milestones m ON m.correlation_id = t.correlation_id
             WHERE t.business_id = x.business_id GROUP BY m.milestone) ms) AS milestones
-FROM signal_orphans x
+FROM (  -- the page first (newest first: orphaned_at is the earliest event + grace), then its details
+    SELECT * FROM signal_orphans
+    WHERE orphaned_at IS NOT NULL
+      AND (CAST(:channel AS text) IS NULL OR COALESCE(channel, 'unknown') = :channel)
+      AND (CAST(:system AS text) IS NULL OR COALESCE(system, 'unknown') = :system)
+    ORDER BY orphaned_at DESC, business_id
+    LIMIT :limit OFFSET :offset
+) x
 {_BUSINESS}
-WHERE x.orphaned_at IS NOT NULL AND b.correlation_id IS NOT NULL
-  AND (CAST(:channel AS text) IS NULL OR COALESCE(x.channel, 'unknown') = :channel)
-  AND (CAST(:system AS text) IS NULL OR COALESCE(x.system, 'unknown') = :system)
-ORDER BY x.first_event_at DESC, x.business_id
-LIMIT :limit OFFSET :offset
+WHERE b.correlation_id IS NOT NULL
+ORDER BY x.orphaned_at DESC, x.business_id
 """)  # noqa: S608 (constant fragments)
 
 _ORPHAN_TOTALS = sa.text("""
@@ -87,12 +91,16 @@ GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2
 _DUPLICATE_LIST = sa.text(f"""
 SELECT b.correlation_id, b.correlation_ids, b.order_id, COALESCE(x.channel, 'unknown') AS channel,
        x.received_at, x.erp_documents, k.keys
-FROM signal_orders x
+FROM (  -- the page first (signal_orders_duplicate_idx), then its details
+    SELECT * FROM signal_orders
+    WHERE cardinality(erp_documents) >= 2
+      AND (CAST(:channel AS text) IS NULL OR COALESCE(channel, 'unknown') = :channel)
+    ORDER BY received_at DESC, business_id
+    LIMIT :limit OFFSET :offset
+) x
 {_BUSINESS}
-WHERE cardinality(x.erp_documents) >= 2 AND b.correlation_id IS NOT NULL
-  AND (CAST(:channel AS text) IS NULL OR COALESCE(x.channel, 'unknown') = :channel)
+WHERE b.correlation_id IS NOT NULL
 ORDER BY x.received_at DESC, x.business_id
-LIMIT :limit OFFSET :offset
 """)  # noqa: S608 (constant fragments)
 
 _HUBS = sa.text("""

@@ -10,7 +10,9 @@ named by a business_id (readers show the canonical member and every member inste
   system is that of the business's earliest event naming one; no channel reads as "unknown".
 - `signal_orders`: business transactions that reached `order.received`, with the distinct ERP
   documents their members carry (placeholders, over-long values and hubs are no document);
-  two or more make a *duplicate order*.
+  two or more make a *duplicate order*. `signal_order_hours` counts them per UTC hour and
+  channel (the hours whose orders changed are recounted), so a window reads its whole hours
+  there and only its ragged edges from `signal_orders`.
 
 Incremental like the rollups: a tick re-examines only the business ids touched since its
 watermark (minus a lag for late commits): transactions updated, milestones recorded and ids
@@ -26,7 +28,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -45,11 +47,17 @@ ORDER_RECEIVED = "order.received"
 ERP_DOCUMENT = "erp_document"
 UNKNOWN = "unknown"  # the channel or system of a business transaction none of whose events names one
 SWEEP = 5_000  # rows of businesses gone by retention removed per tick
+SIGNAL_TABLES = ("signal_orphans", "signal_orders", "signal_order_hours")
 
 _TOUCHED = """
 CREATE TEMP TABLE IF NOT EXISTS ct_signal_touched (bid text PRIMARY KEY) ON COMMIT DROP;
-TRUNCATE ct_signal_touched;
+CREATE TEMP TABLE IF NOT EXISTS ct_signal_hours (hour timestamptz PRIMARY KEY) ON COMMIT DROP;
+TRUNCATE ct_signal_touched, ct_signal_hours;
 """
+# the UTC hours of the orders a statement changed (date_bin: whatever the session's time zone)
+_HOURS_OF = """INSERT INTO ct_signal_hours
+SELECT DISTINCT date_bin('1 hour', received_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') FROM changed
+ON CONFLICT DO NOTHING"""
 _TOUCH_ALL = sa.text("INSERT INTO ct_signal_touched (bid) SELECT DISTINCT business_id FROM transactions")
 _TOUCH = sa.text("""
 INSERT INTO ct_signal_touched (bid)
@@ -61,18 +69,28 @@ UNION
 SELECT business_id FROM identity_changes WHERE changed_at > :since
 ON CONFLICT DO NOTHING
 """)
+# by primary key (ANY(ARRAY(...))), never a scan of the table
 _CLEAR = (
-    sa.text("DELETE FROM signal_orphans WHERE business_id IN (SELECT bid FROM ct_signal_touched)"),
-    sa.text("DELETE FROM signal_orders WHERE business_id IN (SELECT bid FROM ct_signal_touched)"),
+    sa.text("DELETE FROM signal_orphans WHERE business_id = ANY(ARRAY(SELECT bid FROM ct_signal_touched))"),
+    sa.text(f"""
+WITH changed AS (
+    DELETE FROM signal_orders WHERE business_id = ANY(ARRAY(SELECT bid FROM ct_signal_touched)) RETURNING received_at)
+{_HOURS_OF}
+"""),  # noqa: S608 (constant fragments)
 )
 
 # A candidate: some member has an identity key, no member reached an origin. Its system: of the
-# earliest event (over all members) that names one.
+# earliest event (over all members) that names one. Every touched id reads its members through
+# transactions_business_idx (LATERAL): the cost follows the touched ids, not the table.
 _ORPHANS = sa.text(f"""
 WITH b AS (
-    SELECT t.business_id, min(t.first_event_at) AS first_event_at, {identity.BUSINESS_CHANNEL} AS channel
-    FROM ct_signal_touched x JOIN transactions t ON t.business_id = x.bid
-    GROUP BY t.business_id
+    SELECT x.bid AS business_id, a.first_event_at, a.channel
+    FROM ct_signal_touched x
+    CROSS JOIN LATERAL (
+        SELECT min(t.first_event_at) AS first_event_at, {identity.BUSINESS_CHANNEL} AS channel
+        FROM transactions t WHERE t.business_id = x.bid
+    ) a
+    WHERE a.first_event_at IS NOT NULL  -- the id still names a business
 ), candidates AS (
     SELECT b.* FROM b
     WHERE EXISTS (SELECT 1 FROM transactions t JOIN transaction_keys k ON k.correlation_id = t.correlation_id
@@ -98,39 +116,63 @@ LEFT JOIN LATERAL (
 """)  # noqa: S608 (a constant fragment of controltower.identity)
 
 _ORDERS = sa.text(f"""
+WITH changed AS (
 INSERT INTO signal_orders (business_id, channel, received_at, erp_documents)
-SELECT t.business_id, {identity.BUSINESS_CHANNEL}, min(m.reached_at),
-       COALESCE((
+SELECT x.bid, o.channel, o.received_at, COALESCE((
            SELECT array_agg(DISTINCT k.value ORDER BY k.value)
            FROM transactions d JOIN transaction_keys k ON k.correlation_id = d.correlation_id
-           WHERE d.business_id = t.business_id AND k.kind = :document AND length(k.value) <= :max_len
+           WHERE d.business_id = x.bid AND k.kind = :document AND length(k.value) <= :max_len
              AND lower(btrim(k.value)) <> ALL(CAST(:placeholders AS text[]))
              AND NOT EXISTS (SELECT 1 FROM identity_hubs h WHERE h.kind = k.kind AND h.value = k.value)
        ), '{{}}')
 FROM ct_signal_touched x
-JOIN transactions t ON t.business_id = x.bid
-LEFT JOIN transaction_milestones m ON m.correlation_id = t.correlation_id AND m.milestone = :received
-GROUP BY t.business_id
-HAVING min(m.reached_at) IS NOT NULL
-""")  # noqa: S608 (a constant fragment of controltower.identity)
+CROSS JOIN LATERAL (
+    SELECT {identity.BUSINESS_CHANNEL} AS channel, min(m.reached_at) AS received_at
+    FROM transactions t
+    LEFT JOIN transaction_milestones m ON m.correlation_id = t.correlation_id AND m.milestone = :received
+    WHERE t.business_id = x.bid
+) o
+WHERE o.received_at IS NOT NULL
+RETURNING received_at
+)
+{_HOURS_OF}
+""")  # noqa: S608 (constant fragments)
+
+# the changed hours' counts, each read through signal_orders_received_idx
+_RECOUNT = (
+    sa.text("DELETE FROM signal_order_hours WHERE hour IN (SELECT hour FROM ct_signal_hours)"),
+    sa.text("""
+INSERT INTO signal_order_hours (hour, channel, orders, duplicates)
+SELECT h.hour, COALESCE(o.channel, 'unknown'), count(*), count(*) FILTER (WHERE cardinality(o.erp_documents) >= 2)
+FROM ct_signal_hours h
+JOIN signal_orders o ON o.received_at >= h.hour AND o.received_at < h.hour + interval '1 hour'
+GROUP BY 1, 2
+"""),
+)
 
 _GRADUATE = sa.text("""
 UPDATE signal_orphans SET orphaned_at = first_event_at + CAST(:grace AS interval)
 WHERE orphaned_at IS NULL AND first_event_at <= CAST(:now AS timestamptz) - CAST(:grace AS interval)
 """)
 
-# Retention removes old transactions without journaling them: their rows go here, a batch a tick.
+# Retention removes old transactions without journaling them: their rows go here, a batch an hour
+# (the first tick of each hour; ANY(ARRAY(...)): deleted by primary key).
 _SWEEP = (
     sa.text("""
-DELETE FROM signal_orphans WHERE business_id IN (
+DELETE FROM signal_orphans WHERE business_id = ANY(ARRAY(
     SELECT o.business_id FROM signal_orphans o WHERE o.first_event_at < :cutoff
-      AND NOT EXISTS (SELECT 1 FROM transactions t WHERE t.business_id = o.business_id) LIMIT :n)
+      AND NOT EXISTS (SELECT 1 FROM transactions t WHERE t.business_id = o.business_id)
+    LIMIT :n))
 """),
-    sa.text("""
-DELETE FROM signal_orders WHERE business_id IN (
-    SELECT o.business_id FROM signal_orders o WHERE o.received_at < :cutoff
-      AND NOT EXISTS (SELECT 1 FROM transactions t WHERE t.business_id = o.business_id) LIMIT :n)
-"""),
+    sa.text(f"""
+WITH changed AS (
+    DELETE FROM signal_orders WHERE business_id = ANY(ARRAY(
+        SELECT o.business_id FROM signal_orders o WHERE o.received_at < :cutoff
+          AND NOT EXISTS (SELECT 1 FROM transactions t WHERE t.business_id = o.business_id)
+        LIMIT :n))
+    RETURNING received_at)
+{_HOURS_OF}
+"""),  # noqa: S608 (constant fragments)
 )
 
 
@@ -141,7 +183,8 @@ def watermark_name(defs: Definitions, settings: Settings) -> str:
 
 
 def refresh(engine: Engine, defs: Definitions, now: datetime, settings: Settings | None = None) -> dict[str, int]:
-    """Bring `signal_orphans` and `signal_orders` up to `now`; returns what it examined."""
+    """Bring `signal_orphans`, `signal_orders` and `signal_order_hours` up to `now`; returns
+    how many business ids it re-examined, orphans it graduated and rows of gone ones it swept."""
     settings = settings or Settings()
     name = watermark_name(defs, settings)
     grace = timedelta(seconds=settings.orphan_grace_seconds)
@@ -156,18 +199,24 @@ def refresh(engine: Engine, defs: Definitions, now: datetime, settings: Settings
         mark = conn.execute(sa.text("SELECT value FROM metrics_watermarks WHERE name = :n"), {"n": name}).scalar()
         conn.exec_driver_sql(_TOUCHED)
         if mark is None:  # first run, a rebuild, or what the rows depend on changed: all of them
-            for table in ("signal_orphans", "signal_orders"):  # DELETE: the scheduler's role may not TRUNCATE
+            for table in SIGNAL_TABLES:  # DELETE: the scheduler's role may not TRUNCATE
                 conn.execute(sa.text(f"DELETE FROM {table}"))  # noqa: S608 (constant names)
             touched = conn.execute(_TOUCH_ALL).rowcount
         else:
             touched = conn.execute(_TOUCH, {"since": mark - LAG}).rowcount
-        if touched:
             for statement in _CLEAR:
                 conn.execute(statement)
+        if touched:
+            conn.exec_driver_sql("ANALYZE ct_signal_touched")
             conn.execute(_ORPHANS, params)
             conn.execute(_ORDERS, params)
         graduated = conn.execute(_GRADUATE, params).rowcount
-        swept = sum(conn.execute(statement, params).rowcount for statement in _SWEEP)
+        swept = 0
+        if mark is None or _hour_floor(now) > _hour_floor(mark):
+            swept = sum(conn.execute(statement, params).rowcount for statement in _SWEEP)
+        conn.exec_driver_sql("ANALYZE ct_signal_hours")
+        for statement in _RECOUNT:
+            conn.execute(statement)
         conn.execute(sa.text("DELETE FROM metrics_watermarks WHERE name LIKE :p AND name <> :n"),
                      {"p": WATERMARK_PREFIX + "%", "n": name})
         conn.execute(
@@ -189,13 +238,16 @@ WHERE orphaned_at > :start AND orphaned_at <= :end  -- an orphan since `end` cou
   AND (CAST(:channel AS text) IS NULL OR COALESCE(channel, 'unknown') = :channel)
 GROUP BY 1, 2
 """)
+# whole hours from signal_order_hours, the ragged edges [start, h0) and [h1, end) from signal_orders
 _ORDER_COUNTS = sa.text("""
-SELECT COALESCE(channel, 'unknown') AS channel, count(*) AS orders,
-       count(*) FILTER (WHERE cardinality(erp_documents) >= 2) AS duplicates
-FROM signal_orders
-WHERE received_at >= :start AND received_at < :end
-  AND (CAST(:channel AS text) IS NULL OR COALESCE(channel, 'unknown') = :channel)
-GROUP BY 1
+SELECT channel, sum(orders) AS orders, sum(duplicates) AS duplicates FROM (
+    SELECT channel, orders, duplicates FROM signal_order_hours
+    WHERE hour >= :h0 AND hour < :h1 AND (CAST(:channel AS text) IS NULL OR channel = :channel)
+    UNION ALL
+    SELECT COALESCE(channel, 'unknown'), 1, (cardinality(erp_documents) >= 2)::int FROM signal_orders
+    WHERE ((received_at >= :start AND received_at < LEAST(:h0, :end)) OR (received_at >= GREATEST(:h1, :start) AND received_at < :end))
+      AND (CAST(:channel AS text) IS NULL OR COALESCE(channel, 'unknown') = :channel)
+) c GROUP BY 1
 """)
 
 
@@ -209,7 +261,10 @@ def sla_rows(
     slas = [s for s in defs.slas if s.kind in KINDS]
     if not slas:
         return []
-    params = {"start": now - window, "end": now, "channel": channel}
+    start = now - window
+    h0 = _hour_floor(start)
+    h0 = h0 if h0 == start else h0 + timedelta(hours=1)
+    params = {"start": start, "end": now, "h0": h0, "h1": max(h0, _hour_floor(now)), "channel": channel}
     orphans: dict[str, dict[str, int]] = defaultdict(dict)
     oldest: dict[str, datetime] = {}
     if any(s.kind == "orphans" for s in slas):
@@ -226,6 +281,10 @@ def sla_rows(
         else:
             out += [duplicate_row(base(sla, ch), sla, *counts) for ch, counts in sorted(orders.items())]
     return out
+
+
+def _hour_floor(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
 def _judge(row: dict[str, Any], sla: SLA, value: float, enough: bool = True) -> None:

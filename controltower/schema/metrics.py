@@ -205,3 +205,14 @@ signal_orders = sa.Table(
         "signal_orders_duplicate_idx", "received_at", postgresql_where=sa.text("cardinality(erp_documents) >= 2")
     ),
 )
+
+# Orders and duplicate orders per UTC hour and channel ("unknown": none known), from signal_orders.
+signal_order_hours = sa.Table(
+    "signal_order_hours",
+    metadata,
+    sa.Column("hour", TS, nullable=False),
+    sa.Column("channel", sa.Text, nullable=False),
+    sa.Column("orders", sa.BigInteger, nullable=False),
+    sa.Column("duplicates", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("hour", "channel", name="signal_order_hours_pkey"),
+)

@@ -168,6 +168,16 @@ def test_an_order_with_two_erp_documents_is_a_duplicate_and_the_rate_is_per_chan
     assert (amazon["flow"], amazon["kind"], amazon["threshold"]) == ("order", "duplicate_rate", 0.002)
     day = sla(engine, NOW, window=timedelta(hours=24))[("duplicate_orders", "amazon")]
     assert (day["count"], day["details"]["duplicates"]) == (11, 2)
+    # windows that do not start on the hour: whole hours from the hourly counts, the edges exact
+    later = NOW + minutes(25)
+    assert sla(engine, later, window=minutes(70))[("duplicate_orders", "amazon")]["count"] == 10  # from 11:15
+    assert ("duplicate_orders", "amazon") not in sla(engine, later, window=minutes(60))  # from 11:25
+    three = sla(engine, later, window=timedelta(hours=3))[("duplicate_orders", "amazon")]  # 09:25 to 12:25
+    assert (three["count"], three["details"]["duplicates"]) == (11, 2)
+    with engine.connect() as conn:
+        hours = conn.execute(sa.text("SELECT hour, channel, orders, duplicates FROM signal_order_hours ORDER BY 1, 2")).all()
+    assert hours == [(NOW - minutes(120), "amazon", 1, 1), (NOW - minutes(60), "amazon", 10, 1),
+                     (NOW - minutes(60), "walmart", 5, 1)]
     strict = sla(engine, NOW, STRICT)
     assert strict[("duplicate_orders", "amazon")]["health"] == "warn"
     assert strict[("duplicate_orders", "walmart")]["health"] == "critical"
@@ -208,11 +218,12 @@ def test_a_late_link_merges_two_orphans_into_their_order_incrementally_as_a_rebu
     def state():
         with engine.connect() as conn:
             return (conn.execute(sa.text("SELECT * FROM signal_orphans ORDER BY 1")).all(),
-                    conn.execute(sa.text("SELECT * FROM signal_orders ORDER BY 1")).all())
+                    conn.execute(sa.text("SELECT * FROM signal_orders ORDER BY 1")).all(),
+                    conn.execute(sa.text("SELECT * FROM signal_order_hours ORDER BY 1, 2")).all())
 
     incremental = state()
     business = business_of(engine, "M1")
-    assert incremental == ([], [(business, "ebay", t0 - minutes(1), ["D1", "D2"])])
+    assert incremental == ([], [(business, "ebay", t0 - minutes(1), ["D1", "D2"])], [(t0 - minutes(60), "ebay", 1, 1)])
     with engine.connect() as conn:
         [duplicate] = signallists.duplicates(conn)
     assert (duplicate["correlation_id"], duplicate["correlation_ids"]) == ("M1", ["M1", "E1", "E2", "MW-1"])
@@ -279,3 +290,25 @@ def test_the_metrics_job_stores_the_signal_rows_and_they_colour_the_channel(engi
     # the row has every field of the SLA engine's rows
     other = next(r for r in table if r["kind"] == "rate")
     assert {k for r in table if r["kind"] in signals.KINDS for k in r} == set(other)
+
+
+def test_rows_of_business_transactions_gone_by_retention_are_swept_hourly(engine, settings):
+    from controltower import retention
+
+    keep_two_hours = settings.with_(retention_transactions=7200)
+    ingest(engine, settings, [*_order("OLD", "amazon", NOW - minutes(180), ["D1", "D2"]),
+                              event("ERP-X", "order.erp_posted", NOW - minutes(180), system="erp", erp_document="DX")],
+           now=NOW - minutes(170))
+    refresh(engine, keep_two_hours, NOW)
+
+    def counts():
+        with engine.connect() as conn:
+            return tuple(conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar_one()  # noqa: S608
+                         for t in ("signal_orphans", "signal_orders", "signal_order_hours"))
+
+    assert counts() == (1, 1, 1)
+    retention.apply(engine, keep_two_hours, NOW)  # their last events are three hours old
+    assert refresh(engine, keep_two_hours, NOW + minutes(5))["signal_rows_swept"] == 0  # not before the next hour
+    assert counts() == (1, 1, 1)
+    assert refresh(engine, keep_two_hours, NOW + minutes(61))["signal_rows_swept"] == 2
+    assert counts() == (0, 0, 0)
