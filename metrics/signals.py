@@ -1,6 +1,6 @@
-"""Orphans, duplicate orders and hubs: what the identity graph signals, per business transaction.
+"""Orphans and duplicate orders: what the identity graph signals, per business transaction.
 
-The metrics job's last part (`refresh`, after the rollups) keeps two derived tables, each row
+The metrics job's last part (`refresh`, after the rollups) keeps derived tables whose rows are
 named by a business_id (readers show the canonical member and every member instead):
 
 - `signal_orphans`: business transactions that have an identity key but whose members reached
@@ -45,8 +45,7 @@ WATERMARK_PREFIX = "signals:"
 LAG = timedelta(minutes=2)  # transactions that committed after a later one (as the rollups)
 ORDER_RECEIVED = "order.received"
 ERP_DOCUMENT = "erp_document"
-UNKNOWN = "unknown"  # the channel or system of a business transaction none of whose events names one
-SWEEP = 5_000  # rows of businesses gone by retention removed per tick
+SWEEP = 5_000  # rows of business transactions gone by retention removed per table and hour
 SIGNAL_TABLES = ("signal_orphans", "signal_orders", "signal_order_hours")
 
 _TOUCHED = """
