@@ -312,3 +312,25 @@ def test_rows_of_business_transactions_gone_by_retention_are_swept_hourly(engine
     assert counts() == (1, 1, 1)
     assert refresh(engine, keep_two_hours, NOW + minutes(61))["signal_rows_swept"] == 2
     assert counts() == (0, 0, 0)
+
+
+def test_a_hub_from_real_ingest_is_listed_and_is_no_erp_document(engine, settings):
+    """21 ERP postings carry the ERP's default document number besides their own: the default
+    becomes a hub (fan-out limit 20), links nothing, and makes no order a duplicate."""
+    records = []
+    for i in range(21):
+        records += [event(f"O{i}", "order.received", NOW - minutes(50), system="marketplace", channel="walmart",
+                          external_order_id=f"X-{i}"),
+                    event(f"E{i}", "order.erp_posted", NOW - minutes(45), system="erp",
+                          external_order_id=f"X-{i}", erp_document=[f"D{i}", "DEFAULT"])]
+    ingest(engine, settings, records, now=NOW - minutes(44))
+    refresh(engine, settings, NOW)
+    with engine.connect() as conn:
+        hubs = signallists.hubs(conn)
+        assert signallists.duplicates(conn) == []
+        documents = conn.execute(sa.text("SELECT DISTINCT erp_documents FROM signal_orders ORDER BY 1")).scalars().all()
+    assert [(h["kind"], h["value"], h["fanout"]) for h in hubs] == [("erp_document", "DEFAULT", 21)]
+    assert documents == [[f"D{i}"] for i in sorted(range(21), key=str)]
+    assert business_of(engine, "O3") == business_of(engine, "E3") != business_of(engine, "E4")  # the hub linked nothing
+    assert listed(engine, NOW) == []
+    assert sla(engine, NOW)[("duplicate_orders", "walmart")]["value"] == 0
