@@ -250,4 +250,5 @@ def orphans_figure(df: pd.DataFrame) -> go.Figure:
     fig = _layout(fig, title="Orphans per system and channel", y_title="orphans", height=300, barmode="stack")
     fig.update_layout(hovermode="closest")
     fig.update_xaxes(tickformat="", type="category")
+    fig.update_yaxes(tickformat=",d", **({"dtick": 1} if df.empty or df.groupby("system")["orphans"].sum().max() <= 10 else {}))
     return fig

@@ -47,9 +47,9 @@ else:
             options.append(wanted)
         st.session_state.setdefault(name, wanted)
     left, right, _ = st.columns([2, 2, 3])
-    system = left.selectbox("System", [None, *systems], key="system",
+    system = left.selectbox("System", [None, *systems], key="system", placeholder="All systems",
                             format_func=lambda v: "All systems" if v is None else v)
-    channel = right.selectbox("Channel", [None, *channels], key="channel",
+    channel = right.selectbox("Channel", [None, *channels], key="channel", placeholder="All channels",
                               format_func=lambda v: "All channels" if v is None else v)
     for name, value in (("system", system), ("channel", channel)):
         if value:
