@@ -7,7 +7,8 @@ that committed late), so its cost follows the ingest rate, not the data size:
   keys, named by `transactions.business_id`; `sla_samples.correlation_id` and
   `sla_open_items.correlation_id` hold that business id). A run touches the business of every
   transaction whose `from`/`to`/closing milestone (or promised deadline) was recorded since the
-  watermark, plus every business id journaled in `identity_changes` since then (both sides of
+  watermark, of every transaction that received events since (its business channel may have
+  changed), plus every business id journaled in `identity_changes` since then (both sides of
   a merge or split). It clears the touched ids' samples and open items and recomputes them
   for the ids that still name a business: milestones are the earliest over all members, the
   channel is the business channel (`controltower.identity.BUSINESS_CHANNEL`; a business
@@ -22,10 +23,13 @@ that committed late), so its cost follows the ingest rate, not the data size:
   in-order delivery. The set-based SQL implements the rules of `controltower.slajudge` on a
   business's merged facts (`Facts.merged`); a property test holds it to the judge.
 - event counts: minutes that received events are recounted from `events` per day partition.
-  An event without a channel is counted under its business transaction's channel, else
-  under `unknown` (`UNKNOWN_CHANNEL`, the rollups' channel is NOT NULL); the minutes of such
-  events are recounted again when their business is journaled in `identity_changes`, so a
-  late link moves them from `unknown` to the channel.
+  An event without a channel is counted under its business transaction's channel as known
+  when its minute is counted, else under `unknown` (`UNKNOWN_CHANNEL`: the rollups' channel is
+  NOT NULL). The minutes of such events are recounted when their business is journaled in
+  `identity_changes`, so a late link moves them from `unknown` to the channel. A business
+  channel that changes without a link (a channel-less trace whose later events name one) is
+  seen by the SLAs at once, but by these counts only at the minute's next recount or a
+  `rebuild`: finding those events on every tick would read every active business's events.
 - freshness and channel silence read only events that name their channel (a carrier scan
   without one says nothing about a channel's feed being alive).
 """
@@ -71,13 +75,16 @@ GROUP BY correlation_id
 ON CONFLICT (sla, correlation_id) DO UPDATE SET due_at = LEAST(sla_deadlines.due_at, excluded.due_at)
 """)
 
-# the businesses of the transactions whose watched milestones were recorded since, and every
-# business id a link or split re-keyed since (recorded_idx, identity_changes_changed_idx, then
-# the transactions primary key)
+# the businesses of the transactions whose watched milestones were recorded since, of every
+# transaction that received events since (its channel or first event may have changed, and
+# with them its business channel), and every business id a link or split re-keyed since
+# (transaction_milestones_recorded_idx, transactions_updated_idx, identity_changes_changed_idx)
 _TOUCH = sa.text("""
 INSERT INTO ct_touched (cid)
 SELECT t.business_id FROM transaction_milestones m JOIN transactions t ON t.correlation_id = m.correlation_id
 WHERE m.recorded_at > :since AND m.milestone = ANY(:watch)
+UNION
+SELECT business_id FROM transactions WHERE updated_at > :since
 UNION
 SELECT business_id FROM identity_changes WHERE changed_at > :since
 ON CONFLICT DO NOTHING
