@@ -5,11 +5,11 @@ that committed late), so its cost follows the ingest rate, not the data size:
 
 - latency SLAs are measured per *business transaction* (correlation IDs joined by identity
   keys, named by `transactions.business_id`; `sla_samples.correlation_id` and
-  `sla_open_items.correlation_id` hold that business id). A run touches the business of every
-  transaction whose `from`/`to`/closing milestone (or promised deadline) was recorded since the
-  watermark, of every transaction that received events since (its business channel may have
-  changed), plus every business id journaled in `identity_changes` since then (both sides of
-  a merge or split). It clears the touched ids' samples and open items and recomputes them
+  `sla_open_items.correlation_id` hold that business id). A run touches, once for all SLAs,
+  the business of every transaction that received events or milestones since the watermark
+  (its milestones, channel or first event may have changed, and with them its business's),
+  plus every business id journaled in `identity_changes` since then (both sides of a merge or
+  split), plus per deadline SLA the businesses whose promise arrived since. It clears the touched ids' samples and open items and recomputes them
   for the ids that still name a business: milestones are the earliest over all members, the
   channel is the business channel (`controltower.identity.BUSINESS_CHANNEL`; a business
   without one measures nothing: it is an orphan, counted elsewhere), the due time is the
@@ -60,6 +60,7 @@ CREATE TEMP TABLE IF NOT EXISTS ct_touched (cid text PRIMARY KEY) ON COMMIT DROP
 CREATE TEMP TABLE IF NOT EXISTS ct_minutes (channel text, minute timestamptz) ON COMMIT DROP;
 TRUNCATE ct_touched, ct_minutes;
 """
+_TOUCHED_COUNT = sa.text("SELECT count(*) FROM ct_touched")
 
 # the judge's rules for a promise (controltower.slajudge): its grammar, then its sane range
 _DEADLINES = sa.text("""
@@ -75,16 +76,17 @@ GROUP BY correlation_id
 ON CONFLICT (sla, correlation_id) DO UPDATE SET due_at = LEAST(sla_deadlines.due_at, excluded.due_at)
 """)
 
-# the businesses of the transactions whose watched milestones were recorded since, of every
-# transaction that received events since (its channel or first event may have changed, and
-# with them its business channel), and every business id a link or split re-keyed since
-# (transaction_milestones_recorded_idx, transactions_updated_idx, identity_changes_changed_idx)
+# Once per run, for every latency SLA: the businesses of the transactions that received events
+# (their milestones, channel or first event may have changed, and with them their business's
+# milestones and channel) or milestones since, and every business id a link or split re-keyed
+# since (transactions_updated_idx, transaction_milestones_recorded_idx,
+# identity_changes_changed_idx; then the transactions primary key).
 _TOUCH = sa.text("""
 INSERT INTO ct_touched (cid)
-SELECT t.business_id FROM transaction_milestones m JOIN transactions t ON t.correlation_id = m.correlation_id
-WHERE m.recorded_at > :since AND m.milestone = ANY(:watch)
-UNION
 SELECT business_id FROM transactions WHERE updated_at > :since
+UNION
+SELECT t.business_id FROM transaction_milestones m JOIN transactions t ON t.correlation_id = m.correlation_id
+WHERE m.recorded_at > :since
 UNION
 SELECT business_id FROM identity_changes WHERE changed_at > :since
 ON CONFLICT DO NOTHING
@@ -100,38 +102,45 @@ ON CONFLICT DO NOTHING
 _OLD_MINUTES = sa.text("""
 INSERT INTO ct_minutes
 SELECT channel, date_trunc('minute', completed_at) FROM sla_samples
-WHERE sla = :sla AND correlation_id IN (SELECT cid FROM ct_touched)
+WHERE sla = :sla AND correlation_id = ANY(ARRAY(SELECT cid FROM ct_touched))
 """)
 
 _CLEAR = (
     sa.text("""
-DELETE FROM sla_samples WHERE sla = :sla AND correlation_id IN (SELECT cid FROM ct_touched)
+DELETE FROM sla_samples WHERE sla = :sla AND correlation_id = ANY(ARRAY(SELECT cid FROM ct_touched))
 """),
     sa.text("""
-DELETE FROM sla_open_items WHERE sla = :sla AND correlation_id IN (SELECT cid FROM ct_touched)
+DELETE FROM sla_open_items WHERE sla = :sla AND correlation_id = ANY(ARRAY(SELECT cid FROM ct_touched))
 """),
 )
 
 # One row per touched id that still names a business: its members through
-# transactions_business_idx, their milestones and promises through the primary keys.
+# transactions_business_idx, their milestones and promises through the primary keys. (The
+# touched ids go in as an array: an index scan per id, never a scan of transactions.)
 _PAIRS = """
-WITH business AS (
+WITH members AS MATERIALIZED (
+    SELECT t.business_id, t.correlation_id, t.channel, t.first_event_at
+    FROM transactions t WHERE t.business_id = ANY(ARRAY(SELECT cid FROM ct_touched))
+), business AS (
     SELECT t.business_id AS bid, """ + identity.BUSINESS_CHANNEL + """ AS channel
-    FROM ct_touched x JOIN transactions t ON t.business_id = x.cid
-    GROUP BY t.business_id
+    FROM members t GROUP BY t.business_id
 ), reached AS (
     SELECT t.business_id AS bid,
            min(m.reached_at) FILTER (WHERE m.milestone = :a) AS started_at,
            min(m.reached_at) FILTER (WHERE m.milestone = :b) AS completed_at,
            bool_or(m.milestone = ANY(:closed_by)) AS closed
-    FROM ct_touched x JOIN transactions t ON t.business_id = x.cid
-    JOIN transaction_milestones m ON m.correlation_id = t.correlation_id AND m.milestone = ANY(:watch)
+    FROM members t CROSS JOIN LATERAL (
+        SELECT m.milestone, m.reached_at FROM transaction_milestones m
+        WHERE m.correlation_id = t.correlation_id AND m.milestone = ANY(:watch)
+    ) m
     GROUP BY t.business_id
 ), promised AS (
     SELECT t.business_id AS bid, min(d.due_at) AS due_at
-    FROM ct_touched x JOIN transactions t ON t.business_id = x.cid
-    JOIN sla_deadlines d ON d.sla = :sla AND d.correlation_id = t.correlation_id
-    WHERE CAST(:attr AS text) IS NOT NULL AND d.due_at >= :earliest AND d.due_at < :latest
+    FROM members t CROSS JOIN LATERAL (
+        SELECT d.due_at FROM sla_deadlines d
+        WHERE d.sla = :sla AND d.correlation_id = t.correlation_id AND d.due_at >= :earliest AND d.due_at < :latest
+    ) d
+    WHERE CAST(:attr AS text) IS NOT NULL
     GROUP BY t.business_id
 ), pairs AS (
     SELECT b.bid AS cid, b.channel, r.started_at, r.completed_at, r.closed,
@@ -289,6 +298,9 @@ def refresh_rollups(engine: Engine, definitions: Definitions, now: datetime) -> 
         # one refresher at a time (a second scheduler or a CLI `sla --refresh` waits)
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('controltower.metrics.rollups'))"))
         since = _watermark(conn) - LAG
+        conn.exec_driver_sql(_TOUCHED)
+        if conn.execute(_TOUCH, {"since": since}).rowcount:
+            conn.exec_driver_sql("ANALYZE ct_touched")
         for sla in definitions.latency:
             stats["transactions"] += _refresh_latency(conn, sla, since)
         stats["event_minutes"] = _refresh_event_counts(conn, since)
@@ -319,14 +331,14 @@ def _refresh_latency(conn: Connection, sla: SLA, since: datetime) -> int:
         "excluded": list(sla.exclude_channels), "only": list(sla.channels),
         "pattern": slajudge.DEADLINE_PATTERN, "earliest": slajudge.EARLIEST, "latest": slajudge.LATEST,
     }
-    conn.exec_driver_sql(_TOUCHED)
-    touched = conn.execute(_TOUCH, params).rowcount
+    conn.exec_driver_sql("TRUNCATE ct_minutes")
     if sla.deadline_attribute:
         conn.execute(_DEADLINES, params)
-        touched += conn.execute(_TOUCH_DEADLINES, params).rowcount
+        if conn.execute(_TOUCH_DEADLINES, params).rowcount:
+            conn.exec_driver_sql("ANALYZE ct_touched")
+    touched = int(conn.execute(_TOUCHED_COUNT).scalar_one())
     if not touched:
         return 0
-    conn.exec_driver_sql("ANALYZE ct_touched")
     conn.execute(_OLD_MINUTES, params)
     _run(conn, _CLEAR, params)
     conn.execute(sa.text(_PAIRS), params)
