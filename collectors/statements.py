@@ -165,9 +165,10 @@ SELECT correlation_id,
                   coalesce(error_message, '') DESC)
             FILTER (WHERE status IN ('error', 'dead_letter')))[1],
        %(now)s,
-       correlation_id
+       coalesce(a.bid, correlation_id)  -- a new correlation id joins the business linking chose
 FROM ct_new
-GROUP BY correlation_id
+LEFT JOIN unnest(%(assign_cids)s::text[], %(assign_bids)s::text[]) AS a(cid, bid) ON a.cid = ct_new.correlation_id
+GROUP BY correlation_id, a.bid
 ORDER BY correlation_id
 ON CONFLICT (correlation_id) DO UPDATE SET
     -- the first event's channel; events without one (identity key only) never displace it

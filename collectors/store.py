@@ -263,31 +263,34 @@ class EventStore:
                 links: set[tuple[str, str, str]] = set()
                 refused: Counter[str] = Counter()
                 if stored:
-                    cur.execute(sql.UPSERT_TRANSACTIONS, {"now": now})
                     new = [events[i] for i in stored]
                     milestones = self._milestones.fresh(milestone_rows(new))
                     keys = self._keys.fresh(key_rows(new, self.settings.indexed_keys))
                     links, refused = identity_rows(new, self.settings.linking_keys)
+                link = linking.LinkResult()
+                if keys:
+                    # keys and links first: a new correlation id is then stored with its business
+                    with cur.copy(sql.COPY_KEYS) as copy:
+                        copy.set_types(sql.KEY_TYPES)
+                        for key, at in keys.items():
+                            copy.write_row((*key, at, key in links))
+                    cur.execute(sql.UPSERT_KEYS)
+                    link = linking.link(
+                        cur, cur.fetchall(), kinds=self.settings.linking_keys,
+                        limit=self.settings.link_fanout_limit, now=now,
+                    )
+                link.refused.update(refused)
+                if stored:
+                    assigned = sorted(link.assign.items())
+                    cur.execute(sql.UPSERT_TRANSACTIONS, {
+                        "now": now, "assign_cids": [c for c, _ in assigned], "assign_bids": [b for _, b in assigned],
+                    })
                 if milestones:
                     with cur.copy(sql.COPY_MILESTONES) as copy:
                         copy.set_types(sql.MILESTONE_TYPES)
                         for (cid, milestone), (at, channel) in milestones.items():
                             copy.write_row((cid, milestone, at, channel or None))
                     cur.execute(sql.UPSERT_MILESTONES, {"now": now})
-                if keys:
-                    with cur.copy(sql.COPY_KEYS) as copy:
-                        copy.set_types(sql.KEY_TYPES)
-                        for key, at in keys.items():
-                            copy.write_row((*key, at, key in links))
-                    cur.execute(sql.UPSERT_KEYS)
-                    inserted = cur.fetchall()
-                    link = linking.link(
-                        cur, inserted, kinds=self.settings.linking_keys,
-                        limit=self.settings.link_fanout_limit, now=now,
-                    )
-                else:
-                    link = linking.LinkResult()
-                link.refused.update(refused)
         # only what is committed may be skipped next time
         self._milestones.remember(milestones)
         self._keys.remember(keys)

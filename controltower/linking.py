@@ -11,15 +11,17 @@ One call, set-based, in a handful of statements:
    value run one after the other and the second sees the first);
 2. count each value's correlation IDs (capped at limit + 1); a value past the limit becomes a
    hub (`identity_hubs`) and links none of its correlation IDs any more;
-3. take the region to recompute: the businesses of the new rows' correlation IDs and of every
-   correlation ID sharing a linking value with them (or on a value that just became a hub),
-   locking those business ids too, until the set is stable;
-4. recompute the region's connected components from its identity keys (non-hub, linkable),
-   name them (`controltower.identity.name_components`: the biggest old business keeps its id)
-   and write only the members whose business changed, journaling old and new ids in
-   `identity_changes` for the SLA job.
+3. new links alone can only merge: the businesses of each linking value's holders (locked,
+   advisory, sorted, re-read until stable) become one, named by the biggest; only the smaller
+   ones' members are rewritten (`_merge`);
+4. a value that just became a hub (or relink) may split: the region (the businesses of the
+   rows' correlation IDs and of every holder of their values) is locked and its connected
+   components recomputed from its identity keys (non-hub, linkable), named by
+   `controltower.identity.name_components` (the biggest old business keeps its id).
+   Either way only members whose business changed are written, and old and new ids are
+   journaled in `identity_changes` for the SLA job.
 
-Cost: O(members of the businesses touched), so a merge rewrites the smaller side only. The
+Cost: a merge is O(members of the smaller side); a split O(members of the region). The
 result (the partition into business transactions) does not depend on arrival order,
 duplication or batch boundaries: the components are a function of the stored key rows and
 the hub set, and a hub only ever grows.
@@ -59,6 +61,9 @@ class LinkResult:
     merged: int = 0  # business ids that disappeared into another
     new_hubs: list[tuple[str, str]] = field(default_factory=list)
     refused: Counter[str] = field(default_factory=Counter)  # "hub": new rows on a hub value
+    # correlation ids of this batch without a row yet, and the business each must be stored with
+    pending: set[str] = field(default_factory=set)
+    assign: dict[str, str] = field(default_factory=dict)
 
 
 def _lock_ids(namespace: str, keys: Iterable[str]) -> list[int]:
@@ -73,13 +78,12 @@ def _lock_ids(namespace: str, keys: Iterable[str]) -> list[int]:
 # unnest yields the (sorted) ids in array order: locks are taken in that order
 _LOCK = "SELECT pg_advisory_xact_lock(%s, k) FROM unnest(%s::int4[]) AS k"
 
-# capped: counting a hub's correlation ids would read them all
+# Each value's holders, capped (a hub's would be all of them), and its hub row if it has one.
 _FANOUT = """
-SELECT u.kind, u.value,
-       (SELECT count(*) FROM (SELECT 1 FROM transaction_keys k
-                              WHERE k.value = u.value AND k.kind = u.kind LIMIT %(cap)s) x) AS fanout,
-       h.fanout AS hub_fanout
+SELECT u.kind, u.value, k.correlation_id, h.fanout AS hub_fanout
 FROM unnest(%(kinds)s::text[], %(values)s::text[]) AS u(kind, value)
+CROSS JOIN LATERAL (SELECT correlation_id FROM transaction_keys k
+                    WHERE k.value = u.value AND k.kind = u.kind LIMIT %(cap)s) k
 LEFT JOIN identity_hubs h ON h.kind = u.kind AND h.value = u.value
 """
 _HUB_UP = """
@@ -101,11 +105,20 @@ _HUB_DOWN = """
 DELETE FROM identity_hubs h USING unnest(%(kinds)s::text[], %(values)s::text[]) AS u(kind, value)
 WHERE h.kind = u.kind AND h.value = u.value
 """
-_SHARERS = """
-SELECT DISTINCT k.correlation_id FROM transaction_keys k
+_HOLDERS = """
+SELECT k.kind, k.value, k.correlation_id FROM transaction_keys k
 JOIN unnest(%(kinds)s::text[], %(values)s::text[]) AS u(kind, value) ON k.value = u.value AND k.kind = u.kind
 """
-_BUSINESS_OF = "SELECT DISTINCT business_id FROM transactions WHERE correlation_id = ANY(%s)"
+_BUSINESS_OF = "SELECT correlation_id, business_id FROM transactions WHERE correlation_id = ANY(%s)"
+_COUNT = """
+SELECT b, (SELECT count(*) FROM (SELECT 1 FROM transactions t WHERE t.business_id = b LIMIT %s) x)
+FROM unnest(%s::text[]) AS b
+"""
+_RENAME = """
+UPDATE transactions t SET business_id = u.new
+FROM unnest(%s::text[], %s::text[]) AS u(old, new)
+WHERE t.business_id = u.old
+"""
 _MEMBERS = "SELECT correlation_id, business_id FROM transactions WHERE business_id = ANY(%s)"
 _EDGES = f"""
 SELECT k.kind, k.value, k.correlation_id FROM transaction_keys k
@@ -147,7 +160,12 @@ def link(
         _FANOUT,
         {"kinds": [k for k, _ in values], "values": [v for _, v in values], "cap": limit + 1},
     )
-    fanouts = {(kind, value): (int(n), hub) for kind, value, n, hub in cur.fetchall()}
+    holders: dict[tuple[str, str], list[str]] = defaultdict(list)
+    hub_rows: dict[tuple[str, str], int | None] = {}
+    for kind, value, cid, hub in cur.fetchall():
+        holders[(kind, value)].append(cid)
+        hub_rows[(kind, value)] = hub
+    fanouts = {key: (len(cids), hub_rows[key]) for key, cids in holders.items()}
     new_per_value = Counter((kind, value) for value, kind, _ in rows)
     grown: list[tuple[str, str]] = []
     became_hub: list[tuple[str, str]] = []
@@ -183,17 +201,19 @@ def link(
         })
     if stopped_hub:
         cur.execute(_HUB_DOWN, {"kinds": [k for k, _ in stopped_hub], "values": [v for _, v in stopped_hub]})
-    # a hub split: its correlation ids may have been linked through it
-    to_expand = linking + became_hub
-    if not to_expand and not full and not extra:
-        return result  # every new value is on its correlation id alone: nothing can link
+    if not became_hub and not full and not extra:
+        if linking:
+            _merge(cur, {key: holders[key] for key in linking}, now, result)
+        return result  # nothing split: new links can only merge businesses
+    # a value became a hub (or relink): its correlation ids may have been linked through it
+    # only, so the region's components are recomputed from its keys
     seeds = {cid for _, _, cid in rows} | extra
-    if to_expand:
-        cur.execute(
-            _SHARERS, {"kinds": [k for k, _ in to_expand], "values": [v for _, v in to_expand]}
-        )
-        seeds.update(r[0] for r in cur.fetchall())
-    members = _lock_region(cur, sorted(seeds))
+    for key in linking:
+        seeds.update(holders[key])
+    if became_hub:  # every holder: the capped list may miss the ones it had linked
+        cur.execute(_HOLDERS, {"kinds": [k for k, _ in became_hub], "values": [v for _, v in became_hub]})
+        seeds.update(r[2] for r in cur.fetchall())
+    members = _lock_region(cur, sorted(seeds), result)
     cur.execute(_EDGES, {"cids": list(members), "kinds": kind_list, "placeholders": sorted(PLACEHOLDERS)})
     by_value: dict[tuple[str, str], list[str]] = defaultdict(list)
     for kind, value, cid in cur.fetchall():
@@ -204,35 +224,88 @@ def link(
     named = name_components(groups, members, sizes)
     moved = {cid: bid for cid, bid in named.items() if members.get(cid) != bid}
     if moved:
-        cids = sorted(moved)
+        cids = sorted(c for c in moved if c not in result.pending)
         cur.execute(_MOVE, (cids, [moved[c] for c in cids]))
-        changed = sorted({moved[c] for c in cids} | {members[c] for c in cids if c in members})
+        result.assign.update({c: b for c, b in moved.items() if c in result.pending})
+        changed = sorted({moved[c] for c in moved} | {members[c] for c in moved if c in members})
         cur.execute(_JOURNAL, (now, changed))
         result.moved = len(moved)
         result.merged = len(set(members.values()) - set(named.values()))
     return result
 
 
-def _lock_region(cur: psycopg.Cursor, seeds: list[str]) -> dict[str, str]:
-    """Lock the businesses of `seeds` and answer their members (correlation id → business id),
-    re-reading until no concurrent merge moved them while we waited for the locks."""
+def _merge(cur: psycopg.Cursor, holders: dict[tuple[str, str], list[str]], now: datetime, result: LinkResult) -> None:
+    """New links without a new hub only join businesses: the businesses of each linking value's
+    holders become one, named by the biggest, and only the smaller ones' members are rewritten.
+    Sizes are counted capped (doubling), so the cost follows the smaller side too."""
+    business = _lock_businesses(cur, sorted({c for cids in holders.values() for c in cids}), result)
+    edges = [(business[cids[0]], business[c]) for cids in holders.values() for c in cids[1:]]
+    joined = [g for g in components(set(business.values()), edges) if len(g) > 1]
+    if not joined:
+        return
+    sizes = _sizes(cur, joined)
+    old: list[str] = []
+    new: list[str] = []
+    for group in joined:
+        survivor = min(group, key=lambda b: (-sizes[b], b))
+        for b in group:
+            if b != survivor:
+                if b in result.pending:  # this batch's own correlation id, not stored yet
+                    result.assign[b] = survivor
+                    result.moved += 1
+                else:
+                    old.append(b)
+                    new.append(survivor)
+    if old:
+        cur.execute(_RENAME, (old, new))
+        result.moved += cur.rowcount
+    result.merged += sum(len(g) - 1 for g in joined)
+    cur.execute(_JOURNAL, (now, sorted({b for g in joined for b in g})))
+
+
+def _sizes(cur: psycopg.Cursor, groups: list[list[str]]) -> dict[str, int]:
+    """Member counts of the businesses in `groups`, exact except the biggest of each group, which
+    is only known to be at least as big as every other: counting stops at a doubling cap."""
+    cap = 64
+    while True:
+        todo = sorted({b for g in groups for b in g})
+        cur.execute(_COUNT, (cap, todo))
+        # no row yet: this batch's own correlation id, a business of one
+        sizes = {b: max(int(n), 1) for b, n in cur.fetchall()}
+        if all(sum(1 for b in g if sizes[b] >= cap) <= 1 for g in groups):
+            return sizes
+        cap *= 4
+
+
+def _lock_businesses(cur: psycopg.Cursor, cids: list[str], result: LinkResult) -> dict[str, str]:
+    """Lock the businesses of `cids` (advisory, sorted) and answer correlation id → business id,
+    re-reading until no concurrent merge moved them while we waited for the locks. A correlation
+    id without a row is this batch's own (its row is written after linking): a business of one,
+    named by itself, and noted in `result.pending`."""
     locked: set[str] = set()
     for _ in range(MAX_ROUNDS):
-        cur.execute(_BUSINESS_OF, (seeds,))
-        businesses = {r[0] for r in cur.fetchall()}
-        if businesses <= locked:
-            cur.execute(_MEMBERS, (sorted(businesses),))
-            members = dict(cur.fetchall())
-            # a member that arrived in the meantime may belong elsewhere now: stable once all
-            # members' businesses are locked
-            if set(members.values()) <= locked:
-                return members
-            businesses |= set(members.values())
-        fresh = sorted(businesses - locked)
+        cur.execute(_BUSINESS_OF, (cids,))
+        business = dict(cur.fetchall())
+        result.pending = {c for c in cids if c not in business}
+        for c in result.pending:
+            business[c] = c
+        fresh = sorted(set(business.values()) - locked)
+        if not fresh:
+            return business
         cur.execute(_LOCK, (LOCK_BUSINESS, _lock_ids("business", fresh)))
         cur.fetchall()
         locked |= set(fresh)
     raise RegionUnstable("identity region kept moving under concurrent merges")
+
+
+def _lock_region(cur: psycopg.Cursor, seeds: list[str], result: LinkResult) -> dict[str, str]:
+    """Lock the businesses of `seeds` and answer all their members (correlation id → business id)."""
+    business = _lock_businesses(cur, seeds, result)
+    cur.execute(_MEMBERS, (sorted(set(business.values())),))
+    members = dict(cur.fetchall())
+    for c in result.pending:
+        members[c] = c
+    return members
 
 
 # -- relink: the whole graph again, after the identity-key configuration changed ---------------

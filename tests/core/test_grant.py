@@ -93,6 +93,8 @@ def test_collector_ingests_makes_partitions_on_demand_and_acknowledges_but_nothi
     assert migrate.upgrade(collector) == []  # `serve` starts with it: heads current, partitions ahead
     old = now - timedelta(days=20)  # partitions are made 1 day back and 7 ahead: none for this day
     partition = f"events_{old.astimezone(now.tzinfo).date():%Y%m%d}"
+    with engine.begin() as conn:  # an earlier test of this session may have stored an event that day
+        conn.execute(sa.text(f'DROP TABLE IF EXISTS "{partition}"'))
     assert not scalar(engine, "SELECT to_regclass(:p) IS NOT NULL", p=partition)
     records = [
         ev("c1", "order.received", old, external_order_id="112-0000001-0000001"),
@@ -159,7 +161,9 @@ def test_scheduler_refreshes_evaluates_delivers_and_keeps_retention_but_writes_n
     migrate.ensure_partitions(engine, [expired])
     kept = settings.with_(retention_transactions=86400.0)  # transactions idle for a day go
     done = retention.apply(scheduler, kept, now)
-    assert done.partitions == [f"events_{expired:%Y%m%d}"]
+    # (earlier tests of this session may have left older partitions: they go too, none newer)
+    assert f"events_{expired:%Y%m%d}" in done.partitions
+    assert all(p <= f"events_{expired:%Y%m%d}" for p in done.partitions)
     assert not scalar(engine, "SELECT to_regclass(:p) IS NOT NULL", p=f"events_{expired:%Y%m%d}")
     assert scalar(engine, "SELECT array_agg(correlation_id ORDER BY correlation_id) FROM transactions") == ["late"]
 
