@@ -6,10 +6,11 @@ cycle stays cheap however large the event history is:
 - `volume_by_channel`: events in the last hour per channel from `event_rollup_minute`, against
   the average of the same hour on each of the previous 7 days (`volume_ratio`; NULL when the
   channel had no events in those hours, so there is no usual level to fall below).
-- `impact`: orders at risk of one SLA on one channel (the row's open breaches, else the open
-  items past due) and, when the events of the rule's impact milestone (default
-  `order.received`) carry one of its amount attributes (default `order_total`, `amount`), the
-  order value at risk over at most `IMPACT_LIMIT` of them. Amounts that are not sane numbers
+- `impact`: orders at risk of one SLA on one channel, counted per business transaction (the
+  row's open breaches, else the open items past due: one per business) and, when the event
+  that reached the rule's impact milestone (default `order.received`; the business's earliest
+  over its members) carries one of its amount attributes (default `order_total`, `amount`),
+  the order value at risk over at most `IMPACT_LIMIT` of them, one amount per business. Amounts that are not sane numbers
   (`SANE_AMOUNT`) are left out of the sum and counted (`amounts_ignored`).
 """
 
@@ -52,7 +53,8 @@ _VOLUME = sa.text(
     """
 )
 
-# Relies on sla_open_items_due_idx (sla, channel, due_at), transaction_milestones' primary key
+# Relies on sla_open_items_due_idx (sla, channel, due_at), transactions_business_idx (an open
+# item's correlation_id is its business id), transaction_milestones' primary key
 # (correlation_id, milestone) and events' primary key (correlation_id, ...) with run-time
 # partition pruning on occurred_at.
 _IMPACT = sa.text(
@@ -68,10 +70,18 @@ _IMPACT = sa.text(
         SELECT (SELECT e.attributes->>k.name FROM unnest(CAST(:amounts AS text[])) WITH ORDINALITY AS k(name, n)
                 WHERE e.attributes->>k.name IS NOT NULL ORDER BY k.n LIMIT 1) AS v
         FROM items i
-        JOIN transaction_milestones m ON m.correlation_id = i.correlation_id AND m.milestone = :milestone
+        -- the business's impact milestone: its earliest over the members, once per business
+        JOIN LATERAL (
+            SELECT m.correlation_id, m.reached_at
+            FROM transactions t
+            JOIN transaction_milestones m ON m.correlation_id = t.correlation_id AND m.milestone = :milestone
+            WHERE t.business_id = i.correlation_id
+            ORDER BY m.reached_at, m.correlation_id
+            LIMIT 1
+        ) m ON true
         JOIN LATERAL (
             SELECT ev.attributes FROM events ev
-            WHERE ev.correlation_id = i.correlation_id AND ev.occurred_at = m.reached_at
+            WHERE ev.correlation_id = m.correlation_id AND ev.occurred_at = m.reached_at
               AND ev.flow = :flow AND ev.stage = :stage
             LIMIT 1
         ) e ON true

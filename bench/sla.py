@@ -1,13 +1,16 @@
 """SLA benchmark: the full SLA table from rollups vs the naive query over raw events.
 
 Generates --transactions orders (about 10 events each: 1 M transactions ≈ 10 M events) with
-set-based SQL straight into `events` and `transaction_milestones` (the shape ingest writes),
+set-based SQL straight into `events`, `transaction_milestones` and `transactions` (the shape
+ingest writes; each its own business transaction),
 builds the rollups once (timed: what the scheduler's job costs from scratch), then times in
 the same run:
   1. the full `/v1/sla` table (every SLA × channel) for a 1 h and a 24 h window, from rollups,
   2. the open-breach listing (unposted orders),
   3. the naive equivalent over raw events (self-join of the window's events per SLA),
-  4. an incremental refresh after 1,000 new orders (what each scheduler tick costs),
+  4. an incremental refresh after 1,000 new orders (what each scheduler tick costs), after
+     late links merged 1,000 pairs of counted orders, and with nothing new (each should cost
+     the same at any --transactions: proportional to what changed),
 and prints the figures and ratios.
 
     python bench/sla.py --database-url postgresql://postgres@127.0.0.1:5432/postgres
@@ -71,6 +74,15 @@ def generate(engine: sa.Engine, n: int, now: datetime, days: int) -> None:
             INSERT INTO transaction_milestones (correlation_id, milestone, reached_at, channel, recorded_at)
             SELECT correlation_id, flow || '.' || stage, min(occurred_at), min(channel), :now
             FROM events WHERE status = 'ok' GROUP BY 1, 2
+        """), {"now": now - timedelta(minutes=5)})
+        # one row per correlation id, each its own business transaction (ingest's shape)
+        conn.execute(sa.text("""
+            INSERT INTO transactions (correlation_id, channel, flow, order_id, first_event_at, first_event_id,
+                                      last_event_at, last_event_id, status, last_milestone, event_count, error_count,
+                                      retry_count, dead_letter_count, updated_at, business_id)
+            SELECT correlation_id, min(channel), 'order', min(order_id), min(occurred_at), min(event_id),
+                   max(occurred_at), max(event_id), 'ok', 'order.received', count(*), 0, 0, 0, :now, correlation_id
+            FROM events GROUP BY correlation_id
         """), {"now": now - timedelta(minutes=5)})
     with engine.begin() as conn:
         conn.execute(sa.text("ANALYZE"))
@@ -179,9 +191,39 @@ def main() -> None:
                        (ARRAY['amazon','shopify','ebay','walmart','pos'])[1 + g % 5], :now
                 FROM generate_series(1, 1000) g, unnest(ARRAY['order.received', 'order.acknowledged', 'order.erp_posted']) m
             """), {"now": later})
+            conn.execute(sa.text("""
+                INSERT INTO transactions (correlation_id, channel, flow, first_event_at, first_event_id, last_event_at,
+                                          last_event_id, status, last_milestone, event_count, error_count, retry_count,
+                                          dead_letter_count, updated_at, business_id)
+                SELECT 'N-' || g, (ARRAY['amazon','shopify','ebay','walmart','pos'])[1 + g % 5], 'order',
+                       CAST(:now AS timestamptz) - interval '20 minutes', 'e', :now, 'e', 'ok', 'order.erp_posted', 3, 0, 0, 0,
+                       :now, 'N-' || g
+                FROM generate_series(1, 1000) g
+            """), {"now": later})
         t0 = time.perf_counter()
         rollups.refresh_rollups(engine, defs, later + timedelta(seconds=1))
         print(f"incremental refresh, 1,000 new orders: {(time.perf_counter() - t0) * 1000:7.1f} ms")
+
+        # one tick after late links merged 1,000 pairs of orders already counted (as ingest
+        # journals them: both business ids in identity_changes)
+        linked = later + timedelta(minutes=1)
+        with engine.begin() as conn:
+            conn.execute(sa.text("""
+                WITH pairs AS (SELECT 'B-' || (2 * g) AS keep, 'B-' || (2 * g + 1) AS gone
+                               FROM generate_series(1, 1000) g)
+                UPDATE transactions t SET business_id = p.keep, updated_at = :now FROM pairs p WHERE t.correlation_id = p.gone
+            """), {"now": linked})
+            conn.execute(sa.text("""
+                INSERT INTO identity_changes (business_id, changed_at)
+                SELECT 'B-' || (2 * g + k), :now FROM generate_series(1, 1000) g, generate_series(0, 1) k
+            """), {"now": linked})
+        t0 = time.perf_counter()
+        rollups.refresh_rollups(engine, defs, linked + timedelta(seconds=1))
+        print(f"incremental refresh, 1,000 merges:     {(time.perf_counter() - t0) * 1000:7.1f} ms")
+        rollups.refresh_rollups(engine, defs, linked + timedelta(minutes=3))  # past the safety lag
+        t0 = time.perf_counter()
+        rollups.refresh_rollups(engine, defs, linked + timedelta(minutes=6))
+        print(f"incremental refresh, nothing new:      {(time.perf_counter() - t0) * 1000:7.1f} ms")
     finally:
         engine.dispose()
         if not args.keep:

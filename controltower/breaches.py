@@ -1,6 +1,11 @@
-"""Open breaches: the offending transactions behind the SLA table, as rows. SQL only.
+"""Open breaches: the offending business transactions behind the SLA table, as rows. SQL only.
 
-An open breach is an `sla_open_items` row whose due time has passed (the judge's `overdue`).
+An open breach is an `sla_open_items` row whose due time has passed (the judge's `overdue`):
+one per business transaction (its `correlation_id` column holds the business id). A row
+shows the business by its canonical member (`correlation_id`, see
+`controltower.identity.CANONICAL_MEMBER`) and lists every member (`correlation_ids`); order
+id from the earliest member that has one, status and last milestone from the member with the
+latest event.
 The metrics room (`controltower` CLI, `/v1/sla` drilldowns) and the dashboard's Open breaches
 page list them through `open_breaches`, so both show the same orders with the same ages. A
 stored time outside the judge's sane range (written by hand, or before ingest validated it)
@@ -15,20 +20,46 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from controltower import slajudge
+from controltower import identity, slajudge
 
-_SELECT = """
-SELECT i.sla, i.correlation_id, i.channel, t.order_id, t.last_milestone, t.status,
+# The page of open items first (sla_open_items_due_idx / a sort of the past-due items), then
+# each one's business transaction from its members (transactions_business_idx): one row per
+# business, shown by its canonical member, never by its business id.
+_PAGE = """
+SELECT i.sla, i.correlation_id AS business_id, i.channel,
        CASE WHEN i.started_at >= :earliest AND i.started_at < :latest THEN i.started_at END AS started_at,
-       CASE WHEN i.due_at >= :earliest AND i.due_at < :latest THEN i.due_at END AS due_at
-FROM sla_open_items i LEFT JOIN transactions t ON t.correlation_id = i.correlation_id
+       CASE WHEN i.due_at >= :earliest AND i.due_at < :latest THEN i.due_at END AS due_at,
+       i.started_at AS started_key, i.due_at AS due_key
+FROM sla_open_items i
 WHERE i.due_at < :now
   AND (CAST(:sla AS text) IS NULL OR i.sla = :sla)
   AND (CAST(:channel AS text) IS NULL OR i.channel = :channel)
 """
+_MEMBERS = """
+SELECT p.sla, COALESCE(b.correlation_id, p.business_id) AS correlation_id,
+       COALESCE(b.correlation_ids, ARRAY[p.business_id]) AS correlation_ids, p.channel,
+       b.order_id, b.last_milestone, b.status, p.started_at, p.due_at
+FROM page p
+LEFT JOIN LATERAL (
+    SELECT """ + identity.CANONICAL_MEMBER + """ AS correlation_id,
+           array_agg(t.correlation_id ORDER BY t.first_event_at, t.correlation_id) AS correlation_ids,
+           (array_agg(t.order_id ORDER BY t.first_event_at, t.correlation_id) FILTER (WHERE t.order_id IS NOT NULL))[1]
+               AS order_id,
+           (array_agg(t.last_milestone ORDER BY t.last_event_at DESC, t.correlation_id))[1] AS last_milestone,
+           (array_agg(t.status ORDER BY t.last_event_at DESC, t.correlation_id))[1] AS status
+    FROM transactions t WHERE t.business_id = p.business_id
+    GROUP BY t.business_id
+) b ON true
+"""  # noqa: S608 (constant fragments, no input)
 _ORDERS = {  # oldest first (a work queue), or the longest overdue first
-    "started": sa.text(_SELECT + "ORDER BY i.started_at, i.correlation_id, i.sla LIMIT :limit"),
-    "due": sa.text(_SELECT + "ORDER BY i.due_at, i.correlation_id, i.sla LIMIT :limit"),
+    "started": sa.text(
+        "WITH page AS (" + _PAGE + "ORDER BY i.started_at, i.correlation_id, i.sla LIMIT :limit)"
+        + _MEMBERS + "ORDER BY p.started_key, correlation_id, p.sla"
+    ),
+    "due": sa.text(
+        "WITH page AS (" + _PAGE + "ORDER BY i.due_at, i.correlation_id, i.sla LIMIT :limit)"
+        + _MEMBERS + "ORDER BY p.due_key, correlation_id, p.sla"
+    ),
 }
 INVALID = "invalid date stored (outside the sane range): ignored"
 
@@ -37,7 +68,8 @@ def open_breaches(
     conn: Connection, *, now: datetime, sla: str | None = None, channel: str | None = None,
     limit: int = 500, order: str = "started",
 ) -> list[dict[str, Any]]:
-    """Overdue open items (optionally of one SLA and channel): sla, correlation_id, channel,
+    """Overdue open items (optionally of one SLA and channel), one per business transaction:
+    sla, correlation_id (the canonical member), correlation_ids (all members), channel,
     order_id, started_at, due_at, age_ms, overdue_ms, last_milestone, status (+ reason)."""
     params = {"now": now, "sla": sla, "channel": channel, "limit": limit,
               "earliest": slajudge.EARLIEST, "latest": slajudge.LATEST}

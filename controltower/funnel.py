@@ -1,6 +1,14 @@
 """The order funnel: of one channel's orders received on a day, how many reached each milestone,
 and which ones stopped between two milestones. SQL only, returning plain rows.
 
+An order is a business transaction (correlation IDs joined by identity keys): it belongs to
+the business channel (`controltower.identity.BUSINESS_CHANNEL`) and to the day of its
+earliest `order.received` over all members, and it reached a milestone when any member did;
+so an order received by the marketplace's trace and posted under the ERP's counts once, as
+posted. Rows show the canonical member as `correlation_id` and every member in
+`correlation_ids`. (An order whose receipt was recorded only under another channel than its
+business channel is not found: the candidates come from the channel's index range.)
+
 Shared by the metrics room (`controltower funnel`, reconciliation) and the dashboard's
 reconciliation page, so both count the same orders. Read-only; reads `transaction_milestones`
 through its (milestone, channel, reached_at) index, `transactions` and `transaction_keys`.
@@ -15,6 +23,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from controltower import identity
+
 # The retail order flow in order: (stage as people name it, milestone). The first one opens
 # the funnel: an order belongs to the day it was received.
 STEPS = (
@@ -28,33 +38,68 @@ STEPS = (
 )
 MILESTONES = tuple(milestone for _, milestone in STEPS)
 
-_FUNNEL = sa.text("""
-WITH orders AS (
-    SELECT correlation_id FROM transaction_milestones
-    WHERE milestone = :first AND channel = :channel AND reached_at >= :start AND reached_at < :end
+# The business transactions of `channel` whose earliest `first` milestone (over all members)
+# falls in [start, end), and the earliest time each reached :milestones. Candidates come from
+# transaction_milestones_lookup_idx (milestone, channel, reached_at): rows on the channel, or
+# on none (a member that did not name it); members through transactions_business_idx.
+_ORDERS = """
+WITH candidates AS (
+    SELECT DISTINCT t.business_id
+    FROM transaction_milestones m JOIN transactions t ON t.correlation_id = m.correlation_id
+    WHERE m.milestone = :first AND (m.channel = :channel OR m.channel IS NULL)
+      AND m.reached_at >= :start AND m.reached_at < :end
+), orders AS (
+    SELECT t.business_id, """ + identity.CANONICAL_MEMBER + """ AS correlation_id,
+           array_agg(t.correlation_id ORDER BY t.first_event_at, t.correlation_id) AS correlation_ids,
+           (array_agg(t.order_id ORDER BY t.first_event_at, t.correlation_id) FILTER (WHERE t.order_id IS NOT NULL))[1]
+               AS order_id,
+           (array_agg(t.status ORDER BY t.last_event_at DESC, t.correlation_id))[1] AS status,
+           (array_agg(t.last_milestone ORDER BY t.last_event_at DESC, t.correlation_id))[1] AS last_milestone
+    FROM candidates c JOIN transactions t ON t.business_id = c.business_id
+    GROUP BY t.business_id
+    HAVING """ + identity.BUSINESS_CHANNEL + """ = :channel
+), reached AS (
+    SELECT o.business_id, m.milestone, min(m.reached_at) AS reached_at
+    FROM orders o JOIN transactions t ON t.business_id = o.business_id
+    JOIN transaction_milestones m ON m.correlation_id = t.correlation_id AND m.milestone = ANY(:milestones)
+    GROUP BY 1, 2
+), received AS (
+    SELECT business_id FROM reached WHERE milestone = :first AND reached_at >= :start AND reached_at < :end
 )
-SELECT m.milestone, count(*) AS orders
-FROM transaction_milestones m JOIN orders o USING (correlation_id)
-WHERE m.milestone = ANY(:milestones)
-GROUP BY m.milestone
+"""  # noqa: S608 (constant fragments, no input)
+
+_FUNNEL = sa.text(_ORDERS + """
+SELECT r.milestone, count(*) AS orders
+FROM reached r JOIN received USING (business_id)
+GROUP BY r.milestone
 """)
 
-_GAP = sa.text("""
-WITH orders AS (
-    SELECT correlation_id FROM transaction_milestones
-    WHERE milestone = :first AND channel = :channel AND reached_at >= :start AND reached_at < :end
-)
-SELECT o.correlation_id, t.order_id,
-       (SELECT min(k.value) FROM transaction_keys k
-        WHERE k.correlation_id = o.correlation_id AND k.kind = 'external_order_id') AS external_order_id,
-       a.reached_at, t.status, t.last_milestone
-FROM orders o
-JOIN transaction_milestones a ON a.correlation_id = o.correlation_id AND a.milestone = :reached
-LEFT JOIN transactions t ON t.correlation_id = o.correlation_id
-WHERE NOT EXISTS (SELECT 1 FROM transaction_milestones b WHERE b.correlation_id = o.correlation_id AND b.milestone = :missing)
+_GAP = sa.text(_ORDERS + """
+SELECT o.correlation_id, o.correlation_ids, o.order_id,
+       (SELECT min(k.value) FROM transactions t
+        JOIN transaction_keys k ON k.correlation_id = t.correlation_id AND k.kind = 'external_order_id'
+        WHERE t.business_id = o.business_id) AS external_order_id,
+       a.reached_at, o.status, o.last_milestone
+FROM orders o JOIN received USING (business_id)
+JOIN reached a ON a.business_id = o.business_id AND a.milestone = :reached
+WHERE NOT EXISTS (SELECT 1 FROM reached b WHERE b.business_id = o.business_id AND b.milestone = :missing)
 ORDER BY a.reached_at, o.correlation_id
 LIMIT :limit
-""")
+""")  # noqa: S608 (constant fragments, no input)
+
+_RECEIVED = sa.text(_ORDERS + """
+SELECT o.correlation_id, o.correlation_ids, o.order_id, r.reached_at,
+       (SELECT min(k.value) FROM transactions t
+        JOIN transaction_keys k ON k.correlation_id = t.correlation_id AND k.kind = 'external_order_id'
+        WHERE t.business_id = o.business_id) AS external_order_id,
+       ARRAY(SELECT DISTINCT k.value FROM transactions t
+             JOIN transaction_keys k ON k.correlation_id = t.correlation_id AND k.kind = ANY(:order_kinds)
+             WHERE t.business_id = o.business_id) AS order_numbers
+FROM orders o JOIN received USING (business_id)
+JOIN reached r ON r.business_id = o.business_id AND r.milestone = :first
+ORDER BY r.reached_at, o.correlation_id
+""")  # noqa: S608 (constant fragments, no input)
+ORDER_KINDS = ("external_order_id", "order_id")  # the keys a channel's own report names an order by
 
 
 def day_bounds(day: date) -> tuple[datetime, datetime]:
@@ -79,8 +124,20 @@ def funnel_gap(
     first: str = MILESTONES[0], limit: int = 1000,
 ) -> list[dict[str, Any]]:
     """Orders of `channel` received on `day` that reached `reached` but not `missing`, oldest
-    first: correlation_id, order_id, external_order_id, reached_at, status, last_milestone."""
+    first: correlation_id (canonical member), correlation_ids, order_id, external_order_id,
+    reached_at, status, last_milestone."""
     start, end = day_bounds(day)
     params = {"first": first, "channel": channel, "start": start, "end": end, "reached": reached,
-              "missing": missing, "limit": limit}
+              "missing": missing, "limit": limit, "milestones": [first, reached, missing]}
     return [dict(r._mapping) for r in conn.execute(_GAP, params)]
+
+
+def received(
+    conn: Connection, *, channel: str, start: datetime, end: datetime, first: str = MILESTONES[0]
+) -> list[dict[str, Any]]:
+    """Orders (business transactions) of `channel` received in `[start, end)`, oldest first:
+    correlation_id (canonical member), correlation_ids, order_id, reached_at, external_order_id
+    and order_numbers (every member's `ORDER_KINDS` key values)."""
+    params = {"first": first, "channel": channel, "start": start, "end": end, "milestones": [first],
+              "order_kinds": list(ORDER_KINDS)}
+    return [dict(r._mapping) for r in conn.execute(_RECEIVED, params)]

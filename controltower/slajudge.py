@@ -1,4 +1,4 @@
-"""The SLA judge: one transaction's verdict for one latency or deadline SLA. Pure.
+"""The SLA judge: one business transaction's verdict for one latency or deadline SLA. Pure.
 
 Owns the meaning of a per-transaction SLA verdict and of a promised deadline, once, for every
 reader: the transaction view (`GET /v1/transactions/{id}`, `controltower search`, the
@@ -6,16 +6,22 @@ dashboard's story) calls `judge` directly, and the metrics job's set-based SQL i
 same rules with the constants defined here (`DEADLINE_PATTERN`, `EARLIEST`, `LATEST`); a
 property test holds the two to the same answer on every open breach and sample.
 
+SLAs are judged per *business transaction* (correlation IDs joined by identity keys): its
+facts are its members' merged (`Facts.merged`): each milestone at its earliest over the
+members, the events' attributes of every member, and one channel, the business channel (the
+earliest member's that has one), which decides exclusions and targets for every milestone.
+
 The rules, in order:
 1. the `from` milestone not reached: `not_started` (the SLA does not apply yet);
-2. the `from` milestone's channel is excluded (`exclude_channels`, or not in `channels`):
+2. no channel (a business none of whose members named one: an orphan, counted elsewhere),
+   or the `from` milestone's channel is excluded (`exclude_channels`, or not in `channels`):
    `excluded` (a POS sale owes no acknowledgement);
 3. the due time is the earliest valid promise in `deadline_attribute` on the `from`
-   milestone's events, else `from` + the channel's target, else there is none;
+   milestone's events (of any member), else `from` + the channel's target, else there is none;
 4. `to` reached: `met` when it came at or before the due time, else `breached`
    (`unjudged` without a due time);
-5. `to` missing: `closed` when a `closed_by` milestone was reached (a cancelled order owes no
-   posting), `unjudged` without a due time, `overdue` once the due time has passed, else
+5. `to` missing: `closed` when a `closed_by` milestone was reached by any member (a cancelled
+   order owes no posting), `unjudged` without a due time, `overdue` once the due time has passed, else
    `pending`. An `overdue` verdict is exactly an open breach of the SLA table.
 
 A promise is a date (`2026-11-25`, meaning the end of that day, UTC) or an RFC 3339 time with
@@ -128,6 +134,25 @@ class Facts:
     def channel_of(self, milestone: str) -> str | None:
         return self.channels.get(milestone, self.channel)
 
+    @classmethod
+    def merged(cls, members: Iterable[Facts]) -> Facts:
+        """One business transaction's facts from its members' (given in member order: earliest
+        first event first, ties by correlation id, as `controltower.identity.BUSINESS_CHANNEL`
+        orders them): each milestone at its earliest, every member's attributes, and the first
+        member channel that is not None as the one channel of every milestone."""
+        milestones: dict[str, datetime] = {}
+        attributes: dict[str, list[Mapping[str, Any]]] = {}
+        channel: str | None = None
+        for member in members:
+            if channel is None:
+                channel = member.channel
+            for name, at in member.milestones.items():
+                if name not in milestones or at < milestones[name]:
+                    milestones[name] = at
+            for name, rows in member.attributes.items():
+                attributes.setdefault(name, []).extend(rows)
+        return cls(milestones=milestones, channel=channel, attributes=attributes)
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -205,6 +230,8 @@ def judge(sla: Definition, facts: Facts, *, now: datetime) -> Verdict:
     if start is None:
         return Verdict(**base, state=NOT_STARTED)
     channel = facts.channel_of(sla.from_milestone)
+    if channel is None:
+        return Verdict(**base, state=EXCLUDED, reason="not measured without a channel")
     if not sla.applies_to(channel):
         return Verdict(**base, state=EXCLUDED, reason=f"not measured for channel {channel}")
     target = sla.target_for(channel)

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from controltower import funnel as _funnel
+from controltower import identity
 from controltower.errors import ConfigError
 
 ORDER_COLUMNS = ("external_order_id", "amazon-order-id", "order-id", "order_id", "order number", "ordernumber", "purchase order number", "name")
@@ -67,38 +68,33 @@ def read_report(path: Path, *, column: str | None = None) -> Report:
     return report
 
 
+# A report's order number is found when any member of a business transaction of the channel
+# (its business channel) carries it as an order key: the ERP's trace may be the only one that
+# does. transaction_keys' primary key (value, kind, ...), then transactions_business_idx.
+_FOUND = sa.text("""
+SELECT DISTINCT k.value
+FROM transaction_keys k JOIN transactions m ON m.correlation_id = k.correlation_id
+WHERE k.value = ANY(:ids) AND k.kind = ANY(:kinds)
+  AND (SELECT """ + identity.BUSINESS_CHANNEL + """ FROM transactions t WHERE t.business_id = m.business_id) = :channel
+""")  # noqa: S608 (constant fragments, no input)
+
+
 def reconcile(conn: Connection, report: Report, *, channel: str, since: datetime | None = None, until: datetime | None = None) -> dict[str, Any]:
-    """Orders in the channel's report we never saw, and orders we saw that it lacks."""
+    """Orders in the channel's report we never saw, and orders we saw that it lacks: both
+    counted per business transaction (an order whose number only the ERP's trace carries is
+    found; an order received under two traces is one extra at most)."""
     ids = list(report.orders)
-    found = {
-        r.value
-        for r in conn.execute(
-            sa.text("""
-                SELECT DISTINCT k.value FROM transaction_keys k JOIN transactions t ON t.correlation_id = k.correlation_id
-                WHERE k.value = ANY(:ids) AND k.kind IN ('external_order_id', 'order_id') AND t.channel = :channel
-            """),
-            {"ids": ids, "channel": channel},
-        )
-    }
+    found = {r.value for r in conn.execute(_FOUND, {"ids": ids, "channel": channel, "kinds": list(_funnel.ORDER_KINDS)})}
     missing = [{"order": o, "line": report.orders[o]} for o in ids if o not in found]
     since = since or report.since
     until = until or (report.until + timedelta(seconds=1) if report.until else None)
     extra: list[dict[str, Any]] = []
     if since is not None and until is not None:
-        ours = conn.execute(
-            sa.text("""
-                SELECT r.correlation_id, t.order_id, r.reached_at,
-                       (SELECT min(k.value) FROM transaction_keys k
-                        WHERE k.correlation_id = r.correlation_id AND k.kind = 'external_order_id') AS external_order_id
-                FROM transaction_milestones r JOIN transactions t ON t.correlation_id = r.correlation_id
-                WHERE r.milestone = :first AND r.channel = :channel AND r.reached_at >= :since AND r.reached_at < :until
-            """),
-            {"channel": channel, "since": since, "until": until, "first": _funnel.MILESTONES[0]},
-        )
-        for r in ours:
-            if r.external_order_id not in report.orders and r.order_id not in report.orders:
-                extra.append({"correlation_id": r.correlation_id, "order_id": r.order_id,
-                              "external_order_id": r.external_order_id, "received_at": r.reached_at.isoformat()})
+        for r in _funnel.received(conn, channel=channel, start=since, end=until):
+            if not any(number in report.orders for number in r["order_numbers"]):
+                extra.append({"correlation_id": r["correlation_id"], "correlation_ids": r["correlation_ids"],
+                              "order_id": r["order_id"], "external_order_id": r["external_order_id"],
+                              "received_at": r["reached_at"].isoformat()})
     return {
         "channel": channel, "report": str(report.path), "report_orders": len(ids), "matched": len(ids) - len(missing),
         "missing": missing, "extra": extra,
