@@ -141,7 +141,8 @@ UPSERT_TRANSACTIONS = """
 INSERT INTO transactions AS t (
     correlation_id, channel, flow, order_id, first_event_at, first_event_id, last_event_at,
     last_event_id, status, last_milestone, last_system, event_count, error_count, retry_count,
-    dead_letter_count, last_error_at, last_error_code, last_error_message, updated_at, business_id)
+    dead_letter_count, last_error_at, last_error_code, last_error_message, updated_at, business_id,
+    channel_at, channel_event_id)
 SELECT correlation_id,
        (array_agg(channel ORDER BY occurred_at, event_id) FILTER (WHERE channel IS NOT NULL))[1],
        (array_agg(flow ORDER BY occurred_at, event_id))[1],
@@ -165,18 +166,24 @@ SELECT correlation_id,
                   coalesce(error_message, '') DESC)
             FILTER (WHERE status IN ('error', 'dead_letter')))[1],
        %(now)s,
-       coalesce(a.bid, correlation_id)  -- a new correlation id joins the business linking chose
+       coalesce(a.bid, correlation_id),  -- a new correlation id joins the business linking chose
+       min(occurred_at) FILTER (WHERE channel IS NOT NULL),
+       (array_agg(event_id ORDER BY occurred_at, event_id) FILTER (WHERE channel IS NOT NULL))[1]
 FROM ct_new
 LEFT JOIN unnest(%(assign_cids)s::text[], %(assign_bids)s::text[]) AS a(cid, bid) ON a.cid = ct_new.correlation_id
 GROUP BY correlation_id, a.bid
 ORDER BY correlation_id
 ON CONFLICT (correlation_id) DO UPDATE SET
-    -- the first event's channel; events without one (identity key only) never displace it
-    channel = CASE WHEN t.channel IS NULL THEN excluded.channel
-                   WHEN excluded.channel IS NULL THEN t.channel
-                   WHEN (excluded.first_event_at, excluded.first_event_id)
-                        < (t.first_event_at, t.first_event_id)
+    -- the channel of the earliest event that has one (events without one never displace it)
+    channel = CASE WHEN excluded.channel IS NOT NULL AND (t.channel IS NULL
+                        OR (excluded.channel_at, excluded.channel_event_id) < (t.channel_at, t.channel_event_id))
                    THEN excluded.channel ELSE t.channel END,
+    channel_event_id = CASE WHEN excluded.channel IS NOT NULL AND (t.channel IS NULL
+                        OR (excluded.channel_at, excluded.channel_event_id) < (t.channel_at, t.channel_event_id))
+                   THEN excluded.channel_event_id ELSE t.channel_event_id END,
+    channel_at = CASE WHEN excluded.channel IS NOT NULL AND (t.channel IS NULL
+                        OR (excluded.channel_at, excluded.channel_event_id) < (t.channel_at, t.channel_event_id))
+                   THEN excluded.channel_at ELSE t.channel_at END,
     flow = CASE WHEN (excluded.first_event_at, excluded.first_event_id)
                      < (t.first_event_at, t.first_event_id)
                 THEN excluded.flow ELSE t.flow END,

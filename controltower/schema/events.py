@@ -101,6 +101,8 @@ transactions = sa.Table(
     sa.Column("last_error_message", sa.Text),
     sa.Column("updated_at", TS, nullable=False),
     sa.Column("business_id", sa.Text, nullable=False),
+    sa.Column("channel_at", TS),
+    sa.Column("channel_event_id", sa.Text),
     sa.Index("transactions_channel_first_idx", "channel", "first_event_at"),
     sa.Index("transactions_last_event_idx", "last_event_at"),
     sa.Index("transactions_updated_idx", "updated_at"),

@@ -309,3 +309,21 @@ def test_relink_follows_a_changed_configuration(engine, settings, database_url, 
     assert groups(engine) == {frozenset({"AMZ-TRACE-1", "ERP-77", "WMS-5", "UPS-1"}), frozenset({"AMZ-TRACE-2"})}
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM identity_hubs")).scalar() == 0
+
+
+def test_a_transactions_channel_is_its_earliest_channelled_events_in_any_batching(engine, settings):
+    """Some events of one trace carry no channel: the channel is the earliest channelled
+    event's, however the events are split into batches."""
+    t = [ev("t0", 0, "MIX", "order", "received", channel=None, order_id="SO-MIX"),
+         ev("t1", 1, "MIX", "order", "acknowledged", channel=None, order_id="SO-MIX"),
+         ev("t2", 2, "MIX", "order", "erp_posted", channel="amazon"),
+         ev("t9", 9, "MIX", "order", "invoiced", channel="walmart")]
+    store = EventStore(engine, settings)
+    seen = set()
+    for batches in ([t], [[t[1], t[2]], [t[0], t[3]]], [[t[3]], [t[0]], [t[2], t[1]]]):
+        truncate_all(engine)
+        for batch in batches:
+            store.ingest(batch, source="api", now=NOW)
+        with engine.connect() as conn:
+            seen.add(conn.execute(sa.text("SELECT channel, channel_event_id FROM transactions")).one())
+    assert seen == {("amazon", "t2")}

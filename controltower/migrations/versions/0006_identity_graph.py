@@ -31,6 +31,10 @@ def upgrade() -> None:
 
         ALTER TABLE events ALTER COLUMN channel DROP NOT NULL;
         ALTER TABLE transactions ALTER COLUMN channel DROP NOT NULL;
+        -- which event gave the channel (the earliest that has one): merges stay commutative
+        -- when some events of a correlation id carry no channel
+        ALTER TABLE transactions ADD COLUMN channel_at timestamptz, ADD COLUMN channel_event_id text;
+        UPDATE transactions SET channel_at = first_event_at, channel_event_id = first_event_id;
         ALTER TABLE transaction_milestones ALTER COLUMN channel DROP NOT NULL;
 
         CREATE TABLE identity_hubs (
@@ -57,6 +61,6 @@ def downgrade() -> None:
         DROP TABLE identity_changes;
         DROP TABLE identity_hubs;
         DROP INDEX transactions_business_idx;
-        ALTER TABLE transactions DROP COLUMN business_id;
+        ALTER TABLE transactions DROP COLUMN business_id, DROP COLUMN channel_at, DROP COLUMN channel_event_id;
         """
     )
