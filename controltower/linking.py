@@ -49,6 +49,11 @@ from controltower.identity import (
 )
 
 MAX_ROUNDS = 8  # region re-reads while concurrent batches keep moving it (then the batch retries)
+# Lock ids per class are folded into this many slots: a batch holds at most that many advisory
+# locks per class, whatever its size (each is an entry of PostgreSQL's shared lock table, about
+# max_locks_per_transaction x max_connections for all sessions together: 20k values in one batch
+# ran it out of shared memory). Two values sharing a slot only serialize their batches.
+LOCK_SLOTS = 1024
 
 
 class RegionUnstable(psycopg.errors.SerializationFailure):
@@ -67,11 +72,11 @@ class LinkResult:
 
 
 def _lock_ids(namespace: str, keys: Iterable[str]) -> list[int]:
-    """Stable 31-bit lock ids (sorted, distinct) for advisory locks of one class."""
+    """Stable lock ids (sorted, distinct, fewer than LOCK_SLOTS) for advisory locks of one class."""
     out = set()
     for key in keys:
         digest = hashlib.blake2b(f"{namespace}\x1f{key}".encode(), digest_size=4).digest()
-        out.add(int.from_bytes(digest, "big") & 0x7FFFFFFF)
+        out.add(int.from_bytes(digest, "big") % LOCK_SLOTS)
     return sorted(out)
 
 
