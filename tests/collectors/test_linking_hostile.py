@@ -3,8 +3,14 @@ correlation id, and relink agreeing with ingest on what may link. Real Postgres,
 
 from __future__ import annotations
 
+import threading
+import time
+
+import psycopg
+import sqlalchemy as sa
+
 from collectors.store import EventStore
-from tests.collectors.test_linking import NOW, ev, groups
+from tests.collectors.test_linking import NOW, ev, groups, model
 
 
 def test_a_full_batch_of_identity_values_fits_the_lock_table(engine, settings):
@@ -17,3 +23,50 @@ def test_a_full_batch_of_identity_values_fits_the_lock_table(engine, settings):
     assert (result.accepted, result.rejected) == (10_000, [])
     got = groups(engine)
     assert len(got) == 5_000 and all(len(g) == 2 for g in got)
+
+
+def _waiting_on_lock(engine: sa.Engine, pid_of: set[int]) -> bool:
+    with engine.connect() as conn:
+        waiting = set(conn.execute(sa.text(
+            "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )).scalars())
+    return bool(waiting - pid_of)
+
+
+def test_one_new_correlation_id_in_two_concurrent_batches_joins_its_business(engine, settings, database_url):
+    """Batch A stores new correlation id C (no link); batch B, concurrently, brings C a key it
+    shares with a business of two. B decided C joins that business while C had no row yet; when
+    B's upsert then finds A's row, C must still end up in the business (the model's partition)."""
+    store = EventStore(engine, settings)
+    d = [ev("d1", 0, "D-1", "order", "received", order_id="SO-1"),
+         ev("d2", 1, "D-2", "order", "erp_posted", order_id="SO-1")]
+    store.ingest(d, source="api", now=NOW)
+    a = ev("a1", 5, "C", "order", "received", erp_document="DOC-ALONE")
+    b = ev("b1", 6, "C", "order", "erp_posted", status="error", order_id="SO-1")
+    # hold A just before its commit: its milestone row (C, order.received) is taken by us
+    blocker = psycopg.connect(database_url.replace("postgresql+psycopg", "postgresql"), autocommit=False)
+    blocker.execute("INSERT INTO transaction_milestones (correlation_id, milestone, reached_at, channel, recorded_at)"
+                    " VALUES ('C', 'order.received', now(), 'amazon', now())")
+    blocker_pid = blocker.info.backend_pid
+    errors: list[BaseException] = []
+
+    def send(record):
+        try:
+            EventStore(engine, settings).ingest([record], source="api", now=NOW)
+        except BaseException as exc:  # noqa: BLE001 (asserted below)
+            errors.append(exc)
+
+    ta = threading.Thread(target=send, args=(a,))
+    ta.start()
+    deadline = time.monotonic() + 10
+    while not _waiting_on_lock(engine, {blocker_pid}) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    tb = threading.Thread(target=send, args=(b,))
+    tb.start()
+    time.sleep(0.5)  # B links while C has no committed row, then waits on A's row
+    blocker.rollback()
+    blocker.close()
+    ta.join(20)
+    tb.join(20)
+    assert not errors
+    assert groups(engine) == model(d + [a, b], limit=settings.link_fanout_limit) == {frozenset({"D-1", "D-2", "C"})}
