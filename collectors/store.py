@@ -265,7 +265,7 @@ class EventStore:
                 if stored:
                     new = [events[i] for i in stored]
                     milestones = self._milestones.fresh(milestone_rows(new))
-                    keys = self._keys.fresh(key_rows(new, self.settings.indexed_keys))
+                    keys = self._keys.fresh(key_rows(new, self.settings.indexed_keys, self.settings.linking_keys))
                     links, refused = identity_rows(new, self.settings.linking_keys)
                 link = linking.LinkResult()
                 if keys:

@@ -42,10 +42,10 @@ from controltower.identity import (
     LOCK_BUSINESS,
     LOCK_VALUE,
     MAX_LINK_LEN,
-    PLACEHOLDERS,
     components,
     is_hub,
     name_components,
+    refusal,
 )
 
 MAX_ROUNDS = 8  # region re-reads while concurrent batches keep moving it (then the batch retries)
@@ -128,7 +128,7 @@ _MEMBERS = "SELECT correlation_id, business_id FROM transactions WHERE business_
 _EDGES = f"""
 SELECT k.kind, k.value, k.correlation_id FROM transaction_keys k
 WHERE k.correlation_id = ANY(%(cids)s) AND k.kind = ANY(%(kinds)s)
-  AND length(k.value) <= {MAX_LINK_LEN} AND lower(btrim(k.value)) <> ALL(%(placeholders)s)
+  AND length(k.value) <= {MAX_LINK_LEN}
   AND NOT EXISTS (SELECT 1 FROM identity_hubs h WHERE h.kind = k.kind AND h.value = k.value)
 """  # noqa: S608 (MAX_LINK_LEN is a module constant)
 _MOVE = """
@@ -219,10 +219,11 @@ def link(
         cur.execute(_HOLDERS, {"kinds": [k for k, _ in became_hub], "values": [v for _, v in became_hub]})
         seeds.update(r[2] for r in cur.fetchall())
     members = _lock_region(cur, sorted(seeds), result)
-    cur.execute(_EDGES, {"cids": list(members), "kinds": kind_list, "placeholders": sorted(PLACEHOLDERS)})
+    cur.execute(_EDGES, {"cids": list(members), "kinds": kind_list})
     by_value: dict[tuple[str, str], list[str]] = defaultdict(list)
     for kind, value, cid in cur.fetchall():
-        by_value[(kind, value)].append(cid)
+        if refusal(value) is None:  # the rule ingest applied (the SQL only bounds the length)
+            by_value[(kind, value)].append(cid)
     edges = [(cids[0], other) for cids in by_value.values() for other in cids[1:]]
     groups = components(members, edges)
     sizes = Counter(members.values())
@@ -321,8 +322,8 @@ SELECT correlation_id FROM transactions WHERE correlation_id > %s ORDER BY corre
 _CHUNK_ROWS = f"""
 SELECT k.value, k.kind, k.correlation_id FROM transaction_keys k
 WHERE k.correlation_id = ANY(%(cids)s) AND k.kind = ANY(%(kinds)s)
-  AND length(k.value) <= {MAX_LINK_LEN} AND lower(btrim(k.value)) <> ALL(%(placeholders)s)
-"""  # noqa: S608 (MAX_LINK_LEN is a module constant)
+  AND length(k.value) <= {MAX_LINK_LEN}
+"""  # noqa: S608 (MAX_LINK_LEN is a module constant); placeholders are refused in Python, as on ingest
 _STALE_HUBS = "DELETE FROM identity_hubs WHERE kind <> ALL(%s)"
 
 
@@ -360,8 +361,8 @@ def relink(
         for attempt in range(1, 4):
             try:
                 with connect() as conn, conn.cursor() as cur:
-                    cur.execute(_CHUNK_ROWS, {"cids": cids, "kinds": kind_list, "placeholders": sorted(PLACEHOLDERS)})
-                    rows = cur.fetchall()
+                    cur.execute(_CHUNK_ROWS, {"cids": cids, "kinds": kind_list})
+                    rows = [r for r in cur.fetchall() if refusal(r[0]) is None]
                     result = link(cur, rows, kinds=kind_list, limit=limit, now=now, full=True, seeds=cids)
                 break
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):

@@ -10,6 +10,7 @@ import psycopg
 import sqlalchemy as sa
 
 from collectors.store import EventStore
+from controltower import linking
 from tests.collectors.test_linking import NOW, ev, groups, model
 
 
@@ -70,3 +71,59 @@ def test_one_new_correlation_id_in_two_concurrent_batches_joins_its_business(eng
     tb.join(20)
     assert not errors
     assert groups(engine) == model(d + [a, b], limit=settings.link_fanout_limit) == {frozenset({"D-1", "D-2", "C"})}
+
+
+def _relink(engine, settings):
+    def connect():
+        return engine.begin()
+
+    class _Conn:
+        def __init__(self):
+            self.ctx = engine.begin()
+
+        def __enter__(self):
+            return self.ctx.__enter__().connection.driver_connection
+
+        def __exit__(self, *exc):
+            return self.ctx.__exit__(*exc)
+
+    return linking.relink(_Conn, kinds=settings.linking_keys, limit=settings.link_fanout_limit, now=NOW)
+
+
+def test_relink_refuses_what_ingest_refused(engine, settings):
+    """Values ingest refuses (placeholders padded with tabs or no-break spaces, floats) must not
+    link when relink (or a split) recomputes the graph from the stored keys."""
+    store = EventStore(engine, settings)
+    records = [
+        ev("t1", 0, "TAB-1", "order", "received", order_id="\tn/a"),
+        ev("t2", 1, "TAB-2", "order", "received", order_id="\tn/a"),
+        ev("n1", 2, "NBSP-1", "order", "received", erp_document="unknown\u00a0"),
+        ev("n2", 3, "NBSP-2", "order", "received", erp_document="unknown\u00a0"),
+        # two 22-digit tracking numbers sent as JSON numbers: floats, the same after rounding
+        ev("f1", 4, "F-1", "order", "received", tracking_number=9400111899223397791234.0),
+        ev("f2", 5, "F-2", "order", "received", tracking_number=9400111899223397791235.0),
+    ]
+    result = store.ingest(records, source="api", now=NOW)
+    assert result.accepted == 6
+    assert result.link.refused == {"placeholder": 4, "malformed": 2}
+    expected = model(records, limit=settings.link_fanout_limit)
+    assert all(len(g) == 1 for g in expected)
+    assert groups(engine) == expected
+    _relink(engine, settings)
+    assert groups(engine) == expected
+
+
+def test_a_split_refuses_what_ingest_refused(engine, settings):
+    """The split path (a value turning into a hub) recomputes a region from stored keys: the
+    refused values there must not link either."""
+    settings = settings.with_(link_fanout_limit=2)
+    store = EventStore(engine, settings)
+    records = [
+        ev("a", 0, "A", "order", "received", order_id="SO-H", erp_document="\tnull"),
+        ev("b", 1, "B", "order", "received", order_id="SO-H", erp_document="\tnull"),
+    ]
+    store.ingest(records, source="api", now=NOW)
+    assert groups(engine) == {frozenset({"A", "B"})}
+    hub = [ev("c", 2, "C", "order", "received", order_id="SO-H")]
+    store.ingest(hub, source="api", now=NOW)
+    assert groups(engine) == model(records + hub, limit=2) == {frozenset({"A"}), frozenset({"B"}), frozenset({"C"})}
