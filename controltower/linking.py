@@ -69,6 +69,7 @@ class LinkResult:
     # correlation ids of this batch without a row yet, and the business each must be stored with
     pending: set[str] = field(default_factory=set)
     assign: dict[str, str] = field(default_factory=dict)
+    own: set[str] = field(default_factory=set)  # correlation ids of the rows being linked
 
 
 def _lock_ids(namespace: str, keys: Iterable[str]) -> list[int]:
@@ -78,6 +79,11 @@ def _lock_ids(namespace: str, keys: Iterable[str]) -> list[int]:
         digest = hashlib.blake2b(f"{namespace}\x1f{key}".encode(), digest_size=4).digest()
         out.add(int.from_bytes(digest, "big") % LOCK_SLOTS)
     return sorted(out)
+
+
+def business_lock_ids(business_ids: Iterable[str]) -> list[int]:
+    """The advisory lock ids (class LOCK_BUSINESS) linking takes for these business ids."""
+    return _lock_ids("business", business_ids)
 
 
 # unnest yields the (sorted) ids in array order: locks are taken in that order
@@ -159,6 +165,7 @@ def link(
         return result
     kind_list = sorted(set(kinds))
     values = sorted({(kind, value) for value, kind, _ in rows})
+    result.own = {cid for _, _, cid in rows}
     cur.execute(_LOCK, (LOCK_VALUE, _lock_ids("value", (f"{k}\x1f{v}" for k, v in values))))
     cur.fetchall()
     cur.execute(
@@ -245,7 +252,8 @@ def _merge(cur: psycopg.Cursor, holders: dict[tuple[str, str], list[str]], now: 
     holders become one, named by the biggest, and only the smaller ones' members are rewritten.
     Sizes are counted capped (doubling), so the cost follows the smaller side too."""
     business = _lock_businesses(cur, sorted({c for cids in holders.values() for c in cids}), result)
-    edges = [(business[cids[0]], business[c]) for cids in holders.values() for c in cids[1:]]
+    live = [[c for c in cids if c in business] for cids in holders.values()]  # retention may have removed some
+    edges = [(business[cids[0]], business[c]) for cids in live if cids for c in cids[1:]]
     joined = [g for g in components(set(business.values()), edges) if len(g) > 1]
     if not joined:
         return
@@ -286,13 +294,14 @@ def _sizes(cur: psycopg.Cursor, groups: list[list[str]]) -> dict[str, int]:
 def _lock_businesses(cur: psycopg.Cursor, cids: list[str], result: LinkResult) -> dict[str, str]:
     """Lock the businesses of `cids` (advisory, sorted) and answer correlation id → business id,
     re-reading until no concurrent merge moved them while we waited for the locks. A correlation
-    id without a row is this batch's own (its row is written after linking): a business of one,
-    named by itself, and noted in `result.pending`."""
+    id of this batch (`result.own`) without a row gets it after linking: a business of one, named
+    by itself, and noted in `result.pending`; any other without a row was just removed by
+    retention (with its keys) and is left out of the answer."""
     locked: set[str] = set()
     for _ in range(MAX_ROUNDS):
         cur.execute(_BUSINESS_OF, (cids,))
         business = dict(cur.fetchall())
-        result.pending = {c for c in cids if c not in business}
+        result.pending = {c for c in cids if c not in business and c in result.own}
         for c in result.pending:
             business[c] = c
         fresh = sorted(set(business.values()) - locked)

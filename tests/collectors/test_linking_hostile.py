@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import timedelta
 
 import psycopg
 import sqlalchemy as sa
@@ -127,3 +128,91 @@ def test_a_split_refuses_what_ingest_refused(engine, settings):
     hub = [ev("c", 2, "C", "order", "received", order_id="SO-H")]
     store.ingest(hub, source="api", now=NOW)
     assert groups(engine) == model(records + hub, limit=2) == {frozenset({"A"}), frozenset({"B"}), frozenset({"C"})}
+
+
+def test_retention_racing_a_late_link_leaves_no_business_without_its_name(engine, settings, database_url):
+    """Retention expires an idle business of two while a late event links a new correlation id
+    into it: either the business stays (it has an active member now) or the newcomer stands
+    alone; never a business_id that names no member."""
+    from controltower import retention
+
+    settings = settings.with_(retention_transactions=86400.0)
+    store = EventStore(engine, settings)
+    old = [ev("m1", 0, "M-1", "order", "received", order_id="SO-OLD"),
+           ev("m2", 1, "M-2", "order", "erp_posted", order_id="SO-OLD")]
+    store.ingest(old, source="api", now=NOW)
+    now2 = NOW + timedelta(days=2)
+    late = {**ev("x1", 0, "X-LATE", "shipment", "scanned", order_id="SO-OLD"),
+            "occurred_at": (now2 - timedelta(minutes=1)).isoformat()}
+    blocker = psycopg.connect(database_url.replace("postgresql+psycopg", "postgresql"), autocommit=False)
+    blocker.execute("INSERT INTO transaction_milestones (correlation_id, milestone, reached_at, channel, recorded_at)"
+                    " VALUES ('X-LATE', 'shipment.scanned', now(), 'amazon', now())")
+    errors: list[BaseException] = []
+
+    def send():
+        try:
+            EventStore(engine, settings).ingest([late], source="api", now=now2)
+        except BaseException as exc:  # noqa: BLE001 (asserted below)
+            errors.append(exc)
+
+    t = threading.Thread(target=send)
+    t.start()
+    deadline = time.monotonic() + 10
+    while not _waiting_on_lock(engine, {blocker.info.backend_pid}) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    # the late event linked X-LATE into the old business and waits to commit; retention runs now
+    done = threading.Thread(target=retention.apply, args=(engine, settings, now2))
+    done.start()
+    time.sleep(1.0)
+    blocker.rollback()
+    blocker.close()
+    t.join(20)
+    done.join(20)
+    assert not errors
+    with engine.connect() as conn:
+        rows = dict(conn.execute(sa.text("SELECT correlation_id, business_id FROM transactions")).all())
+    assert "X-LATE" in rows
+    assert all(bid in rows for bid in rows.values()), rows
+
+
+def test_a_late_link_waiting_on_retention_does_not_name_a_removed_member(engine, settings, database_url):
+    """The other order: retention holds the idle business (its locks taken, deleting) while the
+    late event waits to link into it. The removed members must not be named afterwards."""
+    from controltower import retention
+
+    settings = settings.with_(retention_transactions=86400.0)
+    store = EventStore(engine, settings)
+    # "A-..." sort before the newcomer: a ghost business of one would win the name on a tie
+    old = [ev("m1", 0, "A-1", "order", "received", order_id="SO-OLD")]
+    store.ingest(old, source="api", now=NOW)
+    now2 = NOW + timedelta(days=2)
+    late = {**ev("x1", 0, "X-LATE", "shipment", "scanned", order_id="SO-OLD"),
+            "occurred_at": (now2 - timedelta(minutes=1)).isoformat()}
+    blocker = psycopg.connect(database_url.replace("postgresql+psycopg", "postgresql"), autocommit=False)
+    # retention's delete of the old milestones waits on us, holding its business locks
+    blocker.execute("SELECT 1 FROM transaction_milestones WHERE correlation_id = 'A-1' FOR UPDATE").fetchall()
+    pids = {blocker.info.backend_pid}
+    done = threading.Thread(target=retention.apply, args=(engine, settings, now2))
+    done.start()
+    deadline = time.monotonic() + 10
+    while not _waiting_on_lock(engine, pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    errors: list[BaseException] = []
+
+    def send():
+        try:
+            EventStore(engine, settings).ingest([late], source="api", now=now2)
+        except BaseException as exc:  # noqa: BLE001 (asserted below)
+            errors.append(exc)
+
+    t = threading.Thread(target=send)
+    t.start()
+    time.sleep(1.0)
+    blocker.rollback()
+    blocker.close()
+    done.join(20)
+    t.join(20)
+    assert not errors
+    with engine.connect() as conn:
+        rows = dict(conn.execute(sa.text("SELECT correlation_id, business_id FROM transactions")).all())
+    assert rows == {"X-LATE": "X-LATE"}
