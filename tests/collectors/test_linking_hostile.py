@@ -216,3 +216,42 @@ def test_a_late_link_waiting_on_retention_does_not_name_a_removed_member(engine,
     with engine.connect() as conn:
         rows = dict(conn.execute(sa.text("SELECT correlation_id, business_id FROM transactions")).all())
     assert rows == {"X-LATE": "X-LATE"}
+
+
+def test_a_connection_whose_first_batch_failed_still_ingests(migrated_engine, engine, settings, database_url):
+    """The staging tables are created in a connection's first batch transaction: when that batch
+    fails (a deadlock with a linking batch, a cancel), they are rolled back with it; the next
+    batches on the same pooled connection must not fail with `ct_batch does not exist`."""
+    from controltower.db import make_engine
+
+    one = make_engine(database_url, pool_size=1, application_name="ct-review-one")
+    try:
+        blocker = psycopg.connect(database_url.replace("postgresql+psycopg", "postgresql"), autocommit=False)
+        blocker.execute("INSERT INTO transaction_milestones (correlation_id, milestone, reached_at, channel, recorded_at)"
+                        " VALUES ('F-1', 'order.received', now(), 'amazon', now())")
+        failed: list[BaseException] = []
+
+        def first():
+            try:
+                EventStore(one, settings).ingest([ev("f1", 0, "F-1", "order", "received", order_id="SO-F")],
+                                                 source="api", now=NOW)
+            except BaseException as exc:  # noqa: BLE001 (expected: cancelled)
+                failed.append(exc)
+
+        t = threading.Thread(target=first)
+        t.start()
+        deadline = time.monotonic() + 10
+        while not _waiting_on_lock(engine, {blocker.info.backend_pid}) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        blocker.execute("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = 'ct-review-one'")
+        t.join(20)
+        blocker.rollback()
+        blocker.close()
+        assert failed, "the first batch should have been cancelled"
+        store = EventStore(one, settings)
+        result = store.ingest([ev("g1", 1, "G-1", "order", "received", order_id="SO-F"),
+                               ev("g2", 2, "G-2", "order", "erp_posted", order_id="SO-F")], source="api", now=NOW)
+        assert result.accepted == 2
+        assert groups(engine) == {frozenset({"G-1", "G-2"})}
+    finally:
+        one.dispose()
