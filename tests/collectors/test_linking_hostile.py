@@ -255,3 +255,46 @@ def test_a_connection_whose_first_batch_failed_still_ingests(migrated_engine, en
         assert groups(engine) == {frozenset({"G-1", "G-2"})}
     finally:
         one.dispose()
+
+
+def test_odd_identity_values_link_exactly_as_sent(engine, settings):
+    """Unicode is compared as sent (NFC and NFD differ, a zero-width space is a character),
+    128 characters link and 129 don't, an integer and its decimal string are one value."""
+    store = EventStore(engine, settings)
+    records = [
+        ev("u1", 0, "NFC", "order", "received", erp_document="caf\u00e9-1"),
+        ev("u2", 1, "NFD", "order", "received", erp_document="cafe\u0301-1"),
+        ev("z1", 2, "ZW-1", "order", "received", erp_document="n/a\u200b"),
+        ev("z2", 3, "ZW-2", "order", "received", erp_document="n/a\u200b"),
+        ev("k1", 4, "LEN128-1", "order", "received", tracking_number="\u00e9" * 128),
+        ev("k2", 5, "LEN128-2", "order", "received", tracking_number="\u00e9" * 128),
+        ev("k3", 6, "LEN129-1", "order", "received", tracking_number="\u00e9" * 129),
+        ev("k4", 7, "LEN129-2", "order", "received", tracking_number="\u00e9" * 129),
+        ev("i1", 8, "INT", "order", "received", erp_document=4500001),
+        ev("i2", 9, "STR", "order", "received", erp_document="4500001"),
+        ev("i3", 10, "ZERO", "order", "received", erp_document=0),
+        ev("i4", 11, "ZERO-S", "order", "received", erp_document="0"),
+    ]
+    result = store.ingest(records, source="api", now=NOW)
+    assert result.accepted == len(records)
+    expected = {frozenset({"NFC"}), frozenset({"NFD"}), frozenset({"ZW-1", "ZW-2"}),
+                frozenset({"LEN128-1", "LEN128-2"}), frozenset({"LEN129-1"}), frozenset({"LEN129-2"}),
+                frozenset({"INT", "STR"}), frozenset({"ZERO"}), frozenset({"ZERO-S"})}
+    assert groups(engine) == model(records, limit=settings.link_fanout_limit) == expected
+    _relink(engine, settings)
+    assert groups(engine) == expected
+
+
+def test_an_event_resent_with_other_identity_keys_links_nothing(engine, settings):
+    """Same (correlation_id, event_id), other keys: a conflict (recorded), never a link."""
+    store = EventStore(engine, settings)
+    store.ingest([ev("a", 0, "A", "order", "received", order_id="SO-A"),
+                  ev("b", 1, "B", "order", "received", order_id="SO-B")], source="api", now=NOW)
+    result = store.ingest([ev("a", 0, "A", "order", "received", order_id="SO-B", erp_document="D-X")],
+                          source="api", now=NOW)
+    assert (result.accepted, result.conflicts) == (0, 1)
+    assert groups(engine) == {frozenset({"A"}), frozenset({"B"})}
+    with engine.connect() as conn:
+        keys = conn.execute(sa.text("SELECT count(*) FROM transaction_keys WHERE correlation_id = 'A'")).scalar()
+        changes = conn.execute(sa.text("SELECT count(*) FROM identity_changes")).scalar()
+    assert (keys, changes) == (1, 0)
