@@ -103,13 +103,16 @@ def key_rows(
         if seen is None or e.occurred_at < seen:
             out[key] = e.occurred_at
 
+    # `attributes.order_id` links like the field (identity_rows, and validation lets it stand in
+    # for the channel): it must be a key row too, or it would be accepted and never link
+    every = (*kinds, "order_id") if "order_id" in linking and "order_id" not in kinds else kinds
     for e in events:
         if e.order_id:
             add(e.order_id, "order_id", e)
         attrs = e.attributes
         if not attrs:
             continue
-        for kind in kinds:
+        for kind in every:
             value = attrs.get(kind)
             if value is None:
                 continue

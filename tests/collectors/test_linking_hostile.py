@@ -298,3 +298,15 @@ def test_an_event_resent_with_other_identity_keys_links_nothing(engine, settings
         keys = conn.execute(sa.text("SELECT count(*) FROM transaction_keys WHERE correlation_id = 'A'")).scalar()
         changes = conn.execute(sa.text("SELECT count(*) FROM identity_changes")).scalar()
     assert (keys, changes) == (1, 0)
+
+
+def test_an_order_id_among_the_attributes_links_like_the_field(engine, settings):
+    """A carrier scan without channel whose only identity is `attributes.order_id` is accepted
+    (validation counts it as an identity key); it must then link like the order_id field."""
+    store = EventStore(engine, settings)
+    records = [ev("a", 0, "A", "order", "received", order_id="SO-1"),
+               ev("b", 1, "B", "shipment", "scanned", channel=None, order_id="SO-1")]
+    records[1]["attributes"] = {"order_id": records[1].pop("order_id")}
+    result = store.ingest(records, source="api", now=NOW)
+    assert (result.accepted, result.rejected) == (2, [])
+    assert groups(engine) == model(records, limit=settings.link_fanout_limit) == {frozenset({"A", "B"})}
