@@ -74,21 +74,19 @@ def test_one_new_correlation_id_in_two_concurrent_batches_joins_its_business(eng
     assert groups(engine) == model(d + [a, b], limit=settings.link_fanout_limit) == {frozenset({"D-1", "D-2", "C"})}
 
 
-def _relink(engine, settings):
+def _Conn(engine):  # noqa: N802 (a connect() for linking.relink: a raw connection in a transaction)
+    from contextlib import contextmanager
+
+    @contextmanager
     def connect():
-        return engine.begin()
+        with engine.begin() as conn:
+            yield conn.connection.driver_connection
 
-    class _Conn:
-        def __init__(self):
-            self.ctx = engine.begin()
+    return connect
 
-        def __enter__(self):
-            return self.ctx.__enter__().connection.driver_connection
 
-        def __exit__(self, *exc):
-            return self.ctx.__exit__(*exc)
-
-    return linking.relink(_Conn, kinds=settings.linking_keys, limit=settings.link_fanout_limit, now=NOW)
+def _relink(engine, settings):
+    return linking.relink(_Conn(engine), kinds=settings.linking_keys, limit=settings.link_fanout_limit, now=NOW)
 
 
 def test_relink_refuses_what_ingest_refused(engine, settings):
@@ -310,3 +308,86 @@ def test_an_order_id_among_the_attributes_links_like_the_field(engine, settings)
     result = store.ingest(records, source="api", now=NOW)
     assert (result.accepted, result.rejected) == (2, [])
     assert groups(engine) == model(records, limit=settings.link_fanout_limit) == {frozenset({"A", "B"})}
+
+
+def _random_estate(seed: int, n_cids: int, n_values: int, n: int) -> list[dict]:
+    import random
+
+    rng = random.Random(seed)
+    records = []
+    for i in range(n):
+        attrs: dict = {}
+        order = None
+        for _ in range(rng.randrange(0, 3)):
+            kind = rng.choice(["order_id", "erp_document", "tracking_number"])
+            value = f"V{rng.randrange(n_values)}" if rng.random() < 0.9 else "HUB"
+            if kind == "order_id":
+                order = value
+            else:
+                attrs[kind] = value
+        records.append(ev(f"e{i}", i % 300, f"T-{rng.randrange(n_cids)}", "order", "received",
+                          order_id=order, **attrs))
+    return records
+
+
+def _send_all(engine, settings, parts, extra=()):
+    import random
+
+    errors: list[BaseException] = []
+
+    def send(part):
+        store = EventStore(engine, settings)
+        rng = random.Random(len(part))
+        i = 0
+        while i < len(part):
+            k = rng.randrange(1, 12)
+            try:
+                store.ingest(part[i:i + k], source="api", now=NOW)
+            except BaseException as exc:  # noqa: BLE001 (asserted by the caller)
+                errors.append(exc)
+            i += k
+
+    threads = [threading.Thread(target=send, args=(p,)) for p in parts] + [threading.Thread(target=f) for f in extra]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
+def test_many_writers_crossing_merges_and_hubs_build_the_model(engine, settings):
+    """Sixteen writers, small random batches over a small key space with hubs forming (limit 3)
+    while merges cross them: no batch lost to a deadlock, and the model's partition."""
+    settings = settings.with_(link_fanout_limit=3)
+    records = _random_estate(5, 100, 60, 1200)
+    errors = _send_all(engine, settings, [records[i::16] for i in range(16)])
+    assert not errors
+    assert groups(engine) == model(records, limit=3)
+    with engine.connect() as conn:
+        wrong = conn.execute(sa.text(
+            "SELECT count(*) FROM identity_hubs h WHERE fanout <> "
+            "(SELECT count(*) FROM transaction_keys k WHERE k.kind = h.kind AND k.value = h.value)")).scalar()
+    assert wrong == 0
+
+
+def test_relink_while_ingest_runs_gives_the_fresh_ingest_graph(engine, settings):
+    """Two relinks (small chunks) run while six writers ingest the second half: the graph is the
+    one a fresh ingest of everything builds."""
+    settings = settings.with_(link_fanout_limit=3)
+    records = _random_estate(4, 300, 120, 1200)
+    half = len(records) // 2
+    store = EventStore(engine, settings)
+    for i in range(0, half, 10):
+        store.ingest(records[i:i + 10], source="api", now=NOW)
+    relinked: list[BaseException] = []
+
+    def relink():
+        try:
+            linking.relink(_Conn(engine), kinds=settings.linking_keys, limit=3, now=NOW, chunk=7)
+        except BaseException as exc:  # noqa: BLE001 (asserted below)
+            relinked.append(exc)
+
+    rest = records[half:]
+    errors = _send_all(engine, settings, [rest[i::6] for i in range(6)], extra=(relink, relink))
+    assert not errors and not relinked
+    assert groups(engine) == model(records, limit=3)
