@@ -391,3 +391,14 @@ def test_relink_while_ingest_runs_gives_the_fresh_ingest_graph(engine, settings)
     errors = _send_all(engine, settings, [rest[i::6] for i in range(6)], extra=(relink, relink))
     assert not errors and not relinked
     assert groups(engine) == model(records, limit=3)
+
+
+def test_an_order_id_list_among_the_attributes_is_capped_like_any_key(engine, settings):
+    """`attributes.order_id` links (and so writes key rows): a list of more values than
+    max_key_values is rejected with its reason, like any key attribute's."""
+    store = EventStore(engine, settings)
+    record = ev("a", 0, "A", "order", "received")
+    record["attributes"] = {"order_id": [f"SO-{i}" for i in range(settings.max_key_values + 1)]}
+    result = store.ingest([record], source="api", now=NOW)
+    assert result.accepted == 0
+    assert [i for i, _ in result.rejected] == [0] and "attributes.order_id" in result.rejected[0][1]
