@@ -78,12 +78,19 @@ def milestone_rows(events: Sequence[Event]) -> dict[tuple[str, ...], tuple[datet
     return out
 
 
-def key_rows(events: Sequence[Event], kinds: tuple[str, ...]) -> dict[tuple[str, ...], datetime]:
-    """(value, kind, correlation_id) → first time seen, for the order id and every key attribute."""
+def key_rows(
+    events: Sequence[Event], kinds: tuple[str, ...], linking: frozenset[str] = frozenset()
+) -> dict[tuple[str, ...], datetime]:
+    """(value, kind, correlation_id) → first time seen, for the order id and every key attribute.
+    A float under an identity kind (`linking`) is no key row: it cannot link (malformed), and its
+    stored text could not be told from a string's when relink reads the keys back (two 22-digit
+    tracking numbers sent as JSON numbers round to the same float)."""
     out: dict[tuple[str, ...], datetime] = {}
 
     def add(value: Any, kind: str, e: Event) -> None:
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            return
+        if isinstance(value, float) and kind in linking:
             return
         try:
             text = value if isinstance(value, str) else orjson.dumps(value).decode()
@@ -96,13 +103,16 @@ def key_rows(events: Sequence[Event], kinds: tuple[str, ...]) -> dict[tuple[str,
         if seen is None or e.occurred_at < seen:
             out[key] = e.occurred_at
 
+    # `attributes.order_id` links like the field (identity_rows, and validation lets it stand in
+    # for the channel): it must be a key row too, or it would be accepted and never link
+    every = (*kinds, "order_id") if "order_id" in linking and "order_id" not in kinds else kinds
     for e in events:
         if e.order_id:
             add(e.order_id, "order_id", e)
         attrs = e.attributes
         if not attrs:
             continue
-        for kind in kinds:
+        for kind in every:
             value = attrs.get(kind)
             if value is None:
                 continue

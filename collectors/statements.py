@@ -222,7 +222,12 @@ ON CONFLICT (correlation_id) DO UPDATE SET
                                  coalesce(t.last_error_message, ''))
                            THEN excluded.last_error_message ELSE t.last_error_message END,
     last_error_at = GREATEST(t.last_error_at, excluded.last_error_at),
-    updated_at = excluded.updated_at
+    updated_at = excluded.updated_at,
+    -- linking assigned this (then new) id to another business while a concurrent batch, which
+    -- linked nothing for it, stored its row alone: the assignment wins (linking still holds the
+    -- lock of that lone business, so nothing else joined it)
+    business_id = CASE WHEN excluded.business_id <> excluded.correlation_id
+                       THEN excluded.business_id ELSE t.business_id END
 """
 
 # Milestones and keys are computed from the events this batch really stored and merged with

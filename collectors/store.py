@@ -238,13 +238,16 @@ class EventStore:
         raise AssertionError("unreachable")
 
     def _write_once(self, events: Sequence[Event], *, source: str, now: datetime) -> Written:
+        staged = None
         with self.engine.begin() as conn:
             raw = conn.connection.driver_connection
             assert isinstance(raw, psycopg.Connection)
             if not conn.info.get("ct_staging"):
                 raw.execute(sql.STAGING_DDL)
                 set_json_dumps(_dumps, context=raw)
-                conn.info["ct_staging"] = True
+                # noted once committed: a failed first batch (a deadlock while linking, a cancel)
+                # rolls the staging tables back with it, and the next batch must create them again
+                staged = conn.info
             with raw.cursor() as cur:
                 with cur.copy(sql.COPY_BATCH) as copy:
                     copy.set_types(("int4", *sql.COPY_TYPES))
@@ -265,7 +268,7 @@ class EventStore:
                 if stored:
                     new = [events[i] for i in stored]
                     milestones = self._milestones.fresh(milestone_rows(new))
-                    keys = self._keys.fresh(key_rows(new, self.settings.indexed_keys))
+                    keys = self._keys.fresh(key_rows(new, self.settings.indexed_keys, self.settings.linking_keys))
                     links, refused = identity_rows(new, self.settings.linking_keys)
                 link = linking.LinkResult()
                 if keys:
@@ -291,6 +294,8 @@ class EventStore:
                         for (cid, milestone), (at, channel) in milestones.items():
                             copy.write_row((cid, milestone, at, channel or None))
                     cur.execute(sql.UPSERT_MILESTONES, {"now": now})
+        if staged is not None:
+            staged["ct_staging"] = True
         # only what is committed may be skipped next time
         self._milestones.remember(milestones)
         self._keys.remember(keys)

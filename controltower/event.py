@@ -197,7 +197,8 @@ def check_deadline(value: Any, name: str, years: tuple[int, int]) -> None:
 def check_attributes(attributes: dict[str, Any], limits: Limits) -> None:
     """Fan-out and deadline limits on the attributes that become index rows and SLA promises."""
     cap = limits.max_key_values
-    for kind in limits.key_attributes:
+    # every identity kind too: `attributes.order_id` is one and is not among the key attributes
+    for kind in (*limits.key_attributes, *sorted(limits.identity_keys - set(limits.key_attributes))):
         value = attributes.get(kind)
         if type(value) is list and len(value) > cap:
             raise EventError(f"attributes.{kind}: {len(value)} values, more than the {cap} allowed")

@@ -42,13 +42,18 @@ from controltower.identity import (
     LOCK_BUSINESS,
     LOCK_VALUE,
     MAX_LINK_LEN,
-    PLACEHOLDERS,
     components,
     is_hub,
     name_components,
+    refusal,
 )
 
 MAX_ROUNDS = 8  # region re-reads while concurrent batches keep moving it (then the batch retries)
+# Lock ids per class are folded into this many slots: a batch holds at most that many advisory
+# locks per class, whatever its size (each is an entry of PostgreSQL's shared lock table, about
+# max_locks_per_transaction x max_connections for all sessions together: 20k values in one batch
+# ran it out of shared memory). Two values sharing a slot only serialize their batches.
+LOCK_SLOTS = 1024
 
 
 class RegionUnstable(psycopg.errors.SerializationFailure):
@@ -64,15 +69,21 @@ class LinkResult:
     # correlation ids of this batch without a row yet, and the business each must be stored with
     pending: set[str] = field(default_factory=set)
     assign: dict[str, str] = field(default_factory=dict)
+    own: set[str] = field(default_factory=set)  # correlation ids of the rows being linked
 
 
 def _lock_ids(namespace: str, keys: Iterable[str]) -> list[int]:
-    """Stable 31-bit lock ids (sorted, distinct) for advisory locks of one class."""
+    """Stable lock ids (sorted, distinct, fewer than LOCK_SLOTS) for advisory locks of one class."""
     out = set()
     for key in keys:
         digest = hashlib.blake2b(f"{namespace}\x1f{key}".encode(), digest_size=4).digest()
-        out.add(int.from_bytes(digest, "big") & 0x7FFFFFFF)
+        out.add(int.from_bytes(digest, "big") % LOCK_SLOTS)
     return sorted(out)
+
+
+def business_lock_ids(business_ids: Iterable[str]) -> list[int]:
+    """The advisory lock ids (class LOCK_BUSINESS) linking takes for these business ids."""
+    return _lock_ids("business", business_ids)
 
 
 # unnest yields the (sorted) ids in array order: locks are taken in that order
@@ -123,7 +134,7 @@ _MEMBERS = "SELECT correlation_id, business_id FROM transactions WHERE business_
 _EDGES = f"""
 SELECT k.kind, k.value, k.correlation_id FROM transaction_keys k
 WHERE k.correlation_id = ANY(%(cids)s) AND k.kind = ANY(%(kinds)s)
-  AND length(k.value) <= {MAX_LINK_LEN} AND lower(btrim(k.value)) <> ALL(%(placeholders)s)
+  AND length(k.value) <= {MAX_LINK_LEN}
   AND NOT EXISTS (SELECT 1 FROM identity_hubs h WHERE h.kind = k.kind AND h.value = k.value)
 """  # noqa: S608 (MAX_LINK_LEN is a module constant)
 _MOVE = """
@@ -154,6 +165,7 @@ def link(
         return result
     kind_list = sorted(set(kinds))
     values = sorted({(kind, value) for value, kind, _ in rows})
+    result.own = {cid for _, _, cid in rows}
     cur.execute(_LOCK, (LOCK_VALUE, _lock_ids("value", (f"{k}\x1f{v}" for k, v in values))))
     cur.fetchall()
     cur.execute(
@@ -214,10 +226,11 @@ def link(
         cur.execute(_HOLDERS, {"kinds": [k for k, _ in became_hub], "values": [v for _, v in became_hub]})
         seeds.update(r[2] for r in cur.fetchall())
     members = _lock_region(cur, sorted(seeds), result)
-    cur.execute(_EDGES, {"cids": list(members), "kinds": kind_list, "placeholders": sorted(PLACEHOLDERS)})
+    cur.execute(_EDGES, {"cids": list(members), "kinds": kind_list})
     by_value: dict[tuple[str, str], list[str]] = defaultdict(list)
     for kind, value, cid in cur.fetchall():
-        by_value[(kind, value)].append(cid)
+        if refusal(value) is None:  # the rule ingest applied (the SQL only bounds the length)
+            by_value[(kind, value)].append(cid)
     edges = [(cids[0], other) for cids in by_value.values() for other in cids[1:]]
     groups = components(members, edges)
     sizes = Counter(members.values())
@@ -239,7 +252,8 @@ def _merge(cur: psycopg.Cursor, holders: dict[tuple[str, str], list[str]], now: 
     holders become one, named by the biggest, and only the smaller ones' members are rewritten.
     Sizes are counted capped (doubling), so the cost follows the smaller side too."""
     business = _lock_businesses(cur, sorted({c for cids in holders.values() for c in cids}), result)
-    edges = [(business[cids[0]], business[c]) for cids in holders.values() for c in cids[1:]]
+    live = [[c for c in cids if c in business] for cids in holders.values()]  # retention may have removed some
+    edges = [(business[cids[0]], business[c]) for cids in live if cids for c in cids[1:]]
     joined = [g for g in components(set(business.values()), edges) if len(g) > 1]
     if not joined:
         return
@@ -280,13 +294,14 @@ def _sizes(cur: psycopg.Cursor, groups: list[list[str]]) -> dict[str, int]:
 def _lock_businesses(cur: psycopg.Cursor, cids: list[str], result: LinkResult) -> dict[str, str]:
     """Lock the businesses of `cids` (advisory, sorted) and answer correlation id → business id,
     re-reading until no concurrent merge moved them while we waited for the locks. A correlation
-    id without a row is this batch's own (its row is written after linking): a business of one,
-    named by itself, and noted in `result.pending`."""
+    id of this batch (`result.own`) without a row gets it after linking: a business of one, named
+    by itself, and noted in `result.pending`; any other without a row was just removed by
+    retention (with its keys) and is left out of the answer."""
     locked: set[str] = set()
     for _ in range(MAX_ROUNDS):
         cur.execute(_BUSINESS_OF, (cids,))
         business = dict(cur.fetchall())
-        result.pending = {c for c in cids if c not in business}
+        result.pending = {c for c in cids if c not in business and c in result.own}
         for c in result.pending:
             business[c] = c
         fresh = sorted(set(business.values()) - locked)
@@ -316,8 +331,8 @@ SELECT correlation_id FROM transactions WHERE correlation_id > %s ORDER BY corre
 _CHUNK_ROWS = f"""
 SELECT k.value, k.kind, k.correlation_id FROM transaction_keys k
 WHERE k.correlation_id = ANY(%(cids)s) AND k.kind = ANY(%(kinds)s)
-  AND length(k.value) <= {MAX_LINK_LEN} AND lower(btrim(k.value)) <> ALL(%(placeholders)s)
-"""  # noqa: S608 (MAX_LINK_LEN is a module constant)
+  AND length(k.value) <= {MAX_LINK_LEN}
+"""  # noqa: S608 (MAX_LINK_LEN is a module constant); placeholders are refused in Python, as on ingest
 _STALE_HUBS = "DELETE FROM identity_hubs WHERE kind <> ALL(%s)"
 
 
@@ -355,8 +370,8 @@ def relink(
         for attempt in range(1, 4):
             try:
                 with connect() as conn, conn.cursor() as cur:
-                    cur.execute(_CHUNK_ROWS, {"cids": cids, "kinds": kind_list, "placeholders": sorted(PLACEHOLDERS)})
-                    rows = cur.fetchall()
+                    cur.execute(_CHUNK_ROWS, {"cids": cids, "kinds": kind_list})
+                    rows = [r for r in cur.fetchall() if refusal(r[0]) is None]
                     result = link(cur, rows, kinds=kind_list, limit=limit, now=now, full=True, seeds=cids)
                 break
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):

@@ -22,10 +22,12 @@ import logging
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from controltower import grants, migrate
+from controltower import grants, linking, migrate
+from controltower.identity import LOCK_BUSINESS
 from controltower.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -49,9 +51,9 @@ _DERIVED = (
 )
 
 # One batch of whole business transactions past retention: the next `:n` old transactions after
-# the cursor, and of their businesses those without any member still active; answers how many
-# rows went, how many old transactions were looked at and where the walk stands.
-_EXPIRE_BUSINESSES = """
+# the cursor, and of their businesses those without any member still active; answers them, how
+# many old transactions were looked at and where the walk stands.
+_EXPIRE_CANDIDATES = """
 WITH cand AS (
     SELECT last_event_at, correlation_id, business_id FROM transactions
     WHERE last_event_at < :c AND (last_event_at, correlation_id) > (:after_at, :after_cid)
@@ -60,15 +62,25 @@ WITH cand AS (
 ), expired AS (
     SELECT DISTINCT business_id FROM cand c
     WHERE NOT EXISTS (SELECT 1 FROM transactions t WHERE t.business_id = c.business_id AND t.last_event_at >= :c)
+)
+SELECT (SELECT coalesce(array_agg(business_id ORDER BY business_id), '{}') FROM expired), (SELECT count(*) FROM cand),
+       (SELECT last_event_at FROM cand ORDER BY last_event_at DESC, correlation_id DESC LIMIT 1),
+       (SELECT correlation_id FROM cand ORDER BY last_event_at DESC, correlation_id DESC LIMIT 1)
+"""
+_LOCK_BUSINESSES = "SELECT pg_advisory_xact_lock(:cls, k) FROM unnest(CAST(:ids AS int4[])) AS k"
+# ... and, once their linking locks are held (a late event may have just linked a new member into
+# one: it is active, so that business stays), the whole businesses still expired go.
+_EXPIRE_BUSINESSES = """
+WITH expired AS (
+    SELECT b AS business_id FROM unnest(CAST(:expired AS text[])) AS b
+    WHERE NOT EXISTS (SELECT 1 FROM transactions t WHERE t.business_id = b AND t.last_event_at >= :c)
 ), gone AS (
     DELETE FROM transactions WHERE business_id IN (SELECT business_id FROM expired) RETURNING correlation_id
 ), m AS (DELETE FROM transaction_milestones WHERE correlation_id IN (SELECT correlation_id FROM gone))
 , k AS (DELETE FROM transaction_keys WHERE correlation_id IN (SELECT correlation_id FROM gone))
 , s AS (DELETE FROM sla_open_items WHERE correlation_id IN (SELECT business_id FROM expired))
 , d AS (DELETE FROM sla_deadlines WHERE correlation_id IN (SELECT correlation_id FROM gone))
-SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM cand),
-       (SELECT last_event_at FROM cand ORDER BY last_event_at DESC, correlation_id DESC LIMIT 1),
-       (SELECT correlation_id FROM cand ORDER BY last_event_at DESC, correlation_id DESC LIMIT 1)
+SELECT count(*) FROM gone
 """
 
 # Deadlines (metrics' sla_deadlines) past the transactions' retention whose transaction is gone
@@ -213,11 +225,23 @@ def _expire_businesses(engine: Engine, cutoff: datetime) -> int:
     total = 0
     after_at, after_cid = datetime(1970, 1, 1, tzinfo=UTC), ""
     while True:
-        with engine.begin() as conn:
-            gone, looked, last_at, last_cid = conn.execute(
-                sa.text(_EXPIRE_BUSINESSES),
-                {"c": cutoff, "n": BATCH, "after_at": after_at, "after_cid": after_cid},
-            ).one()
+        for attempt in range(1, 4):
+            try:
+                with engine.begin() as conn:
+                    expired, looked, last_at, last_cid = conn.execute(
+                        sa.text(_EXPIRE_CANDIDATES),
+                        {"c": cutoff, "n": BATCH, "after_at": after_at, "after_cid": after_cid},
+                    ).one()
+                    gone = 0
+                    if expired:
+                        # the locks ingest takes before it links into a business (controltower.linking)
+                        conn.execute(sa.text(_LOCK_BUSINESSES),
+                                     {"cls": LOCK_BUSINESS, "ids": linking.business_lock_ids(expired)}).all()
+                        gone = conn.execute(sa.text(_EXPIRE_BUSINESSES), {"c": cutoff, "expired": expired}).scalar_one()
+                break
+            except sa.exc.OperationalError as exc:  # a deadlock with a linking batch: the batch again
+                if not isinstance(exc.orig, psycopg.errors.DeadlockDetected) or attempt == 3:
+                    raise
         total += gone
         if looked < BATCH:
             break
