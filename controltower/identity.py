@@ -15,6 +15,7 @@ Pure: no SQL but the read fragments at the bottom, which readers embed.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -56,7 +57,8 @@ def refusal(value: Any) -> str | None:
     text = key_text(value)
     if text is None:
         return "malformed"
-    if text.strip().lower() in PLACEHOLDERS:
+    core = text if text.isascii() else "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+    if core.strip().lower() in PLACEHOLDERS:  # also "n/a" with a zero-width space or a BOM
         return "placeholder"
     if len(text) > MAX_LINK_LEN:
         return "too_long"
