@@ -108,8 +108,11 @@ def new_order(rng: random.Random, channel: str, channel_index: int, hour: int, k
         "walmart": f"{rng.randrange(1, 10)}{digits(rng, 14)}",
         # unique however many orders an hour brings (k past 9999 only makes it longer)
         "shopify": f"#{hour % 10**5:05d}{k:04d}",
-        "pos": f"{rng.choice(STORES)}-{rng.randrange(1, 9):02d}-{digits(rng, 6)}",
     }
+    store, register = rng.choice(STORES), rng.randrange(1, 9)
+    digits(rng, 6)  # the receipt number drawn before: kept so the draws after it stay the same
+    # a receipt number is unique (a drawn one met another within days, and would link them)
+    formats["pos"] = f"{store}-{register:02d}-{hour % 10**4:04d}{k:03d}"
     marketplace_id = numeric if channel == "shopify" else None
     return Order(cid, order_id, channel, formats[channel], marketplace_id, at, (hour, channel_index, k))
 

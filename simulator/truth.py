@@ -172,6 +172,10 @@ class GroundTruth:
             ],
             "ack_latency_ms": {ch: _summary(v) for ch, v in sorted(self.ack_ms.items())},
             "erp_posting_ms": {ch: _summary(v) for ch, v in sorted(by_channel.items())},
+            "erp_posting_samples": {
+                b: {"channel": self.received[b][1], "latency_ms": round(ms, 1)} for b, ms in sorted(erp_ms.items())
+            },
+            "business_count": len(self.businesses),
             "orders_received": dict(sorted(orders.items())),
             "orphan_count": len(orphans),
             "orphans_by_system": {sys: dict(sorted(chs.items())) for sys, chs in sorted(orphan_counts.items())},
