@@ -2,15 +2,19 @@
 
 Prints events/s for
   1. raw binary COPY of the same rows into the same (partitioned, indexed) `events` table,
-  2. POST /v1/events, batches of --batch, --clients concurrent clients on loopback,
+  2. POST /v1/events, batches of --batch, --clients concurrent clients on loopback, once per
+     --modes, each into its own database: today's ingest (one correlation id per order, linking
+     off), the same with linking on, and real ids (every system its own correlation ids, joined
+     into business transactions by the identity graph on ingest),
   3. POST /v1/traces, OTLP protobuf, same batch size and clients,
 and the ratios, all measured in one run (these machines are shared: compare ratios). Then
-search latency (lookup by order id: key resolution + the transaction's events) at the size of
-the database, optionally grown to --search-events with set-based SQL first.
+search latency (lookup by any identity key, then the whole business transaction) at the size
+of the last mode's database, optionally grown to --search-events (real-id shape) first.
 
     python bench/ingest.py                       # embedded PostgreSQL in a temp folder
     python bench/ingest.py --database-url postgresql://postgres@127.0.0.1:5432/postgres
     python bench/ingest.py --events 300000 --search-events 10000000
+    python bench/ingest.py --modes today-real,real --no-otlp    # the linking cost alone
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from pathlib import Path
 import httpx
 import orjson
 import sqlalchemy as sa
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -63,6 +68,46 @@ def make_events(n: int, prefix: str, now: datetime) -> list[dict]:
                 "latency_ms": rnd.uniform(5, 900), "attributes": attrs,
             })
     return out[:n]
+
+
+def make_real_id_events(n: int, prefix: str, now: datetime, *, channels: bool = False) -> list[dict]:
+    """Each system under its own correlation id, knowing only its keys (the identity graph
+    joins them): the connector (order number), the ERP (order number, ERP document), the
+    warehouse (ERP document, shipment, tracking) and the carrier (tracking only, no channel).
+    Sorted by time, so an order's events reach the collector in different batches and every
+    link after the first is a merge of transactions already stored. `channels`: every event
+    names its channel, as today's ingest demands (for the linking-off baseline)."""
+    rnd = random.Random(7)
+    out = []
+    order = 0
+    while len(out) < n:
+        order += 1
+        channel = CHANNELS[order % len(CHANNELS)]
+        start = now - timedelta(minutes=rnd.uniform(10, 1400))
+        number, doc = f"{prefix}-112-{order:07d}", f"45{order:08d}"
+        shipment, tracking = f"SHP-{prefix}{order}", f"1Z{prefix}{order:014d}"
+        steps = [
+            ("CON", "order", "received", channel, {"order_id": number}, {"sku": f"SKU-{order % 5000}"}),
+            ("CON", "order", "acknowledged", channel, {"order_id": number}, {}),
+            ("ERP", "order", "erp_posted", channel, {"order_id": number}, {"erp_document": doc}),
+            ("WMS", "fulfilment", "released", None, {}, {"erp_document": doc}),
+            ("WMS", "fulfilment", "shipped", None, {}, {"erp_document": doc, "shipment_id": shipment,
+                                                       "tracking_number": tracking}),
+            ("UPS", "shipment", "scanned", None, {}, {"tracking_number": tracking}),
+            ("CNF", "shipment", "shipment_confirmed", channel, {"order_id": number}, {"tracking_number": tracking}),
+        ]
+        for i, (system, flow, stage, ch, top, attrs) in enumerate(steps):
+            record = {
+                "event_id": f"{system}-{order}-{i}", "occurred_at": (start + timedelta(minutes=i * 7)).isoformat(),
+                "correlation_id": f"{prefix}-{system}-{order}", "flow": flow, "stage": stage, "status": "ok",
+                "system": system.lower(), "latency_ms": rnd.uniform(5, 900), "attributes": attrs, **top,
+            }
+            if ch or channels:
+                record["channel"] = ch or channel
+            out.append(record)
+    out = out[:n]
+    out.sort(key=lambda e: e["occurred_at"])
+    return out
 
 
 def raw_copy(engine: sa.Engine, events: list[dict]) -> float:
@@ -156,14 +201,14 @@ def otlp_bodies(events: list[dict], batch: int) -> list[bytes]:
     return out
 
 
-def start_collector(url: str, workers: int) -> tuple[subprocess.Popen, str]:
+def start_collector(url: str, workers: int, extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     import socket
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    env = dict(os.environ, CONTROLTOWER_DATABASE_URL=url, CONTROLTOWER_LOG_LEVEL="warning")
+    env = dict(os.environ, CONTROLTOWER_DATABASE_URL=url, CONTROLTOWER_LOG_LEVEL="warning", **(extra_env or {}))
     proc = subprocess.Popen(
         [sys.executable, "-m", "wiring", "serve", "--port", str(port), "--workers", str(workers)],
         env=env,
@@ -181,29 +226,67 @@ def start_collector(url: str, workers: int) -> tuple[subprocess.Popen, str]:
     raise SystemExit("collector did not become ready")
 
 
-GROW_SQL = """
+# A grown store in the real-id shape: per business transaction four correlation ids (connector
+# C-, ERP E-, warehouse W-, carrier U- without channel) and ten events, linked as ingest links
+# them (business_id = the connector's id), with their milestones and identity keys.
+MEMBER = "(ARRAY['C','C','E','E','W','W','W','U','U','C'])[1 + g % 10] || '-' || (g / 10)"
+GROW_SQL = f"""
 INSERT INTO events (occurred_at, correlation_id, event_id, received_at, order_id, channel, flow, stage,
                     status, system, latency_ms, attributes, source)
-SELECT :t0 + (g / 6) * interval '50 ms' + (g % 6) * interval '7 minutes', 'G-' || (g / 6), 'e' || (g % 6), now(),
-       'SO-G-' || (g / 6), (ARRAY['amazon','shopify','ebay','walmart','pos'])[1 + (g / 6) % 5],
-       (ARRAY['order','order','order','fulfilment','fulfilment','shipment'])[1 + g % 6],
-       (ARRAY['received','acknowledged','erp_posted','released','shipped','shipment_confirmed'])[1 + g % 6],
-       'ok', 'middleware', 100, jsonb_build_object('external_order_id', 'EXT-G-' || (g / 6)), 'bench'
+SELECT :t0 + (g / 10) * interval '30 ms' + (g % 10) * interval '7 minutes', {MEMBER}, 'e' || (g % 10), now(),
+       CASE WHEN g % 10 IN (0, 1, 2, 3, 9) THEN 'SO-G-' || (g / 10) END,
+       CASE WHEN g % 10 NOT IN (7, 8) THEN (ARRAY['amazon','shopify','ebay','walmart','pos'])[1 + (g / 10) % 5] END,
+       (ARRAY['order','order','order','order','fulfilment','fulfilment','fulfilment','shipment','shipment','shipment'])[1 + g % 10],
+       (ARRAY['received','acknowledged','erp_posted','invoiced','released','picked','shipped','scanned','delivered',
+              'shipment_confirmed'])[1 + g % 10],
+       'ok', (ARRAY['connector','connector','erp','erp','wms','wms','wms','carrier','carrier','connector'])[1 + g % 10],
+       100,
+       CASE WHEN g % 10 IN (2, 3, 4, 5) THEN jsonb_build_object('erp_document', '45' || lpad((g / 10)::text, 8, '0'))
+            WHEN g % 10 = 6 THEN jsonb_build_object('erp_document', '45' || lpad((g / 10)::text, 8, '0'),
+                                                   'shipment_id', 'SHP-' || (g / 10), 'tracking_number', '1ZG' || lpad((g / 10)::text, 13, '0'))
+            WHEN g % 10 IN (7, 8, 9) THEN jsonb_build_object('tracking_number', '1ZG' || lpad((g / 10)::text, 13, '0'))
+            ELSE jsonb_build_object('external_order_id', 'EXT-G-' || (g / 10)) END,
+       'bench'
+FROM generate_series(:lo, :hi - 1) AS g
+"""
+GROW_MILESTONES = f"""
+INSERT INTO transaction_milestones (correlation_id, milestone, reached_at, channel, recorded_at)
+SELECT {MEMBER},
+       (ARRAY['order.received','order.acknowledged','order.erp_posted','order.invoiced','fulfilment.released',
+              'fulfilment.picked','fulfilment.shipped','shipment.scanned','shipment.delivered',
+              'shipment.shipment_confirmed'])[1 + g % 10],
+       :t0 + (g / 10) * interval '30 ms' + (g % 10) * interval '7 minutes',
+       CASE WHEN g % 10 NOT IN (7, 8) THEN (ARRAY['amazon','shopify','ebay','walmart','pos'])[1 + (g / 10) % 5] END,
+       now()
 FROM generate_series(:lo, :hi - 1) AS g
 """
 GROW_TX = """
 INSERT INTO transactions (correlation_id, channel, flow, order_id, first_event_at, first_event_id, last_event_at,
-    last_event_id, status, last_milestone, event_count, error_count, retry_count, dead_letter_count, updated_at,
-    business_id)
-SELECT 'G-' || o, (ARRAY['amazon','shopify','ebay','walmart','pos'])[1 + o % 5], 'order', 'SO-G-' || o,
-       :t0 + o * interval '300 ms', 'e0', :t0 + o * interval '300 ms' + interval '35 minutes', 'e5', 'ok',
-       'shipment.shipment_confirmed', 6, 0, 0, 0, now(), 'G-' || o
-FROM generate_series(:lo, :hi - 1) AS o
+    last_event_id, status, last_milestone, last_system, event_count, error_count, retry_count, dead_letter_count,
+    updated_at, business_id)
+SELECT m.p || '-' || o,
+       CASE WHEN m.p <> 'U' THEN (ARRAY['amazon','shopify','ebay','walmart','pos'])[1 + o % 5] END,
+       m.flow, CASE WHEN m.p IN ('C', 'E') THEN 'SO-G-' || o END,
+       :t0 + o * interval '30 ms' + m.first * interval '7 minutes', 'e' || m.first,
+       :t0 + o * interval '30 ms' + m.last * interval '7 minutes', 'e' || m.last, 'ok', m.milestone, m.sys,
+       m.n, 0, 0, 0, now(), 'C-' || o
+FROM generate_series(:lo, :hi - 1) AS o,
+     (VALUES ('C', 'order', 0, 9, 'shipment.shipment_confirmed', 'connector', 3),
+             ('E', 'order', 2, 3, 'order.invoiced', 'erp', 2),
+             ('W', 'fulfilment', 4, 6, 'fulfilment.shipped', 'wms', 3),
+             ('U', 'shipment', 7, 8, 'shipment.delivered', 'carrier', 2)) AS m(p, flow, first, last, milestone, sys, n)
 """
 GROW_KEYS = """
 INSERT INTO transaction_keys (value, kind, correlation_id, first_seen_at)
-SELECT v, k, 'G-' || o, now() FROM generate_series(:lo, :hi - 1) AS o,
-     LATERAL (VALUES ('SO-G-' || o, 'order_id'), ('EXT-G-' || o, 'external_order_id')) AS x(v, k)
+SELECT x.v, x.k, x.c, now() FROM generate_series(:lo, :hi - 1) AS o,
+     LATERAL (VALUES ('SO-G-' || o, 'order_id', 'C-' || o), ('EXT-G-' || o, 'external_order_id', 'C-' || o),
+                     ('SO-G-' || o, 'order_id', 'E-' || o),
+                     ('45' || lpad(o::text, 8, '0'), 'erp_document', 'E-' || o),
+                     ('45' || lpad(o::text, 8, '0'), 'erp_document', 'W-' || o),
+                     ('SHP-' || o, 'shipment_id', 'W-' || o),
+                     ('1ZG' || lpad(o::text, 13, '0'), 'tracking_number', 'W-' || o),
+                     ('1ZG' || lpad(o::text, 13, '0'), 'tracking_number', 'U-' || o),
+                     ('1ZG' || lpad(o::text, 13, '0'), 'tracking_number', 'C-' || o)) AS x(v, k, c)
 """
 
 
@@ -213,30 +296,36 @@ def grow(engine: sa.Engine, total_events: int) -> None:
     missing = total_events - have
     if missing <= 0:
         return
-    orders = missing // 6
+    orders = missing // 10
     t0 = datetime.now(UTC) - timedelta(days=25)
-    step = 6 * 200_000
-    print(f"growing the store by {orders * 6:,} events / {orders:,} transactions (set-based SQL) …", flush=True)
-    days = {(t0 + timedelta(seconds=i * 0.05 * 6 / 6)).date() for i in range(0, orders * 6, 10_000)}
-    migrate.ensure_partitions(engine, {d + timedelta(days=k) for d in days for k in range(-1, 2)})
-    for lo in range(0, orders * 6, step):
-        hi = min(lo + step, orders * 6)
-        with engine.begin() as conn:
-            conn.execute(sa.text(GROW_SQL), {"t0": t0, "lo": lo, "hi": hi})
-            conn.execute(sa.text(GROW_TX), {"t0": t0, "lo": lo // 6, "hi": hi // 6})
-            conn.execute(sa.text(GROW_KEYS), {"lo": lo // 6, "hi": hi // 6})
-        print(f"  {hi:,} / {orders * 6:,}", flush=True)
+    step = 10 * 100_000
+    print(f"growing the store by {orders * 10:,} events / {orders * 4:,} correlation ids / {orders:,} business "
+          "transactions (set-based SQL) …", flush=True)
+    span_days = int(orders * 0.03 / 86400) + 2
+    migrate.ensure_partitions(engine, {(t0 + timedelta(days=k)).date() for k in range(-1, span_days + 1)})
+    with tqdm(total=orders * 10, unit="event", unit_scale=True) as bar:
+        for lo in range(0, orders * 10, step):
+            hi = min(lo + step, orders * 10)
+            with engine.begin() as conn:
+                conn.execute(sa.text(GROW_SQL), {"t0": t0, "lo": lo, "hi": hi})
+                conn.execute(sa.text(GROW_MILESTONES), {"t0": t0, "lo": lo, "hi": hi})
+                conn.execute(sa.text(GROW_TX), {"t0": t0, "lo": lo // 10, "hi": hi // 10})
+                conn.execute(sa.text(GROW_KEYS), {"lo": lo // 10, "hi": hi // 10})
+            bar.update(hi - lo)
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(sa.text("VACUUM ANALYZE events"))
-        conn.execute(sa.text("VACUUM ANALYZE transactions"))
-        conn.execute(sa.text("VACUUM ANALYZE transaction_keys"))
+        for table in ("events", "transactions", "transaction_keys", "transaction_milestones"):
+            conn.execute(sa.text(f"VACUUM ANALYZE {table}"))
 
 
-def search_latency(engine: sa.Engine, samples: int) -> tuple[float, float, int]:
+def search_latency(engine: sa.Engine, samples: int) -> tuple[float, float, int, int, int]:
+    """Search by a random identity key of a random kind, then the whole business transaction."""
     with engine.connect() as conn:
         total = conn.execute(sa.text("SELECT count(*) FROM events")).scalar() or 0
+        n_tx, n_bt = conn.execute(sa.text(
+            "SELECT count(*), count(DISTINCT business_id) FROM transactions")).one()
         keys = conn.execute(sa.text(
-            "SELECT value FROM transaction_keys WHERE kind = 'order_id' ORDER BY random() LIMIT :n"), {"n": samples}
+            "SELECT value FROM transaction_keys TABLESAMPLE SYSTEM (1) "
+            "WHERE kind IN ('order_id', 'erp_document', 'tracking_number', 'shipment_id') LIMIT :n"), {"n": samples}
         ).scalars().all()
         times = []
         for key in keys:
@@ -245,7 +334,23 @@ def search_latency(engine: sa.Engine, samples: int) -> tuple[float, float, int]:
             transactions.get(conn, hits[0]["correlation_id"])
             times.append((time.perf_counter() - t0) * 1000)
     times.sort()
-    return statistics.median(times), times[int(len(times) * 0.95) - 1], total
+    return statistics.median(times), times[int(len(times) * 0.95) - 1], total, n_tx, n_bt
+
+
+def _real_with_channels(n: int, prefix: str, now: datetime) -> list[dict]:
+    return make_real_id_events(n, prefix, now, channels=True)
+
+
+OFF = {"CONTROLTOWER_IDENTITY_KEYS": ""}
+# name: (label, events, collector environment, the mode it is compared with)
+MODES = {
+    # what ingest did before the identity graph: one correlation id per order, nothing to link
+    "today": ("shared ids, linking off", make_events, OFF, None),
+    "shared": ("shared ids, linking on", make_events, {}, "today"),
+    # the same real-id events as today's ingest takes them (every event names its channel)
+    "today-real": ("real ids, linking off", _real_with_channels, OFF, None),
+    "real": ("real ids, linking on", make_real_id_events, {}, "today-real"),
+}
 
 
 def main() -> None:
@@ -255,9 +360,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--modes", default="today,shared,today-real,real",
+                        help="ingest runs side by side, each into its own database: today (shared ids, linking "
+                             "off), shared (shared ids, linking on), today-real (each system its own ids, every "
+                             "event with its channel, linking off), real (each system its own ids, linking on)")
+    parser.add_argument("--otlp", action=argparse.BooleanOptionalAction, default=True, help="also POST /v1/traces")
     parser.add_argument("--search-events", type=int, default=0, help="grow the store to this many events before the search test")
     parser.add_argument("--search-samples", type=int, default=300)
     args = parser.parse_args()
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise SystemExit(f"--modes: unknown {', '.join(unknown)} (choose from {', '.join(MODES)})")
 
     if args.database_url:
         admin_url = normalize_url(args.database_url)
@@ -266,61 +380,72 @@ def main() -> None:
 
         admin_url = normalize_url(pgserver.get_server(Path(tempfile.mkdtemp()) / "pgdata", cleanup_mode="delete").get_uri())
     name = f"ct_bench_{uuid.uuid4().hex[:8]}"
+    names = [f"{name}_raw", *(f"{name}_{m}" for m in modes)]
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}_raw"'))
-    url = sa.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    raw_url = sa.engine.make_url(admin_url).set(database=name + "_raw").render_as_string(hide_password=False)
-    engine, raw_engine = make_engine(url), make_engine(raw_url)
+        for db in names:
+            conn.execute(sa.text(f'CREATE DATABASE "{db}"'))
+
+    def url_of(db: str) -> str:
+        return sa.engine.make_url(admin_url).set(database=db).render_as_string(hide_password=False)
+
+    engines = {db: make_engine(url_of(db)) for db in names}
     proc = None
     try:
-        migrate.upgrade(engine)
-        migrate.upgrade(raw_engine)
+        for engine in engines.values():
+            migrate.upgrade(engine)
         now = datetime.now(UTC)
-        api_events = make_events(args.events, "A", now)
-        otlp_events = make_events(args.events, "T", now)
         print(f"{args.events:,} events per run, batches of {args.batch}, {args.clients} clients, "
               f"{args.workers} collector workers", flush=True)
 
-        copy_rate = raw_copy(raw_engine, make_events(args.events, "R", now))
-        print(f"raw binary COPY into events:      {copy_rate:>10,.0f} events/s", flush=True)
+        copy_rate = raw_copy(engines[f"{name}_raw"], make_events(args.events, "R", now))
+        print(f"raw binary COPY into events:          {copy_rate:>10,.0f} events/s", flush=True)
+        rates: dict[str, float] = {}
+        last = None
+        for mode in modes:
+            label, make, env, baseline = MODES[mode]
+            db = f"{name}_{mode}"
+            proc, base = start_collector(url_of(db), args.workers, env)
+            events = make(args.events, mode[-1].upper(), now)
+            bodies = [orjson.dumps(events[i:i + args.batch]) for i in range(0, len(events), args.batch)]
+            elapsed, lat = post_all(base + "/v1/events", bodies, args.clients, "application/json")
+            rate = rates[mode] = len(events) / elapsed
+            lat.sort()
+            vs = f"   vs {baseline} {rate / rates[baseline]:.2f}" if baseline in rates else ""
+            print(f"POST /v1/events, {label:<24} {rate:>10,.0f} events/s   ratio to COPY {rate / copy_rate:.2f}"
+                  f"{vs}   batch p50 {statistics.median(lat) * 1000:.0f} ms p95 {lat[int(len(lat) * 0.95) - 1] * 1000:.0f} ms",
+                  flush=True)
+            if args.otlp and mode == modes[0]:
+                tbodies = otlp_bodies(make_events(args.events, "T", now), args.batch)
+                elapsed, lat = post_all(base + "/v1/traces", tbodies, args.clients, "application/x-protobuf")
+                otlp_rate = args.events / elapsed
+                print(f"POST /v1/traces (OTLP protobuf):      {otlp_rate:>10,.0f} spans/s    "
+                      f"ratio to COPY {otlp_rate / copy_rate:.2f}", flush=True)
+            with engines[db].connect() as conn:
+                stored = conn.execute(sa.text("SELECT count(*) FROM events")).scalar()
+                txs, businesses = conn.execute(sa.text(
+                    "SELECT count(*), count(DISTINCT business_id) FROM transactions")).one()
+            print(f"  stored {stored:,} events, {txs:,} correlation ids in {businesses:,} business transactions")
+            proc.terminate()
+            proc.wait(timeout=30)
+            proc = None
+            last = db
 
-        proc, base = start_collector(url, args.workers)
-        bodies = [orjson.dumps(api_events[i:i + args.batch]) for i in range(0, len(api_events), args.batch)]
-        elapsed, lat = post_all(base + "/v1/events", bodies, args.clients, "application/json")
-        api_rate = len(api_events) / elapsed
-        lat.sort()
-        print(f"POST /v1/events (JSON):           {api_rate:>10,.0f} events/s   "
-              f"ratio to COPY {api_rate / copy_rate:.2f}   batch p50 {statistics.median(lat) * 1000:.0f} ms "
-              f"p95 {lat[int(len(lat) * 0.95) - 1] * 1000:.0f} ms", flush=True)
-
-        tbodies = otlp_bodies(otlp_events, args.batch)
-        elapsed, lat = post_all(base + "/v1/traces", tbodies, args.clients, "application/x-protobuf")
-        otlp_rate = len(otlp_events) / elapsed
-        print(f"POST /v1/traces (OTLP protobuf):  {otlp_rate:>10,.0f} spans/s    "
-              f"ratio to COPY {otlp_rate / copy_rate:.2f}", flush=True)
-        with engine.connect() as conn:
-            stored = conn.execute(sa.text("SELECT count(*) FROM events")).scalar()
-            txs = conn.execute(sa.text("SELECT count(*) FROM transactions")).scalar()
-        print(f"stored: {stored:,} events, {txs:,} transactions (expected {2 * args.events:,} events)")
-        proc.terminate()
-        proc.wait(timeout=30)
-        proc = None
-
-        if args.search_events:
-            grow(engine, args.search_events)
-        p50, p95, total = search_latency(engine, args.search_samples)
-        print(f"search by order id at {total:,} events: p50 {p50:.2f} ms  p95 {p95:.2f} ms "
-              f"({args.search_samples} lookups: key → transaction → its events)")
+        if last is not None:
+            engine = engines[last]
+            if args.search_events:
+                grow(engine, args.search_events)
+            p50, p95, total, n_tx, n_bt = search_latency(engine, args.search_samples)
+            print(f"search by any key + the business transaction view at {total:,} events, {n_tx:,} correlation ids, "
+                  f"{n_bt:,} business transactions: p50 {p50:.2f} ms  p95 {p95:.2f} ms ({args.search_samples} lookups)")
     finally:
         if proc is not None:
             proc.kill()
-        engine.dispose()
-        raw_engine.dispose()
+        for engine in engines.values():
+            engine.dispose()
         with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}_raw" WITH (FORCE)'))
+            for db in names:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
 
 
 if __name__ == "__main__":

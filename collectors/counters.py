@@ -14,6 +14,8 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from controltower.identity import REFUSALS as REFUSED
+
 SOURCES = ("api", "otlp", "file")
 REFUSALS = (
     ("saturated", "Requests refused with 503 because the write path was saturated."),
@@ -27,6 +29,7 @@ class Counters(Collector):
         self._lock = threading.Lock()
         self._values: dict[tuple[str, str], float] = defaultdict(float)
         self._events: dict[tuple[str, str], float] = defaultdict(float)
+        self._links: dict[str, float] = defaultdict(float)
 
     def inc(self, name: str, by: float = 1) -> None:
         with self._lock:
@@ -38,6 +41,13 @@ class Counters(Collector):
             self._events[("duplicates", source)] += result.duplicates
             self._events[("conflicts", source)] += getattr(result, "conflicts", 0)
             self._events[("rejected", source)] += len(result.rejected)
+            link = getattr(result, "link", None)
+            if link is not None:
+                for reason, n in link.refused.items():
+                    self._links["refused/" + reason] += n
+                self._links["moved"] += link.moved
+                self._links["merged"] += link.merged
+                self._links["new_hubs"] += len(link.new_hubs)
             self._values[("batches", source)] += 1
             self._values[("batch_seconds", source)] += seconds
 
@@ -51,6 +61,22 @@ class Counters(Collector):
         with self._lock:
             events = dict(self._events)
             values = dict(self._values)
+            links = dict(self._links)
+        family = CounterMetricFamily(
+            "controltower_identity_links_refused",
+            "Identity key values stored but not linked, by reason (placeholder, too_long over 128 "
+            "characters, malformed type, hub: the value is on more correlation IDs than the fan-out limit).",
+            labels=["reason"],
+        )
+        for reason in REFUSED:
+            family.add_metric([reason], links.get("refused/" + reason, 0))
+        yield family
+        for name, help_ in (
+            ("moved", "Correlation IDs moved into another business transaction by ingest (merges and splits)."),
+            ("merged", "Business transactions absorbed into another by a late link."),
+            ("new_hubs", "Identity values that became hubs (on more correlation IDs than the fan-out limit)."),
+        ):
+            yield CounterMetricFamily(f"controltower_identity_{name}", help_, value=links.get(name, 0))
         for outcome in ("accepted", "duplicates", "conflicts", "rejected"):
             help_ = (f"Events {outcome} by this collector process." if outcome != "conflicts" else
                      "Re-sent event ids whose content differed from the stored event (stored unchanged; see event_conflicts).")

@@ -9,6 +9,7 @@ Pure and thread-safe; no SQL here (the store writes these rows).
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import orjson
 
 from controltower.event import Event
+from controltower.identity import key_text, refusal
 
 MAX_KEY_LEN = 256
 CACHE_LIMIT = 100_000  # per cache and process: ~25 MB; skips rows a recent batch already wrote
@@ -69,7 +71,7 @@ def milestone_rows(events: Sequence[Event]) -> dict[tuple[str, ...], tuple[datet
         if e.status != "ok":
             continue
         key = (e.correlation_id, e.flow + "." + e.stage)
-        value = (e.occurred_at, e.channel)
+        value = (e.occurred_at, e.channel or "")  # "" (stored as NULL) sorts before any channel
         seen = out.get(key)
         if seen is None or value < seen:
             out[key] = value
@@ -110,3 +112,33 @@ def key_rows(events: Sequence[Event], kinds: tuple[str, ...]) -> dict[tuple[str,
             else:
                 add(value, kind, e)
     return out
+
+
+def identity_rows(
+    events: Sequence[Event], kinds: frozenset[str]
+) -> tuple[set[tuple[str, str, str]], Counter[str]]:
+    """The (value, kind, correlation_id) key rows that may link business transactions, and how
+    many identity values could not (by reason: placeholder, too_long, malformed)."""
+    links: set[tuple[str, str, str]] = set()
+    refused: Counter[str] = Counter()
+
+    def add(value: Any, kind: str, cid: str) -> None:
+        why = refusal(value)
+        if why is None:
+            links.add((key_text(value), kind, cid))  # type: ignore[arg-type]
+        else:
+            refused[why] += 1
+
+    for e in events:
+        if e.order_id is not None and "order_id" in kinds:
+            add(e.order_id, "order_id", e.correlation_id)
+        attrs = e.attributes
+        if not attrs:
+            continue
+        for kind in kinds:
+            value = attrs.get(kind)
+            if value is None:
+                continue
+            for item in value if type(value) is list else (value,):
+                add(item, kind, e.correlation_id)
+    return links, refused

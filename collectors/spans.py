@@ -48,7 +48,9 @@ _FIELDS = {
 # Where a correlation id may sit, best first: the helper's attribute, then baggage that other
 # instrumentation copied into span attributes (baggage itself is not exported with spans).
 _CORRELATION_KEYS = (ATTR_CORRELATION_ID, "baggage.correlation.id", "correlation.id")
-_REQUIRED = (ATTR_FLOW, ATTR_STAGE, ATTR_CHANNEL)
+# (a span without retail.channel is an integration step still: validation then demands an
+# identity key it can take its business transaction's channel from, like any event)
+_REQUIRED = (ATTR_FLOW, ATTR_STAGE)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NOT_SLUG = re.compile(r"[^a-z0-9_.\-]+")
 
@@ -118,7 +120,7 @@ def _map_span(span: Span, defaults: dict[str, Any], service: Any) -> list[dict[s
         "occurred_at": _time(span.end_time_unix_nano),
         "correlation_id": correlation_id,
         "order_id": attributes.get(ATTR_ORDER_ID),
-        "channel": attributes[ATTR_CHANNEL],
+        "channel": None if _blank(attributes.get(ATTR_CHANNEL)) else attributes[ATTR_CHANNEL],
         "flow": attributes[ATTR_FLOW],
         "stage": attributes[ATTR_STAGE],
         "status": _status(attributes.get(ATTR_STATUS), span_status),

@@ -37,7 +37,7 @@ CREATE TEMP TABLE IF NOT EXISTS ct_milestones (
     correlation_id text, milestone text, reached_at timestamptz, channel text
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS ct_keys (
-    value text, kind text, correlation_id text, first_seen_at timestamptz
+    value text, kind text, correlation_id text, first_seen_at timestamptz, links boolean
 ) ON COMMIT DELETE ROWS;
 """
 COPY_BATCH = f"COPY ct_batch (ord, {COLS}) FROM STDIN (FORMAT BINARY)"  # noqa: S608
@@ -143,7 +143,7 @@ INSERT INTO transactions AS t (
     last_event_id, status, last_milestone, last_system, event_count, error_count, retry_count,
     dead_letter_count, last_error_at, last_error_code, last_error_message, updated_at, business_id)
 SELECT correlation_id,
-       (array_agg(channel ORDER BY occurred_at, event_id))[1],
+       (array_agg(channel ORDER BY occurred_at, event_id) FILTER (WHERE channel IS NOT NULL))[1],
        (array_agg(flow ORDER BY occurred_at, event_id))[1],
        min(order_id),
        min(occurred_at),
@@ -165,12 +165,16 @@ SELECT correlation_id,
                   coalesce(error_message, '') DESC)
             FILTER (WHERE status IN ('error', 'dead_letter')))[1],
        %(now)s,
-       correlation_id
+       coalesce(a.bid, correlation_id)  -- a new correlation id joins the business linking chose
 FROM ct_new
-GROUP BY correlation_id
+LEFT JOIN unnest(%(assign_cids)s::text[], %(assign_bids)s::text[]) AS a(cid, bid) ON a.cid = ct_new.correlation_id
+GROUP BY correlation_id, a.bid
 ORDER BY correlation_id
 ON CONFLICT (correlation_id) DO UPDATE SET
-    channel = CASE WHEN (excluded.first_event_at, excluded.first_event_id)
+    -- the first event's channel; events without one (identity key only) never displace it
+    channel = CASE WHEN t.channel IS NULL THEN excluded.channel
+                   WHEN excluded.channel IS NULL THEN t.channel
+                   WHEN (excluded.first_event_at, excluded.first_event_id)
                         < (t.first_event_at, t.first_event_id)
                    THEN excluded.channel ELSE t.channel END,
     flow = CASE WHEN (excluded.first_event_at, excluded.first_event_id)
@@ -226,15 +230,23 @@ ON CONFLICT (correlation_id, milestone) DO UPDATE SET
     reached_at = excluded.reached_at,
     channel = excluded.channel,
     recorded_at = excluded.recorded_at
-WHERE (excluded.reached_at, excluded.channel) < (m.reached_at, m.channel)
+WHERE (excluded.reached_at, coalesce(excluded.channel, '')) < (m.reached_at, coalesce(m.channel, ''))
 """
 
 COPY_KEYS = "COPY ct_keys FROM STDIN (FORMAT BINARY)"
-KEY_TYPES = ("text", "text", "text", "timestamptz")
+KEY_TYPES = ("text", "text", "text", "timestamptz", "bool")
+# Answers the identity rows this batch really inserted (`xmax = 0`: not an update): only they
+# can change the identity graph (controltower.linking).
 UPSERT_KEYS = """
-INSERT INTO transaction_keys AS k (value, kind, correlation_id, first_seen_at)
-SELECT value, kind, correlation_id, first_seen_at FROM ct_keys
-ORDER BY value, kind, correlation_id
-ON CONFLICT (value, kind, correlation_id) DO UPDATE SET first_seen_at = excluded.first_seen_at
-WHERE excluded.first_seen_at < k.first_seen_at
+WITH up AS (
+    INSERT INTO transaction_keys AS k (value, kind, correlation_id, first_seen_at)
+    SELECT value, kind, correlation_id, first_seen_at FROM ct_keys
+    ORDER BY value, kind, correlation_id
+    ON CONFLICT (value, kind, correlation_id) DO UPDATE SET first_seen_at = excluded.first_seen_at
+    WHERE excluded.first_seen_at < k.first_seen_at
+    RETURNING value, kind, correlation_id, xmax = 0 AS inserted
+)
+SELECT up.value, up.kind, up.correlation_id FROM up
+JOIN ct_keys c USING (value, kind, correlation_id)
+WHERE up.inserted AND c.links
 """

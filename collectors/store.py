@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -24,8 +25,8 @@ from psycopg.types.json import set_json_dumps
 from sqlalchemy.engine import Engine
 
 from collectors import statements as sql
-from collectors.rows import SeenCache, key_rows, milestone_rows
-from controltower import migrate
+from collectors.rows import SeenCache, identity_rows, key_rows, milestone_rows
+from controltower import linking, migrate
 from controltower.db import is_unavailable
 from controltower.errors import EventError, StorageUnavailable
 from controltower.event import Event, Limits, parse_event
@@ -52,6 +53,8 @@ class IngestResult:
     duplicates: int = 0
     rejected: list[tuple[int, str]] = field(default_factory=list)
     conflicts: int = 0
+    # what the batch did to the identity graph (counted on /metrics, not part of the answer)
+    link: linking.LinkResult = field(default_factory=linking.LinkResult, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -67,6 +70,7 @@ class Written:
     new: int
     duplicates: int
     conflicts: int
+    link: linking.LinkResult = field(default_factory=linking.LinkResult)
 
 
 def _row(event: Event, received_at: datetime, source: str) -> tuple[Any, ...]:
@@ -131,7 +135,8 @@ class EventStore:
         return Limits(
             max_age=timedelta(seconds=s.max_event_age),
             max_future=timedelta(seconds=s.max_future_skew),
-            key_attributes=s.key_attributes,
+            key_attributes=s.indexed_keys,
+            identity_keys=s.linking_keys,
             max_key_values=s.max_key_values,
             deadline_attributes=frozenset(s.deadline_attributes) | frozenset(sla_deadlines),
             deadline_years=(s.deadline_min_year, s.deadline_max_year),
@@ -191,7 +196,8 @@ class EventStore:
         good, rejected = self.validate(records, now=now, errors=errors)
         written = self.write([e for _, e in good], source=source, now=now)
         return IngestResult(
-            accepted=written.new, duplicates=written.duplicates, rejected=rejected, conflicts=written.conflicts
+            accepted=written.new, duplicates=written.duplicates, rejected=rejected, conflicts=written.conflicts,
+            link=written.link,
         )
 
     # -- writing ----------------------------------------------------------------------------
@@ -212,8 +218,9 @@ class EventStore:
             try:
                 self.ensure_partitions({e.occurred_at.astimezone(UTC).date() for e in events})
                 return self._write_once(events, source=source, now=now)
-            except sa.exc.DBAPIError as exc:
-                orig = exc.orig
+            except (sa.exc.DBAPIError, psycopg.Error) as exc:
+                # statements on the raw cursor raise psycopg's errors unwrapped
+                orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
                 if isinstance(orig, (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)) and attempt < attempts:
                     log.info("ingest batch retried after %s", type(orig).__name__)
                     continue
@@ -223,11 +230,11 @@ class EventStore:
                     self._milestones.clear()
                     self._keys.clear()
                     continue
-                if is_unavailable(exc):
+                if isinstance(exc, sa.exc.DBAPIError) and is_unavailable(exc):
                     raise StorageUnavailable(f"database unavailable: {type(orig).__name__}") from exc
+                if isinstance(exc, psycopg.OperationalError):
+                    raise StorageUnavailable(f"database unavailable: {exc}") from exc
                 raise
-            except psycopg.OperationalError as exc:
-                raise StorageUnavailable(f"database unavailable: {exc}") from exc
         raise AssertionError("unreachable")
 
     def _write_once(self, events: Sequence[Event], *, source: str, now: datetime) -> Written:
@@ -253,24 +260,38 @@ class EventStore:
                     conflicts = cur.fetchone()[0]  # type: ignore[index]
                 milestones: dict[tuple[str, ...], Any] = {}
                 keys: dict[tuple[str, ...], Any] = {}
+                links: set[tuple[str, str, str]] = set()
+                refused: Counter[str] = Counter()
                 if stored:
-                    cur.execute(sql.UPSERT_TRANSACTIONS, {"now": now})
                     new = [events[i] for i in stored]
                     milestones = self._milestones.fresh(milestone_rows(new))
-                    keys = self._keys.fresh(key_rows(new, self.settings.key_attributes))
+                    keys = self._keys.fresh(key_rows(new, self.settings.indexed_keys))
+                    links, refused = identity_rows(new, self.settings.linking_keys)
+                link = linking.LinkResult()
+                if keys:
+                    # keys and links first: a new correlation id is then stored with its business
+                    with cur.copy(sql.COPY_KEYS) as copy:
+                        copy.set_types(sql.KEY_TYPES)
+                        for key, at in keys.items():
+                            copy.write_row((*key, at, key in links))
+                    cur.execute(sql.UPSERT_KEYS)
+                    link = linking.link(
+                        cur, cur.fetchall(), kinds=self.settings.linking_keys,
+                        limit=self.settings.link_fanout_limit, now=now,
+                    )
+                link.refused.update(refused)
+                if stored:
+                    assigned = sorted(link.assign.items())
+                    cur.execute(sql.UPSERT_TRANSACTIONS, {
+                        "now": now, "assign_cids": [c for c, _ in assigned], "assign_bids": [b for _, b in assigned],
+                    })
                 if milestones:
                     with cur.copy(sql.COPY_MILESTONES) as copy:
                         copy.set_types(sql.MILESTONE_TYPES)
                         for (cid, milestone), (at, channel) in milestones.items():
-                            copy.write_row((cid, milestone, at, channel))
+                            copy.write_row((cid, milestone, at, channel or None))
                     cur.execute(sql.UPSERT_MILESTONES, {"now": now})
-                if keys:
-                    with cur.copy(sql.COPY_KEYS) as copy:
-                        copy.set_types(sql.KEY_TYPES)
-                        for (value, kind, cid), at in keys.items():
-                            copy.write_row((value, kind, cid, at))
-                    cur.execute(sql.UPSERT_KEYS)
         # only what is committed may be skipped next time
         self._milestones.remember(milestones)
         self._keys.remember(keys)
-        return Written(new=len(stored), duplicates=len(events) - len(stored), conflicts=conflicts)
+        return Written(new=len(stored), duplicates=len(events) - len(stored), conflicts=conflicts, link=link)

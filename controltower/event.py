@@ -14,6 +14,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from controltower.errors import EventError
+from controltower.identity import DEFAULT_IDENTITY_KEYS, refusal
 
 STATUSES = ("ok", "error", "retry", "dead_letter")
 MAX_ID_LEN = 128
@@ -53,6 +54,9 @@ class Limits:
     # attributes that hold a promised deadline, and the years a deadline may fall in
     deadline_attributes: frozenset[str] = frozenset()
     deadline_years: tuple[int, int] = (2000, 2100)
+    # keys that join correlation ids into business transactions: one of them (linkable) lets an
+    # event come without `channel` (it takes its business transaction's)
+    identity_keys: frozenset[str] = frozenset(DEFAULT_IDENTITY_KEYS)
 
 
 @dataclass(slots=True)
@@ -60,7 +64,7 @@ class Event:
     event_id: str
     occurred_at: datetime
     correlation_id: str
-    channel: str
+    channel: str | None  # None only for events carrying an identity key (see parse_event)
     flow: str
     stage: str
     status: str = "ok"
@@ -239,12 +243,20 @@ def parse_event(record: Any, *, now: datetime, limits: Limits = Limits()) -> Eve
     payload = record.get("payload")
     if payload is not None and not isinstance(payload, (dict, list)):
         raise EventError(f"payload: expected an object or array, got {type(payload).__name__}")
+    order_id = _text(record, "order_id", required=False)
+    channel = _slug(record, "channel", required=False)
+    if channel is None and not _carries_identity(order_id, attributes, limits.identity_keys):
+        raise EventError(
+            "channel: missing (required unless the event carries an identity key: "
+            + ", ".join(sorted(limits.identity_keys))
+            + ")"
+        )
     return Event(
         event_id=_text(record, "event_id", required=True),  # type: ignore[arg-type]
         occurred_at=occurred_at,
         correlation_id=_text(record, "correlation_id", required=True),  # type: ignore[arg-type]
-        order_id=_text(record, "order_id", required=False),
-        channel=_slug(record, "channel", required=True),  # type: ignore[arg-type]
+        order_id=order_id,
+        channel=channel,
         flow=_slug(record, "flow", required=True),  # type: ignore[arg-type]
         stage=_slug(record, "stage", required=True),  # type: ignore[arg-type]
         status=status,
@@ -258,6 +270,18 @@ def parse_event(record: Any, *, now: datetime, limits: Limits = Limits()) -> Eve
         span_id=_text(record, "span_id", required=False, limit=16),
         parent_span_id=_text(record, "parent_span_id", required=False, limit=16),
     )
+
+
+def _carries_identity(order_id: str | None, attributes: dict[str, Any], kinds: frozenset[str]) -> bool:
+    """Whether the event has a value that can join it to a business transaction."""
+    if order_id is not None and "order_id" in kinds and refusal(order_id) is None:
+        return True
+    for kind in kinds:
+        value = attributes.get(kind)
+        values = value if type(value) is list else (value,)
+        if any(v is not None and refusal(v) is None for v in values):
+            return True
+    return False
 
 
 def event_to_json(event: Event) -> dict[str, Any]:

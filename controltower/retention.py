@@ -4,9 +4,11 @@
   (instant, no vacuum debt); partitions ahead are created on the same run; the event ids of
   the dropped days (`event_ids`) follow in bounded batches, and recorded conflicts after the
   same age;
-- transactions, milestones, keys, open items and promised deadlines: those whose last event
-  is older than `retention_transactions`, removed in bounded batches by primary key; deadlines
-  left without a transaction (from before this rule) are swept in batches too;
+- transactions, milestones, keys, open items and promised deadlines: whole business
+  transactions whose every member's last event is older than `retention_transactions` (a
+  business is kept while any member is active, so its name never outlives it), removed in
+  bounded batches walking the old transactions by time; deadlines left without a transaction
+  (from before this rule) are swept in batches too; the identity journal after a day;
 - derived metrics: minute rollups and samples after the longest SLA window they serve, hourly
   rollups after `retention_rollups`; alert history after `retention_alerts`.
 
@@ -41,7 +43,32 @@ _DERIVED = (
     ("alert_notifications", "created_at", "retention_alerts"),
     ("alert_audit", "at", "retention_alerts"),
     ("event_conflicts", "last_seen_at", "retention_events"),
+    # read by the SLA job within minutes of being written
+    ("identity_changes", "changed_at", timedelta(days=1)),
 )
+
+# One batch of whole business transactions past retention: the next `:n` old transactions after
+# the cursor, and of their businesses those without any member still active; answers how many
+# rows went, how many old transactions were looked at and where the walk stands.
+_EXPIRE_BUSINESSES = """
+WITH cand AS (
+    SELECT last_event_at, correlation_id, business_id FROM transactions
+    WHERE last_event_at < :c AND (last_event_at, correlation_id) > (:after_at, :after_cid)
+    ORDER BY last_event_at, correlation_id
+    LIMIT :n
+), expired AS (
+    SELECT DISTINCT business_id FROM cand c
+    WHERE NOT EXISTS (SELECT 1 FROM transactions t WHERE t.business_id = c.business_id AND t.last_event_at >= :c)
+), gone AS (
+    DELETE FROM transactions WHERE business_id IN (SELECT business_id FROM expired) RETURNING correlation_id
+), m AS (DELETE FROM transaction_milestones WHERE correlation_id IN (SELECT correlation_id FROM gone))
+, k AS (DELETE FROM transaction_keys WHERE correlation_id IN (SELECT correlation_id FROM gone))
+, s AS (DELETE FROM sla_open_items WHERE correlation_id IN (SELECT business_id FROM expired))
+, d AS (DELETE FROM sla_deadlines WHERE correlation_id IN (SELECT correlation_id FROM gone))
+SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM cand),
+       (SELECT last_event_at FROM cand ORDER BY last_event_at DESC, correlation_id DESC LIMIT 1),
+       (SELECT correlation_id FROM cand ORDER BY last_event_at DESC, correlation_id DESC LIMIT 1)
+"""
 
 # Deadlines (metrics' sla_deadlines) past the transactions' retention whose transaction is gone
 # (removed before deadlines went with it, or raced with it): they would otherwise stay forever.
@@ -89,7 +116,10 @@ def _cutoffs(settings: Settings, now: datetime) -> dict[str, datetime]:
         "sla_deadlines": transactions,
     }
     for table, _, setting in _DERIVED:
-        out[table] = now - (timedelta(seconds=getattr(settings, setting)) if setting else METRICS_MINUTES_KEEP)
+        if isinstance(setting, timedelta):
+            out[table] = now - setting
+        else:
+            out[table] = now - (timedelta(seconds=getattr(settings, setting)) if setting else METRICS_MINUTES_KEEP)
     return out
 
 
@@ -142,17 +172,7 @@ def apply(engine: Engine, settings: Settings, now: datetime | None = None) -> Pl
             RETURNING 1)
         SELECT count(*) FROM gone
     """, todo.cutoffs["event_ids"])
-    _batched(engine, "transactions", """
-        WITH gone AS (
-            DELETE FROM transactions WHERE correlation_id IN (
-                SELECT correlation_id FROM transactions WHERE last_event_at < :c LIMIT :n)
-            RETURNING correlation_id)
-        , m AS (DELETE FROM transaction_milestones WHERE correlation_id IN (SELECT correlation_id FROM gone))
-        , k AS (DELETE FROM transaction_keys WHERE correlation_id IN (SELECT correlation_id FROM gone))
-        , s AS (DELETE FROM sla_open_items WHERE correlation_id IN (SELECT correlation_id FROM gone))
-        , d AS (DELETE FROM sla_deadlines WHERE correlation_id IN (SELECT correlation_id FROM gone))
-        SELECT count(*) FROM gone
-    """, todo.cutoffs["transactions"])
+    _expire_businesses(engine, todo.cutoffs["transactions"])
     with engine.connect() as conn:
         deadlines = _exists(conn, "sla_deadlines")
     if deadlines:
@@ -174,6 +194,24 @@ def apply(engine: Engine, settings: Settings, now: datetime | None = None) -> Pl
         """, todo.cutoffs[table])  # noqa: S608 (table and column are constants above)
     migrate.ensure_partitions_ahead(engine, now=now)
     return todo
+
+
+def _expire_businesses(engine: Engine, cutoff: datetime) -> int:
+    total = 0
+    after_at, after_cid = datetime(1970, 1, 1, tzinfo=UTC), ""
+    while True:
+        with engine.begin() as conn:
+            gone, looked, last_at, last_cid = conn.execute(
+                sa.text(_EXPIRE_BUSINESSES),
+                {"c": cutoff, "n": BATCH, "after_at": after_at, "after_cid": after_cid},
+            ).one()
+        total += gone
+        if looked < BATCH:
+            break
+        after_at, after_cid = last_at, last_cid
+    if total:
+        log.info("retention: transactions: %d rows removed", total)
+    return total
 
 
 def _batched(engine: Engine, table: str, sql: str, cutoff: datetime) -> int:

@@ -24,6 +24,7 @@ def register(app: typer.Typer) -> None:
     app.command("serve")(serve_command)
     app.add_typer(keys_app, name="keys")
     app.command("retention")(retention_command)
+    app.command("relink")(relink_command)
     grantcommands.register(app)  # grant, grant-readonly
 
 
@@ -40,6 +41,50 @@ def retention_command(
         return
     done = retention.apply(context.engine, context.settings)
     console.print("removed:\n" + done.summary(), highlight=False)
+
+
+def relink_command(
+    ctx: typer.Context,
+    chunk: int = typer.Option(2000, "--chunk", min=1, max=100_000, help="Correlation IDs per database transaction."),
+) -> None:
+    """Rebuild the business transactions from the stored keys after CONTROLTOWER_IDENTITY_KEYS or
+    CONTROLTOWER_LINK_FANOUT_LIMIT changed. Online: ingest keeps running; memory stays bounded."""
+    from contextlib import contextmanager
+
+    import sqlalchemy as sa
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from controltower import linking
+
+    context = context_of(ctx)
+    engine, settings = context.engine, context.settings
+
+    @contextmanager
+    def connect():
+        with engine.begin() as conn:
+            yield conn.connection.driver_connection
+
+    with engine.connect() as conn:
+        total = conn.execute(sa.text("SELECT count(*) FROM transactions")).scalar_one()
+    columns = (TextColumn("relinking"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("relink", total=total)
+        stats = linking.relink(
+            connect, kinds=settings.identity_keys, limit=settings.link_fanout_limit,
+            now=datetime.now(UTC), chunk=chunk, progress=lambda n: bar.advance(task, n),
+        )
+    console.print(
+        f"relinked {stats.transactions:,} correlation IDs by {', '.join(settings.identity_keys) or 'no keys'} "
+        f"(fan-out limit {settings.link_fanout_limit}): {stats.moved:,} moved, {stats.merged:,} business "
+        f"transactions merged away, {stats.new_hubs:,} new hubs",
+        highlight=False,
+    )
 
 
 def migrate_command(ctx: typer.Context) -> None:

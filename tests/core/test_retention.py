@@ -92,3 +92,29 @@ def test_deadline_sweep_is_batched(engine, settings, monkeypatch):
                      {"t": NOW - timedelta(days=400)})
     retention.apply(engine, settings, NOW)
     assert count(engine, "SELECT count(*) FROM sla_deadlines") == 0
+
+
+def test_a_business_transaction_expires_whole_and_only_when_every_member_is_idle(engine, settings, monkeypatch):
+    settings = settings.with_(max_event_age=60 * 86400.0, retention_transactions=20 * 86400.0)
+    monkeypatch.setattr(retention, "BATCH", 2)  # several batches: the walk by time must go on
+    store = EventStore(engine, settings)
+    old, recent = NOW - timedelta(days=30), NOW - timedelta(hours=1)
+    store.ingest([
+        # one business: the order is old, the ERP posting (same order number) recent: kept whole
+        {**rec("KEEP-A", old), "order_id": "SO-KEEP"},
+        {**rec("KEEP-B", recent, "erp_posted"), "order_id": "SO-KEEP"},
+        # one business whose members are all old: it goes whole, with its keys
+        {**rec("GO-A", old), "order_id": "SO-GO"},
+        {**rec("GO-B", old, "erp_posted"), "order_id": "SO-GO"},
+        *[rec(f"SOLO-{i}", old) for i in range(5)],
+    ], source="test", now=NOW)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO identity_changes VALUES ('x', :old), ('y', :now)"), {"old": old, "now": NOW})
+    retention.apply(engine, settings, NOW)
+    with engine.connect() as conn:
+        tx = [r[0] for r in conn.execute(sa.text("SELECT correlation_id FROM transactions ORDER BY 1"))]
+        keys = [r[0] for r in conn.execute(sa.text("SELECT DISTINCT value FROM transaction_keys ORDER BY 1"))]
+        journal = [r[0] for r in conn.execute(sa.text("SELECT business_id FROM identity_changes"))]
+    assert tx == ["KEEP-A", "KEEP-B"]
+    assert keys == ["SO-KEEP"]
+    assert "x" not in journal and "y" in journal  # the journal keeps a day

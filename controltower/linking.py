@@ -1,0 +1,372 @@
+"""Maintaining the identity graph: which business transaction each correlation ID belongs to.
+
+Called by ingest inside the batch's database transaction, right after the batch's key rows
+were upserted, with the identity key rows that batch really inserted (`link`); and by
+`controltower relink` chunk by chunk with every stored identity key row (`full=True`, which
+also re-decides which values are hubs under the current fan-out limit).
+
+One call, set-based, in a handful of statements:
+
+1. lock the new rows' identity values (advisory locks, sorted: two batches linking the same
+   value run one after the other and the second sees the first);
+2. count each value's correlation IDs (capped at limit + 1); a value past the limit becomes a
+   hub (`identity_hubs`) and links none of its correlation IDs any more;
+3. new links alone can only merge: the businesses of each linking value's holders (locked,
+   advisory, sorted, re-read until stable) become one, named by the biggest; only the smaller
+   ones' members are rewritten (`_merge`);
+4. a value that just became a hub (or relink) may split: the region (the businesses of the
+   rows' correlation IDs and of every holder of their values) is locked and its connected
+   components recomputed from its identity keys (non-hub, linkable), named by
+   `controltower.identity.name_components` (the biggest old business keeps its id).
+   Either way only members whose business changed are written, and old and new ids are
+   journaled in `identity_changes` for the SLA job.
+
+Cost: a merge is O(members of the smaller side); a split O(members of the region). The
+result (the partition into business transactions) does not depend on arrival order,
+duplication or batch boundaries: the components are a function of the stored key rows and
+the hub set, and a hub only ever grows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import psycopg
+
+from controltower.identity import (
+    LOCK_BUSINESS,
+    LOCK_VALUE,
+    MAX_LINK_LEN,
+    PLACEHOLDERS,
+    components,
+    is_hub,
+    name_components,
+)
+
+MAX_ROUNDS = 8  # region re-reads while concurrent batches keep moving it (then the batch retries)
+
+
+class RegionUnstable(psycopg.errors.SerializationFailure):
+    """The region kept changing under concurrent merges; the caller retries the batch."""
+
+
+@dataclass
+class LinkResult:
+    moved: int = 0  # correlation ids whose business changed
+    merged: int = 0  # business ids that disappeared into another
+    new_hubs: list[tuple[str, str]] = field(default_factory=list)
+    refused: Counter[str] = field(default_factory=Counter)  # "hub": new rows on a hub value
+    # correlation ids of this batch without a row yet, and the business each must be stored with
+    pending: set[str] = field(default_factory=set)
+    assign: dict[str, str] = field(default_factory=dict)
+
+
+def _lock_ids(namespace: str, keys: Iterable[str]) -> list[int]:
+    """Stable 31-bit lock ids (sorted, distinct) for advisory locks of one class."""
+    out = set()
+    for key in keys:
+        digest = hashlib.blake2b(f"{namespace}\x1f{key}".encode(), digest_size=4).digest()
+        out.add(int.from_bytes(digest, "big") & 0x7FFFFFFF)
+    return sorted(out)
+
+
+# unnest yields the (sorted) ids in array order: locks are taken in that order
+_LOCK = "SELECT pg_advisory_xact_lock(%s, k) FROM unnest(%s::int4[]) AS k"
+
+# Each value's holders, capped (a hub's would be all of them), and its hub row if it has one.
+_FANOUT = """
+SELECT u.kind, u.value, k.correlation_id, h.fanout AS hub_fanout
+FROM unnest(%(kinds)s::text[], %(values)s::text[]) AS u(kind, value)
+CROSS JOIN LATERAL (SELECT correlation_id FROM transaction_keys k
+                    WHERE k.value = u.value AND k.kind = u.kind LIMIT %(cap)s) k
+LEFT JOIN identity_hubs h ON h.kind = u.kind AND h.value = u.value
+"""
+_HUB_UP = """
+INSERT INTO identity_hubs AS h (kind, value, fanout, first_seen_at, last_seen_at)
+SELECT u.kind, u.value,
+       (SELECT count(*) FROM transaction_keys k WHERE k.value = u.value AND k.kind = u.kind),
+       %(now)s, %(now)s
+FROM unnest(%(kinds)s::text[], %(values)s::text[]) AS u(kind, value)
+ORDER BY 1, 2
+ON CONFLICT (kind, value) DO UPDATE SET fanout = excluded.fanout, last_seen_at = excluded.last_seen_at
+"""
+# a new correlation id on a known hub: counted, not linked
+_HUB_GROW = """
+UPDATE identity_hubs h SET fanout = h.fanout + u.n, last_seen_at = GREATEST(h.last_seen_at, %(now)s)
+FROM unnest(%(kinds)s::text[], %(values)s::text[], %(counts)s::int8[]) AS u(kind, value, n)
+WHERE h.kind = u.kind AND h.value = u.value
+"""
+_HUB_DOWN = """
+DELETE FROM identity_hubs h USING unnest(%(kinds)s::text[], %(values)s::text[]) AS u(kind, value)
+WHERE h.kind = u.kind AND h.value = u.value
+"""
+_HOLDERS = """
+SELECT k.kind, k.value, k.correlation_id FROM transaction_keys k
+JOIN unnest(%(kinds)s::text[], %(values)s::text[]) AS u(kind, value) ON k.value = u.value AND k.kind = u.kind
+"""
+_BUSINESS_OF = "SELECT correlation_id, business_id FROM transactions WHERE correlation_id = ANY(%s)"
+_COUNT = """
+SELECT b, (SELECT count(*) FROM (SELECT 1 FROM transactions t WHERE t.business_id = b LIMIT %s) x)
+FROM unnest(%s::text[]) AS b
+"""
+_RENAME = """
+UPDATE transactions t SET business_id = u.new
+FROM unnest(%s::text[], %s::text[]) AS u(old, new)
+WHERE t.business_id = u.old
+"""
+_MEMBERS = "SELECT correlation_id, business_id FROM transactions WHERE business_id = ANY(%s)"
+_EDGES = f"""
+SELECT k.kind, k.value, k.correlation_id FROM transaction_keys k
+WHERE k.correlation_id = ANY(%(cids)s) AND k.kind = ANY(%(kinds)s)
+  AND length(k.value) <= {MAX_LINK_LEN} AND lower(btrim(k.value)) <> ALL(%(placeholders)s)
+  AND NOT EXISTS (SELECT 1 FROM identity_hubs h WHERE h.kind = k.kind AND h.value = k.value)
+"""  # noqa: S608 (MAX_LINK_LEN is a module constant)
+_MOVE = """
+UPDATE transactions t SET business_id = u.bid
+FROM unnest(%s::text[], %s::text[]) AS u(cid, bid)
+WHERE t.correlation_id = u.cid
+"""
+_JOURNAL = "INSERT INTO identity_changes (business_id, changed_at) SELECT b, %s FROM unnest(%s::text[]) AS b"
+
+
+def link(
+    cur: psycopg.Cursor,
+    rows: Sequence[tuple[str, str, str]],
+    *,
+    kinds: Iterable[str],
+    limit: int,
+    now: datetime,
+    full: bool = False,
+    seeds: Iterable[str] = (),
+) -> LinkResult:
+    """Re-link around `rows` ((value, kind, correlation_id) identity key rows, linkable ones,
+    already stored). Ingest passes the rows its batch inserted; relink passes stored rows with
+    `full=True` (hub status re-decided both ways under `limit`) and, as `seeds`, correlation ids
+    whose business must be recomputed even without rows (their keys stopped linking)."""
+    result = LinkResult()
+    extra = set(seeds)
+    if not rows and not extra:
+        return result
+    kind_list = sorted(set(kinds))
+    values = sorted({(kind, value) for value, kind, _ in rows})
+    cur.execute(_LOCK, (LOCK_VALUE, _lock_ids("value", (f"{k}\x1f{v}" for k, v in values))))
+    cur.fetchall()
+    cur.execute(
+        _FANOUT,
+        {"kinds": [k for k, _ in values], "values": [v for _, v in values], "cap": limit + 1},
+    )
+    holders: dict[tuple[str, str], list[str]] = defaultdict(list)
+    hub_rows: dict[tuple[str, str], int | None] = {}
+    for kind, value, cid, hub in cur.fetchall():
+        holders[(kind, value)].append(cid)
+        hub_rows[(kind, value)] = hub
+    fanouts = {key: (len(cids), hub_rows[key]) for key, cids in holders.items()}
+    new_per_value = Counter((kind, value) for value, kind, _ in rows)
+    grown: list[tuple[str, str]] = []
+    became_hub: list[tuple[str, str]] = []
+    stopped_hub: list[tuple[str, str]] = []
+    hub_values: set[tuple[str, str]] = set()
+    linking: list[tuple[str, str]] = []
+    for key, (n, hub_fanout) in fanouts.items():
+        if is_hub(n, limit):
+            hub_values.add(key)
+            if hub_fanout is None:
+                became_hub.append(key)
+                result.new_hubs.append(key)
+            elif not full:
+                grown.append(key)
+            result.refused["hub"] += 0 if full else new_per_value[key]
+        else:
+            if hub_fanout is not None:
+                if full:
+                    stopped_hub.append(key)  # the limit was raised: it links again
+                else:
+                    hub_values.add(key)  # a hub stays a hub (retention may have shrunk it)
+                    grown.append(key)
+                    result.refused["hub"] += new_per_value[key]
+                    continue
+            if n > 1 or full:
+                linking.append(key)
+    if became_hub:
+        cur.execute(_HUB_UP, {"kinds": [k for k, _ in became_hub], "values": [v for _, v in became_hub], "now": now})
+    if grown:
+        cur.execute(_HUB_GROW, {
+            "kinds": [k for k, _ in grown], "values": [v for _, v in grown],
+            "counts": [new_per_value[k] for k in grown], "now": now,
+        })
+    if stopped_hub:
+        cur.execute(_HUB_DOWN, {"kinds": [k for k, _ in stopped_hub], "values": [v for _, v in stopped_hub]})
+    if not became_hub and not full and not extra:
+        if linking:
+            _merge(cur, {key: holders[key] for key in linking}, now, result)
+        return result  # nothing split: new links can only merge businesses
+    # a value became a hub (or relink): its correlation ids may have been linked through it
+    # only, so the region's components are recomputed from its keys
+    seeds = {cid for _, _, cid in rows} | extra
+    for key in linking:
+        seeds.update(holders[key])
+    if became_hub:  # every holder: the capped list may miss the ones it had linked
+        cur.execute(_HOLDERS, {"kinds": [k for k, _ in became_hub], "values": [v for _, v in became_hub]})
+        seeds.update(r[2] for r in cur.fetchall())
+    members = _lock_region(cur, sorted(seeds), result)
+    cur.execute(_EDGES, {"cids": list(members), "kinds": kind_list, "placeholders": sorted(PLACEHOLDERS)})
+    by_value: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for kind, value, cid in cur.fetchall():
+        by_value[(kind, value)].append(cid)
+    edges = [(cids[0], other) for cids in by_value.values() for other in cids[1:]]
+    groups = components(members, edges)
+    sizes = Counter(members.values())
+    named = name_components(groups, members, sizes)
+    moved = {cid: bid for cid, bid in named.items() if members.get(cid) != bid}
+    if moved:
+        cids = sorted(c for c in moved if c not in result.pending)
+        cur.execute(_MOVE, (cids, [moved[c] for c in cids]))
+        result.assign.update({c: b for c, b in moved.items() if c in result.pending})
+        changed = sorted({moved[c] for c in moved} | {members[c] for c in moved if c in members})
+        cur.execute(_JOURNAL, (now, changed))
+        result.moved = len(moved)
+        result.merged = len(set(members.values()) - set(named.values()))
+    return result
+
+
+def _merge(cur: psycopg.Cursor, holders: dict[tuple[str, str], list[str]], now: datetime, result: LinkResult) -> None:
+    """New links without a new hub only join businesses: the businesses of each linking value's
+    holders become one, named by the biggest, and only the smaller ones' members are rewritten.
+    Sizes are counted capped (doubling), so the cost follows the smaller side too."""
+    business = _lock_businesses(cur, sorted({c for cids in holders.values() for c in cids}), result)
+    edges = [(business[cids[0]], business[c]) for cids in holders.values() for c in cids[1:]]
+    joined = [g for g in components(set(business.values()), edges) if len(g) > 1]
+    if not joined:
+        return
+    sizes = _sizes(cur, joined)
+    old: list[str] = []
+    new: list[str] = []
+    for group in joined:
+        survivor = min(group, key=lambda b: (-sizes[b], b))
+        for b in group:
+            if b != survivor:
+                if b in result.pending:  # this batch's own correlation id, not stored yet
+                    result.assign[b] = survivor
+                    result.moved += 1
+                else:
+                    old.append(b)
+                    new.append(survivor)
+    if old:
+        cur.execute(_RENAME, (old, new))
+        result.moved += cur.rowcount
+    result.merged += sum(len(g) - 1 for g in joined)
+    cur.execute(_JOURNAL, (now, sorted({b for g in joined for b in g})))
+
+
+def _sizes(cur: psycopg.Cursor, groups: list[list[str]]) -> dict[str, int]:
+    """Member counts of the businesses in `groups`, exact except the biggest of each group, which
+    is only known to be at least as big as every other: counting stops at a doubling cap."""
+    cap = 64
+    while True:
+        todo = sorted({b for g in groups for b in g})
+        cur.execute(_COUNT, (cap, todo))
+        # no row yet: this batch's own correlation id, a business of one
+        sizes = {b: max(int(n), 1) for b, n in cur.fetchall()}
+        if all(sum(1 for b in g if sizes[b] >= cap) <= 1 for g in groups):
+            return sizes
+        cap *= 4
+
+
+def _lock_businesses(cur: psycopg.Cursor, cids: list[str], result: LinkResult) -> dict[str, str]:
+    """Lock the businesses of `cids` (advisory, sorted) and answer correlation id → business id,
+    re-reading until no concurrent merge moved them while we waited for the locks. A correlation
+    id without a row is this batch's own (its row is written after linking): a business of one,
+    named by itself, and noted in `result.pending`."""
+    locked: set[str] = set()
+    for _ in range(MAX_ROUNDS):
+        cur.execute(_BUSINESS_OF, (cids,))
+        business = dict(cur.fetchall())
+        result.pending = {c for c in cids if c not in business}
+        for c in result.pending:
+            business[c] = c
+        fresh = sorted(set(business.values()) - locked)
+        if not fresh:
+            return business
+        cur.execute(_LOCK, (LOCK_BUSINESS, _lock_ids("business", fresh)))
+        cur.fetchall()
+        locked |= set(fresh)
+    raise RegionUnstable("identity region kept moving under concurrent merges")
+
+
+def _lock_region(cur: psycopg.Cursor, seeds: list[str], result: LinkResult) -> dict[str, str]:
+    """Lock the businesses of `seeds` and answer all their members (correlation id → business id)."""
+    business = _lock_businesses(cur, seeds, result)
+    cur.execute(_MEMBERS, (sorted(set(business.values())),))
+    members = dict(cur.fetchall())
+    for c in result.pending:
+        members[c] = c
+    return members
+
+
+# -- relink: the whole graph again, after the identity-key configuration changed ---------------
+
+_CHUNK_IDS = """
+SELECT correlation_id FROM transactions WHERE correlation_id > %s ORDER BY correlation_id LIMIT %s
+"""
+_CHUNK_ROWS = f"""
+SELECT k.value, k.kind, k.correlation_id FROM transaction_keys k
+WHERE k.correlation_id = ANY(%(cids)s) AND k.kind = ANY(%(kinds)s)
+  AND length(k.value) <= {MAX_LINK_LEN} AND lower(btrim(k.value)) <> ALL(%(placeholders)s)
+"""  # noqa: S608 (MAX_LINK_LEN is a module constant)
+_STALE_HUBS = "DELETE FROM identity_hubs WHERE kind <> ALL(%s)"
+
+
+@dataclass
+class RelinkStats:
+    transactions: int = 0
+    moved: int = 0
+    merged: int = 0
+    new_hubs: int = 0
+    retried: int = 0
+
+
+def relink(
+    connect: Callable[[], AbstractContextManager[psycopg.Connection]],
+    *,
+    kinds: Iterable[str],
+    limit: int,
+    now: datetime,
+    chunk: int = 2000,
+    progress: Callable[[int], None] | None = None,
+) -> RelinkStats:
+    """Recompute every business transaction from the stored identity keys under `kinds` and
+    `limit`, `chunk` correlation ids per short database transaction (online: ingest keeps
+    running; both take the same locks). `connect()` yields a connection in a transaction."""
+    kind_list = sorted(set(kinds))
+    stats = RelinkStats()
+    with connect() as conn:
+        conn.execute(_STALE_HUBS, (kind_list,))
+    after = ""
+    while True:
+        with connect() as conn:
+            cids = [r[0] for r in conn.execute(_CHUNK_IDS, (after, chunk)).fetchall()]
+        if not cids:
+            return stats
+        for attempt in range(1, 4):
+            try:
+                with connect() as conn, conn.cursor() as cur:
+                    cur.execute(_CHUNK_ROWS, {"cids": cids, "kinds": kind_list, "placeholders": sorted(PLACEHOLDERS)})
+                    rows = cur.fetchall()
+                    result = link(cur, rows, kinds=kind_list, limit=limit, now=now, full=True, seeds=cids)
+                break
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+                stats.retried += 1
+                if attempt == 3:
+                    raise
+        stats.transactions += len(cids)
+        stats.moved += result.moved
+        stats.merged += result.merged
+        stats.new_hubs += len(result.new_hubs)
+        if progress is not None:
+            progress(len(cids))
+        after = cids[-1]
