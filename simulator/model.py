@@ -276,7 +276,8 @@ class Simulation:
                 else:
                     channel = rng.choice(list(CHANNELS))
                     ghost = new_order(rng, channel, ORPHAN_INDEX, hour, k, round(at, 3))
-                    self.push(at, make_record(guid(rng), ghost.order_id, channel, "order", "erp_posted", "erp", at, None, 1, {
+                    posted = self.faults.defer("erp_outage", at, rng)  # a down ERP posts nothing
+                    self.push(posted, make_record(guid(rng), ghost.order_id, channel, "order", "erp_posted", "erp", posted, None, 1, {
                         "erp_document": erp_document(ghost.seq)}))
 
     # -- faults on emission -----------------------------------------------------------------
