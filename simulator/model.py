@@ -6,6 +6,11 @@ its correlation id. So the same seed over the same window gives the same events 
 ids, and overlapping runs regenerate identical events that the store counts as duplicates
 instead of storing twice. Faults (a `simulator.faults.FaultPlan`) bend the timeline.
 
+`ids` picks who speaks (simulator.identities): `shared`, one correlation id per order with
+every key; `real`, each system its own ids and only the keys it knows, plus ERP duplicates and
+orphans. Both modes run the same orders on the same timeline (real-ID draws use generators of
+their own).
+
 Times inside the model are epoch seconds rounded to milliseconds; records carry RFC 3339.
 `Simulation` yields `SimEvent`s (simulator.records) in simulated-time order from a heap;
 `simulator.truth.GroundTruth` watches what was emitted and says what the product should find.
