@@ -175,3 +175,23 @@ def alert_history() -> pd.DataFrame:
 
 def silences() -> pd.DataFrame:
     return queries.silences(engine(), now=_now())
+
+
+@_cached
+def identity_orphans(system: str | None, channel: str | None) -> pd.DataFrame:
+    return queries.identity_orphans(engine(), system, channel)
+
+
+@_cached
+def orphan_counts() -> pd.DataFrame:
+    return queries.orphan_counts(engine())
+
+
+@_cached
+def duplicate_orders() -> pd.DataFrame:
+    return queries.duplicate_orders(engine())
+
+
+@_cached
+def identity_hubs() -> pd.DataFrame:
+    return queries.identity_hubs(engine())

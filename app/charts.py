@@ -233,3 +233,22 @@ def funnel_figure(df: pd.DataFrame, *, title: str) -> go.Figure:
     fig.update_yaxes(rangemode="normal")
     fig.update_xaxes(tickformat="")
     return fig
+
+
+def orphans_figure(df: pd.DataFrame) -> go.Figure:
+    """Orphans per system, one bar segment per channel (columns system, channel, orphans)."""
+    fig = go.Figure()
+    channels = sorted(df["channel"].unique()) if not df.empty else []
+    colours = _colours(channels)
+    systems = sorted(df["system"].unique()) if not df.empty else []
+    for channel in channels:
+        group = df[df["channel"] == channel].set_index("system")["orphans"]
+        fig.add_trace(go.Bar(
+            x=[html(s) for s in systems], y=[int(group.get(s, 0)) for s in systems], name=html(channel),
+            marker={"color": colours[channel]}, hovertemplate="%{x}: %{y:,} orphans<extra>" + html(channel) + "</extra>",
+        ))
+    fig = _layout(fig, title="Orphans per system and channel", y_title="orphans", height=300, barmode="stack")
+    fig.update_layout(hovermode="closest")
+    fig.update_xaxes(tickformat="", type="category")
+    fig.update_yaxes(tickformat=",d", **({"dtick": 1} if df.empty or df.groupby("system")["orphans"].sum().max() <= 10 else {}))
+    return fig

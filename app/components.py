@@ -89,7 +89,7 @@ def transaction_header(tx: dict[str, Any]) -> str:
     """An HTML card with the transaction's identity: order, channel, status, milestone, counts."""
     colour = HEALTH_COLOUR[STATE_HEALTH.get(tx["status"], "ok")]
     cells = [
-        ("Channel", tx["channel"]),
+        ("Channel", tx["channel"] or "–"),
         ("Order id", tx["order_id"] or "–"),
         ("Flow", tx["flow"]),
         ("Last milestone", tx["last_milestone"]),
@@ -103,15 +103,25 @@ def transaction_header(tx: dict[str, Any]) -> str:
         f'<div style="font-size:1.02rem;font-weight:600;word-break:break-all">{html(v)}</div></div>'
         for k, v in cells
     )
+    members, systems = tx.get("correlation_ids") or [], _systems(tx)
+    joined = ""
+    if len(members) > 1:  # a business transaction stitched from several systems' ids
+        joined = f" · one business transaction of {len(members)} correlation ids"
+        joined += f" across {html(', '.join(systems))}" if systems else ""
     return (
         f'<div style="border:1px solid #d0d7de;border-left:8px solid {colour};border-radius:8px;padding:12px 16px;'
         f'margin-bottom:12px"><div style="display:flex;align-items:center;gap:12px;margin-bottom:8px">'
         f'<span style="font-size:1.35rem;font-weight:700">{html(tx["order_id"] or tx["correlation_id"])}</span>'
         f'{_badge(tx["status"], colour)}'
-        f'<span style="{MUTED};font-size:0.85rem">correlation id <code>{html(tx["correlation_id"])}</code>'
+        f'<span style="{MUTED};font-size:0.85rem">correlation id <code>{html(tx["correlation_id"])}</code>{joined}'
         f'</span></div><div style="display:grid;grid-template-columns:repeat(4,minmax(0,1fr));gap:8px 16px">'
         f"{grid}</div></div>"
     )
+
+
+def _systems(tx: dict[str, Any]) -> list[str]:
+    """The systems of a business transaction's members, earliest member first, each once."""
+    return list(dict.fromkeys(s for m in tx.get("members") or [] for s in m.get("systems") or []))
 
 
 def keys_line(keys: dict[str, list[Any]]) -> str:

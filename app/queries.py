@@ -15,7 +15,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from controltower import breaches, transactions
+from controltower import breaches, identity, transactions
 from controltower import funnel as funnel_core
 from controltower.histogram import merge as merge_histograms
 from controltower.histogram import percentile as hist_percentile
@@ -336,3 +336,82 @@ def alert_history(engine: Engine, *, now: datetime, hours: float = 24, limit: in
 def silences(engine: Engine, *, now: datetime, keep_hours: float = 24) -> pd.DataFrame:
     """Active silences and those that ended within `keep_hours`."""
     return _frame(engine, _SILENCES, {"since": now - timedelta(hours=keep_hours)})
+
+
+# -- identity signals: orphans, duplicate orders (kept by the metrics job), hubs (kept by ingest) ----
+# Each business transaction shows as its canonical member, with its member ids and merged keys.
+_BUSINESS_OF_X = f"""
+CROSS JOIN LATERAL (
+    SELECT {identity.CANONICAL_MEMBER} AS correlation_id, count(*) AS members,
+           string_agg(t.correlation_id, ', ' ORDER BY t.first_event_at, t.correlation_id) AS member_ids,
+           (array_agg(t.order_id ORDER BY t.first_event_at, t.correlation_id)
+                FILTER (WHERE t.order_id IS NOT NULL))[1] AS order_id
+    FROM transactions t WHERE t.business_id = x.business_id
+) b
+CROSS JOIN LATERAL (
+    SELECT string_agg(kv.kind || ' ' || kv.vals, '; ' ORDER BY kv.kind) AS keys FROM (
+        SELECT k.kind, string_agg(DISTINCT k.value, ', ' ORDER BY k.value) AS vals
+        FROM transactions t JOIN transaction_keys k ON k.correlation_id = t.correlation_id
+        WHERE t.business_id = x.business_id GROUP BY k.kind
+    ) kv
+) k
+"""  # noqa: S608 (a constant fragment of controltower.identity)
+_ORPHANS = sa.text(f"""
+    SELECT b.correlation_id, COALESCE(x.system, 'unknown') AS system, COALESCE(x.channel, 'unknown') AS channel,
+           x.first_event_at, x.orphaned_at, k.keys, b.members, b.member_ids,
+           (SELECT string_agg(milestone, ', ' ORDER BY reached_at, milestone) FROM (
+                SELECT m.milestone, min(m.reached_at) AS reached_at
+                FROM transactions t JOIN transaction_milestones m ON m.correlation_id = t.correlation_id
+                WHERE t.business_id = x.business_id GROUP BY m.milestone) ms) AS milestones
+    FROM (
+        SELECT * FROM signal_orphans
+        WHERE orphaned_at IS NOT NULL
+          AND (CAST(:system AS text) IS NULL OR COALESCE(system, 'unknown') = :system)
+          AND (CAST(:channel AS text) IS NULL OR COALESCE(channel, 'unknown') = :channel)
+        ORDER BY orphaned_at DESC, business_id LIMIT :limit
+    ) x
+    {_BUSINESS_OF_X}
+    WHERE b.correlation_id IS NOT NULL
+    ORDER BY x.orphaned_at DESC, x.business_id
+""")  # noqa: S608 (constant fragments)
+_ORPHAN_COUNTS = sa.text("""
+    SELECT COALESCE(system, 'unknown') AS system, COALESCE(channel, 'unknown') AS channel, count(*) AS orphans
+    FROM signal_orphans WHERE orphaned_at IS NOT NULL
+    GROUP BY 1, 2 ORDER BY 1, 2
+""")
+_DUPLICATE_ORDERS = sa.text(f"""
+    SELECT b.correlation_id, COALESCE(x.channel, 'unknown') AS channel, b.order_id, x.received_at,
+           array_to_string(x.erp_documents, ', ') AS erp_documents, cardinality(x.erp_documents) AS documents,
+           b.members, b.member_ids, k.keys
+    FROM (
+        SELECT * FROM signal_orders WHERE cardinality(erp_documents) >= 2
+        ORDER BY received_at DESC, business_id LIMIT :limit
+    ) x
+    {_BUSINESS_OF_X}
+    WHERE b.correlation_id IS NOT NULL
+    ORDER BY x.received_at DESC, x.business_id
+""")  # noqa: S608 (constant fragments)
+_HUBS = sa.text(
+    "SELECT kind, value, fanout, first_seen_at, last_seen_at FROM identity_hubs "
+    "ORDER BY fanout DESC, kind, value LIMIT :limit"
+)
+
+
+def identity_orphans(engine: Engine, system: str | None, channel: str | None, *, limit: int = 500) -> pd.DataFrame:
+    """Orphan business transactions, newest first (system and channel `unknown` when none is known)."""
+    return _frame(engine, _ORPHANS, {"system": system, "channel": channel, "limit": limit})
+
+
+def orphan_counts(engine: Engine) -> pd.DataFrame:
+    """Orphans per system and channel (columns system, channel, orphans)."""
+    return _frame(engine, _ORPHAN_COUNTS)
+
+
+def duplicate_orders(engine: Engine, *, limit: int = 500) -> pd.DataFrame:
+    """Channel orders carrying two or more ERP documents, newest first."""
+    return _frame(engine, _DUPLICATE_ORDERS, {"limit": limit})
+
+
+def identity_hubs(engine: Engine, *, limit: int = 500) -> pd.DataFrame:
+    """Identity values that link nothing (on more correlation ids than the fan-out limit), widest first."""
+    return _frame(engine, _HUBS, {"limit": limit})

@@ -210,6 +210,9 @@ def breaches_display(df: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({
         "Transaction": [links.tx_link(cid) for cid in df["correlation_id"]],
         "Correlation id": df["correlation_id"],
+        # a business transaction's members, when the core lists them (one row per business)
+        "Members": [", ".join(ids) if isinstance(ids, list | tuple) else "" for ids in df["correlation_ids"]]
+        if "correlation_ids" in df else "",
         "Order id": df["order_id"].fillna(""),
         "Channel": df["channel"],
         "SLA": df["sla"],
@@ -221,13 +224,16 @@ def breaches_display(df: pd.DataFrame) -> pd.DataFrame:
         # a stored time the core could not read: the row is listed, its ages are "–", and it says why
         "Note": df["reason"].fillna("") if "reason" in df else "",
     }).reset_index(drop=True)
-    return out if (out["Note"] != "").any() else out.drop(columns="Note")
+    shown = out if (out["Note"] != "").any() else out.drop(columns="Note")
+    # members only when some row joins more than its own correlation id
+    return shown if shown["Members"].map(lambda v: "," in str(v)).any() else shown.drop(columns="Members")
 
 
 # -- one transaction ------------------------------------------------------------------------------
 def events_frame(tx: dict[str, Any]) -> pd.DataFrame:
-    """A transaction's events as a table, time-ordered, one row per event."""
-    columns = ["time", "system", "milestone", "status", "latency", "error", "event_id", "source"]
+    """A transaction's events as a table, time-ordered, one row per event; `correlation_id` says
+    which member of a business transaction each came from."""
+    columns = ["time", "system", "milestone", "status", "latency", "error", "correlation_id", "event_id", "source"]
     rows = [
         {
             "time": pd.Timestamp(e["occurred_at"]),
@@ -236,10 +242,58 @@ def events_frame(tx: dict[str, Any]) -> pd.DataFrame:
             "status": e.get("status"),
             "latency": human_duration(e.get("latency_ms")) if e.get("latency_ms") is not None else "",
             "error": " ".join(str(x) for x in (e.get("error_code"), e.get("error_message")) if x),
+            "correlation_id": e.get("correlation_id") or tx.get("correlation_id"),
             "event_id": e.get("event_id"),
             "source": e.get("source"),
         }
         for e in tx.get("events", [])
+    ]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def milestones_frame(tx: dict[str, Any]) -> pd.DataFrame:
+    """Merged milestones in time order: when each was first reached, by which system under which
+    correlation id (`reached_by`; a reader without it shows the transaction's own id)."""
+    columns = ["Milestone", "Reached at", "System", "Correlation id"]
+    reached_by = tx.get("reached_by") or {}
+    rows = [
+        {"Milestone": m, "Reached at": pd.Timestamp(at),
+         "System": (reached_by.get(m) or {}).get("system") or "",
+         "Correlation id": (reached_by.get(m) or {}).get("correlation_id") or tx.get("correlation_id") or ""}
+        for m, at in (tx.get("milestones") or {}).items()
+    ]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def keys_text(keys: dict[str, list[Any]] | None) -> str:
+    """`erp_document 4500001 · tracking_number 1Z…, 1Z…` as plain text."""
+    return " · ".join(f"{kind} {', '.join(str(v) for v in values)}" for kind, values in (keys or {}).items())
+
+
+def members_frame(tx: dict[str, Any]) -> pd.DataFrame:
+    """The correlation ids a business transaction joins, earliest first: each one's systems, the
+    keys that linked it, its channel and first/last event."""
+    columns = ["Correlation id", "Systems", "Keys", "Channel", "First event", "Last event", "Events", "Status"]
+    rows = [
+        {"Correlation id": m.get("correlation_id"), "Systems": ", ".join(m.get("systems") or []) or "unknown",
+         "Keys": keys_text(m.get("keys")), "Channel": m.get("channel") or "–",
+         "First event": pd.Timestamp(m["first_event_at"]) if m.get("first_event_at") else pd.NaT,
+         "Last event": pd.Timestamp(m["last_event_at"]) if m.get("last_event_at") else pd.NaT,
+         "Events": m.get("event_count"), "Status": m.get("status")}
+        for m in tx.get("members") or []
+    ]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def search_display(results: list[dict[str, Any]]) -> pd.DataFrame:
+    """Search hits, one row per business transaction, as the transaction page lists them."""
+    columns = ["correlation_id", "members", "channel", "flow", "order_id", "status", "last_milestone",
+               "last_event_at", "error_count", "matched_by"]
+    rows = [
+        {**{c: r.get(c) for c in columns}, "channel": r.get("channel") or "–",
+         "members": ", ".join(r.get("correlation_ids") or [r.get("correlation_id")]),
+         "matched_by": ", ".join(r.get("matched_by") or [])}
+        for r in results
     ]
     return pd.DataFrame(rows, columns=columns)
 

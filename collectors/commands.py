@@ -101,15 +101,20 @@ def search_command(
     if len(hits) > 1:
         line(f"{len(hits)} transactions match {key!r}; newest first:")
         print_table(
-            ("correlation_id", "channel", "order_id", "status", "last_event_at"),
-            [(h.get("correlation_id"), h.get("channel"), h.get("order_id") or "-", h.get("status"),
-              h.get("last_event_at")) for h in hits],
+            ("correlation_id", "channel", "order_id", "status", "last_event_at", "members"),
+            [(h.get("correlation_id"), h.get("channel") or "-", h.get("order_id") or "-", h.get("status"),
+              h.get("last_event_at"), len(h.get("correlation_ids") or []) or 1) for h in hits],
         )
     tx = found[0]
     if tx is None:
         fail(f"{hits[0]['correlation_id']!r} disappeared while reading it (retention?); search again")
-    line(f"{plain(tx.get('correlation_id'))}  channel {plain(tx.get('channel'))}  "
+    line(f"{plain(tx.get('correlation_id'))}  channel {plain(tx.get('channel') or '-')}  "
          f"order {plain(tx.get('order_id') or '-')}  status {plain(tx.get('status'))}", style="bold")
+    members = tx.get("members") or []
+    if len(members) > 1:  # a business transaction: say which system traced it under which id
+        line(f"  {len(tx.get('correlation_ids') or members)} correlation ids, one business transaction:")
+        for m in members:
+            line(f"  member {_member(m)}")
     for kind, values in (tx.get("keys") or {}).items():
         line(f"  {plain(kind)}: {', '.join(plain(v) for v in values)}")
     for verdict in tx.get("sla") or []:
@@ -117,9 +122,20 @@ def search_command(
     for e in tx.get("events") or []:
         failed = e.get("status") != "ok"
         err = f"  {plain(e.get('error_code'))} {plain(e.get('error_message'))}".rstrip() if failed else ""
-        line(f"  {plain(e.get('occurred_at'))}  {plain(e.get('system') or '-'):<12} "
+        member = f"{plain(e.get('correlation_id'))}  " if len(members) > 1 else ""
+        line(f"  {plain(e.get('occurred_at'))}  {member}{plain(e.get('system') or '-'):<12} "
              f"{plain(e.get('flow'))}.{plain(e.get('stage')):<22} {plain(e.get('status'))}{err}",
              style="red" if failed else None)
+
+
+def _member(member: dict[str, Any]) -> str:
+    """`erp-42  erp  2026-…Z → 2026-…Z  3 events  erp_document=4500001, order_id=SO-1001`: one
+    member of a business transaction, its systems, time span and keys; any field may be missing."""
+    keys = ", ".join(f"{plain(kind)}={plain(v)}" for kind, values in (member.get("keys") or {}).items() for v in values)
+    systems = ",".join(plain(s) for s in member.get("systems") or []) or "-"
+    return (f"{plain(member.get('correlation_id'))}  {systems}  {plain(member.get('first_event_at'))} → "
+            f"{plain(member.get('last_event_at'))}  {plain(member.get('event_count'))} events"
+            + (f"  {keys}" if keys else ""))
 
 
 def _measure(verdict: dict[str, Any]) -> str:

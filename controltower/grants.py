@@ -36,7 +36,8 @@ ACK_COLUMNS = ("acknowledged_by", "acknowledged_at")
 METRICS_TABLES = (
     "sla_samples", "sla_open_items", "sla_deadlines", "sla_rollup_minute", "sla_rollup_hour",
     "event_rollup_minute", "event_rollup_hour", "freshness_state", "metrics_watermarks",
-    "sla_status", "hop_health", "sla_definitions",
+    "sla_status", "hop_health", "sla_definitions", "signal_orphans", "signal_orders",
+    "signal_order_hours",
 )
 INGEST_TABLES = (
     "events", "transactions", "transaction_milestones", "transaction_keys", "event_ids", "event_conflicts",

@@ -43,7 +43,8 @@ _DERIVED = (
     ("alert_notifications", "created_at", "retention_alerts"),
     ("alert_audit", "at", "retention_alerts"),
     ("event_conflicts", "last_seen_at", "retention_events"),
-    # read by the SLA job within minutes of being written
+    # read by the SLA job within minutes of being written; kept longer while the job lags
+    # (see _journal_cutoff)
     ("identity_changes", "changed_at", timedelta(days=1)),
 )
 
@@ -123,11 +124,23 @@ def _cutoffs(settings: Settings, now: datetime) -> dict[str, datetime]:
     return out
 
 
+# The identity journal is what the metrics job reads to re-attribute merges: never prune what
+# the rollups or the signals (their current watermark) have not read yet.
+_JOURNAL_READ_UP_TO = """
+SELECT least((SELECT value FROM metrics_watermarks WHERE name = 'rollups'),
+             (SELECT max(value) FROM metrics_watermarks WHERE name LIKE 'signals%')) - interval '1 hour'
+"""
+
+
 def plan(engine: Engine, settings: Settings, now: datetime | None = None) -> Plan:
     now = now or datetime.now(UTC)
     result = Plan(cutoffs=_cutoffs(settings, now))
     oldest_kept = _oldest_kept_day(settings, now)
     with engine.connect() as conn:
+        if _exists(conn, "metrics_watermarks"):
+            read = conn.execute(sa.text(_JOURNAL_READ_UP_TO)).scalar()
+            if read is not None:
+                result.cutoffs["identity_changes"] = min(result.cutoffs["identity_changes"], read)
         for name in migrate.event_partitions(conn):
             day = _partition_day(name)
             if day is not None and day < oldest_kept:

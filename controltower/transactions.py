@@ -1,11 +1,19 @@
 """Reading one business transaction: search by any of its keys, and its whole story.
 
 Shared by the HTTP API (`/v1/transactions`), the CLI (`controltower search`) and the
-dashboard. Read-only. Search resolves a key through `transaction_keys` first, then reads the
-transaction's events bounded by its first/last event time so partition pruning applies.
-SLA verdicts come from `controltower.slajudge` fed with the full definitions the metrics room
-publishes to `sla_definitions`, so they agree with the SLA table. A stored value the judge
-cannot read (a promise in year 9999, a garbage date) is shown with a reason, never raised.
+dashboard. Read-only. A business transaction is every correlation id sharing one
+`transactions.business_id` (ingest links them by identity keys); readers never show that id
+but the *canonical member* (`controltower.identity.CANONICAL_MEMBER`), which does not depend
+on arrival order, and the *business channel* (`identity.BUSINESS_CHANNEL`).
+
+Every read goes through indexes: search resolves a key through `transaction_keys` (primary
+key) or a correlation id through `transactions` (primary key), maps the hits to business ids,
+then reads the members by `transactions_business_idx`; `get` does the same from one member.
+Events are read per member bounded by the business's first/last event time, so partition
+pruning applies. SLA verdicts come from `controltower.slajudge` over the merged milestones,
+judged under the business channel, with the definitions the metrics room publishes to
+`sla_definitions`, so they agree with the SLA table. A stored value the judge cannot read
+(a promise in year 9999, a garbage date) is shown with a reason, never raised.
 """
 
 from __future__ import annotations
@@ -18,46 +26,102 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from controltower import slajudge
+from controltower.identity import BUSINESS_CHANNEL, CANONICAL_MEMBER
 from controltower.vocab import rfc3339
 
 MAX_PAGE = 200
+MAX_MEMBERS = 1000  # members described one by one in a view; `correlation_ids` lists them all
 
+# One business transaction's fields, aggregated over its member rows `t` (GROUP BY business_id)
+# with the same merge rules ingest applies to one correlation id's events: "first" fields follow
+# the earliest member, "last" fields the latest, counts add up, the latest error wins.
+_BUSINESS_FIELDS = f"""
+    {CANONICAL_MEMBER} AS correlation_id,
+    array_agg(t.correlation_id ORDER BY t.correlation_id) AS correlation_ids,
+    {BUSINESS_CHANNEL} AS channel,
+    (array_agg(t.flow ORDER BY t.first_event_at, t.correlation_id))[1] AS flow,
+    min(t.order_id) AS order_id,
+    (array_agg(t.status ORDER BY t.last_event_at DESC, t.last_event_id DESC, t.correlation_id DESC))[1] AS status,
+    (array_agg(t.last_milestone ORDER BY t.last_event_at DESC, t.last_event_id DESC, t.correlation_id DESC))[1]
+        AS last_milestone,
+    (array_agg(t.last_system ORDER BY t.last_event_at DESC, t.last_event_id DESC, t.correlation_id DESC))[1]
+        AS last_system,
+    min(t.first_event_at) AS first_event_at,
+    max(t.last_event_at) AS last_event_at,
+    sum(t.event_count)::bigint AS event_count,
+    sum(t.error_count)::bigint AS error_count,
+    sum(t.retry_count)::bigint AS retry_count,
+    sum(t.dead_letter_count)::bigint AS dead_letter_count,
+    max(t.last_error_at) AS last_error_at,
+    (array_agg(t.last_error_code ORDER BY t.last_error_at DESC, coalesce(t.last_error_code, '') DESC,
+               coalesce(t.last_error_message, '') DESC) FILTER (WHERE t.last_error_at IS NOT NULL))[1]
+        AS last_error_code,
+    (array_agg(t.last_error_message ORDER BY t.last_error_at DESC, coalesce(t.last_error_code, '') DESC,
+               coalesce(t.last_error_message, '') DESC) FILTER (WHERE t.last_error_at IS NOT NULL))[1]
+        AS last_error_message
+"""
+
+# key or member id → member hits → their business ids → every member of those (all by index)
 _SEARCH = sa.text(
-    """
+    f"""
     WITH hits AS (
         SELECT correlation_id, 'correlation_id' AS kind FROM transactions WHERE correlation_id = :q
         UNION ALL
         SELECT correlation_id, kind FROM transaction_keys WHERE value = :q
     ), matched AS (
-        SELECT correlation_id, array_agg(DISTINCT kind ORDER BY kind) AS matched_by
-        FROM hits GROUP BY correlation_id
+        SELECT t.business_id, array_agg(DISTINCT h.kind ORDER BY h.kind) AS matched_by,
+               array_agg(DISTINCT h.correlation_id ORDER BY h.correlation_id) AS matched_correlation_ids
+        FROM hits h JOIN transactions t ON t.correlation_id = h.correlation_id
+        GROUP BY t.business_id
+    ), businesses AS (
+        SELECT {_BUSINESS_FIELDS}, m.matched_by, m.matched_correlation_ids
+        FROM matched m JOIN transactions t ON t.business_id = m.business_id
+        GROUP BY m.business_id, m.matched_by, m.matched_correlation_ids
     )
-    SELECT t.correlation_id, t.channel, t.flow, t.order_id, t.status, t.last_milestone,
-           t.first_event_at, t.last_event_at, t.event_count, t.error_count,
-           t.last_error_code, t.last_error_message, m.matched_by
-    FROM matched m JOIN transactions t USING (correlation_id)
-    ORDER BY t.last_event_at DESC, t.correlation_id
+    SELECT correlation_id, correlation_ids, channel, flow, order_id, status, last_milestone,
+           first_event_at, last_event_at, event_count, error_count, last_error_code, last_error_message,
+           matched_by, matched_correlation_ids
+    FROM businesses
+    ORDER BY last_event_at DESC, correlation_id
     LIMIT :limit OFFSET :offset
-    """
+    """  # noqa: S608 (fixed fragments from controltower.identity, no user input)
 )
 
-_TRANSACTION = sa.text("SELECT * FROM transactions WHERE correlation_id = :cid")
-_MILESTONES = sa.text(
-    "SELECT milestone, reached_at, channel FROM transaction_milestones WHERE correlation_id = :cid "
-    "ORDER BY reached_at, milestone"
+# The business and its member rows in one round trip (a view answers in a few milliseconds).
+_BUSINESS = sa.text(
+    f"""
+    SELECT {_BUSINESS_FIELDS},
+           (json_agg(json_build_object(
+                'correlation_id', t.correlation_id, 'channel', t.channel, 'flow', t.flow, 'order_id', t.order_id,
+                'status', t.status, 'last_system', t.last_system, 'first_event_at', t.first_event_at,
+                'last_event_at', t.last_event_at, 'event_count', t.event_count, 'error_count', t.error_count)
+            ORDER BY t.first_event_at, t.correlation_id)) AS members
+    FROM transactions t
+    WHERE t.business_id = (SELECT business_id FROM transactions WHERE correlation_id = :cid)
+    GROUP BY t.business_id
+    """  # noqa: S608 (fixed fragments from controltower.identity, no user input)
 )
-_KEYS = sa.text(
-    "SELECT kind, value FROM transaction_keys WHERE correlation_id = :cid ORDER BY kind, first_seen_at, value"
+# Every member's keys and milestones, in one round trip: ('key', member, kind, value, first_seen_at)
+# and ('milestone', member, milestone, NULL, reached_at).
+_FACTS = sa.text(
+    """
+    SELECT 'key' AS what, correlation_id, kind AS name, value, first_seen_at AS at
+    FROM transaction_keys WHERE correlation_id = ANY(:cids)
+    UNION ALL
+    SELECT 'milestone', correlation_id, milestone, NULL, reached_at
+    FROM transaction_milestones WHERE correlation_id = ANY(:cids)
+    ORDER BY what, name, at, value, correlation_id
+    """
 )
-# Bounded by the transaction's own time span: only the partitions it touches are read.
+# Bounded by the business's own time span: only the partitions it touches are read.
 _EVENTS = sa.text(
     """
-    SELECT event_id, occurred_at, received_at, order_id, channel, flow, stage, status, system,
+    SELECT correlation_id, event_id, occurred_at, received_at, order_id, channel, flow, stage, status, system,
            latency_ms, error_code, error_message, attributes, payload, trace_id, span_id,
            parent_span_id, source
     FROM events
-    WHERE correlation_id = :cid AND occurred_at >= :first AND occurred_at <= :last
-    ORDER BY occurred_at, event_id
+    WHERE correlation_id = ANY(:cids) AND occurred_at >= :first AND occurred_at <= :last
+    ORDER BY occurred_at, event_id, correlation_id
     LIMIT :limit
     """
 )
@@ -74,7 +138,10 @@ def published(conn: Connection) -> list[slajudge.Definition]:
 
 
 def search(conn: Connection, q: str, *, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
-    """Transactions any of whose keys (or correlation id) equals `q`, newest first."""
+    """Business transactions any of whose members has a key (or correlation id) equal to `q`,
+    newest first, one row each: `correlation_id` is the canonical member, `correlation_ids` all
+    members, `matched_by` the key kinds that matched and `matched_correlation_ids` the members
+    that carry them."""
     q = q.strip()
     if not q or "\x00" in q:  # stored text never holds U+0000 (PostgreSQL refuses it): no match
         return []
@@ -97,38 +164,71 @@ def verdicts(
     return [v.as_dict() for v in slajudge.judge_all(definitions, facts, now=now)]
 
 
+def merge_milestones(rows: list[tuple[str, str, datetime]]) -> dict[str, tuple[datetime, str]]:
+    """Each milestone's earliest (reached_at, member) over `(correlation_id, milestone, reached_at)`
+    rows; ties go to the smallest correlation id, so the answer does not depend on row order. Pure."""
+    merged: dict[str, tuple[datetime, str]] = {}
+    for cid, milestone, at in rows:
+        if milestone not in merged or (at, cid) < merged[milestone]:
+            merged[milestone] = (at, cid)
+    return dict(sorted(merged.items(), key=lambda item: (item[1][0], item[0])))
+
+
 def get(
     conn: Connection, correlation_id: str, *, now: datetime | None = None, event_limit: int = 5000
 ) -> dict[str, Any] | None:
-    """One transaction: its fields, keys, milestones, SLA verdicts and events in time order."""
+    """The whole business transaction `correlation_id` (any member) belongs to: its fields,
+    members, keys, milestones (earliest over members, with who reached them), SLA verdicts and
+    every member's events in time order (at most `event_limit`)."""
     if "\x00" in correlation_id:
         return None
-    tx = conn.execute(_TRANSACTION, {"cid": correlation_id}).mappings().first()
+    tx = conn.execute(_BUSINESS, {"cid": correlation_id}).mappings().first()
     if tx is None:
         return None
     now = now or datetime.now(UTC)
-    milestone_rows = conn.execute(_MILESTONES, {"cid": correlation_id}).all()
-    milestones = {m: at for m, at, _ in milestone_rows}
+    cids = list(tx["correlation_ids"])
+    member_rows = tx["members"][:MAX_MEMBERS]
+
     keys: dict[str, list[str]] = defaultdict(list)
-    for kind, value in conn.execute(_KEYS, {"cid": correlation_id}):
-        keys[kind].append(value)
+    member_keys: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    reached: list[tuple[str, str, datetime]] = []
+    for what, cid, name, value, at in conn.execute(_FACTS, {"cids": cids}):
+        if what == "milestone":
+            reached.append((cid, name, at))
+            continue
+        if value not in keys[name]:
+            keys[name].append(value)
+        member_keys[cid][name].append(value)
+
     events = []
-    attributes: dict[str, list[Any]] = defaultdict(list)  # per milestone: its events' attributes
+    attributes: dict[str, list[Any]] = defaultdict(list)  # per milestone: its events' attributes, all members
+    systems: dict[str, list[str]] = defaultdict(list)  # per member: the systems of its events, in time order
+    first_ok: dict[tuple[str, str], str | None] = {}  # (member, milestone) → system of its first ok event
     for row in conn.execute(
         _EVENTS,
-        {"cid": correlation_id, "first": tx["first_event_at"], "last": tx["last_event_at"], "limit": event_limit},
+        {"cids": cids, "first": tx["first_event_at"], "last": tx["last_event_at"], "limit": event_limit},
     ).mappings():
         item = {k: v for k, v in row.items() if v is not None}
         item["occurred_at"] = rfc3339(row["occurred_at"])
         item["received_at"] = rfc3339(row["received_at"])
-        attributes[f"{row['flow']}.{row['stage']}"].append(row["attributes"] or {})
+        milestone = f"{row['flow']}.{row['stage']}"
+        attributes[milestone].append(row["attributes"] or {})
+        member, system = row["correlation_id"], row["system"]
+        if system and system not in systems[member]:
+            systems[member].append(system)
+        if row["status"] == "ok":
+            first_ok.setdefault((member, milestone), system)
         events.append(item)
+
+    merged = merge_milestones(reached)
+    last_system = {r["correlation_id"]: r["last_system"] for r in member_rows}
     facts = slajudge.Facts(
-        milestones=milestones, channel=tx["channel"],
-        channels={m: channel for m, _, channel in milestone_rows}, attributes=attributes,
+        # judged as the SLA table counts it: every milestone under the business channel
+        milestones={m: at for m, (at, _) in merged.items()}, channel=tx["channel"], attributes=attributes,
     )
     return {
         "correlation_id": tx["correlation_id"],
+        "correlation_ids": cids,
         "order_id": tx["order_id"],
         "channel": tx["channel"],
         "flow": tx["flow"],
@@ -145,7 +245,32 @@ def get(
         if tx["last_error_at"] is None
         else {"at": rfc3339(tx["last_error_at"]), "code": tx["last_error_code"], "message": tx["last_error_message"]},
         "keys": dict(keys),
-        "milestones": {m: rfc3339(at) for m, at in milestones.items()},
+        "milestones": {m: rfc3339(at) for m, (at, _) in merged.items()},
+        "reached_by": {
+            m: {"correlation_id": cid, "system": first_ok.get((cid, m), last_system.get(cid))}
+            for m, (_, cid) in merged.items()
+        },
+        "members": [
+            {
+                "correlation_id": r["correlation_id"],
+                "channel": r["channel"],
+                "flow": r["flow"],
+                "order_id": r["order_id"],
+                "status": r["status"],
+                "systems": systems.get(r["correlation_id"]) or ([r["last_system"]] if r["last_system"] else []),
+                "keys": {kind: list(values) for kind, values in member_keys.get(r["correlation_id"], {}).items()},
+                "first_event_at": _json_time(r["first_event_at"]),
+                "last_event_at": _json_time(r["last_event_at"]),
+                "event_count": r["event_count"],
+                "error_count": r["error_count"],
+            }
+            for r in member_rows
+        ],
         "sla": verdicts(facts, published(conn), now=now),
         "events": events,
     }
+
+
+def _json_time(text: str | None) -> str | None:
+    """A timestamptz as json_build_object writes it (ISO 8601, the session's offset), in RFC 3339 UTC."""
+    return None if text is None else rfc3339(datetime.fromisoformat(text))

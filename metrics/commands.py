@@ -1,4 +1,5 @@
-"""CLI commands of the metrics room: `sla`, `slas check`, `reconcile` and `funnel`."""
+"""CLI commands of the metrics room: `sla`, `slas check`, `reconcile`, `funnel` and `identity
+orphans|duplicates|hubs`."""
 
 from __future__ import annotations
 
@@ -18,12 +19,14 @@ from controltower.clitools import (
     print_table,
     settings_of,
 )
+from controltower.context import AppContext
 from controltower.settings import parse_duration
 from controltower.vocab import human_duration
-from metrics import compute, definitions, jobs, reconcile
+from metrics import compute, definitions, jobs, reconcile, signallists, signals
 
 HEALTH_STYLE = {"ok": "green", "warn": "yellow", "critical": "bold red"}
 slas_app = typer.Typer(help="SLA definition files.", no_args_is_help=True)
+identity_app = typer.Typer(help="What the identity graph signals: orphans, duplicate orders, hubs.", no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -31,6 +34,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(slas_app, name="slas")
     app.command("reconcile")(reconcile_command)
     app.command("funnel")(funnel_command)
+    app.add_typer(identity_app, name="identity")
 
 
 def _dump(value: Any) -> None:
@@ -59,7 +63,7 @@ def sla_command(
 
         rollups.rebuild(context.engine, defs, now)
     if refresh or rebuild:
-        jobs.refresh(context.engine, defs, now)
+        jobs.refresh(context.engine, defs, now, context.settings)
     with context.engine.connect() as conn:
         table = compute.sla_table(conn, defs, window=span, now=now, channel=channel)
         cards = compute.scorecards(conn, defs, now=now)
@@ -181,3 +185,112 @@ def _moment(text: str, name: str) -> datetime:
     except ValueError:
         fail(f"{name}: {text!r} is not an ISO date or time")
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+_LIMIT = typer.Option(signallists.PAGE_DEFAULT, "--limit", "-n", help=f"At most this many (1..{signallists.PAGE_LIMIT}).")
+_OFFSET = typer.Option(0, "--offset", help="Skip this many (paging).")
+_CHANNEL = typer.Option(None, "--channel", "-c", help="Only this channel (unknown: none known).")
+_REFRESH = typer.Option(True, "--refresh/--no-refresh", help="Bring the signals up to date first.")
+_JSON = typer.Option(False, "--json", help="Print JSON for machines.")
+
+
+def _identity_list(
+    ctx: typer.Context, name: str, refresh: bool, limit: int, offset: int, **filters: str | None
+) -> tuple[AppContext, datetime]:
+    """Check the options (a bad one is one line and exit 1), open the database, bring the signals
+    up to date if asked; returns the context and the moment the list is as of."""
+    problem = signallists.check(name, limit, offset, filters)
+    if problem:
+        fail(f"--{problem}")
+    context = context_of(ctx)
+    now = datetime.now(UTC)
+    if refresh:
+        signals.refresh(context.engine, jobs.load_definitions(context.settings), now, context.settings)
+    return context, now
+
+
+def _keys_text(keys: dict[str, list[str]]) -> str:
+    return "; ".join(f"{kind}={', '.join(values)}" for kind, values in sorted(keys.items()))
+
+
+@identity_app.command("orphans")
+def identity_orphans(
+    ctx: typer.Context,
+    channel: str = _CHANNEL,
+    system: str = typer.Option(None, "--system", "-s", help="Only this system (unknown: none known)."),
+    limit: int = _LIMIT,
+    offset: int = _OFFSET,
+    refresh: bool = _REFRESH,
+    as_json: bool = _JSON,
+) -> None:
+    """Business transactions whose identity keys link to no channel order or return, newest first."""
+    context, now = _identity_list(ctx, "orphans", refresh, limit, offset, channel=channel, system=system)
+    with context.engine.connect() as conn:
+        rows = signallists.orphans(conn, now=now, channel=channel, system=system, limit=limit, offset=offset)
+        counts = signallists.orphan_counts(conn)
+    if as_json:
+        print_json({"as_of": now.isoformat(), "orphans": rows, "counts": counts})
+        return
+    total = sum(c["orphans"] for c in counts)
+    if not total:
+        line("no orphans: every business transaction with an identity key has its order or return")
+        return
+    by = ", ".join(f"{c['system']}/{c['channel']} {c['orphans']}" for c in counts)
+    line(f"{total} orphan{'s' if total != 1 else ''} (system/channel: {by})")
+    print_table(
+        ("correlation id", "system", "channel", "age", "milestones", "keys", "members"),
+        [(r["correlation_id"], r["system"], r["channel"], _ms(r["age_ms"]), ", ".join(r["milestones"]),
+          _keys_text(r["keys"]), len(r["correlation_ids"])) for r in rows],
+        right=("members",),
+    )
+
+
+@identity_app.command("duplicates")
+def identity_duplicates(
+    ctx: typer.Context,
+    channel: str = _CHANNEL,
+    limit: int = _LIMIT,
+    offset: int = _OFFSET,
+    refresh: bool = _REFRESH,
+    as_json: bool = _JSON,
+) -> None:
+    """Channel orders posted to the ERP as two or more documents, newest first."""
+    context, now = _identity_list(ctx, "duplicates", refresh, limit, offset, channel=channel)
+    with context.engine.connect() as conn:
+        rows = signallists.duplicates(conn, channel=channel, limit=limit, offset=offset)
+    if as_json:
+        print_json({"as_of": now.isoformat(), "duplicates": rows})
+        return
+    if not rows:
+        line("no duplicate orders" + (f" at offset {offset}" if offset else ""))
+        return
+    print_table(
+        ("correlation id", "channel", "order id", "received", "ERP documents", "members"),
+        [(r["correlation_id"], r["channel"], r["order_id"], r["received_at"], ", ".join(r["erp_documents"]),
+          ", ".join(r["correlation_ids"])) for r in rows],
+    )
+
+
+@identity_app.command("hubs")
+def identity_hubs(
+    ctx: typer.Context,
+    kind: str = typer.Option(None, "--kind", "-k", help="Only this key (tracking_number, erp_document, ...)."),
+    limit: int = _LIMIT,
+    offset: int = _OFFSET,
+    as_json: bool = _JSON,
+) -> None:
+    """Identity values on more correlation ids than the fan-out limit: they link none of them."""
+    context, now = _identity_list(ctx, "hubs", False, limit, offset, kind=kind)
+    with context.engine.connect() as conn:
+        rows = signallists.hubs(conn, kind=kind, limit=limit, offset=offset)
+    if as_json:
+        print_json({"as_of": now.isoformat(), "hubs": rows})
+        return
+    if not rows:
+        line("no hubs: no identity value is on more correlation ids than the fan-out limit")
+        return
+    print_table(
+        ("kind", "value", "fan-out", "first seen", "last seen"),
+        [(r["kind"], r["value"], r["fanout"], r["first_seen_at"], r["last_seen_at"]) for r in rows],
+        right=("fan-out",),
+    )

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 
 from controltower import breaches, slajudge
 from controltower.vocab import human_duration, worst
+from metrics import signals
 from metrics.definitions import SLA, Definitions
 from metrics.rollups import SILENCE_KEY, percentile
 
@@ -139,10 +140,13 @@ def sla_table(conn: Connection, definitions: Definitions, *, window: timedelta, 
                 row = _rate_row(sla, ch, events.get(ch))
             elif sla.kind == "freshness":
                 row = _freshness_row(sla, ch, fresh.get((sla.name, ch)), now)
+            elif sla.kind in signals.KINDS:
+                continue  # below, over the channels of their own tables
             else:
                 row = _absence_row(sla, ch, fresh.get((sla.name, ch), {}).get(SILENCE_KEY), now)
             if row is not None:
                 out.append(row)
+    out += signals.sla_rows(conn, definitions, window=window, now=now, channel=channel, base=_base)
     return out
 
 

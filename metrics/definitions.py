@@ -24,7 +24,11 @@ from controltower.errors import ConfigError
 from controltower.schema.metrics import sla_definitions
 from controltower.settings import parse_duration
 
-KINDS = ("milestone_latency", "deadline", "freshness", "rate", "absence")
+KINDS = ("milestone_latency", "deadline", "freshness", "rate", "absence", "orphans", "duplicate_rate")
+# the identity graph's signals (metrics.signals): their values are a count and a ratio
+SIGNAL_UNITS = {"orphans": "count", "duplicate_rate": "ratio"}
+# a business transaction that reached none of these and has an identity key is an orphan
+DEFAULT_ORIGINS = ("order.received", "return.requested")
 # rate metric → the unit of its value (a ratio is shown as a percentage, a count as a number)
 RATE_METRICS = {"error_ratio": "ratio", "dead_letters": "count", "retries": "count", "throughput": "count"}
 KNOWN_MILESTONES = frozenset(
@@ -54,6 +58,8 @@ _KEYS = {
     "freshness": {"name", "kind", "description", "milestone", "key", "max_age", "max_ages", "critical_factor"},
     "rate": {"name", "kind", "description", "metric", "flow", "max", "critical", "min_events"},
     "absence": {"name", "kind", "description", "max_silence", "max_silences", "critical_factor"},
+    "orphans": {"name", "kind", "description", "origins", "max", "critical"},
+    "duplicate_rate": {"name", "kind", "description", "max", "critical", "min_orders"},
 }
 
 
@@ -84,6 +90,8 @@ class SLA:
     exclude_channels: tuple[str, ...] = ()  # latency: channels whose flow has no such step (POS: no warehouse)
     closed_by: tuple[str, ...] = ()  # latency: milestones that end the obligation (a cancelled order)
     open_label: str | None = None  # latency: what an open breach is called ("unposted")
+    origins: tuple[str, ...] = ()  # orphans: milestones that give a business transaction its origin
+    min_orders: int = 20  # duplicate_rate: below this many orders a ratio says nothing
 
     def target_for(self, channel: str) -> int | None:
         return self.targets_ms.get(channel, self.target_ms)
@@ -98,6 +106,8 @@ class SLA:
     @property
     def unit(self) -> str:
         """`ms` for latencies, ages and silences; a rate metric's own unit (`ratio`, `count`)."""
+        if self.kind in SIGNAL_UNITS:
+            return SIGNAL_UNITS[self.kind]
         return RATE_METRICS.get(self.metric or "", "count") if self.kind == "rate" else "ms"
 
     @property
@@ -141,6 +151,11 @@ class Definitions:
     @property
     def latency(self) -> tuple[SLA, ...]:
         return tuple(s for s in self.slas if s.is_latency)
+
+    @property
+    def orphan_origins(self) -> tuple[str, ...]:
+        """The origin milestones orphans are judged by (every `orphans` SLA has the same)."""
+        return next((s.origins for s in self.slas if s.kind == "orphans"), DEFAULT_ORIGINS)
 
 
 def default_path() -> Path:
@@ -227,6 +242,14 @@ def parse(doc: yamlfile.Located) -> Definitions:
             raise c.fail(f"duplicate SLA name {sla.name!r} (first defined on line {seen[sla.name]})", "slas", i, "name")
         seen[sla.name] = doc.line("slas", i, "name")
         slas.append(sla)
+    origins = [(s, i) for i, s in enumerate(slas) if s.kind == "orphans"]
+    for sla, i in origins[1:]:
+        if sla.origins != origins[0][0].origins:
+            raise c.fail(
+                f"{sla.name}: origins differ from those of {origins[0][0].name} (line "
+                f"{doc.line('slas', origins[0][1], 'name')}): one set of origins judges every orphan",
+                "slas", i, "origins",
+            )
     names = {s.name for s in slas}
     hops = []
     for i, item in enumerate(data.get("hops") or []):
@@ -310,6 +333,8 @@ def _parse_sla(c: _Checker, item: Any, path: tuple[Any, ...]) -> SLA:
         fields["maxes_ms"] = c.per_channel(item.get("max_ages", {}), *path, "max_ages")
         if "critical_factor" in item:
             fields["critical_factor"] = c.number(item["critical_factor"], *path, "critical_factor", low=1.0)
+    elif kind in SIGNAL_UNITS:
+        _parse_signal(c, item, path, fields)
     elif kind == "absence":
         fields["max"] = c.duration_ms(need("max_silence"), *path, "max_silence")
         fields["maxes_ms"] = c.per_channel(item.get("max_silences", {}), *path, "max_silences")
@@ -335,6 +360,30 @@ def _parse_sla(c: _Checker, item: Any, path: tuple[Any, ...]) -> SLA:
     return SLA(**fields)
 
 
+def _parse_signal(c: _Checker, item: dict[str, Any], path: tuple[Any, ...], fields: dict[str, Any]) -> None:
+    """`orphans`: a count per channel (warn above `max`, critical above `critical`) over origin
+    milestones; `duplicate_rate`: duplicate orders / orders received, with `min_orders`."""
+    name, kind = fields["name"], fields["kind"]
+    ratio = kind == "duplicate_rate"
+    high = 1.0 if ratio else None
+    if "max" not in item:
+        raise c.fail(f"{name}: {kind} needs `max`", *path)
+    fields["max"] = c.number(item["max"], *path, "max", high=high, integer=not ratio)
+    if "critical" in item:
+        fields["critical"] = c.number(item["critical"], *path, "critical", high=high, integer=not ratio)
+        if fields["critical"] < fields["max"]:
+            raise c.fail(f"{name}: critical ({fields['critical']}) is below max ({fields['max']})", *path, "critical")
+    if kind == "orphans":
+        origins = item.get("origins", list(DEFAULT_ORIGINS))
+        if not isinstance(origins, list | tuple) or not origins:
+            raise c.fail("origins: expected a non-empty list of milestones like order.received", *path, "origins")
+        fields["origins"] = tuple(sorted({c.milestone(m, *path, "origins") for m in origins}))
+    else:
+        fields["flow"] = "order"
+        if "min_orders" in item:
+            fields["min_orders"] = int(c.number(item["min_orders"], *path, "min_orders", integer=True))
+
+
 def publish(engine: Engine, definitions: Definitions) -> None:
     """Replace `sla_definitions` with every SLA: the API and the dashboard judge a single
     transaction from the latency rows with the same rules as the SLA table, and read each SLA's
@@ -348,7 +397,8 @@ def publish(engine: Engine, definitions: Definitions) -> None:
             rows.append({
                 "name": s.name, "kind": s.kind, "from_milestone": None, "to_milestone": None, "default_target_ms": None,
                 "targets_ms": {}, "deadline_attribute": None, "objective": None, "description": s.description,
-                "definition": extra | {"metric": s.metric, "milestone": s.milestone, "max": s.max, "critical": s.critical},
+                "definition": extra | {"metric": s.metric, "milestone": s.milestone, "max": s.max, "critical": s.critical}
+                | ({"origins": list(s.origins)} if s.origins else {}),
             })
     with engine.begin() as conn:
         conn.execute(sla_definitions.delete().where(sla_definitions.c.name.not_in([r["name"] for r in rows])))

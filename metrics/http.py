@@ -1,4 +1,5 @@
-"""HTTP read routes of the metrics room: `GET /v1/sla`, and the SLA gauges of `GET /metrics`.
+"""HTTP read routes of the metrics room: `GET /v1/sla`, the identity signals (`GET
+/v1/identity/orphans`, `/duplicates`, `/hubs`), and the SLA gauges of `GET /metrics`.
 
 `/v1/sla` computes the table for any window from rollups (fast at any data size); the
 `SlaGauges` collector exposes the scheduler's stored table (window 1h) through the web layer's
@@ -27,7 +28,7 @@ from controltower.db import is_unavailable
 from controltower.errors import ConfigError
 from controltower.settings import parse_duration
 from controltower.web import error, require_scope
-from metrics import compute, jobs
+from metrics import compute, jobs, signallists
 
 log = logging.getLogger(__name__)
 MAX_WINDOW = timedelta(days=90)
@@ -134,7 +135,71 @@ def routes(context: AppContext) -> list[BaseRoute]:
         body = {"window": raw, "as_of": now.isoformat().replace("+00:00", "Z"), "slas": [_json_row(r) for r in table]}
         return Response(orjson.dumps(body), media_type="application/json")
 
-    return [Route("/v1/sla", sla, methods=["GET"])]
+    def listing(name: str, read: Any) -> Any:
+        @require_scope("read")
+        async def endpoint(request: Request) -> Response:
+            query = _identity_query(request, name)
+            if isinstance(query, str):
+                return error(400, query)
+            limit, offset = query.pop("limit"), query.pop("offset")
+            now = datetime.now(UTC)
+
+            def run() -> dict[str, Any]:
+                with context.engine.connect() as conn:
+                    return read(conn, now, query, limit + 1, offset)
+
+            body = await run_in_threadpool(run)
+            rows = body[name]
+            body[name] = rows[:limit]
+            body |= {"limit": limit, "offset": offset, "next_offset": offset + limit if len(rows) > limit else None}
+            return Response(orjson.dumps({"as_of": _z(now)} | body), media_type="application/json")
+
+        return endpoint
+
+    grace_ms = context.settings.orphan_grace_seconds * 1000
+
+    def orphans(conn: Any, now: datetime, query: dict[str, Any], limit: int, offset: int) -> dict[str, Any]:
+        return {"grace_ms": grace_ms, "orphans": signallists.orphans(conn, now=now, limit=limit, offset=offset, **query),
+                "counts": signallists.orphan_counts(conn)}
+
+    def duplicates(conn: Any, now: datetime, query: dict[str, Any], limit: int, offset: int) -> dict[str, Any]:
+        return {"duplicates": signallists.duplicates(conn, limit=limit, offset=offset, **query)}
+
+    def hubs(conn: Any, now: datetime, query: dict[str, Any], limit: int, offset: int) -> dict[str, Any]:
+        return {"hubs": signallists.hubs(conn, limit=limit, offset=offset, **query)}
+
+    return [
+        Route("/v1/sla", sla, methods=["GET"]),
+        Route("/v1/identity/orphans", listing("orphans", orphans), methods=["GET"]),
+        Route("/v1/identity/duplicates", listing("duplicates", duplicates), methods=["GET"]),
+        Route("/v1/identity/hubs", listing("hubs", hubs), methods=["GET"]),
+    ]
+
+
+def _z(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+_COUNT = re.compile(r"^[0-9]{1,7}$")  # ASCII digits only: int() would take "٣" and " 3"
+
+
+def _identity_query(request: Request, name: str) -> dict[str, Any] | str:
+    """The paging and filters of one identity list, or what is wrong with them (one line)."""
+    allowed = ("limit", "offset", *signallists.FILTERS[name])
+    params = request.query_params
+    for key in params:
+        if key not in allowed:
+            return f"unknown query parameter {key[:40]!r} (expected {', '.join(allowed)})"
+        if len(params.getlist(key)) > 1:
+            return f"{key}: given more than once"
+    out: dict[str, Any] = {key: params.get(key) or None for key in allowed}  # an empty filter: all
+    for key, default in (("limit", signallists.PAGE_DEFAULT), ("offset", 0)):
+        raw = params.get(key, str(default))
+        if not _COUNT.match(raw):
+            return f"{key}: {raw[:40]!r} is not an integer"
+        out[key] = int(raw)
+    problem = signallists.check(name, out["limit"], out["offset"], {k: out[k] for k in signallists.FILTERS[name]})
+    return problem or out
 
 
 def collectors(context: AppContext) -> list[Collector]:

@@ -18,7 +18,8 @@ from sqlalchemy.engine import Engine
 from controltower.context import AppContext
 from controltower.jobs import ScheduledJob
 from controltower.schema.metrics import hop_health, sla_status
-from metrics import compute, definitions, rollups
+from controltower.settings import Settings
+from metrics import compute, definitions, rollups, signals
 
 log = logging.getLogger(__name__)
 WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24)}
@@ -29,8 +30,9 @@ def load_definitions(settings: Any) -> definitions.Definitions:
     return definitions.load(settings.slas_file)
 
 
-def refresh(engine: Engine, defs: definitions.Definitions, now: datetime) -> dict[str, Any]:
+def refresh(engine: Engine, defs: definitions.Definitions, now: datetime, settings: Settings | None = None) -> dict[str, Any]:
     stats = rollups.refresh_rollups(engine, defs, now)
+    stats |= signals.refresh(engine, defs, now, settings)  # orphans, duplicate orders (settings: grace, keys)
     with engine.connect() as conn:
         tables = {name: compute.sla_table(conn, defs, window=window, now=now) for name, window in WINDOWS.items()}
     hops = compute.hop_health(defs, tables["1h"])
@@ -52,7 +54,7 @@ def jobs(context: AppContext) -> list[ScheduledJob]:
     definitions.publish(context.engine, defs)
 
     def run(now: datetime) -> object:
-        return refresh(context.engine, defs, now)
+        return refresh(context.engine, defs, now, context.settings)
 
     return [ScheduledJob("metrics.refresh", run, context.settings.evaluation_interval)]
 

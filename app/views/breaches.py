@@ -1,4 +1,4 @@
-"""Open breaches: the work queue of offending transactions (alerts deep-link here).
+"""Open breaches: the work queue of offending business transactions (alerts deep-link here).
 
 `?sla=erp_posting&channel=walmart` pre-fills the filters; changing them updates the URL so the
 view can be shared.
@@ -52,7 +52,9 @@ m1, m2, m3 = st.columns(3)
 m1.metric("Overdue items", f"{len(shown):,}")
 m2.metric("Oldest overdue by", human_duration(items["overdue_ms"].max()))
 m3.metric("Channels affected", f"{items['channel'].nunique()}")
-st.caption(f"Transactions past their SLA deadline for {scope}, most overdue first. Open one for its whole story.")
+joined = " (one row per business transaction; Members lists the correlation ids it joins)" if "Members" in shown else ""
+st.caption(f"Transactions past their SLA deadline for {scope}, most overdue first{joined}. "
+           "Open one for its whole story.")
 if "Note" in shown:
     unreadable = int((shown["Note"] != "").sum())
     st.warning(f"{unreadable:,} item{'' if unreadable == 1 else 's'} with an invalid date stored (outside the sane "

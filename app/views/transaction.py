@@ -1,7 +1,9 @@
 """Transaction: support's search by order id, marketplace order number, SKU or tracking number.
 
-`?q=<key>` pre-fills the search; `?id=<correlation_id>` opens exactly that transaction (the old
-`?correlation_id=` still works). Every value from events is shown as text, never as Markdown.
+`?q=<key>` pre-fills the search; `?id=<correlation_id>` opens the business transaction that
+correlation id belongs to (the old `?correlation_id=` still works). A business transaction joined
+from several systems' correlation ids is one page: its story names each system and the ID it
+used, and its members are listed. Every value from events is shown as text, never as Markdown.
 """
 
 from __future__ import annotations
@@ -41,14 +43,9 @@ else:
         chosen = results[0]["correlation_id"]
     else:
         st.caption(f"{len(results)} transactions match {components.quoted(q)}, newest first.")
-        st.dataframe(
-            pd.DataFrame(results)[["correlation_id", "channel", "flow", "order_id", "status", "last_milestone",
-                                   "last_event_at", "error_count"]],
-            hide_index=True,
-            width="stretch",
-        )
-        choices = {r["correlation_id"]: f"{r['correlation_id']} · {r['channel']} · {r.get('order_id') or '–'} · "
-                   f"{r['status']}" for r in results}
+        st.dataframe(shaping.search_display(results), hide_index=True, width="stretch")
+        choices = {r["correlation_id"]: f"{r['correlation_id']} · {r.get('channel') or '–'} · "
+                   f"{r.get('order_id') or '–'} · {r['status']}" for r in results}
         chosen = st.selectbox("Show", list(choices), format_func=choices.get, key="pick")
 
 tx = cache.get_transaction(chosen)
@@ -61,7 +58,19 @@ first = min(tx["milestones"].values(), default=tx["first_event_at"])
 st.caption(f"What happened, in words you can read to the customer (times in UTC; "
            f"received {pd.Timestamp(first):%d %b %Y}).")
 st.markdown(components.transaction_header(tx), unsafe_allow_html=True)
-alerts = cache.related_alerts(tx["channel"])
+members = shaping.members_frame(tx)
+if len(members) > 1:
+    st.markdown(f"**{len(tx['correlation_ids'])} correlation ids joined into this business transaction** "
+                "(linked by shared identity keys)")
+    st.dataframe(
+        members,
+        hide_index=True,
+        width="stretch",
+        column_config={c: st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss") for c in ("First event",
+                                                                                                   "Last event")},
+        key="members",
+    )
+alerts = cache.related_alerts(tx["channel"]) if tx["channel"] else pd.DataFrame()
 if not alerts.empty:
     st.markdown(f"**Firing alerts for {md(tx['channel'])}** ([all alerts](alerts))")
     st.dataframe(
@@ -90,10 +99,7 @@ left, right = st.columns([1, 1])
 with left:
     st.markdown("**Milestones**")
     st.dataframe(
-        pd.DataFrame(
-            [{"Milestone": m, "Reached at": pd.Timestamp(at)} for m, at in tx["milestones"].items()],
-            columns=["Milestone", "Reached at"],
-        ),
+        shaping.milestones_frame(tx),
         hide_index=True,
         width="stretch",
         column_config={"Reached at": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss")},
@@ -112,14 +118,17 @@ st.plotly_chart(charts.timeline_figure(events), width="stretch", key="timeline")
 
 st.markdown("**Events**")
 st.dataframe(
-    components.style_health(events.drop(columns=["source"]), "status"),
+    components.style_health(events.drop(columns=["source"] if len(members) > 1 else ["source", "correlation_id"]),
+                            "status"),
     hide_index=True,
     width="stretch",
     column_config={"time": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss.SSS")},
     key="events",
 )
 for event in tx["events"][:100]:
-    title = f"{event['occurred_at']} · {event.get('system') or '?'} · {event['flow']}.{event['stage']} · {event['status']}"
+    member = f" · {event['correlation_id']}" if len(tx.get("correlation_ids") or ()) > 1 else ""
+    title = (f"{event['occurred_at']} · {event.get('system') or '?'} · {event['flow']}.{event['stage']} · "
+             f"{event['status']}{member}")
     with st.expander(md(title)):
         st.json({k: event.get(k) for k in ("attributes", "payload", "error_code", "error_message", "trace_id",
                                             "span_id", "source", "received_at") if event.get(k) is not None})

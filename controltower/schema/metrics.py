@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 from controltower.schema.base import metadata
 
@@ -176,4 +176,43 @@ event_rollup_hour = sa.Table(
     sa.Column("status", sa.Text, nullable=False),
     sa.Column("count", sa.BigInteger, nullable=False),
     sa.PrimaryKeyConstraint("hour", "channel", "flow", "stage", "status", name="event_rollup_hour_pkey"),
+)
+
+# The identity graph's signals (metrics/signals.py), one row per business transaction, named by
+# its business_id (readers show its canonical member): orphan candidates, orphans once
+# `orphaned_at` is set; channel orders with the distinct ERP documents they carry.
+signal_orphans = sa.Table(
+    "signal_orphans",
+    metadata,
+    sa.Column("business_id", sa.Text, primary_key=True),
+    sa.Column("channel", sa.Text),
+    sa.Column("system", sa.Text),
+    sa.Column("first_event_at", TS, nullable=False),
+    sa.Column("orphaned_at", TS),
+    sa.Index("signal_orphans_candidate_idx", "first_event_at", postgresql_where=sa.text("orphaned_at IS NULL")),
+    sa.Index("signal_orphans_orphaned_idx", "orphaned_at"),
+)
+
+signal_orders = sa.Table(
+    "signal_orders",
+    metadata,
+    sa.Column("business_id", sa.Text, primary_key=True),
+    sa.Column("channel", sa.Text),
+    sa.Column("received_at", TS, nullable=False),
+    sa.Column("erp_documents", ARRAY(sa.Text), nullable=False),
+    sa.Index("signal_orders_received_idx", "received_at"),
+    sa.Index(
+        "signal_orders_duplicate_idx", "received_at", postgresql_where=sa.text("cardinality(erp_documents) >= 2")
+    ),
+)
+
+# Orders and duplicate orders per UTC hour and channel ("unknown": none known), from signal_orders.
+signal_order_hours = sa.Table(
+    "signal_order_hours",
+    metadata,
+    sa.Column("hour", TS, nullable=False),
+    sa.Column("channel", sa.Text, nullable=False),
+    sa.Column("orders", sa.BigInteger, nullable=False),
+    sa.Column("duplicates", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("hour", "channel", name="signal_order_hours_pkey"),
 )

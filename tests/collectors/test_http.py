@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from controltower import apikeys
+from controltower.vocab import rfc3339
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -146,6 +147,29 @@ def test_search_by_every_key_and_transaction_view(collector, engine):
     assert [e["event_id"] for e in tx["events"]] == ["s1", "s2", "s3"]
     assert tx["keys"]["tracking_number"] == ["1Z999AA10123456784"]
     assert httpx.get(collector.url + "/v1/transactions/missing").status_code == 404
+
+
+def test_a_business_transaction_posted_by_four_systems_reads_whole_from_any_member(collector, engine):
+    from tests.core.test_transactions import CARRIER, ERP, MKT, TRACKING, WMS, stitched_records
+
+    t0 = NOW - timedelta(hours=3)
+    records = stitched_records(t0, "2099-01-01")
+    assert "channel" not in records[-1]  # the carrier's scan knows only the tracking number
+    assert httpx.post(collector.url + "/v1/events", json=records).json()["accepted"] == 8
+    tx = httpx.get(f"{collector.url}/v1/transactions/{CARRIER}")
+    assert tx.status_code == 200
+    body = tx.json()
+    assert (body["correlation_id"], body["correlation_ids"], body["channel"]) == (
+        MKT, [CARRIER, ERP, MKT, WMS], "amazon")
+    minute = timedelta(minutes=1)
+    assert body["milestones"] == {
+        "order.received": rfc3339(t0), "order.acknowledged": rfc3339(t0 + minute),
+        "order.erp_posted": rfc3339(t0 + 2 * minute), "fulfilment.released": rfc3339(t0 + 20 * minute),
+        "fulfilment.shipped": rfc3339(t0 + 60 * minute), "shipment.first_scan": rfc3339(t0 + 90 * minute)}
+    assert [e["correlation_id"] for e in body["events"]] == [MKT, MKT, ERP, ERP, ERP, WMS, WMS, CARRIER]
+    [row] = httpx.get(collector.url + "/v1/transactions", params={"q": TRACKING}).json()["results"]
+    assert (row["correlation_id"], row["correlation_ids"], row["matched_by"]) == (
+        MKT, [CARRIER, ERP, MKT, WMS], ["tracking_number"])
 
 
 def test_sla_verdicts_from_definitions(collector, engine):

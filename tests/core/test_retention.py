@@ -118,3 +118,17 @@ def test_a_business_transaction_expires_whole_and_only_when_every_member_is_idle
     assert tx == ["KEEP-A", "KEEP-B"]
     assert keys == ["SO-KEEP"]
     assert "x" not in journal and "y" in journal  # the journal keeps a day
+
+
+def test_the_identity_journal_is_kept_while_the_metrics_job_has_not_read_it(engine, settings):
+    old = NOW - timedelta(days=3)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO identity_changes VALUES ('unread', :t)"), {"t": old})
+        # the scheduler was down: the rollups last ran four days ago
+        conn.execute(sa.text("INSERT INTO metrics_watermarks VALUES ('rollups', :t)"), {"t": NOW - timedelta(days=4)})
+    retention.apply(engine, settings, NOW)
+    assert count(engine, "SELECT count(*) FROM identity_changes WHERE business_id = 'unread'") == 1
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE metrics_watermarks SET value = :t"), {"t": NOW})
+    retention.apply(engine, settings, NOW)
+    assert count(engine, "SELECT count(*) FROM identity_changes WHERE business_id = 'unread'") == 0

@@ -1,8 +1,9 @@
-"""One transaction's SLA verdicts are the SLA table's, through every reader, and never crash.
+"""One business transaction's story and SLA verdicts, through every reader, and never a crash.
 
-The same verdicts through the function the dashboard uses (`controltower.transactions.get`),
+The same answer through the function the dashboard uses (`controltower.transactions.get`),
 the HTTP API (`GET /v1/transactions/{id}` on a real loopback server) and the CLI
-(`controltower search --json`), against a real Postgres; expected values by hand.
+(`controltower search --json`), against a real Postgres; expected values by hand. A business
+transaction stitched from four systems' correlation ids reads as one from any member.
 """
 
 from __future__ import annotations
@@ -205,3 +206,203 @@ def test_any_stored_promise_gives_a_verdict_never_an_error(migrated_engine, valu
         [verdict] = [v for v in transactions.get(conn, "H1", now=now)["sla"] if v["sla"] == "ship_by_expected_date"]
     assert verdict["state"] in ("pending", "overdue", "unjudged")
     assert (verdict["state"] == "unjudged") == ("due_at" not in verdict)
+
+
+# -- one business transaction across four systems ------------------------------------------------
+# The marketplace connector traces the order under its own id, the ERP posts it under another
+# (sharing the marketplace order number), the WMS ships against the ERP document, and the carrier
+# knows only the tracking number (and no channel). Names sort unlike their times on purpose: the
+# canonical member is the earliest, not the smallest id, and never the stored business_id.
+MKT, ERP, WMS, CARRIER = "mkt-7f3a", "erp-20261130-0042", "wms-88", "car-1Z999"
+ORDER_NO, ERP_DOC, SHIPMENT, TRACKING = "112-0000001-0000001", "4500001", "SHP-88", "1Z999AA10123456784"
+
+
+def stitched_records(t0: datetime, promise: str) -> list[dict]:
+    def rec(cid: str, n: int, milestone: str, minutes: float, system: str, channel: str | None = "amazon",
+            status: str = "ok", order_id: str | None = None, **attributes: str) -> dict:
+        flow, stage = milestone.split(".")
+        record = {"event_id": f"{cid}-{n}", "occurred_at": (t0 + minutes * MIN).isoformat(), "correlation_id": cid,
+                  "flow": flow, "stage": stage, "status": status, "system": system, "attributes": attributes}
+        if channel:
+            record["channel"] = channel
+        if order_id:
+            record["order_id"] = order_id
+        if status != "ok":
+            record["error_code"], record["error_message"] = "ERP-503", "posting service unavailable"
+        return record
+
+    return [
+        rec(MKT, 1, "order.received", 0, "marketplace", external_order_id=ORDER_NO, expected_ship_date=promise),
+        rec(MKT, 2, "order.acknowledged", 1, "marketplace", external_order_id=ORDER_NO),
+        # the ERP records its own receipt later: the marketplace's earlier one wins
+        rec(ERP, 1, "order.received", 1.5, "erp", order_id="SO-1001", external_order_id=ORDER_NO),
+        rec(ERP, 2, "order.erp_posted", 1.75, "erp", status="error", order_id="SO-1001", external_order_id=ORDER_NO),
+        rec(ERP, 3, "order.erp_posted", 2, "erp", order_id="SO-1001", external_order_id=ORDER_NO, erp_document=ERP_DOC),
+        rec(WMS, 1, "fulfilment.released", 20, "wms", erp_document=ERP_DOC, shipment_id=SHIPMENT),
+        rec(WMS, 2, "fulfilment.shipped", 60, "wms", erp_document=ERP_DOC, shipment_id=SHIPMENT,
+            tracking_number=TRACKING),
+        rec(CARRIER, 1, "shipment.first_scan", 90, "carrier", channel=None, tracking_number=TRACKING),
+    ]
+
+
+def ingest_stitched(engine, settings, now: datetime) -> datetime:
+    """The four systems' events through the real ingest, which links them into one business
+    transaction by their shared identity keys; returns t0."""
+    t0 = now - 3 * H
+    records = stitched_records(t0, (now + 48 * H).date().isoformat())
+    ingest(engine, settings, records, now=now)
+    with engine.connect() as conn:
+        linked = dict(conn.execute(sa.text("SELECT correlation_id, business_id FROM transactions")).all())
+    assert len(linked) == 4 and len(set(linked.values())) == 1, linked  # one business, four members
+    definitions.publish(engine, DEFS)
+    return t0
+
+
+def stitched_verdicts(t0: datetime, now: datetime) -> list[dict]:
+    promise_end = datetime.combine((now + 48 * H).date(), datetime.max.time(), tzinfo=UTC)
+    return [
+        {"sla": "erp_posting", "from": "order.received", "to": "order.erp_posted", "state": "met",
+         "elapsed_ms": 120_000, "target_ms": 1_800_000, "due_at": rfc3339(t0 + 30 * MIN)},
+        {"sla": "order_acknowledgement", "from": "order.received", "to": "order.acknowledged", "state": "met",
+         "elapsed_ms": 60_000, "target_ms": 1_800_000, "due_at": rfc3339(t0 + 30 * MIN)},
+        {"sla": "ship_by_expected_date", "from": "order.received", "to": "shipment.shipment_confirmed",
+         "state": "pending", "elapsed_ms": 3 * 3600_000, "target_ms": None, "due_at": rfc3339(promise_end)},
+        # shipped at t0+60 min, never confirmed to Amazon: 2 h against 1 h
+        {"sla": "shipment_confirmation", "from": "fulfilment.shipped", "to": "shipment.shipment_confirmed",
+         "state": "overdue", "elapsed_ms": 2 * 3600_000, "target_ms": 3600_000, "due_at": rfc3339(t0 + 120 * MIN)},
+        {"sla": "warehouse_release", "from": "order.erp_posted", "to": "fulfilment.released", "state": "met",
+         "elapsed_ms": 18 * 60_000, "target_ms": 3600_000, "due_at": rfc3339(t0 + 62 * MIN)},
+        {"sla": "warehouse_shipping", "from": "fulfilment.released", "to": "fulfilment.shipped", "state": "met",
+         "elapsed_ms": 40 * 60_000, "target_ms": 24 * 3600_000, "due_at": rfc3339(t0 + 20 * MIN + 24 * H)},
+    ]
+
+
+def settled(verdicts: list[dict]) -> list[dict]:
+    """Verdicts without the elapsed time of open ones (a server reads its own clock)."""
+    return [{k: v for k, v in x.items() if not (k == "elapsed_ms" and x["state"] in ("pending", "overdue"))}
+            for x in verdicts]
+
+
+def test_any_member_answers_the_whole_business_transaction(engine, settings, collector, cli):
+    now = datetime.now(UTC).replace(microsecond=0)
+    t0 = ingest_stitched(engine, settings, now)
+    members = sorted([MKT, ERP, WMS, CARRIER])
+    assert members == [CARRIER, ERP, MKT, WMS]  # so "sorted" and "canonical" differ below
+    expected_milestones = {
+        "order.received": (t0, MKT, "marketplace"),
+        "order.acknowledged": (t0 + MIN, MKT, "marketplace"),
+        "order.erp_posted": (t0 + 2 * MIN, ERP, "erp"),
+        "fulfilment.released": (t0 + 20 * MIN, WMS, "wms"),
+        "fulfilment.shipped": (t0 + 60 * MIN, WMS, "wms"),
+        "shipment.first_scan": (t0 + 90 * MIN, CARRIER, "carrier"),
+    }
+    with engine.connect() as conn:
+        answers = {cid: transactions.get(conn, cid, now=now) for cid in members}
+    tx = answers[CARRIER]
+    for cid in members:  # every member answers the same business transaction
+        assert answers[cid] == tx, cid
+    assert tx["correlation_id"] == MKT and tx["correlation_ids"] == members
+    assert tx["channel"] == "amazon"  # the business channel: the carrier's scan had none
+    assert (tx["order_id"], tx["flow"], tx["status"]) == ("SO-1001", "order", "ok")
+    assert (tx["last_milestone"], tx["last_system"]) == ("shipment.first_scan", "carrier")
+    assert (tx["first_event_at"], tx["last_event_at"]) == (rfc3339(t0), rfc3339(t0 + 90 * MIN))
+    assert (tx["event_count"], tx["error_count"], tx["retry_count"], tx["dead_letter_count"]) == (8, 1, 0, 0)
+    assert tx["last_error"] == {"at": rfc3339(t0 + 1.75 * MIN), "code": "ERP-503",
+                                "message": "posting service unavailable"}
+    assert tx["milestones"] == {m: rfc3339(at) for m, (at, _, _) in expected_milestones.items()}
+    assert list(tx["milestones"]) == list(expected_milestones)  # in time order
+    assert tx["reached_by"] == {m: {"correlation_id": cid, "system": system}
+                                for m, (_, cid, system) in expected_milestones.items()}
+    assert tx["keys"] == {"erp_document": [ERP_DOC], "external_order_id": [ORDER_NO], "order_id": ["SO-1001"],
+                          "shipment_id": [SHIPMENT], "tracking_number": [TRACKING]}
+    assert [(e["correlation_id"], e["event_id"]) for e in tx["events"]] == [
+        (MKT, f"{MKT}-1"), (MKT, f"{MKT}-2"), (ERP, f"{ERP}-1"), (ERP, f"{ERP}-2"), (ERP, f"{ERP}-3"),
+        (WMS, f"{WMS}-1"), (WMS, f"{WMS}-2"), (CARRIER, f"{CARRIER}-1")]
+    assert "channel" not in tx["events"][-1]  # each event as stored: the scan has no channel
+    assert [(m["correlation_id"], m["systems"], m["keys"], m["first_event_at"], m["last_event_at"], m["event_count"])
+            for m in tx["members"]] == [
+        (MKT, ["marketplace"], {"external_order_id": [ORDER_NO]}, rfc3339(t0), rfc3339(t0 + MIN), 2),
+        (ERP, ["erp"], {"erp_document": [ERP_DOC], "external_order_id": [ORDER_NO], "order_id": ["SO-1001"]},
+         rfc3339(t0 + 1.5 * MIN), rfc3339(t0 + 2 * MIN), 3),
+        (WMS, ["wms"], {"erp_document": [ERP_DOC], "shipment_id": [SHIPMENT], "tracking_number": [TRACKING]},
+         rfc3339(t0 + 20 * MIN), rfc3339(t0 + 60 * MIN), 2),
+        (CARRIER, ["carrier"], {"tracking_number": [TRACKING]}, rfc3339(t0 + 90 * MIN), rfc3339(t0 + 90 * MIN), 1),
+    ]
+    # SLA verdicts over the merged milestones: the ERP's posting counts for the marketplace's order
+    assert tx["sla"] == stitched_verdicts(t0, now)
+
+    api = httpx.get(f"{collector.url}/v1/transactions/{CARRIER}")
+    assert api.status_code == 200
+    body = api.json()
+    assert body["correlation_id"] == MKT and body["correlation_ids"] == members
+    assert body["milestones"] == tx["milestones"] and settled(body["sla"]) == settled(stitched_verdicts(t0, now))
+    assert body["reached_by"]["shipment.first_scan"] == {"correlation_id": CARRIER, "system": "carrier"}
+    assert httpx.get(f"{collector.url}/v1/transactions/{WMS}").json()["correlation_id"] == MKT
+    assert httpx.get(f"{collector.url}/v1/transactions/no-such-member").status_code == 404
+
+    # one row per business transaction, whichever member's key matched
+    for q, matched_by, matched_ids in (
+        (TRACKING, ["tracking_number"], [CARRIER, WMS]),
+        (ERP_DOC, ["erp_document"], [ERP, WMS]),
+        (ORDER_NO, ["external_order_id"], [ERP, MKT]),
+        ("SO-1001", ["order_id"], [ERP]),
+        (CARRIER, ["correlation_id"], [CARRIER]),
+    ):
+        r = httpx.get(f"{collector.url}/v1/transactions", params={"q": q})
+        assert r.status_code == 200
+        [row] = r.json()["results"]
+        assert (row["correlation_id"], row["correlation_ids"]) == (MKT, members), q
+        assert (row["matched_by"], row["matched_correlation_ids"]) == (matched_by, matched_ids), q
+        assert (row["channel"], row["order_id"], row["status"], row["event_count"]) == ("amazon", "SO-1001", "ok", 8)
+        assert row["last_milestone"] == "shipment.first_scan" and row["last_event_at"] == rfc3339(t0 + 90 * MIN)
+    found = cli(TRACKING)
+    assert [h["correlation_id"] for h in found["results"]] == [MKT]
+    assert found["transaction"]["correlation_ids"] == members
+    assert settled(found["transaction"]["sla"]) == settled(stitched_verdicts(t0, now))
+
+
+def picked(t0: datetime) -> dict:
+    """The warehouse's pick names the SKU too (a reference key: searchable, links nothing)."""
+    return {"event_id": f"{WMS}-pick", "occurred_at": (t0 + 30 * MIN).isoformat(), "correlation_id": WMS,
+            "flow": "fulfilment", "stage": "picked", "status": "ok", "system": "wms",
+            "attributes": {"erp_document": ERP_DOC, "sku": "SKU-RED"}}
+
+
+def test_search_pages_business_transactions_newest_first(engine, settings):
+    now = datetime.now(UTC).replace(microsecond=0)
+    t0 = ingest_stitched(engine, settings, now)
+    # two more orders with the same SKU (a reference key): three businesses, one of them stitched
+    ingest(engine, settings, [
+        ev("SOLO-1", "order.received", t0 + 100 * MIN, sku="SKU-RED"),
+        ev("SOLO-2", "order.received", t0 + 30 * MIN, sku="SKU-RED"),
+    ], now=now)
+    ingest(engine, settings, [picked(t0)], now=now)
+    with engine.connect() as conn:
+        rows = transactions.search(conn, "SKU-RED")
+        # newest last event first: SOLO-1 (t0+100), the stitched order (t0+90), SOLO-2 (t0+30)
+        assert [(r["correlation_id"], r["correlation_ids"]) for r in rows] == [
+            ("SOLO-1", ["SOLO-1"]), (MKT, [CARRIER, ERP, MKT, WMS]), ("SOLO-2", ["SOLO-2"])]
+        assert (rows[1]["matched_by"], rows[1]["matched_correlation_ids"]) == (["sku"], [WMS])
+        assert rows[0]["matched_by"] == ["sku"] and rows[1]["event_count"] == 9
+        assert [r["correlation_id"] for r in transactions.search(conn, "SKU-RED", limit=1, offset=1)] == [MKT]
+        assert [r["correlation_id"] for r in transactions.search(conn, "SKU-RED", limit=2, offset=2)] == ["SOLO-2"]
+
+
+def test_search_text_output_names_every_member(engine, settings, monkeypatch, database_url, capsys):
+    from wiring.cli import main
+
+    monkeypatch.setenv("CONTROLTOWER_DATABASE_URL", database_url)
+    now = datetime.now(UTC).replace(microsecond=0)
+    t0 = ingest_stitched(engine, settings, now)
+    capsys.readouterr()
+    main(["search", TRACKING])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == [MKT, "channel", "amazon", "order", "SO-1001", "status", "ok"]
+    assert out[1].strip() == "4 correlation ids, one business transaction:"
+    assert [o.split()[:3] for o in out[2:6]] == [
+        ["member", MKT, "marketplace"], ["member", ERP, "erp"], ["member", WMS, "wms"], ["member", CARRIER, "carrier"]]
+    assert out[4].split()[3:] == [rfc3339(t0 + 20 * MIN), "→", rfc3339(t0 + 60 * MIN), "2", "events",
+                                  f"erp_document={ERP_DOC},", f"shipment_id={SHIPMENT},", f"tracking_number={TRACKING}"]
+    assert "  SLA erp_posting: met (2 min of 30 min)" in out
+    scan = next(o for o in out if "shipment.first_scan" in o)
+    assert scan.split()[:3] == [rfc3339(t0 + 90 * MIN), CARRIER, "carrier"]  # each event says its member
