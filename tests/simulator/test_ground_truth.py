@@ -143,3 +143,27 @@ def test_sla_erp_posting_samples_span_the_two_systems(engine, settings, now, ids
     for member, sample in found.items():
         assert sample.channel == expected[member]["channel"]
         assert sample.latency_ms == pytest.approx(expected[member]["latency_ms"], abs=1)
+
+
+@MODES
+def test_signals_list_the_truths_orphans_and_duplicate_orders(engine, settings, now, ids):
+    """The signals (metrics.signals: orphans per system and channel, duplicate orders with their
+    ERP documents) against what the simulator injected. Needs (real mode): ingest linking."""
+    from metrics import signallists, signals
+
+    truth = run(engine, settings, ids, now=now, faults=("erp_outage@10h+2h",))
+    signals.refresh(engine, DEFS, now, settings)
+    with engine.connect() as conn:
+        orphans = signallists.orphans(conn, now=now, limit=10_000)
+        counts = signallists.orphan_counts(conn)
+        duplicates = signallists.duplicates(conn, limit=10_000)
+    assert {o["correlation_id"]: (o["system"], o["channel"]) for o in orphans} == {  # no channel reads "unknown"
+        o["correlation_id"]: (o["system"], o["channel"] or "unknown") for o in truth["orphans"]}
+    assert {(c["system"], c["channel"]): c["orphans"] for c in counts} == {
+        (system, channel): n for system, chs in truth["orphans_by_system"].items() for channel, n in chs.items()}
+    assert {d["correlation_id"]: sorted(d["erp_documents"]) for d in duplicates} == {
+        d["correlation_id"]: d["erp_documents"] for d in truth["duplicate_orders"]}
+    if ids == "real":
+        assert len(orphans) > 3 and duplicates
+        assert {c["system"] for c in counts} == {"carrier", "erp"}
+        assert all(len(d["correlation_ids"]) >= 3 for d in duplicates)  # connector and two ERP postings at least
