@@ -27,6 +27,7 @@ def simulate_command(
     fault: list[str] = typer.Option([], "--fault", help="KIND[:CHANNEL[:LOCATION]]\\[@START][+DURATION], e.g. erp_outage@10m+30m, slow_ack:walmart@1h+2h; repeatable or comma-separated."),
     duration: str | None = typer.Option(None, "--duration", help="Live run length (wall time); default until Ctrl-C."),
     rate_scale: float = typer.Option(1.0, "--rate-scale", help="Multiplier of order volume."),
+    ids: str = typer.Option("shared", "--ids", help="shared: every hop of an order under one correlation ID; real: each system (connector, ERP, WMS, carrier) under its own IDs with only the keys it knows, plus split shipments, ERP duplicates and orphans (what `controltower demo` runs)."),
     truth: Path | None = typer.Option(None, "--truth", help="Ground-truth JSON (default <data_dir>/simulator-truth.json)."),
     drop_folder: Path | None = typer.Option(None, "--drop-folder", help="Write the 3PL's shipment feed here as files (live mode)."),
     api_key: str | None = typer.Option(None, "--api-key", envvar="CONTROLTOWER_API_KEY", help="Ingest key, when keys are required."),
@@ -37,6 +38,7 @@ def simulate_command(
     """
     from simulator.emit import FileSink, HttpSink, StoreSink
     from simulator.faults import parse_faults
+    from simulator.identities import IDS_MODES
     from simulator.run import check_window, live_lead, simulate
 
     settings = settings_of(ctx)
@@ -46,13 +48,15 @@ def simulate_command(
         wall = parse_duration(duration, where="--duration") if duration else None
         if rate_scale < 0:
             raise ConfigError(f"--rate-scale: {rate_scale} is negative")
+        if ids not in IDS_MODES:
+            raise ConfigError(f"--ids: {ids!r} is not one of {', '.join(IDS_MODES)}")
         live = not history or wall is not None
         check_window(history, live_lead(speed, wall) if live else 0.0, settings)
     except ConfigError as exc:
         fail(str(exc))
     stop = threading.Event()
     options: dict[str, Any] = {
-        "seed": seed, "faults": specs, "rate_scale": rate_scale, "backfill": history,
+        "seed": seed, "faults": specs, "rate_scale": rate_scale, "ids": ids, "backfill": history,
         "speed": speed, "duration": wall, "stop": stop, "progress": True,
         "truth_path": truth or settings.data_dir / "simulator-truth.json",
     }
@@ -98,7 +102,8 @@ def _report(truth: dict[str, Any], path: Path) -> None:
         )
     console.print(
         f"{truth['events_total']} events ({truth['malformed_records']} malformed, "
-        f"{truth['duplicate_records']} duplicate copies); {truth['unposted_count']} orders unposted "
+        f"{truth['duplicate_records']} duplicate copies, {truth['ids']} ids); {truth['unposted_count']} "
+        f"orders unposted, {truth['orphan_count']} orphans, {truth['duplicate_order_count']} duplicate orders "
         f"at {truth['end']}; ground truth in {path}",
         highlight=False,
     )

@@ -206,7 +206,7 @@ class _SpanEmitter:
         from collectors.instrument import flow_step
 
         with flow_step(
-            record["flow"], record["stage"], channel=record["channel"],
+            record["flow"], record["stage"], channel=record.get("channel"),
             correlation_id=record["correlation_id"], order_id=record.get("order_id"),
             system=record["system"], attributes=record.get("attributes"),
             tracer=self._tracer(record["system"]),

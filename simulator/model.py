@@ -6,6 +6,11 @@ its correlation id. So the same seed over the same window gives the same events 
 ids, and overlapping runs regenerate identical events that the store counts as duplicates
 instead of storing twice. Faults (a `simulator.faults.FaultPlan`) bend the timeline.
 
+`ids` picks who speaks (simulator.identities): `shared`, one correlation id per order with
+every key; `real`, each system its own ids and only the keys it knows, plus ERP duplicates and
+orphans. Both modes run the same orders on the same timeline (real-ID draws use generators of
+their own).
+
 Times inside the model are epoch seconds rounded to milliseconds; records carry RFC 3339.
 `Simulation` yields `SimEvent`s (simulator.records) in simulated-time order from a heap;
 `simulator.truth.GroundTruth` watches what was emitted and says what the product should find.
@@ -22,11 +27,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from simulator.identities import IDS_MODES, OrderIdentities, carrier_view, guid
 from simulator.records import (
     Order,
     SimEvent,
     customer,
     drift,
+    erp_document,
     iso,
     make_record,
     new_order,
@@ -71,6 +78,10 @@ RETURN_SHARE = 0.05
 SPLIT_SHARE = 0.12
 POISON_SHARE = 0.1
 DRIFT_SHARE = 0.2
+# real-ID mode only (drawn from generators of their own, so the shared timeline stays as it is)
+ERP_DUPLICATE_SHARE = 0.01  # orders the ERP posts twice, under two sales documents
+ORPHAN_SHARE = 0.01  # per order volume: carrier scans of unknown parcels; ERP orders no channel sent
+ORPHAN_INDEX = 9  # the "channel index" in an orphan's order number and document: never a channel's
 SKUS = tuple(f"SKU-{n}" for n in range(10000, 10200))
 _DAY = 86400.0
 
@@ -83,9 +94,14 @@ def lognormal(rng: random.Random, median_s: float, sigma: float) -> float:
 class Simulation:
     """Yields the events of a run in simulated-time order, from `start` on, forever."""
 
-    def __init__(self, *, seed: int, start: float, faults: FaultPlan, rate_scale: float = 1.0) -> None:
+    def __init__(
+        self, *, seed: int, start: float, faults: FaultPlan, rate_scale: float = 1.0, ids: str = "shared"
+    ) -> None:
         if rate_scale < 0:
             raise ValueError(f"rate_scale {rate_scale} is negative")
+        if ids not in IDS_MODES:
+            raise ValueError(f"ids {ids!r} is not one of {', '.join(IDS_MODES)}")
+        self.ids = ids
         self.seed = seed
         self.start = round(start, 3)
         self.faults = faults
@@ -108,10 +124,10 @@ class Simulation:
         out: list[SimEvent] = []
         while self._heap and self._heap[0][0] < until:
             at, _, item = heapq.heappop(self._heap)
-            if isinstance(item, tuple):
+            if item[0] == "tick":
                 self._expand_hour(item[1])
             else:
-                out.extend(self._emissions(at, item))
+                out.extend(self._emissions(at, item[1], item[2]))
         return out
 
     def hours(self, until: float) -> Iterator[list[SimEvent]]:
@@ -125,15 +141,18 @@ class Simulation:
         for channel in CHANNELS:
             self._orders_in_hour(channel, hour)
         self._inventory_in_hour(hour)
+        if self.ids == "real":
+            self._orphans_in_hour(hour)
         if hour % 24 == SETTLEMENT_HOUR_UTC:
             self._settlements(hour)
 
-    def push(self, at: float, record: dict[str, Any]) -> None:
-        """Queue a record unless it falls before the run (or never happens: inf)."""
+    def push(self, at: float, record: dict[str, Any], business: str | None = None) -> None:
+        """Queue a record unless it falls before the run (or never happens: inf). `business`:
+        the order it belongs to, for the ground truth (the record may not say)."""
         at = round(at, 3)
         if self.start <= at < math.inf:
             record["occurred_at"] = iso(at)
-            self._push_raw(at, record)
+            self._push_raw(at, ("record", record, business))
 
     def _orders_in_hour(self, channel: str, hour: int) -> None:
         """Arrivals by thinning a Poisson process: candidates at the hour's highest rate."""
@@ -172,11 +191,13 @@ class Simulation:
             t = life.add("order", "acknowledged", "middleware", ack, t)
         posted = self.faults.defer("erp_outage", t + lognormal(rng, 180, 1.0), rng)
         if self.faults.active("poison", t0) and rng.random() < POISON_SHARE:
-            life.add("order", "erp_posted", "erp", posted, t, status="dead_letter",
+            life.add("order", "erp_posted", "erp", posted, t, who="erp", status="dead_letter",
                      error=("ERP_POISON", "sales order rejected: ship-to address fails validation"))
             return
-        t = life.add("order", "erp_posted", "erp", posted, t,
-                     attributes={"erp_document": f"ERP{rng.randrange(10**8):08d}"})
+        rng.randrange(10**8)  # was the document number's draw: the rest of the timeline stays
+        t = life.add("order", "erp_posted", "erp", posted, t, who="erp",
+                     attributes={"erp_document": erp_document(order.seq)})
+        life.maybe_post_twice(t)
         if order.channel == "pos":
             return
         if rng.random() < CANCEL_SHARE:
@@ -189,26 +210,26 @@ class Simulation:
     def _fulfil(self, life: _Life, rng: random.Random, location: str, sku: str, quantity: int, posted: float) -> None:
         where = {"location": location, "sku": sku}
         released = self.faults.defer("erp_outage", posted + lognormal(rng, 1200, 0.8), rng)
-        life.add("fulfilment", "released", "erp", released, posted, attributes=where)
+        life.add("fulfilment", "released", "erp", released, posted, who="erp", attributes=where)
         picked = released + lognormal(rng, 7200, 0.7)
         if self.faults.active("warehouse_backlog", picked):
             picked += lognormal(rng, 6 * 3600, 0.5)
-        life.add("fulfilment", "picked", "wms", picked, released, attributes=where)
+        life.add("fulfilment", "picked", "wms", picked, released, who="wms", attributes=where)
         parts = (quantity - 1, 1) if quantity >= 2 and rng.random() < SPLIT_SHARE else (quantity,)
         delivered = picked
         for n, part in enumerate(parts, start=1):
             carrier = rng.choice(CARRIERS)
             keys = {**where, "quantity": part, "carrier": carrier, "tracking_number": tracking(rng, carrier)}
-            shipped = life.add("fulfilment", "shipped", "wms", picked + lognormal(rng, 3600, 0.6), picked, n=n, attributes=keys)
+            shipped = life.add("fulfilment", "shipped", "wms", picked + lognormal(rng, 3600, 0.6), picked, n=n, who="wms", attributes=keys)
             confirmed = self.faults.defer("carrier_outage", shipped + lognormal(rng, 900, 0.8), rng)
-            life.add("shipment", "shipment_confirmed", "middleware", confirmed, shipped, n=n, attributes=keys)
+            life.add("shipment", "shipment_confirmed", "middleware", confirmed, shipped, n=n, who="confirm", attributes=keys)
             # the carrier's first (origin) scan, then delivery: Walmart alarms on a scan > 48 h late
-            scanned = life.add("shipment", "first_scan", "carrier", confirmed + lognormal(rng, 6 * 3600, 0.6), confirmed, n=n, attributes=keys)
-            delivered = life.add("shipment", "delivered", "carrier", scanned + lognormal(rng, 1.5 * _DAY, 0.4), scanned, n=n, attributes=keys)
+            scanned = life.add("shipment", "first_scan", "carrier", confirmed + lognormal(rng, 6 * 3600, 0.6), confirmed, n=n, who="carrier", attributes=keys)
+            delivered = life.add("shipment", "delivered", "carrier", scanned + lognormal(rng, 1.5 * _DAY, 0.4), scanned, n=n, who="carrier", attributes=keys)
         if rng.random() < RETURN_SHARE:
-            back = life.add("return", "received", "wms", delivered + lognormal(rng, 7 * _DAY, 0.5), delivered, attributes=where)
-            seen = life.add("return", "inspected", "wms", back + lognormal(rng, _DAY, 0.5), back, attributes=where)
-            life.add("return", "refund_posted", "erp", seen + lognormal(rng, 4 * 3600, 0.7), seen)
+            back = life.add("return", "received", "wms", delivered + lognormal(rng, 7 * _DAY, 0.5), delivered, who="return", attributes=where)
+            seen = life.add("return", "inspected", "wms", back + lognormal(rng, _DAY, 0.5), back, who="return", attributes=where)
+            life.add("return", "refund_posted", "erp", seen + lognormal(rng, 4 * 3600, 0.7), seen, who="refund")
 
     def _inventory_in_hour(self, hour: int) -> None:
         """Each channel × location feed publishes every ~15 minutes unless a stall holds it."""
@@ -238,26 +259,68 @@ class Simulation:
             self.push(received, make_record(cid, None, channel, "settlement", "received", "marketplace", received, None, 1, dict(keys)))
             self.push(settled, make_record(cid, None, channel, "settlement", "settled", "erp", settled, received, 1, dict(keys)))
 
+    def _orphans_in_hour(self, hour: int) -> None:
+        """Real-ID mode: records whose keys link to no channel order. A carrier scans a parcel
+        nobody shipped (no channel: the carrier does not know one); the ERP posts an order no
+        channel sent (a manual entry, a replayed IDoc). Numbers never collide with real ones."""
+        rng = random.Random(f"{self.seed}:orphans:{hour}")
+        volume = sum(p.orders_per_hour for p in CHANNELS.values()) * DAILY_CURVE[hour % 24] * self.rate_scale
+        for what in ("scan", "posting"):
+            at, k = hour * 3600.0, 0
+            rate = volume * ORPHAN_SHARE
+            while rate > 0:
+                at += rng.expovariate(rate) * 3600.0
+                if at >= hour * 3600.0 + 3600:
+                    break
+                k += 1
+                if what == "scan":
+                    carrier = rng.choice(CARRIERS)
+                    cid = f"{carrier}-{rng.getrandbits(64):016x}"
+                    self.push(at, make_record(cid, None, None, "shipment", "first_scan", "carrier", at, None, 1, {
+                        "carrier": carrier, "tracking_number": tracking(rng, carrier)}))
+                else:
+                    channel = rng.choice(list(CHANNELS))
+                    ghost = new_order(rng, channel, ORPHAN_INDEX, hour, k, round(at, 3))
+                    posted = self.faults.defer("erp_outage", at, rng)  # a down ERP posts nothing
+                    self.push(posted, make_record(guid(rng), ghost.order_id, channel, "order", "erp_posted", "erp", posted, None, 1, {
+                        "erp_document": erp_document(ghost.seq)}))
+
     # -- faults on emission -----------------------------------------------------------------
-    def _emissions(self, at: float, record: dict[str, Any]) -> list[SimEvent]:
+    def _emissions(self, at: float, record: dict[str, Any], business: str | None) -> list[SimEvent]:
         """The record as sent: maybe drifted (malformed) or repeated by a duplicate storm."""
         rng = random.Random(f"{self.seed}:emit:{record['event_id']}")
-        channel = record["channel"]
+        channel = record.get("channel")
         if self.faults.active("schema_drift", at, channel) and rng.random() < DRIFT_SHARE:
-            return [SimEvent(at, drift(record, rng), malformed=True, plain=False)]
+            return [SimEvent(at, drift(record, rng), malformed=True, plain=False, business=business)]
         if self.faults.active("duplicate_storm", at):
             copies = rng.choice((2, 3))
-            return [SimEvent(at, record, plain=False)] + [
-                SimEvent(at, dict(record), duplicate=True, plain=False) for _ in range(copies - 1)
+            return [SimEvent(at, record, plain=False, business=business)] + [
+                SimEvent(at, dict(record), duplicate=True, plain=False, business=business) for _ in range(copies - 1)
             ]
-        return [SimEvent(at, record, plain=record.get("status", "ok") == "ok")]
+        return [SimEvent(at, record, plain=record.get("status", "ok") == "ok", business=business)]
 
 
 class _Life:
-    """Writes one order's milestones; each latency is measured from the step it follows."""
+    """Writes one order's milestones; each latency is measured from the step it follows.
+
+    Each step names who records it (`who`, a role of simulator.identities); in shared-ID mode
+    every step goes under the order's one correlation id with all its keys, in real-ID mode
+    under that system's own id with only the keys it knows. Real-ID draws come from a
+    generator of their own, so both modes share the same timeline."""
 
     def __init__(self, sim: Simulation, order: Order, rng: random.Random) -> None:
         self.sim, self.order, self.rng = sim, order, rng
+        self.ids: OrderIdentities | None = None
+        if sim.ids == "real":
+            self.id_rng = random.Random(f"{sim.seed}:{order.correlation_id}:ids")
+            self.ids = OrderIdentities(order, self.id_rng)
+
+    def maybe_post_twice(self, posted: float) -> None:
+        """Real-ID mode: now and then the ERP posts the order again, under a second document."""
+        if self.ids is None or self.id_rng.random() >= ERP_DUPLICATE_SHARE:
+            return
+        again = self.sim.faults.defer("erp_outage", posted + lognormal(self.id_rng, 900, 0.8), self.id_rng)
+        self.add("order", "erp_posted", "erp", again, posted, n=1, who="erp_duplicate")
 
     def add(
         self,
@@ -272,16 +335,24 @@ class _Life:
         payload: dict[str, Any] | None = None,
         status: str = "ok",
         error: tuple[str, str] | None = None,
+        who: str = "channel",
     ) -> float:
         o = self.order
-        keys = {"external_order_id": o.external_order_id, **(attributes or {})}
-        if o.marketplace_order_id:
-            keys["marketplace_order_id"] = o.marketplace_order_id
-        record = make_record(o.correlation_id, o.order_id, o.channel, flow, stage, system, at, after, n, keys)
+        if self.ids is None:
+            keys = {"external_order_id": o.external_order_id, **(attributes or {})}
+            if o.marketplace_order_id:
+                keys["marketplace_order_id"] = o.marketplace_order_id
+            record = make_record(o.correlation_id, o.order_id, o.channel, flow, stage, system, at, after, n, keys)
+        else:
+            attributes = attributes or {}
+            speaker = self.ids.speaker(who, n, attributes)
+            known = carrier_view(attributes) if who == "carrier" else attributes
+            keys = {**known, **speaker.keys}
+            record = make_record(speaker.cid, speaker.order_id, speaker.channel, flow, stage, system, at, after, n, keys)
         record["status"] = status
         if error:
             record["error_code"], record["error_message"] = error
         if payload:
             record["payload"] = payload
-        self.sim.push(at, record)
+        self.sim.push(at, record, o.correlation_id)
         return round(at, 3)

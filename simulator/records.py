@@ -40,6 +40,13 @@ class SimEvent:
     malformed: bool = False
     duplicate: bool = False
     plain: bool = True
+    business: str | None = None
+
+    @property
+    def business_key(self) -> str:
+        """The business transaction this record belongs to, as the simulator knows it: the
+        channel's correlation id of its order (or its own correlation id when it has none)."""
+        return self.business or str(self.record.get("correlation_id", ""))
 
     @property
     def milestone(self) -> str:
@@ -56,14 +63,17 @@ class Order:
     external_order_id: str
     marketplace_order_id: str | None
     received_at: float
+    # (UTC hour, channel index, arrival number in that hour): what unique numbers derive from
+    seq: tuple[int, int, int] = (0, 0, 0)
 
 
 def make_record(
-    cid: str, order_id: str | None, channel: str, flow: str, stage: str, system: str,
+    cid: str, order_id: str | None, channel: str | None, flow: str, stage: str, system: str,
     at: float, after: float | None, n: int, attributes: dict[str, Any],
 ) -> dict[str, Any]:
     """A canonical record; `occurred_at` is stamped when it is queued (`Simulation.push`),
-    and the event id is a pure function of the transaction and milestone, so resends dedupe."""
+    and the event id is a pure function of the transaction and milestone, so resends dedupe.
+    A `channel` of None is left out (a carrier does not know it)."""
     record: dict[str, Any] = {
         "event_id": f"{cid}:{flow}.{stage}:{n}",
         "correlation_id": cid,
@@ -74,6 +84,8 @@ def make_record(
         "system": system,
         "attributes": attributes,
     }
+    if channel is None:
+        del record["channel"]
     if order_id:
         record["order_id"] = order_id
     if after is not None:
@@ -94,11 +106,15 @@ def new_order(rng: random.Random, channel: str, channel_index: int, hour: int, k
         "amazon": f"{digits(rng, 3)}-{digits(rng, 7)}-{digits(rng, 7)}",
         "ebay": f"{digits(rng, 2)}-{digits(rng, 5)}-{digits(rng, 5)}",
         "walmart": f"{rng.randrange(1, 10)}{digits(rng, 14)}",
-        "shopify": f"#{1001 + (hour % 10**5) * 100 + k}",
-        "pos": f"{rng.choice(STORES)}-{rng.randrange(1, 9):02d}-{digits(rng, 6)}",
+        # unique however many orders an hour brings (k past 9999 only makes it longer)
+        "shopify": f"#{hour % 10**5:05d}{k:04d}",
     }
+    store, register = rng.choice(STORES), rng.randrange(1, 9)
+    digits(rng, 6)  # the receipt number drawn before: kept so the draws after it stay the same
+    # a receipt number is unique (a drawn one met another within days, and would link them)
+    formats["pos"] = f"{store}-{register:02d}-{hour % 10**4:04d}{k:03d}"
     marketplace_id = numeric if channel == "shopify" else None
-    return Order(cid, order_id, channel, formats[channel], marketplace_id, at)
+    return Order(cid, order_id, channel, formats[channel], marketplace_id, at, (hour, channel_index, k))
 
 
 def customer(rng: random.Random, sku: str, quantity: int) -> dict[str, Any]:
@@ -113,6 +129,13 @@ def customer(rng: random.Random, sku: str, quantity: int) -> dict[str, Any]:
         },
         "lines": [{"sku": sku, "quantity": quantity, "price": round(rng.uniform(5, 120), 2)}],
     }
+
+
+def erp_document(seq: tuple[int, int, int], prefix: str = "45") -> str:
+    """An SAP-like 10-digit sales document number (45000…): unique per (hour, channel index,
+    arrival) over 1000 hours, so two orders never share one by chance (that would link them)."""
+    hour, index, k = seq
+    return f"{prefix}{(hour % 1000) * 10 + index:04d}{k:04d}"
 
 
 def tracking(rng: random.Random, carrier: str) -> str:

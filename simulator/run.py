@@ -31,6 +31,7 @@ from controltower.errors import ConfigError
 from controltower.settings import Settings
 from simulator.emit import EmitError, FileSink, HttpSink, Sink, StoreSink
 from simulator.faults import FaultPlan, FaultSpec, parse_faults
+from simulator.identities import IDS_MODES
 from simulator.model import Simulation
 from simulator.records import SimEvent
 from simulator.truth import GroundTruth
@@ -68,6 +69,7 @@ def simulate(
     seed: int = 7,
     faults: Sequence[FaultSpec] = (),
     rate_scale: float = 1.0,
+    ids: str = "shared",
     backfill: float = 0.0,
     store: Sink | None = None,
     live: Sink | None = None,
@@ -81,11 +83,15 @@ def simulate(
 ) -> dict[str, Any]:
     """Run backfill (when `backfill` > 0, into `store`) then live (when `live` is given).
 
+    `ids` (simulator.identities.IDS_MODES): `shared`, every hop of an order under one
+    correlation id; `real`, each system under its own ids with only the keys it knows.
     Returns the ground truth (also written to `truth_path` when given). A live run ends after
     `duration` wall seconds or when `stop` is set.
     """
     if speed <= 0:
         raise ConfigError(f"speed: {speed} must be more than 0")
+    if ids not in IDS_MODES:
+        raise ConfigError(f"ids: {ids!r} is not one of {', '.join(IDS_MODES)}")
     if backfill > 0 and store is None:
         raise ValueError("backfill needs a store sink")
     stop = stop or threading.Event()
@@ -93,7 +99,7 @@ def simulate(
     lead = live_lead(speed, duration) if live is not None else 0.0
     start = real_now - lead - backfill
     plan = FaultPlan.resolve(faults, start)
-    sim = Simulation(seed=seed, start=start, faults=plan, rate_scale=rate_scale)
+    sim = Simulation(seed=seed, start=start, faults=plan, rate_scale=rate_scale, ids=ids)
     truth = GroundTruth()
     end = real_now - lead
     if backfill > 0 and store is not None:
@@ -102,6 +108,7 @@ def simulate(
         end = _live(sim, truth, live, files, origin=end, speed=speed, duration=duration, stop=stop)
     result = truth.to_json(start=start, end=end, seed=seed, faults=[w.to_json() for w in plan.windows])
     result["rate_scale"] = rate_scale
+    result["ids"] = ids
     result["sinks"] = {
         name: sink.totals.to_json()
         for name, sink in (("store", store), ("http", live), ("files", files))
@@ -181,16 +188,19 @@ def run_demo_simulator(
     rate_scale: float = 1.0,
     api_key: str | None = None,
     drop_folder: Path | None = None,
+    ids: str = "real",
 ) -> dict[str, Any]:
     """For `controltower demo` (run it in a thread): optional backfill into the database, then
-    live traffic to the collector at `endpoint` until `stop` is set. Writes and returns the
-    ground truth. Raises ConfigError on a bad fault spec or window."""
+    live traffic to the collector at `endpoint` until `stop` is set, each system speaking its
+    own ids unless `ids="shared"`. Writes and returns the ground truth. Raises ConfigError on
+    a bad fault spec or window."""
     specs = parse_faults(faults)
     check_window(backfill, live_lead(speed, None), settings)
     return simulate(
         seed=seed,
         faults=specs,
         rate_scale=rate_scale,
+        ids=ids,
         backfill=backfill,
         store=StoreSink(engine, settings) if backfill > 0 else None,
         live=HttpSink(endpoint, api_key, span_share=0.1, stop=stop),

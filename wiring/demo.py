@@ -2,7 +2,7 @@
 
 Starts (or reuses) the embedded PostgreSQL, applies migrations, backfills a few days of
 simulated history, then runs the collector, the scheduler, the live simulator (with a fault
-that starts a few minutes in) and the dashboard as child processes of this one, prints the
+that starts a few minutes in; each system speaks its own IDs unless `--ids shared`) and the dashboard as child processes of this one, prints the
 URLs, and stops everything cleanly on Ctrl-C. Composition root: may start every room.
 """
 
@@ -53,6 +53,7 @@ def demo_command(
     speed: float = typer.Option(60.0, "--speed", help="Live time compression (60 = an hour of business per minute)."),
     fault: list[str] = typer.Option(["erp_outage@6h+2h"], "--fault", help="Fault scenario(s) for the live simulator (see `controltower simulate --help`)."),
     seed: int = typer.Option(7, "--seed"),
+    ids: str = typer.Option("real", "--ids", help="real: each system speaks its own IDs and Control Tower joins them; shared: one correlation ID per order (see `controltower simulate --help`)."),
     no_dashboard: bool = typer.Option(False, "--no-dashboard", help="Do not start the dashboard."),
 ) -> None:
     """Start the embedded database, backfill history, and run collector, scheduler, simulator and dashboard."""
@@ -64,7 +65,7 @@ def demo_command(
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if backfill not in ("0", "0d", ""):
         console.print(f"backfilling {backfill} of simulated history …")
-        done = subprocess.run(_cli(common, "simulate", "--backfill", backfill, "--seed", str(seed)), env=env, check=False)
+        done = subprocess.run(_cli(common, "simulate", "--backfill", backfill, "--seed", str(seed), "--ids", ids), env=env, check=False)
         if done.returncode != 0:
             raise typer.Exit(done.returncode)
     collector_url = f"http://{settings.host}:{settings.port}"
@@ -76,7 +77,7 @@ def demo_command(
         if not _wait_ready(collector_url + "/readyz", children):
             raise typer.Exit(1)
         children.append(Child("scheduler", subprocess.Popen(_cli(common, "scheduler"), env=env)))
-        live = ["simulate", "--endpoint", collector_url, "--speed", str(speed), "--seed", str(seed)]
+        live = ["simulate", "--endpoint", collector_url, "--speed", str(speed), "--seed", str(seed), "--ids", ids]
         for spec in fault:
             live += ["--fault", spec]
         children.append(Child("simulator", subprocess.Popen(_cli(common, *live), env=env)))
@@ -88,6 +89,7 @@ def demo_command(
             f"  dashboard   {dashboard_url if not no_dashboard else '(not started)'}\n"
             f"  collector   {collector_url}  (POST /v1/events, /v1/traces; GET /v1/sla, /v1/transactions?q=…, /metrics)\n"
             f"  faults      {', '.join(fault) or 'none'}\n"
+            f"  ids         {ids} (`--ids shared`: one correlation ID per order)\n"
             "  Ctrl-C stops everything.\n"
         )
         while all(c.process.poll() is None for c in children):

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from collectors.files import import_files
 from collectors.store import EventStore
 from controltower.errors import ConfigError
+from controltower.identity import CANONICAL_MEMBER
 from simulator.emit import FileSink, HttpSink, StoreSink
 from simulator.faults import FaultPlan, parse_fault, parse_faults
 from simulator.model import SimEvent, Simulation, iso
@@ -20,19 +21,22 @@ from simulator.run import run_demo_simulator, simulate
 from wiring.cli import app
 
 START = datetime(2026, 3, 2, 8, tzinfo=UTC).timestamp()
+MODES = pytest.mark.parametrize("ids", ["shared", "real"])
 
-UNPOSTED_SQL = """
-SELECT t.correlation_id FROM transactions t
-WHERE NOT EXISTS (SELECT 1 FROM transaction_milestones m
-                  WHERE m.correlation_id = t.correlation_id AND m.milestone = 'order.erp_posted')
-  AND EXISTS (SELECT 1 FROM transaction_milestones m
-              WHERE m.correlation_id = t.correlation_id AND m.milestone = 'order.received')
-"""
+# Orders no member of whose business transaction was posted, named by the canonical member.
+# Real-ID mode needs ingest linking (transactions.business_id) for this to see whole orders.
+UNPOSTED_SQL = f"""
+SELECT {CANONICAL_MEMBER} FROM transactions t GROUP BY t.business_id
+HAVING NOT EXISTS (SELECT 1 FROM transactions u JOIN transaction_milestones m ON m.correlation_id = u.correlation_id
+                   WHERE u.business_id = t.business_id AND m.milestone = 'order.erp_posted')
+   AND EXISTS (SELECT 1 FROM transactions u JOIN transaction_milestones m ON m.correlation_id = u.correlation_id
+               WHERE u.business_id = t.business_id AND m.milestone = 'order.received')
+"""  # noqa: S608 (a constant fragment from controltower.identity)
 
 
-def stream(seed: int, hours: float = 6, faults: tuple[str, ...] = ()) -> list[dict]:
+def stream(seed: int, hours: float = 6, faults: tuple[str, ...] = (), ids: str = "shared") -> list[dict]:
     plan = FaultPlan.resolve(parse_faults(faults), START)
-    sim = Simulation(seed=seed, start=START, faults=plan)
+    sim = Simulation(seed=seed, start=START, faults=plan, ids=ids)
     return [e.record for chunk in sim.hours(START + hours * 3600) for e in chunk]
 
 
@@ -55,18 +59,20 @@ def scalar(engine, sql: str) -> int:
         return conn.execute(sa.text(sql)).scalar_one()
 
 
-def test_same_seed_same_stream_and_another_seed_differs():
-    first = stream(7)
+@MODES
+def test_same_seed_same_stream_and_another_seed_differs(ids):
+    first = stream(7, ids=ids)
     assert len(first) > 300
-    assert first == stream(7)
-    assert [r["event_id"] for r in first] != [r["event_id"] for r in stream(8)]
+    assert first == stream(7, ids=ids)
+    assert [r["event_id"] for r in first] != [r["event_id"] for r in stream(8, ids=ids)]
     times = [r["occurred_at"] for r in first]
     assert times == sorted(times)
     assert len({r["event_id"] for r in first}) == len(first)
 
 
-def test_stream_carries_channel_formats_and_business_keys():
-    received = [r for r in stream(7) if r["flow"] == "order" and r["stage"] == "received"]
+@MODES
+def test_stream_carries_channel_formats_and_business_keys(ids):
+    received = [r for r in stream(7, ids=ids) if r["flow"] == "order" and r["stage"] == "received"]
     by_channel = {r["channel"]: r for r in received}
     assert set(by_channel) == {"amazon", "shopify", "ebay", "walmart", "pos"}
     ext = {ch: r["attributes"]["external_order_id"] for ch, r in by_channel.items()}
@@ -108,16 +114,18 @@ def test_bad_fault_specs_name_the_bad_part(text, names):
     assert names in str(info.value)
 
 
-def test_erp_outage_truth_matches_stream_and_database(engine, settings, tmp_path):
+@MODES
+def test_erp_outage_truth_matches_stream_and_database(engine, settings, tmp_path, ids):
+    """Real mode needs ingest linking (channel-less carrier records accepted, business_id set)."""
     now = datetime.now(UTC)
     sink = Recording(StoreSink(engine, settings))
     truth = simulate(
         seed=3, faults=parse_faults(["erp_outage@4h"]), rate_scale=0.5, backfill=6 * 3600,
-        store=sink, now=now, truth_path=tmp_path / "truth.json",
+        store=sink, now=now, truth_path=tmp_path / "truth.json", ids=ids,
     )
     outage_start = now - timedelta(hours=2)
-    received = {e.record["correlation_id"] for e in sink.events if e.milestone == "order.received"}
-    posted = {e.record["correlation_id"] for e in sink.events if e.milestone == "order.erp_posted"}
+    received = {e.business_key for e in sink.events if e.milestone == "order.received"}
+    posted = {e.business_key for e in sink.events if e.milestone == "order.erp_posted"}
     unposted = {o["correlation_id"] for o in truth["unposted_orders"]}
     assert unposted == received - posted
     assert truth["unposted_count"] == len(unposted) > 20
@@ -130,10 +138,11 @@ def test_erp_outage_truth_matches_stream_and_database(engine, settings, tmp_path
     assert sink.totals.rejected == 0 and sink.totals.accepted == truth["events_total"]
 
 
-def test_duplicate_storm_counts_duplicates_and_stores_once(engine, settings):
+@MODES
+def test_duplicate_storm_counts_duplicates_and_stores_once(engine, settings, ids):
     now = datetime.now(UTC)
     options = {"seed": 5, "faults": parse_faults(["duplicate_storm@30m+30m"]), "rate_scale": 0.5,
-               "backfill": 2 * 3600, "now": now}
+               "backfill": 2 * 3600, "now": now, "ids": ids}
     truth = simulate(store=StoreSink(engine, settings), **options)
     store_totals = truth["sinks"]["store"]
     assert truth["duplicate_records"] > 20
@@ -143,10 +152,11 @@ def test_duplicate_storm_counts_duplicates_and_stores_once(engine, settings):
     assert again["accepted"] == 0 and again["duplicates"] == again["sent"]
 
 
-def test_live_run_over_http_stores_events_and_rejects_only_drift(collector, engine):
+@MODES
+def test_live_run_over_http_stores_events_and_rejects_only_drift(collector, engine, ids):
     truth = simulate(
         seed=11, faults=parse_faults(["schema_drift:amazon@30m+1h", "duplicate_storm@1h+30m"]),
-        rate_scale=0.3, live=HttpSink(collector.url), speed=3600, duration=3.0,
+        rate_scale=0.3, live=HttpSink(collector.url), speed=3600, duration=3.0, ids=ids,
     )
     http = truth["sinks"]["http"]
     assert truth["events_total"] > 50 and truth["malformed_records"] > 0 and truth["duplicate_records"] > 0
@@ -217,11 +227,13 @@ def test_current_events_can_travel_as_spans(collector, engine):
     assert row.correlation_id == "span-order-1" and row.trace_id and row.system == "marketplace"
 
 
+@MODES
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
-def test_3pl_file_feed_is_importable(tmp_path, engine, settings, fmt):
+def test_3pl_file_feed_is_importable(tmp_path, engine, settings, fmt, ids):
+    """In real mode the 3PL's records carry no channel (needs ingest linking to be accepted)."""
     now = datetime.now(UTC).timestamp()
     plan = FaultPlan.resolve([], now - 8 * 3600)
-    sim = Simulation(seed=4, start=now - 8 * 3600, faults=plan)
+    sim = Simulation(seed=4, start=now - 8 * 3600, faults=plan, ids=ids)
     shipped = [e for e in sim.take_before(now) if FileSink.wants(e)]
     files = FileSink(tmp_path, fmt=fmt, every_records=10**6)
     files.send(shipped)
@@ -231,6 +243,7 @@ def test_3pl_file_feed_is_importable(tmp_path, engine, settings, fmt):
     store = EventStore(engine, settings)
     report = import_files(written, lambda records, source: store.ingest(records, source=source, now=datetime.now(UTC)), progress=False)
     assert report.errors == [] and report.accepted == len(shipped)
+    assert all(("channel" in e.record) == (ids == "shared") for e in shipped)
 
 
 def test_cli_backfill_and_bad_fault(tmp_path, engine, monkeypatch):
@@ -243,6 +256,21 @@ def test_cli_backfill_and_bad_fault(tmp_path, engine, monkeypatch):
     assert bad.exit_code == 1 and 'fault "erp_outage@soon" start' in bad.output
     old = CliRunner().invoke(app, ["simulate", "--backfill", "40d"])
     assert old.exit_code == 1 and "max_event_age" in old.output
+    wrong = CliRunner().invoke(app, ["simulate", "--backfill", "2h", "--ids", "mine"])
+    assert wrong.exit_code == 1 and "--ids: 'mine' is not one of shared, real" in wrong.output
+
+
+def test_cli_backfill_in_real_ids(tmp_path, engine, monkeypatch):
+    """Needs ingest linking: the carrier's scans carry no channel."""
+    monkeypatch.setenv("CONTROLTOWER_DATABASE_URL", engine.url.render_as_string(hide_password=False))
+    truth = tmp_path / "truth.json"
+    result = CliRunner().invoke(app, ["simulate", "--backfill", "6h", "--rate-scale", "0.5", "--ids", "real",
+                                      "--truth", str(truth)])
+    assert result.exit_code == 0, result.output
+    written = json.loads(truth.read_text())
+    assert written["ids"] == "real" and "real ids" in result.output
+    assert written["events_total"] == scalar(engine, "SELECT count(*) FROM events") > 0
+    assert scalar(engine, "SELECT count(*) FROM events WHERE channel IS NULL") > 0
 
 
 def test_demo_entry_point_backfills_then_runs_live_until_stopped(collector, engine, settings, tmp_path):
@@ -255,6 +283,7 @@ def test_demo_entry_point_backfills_then_runs_live_until_stopped(collector, engi
         drop_folder=tmp_path / "drop",
     )
     timer.join()
+    assert truth["ids"] == "real"  # what the demo runs
     assert set(truth["sinks"]) == {"store", "http", "files"}
     assert truth["sinks"]["store"]["accepted"] > 0 and truth["sinks"]["http"]["rejected"] == 0
     assert {(f["channel"], f["location"]) for f in truth["stalled_feeds"]} == {("ebay", "wh-east"), ("ebay", "3pl-west")}
