@@ -73,16 +73,16 @@ _SEARCH = sa.text(
                array_agg(DISTINCT h.correlation_id ORDER BY h.correlation_id) AS matched_correlation_ids
         FROM hits h JOIN transactions t ON t.correlation_id = h.correlation_id
         GROUP BY t.business_id
-    ), businesses AS (
-        SELECT {_BUSINESS_FIELDS}, m.matched_by, m.matched_correlation_ids
+    ), businesses AS (  -- grouped by the id alone: the matched arrays join after (not once per member row)
+        SELECT t.business_id, {_BUSINESS_FIELDS}
         FROM matched m JOIN transactions t ON t.business_id = m.business_id
-        GROUP BY m.business_id, m.matched_by, m.matched_correlation_ids
+        GROUP BY t.business_id
     )
-    SELECT correlation_id, correlation_ids, channel, flow, order_id, status, last_milestone,
-           first_event_at, last_event_at, event_count, error_count, last_error_code, last_error_message,
-           matched_by, matched_correlation_ids
-    FROM businesses
-    ORDER BY last_event_at DESC, correlation_id
+    SELECT b.correlation_id, b.correlation_ids, b.channel, b.flow, b.order_id, b.status, b.last_milestone,
+           b.first_event_at, b.last_event_at, b.event_count, b.error_count, b.last_error_code,
+           b.last_error_message, m.matched_by, m.matched_correlation_ids
+    FROM businesses b JOIN matched m ON m.business_id = b.business_id
+    ORDER BY b.last_event_at DESC, b.correlation_id
     LIMIT :limit OFFSET :offset
     """  # noqa: S608 (fixed fragments from controltower.identity, no user input)
 )

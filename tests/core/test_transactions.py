@@ -406,3 +406,28 @@ def test_search_text_output_names_every_member(engine, settings, monkeypatch, da
     assert "  SLA erp_posting: met (2 min of 30 min)" in out
     scan = next(o for o in out if "shipment.first_scan" in o)
     assert scan.split()[:3] == [rfc3339(t0 + 90 * MIN), CARRIER, "carrier"]  # each event says its member
+
+
+def _chain(n: int, t0: datetime, prefix: str = "BIG") -> list[dict]:
+    """`n` correlation ids linked into one business transaction by a chain of identity keys
+    (member i shares a shipment id with one neighbour and a tracking number with the other; no
+    value is on more than two ids), each naming the reference key SKU-HOT."""
+    return [ev(f"{prefix}-{i:05d}", "order.received", t0 + i * timedelta(seconds=1), sku="SKU-HOT",
+               shipment_id=f"{prefix}-S{i // 2}", tracking_number=f"{prefix}-T{(i + 1) // 2}") for i in range(n)]
+
+
+def test_search_of_a_key_on_every_member_of_a_big_business_is_linear(engine, settings):
+    """Found by review: the search grouped by the matched-members array, so every member row
+    carried all matched ids (members²: 2,000 members spilled ~40 MB to disk, 5,000 ~300 MB and
+    2 s). Under a 4 MB temp-file limit the search must still answer."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    records = _chain(2000, now - 2 * H)
+    for start in range(0, len(records), 500):
+        ingest(engine, settings, records[start:start + 500], now=now)
+    with engine.begin() as conn:
+        assert conn.execute(sa.text("SELECT count(DISTINCT business_id) FROM transactions")).scalar() == 1
+        conn.execute(sa.text("SET LOCAL temp_file_limit = '4MB'"))
+        rows = transactions.search(conn, "SKU-HOT")
+    assert [(r["correlation_id"], len(r["correlation_ids"]), len(r["matched_correlation_ids"])) for r in rows] == [
+        ("BIG-00000", 2000, 2000)]
+    assert rows[0]["matched_by"] == ["sku"]
