@@ -153,8 +153,11 @@ def stored_identifier(text: str) -> str:
 
 
 # Support and on-call act on what they see: these read fresh on every run.
+SEARCH_SHOWN = 50  # search hits a page lists; one more is read to know whether more match
+
+
 def search_transactions(q: str) -> list[dict[str, Any]]:
-    return queries.search_transactions(engine(), stored_identifier(q))
+    return queries.search_transactions(engine(), stored_identifier(q), limit=SEARCH_SHOWN + 1)
 
 
 def get_transaction(correlation_id: str) -> dict[str, Any] | None:

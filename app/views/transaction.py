@@ -42,7 +42,12 @@ else:
     if len(results) == 1:
         chosen = results[0]["correlation_id"]
     else:
-        st.caption(f"{len(results)} transactions match {components.quoted(q)}, newest first.")
+        if len(results) > cache.SEARCH_SHOWN:
+            results = results[:cache.SEARCH_SHOWN]
+            st.caption(f"More than {cache.SEARCH_SHOWN} transactions match {components.quoted(q)}; "
+                       f"the newest {cache.SEARCH_SHOWN} are shown.")
+        else:
+            st.caption(f"{len(results)} transactions match {components.quoted(q)}, newest first.")
         st.dataframe(shaping.search_display(results), hide_index=True, width="stretch")
         choices = {r["correlation_id"]: f"{r['correlation_id']} · {r.get('channel') or '–'} · "
                    f"{r.get('order_id') or '–'} · {r['status']}" for r in results}

@@ -214,3 +214,16 @@ def test_story_of_a_channel_less_scan_names_the_carrier_and_its_tracking_number(
           "members": [{"correlation_id": "ups-1", "keys": {"tracking_number": ["1Z1"]}}], "events": [], "sla": []}
     assert transaction_story(tx) == "The carrier scanned the shipment with tracking 1Z1 at 11:02."
     assert transaction_story({**tx, "milestones": {}}) == "No milestone reached yet for this order."
+
+
+def test_a_key_on_more_orders_than_the_page_shows_says_more_match(engine: Engine, settings: Settings,
+                                                                  app_env: None) -> None:
+    """Found by review: a SKU on 60 orders read "50 transactions match", the page size, not the truth."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    ingest(engine, settings, [ev(f"W-{i:03d}", "order.received", now - MIN * (100 - i), sku="SKU-ALL")
+                              for i in range(60)], now=now)
+    at = run("views/transaction.py", q="SKU-ALL")
+    captions = [plain(c.value) for c in at.caption]
+    assert "More than 50 transactions match “SKU-ALL”; the newest 50 are shown." in captions, captions
+    hits = table_with(at, "matched_by")
+    assert len(hits) == 50 and hits["correlation_id"].iloc[0] == "W-059"
