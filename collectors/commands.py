@@ -72,6 +72,9 @@ def _print_report(report: Any) -> None:
     console.print(f"{name}: {report.accepted} stored, {report.duplicates} already present, {len(report.errors)} rejected → {state}")
 
 
+SEARCH_SHOWN = 20  # search hits the command lists
+
+
 def search_command(
     ctx: typer.Context,
     key: str = typer.Argument(..., help="Order id, correlation id, marketplace order number, SKU or tracking number."),
@@ -89,7 +92,8 @@ def search_command(
     # identifiers carrying personal data are stored as tokens: look up what was stored
     stored_key = Masker(MaskingRules.for_settings(context.settings)).mask_identifier(key)
     with context.engine.connect() as conn:
-        hits = transactions.search(conn, stored_key, limit=20)
+        hits = transactions.search(conn, stored_key, limit=SEARCH_SHOWN + 1)  # one more: do more match?
+        more, hits = len(hits) > SEARCH_SHOWN, hits[:SEARCH_SHOWN]
         found = [transactions.get(conn, h["correlation_id"], now=datetime.now(UTC)) for h in hits[:1]]
     if as_json:
         print_json({"results": hits, "transaction": found[0] if found else None})
@@ -99,7 +103,8 @@ def search_command(
     if not hits:
         fail(f"nothing found for {key!r} (searched order ids, correlation ids and business keys)")
     if len(hits) > 1:
-        line(f"{len(hits)} transactions match {key!r}; newest first:")
+        line(f"more than {SEARCH_SHOWN} transactions match {key!r}; the newest {SEARCH_SHOWN}:" if more
+             else f"{len(hits)} transactions match {key!r}; newest first:")
         print_table(
             ("correlation_id", "channel", "order_id", "status", "last_event_at", "members"),
             [(h.get("correlation_id"), h.get("channel") or "-", h.get("order_id") or "-", h.get("status"),

@@ -431,3 +431,20 @@ def test_search_of_a_key_on_every_member_of_a_big_business_is_linear(engine, set
     assert [(r["correlation_id"], len(r["correlation_ids"]), len(r["matched_correlation_ids"])) for r in rows] == [
         ("BIG-00000", 2000, 2000)]
     assert rows[0]["matched_by"] == ["sku"]
+
+
+def test_search_text_output_says_when_more_match_than_it_lists(engine, settings, monkeypatch, database_url, capsys):
+    """Found by review: a SKU on 30 orders printed "20 transactions match", the page size."""
+    from wiring.cli import main
+
+    monkeypatch.setenv("CONTROLTOWER_DATABASE_URL", database_url)
+    now = datetime.now(UTC).replace(microsecond=0)
+    ingest(engine, settings, [ev(f"W-{i:02d}", "order.received", now - (40 - i) * MIN, sku="SKU-ALL")
+                              for i in range(30)], now=now)
+    capsys.readouterr()
+    main(["search", "SKU-ALL"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "more than 20 transactions match 'SKU-ALL'; the newest 20:"
+    main(["search", "SKU-ALL", "--json"])
+    assert [r["correlation_id"] for r in json.loads(capsys.readouterr().out)["results"]] == [
+        f"W-{i:02d}" for i in range(29, 9, -1)]
