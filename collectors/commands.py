@@ -120,6 +120,8 @@ def search_command(
         line(f"  {len(tx.get('correlation_ids') or members)} correlation ids, one business transaction:")
         for m in members:
             line(f"  member {_member(m)}")
+        if len(members) < len(tx.get("correlation_ids") or members):  # the core describes MAX_MEMBERS one by one
+            line(f"  (the first {len(members):,} of {len(tx['correlation_ids']):,} listed; --json has every id)")
     for kind, values in (tx.get("keys") or {}).items():
         line(f"  {plain(kind)}: {', '.join(plain(v) for v in values)}")
     for verdict in tx.get("sla") or []:

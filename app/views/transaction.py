@@ -75,6 +75,9 @@ if len(members) > 1:
                                                                                                    "Last event")},
         key="members",
     )
+    if len(members) < len(tx["correlation_ids"]):  # the core describes at most MAX_MEMBERS one by one
+        st.caption(f"The first {len(members):,} of {len(tx['correlation_ids']):,} correlation ids are listed, "
+                   "earliest first.")
 alerts = cache.related_alerts(tx["channel"]) if tx["channel"] else pd.DataFrame()
 if not alerts.empty:
     st.markdown(f"**Firing alerts for {md(tx['channel'])}** ([all alerts](alerts))")

@@ -227,3 +227,26 @@ def test_a_key_on_more_orders_than_the_page_shows_says_more_match(engine: Engine
     assert "More than 50 transactions match “SKU-ALL”; the newest 50 are shown." in captions, captions
     hits = table_with(at, "matched_by")
     assert len(hits) == 50 and hits["correlation_id"].iloc[0] == "W-059"
+
+
+def _big_business(engine: Engine, settings: Settings, members: int, events_each: int) -> datetime:
+    """`members` correlation ids linked by a chain of identity keys (real ingest), `events_each` events each."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    t0 = now - 3 * 60 * MIN
+    stages = ("order.received", "order.acknowledged", "order.validated", "order.erp_posted", "fulfilment.released")
+    records = [ev(f"BIG-{i:05d}", stage, t0 + i * MIN / 100 + k * MIN / 1000,
+                  shipment_id=f"S{i // 2}", tracking_number=f"T{(i + 1) // 2}")
+               for i in range(members) for k, stage in enumerate(stages[:events_each])]
+    for start in range(0, len(records), 1000):
+        ingest(engine, settings, records[start:start + 1000], now=now)
+    return t0
+
+
+def test_a_business_of_more_members_than_listed_says_how_many_are_listed(engine: Engine, settings: Settings,
+                                                                         app_env: None) -> None:
+    """Found by review: 1,001 members listed 1,000 rows under "1001 correlation ids joined", no word of the rest."""
+    _big_business(engine, settings, 1001, 1)
+    at = run("views/transaction.py", id="BIG-01000")
+    assert len(table_with(at, "Systems")) == 1000
+    captions = [plain(c.value) for c in at.caption]
+    assert "The first 1,000 of 1,001 correlation ids are listed, earliest first." in captions, captions

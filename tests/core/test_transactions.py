@@ -448,3 +448,21 @@ def test_search_text_output_says_when_more_match_than_it_lists(engine, settings,
     main(["search", "SKU-ALL", "--json"])
     assert [r["correlation_id"] for r in json.loads(capsys.readouterr().out)["results"]] == [
         f"W-{i:02d}" for i in range(29, 9, -1)]
+
+
+def test_search_text_output_says_when_it_lists_fewer_members_than_there_are(engine, settings, monkeypatch,
+                                                                            database_url, capsys):
+    """Found by review: 1,001 members printed 1,000 member lines under "1001 correlation ids", no word of the rest."""
+    from wiring.cli import main
+
+    monkeypatch.setenv("CONTROLTOWER_DATABASE_URL", database_url)
+    now = datetime.now(UTC).replace(microsecond=0)
+    records = _chain(1001, now - 2 * H)
+    for start in range(0, len(records), 500):
+        ingest(engine, settings, records[start:start + 500], now=now)
+    capsys.readouterr()
+    main(["search", "BIG-01000"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].strip() == "1001 correlation ids, one business transaction:"
+    assert sum(o.startswith("  member ") for o in out) == 1000
+    assert out[1002] == "  (the first 1,000 of 1,001 listed; --json has every id)"
