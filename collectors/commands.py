@@ -133,6 +133,9 @@ def search_command(
         line(f"  {plain(e.get('occurred_at'))}  {member}{plain(e.get('system') or '-'):<12} "
              f"{plain(e.get('flow'))}.{plain(e.get('stage')):<22} {plain(e.get('status'))}{err}",
              style="red" if failed else None)
+    loaded = len(tx.get("events") or [])
+    if loaded < (tx.get("event_count") or 0):  # the core loads a bounded number, earliest first
+        line(f"  (the earliest {loaded:,} of the {tx['event_count']:,} events this transaction counted)")
 
 
 def _member(member: dict[str, Any]) -> str:

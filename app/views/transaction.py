@@ -133,6 +133,9 @@ st.dataframe(
     column_config={"time": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss.SSS")},
     key="events",
 )
+if len(tx["events"]) < (tx.get("event_count") or 0):  # the core loads a bounded number, earliest first
+    st.caption(f"The earliest {len(tx['events']):,} of the {tx['event_count']:,} events this transaction counted "
+               "are shown.")
 for event in tx["events"][:100]:
     member = f" · {event['correlation_id']}" if len(tx.get("correlation_ids") or ()) > 1 else ""
     title = (f"{event['occurred_at']} · {event.get('system') or '?'} · {event['flow']}.{event['stage']} · "

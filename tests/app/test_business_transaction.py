@@ -250,3 +250,14 @@ def test_a_business_of_more_members_than_listed_says_how_many_are_listed(engine:
     assert len(table_with(at, "Systems")) == 1000
     captions = [plain(c.value) for c in at.caption]
     assert "The first 1,000 of 1,001 correlation ids are listed, earliest first." in captions, captions
+
+
+def test_a_business_of_more_events_than_loaded_says_how_many_are_shown(engine: Engine, settings: Settings,
+                                                                       app_env: None) -> None:
+    """Found by review: 5,005 events loaded the earliest 5,000 and said "Payloads of the first 100 of 5000
+    events", as if that were all of them."""
+    _big_business(engine, settings, 1001, 5)
+    at = run("views/transaction.py", id="BIG-00000")
+    assert len(table_with(at, "milestone")) == 5000
+    captions = [plain(c.value) for c in at.caption]
+    assert "The earliest 5,000 of the 5,005 events this transaction counted are shown." in captions, captions

@@ -466,3 +466,20 @@ def test_search_text_output_says_when_it_lists_fewer_members_than_there_are(engi
     assert out[1].strip() == "1001 correlation ids, one business transaction:"
     assert sum(o.startswith("  member ") for o in out) == 1000
     assert out[1002] == "  (the first 1,000 of 1,001 listed; --json has every id)"
+
+
+def test_search_text_output_says_when_it_prints_fewer_events_than_counted(engine, settings, monkeypatch,
+                                                                          database_url, capsys):
+    """Found by review: 5,005 events printed the earliest 5,000 with no word of the rest."""
+    from wiring.cli import main
+
+    monkeypatch.setenv("CONTROLTOWER_DATABASE_URL", database_url)
+    now = datetime.now(UTC).replace(microsecond=0)
+    records = [dict(r, event_id=f"{r['event_id']}:{n}") for r in _chain(1001, now - 2 * H) for n in range(5)]
+    for start in range(0, len(records), 1000):
+        ingest(engine, settings, records[start:start + 1000], now=now)
+    capsys.readouterr()
+    main(["search", "BIG-00000"])
+    out = capsys.readouterr().out.splitlines()
+    assert sum(" order.received" in o for o in out) == 5000
+    assert out[-1] == "  (the earliest 5,000 of the 5,005 events this transaction counted)"
