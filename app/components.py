@@ -124,11 +124,16 @@ def _systems(tx: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(s for m in tx.get("members") or [] for s in m.get("systems") or []))
 
 
+KEYS_SHOWN = 20  # values of one kind the keys line names; a big business's rest is counted
+
+
 def keys_line(keys: dict[str, list[Any]]) -> str:
     """A transaction's business keys as `<b>Kind:</b> <code>value</code>` HTML; a value cannot
-    leave its code element whatever it contains (backticks included)."""
+    leave its code element whatever it contains (backticks included). At most KEYS_SHOWN values
+    of a kind are named, then how many more there are."""
     parts = [
-        f"<b>{html(label(kind))}:</b> " + ", ".join(f"<code>{html(v)}</code>" for v in values)
+        f"<b>{html(label(kind))}:</b> " + ", ".join(f"<code>{html(v)}</code>" for v in values[:KEYS_SHOWN])
+        + (f" and {len(values) - KEYS_SHOWN:,} more" if len(values) > KEYS_SHOWN else "")
         for kind, values in keys.items()
     ]
     return '<div style="margin-bottom:8px">' + " &nbsp; ".join(parts) + "</div>"

@@ -261,3 +261,14 @@ def test_a_business_of_more_events_than_loaded_says_how_many_are_shown(engine: E
     assert len(table_with(at, "milestone")) == 5000
     captions = [plain(c.value) for c in at.caption]
     assert "The earliest 5,000 of the 5,005 events this transaction counted are shown." in captions, captions
+
+
+def test_the_keys_line_of_a_big_business_is_bounded(engine: Engine, settings: Settings, app_env: None) -> None:
+    """Found by review: the keys line wrote every member's every key (1,001 members: 3,003 code elements,
+    one line); it names the first 20 of each kind and counts the rest (the members table lists them)."""
+    _big_business(engine, settings, 1001, 1)
+    at = run("views/transaction.py", id="BIG-00000")
+    line = next(m.value for m in at.markdown if "<b>Tracking number:</b>" in m.value)
+    assert line.count("<code>") == 3 * 20, line[:300]
+    assert "<b>Order id:</b> " + ", ".join(f"<code>SO-BIG-{i:05d}</code>" for i in range(20)) + " and 981 more" in line
+    assert "<code>T500</code>" not in line and "<code>T19</code>, and" not in line
