@@ -198,3 +198,8 @@ def duplicate_orders() -> pd.DataFrame:
 @_cached
 def identity_hubs() -> pd.DataFrame:
     return queries.identity_hubs(engine())
+
+
+@_cached
+def identity_totals() -> dict[str, int]:
+    return queries.identity_totals(engine())

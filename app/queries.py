@@ -415,3 +415,15 @@ def duplicate_orders(engine: Engine, *, limit: int = 500) -> pd.DataFrame:
 def identity_hubs(engine: Engine, *, limit: int = 500) -> pd.DataFrame:
     """Identity values that link nothing (on more correlation ids than the fan-out limit), widest first."""
     return _frame(engine, _HUBS, {"limit": limit})
+_IDENTITY_TOTALS = sa.text("""
+    SELECT (SELECT count(*) FROM signal_orders x WHERE cardinality(x.erp_documents) >= 2
+              AND EXISTS (SELECT 1 FROM transactions t WHERE t.business_id = x.business_id)) AS duplicates,
+           (SELECT count(*) FROM identity_hubs) AS hubs
+""")
+
+
+def identity_totals(engine: Engine) -> dict[str, int]:
+    """How many duplicate orders and hubs there are in all (the lists stop at their limit)."""
+    with engine.connect() as conn:
+        row = conn.execute(_IDENTITY_TOTALS).one()
+    return {"duplicates": int(row.duplicates), "hubs": int(row.hubs)}

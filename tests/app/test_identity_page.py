@@ -120,3 +120,30 @@ def test_identity_page_without_signals_says_so(engine: Engine, settings: Setting
 def test_identity_page_on_an_empty_database_shows_the_friendly_message(engine: Engine, app_env: None) -> None:  # noqa: F811
     at = run(PAGE)
     assert any("controltower simulate" in i.value for i in at.info)
+
+
+def test_identity_page_counts_more_duplicates_and_hubs_than_it_lists(engine: Engine, settings: Settings,
+                                                                     app_env: None) -> None:  # noqa: F811
+    """Found by review: the Duplicate orders and Hubs figures were the length of the lists, which stop
+    at 500: 501 of each read "500"."""
+    now = datetime.now(UTC)
+    at = now - timedelta(hours=1)
+    records = []
+    for i in range(501):
+        records += [
+            _event(f"MKT-{i}", "order.received", at, system="marketplace", channel="amazon", external_order_id=f"X-{i}"),
+            _event(f"ERP-{i}a", "order.erp_posted", at, system="erp", channel="amazon", external_order_id=f"X-{i}",
+                   erp_document=f"A-{i}"),
+            _event(f"ERP-{i}b", "order.erp_posted", at, system="erp", channel="amazon", external_order_id=f"X-{i}",
+                   erp_document=f"B-{i}"),
+        ]
+    result = EventStore(engine, settings).ingest(records, source="test", now=at)
+    assert not result.rejected, result.rejected
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO identity_hubs (kind, value, fanout, first_seen_at, last_seen_at) "
+            "SELECT 'tracking_number', 'HUB-' || i, 21 + i, :a, :a FROM generate_series(1, 501) i"), {"a": at})
+    signals.refresh(engine, definitions.load(), now, settings)
+    page = run(PAGE)
+    assert {m.label: m.value for m in page.metric} == {"Orphans": "0", "Duplicate orders": "501", "Hubs": "501"}
+    assert len(table_with(page, "ERP documents")) == 500 and len(table_with(page, "Fan-out")) == 500
