@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -36,6 +37,7 @@ from controltower.web import ORJSONResponse, error, require_scope, web_of
 
 log = logging.getLogger(__name__)
 MAX_OFFSET = 100_000  # deeper than any support search pages
+_COUNT = re.compile(r"^-?[0-9]{1,18}$")  # ASCII digits only (a sign is refused by the range check with the value)
 SLOT_WAIT_SECONDS = 1.0
 VALUES_PER_RECORD = 40  # JSON values parsed per request: max_batch_events × this (about 150 MB at most)
 
@@ -175,14 +177,16 @@ class Collector:
         return Response(payload, status_code=200, media_type=media)
 
     async def search(self, request: Request) -> Response:
+        for name in ("q", "limit", "offset"):  # a repeated one would be read as its last: a proxy checks another
+            if len(request.query_params.getlist(name)) > 1:
+                return error(400, f"{name}: given more than once")
         q = request.query_params.get("q", "").strip()
         if not q:
             return error(400, "q: missing (an order id, correlation id, marketplace order number, SKU or tracking number)")
-        try:
-            limit = int(request.query_params.get("limit", "50"))
-            offset = int(request.query_params.get("offset", "0"))
-        except ValueError:
+        raw_limit, raw_offset = request.query_params.get("limit", "50"), request.query_params.get("offset", "0")
+        if not (_COUNT.match(raw_limit) and _COUNT.match(raw_offset)):  # int() takes "٥", "1_0" and " 5"
             return error(400, "limit and offset must be integers")
+        limit, offset = int(raw_limit), int(raw_offset)
         if not 1 <= limit <= 200 or not 0 <= offset <= MAX_OFFSET:
             return error(400, f"limit must be 1..200 and offset 0..{MAX_OFFSET} (got limit={limit}, offset={offset})")
 

@@ -483,3 +483,21 @@ def test_search_text_output_says_when_it_prints_fewer_events_than_counted(engine
     out = capsys.readouterr().out.splitlines()
     assert sum(" order.received" in o for o in out) == 5000
     assert out[-1] == "  (the earliest 5,000 of the 5,005 events this transaction counted)"
+
+
+def test_search_over_http_takes_ascii_integers_and_each_parameter_once(engine, settings, collector):
+    """Found by review: limit/offset went through int(), so "٥" (Arabic-Indic five), "1_0" and " 5" were
+    read as numbers; a repeated q/limit/offset silently took the last one (what a proxy checked first
+    is not what was searched). The identity lists refuse both; so does search now."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    ingest(engine, settings, [ev("A-1", "order.received", now - H, sku="S1")], now=now)
+    url = collector.url + "/v1/transactions"
+    assert httpx.get(url, params={"q": "S1", "limit": "5", "offset": "0"}).json()["results"][0]["correlation_id"] == "A-1"
+    for params in ({"q": "S1", "limit": "٥"}, {"q": "S1", "limit": "1_0"}, {"q": "S1", "limit": " 5"},
+                   {"q": "S1", "offset": "٠"}, {"q": "S1", "limit": "+5"}):
+        r = httpx.get(url, params=params)
+        assert (r.status_code, r.json()["error"]) == (400, "limit and offset must be integers"), (params, r.text)
+    for params, name in (([("q", "zzz"), ("q", "S1")], "q"), ([("q", "S1"), ("limit", "1"), ("limit", "2")], "limit"),
+                         ([("q", "S1"), ("offset", "0"), ("offset", "1")], "offset")):
+        r = httpx.get(url, params=params)
+        assert (r.status_code, r.json()["error"]) == (400, f"{name}: given more than once"), (params, r.text)
