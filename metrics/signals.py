@@ -25,7 +25,10 @@ CLI list them through `metrics.signallists`). Nothing here writes ingest tables.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import sys
+import unicodedata
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -121,7 +124,8 @@ SELECT x.bid, o.channel, o.received_at, COALESCE((
            SELECT array_agg(DISTINCT k.value ORDER BY k.value)
            FROM transactions d JOIN transaction_keys k ON k.correlation_id = d.correlation_id
            WHERE d.business_id = x.bid AND k.kind = :document AND length(k.value) <= :max_len
-             AND lower(btrim(k.value)) <> ALL(CAST(:placeholders AS text[]))
+             AND lower(regexp_replace(regexp_replace(k.value, :format_chars, '', 'g'), :edge_space, '', 'g'))
+                 <> ALL(CAST(:placeholders AS text[]))
              AND NOT EXISTS (SELECT 1 FROM identity_hubs h WHERE h.kind = k.kind AND h.value = k.value)
        ), '{{}}')
 FROM ct_signal_touched x
@@ -175,6 +179,17 @@ WITH changed AS (
 )
 
 
+@functools.cache
+def _placeholder_patterns() -> dict[str, str]:
+    """Regular expressions that read a value as `identity.refusal` does before comparing it with the
+    placeholders: format characters (zero-width space, BOM, word joiner, ...) removed, then
+    whitespace (tab, no-break space, ...) trimmed from both ends, as Python's `str.strip()`."""
+    chars = [chr(c) for c in range(sys.maxunicode + 1) if not 0xD800 <= c <= 0xDFFF]
+    fmt = "".join(c for c in chars if unicodedata.category(c) == "Cf")
+    space = "".join(c for c in chars if c.isspace())
+    return {"format_chars": f"[{fmt}]", "edge_space": f"^[{space}]+|[{space}]+$"}
+
+
 def watermark_name(defs: Definitions, settings: Settings) -> str:
     """The watermark of rows computed under these origins, identity keys and grace period."""
     basis = orjson.dumps([sorted(defs.orphan_origins), sorted(settings.identity_keys), settings.orphan_grace_seconds])
@@ -190,7 +205,7 @@ def refresh(engine: Engine, defs: Definitions, now: datetime, settings: Settings
     params = {
         "kinds": list(settings.identity_keys), "origins": list(defs.orphan_origins), "grace": grace, "now": now,
         "document": ERP_DOCUMENT, "received": ORDER_RECEIVED, "max_len": identity.MAX_LINK_LEN,
-        "placeholders": sorted(identity.PLACEHOLDERS),
+        "placeholders": sorted(identity.PLACEHOLDERS), **_placeholder_patterns(),
         "cutoff": now - timedelta(seconds=settings.retention_transactions), "n": SWEEP,
     }
     with engine.begin() as conn:

@@ -334,3 +334,24 @@ def test_a_hub_from_real_ingest_is_listed_and_is_no_erp_document(engine, setting
     assert business_of(engine, "O3") == business_of(engine, "E3") != business_of(engine, "E4")  # the hub linked nothing
     assert listed(engine, NOW) == []
     assert sla(engine, NOW)[("duplicate_orders", "walmart")]["value"] == 0
+
+
+def test_a_placeholder_the_linker_refuses_is_no_erp_document_whatever_wraps_it(engine, settings):
+    """Found by review: the linker reads "n/a" behind a zero-width space, a tab or a no-break space as
+    a placeholder (identity.refusal), the duplicate count only trimmed spaces: such an order was
+    counted a duplicate of itself. Each of these orders has one real document."""
+    from controltower import identity
+
+    received = NOW - minutes(40)
+    wrapped = ["n/a\u200b", "\tN/A", "none\u00a0", "\ufeffNULL", "\u2060-\u2060", "test\n"]
+    assert all(identity.refusal(w) == "placeholder" for w in wrapped)
+    records = []
+    for i, placeholder in enumerate(wrapped):
+        records += _order(f"P{i}", "amazon", received, [f"45100{i}", placeholder])
+    records += _order("D0", "amazon", received, ["4520001", "4520002"])  # a real duplicate stays one
+    records += _order("D1", "amazon", received, ["4530001", "n / a"])  # not a placeholder: a document
+    ingest(engine, settings, records, now=NOW - minutes(30))
+    refresh(engine, settings, NOW)
+    with engine.connect() as conn:
+        assert sorted(d["correlation_id"] for d in signallists.duplicates(conn)) == ["D0", "D1"]
+    assert sla(engine, NOW)[("duplicate_orders", "amazon")]["details"] == {"orders": 8, "duplicates": 2}
