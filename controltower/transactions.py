@@ -40,7 +40,8 @@ _BUSINESS_FIELDS = f"""
     array_agg(t.correlation_id ORDER BY t.correlation_id) AS correlation_ids,
     {BUSINESS_CHANNEL} AS channel,
     (array_agg(t.flow ORDER BY t.first_event_at, t.correlation_id))[1] AS flow,
-    min(t.order_id) AS order_id,
+    (array_agg(t.order_id ORDER BY t.first_event_at, t.correlation_id) FILTER (WHERE t.order_id IS NOT NULL))[1]
+        AS order_id,
     (array_agg(t.status ORDER BY t.last_event_at DESC, t.last_event_id DESC, t.correlation_id DESC))[1] AS status,
     (array_agg(t.last_milestone ORDER BY t.last_event_at DESC, t.last_event_id DESC, t.correlation_id DESC))[1]
         AS last_milestone,

@@ -501,3 +501,25 @@ def test_search_over_http_takes_ascii_integers_and_each_parameter_once(engine, s
                          ([("q", "S1"), ("offset", "0"), ("offset", "1")], "offset")):
         r = httpx.get(url, params=params)
         assert (r.status_code, r.json()["error"]) == (400, f"{name}: given more than once"), (params, r.text)
+
+
+def test_a_business_order_id_is_its_earliest_members_as_in_the_breach_and_identity_lists(engine, settings):
+    """Found by review: get and search took min(order_id) over members while the breach list, the
+    identity lists and this module's own rule ("first" fields follow the earliest member) take the
+    earliest member's: the ERP's "4500001" sorted before the channel's "SO-9" and headed the page."""
+    from controltower import breaches
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    mkt = ev("MKT-9", "order.received", now - 2 * H, external_order_id="112-9")
+    mkt["order_id"] = "SO-9"
+    erp = ev("ERP-9", "order.erp_posted", now - H, external_order_id="112-9")
+    erp["order_id"] = "4500001"
+    ingest(engine, settings, [mkt, erp], now=now)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO sla_open_items (sla, correlation_id, channel, started_at, due_at) "
+                             "SELECT 'erp_posting', business_id, 'amazon', :s, :d FROM transactions "
+                             "WHERE correlation_id = 'MKT-9'"), {"s": now - 2 * H, "d": now - H})
+    with engine.connect() as conn:
+        assert transactions.get(conn, "ERP-9")["order_id"] == "SO-9"
+        assert [r["order_id"] for r in transactions.search(conn, "112-9")] == ["SO-9"]
+        assert [r["order_id"] for r in breaches.open_breaches(conn, now=now)] == ["SO-9"]
