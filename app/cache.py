@@ -119,6 +119,10 @@ def open_breaches(sla: str | None, channel: str | None) -> pd.DataFrame:
     return queries.open_breaches(engine(), sla, channel, now=_now())
 
 
+def open_breach_totals(sla: str | None, channel: str | None) -> tuple[int, int]:
+    return queries.open_breach_totals(engine(), sla, channel, now=_now())
+
+
 @_cached
 def breach_filters() -> tuple[list[str], list[str]]:
     return queries.breach_filters(engine())

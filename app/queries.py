@@ -235,6 +235,19 @@ def open_breaches(engine: Engine, sla: str | None, channel: str | None, *, now: 
     return df
 
 
+_OPEN_TOTALS = sa.text(
+    "SELECT count(*) AS items, count(DISTINCT channel) AS channels FROM sla_open_items WHERE due_at < :now "
+    "AND (CAST(:sla AS text) IS NULL OR sla = :sla) AND (CAST(:channel AS text) IS NULL OR channel = :channel)"
+)
+
+
+def open_breach_totals(engine: Engine, sla: str | None, channel: str | None, *, now: datetime) -> tuple[int, int]:
+    """How many overdue open items and channels there are in all (`open_breaches` stops at its limit)."""
+    with engine.connect() as conn:
+        row = conn.execute(_OPEN_TOTALS, {"now": now, "sla": sla or None, "channel": channel or None}).one()
+    return int(row.items), int(row.channels)
+
+
 _OPEN_OPTIONS = sa.text(
     "SELECT DISTINCT sla, channel FROM sla_open_items UNION SELECT DISTINCT sla, channel FROM sla_status "
     "ORDER BY sla, channel"

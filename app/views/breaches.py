@@ -48,12 +48,15 @@ if items.empty:
     st.stop()
 
 shown = shaping.breaches_display(items)
+total, channels_hit = cache.open_breach_totals(sla, channel)  # the list stops at its limit; these count all
+total = max(total, len(shown))  # an item that fell due between the two reads
 m1, m2, m3 = st.columns(3)
-m1.metric("Overdue items", f"{len(shown):,}")
+m1.metric("Overdue items", f"{total:,}")
 m2.metric("Oldest overdue by", human_duration(items["overdue_ms"].max()))
-m3.metric("Channels affected", f"{items['channel'].nunique()}")
+m3.metric("Channels affected", f"{max(channels_hit, items['channel'].nunique())}")
 joined = " (one row per business transaction; Members lists the correlation ids it joins)" if "Members" in shown else ""
-st.caption(f"Transactions past their SLA deadline for {scope}, most overdue first{joined}. "
+listed = f"; the {len(shown):,} most overdue of {total:,} are listed" if total > len(shown) else ""
+st.caption(f"Transactions past their SLA deadline for {scope}, most overdue first{joined}{listed}. "
            "Open one for its whole story.")
 if "Note" in shown:
     unreadable = int((shown["Note"] != "").sum())

@@ -272,3 +272,24 @@ def test_the_keys_line_of_a_big_business_is_bounded(engine: Engine, settings: Se
     assert line.count("<code>") == 3 * 20, line[:300]
     assert "<b>Order id:</b> " + ", ".join(f"<code>SO-BIG-{i:05d}</code>" for i in range(20)) + " and 981 more" in line
     assert "<code>T500</code>" not in line and "<code>T19</code>, and" not in line
+
+
+def test_the_breach_page_counts_more_overdue_items_than_it_lists(engine: Engine, settings: Settings,
+                                                                 app_env: None) -> None:
+    """Found by review: "Overdue items" was the length of the list, which stops at 5,000: 5,001 read "5,000"."""
+    import sqlalchemy as sa
+
+    now = datetime.now(UTC)
+    ingest(engine, settings, [ev("B-1", "order.received", now - 120 * MIN)], now=now)
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO sla_open_items (sla, correlation_id, channel, started_at, due_at) "
+            "SELECT 'erp_posting', 'B-' || i, CASE WHEN i = 5001 THEN 'ebay' ELSE 'amazon' END, "
+            "       :now - interval '2 hours', :now - interval '1 hour' + i * interval '1 ms' "
+            "FROM generate_series(1, 5001) i"), {"now": now})
+    at = run("views/breaches.py")
+    metrics = {m.label: m.value for m in at.metric}
+    assert (metrics["Overdue items"], metrics["Channels affected"]) == ("5,001", "2"), metrics
+    assert len(table_with(at, "Transaction")) == 5000
+    captions = " ".join(plain(c.value) for c in at.caption)
+    assert "the 5,000 most overdue of 5,001 are listed" in captions, captions
