@@ -91,11 +91,12 @@ _LOCK = "SELECT pg_advisory_xact_lock(%s, k) FROM unnest(%s::int4[]) AS k"
 
 # Each value's holders, capped (a hub's would be all of them), and its hub row if it has one.
 _FANOUT = """
-SELECT u.kind, u.value, k.correlation_id, h.fanout AS hub_fanout
+SELECT u.kind, u.value, k.correlation_id, h.fanout AS hub_fanout, t.business_id
 FROM unnest(%(kinds)s::text[], %(values)s::text[]) AS u(kind, value)
 CROSS JOIN LATERAL (SELECT correlation_id FROM transaction_keys k
                     WHERE k.value = u.value AND k.kind = u.kind LIMIT %(cap)s) k
 LEFT JOIN identity_hubs h ON h.kind = u.kind AND h.value = u.value
+LEFT JOIN transactions t ON t.correlation_id = k.correlation_id
 """
 _HUB_UP = """
 INSERT INTO identity_hubs AS h (kind, value, fanout, first_seen_at, last_seen_at)
@@ -174,9 +175,12 @@ def link(
     )
     holders: dict[tuple[str, str], list[str]] = defaultdict(list)
     hub_rows: dict[tuple[str, str], int | None] = {}
-    for kind, value, cid, hub in cur.fetchall():
+    seen_business: dict[str, str] = {}  # a first read, before the business locks
+    for kind, value, cid, hub, bid in cur.fetchall():
         holders[(kind, value)].append(cid)
         hub_rows[(kind, value)] = hub
+        if bid is not None:
+            seen_business[cid] = bid
     fanouts = {key: (len(cids), hub_rows[key]) for key, cids in holders.items()}
     new_per_value = Counter((kind, value) for value, kind, _ in rows)
     grown: list[tuple[str, str]] = []
@@ -215,7 +219,7 @@ def link(
         cur.execute(_HUB_DOWN, {"kinds": [k for k, _ in stopped_hub], "values": [v for _, v in stopped_hub]})
     if not became_hub and not full and not extra:
         if linking:
-            _merge(cur, {key: holders[key] for key in linking}, now, result)
+            _merge(cur, {key: holders[key] for key in linking}, now, result, seen_business)
         return result  # nothing split: new links can only merge businesses
     # a value became a hub (or relink): its correlation ids may have been linked through it
     # only, so the region's components are recomputed from its keys
@@ -247,21 +251,27 @@ def link(
     return result
 
 
-def _merge(cur: psycopg.Cursor, holders: dict[tuple[str, str], list[str]], now: datetime, result: LinkResult) -> None:
+def _merge(
+    cur: psycopg.Cursor, holders: dict[tuple[str, str], list[str]], now: datetime, result: LinkResult,
+    seen: dict[str, str],
+) -> None:
     """New links without a new hub only join businesses: the businesses of each linking value's
-    holders become one, named by the biggest, and only the smaller ones' members are rewritten.
-    Sizes are counted capped (doubling), so the cost follows the smaller side too."""
-    business = _lock_businesses(cur, sorted({c for cids in holders.values() for c in cids}), result)
+    holders become one, named by the biggest stored one (this batch's own new correlation ids
+    join it without a second write), and only the smaller ones' members are rewritten. Sizes are
+    counted only when two stored businesses meet, capped (doubling), so the cost follows the
+    smaller side too."""
+    business = _lock_businesses(cur, sorted({c for cids in holders.values() for c in cids}), result, seen)
     live = [[c for c in cids if c in business] for cids in holders.values()]  # retention may have removed some
     edges = [(business[cids[0]], business[c]) for cids in live if cids for c in cids[1:]]
     joined = [g for g in components(set(business.values()), edges) if len(g) > 1]
     if not joined:
         return
-    sizes = _sizes(cur, joined)
+    stored = [[b for b in g if b not in result.pending] for g in joined]
+    sizes = _sizes(cur, [g for g in stored if len(g) > 1]) if any(len(g) > 1 for g in stored) else {}
     old: list[str] = []
     new: list[str] = []
-    for group in joined:
-        survivor = min(group, key=lambda b: (-sizes[b], b))
+    for group, kept in zip(joined, stored, strict=True):
+        survivor = min(kept or group, key=lambda b: (-sizes.get(b, 1), b))
         for b in group:
             if b != survivor:
                 if b in result.pending:  # this batch's own correlation id, not stored yet
@@ -270,11 +280,13 @@ def _merge(cur: psycopg.Cursor, holders: dict[tuple[str, str], list[str]], now: 
                 else:
                     old.append(b)
                     new.append(survivor)
+    result.merged += sum(len(g) - 1 for g in joined)
     if old:
         cur.execute(_RENAME, (old, new))
         result.moved += cur.rowcount
-    result.merged += sum(len(g) - 1 for g in joined)
-    cur.execute(_JOURNAL, (now, sorted({b for g in joined for b in g})))
+        # only stored businesses had samples to re-attribute; a new correlation id's own events
+        # touch its business for the SLA job anyway
+        cur.execute(_JOURNAL, (now, sorted(set(old) | set(new))))
 
 
 def _sizes(cur: psycopg.Cursor, groups: list[list[str]]) -> dict[str, int]:
@@ -291,16 +303,21 @@ def _sizes(cur: psycopg.Cursor, groups: list[list[str]]) -> dict[str, int]:
         cap *= 4
 
 
-def _lock_businesses(cur: psycopg.Cursor, cids: list[str], result: LinkResult) -> dict[str, str]:
+def _lock_businesses(
+    cur: psycopg.Cursor, cids: list[str], result: LinkResult, seen: dict[str, str] | None = None
+) -> dict[str, str]:
     """Lock the businesses of `cids` (advisory, sorted) and answer correlation id → business id,
     re-reading until no concurrent merge moved them while we waited for the locks. A correlation
     id of this batch (`result.own`) without a row gets it after linking: a business of one, named
     by itself, and noted in `result.pending`; any other without a row was just removed by
     retention (with its keys) and is left out of the answer."""
     locked: set[str] = set()
-    for _ in range(MAX_ROUNDS):
-        cur.execute(_BUSINESS_OF, (cids,))
-        business = dict(cur.fetchall())
+    for round_ in range(MAX_ROUNDS):
+        if round_ == 0 and seen is not None:
+            business = {c: seen[c] for c in cids if c in seen}  # read with the holders
+        else:
+            cur.execute(_BUSINESS_OF, (cids,))
+            business = dict(cur.fetchall())
         result.pending = {c for c in cids if c not in business and c in result.own}
         for c in result.pending:
             business[c] = c

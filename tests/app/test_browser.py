@@ -249,3 +249,50 @@ def test_alerting_banner_in_chromium(dashboard: Dashboard, engine: Engine) -> No
             assert "1 item with an invalid date stored" in text  # the table itself is a canvas
         finally:
             browser.close()
+
+
+def test_business_transaction_and_identity_pages_in_chromium(engine, settings, database_url, tmp_path) -> None:
+    """Real-id simulator data (every system its own ids, linked on ingest): the transaction page
+    found by a carrier's tracking number tells the whole order, the Identity page lists orphans."""
+    if shutil.which("chromium") is None:
+        pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
+    import sqlalchemy as sa
+    from playwright.sync_api import sync_playwright
+
+    from metrics import definitions, jobs
+    from simulator.emit import StoreSink
+    from simulator.run import simulate
+
+    now = datetime.now(UTC)
+    simulate(seed=11, backfill=3 * 3600, ids="real", store=StoreSink(engine, settings), now=now)
+    jobs.refresh(engine, definitions.load(), now, settings)
+    with engine.connect() as conn:
+        # a tracking number the carrier scanned (no channel) on an order that was also posted
+        tracking = conn.execute(sa.text("""
+            SELECT k.value FROM transaction_keys k JOIN transactions c ON c.correlation_id = k.correlation_id
+            WHERE k.kind = 'tracking_number' AND c.channel IS NULL AND c.last_system IS NOT NULL
+              AND EXISTS (SELECT 1 FROM transactions o JOIN transaction_milestones m ON m.correlation_id = o.correlation_id
+                          WHERE o.business_id = c.business_id AND m.milestone = 'order.erp_posted')
+            ORDER BY k.value LIMIT 1""")).scalar_one()
+    server = Dashboard(database_url, tmp_path / "data")
+    try:
+        server.wait_ready()
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1500, "height": 1000})
+                story = shoot(page, f"{server.url}/transaction?q={tracking}", ".js-plotly-plot .main-svg",
+                              tmp_path / "dashboard-business-transaction.png")
+                identity = shoot(page, f"{server.url}/identity", ".js-plotly-plot .main-svg",
+                                 tmp_path / "dashboard-identity.png")
+            finally:
+                browser.close()
+    finally:
+        server.stop()
+    shots = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    for name in ("business-transaction", "identity"):
+        shutil.copyfile(tmp_path / f"dashboard-{name}.png", shots / f"dashboard-{name}.png")
+    assert "ERP posted it as 45" in story and tracking in story
+    assert "correlation ids" in story
+    assert "Orphans" in identity and "Hubs" in identity
