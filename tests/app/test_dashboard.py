@@ -99,6 +99,8 @@ def seed(engine: Engine, settings: Settings, now: datetime) -> dict[str, Any]:
     records += _story("cid-shop-1", "shopify", "SO-3001", "#4521", now - timedelta(hours=2), FULL)
     # Reconciliation: five ebay orders received yesterday 10:00 UTC, each getting one stage less far.
     yesterday = (now - timedelta(days=1)).replace(hour=10, minute=0, second=0, microsecond=0)
+    if yesterday + timedelta(minutes=1205) > now:  # before 04:05 UTC the last delivery would lie ahead
+        yesterday -= timedelta(days=1)
     path = [("order.received", "marketplace", 0, "ok"), ("order.acknowledged", "middleware", 2, "ok"),
             ("order.erp_posted", "erp", 8, "ok"), ("fulfilment.released", "wms", 30, "ok"),
             ("fulfilment.shipped", "wms", 180, "ok"), ("shipment.shipment_confirmed", "carrier", 190, "ok"),
