@@ -12,8 +12,9 @@ One call, set-based, in a handful of statements:
 2. count each value's correlation IDs (capped at limit + 1); a value past the limit becomes a
    hub (`identity_hubs`) and links none of its correlation IDs any more;
 3. new links alone can only merge: the businesses of each linking value's holders (locked,
-   advisory, sorted, re-read until stable) become one, named by the biggest; only the smaller
-   ones' members are rewritten (`_merge`);
+   advisory, sorted, re-read until stable) become one, named by the biggest stored one; only
+   the smaller ones' members are rewritten, and the batch's own new correlation ids are
+   stored straight into it (`LinkResult.assign`, `_merge`);
 4. a value that just became a hub (or relink) may split: the region (the businesses of the
    rows' correlation IDs and of every holder of their values) is locked and its connected
    components recomputed from its identity keys (non-hub, linkable), named by
