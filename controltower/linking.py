@@ -166,7 +166,7 @@ def link(
     if not rows and not extra:
         return result
     kind_list = sorted(set(kinds))
-    values = sorted({(kind, value) for value, kind, _ in rows})
+    values = list({(kind, value) for value, kind, _ in rows})  # any order: lock ids are sorted
     result.own = {cid for _, _, cid in rows}
     cur.execute(_LOCK, (LOCK_VALUE, _lock_ids("value", (f"{k}\x1f{v}" for k, v in values))))
     cur.fetchall()
