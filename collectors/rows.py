@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from controltower.event import Event
-from controltower.identity import key_text, refusal
+from controltower.identity import identity_values, key_text, refusal
 
 MAX_KEY_LEN = 256
 CACHE_LIMIT = 100_000  # per cache and process: ~25 MB; skips rows a recent batch already wrote
@@ -132,23 +132,11 @@ def identity_rows(
     links: set[tuple[str, str, str]] = set()
     refused: Counter[str] = Counter()
 
-    def add(value: Any, kind: str, cid: str) -> None:
-        why = refusal(value)
-        if why is None:
-            links.add((key_text(value), kind, cid))  # type: ignore[arg-type]
-        else:
-            refused[why] += 1
-
     for e in events:
-        if e.order_id is not None and "order_id" in kinds:
-            add(e.order_id, "order_id", e.correlation_id)
-        attrs = e.attributes
-        if not attrs:
-            continue
-        for kind in kinds:
-            value = attrs.get(kind)
-            if value is None:
-                continue
-            for item in value if type(value) is list else (value,):
-                add(item, kind, e.correlation_id)
+        for kind, value in identity_values(e.order_id, e.attributes, kinds):
+            why = refusal(value)
+            if why is None:
+                links.add((key_text(value), kind, e.correlation_id))  # type: ignore[arg-type]
+            else:
+                refused[why] += 1
     return links, refused

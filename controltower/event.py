@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from controltower.errors import EventError
-from controltower.identity import DEFAULT_IDENTITY_KEYS, refusal
+from controltower.identity import DEFAULT_IDENTITY_KEYS, identity_values, refusal
 
 STATUSES = ("ok", "error", "retry", "dead_letter")
 MAX_ID_LEN = 128
@@ -275,14 +275,7 @@ def parse_event(record: Any, *, now: datetime, limits: Limits = Limits()) -> Eve
 
 def _carries_identity(order_id: str | None, attributes: dict[str, Any], kinds: frozenset[str]) -> bool:
     """Whether the event has a value that can join it to a business transaction."""
-    if order_id is not None and "order_id" in kinds and refusal(order_id) is None:
-        return True
-    for kind in kinds:
-        value = attributes.get(kind)
-        values = value if type(value) is list else (value,)
-        if any(v is not None and refusal(v) is None for v in values):
-            return True
-    return False
+    return any(refusal(value) is None for _, value in identity_values(order_id, attributes, kinds))
 
 
 def event_to_json(event: Event) -> dict[str, Any]:

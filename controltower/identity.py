@@ -16,7 +16,7 @@ Pure: no SQL but the read fragments at the bottom, which readers embed.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 DEFAULT_IDENTITY_KEYS = (
@@ -63,6 +63,24 @@ def refusal(value: Any) -> str | None:
     if len(text) > MAX_LINK_LEN:
         return "too_long"
     return None
+
+
+def identity_values(order_id: Any, attributes: Mapping[str, Any], kinds: Iterable[str]) -> Iterator[tuple[str, Any]]:
+    """Every (kind, raw value) of an event under the identity `kinds`: the `order_id` field and
+    the attributes, a list counting as its items. Whether each can link is `refusal`'s call."""
+    if order_id is not None and "order_id" in kinds:
+        yield "order_id", order_id
+    if not attributes:
+        return
+    for kind in kinds:
+        value = attributes.get(kind)
+        if value is None:
+            continue
+        if type(value) is list:
+            for item in value:
+                yield kind, item
+        else:
+            yield kind, value
 
 
 def is_hub(fanout: int, limit: int) -> bool:

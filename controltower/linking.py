@@ -88,7 +88,7 @@ def business_lock_ids(business_ids: Iterable[str]) -> list[int]:
 
 
 # unnest yields the (sorted) ids in array order: locks are taken in that order
-_LOCK = "SELECT pg_advisory_xact_lock(%s, k) FROM unnest(%s::int4[]) AS k"
+LOCK_SQL = "SELECT pg_advisory_xact_lock(%s, k) FROM unnest(%s::int4[]) AS k"  # (class, ids)
 
 # Each value's holders, capped (a hub's would be all of them), and its hub row if it has one.
 _FANOUT = """
@@ -168,7 +168,7 @@ def link(
     kind_list = sorted(set(kinds))
     values = list({(kind, value) for value, kind, _ in rows})  # any order: lock ids are sorted
     result.own = {cid for _, _, cid in rows}
-    cur.execute(_LOCK, (LOCK_VALUE, _lock_ids("value", (f"{k}\x1f{v}" for k, v in values))))
+    cur.execute(LOCK_SQL, (LOCK_VALUE, _lock_ids("value", (f"{k}\x1f{v}" for k, v in values))))
     cur.fetchall()
     cur.execute(
         _FANOUT,
@@ -325,7 +325,7 @@ def _lock_businesses(
         fresh = sorted(set(business.values()) - locked)
         if not fresh:
             return business
-        cur.execute(_LOCK, (LOCK_BUSINESS, _lock_ids("business", fresh)))
+        cur.execute(LOCK_SQL, (LOCK_BUSINESS, _lock_ids("business", fresh)))
         cur.fetchall()
         locked |= set(fresh)
     raise RegionUnstable("identity region kept moving under concurrent merges")

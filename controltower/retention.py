@@ -67,7 +67,6 @@ SELECT (SELECT coalesce(array_agg(business_id ORDER BY business_id), '{}') FROM 
        (SELECT last_event_at FROM cand ORDER BY last_event_at DESC, correlation_id DESC LIMIT 1),
        (SELECT correlation_id FROM cand ORDER BY last_event_at DESC, correlation_id DESC LIMIT 1)
 """
-_LOCK_BUSINESSES = "SELECT pg_advisory_xact_lock(:cls, k) FROM unnest(CAST(:ids AS int4[])) AS k"
 # ... and, once their linking locks are held (a late event may have just linked a new member into
 # one: it is active, so that business stays), the whole businesses still expired go.
 _EXPIRE_BUSINESSES = """
@@ -235,8 +234,7 @@ def _expire_businesses(engine: Engine, cutoff: datetime) -> int:
                     gone = 0
                     if expired:
                         # the locks ingest takes before it links into a business (controltower.linking)
-                        conn.execute(sa.text(_LOCK_BUSINESSES),
-                                     {"cls": LOCK_BUSINESS, "ids": linking.business_lock_ids(expired)}).all()
+                        conn.exec_driver_sql(linking.LOCK_SQL, (LOCK_BUSINESS, linking.business_lock_ids(expired))).all()
                         gone = conn.execute(sa.text(_EXPIRE_BUSINESSES), {"c": cutoff, "expired": expired}).scalar_one()
                 break
             except sa.exc.OperationalError as exc:  # a deadlock with a linking batch: the batch again
