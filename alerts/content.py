@@ -98,3 +98,12 @@ def with_impact(annotations: Mapping[str, str], impact: Mapping[str, Any]) -> di
     if "order_value_at_risk" in impact:
         out["order_value_at_risk"] = f"{impact['order_value_at_risk']:.2f}"
     return out
+
+
+def dedup_key(notification: Mapping[str, Any]) -> str:
+    """The stable key receivers deduplicate one paged thing by (PagerDuty `dedup_key`, a Jira
+    Service Management alias, a ticket's label): the notification's own `dedup_key` when it
+    names one (an incident), else its first alert's fingerprint. Stable across re-sends, so a
+    notification delivered twice (a leader crash between send and mark-as-sent) pages once."""
+    key = notification.get("dedup_key")
+    return str(key) if key else str(notification["fingerprint"])

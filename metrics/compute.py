@@ -302,7 +302,7 @@ def hop_health(definitions: Definitions, table: list[dict[str, Any]]) -> list[di
         for position, hop in enumerate(definitions.hops):
             r = by_key.get((hop.sla, ch))
             out.append({
-                "channel": ch, "hop": hop.hop, "position": position,
+                "channel": ch, "hop": hop.hop, "position": position, "sla": hop.sla, "cause": hop.cause,
                 "volume": int(r["count"] or 0) if r else 0,
                 "backlog": int(r["open_breaches"] or 0) if r else 0,
                 "p95_ms": r["p95_ms"] if r else None,

@@ -126,6 +126,7 @@ class SLA:
 class Hop:
     hop: str
     sla: str
+    cause: str | None = None  # what usually breaks when this hop is red (incidents name it)
 
 
 @dataclass(frozen=True)
@@ -253,11 +254,12 @@ def parse(doc: yamlfile.Located) -> Definitions:
     names = {s.name for s in slas}
     hops = []
     for i, item in enumerate(data.get("hops") or []):
-        if not isinstance(item, dict) or set(item) != {"hop", "sla"}:
-            raise c.fail("hops: each item needs exactly `hop` and `sla`", "hops", i)
+        if not isinstance(item, dict) or not {"hop", "sla"} <= set(item) or not set(item) <= {"hop", "sla", "cause"}:
+            raise c.fail("hops: each item needs `hop` and `sla` (and may name a `cause`)", "hops", i)
         if item["sla"] not in names:
             raise c.fail(f"hops: unknown SLA {item['sla']!r}", "hops", i, "sla")
-        hops.append(Hop(c.text(item["hop"], "hops", i, "hop"), item["sla"]))
+        cause = c.text(item["cause"], "hops", i, "cause") if "cause" in item else None
+        hops.append(Hop(c.text(item["hop"], "hops", i, "hop"), item["sla"], cause))
     scorecards = []
     for i, item in enumerate(data.get("scorecards") or []):
         path = ("scorecards", i)

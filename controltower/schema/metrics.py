@@ -69,6 +69,9 @@ hop_health = sa.Table(
     sa.Column("p95_ms", sa.Float),
     sa.Column("health", sa.Text, nullable=False),
     sa.Column("reason", sa.Text),
+    # 0008: the SLA judging the hop and its usual cause (alert incidents group by them)
+    sa.Column("sla", sa.Text),
+    sa.Column("cause", sa.Text),
     sa.PrimaryKeyConstraint("channel", "hop", name="hop_health_pkey"),
 )
 
