@@ -8,6 +8,7 @@ hold them (`*_env`), read at delivery. This module only models and validates; se
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -56,6 +57,9 @@ class Receiver:
         values = [environ.get(n or "", "") for n in names if n]
         if self.type in ("slack", "teams") and self.url:  # a Workflows URL carries its signature
             values.append(self.url)
+        user, token = environ.get(self.user_env or ""), environ.get(self.token_env or "")
+        if user and token:  # the basic-auth header as a server may echo it
+            values.append(base64.b64encode(f"{user}:{token}".encode()).decode())
         return [v for v in values if v]
 
 
