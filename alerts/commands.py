@@ -8,6 +8,7 @@
     controltower alerts ack FINGERPRINT --by NAME
     controltower alerts deliveries [--status failed] [--limit 50] [--json]
     controltower alerts audit [--limit 100] [--json]
+    controltower alerts test RECEIVER [--label k=v ...] [--resolve] [--file FILE]
 """
 
 from __future__ import annotations
@@ -236,3 +237,56 @@ def audit_command(
         extra = detail.get("summary") or ", ".join(f"{k}={v}" for k, v in (detail.get("matchers") or {}).items())
         via = f" via {detail['via']}" if detail.get("via") else ""
         line(f"{_when(r['at'])} {plain(r['actor'])} {r['action']} {plain(r['target'])}{via}: {plain(extra)}")
+
+
+@alerts_app.command("test")
+def test_command(
+    ctx: typer.Context,
+    receiver: str = typer.Argument(..., help="Receiver name from the rules file."),
+    label: list[str] = typer.Option(None, "--label", "-l", help="label=value of the sample alert (repeatable)."),
+    resolve: bool = typer.Option(False, "--resolve", help="Also send the resolved notice."),
+    file: Path = typer.Option(None, "--file", help="Alert rules YAML (default: the configured or shipped file)."),
+) -> None:
+    """Send a sample alert straight through RECEIVER; print its route and the result."""
+    import os
+
+    import httpx
+
+    from alerts import probe
+    from alerts.notify import DeliveryError, TicketStore, send
+    from alerts.rules import load_rules
+
+    settings = settings_of(ctx)
+    ruleset = load_rules(file or settings.alerts_file)
+    target = ruleset.receivers.get(receiver)
+    if target is None:
+        fail(f"unknown receiver {receiver!r} (defined: {', '.join(sorted(ruleset.receivers)) or 'none'})")
+    labels: dict[str, str] = {}
+    for item in label or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            fail(f"--label {item!r}: expected label=value, e.g. channel=amazon")
+        labels[name.strip()] = value.strip()
+    now = datetime.now(UTC)
+    labels = {**probe.SAMPLE_LABELS, **labels}
+    line("labels: " + ", ".join(f"{k}={v}" for k, v in labels.items()))
+    for text in probe.routing(ruleset, labels, now):
+        line(text)
+    engine = context_of(ctx).engine if target.type == "ticket" else None
+    with httpx.Client(follow_redirects=False) as client:
+        for resolved in ([False, True] if resolve else [False]):
+            what = "resolved" if resolved else "firing"
+            notification = probe.sample(labels, now, settings.dashboard_url, resolved=resolved)
+            try:
+                if engine is not None:
+                    with engine.begin() as conn:
+                        done = send(target, notification, client=client, environ=os.environ,
+                                    tickets=TicketStore(conn, now))
+                else:
+                    done = send(target, notification, client=client, environ=os.environ)
+            except DeliveryError as exc:
+                message = str(exc)
+                for secret in target.secrets(os.environ):
+                    message = message.replace(secret, "***")
+                fail(f"{what} test notification to {receiver} ({target.type}) failed: {message[:300]}")
+            line(f"{what} test notification to {receiver} ({target.type}): {done}")

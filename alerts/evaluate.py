@@ -60,7 +60,7 @@ class Transition:
     notification: str | None = None  # firing | repeat | resolved, when one was enqueued
     receivers: tuple[str, ...] = ()
     silenced: bool = False
-    deferred: str | None = None  # "throttled" | "digest": decided on, held back by the rule's noise options
+    deferred: str | None = None  # "throttled" | "digest" | "muted": decided on, held back (muted: by a route's time interval)
 
 
 def active_silences(conn: Connection, now: datetime) -> list[dict[str, Any]]:
@@ -108,17 +108,18 @@ class _RuleRun:
             return  # never store inactive series that never fired (no_data breach/alert must remember them)
         state: dict[str, Any] = dict(old) if old else _new_series(fp, rule)
         prev = state["state"]
+        muted = self.outbox.muted(labels)  # route in a mute time interval: held like a throttled one
         nxt, notes = transition(
             AlertState.of(state), holds, now, rule,
             silenced=silenced_by(labels, self.silences) is not None,
-            throttled=not rule.digest_interval_seconds and not self.outbox.allows(rule, "firing"),
+            throttled=muted or (not rule.digest_interval_seconds and not self.outbox.allows(rule, "firing")),
         )
         notify = notes[0].kind if notes else None
         silenced = bool(notes and notes[0].silenced)
         deferred: str | None = None
         receivers: tuple[str, ...] = ()
-        if notes and notes[0].held:
-            deferred = "throttled"  # not sent: it stays due for the next evaluation
+        if notes and (notes[0].held or (muted and notify == "resolved")):
+            deferred = "muted" if muted else "throttled"  # held: still due next evaluation; resolved: dropped
         elif notify and not silenced and rule.digest_interval_seconds:
             deferred = "digest"  # covered by the rule's next digest (`Outbox.add_digest`)
         state.update(nxt.as_dict())

@@ -11,6 +11,9 @@ two deliverers (two scheduler processes) never send the same row. Payloads are r
 - pagerduty: Events API v2, one event per alert (`trigger`/`resolve`, `dedup_key` = fingerprint)
 - email: plain text over SMTP, one message per group
 - log: one log line per alert
+- teams: a Workflows webhook with one Adaptive Card per group (`alerts.teams`)
+- jsm: Jira Service Management alerts, created and closed by alias (`alerts.jsm`)
+- ticket: a Jira issue opened on firing and closed on resolve, once per dedup key (`alerts.ticketing`)
 
 Each receiver's notifications go out in the order they were created: a row is sent only when no
 older row for the same receiver is still pending, so a receiver that is down gets its backlog
@@ -35,8 +38,14 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from alerts import jsm, teams, ticketing
+from alerts.content import dedup_key
 from alerts.rules import Receiver
+from alerts.ticketing import TicketStore
+from alerts.transport import USER_AGENT, DeliveryError, call
 from controltower.schema.alerts import alert_notifications
+
+__all__ = ["USER_AGENT", "DeliveryError", "DeliveryReport", "TicketStore", "backoff", "deliver_pending", "send"]
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +53,6 @@ MAX_ATTEMPTS = 8
 BASE_BACKOFF_SECONDS = 30.0
 MAX_BACKOFF_SECONDS = 3600.0
 PD_SEVERITY = {"page": "critical", "ticket": "warning", "info": "info"}
-USER_AGENT = "controltower-alerts"
-
-
-class DeliveryError(Exception):
-    def __init__(self, message: str, *, permanent: bool = False) -> None:
-        super().__init__(message)
-        self.permanent = permanent
 
 
 @dataclass
@@ -252,15 +254,23 @@ def _env(name: str | None, environ: Mapping[str, str], what: str) -> str:
     return value
 
 
-def _post(client: httpx.Client, url: str, body: dict[str, Any], timeout: float) -> None:
-    try:
-        response = client.post(url, json=body, timeout=timeout, headers={"User-Agent": USER_AGENT})
-    except httpx.HTTPError as exc:
-        raise DeliveryError(f"{type(exc).__name__}: {exc}") from None
-    if response.is_success:
-        return
-    permanent = 400 <= response.status_code < 500 and response.status_code not in (408, 425, 429)
-    raise DeliveryError(f"HTTP {response.status_code}: {response.text[:200]}", permanent=permanent)
+def _post(client: httpx.Client, url: str, body: dict[str, Any], timeout: float,
+          headers: Mapping[str, str] | None = None) -> None:
+    call(client, "POST", url, body=body, headers=headers, timeout=timeout)
+
+
+def paged_units(notification: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """What a receiver that deduplicates pages by key gets: the notification once under its own
+    `dedup_key` (an incident), else each alert of the group under its fingerprint."""
+    if notification.get("dedup_key"):
+        return [(dedup_key(notification), notification)]
+    return [(dedup_key(a), a) for a in alerts_of(notification)]
+
+
+def _summary(alert: Mapping[str, Any]) -> str:
+    if len(alerts_of(alert)) > 1:
+        return _group_summary(alert)
+    return str(alert.get("summary") or dict(alert.get("annotations") or {}).get("summary") or alert["rule"])
 
 
 def send(
@@ -269,10 +279,40 @@ def send(
     *,
     client: httpx.Client,
     environ: Mapping[str, str],
-) -> None:
-    """Send one notification through `receiver`; raise DeliveryError when it was not accepted."""
+    tickets: TicketStore | None = None,
+) -> str:
+    """Send one notification through `receiver`; raise DeliveryError when it was not accepted.
+
+    Returns what was done, in a few words. A ticket receiver needs `tickets` (the delivery
+    transaction's `alert_tickets`)."""
     kind = receiver.type
-    if kind == "webhook":
+    if kind == "teams":
+        url = receiver.url or _env(receiver.url_env, environ, f"receiver {receiver.name}")
+        card = teams.card(_title(alert), _summary(alert), alert, len(alerts_of(alert)))
+        _post(client, url, card, receiver.timeout_seconds)
+    elif kind == "jsm":
+        key = _env(receiver.api_key_env, environ, f"receiver {receiver.name}")
+        headers = {"Authorization": f"GenieKey {key}"}
+        count = len(alerts_of(alert))
+        for alias, one in paged_units(alert):
+            if one["status"] == "resolved":
+                _post(client, f"{receiver.url}{jsm.close_path(alias)}", jsm.close_body(one),
+                      receiver.timeout_seconds, headers)
+            else:
+                body = jsm.create_body(alias, one, message=f"{_title(one)}: {_summary(one)}",
+                                       summary=_summary(one), count=count)
+                _post(client, f"{receiver.url}/v2/alerts", body, receiver.timeout_seconds, headers)
+    elif kind == "ticket":
+        if tickets is None:
+            raise DeliveryError(f"receiver {receiver.name}: a ticket receiver needs the database", permanent=True)
+        base = receiver.url or _env(receiver.url_env, environ, f"receiver {receiver.name}")
+        auth = (_env(receiver.user_env, environ, f"receiver {receiver.name}"),
+                _env(receiver.token_env, environ, f"receiver {receiver.name}"))
+        jira = ticketing.Jira(receiver, base, auth, client)
+        done = [ticketing.deliver(jira, tickets, key, one, _title(one), _summary(one))
+                for key, one in paged_units(alert)]
+        return "; ".join(done)
+    elif kind == "webhook":
         url = receiver.url or _env(receiver.url_env, environ, f"receiver {receiver.name}")
         _post(client, url, webhook_payload(receiver.name, alert), receiver.timeout_seconds)
     elif kind == "slack":
@@ -301,6 +341,7 @@ def send(
             log.warning("%s: %s (%s)", _title(one), one.get("summary"), one.get("dashboard_url"))
     else:  # pragma: no cover - rules validation admits only the types above
         raise DeliveryError(f"receiver type {kind!r} is not supported", permanent=True)
+    return "sent"
 
 
 def _scrub(text: str, secrets: list[str]) -> str:
@@ -362,7 +403,7 @@ def deliver_pending(
                 try:
                     if receiver is None:
                         raise DeliveryError(f"receiver {row.receiver!r} is not configured any more", permanent=True)
-                    send(receiver, row.payload, client=http, environ=env)
+                    send(receiver, row.payload, client=http, environ=env, tickets=TicketStore(conn, now))
                 except DeliveryError as exc:
                     message = _scrub(str(exc), receiver.secrets(env) if receiver else [])
                     give_up = exc.permanent or attempts >= max_attempts

@@ -11,7 +11,9 @@ transaction `flush` writes `alert_notifications` rows:
   in any hour; firing and repeat notifications past it are deferred (their alerts stay
   un-notified and are retried on the next evaluation), resolved ones are never held back;
 - digests: a rule with `digest_interval` sends its first notification at once, then one
-  summary per interval while any of its alerts fires (plus those resolved since the last).
+  summary per interval while any of its alerts fires (plus those resolved since the last);
+- time intervals: an alert whose route is muted now (`muted`) is held like a throttled one by
+  the evaluator and left out of digests.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from alerts.rules import Route, Rule, route
+from alerts.rules import Route, Rule, muted, route
 from controltower.schema.alerts import alert_notifications
 
 KIND_ORDER = ("firing", "repeat", "digest", "resolved")
@@ -78,6 +80,10 @@ class Outbox:
     def receivers(self, rule: Rule, labels: Mapping[str, str]) -> tuple[str, ...]:
         return route(self.routes, rule, labels)
 
+    def muted(self, labels: Mapping[str, str]) -> bool:
+        """The route these labels take is in a mute time interval (or outside its active ones) now."""
+        return muted(self.routes, labels, self.now)
+
     def allows(self, rule: Rule, kind: str) -> bool:
         """Whether the throttle lets a notification of `kind` for `rule` out in this evaluation."""
         if kind == "resolved" or not rule.max_notifications_per_hour or rule.name in self.rules_sending:
@@ -113,7 +119,7 @@ class Outbox:
         )
         picked = []
         for state in states:
-            if silenced(state["labels"]):
+            if silenced(state["labels"]) or self.muted(state["labels"]):
                 continue
             if state["state"] == "firing" and not state.get("acknowledged_at"):
                 picked.append((state, "firing"))

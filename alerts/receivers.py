@@ -1,4 +1,5 @@
-"""Receivers: named notification targets (webhook, slack, pagerduty, email, log) and their YAML.
+"""Receivers: named notification targets (webhook, slack, pagerduty, email, log, teams, jsm,
+ticket) and their YAML.
 
 Secrets are never written in the rules file: a receiver names the environment variables that
 hold them (`*_env`), read at delivery. This module only models and validates; sending is
@@ -7,6 +8,7 @@ hold them (`*_env`), read at delivery. This module only models and validates; se
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,8 +18,10 @@ from controltower.errors import ConfigError
 from controltower.settings import parse_duration
 from controltower.yamlfile import Located
 
-RECEIVER_TYPES = ("webhook", "slack", "pagerduty", "email", "log")
+RECEIVER_TYPES = ("webhook", "slack", "pagerduty", "email", "log", "teams", "jsm", "ticket")
 PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"
+JSM_URL = "https://api.atlassian.com/jsm/ops/integration"
+TICKET_TEMPLATES = ("jira",)
 # Rule durations beyond ten years mean nothing and would overflow date arithmetic at evaluation.
 MAX_DURATION_SECONDS = 3650 * 86400.0
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]*\Z")
@@ -39,13 +43,23 @@ class Receiver:
     username: str | None = None
     password_env: str | None = None
     timeout_seconds: float = 10.0
+    api_key_env: str | None = None  # jsm
+    template: str = "jira"  # ticket
+    project: str | None = None
+    issue_type: str = "Task"
+    user_env: str | None = None
+    token_env: str | None = None
+    close_transition: str | None = None  # a transition id (digits) or name
 
     def secrets(self, environ: Mapping[str, str]) -> list[str]:
         """The secret values this receiver uses (to keep them out of logs and stored errors)."""
-        names = [self.url_env, self.routing_key_env, self.password_env]
+        names = [self.url_env, self.routing_key_env, self.password_env, self.api_key_env, self.token_env]
         values = [environ.get(n or "", "") for n in names if n]
-        if self.type == "slack" and self.url:
+        if self.type in ("slack", "teams") and self.url:  # a Workflows URL carries its signature
             values.append(self.url)
+        user, token = environ.get(self.user_env or ""), environ.get(self.token_env or "")
+        if user and token:  # the basic-auth header as a server may echo it
+            values.append(base64.b64encode(f"{user}:{token}".encode()).decode())
         return [v for v in values if v]
 
 
@@ -113,11 +127,15 @@ def parse_receiver(doc: Located, name: Any, raw: Any) -> Receiver:
         "pagerduty": {"url", "routing_key_env", "timeout"},
         "email": {"smtp_host", "smtp_port", "from", "to", "starttls", "username", "password_env", "timeout"},
         "log": set(),
+        "teams": {"url", "url_env", "timeout"},
+        "jsm": {"url", "api_key_env", "timeout"},
+        "ticket": {"template", "url", "url_env", "project", "issue_type", "user_env", "token_env",
+                   "close_transition", "timeout"},
     }[kind] | {"type"}
     for key in raw:
         if key not in allowed:
             hint = ""
-            if key in {"routing_key", "password", "token"}:
+            if key in {"routing_key", "password", "token", "api_key", "user"}:
                 hint = f" (secrets are never written here: name an environment variable with {key}_env)"
             raise doc.error(
                 f"receiver {name}: unknown field {key!r}{hint} (allowed: {', '.join(sorted(allowed))})",
@@ -126,16 +144,15 @@ def parse_receiver(doc: Located, name: Any, raw: Any) -> Receiver:
     kw: dict[str, Any] = {"name": name, "type": kind}
     if "timeout" in raw:
         kw["timeout_seconds"] = duration(doc, raw["timeout"], *path, "timeout")
-    if kind in {"webhook", "slack"}:
-        if ("url" in raw) == ("url_env" in raw):
-            raise doc.error(f"receiver {name}: give exactly one of url or url_env", *path)
-        if "url" in raw:
-            url = text(doc, raw["url"], *path, "url")
-            if not url.startswith(("http://", "https://")):
-                raise doc.error(f"receiver {name}: url must start with http:// or https://", *path, "url")
-            kw["url"] = url
-        else:
-            kw["url_env"] = text(doc, raw["url_env"], *path, "url_env")
+    if kind in {"webhook", "slack", "teams", "ticket"}:
+        kw.update(_url(doc, name, raw, path))
+    if kind == "jsm":
+        if "api_key_env" not in raw:
+            raise doc.error(f"receiver {name}: api_key_env (an environment variable name) is required", *path)
+        kw["api_key_env"] = text(doc, raw["api_key_env"], *path, "api_key_env")
+        kw["url"] = _http(doc, name, raw.get("url", JSM_URL), *path, "url").rstrip("/")
+    elif kind == "ticket":
+        kw.update(_ticket(doc, name, raw, path))
     elif kind == "pagerduty":
         if "routing_key_env" not in raw:
             raise doc.error(f"receiver {name}: routing_key_env (an environment variable name) is required", *path)
@@ -163,3 +180,42 @@ def parse_receiver(doc: Located, name: Any, raw: Any) -> Receiver:
             password_env=raw.get("password_env"),
         )
     return Receiver(**kw)
+
+
+def _http(doc: Located, name: str, raw: Any, *path: Any) -> str:
+    url = text(doc, raw, *path)
+    if not url.startswith(("http://", "https://")):
+        raise doc.error(f"receiver {name}: url must start with http:// or https://", *path)
+    return url
+
+
+def _url(doc: Located, name: str, raw: Mapping[str, Any], path: tuple[Any, ...]) -> dict[str, Any]:
+    if ("url" in raw) == ("url_env" in raw):
+        raise doc.error(f"receiver {name}: give exactly one of url or url_env", *path)
+    if "url" in raw:
+        return {"url": _http(doc, name, raw["url"], *path, "url")}
+    return {"url_env": text(doc, raw["url_env"], *path, "url_env")}
+
+
+def _ticket(doc: Located, name: str, raw: Mapping[str, Any], path: tuple[Any, ...]) -> dict[str, Any]:
+    """`type: ticket`: `template: jira` (the default and, for now, only one), project and credentials."""
+    template = raw.get("template", "jira")
+    if template not in TICKET_TEMPLATES:
+        raise doc.error(f"receiver {name}: template {template!r} is not one of {', '.join(TICKET_TEMPLATES)}",
+                        *path, "template")
+    for key in ("project", "user_env", "token_env"):
+        if key not in raw:
+            raise doc.error(f"receiver {name}: {key} is required for a ticket receiver", *path)
+    out: dict[str, Any] = {
+        "template": template,
+        "project": text(doc, raw["project"], *path, "project"),
+        "issue_type": text(doc, raw.get("issue_type", "Task"), *path, "issue_type"),
+        "user_env": text(doc, raw["user_env"], *path, "user_env"),
+        "token_env": text(doc, raw["token_env"], *path, "token_env"),
+    }
+    if "close_transition" in raw:
+        transition = raw["close_transition"]
+        if isinstance(transition, int) and not isinstance(transition, bool):
+            transition = str(transition)
+        out["close_transition"] = text(doc, transition, *path, "close_transition")
+    return out

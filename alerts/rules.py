@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,12 @@ from alerts.conditions import HEALTH_RANK, Condition, parse_condition, short
 from alerts.derived import DEFAULT_IMPACT_AMOUNTS, DEFAULT_IMPACT_MILESTONE
 from alerts.receivers import LABEL, NAME, PAGERDUTY_URL, RECEIVER_TYPES, Receiver
 from alerts.templates import check_template, render, template_fields
+from alerts.timeintervals import TimeInterval, contains, interval_names, parse_time_intervals
 from controltower.yamlfile import Located, load
 
 __all__ = [
-    "PAGERDUTY_URL", "RECEIVER_TYPES", "Receiver", "Route", "Rule", "RuleSet", "Watchdog", "load_rules", "parse",
-    "render", "template_fields",
+    "PAGERDUTY_URL", "RECEIVER_TYPES", "Receiver", "Route", "Rule", "RuleSet", "TimeInterval", "Watchdog", "load_rules",
+    "muted", "parse", "render", "route_for", "template_fields",
 ]
 
 DEFAULT_FILE = Path(__file__).with_name("alerts.yaml")
@@ -97,13 +99,29 @@ class Rule:
 
 @dataclass(frozen=True)
 class Route:
-    """Alerts whose labels equal every `match` value go to `receivers` (first matching route wins)."""
+    """Alerts whose labels equal every `match` value go to `receivers` (first matching route wins).
+
+    While one of `mute` contains the time, or `active` is given and none contains it, the route
+    is muted: its alerts change state but their notifications wait (firing, repeat) or are
+    dropped (resolved), as Alertmanager's mute_time_intervals / active_time_intervals.
+    """
 
     match: dict[str, str]
     receivers: tuple[str, ...]
+    mute: tuple[TimeInterval, ...] = ()
+    active: tuple[TimeInterval, ...] = ()
 
     def applies(self, labels: Mapping[str, str]) -> bool:
         return all(labels.get(k) == v for k, v in self.match.items())
+
+    def muted_by(self, now: datetime) -> str | None:
+        """Why the route sends nothing at `now` (the interval), or None when it sends."""
+        for interval in self.mute:
+            if contains(interval, now):
+                return f"mute_time_intervals {interval.name}"
+        if self.active and not any(contains(i, now) for i in self.active):
+            return f"outside active_time_intervals {', '.join(i.name for i in self.active)}"
+        return None
 
 
 @dataclass(frozen=True)
@@ -123,6 +141,19 @@ class RuleSet:
     receivers: dict[str, Receiver]
     routes: tuple[Route, ...] = ()
     watchdog: Watchdog | None = None
+    defaults: tuple[str, ...] = ()  # default_receivers
+    time_intervals: dict[str, TimeInterval] = field(default_factory=dict)
+
+
+def route_for(routes: tuple[Route, ...] | list[Route], labels: Mapping[str, str]) -> Route | None:
+    """The first route whose matchers all equal the labels."""
+    return next((r for r in routes if r.applies(labels)), None)
+
+
+def muted(routes: tuple[Route, ...] | list[Route], labels: Mapping[str, str], now: datetime) -> bool:
+    """Whether the route these labels take is muted at `now` (no route: never muted)."""
+    chosen = route_for(routes, labels)
+    return chosen is not None and chosen.muted_by(now) is not None
 
 
 def route(routes: tuple[Route, ...] | list[Route], rule: Rule, labels: Mapping[str, str]) -> tuple[str, ...]:
@@ -245,7 +276,11 @@ def _rule(doc: Located, i: int, raw: Any, receivers: dict[str, Receiver], defaul
     )
 
 
-def _routes(doc: Located, raw: Any, receivers: dict[str, Receiver]) -> tuple[Route, ...]:
+_ROUTE_KEYS = ("match", "receivers", "mute_time_intervals", "active_time_intervals")
+
+
+def _routes(doc: Located, raw: Any, receivers: dict[str, Receiver],
+            intervals: dict[str, TimeInterval]) -> tuple[Route, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list | tuple):
@@ -256,18 +291,22 @@ def _routes(doc: Located, raw: Any, receivers: dict[str, Receiver]) -> tuple[Rou
         if not isinstance(item, dict):
             raise doc.error("each route must be a mapping with match and receivers", *path)
         for key in item:
-            if key not in {"match", "receivers"}:
-                raise doc.error(f"unknown field {key!r} in a route (match, receivers)", *path, key)
+            if key not in _ROUTE_KEYS:
+                raise doc.error(f"unknown field {key!r} in a route ({', '.join(_ROUTE_KEYS)})", *path, key)
         if "match" not in item or "receivers" not in item:
             raise doc.error("a route needs match: {label: value} and receivers: [...]", *path)
         match = rv.str_map(doc, item["match"], *path, "match")
         if not match:
             raise doc.error("match: give at least one label: value", *path, "match")
-        out.append(Route(match, rv.receiver_names(doc, item["receivers"], receivers, *path, "receivers")))
+        timing = {
+            attr: interval_names(doc, item[key], intervals, *path, key)
+            for attr, key in (("mute", "mute_time_intervals"), ("active", "active_time_intervals")) if key in item
+        }
+        out.append(Route(match, rv.receiver_names(doc, item["receivers"], receivers, *path, "receivers"), **timing))
     return tuple(out)
 
 
-_TOP_KEYS = ("rules", "receivers", "default_receivers", "routes", "watchdog")
+_TOP_KEYS = ("rules", "receivers", "default_receivers", "routes", "watchdog", "time_intervals")
 
 
 def _watchdog(doc: Located, raw: Any, receivers: dict[str, Receiver], defaults: tuple[str, ...]) -> Watchdog | None:
@@ -295,7 +334,8 @@ def parse(doc: Located) -> RuleSet:
     data = doc.data
     if not isinstance(data, dict):
         raise doc.error(
-            "expected a mapping with rules: (and optionally receivers:, default_receivers:, routes:, watchdog:)"
+            "expected a mapping with rules: (and optionally receivers:, default_receivers:, routes:, watchdog:,"
+            " time_intervals:)"
         )
     for key in data:
         if key not in _TOP_KEYS:
@@ -312,7 +352,8 @@ def parse(doc: Located) -> RuleSet:
     for j, rname in enumerate(defaults):
         if not isinstance(rname, str) or rname not in receivers:
             raise doc.error(f"unknown receiver {rname!r}", "default_receivers", j)
-    routes = _routes(doc, data.get("routes"), receivers)
+    intervals = parse_time_intervals(doc, data.get("time_intervals"), "time_intervals")
+    routes = _routes(doc, data.get("routes"), receivers, intervals)
     raw_rules = data.get("rules")
     if not isinstance(raw_rules, list | tuple):
         raise doc.error("rules: expected a list of rules", "rules")
@@ -327,7 +368,7 @@ def parse(doc: Located) -> RuleSet:
     watchdog = _watchdog(doc, data.get("watchdog"), receivers, tuple(defaults))
     if watchdog is not None and watchdog.name in seen:
         raise doc.error(f"rule name {watchdog.name!r} is the watchdog's: rename the rule", "watchdog")
-    return RuleSet(doc.source, tuple(rules), receivers, routes, watchdog)
+    return RuleSet(doc.source, tuple(rules), receivers, routes, watchdog, tuple(defaults), intervals)
 
 
 def load_rules(path: Path | str | None = None) -> RuleSet:

@@ -43,7 +43,7 @@ INGEST_TABLES = (
     "events", "transactions", "transaction_milestones", "transaction_keys", "event_ids", "event_conflicts",
     "identity_hubs", "identity_changes",
 )
-ALERT_TABLES = ("alert_state", "alert_events", "alert_notifications", "alert_silences", "alert_audit")
+ALERT_TABLES = ("alert_state", "alert_events", "alert_notifications", "alert_silences", "alert_audit", "alert_tickets")
 ALERT_HEALTH_TABLES = ("alert_evaluations", "scheduler_health")
 KNOWN_TABLES = frozenset(
     {*METRICS_TABLES, *INGEST_TABLES, *ALERT_TABLES, *ALERT_HEALTH_TABLES, *SECRET_TABLES, "alembic_version"}
@@ -99,6 +99,7 @@ POLICY: dict[str, Policy] = {
             Write("alert_events", ("INSERT", "DELETE")),
             Write("alert_notifications", ("INSERT", "UPDATE", "DELETE")),
             Write("alert_audit", ("DELETE",)),
+            Write("alert_tickets", ("INSERT", "UPDATE", "DELETE")),  # ticket receivers (alerts.ticketing)
             *(Write(t, ("INSERT", "UPDATE", "DELETE")) for t in ALERT_HEALTH_TABLES),
             # retention: expired transactions and their rows, batched
             *(Write(t, ("DELETE",)) for t in INGEST_TABLES if t not in ("events", "event_conflicts")),

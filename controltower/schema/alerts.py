@@ -129,3 +129,19 @@ alert_evaluations = sa.Table(
     sa.Column("interval_seconds", sa.Float),
     sa.PrimaryKeyConstraint("rule", name="alert_evaluations_pkey"),
 )
+
+# Tickets opened by `type: ticket` receivers (0014): one per receiver and dedup key
+# (`alerts.content.dedup_key`), so a re-sent firing notification never opens a second ticket and
+# the resolved one closes the ticket it opened. `state`: open | closed.
+alert_tickets = sa.Table(
+    "alert_tickets",
+    metadata,
+    sa.Column("receiver", sa.Text, nullable=False),
+    sa.Column("dedup_key", sa.Text, nullable=False),
+    sa.Column("ticket_key", sa.Text, nullable=False),
+    sa.Column("ticket_id", sa.Text),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("opened_at", TS, nullable=False),
+    sa.Column("closed_at", TS),
+    sa.PrimaryKeyConstraint("receiver", "dedup_key", name="alert_tickets_pkey"),
+)
