@@ -93,10 +93,8 @@ def contains(interval: TimeInterval, now: datetime) -> bool:
 # -- parsing ------------------------------------------------------------------------------------
 
 def _clock(doc: Located, raw: Any, *path: Any) -> int:
-    """`"HH:MM"` to minutes since midnight; an unquoted 17:00 reaches us as YAML 1.1's 1020 (minutes)."""
+    """`"HH:MM"` to minutes since midnight (the loader keeps an unquoted 17:00 as text, not YAML 1.1's 1020)."""
     key = path[-1]
-    if isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw <= 1440:
-        return raw
     if isinstance(raw, str):
         hours, sep, minutes = raw.strip().partition(":")
         if sep and hours.isdigit() and minutes.isdigit() and len(minutes) == 2 and len(hours) <= 2:

@@ -73,8 +73,15 @@ def _walk(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ...], i
     return _scalar(node, source)
 
 
+_SEXAGESIMAL_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+
+
 def _scalar(node: yaml.Node, source: str = "<string>") -> Any:
     line = node.start_mark.line + 1
+    if isinstance(node, yaml.ScalarNode) and node.tag in _SEXAGESIMAL_TAGS and ":" in node.value:
+        # YAML 1.1 reads an unquoted 17:00 as 1020 and 1:5 as 65 (base 60): nobody means that in a
+        # config file (a time of day, a day range). Keep the text as written.
+        return node.value
     try:
         value = yaml.constructor.SafeConstructor().construct_object(node, deep=True)
         value = tuple(value) if isinstance(value, list) else value

@@ -35,3 +35,9 @@ def test_modest_anchors_still_work():
 def test_other_hostile_documents_are_config_errors(text, said):
     with pytest.raises(ConfigError, match=said):
         yamlfile.loads(text, "x.yaml")
+
+
+def test_unquoted_times_and_ranges_stay_text_not_base_60_numbers() -> None:
+    doc = yamlfile.loads("cutoff: 14:00\ndays: 1:5\nyears: [2026:2027]\nplain: 42\nratio: 0.5\nquoted: '9:30'\n")
+    assert doc.data == {"cutoff": "14:00", "days": "1:5", "years": ["2026:2027"], "plain": 42, "ratio": 0.5,
+                        "quoted": "9:30"}
