@@ -8,6 +8,8 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
+import sqlalchemy as sa
+
 from alerts.evaluate import evaluate
 from alerts.rules import parse
 from alerts.wakeup import due_moments, next_wake
@@ -117,3 +119,29 @@ def test_room_jobs_chain_refresh_evaluate_deliver(settings, engine):
     assert [j.name for j in pipeline.stages] == ["metrics.refresh", "alerts.evaluate", "alerts.deliver"]
     assert pipeline.stages[1].wake is not None
     assert {j.name for j in others} == {"alerts.deliver.retry", "retention"}
+
+
+def test_self_metrics_show_the_interval_and_the_delivery_backlog(engine):
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from alerts.selfmetrics import AlertingCollector
+
+    put_row(engine, open_breaches=3)
+    evaluate(engine, RULES, T0, interval_seconds=5)  # Sticky and Instant fire: 2 notifications queued, unsent
+    registry = CollectorRegistry()
+    registry.register(AlertingCollector(engine, clock=lambda: T0 + 42 * S))
+
+    def samples() -> dict[str, float]:
+        text = generate_latest(registry).decode()
+        return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+
+    got = samples()
+    assert got["controltower_alerts_evaluation_interval_seconds"] == 5
+    assert got["controltower_alerts_notifications_pending"] == 2
+    assert got["controltower_alerts_oldest_pending_notification_age_seconds"] == 42
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alert_notifications SET status = 'sent'"))
+    got = samples()
+    assert got["controltower_alerts_notifications_pending"] == 0
+    assert got["controltower_alerts_oldest_pending_notification_age_seconds"] == 0
