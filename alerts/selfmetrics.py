@@ -4,6 +4,12 @@
     controltower_alerts_evaluation_stale                 1 when none succeeded within 3 intervals
     controltower_alerts_rule_failures{rule}              consecutive failed evaluations of a rule (0: ok)
     controltower_alerts_ignored_amounts_total            impact amounts left out as not sane numbers
+    controltower_alerts_evaluation_interval_seconds      the interval the scheduler evaluates at
+    controltower_alerts_notifications_pending            outbox rows not yet sent (new, or in retry backoff)
+    controltower_alerts_oldest_pending_notification_age_seconds
+                                                         how long the oldest of them has waited (0: none):
+                                                         the delivery stage's health, as the last success
+                                                         timestamp is the evaluation stage's
 
 Read at scrape time through `controltower.alertops.evaluation_health`; registered by the
 composition root into the one registry (`registry.register(AlertingCollector(engine))`). A
@@ -23,7 +29,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy.engine import Engine
 
 from controltower.alertops import evaluation_health
-from controltower.schema.alerts import alert_evaluations
+from controltower.schema.alerts import alert_evaluations, alert_notifications
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +55,10 @@ class AlertingCollector(Collector):
                     .where(alert_evaluations.c.rule != "")
                     .order_by(alert_evaluations.c.rule)
                 ).all()
+                n = alert_notifications  # pending rows only: the partial index keeps this cheap
+                pending, oldest = conn.execute(
+                    sa.select(sa.func.count(), sa.func.min(n.c.created_at)).where(n.c.status == "pending")
+                ).one()
         except sa.exc.OperationalError as exc:
             log.warning("alerting self-metrics unavailable: %s", str(exc).splitlines()[0] if str(exc) else exc)
             return
@@ -79,3 +89,21 @@ class AlertingCollector(Collector):
         )
         ignored.add_metric([], float(health["ignored_amounts_total"]))
         yield ignored
+        interval = GaugeMetricFamily(
+            "controltower_alerts_evaluation_interval_seconds",
+            "The interval the scheduler refreshes the SLA table, evaluates the rules and delivers at.",
+        )
+        interval.add_metric([], float(health["interval_seconds"]))
+        yield interval
+        waiting = GaugeMetricFamily(
+            "controltower_alerts_notifications_pending",
+            "Notifications stored but not yet sent (new, or waiting for a retry).",
+        )
+        waiting.add_metric([], float(pending))
+        yield waiting
+        age = GaugeMetricFamily(
+            "controltower_alerts_oldest_pending_notification_age_seconds",
+            "Seconds the oldest unsent notification has waited (0 when none): delivery is stuck when it grows.",
+        )
+        age.add_metric([], max(0.0, (self.clock() - oldest).total_seconds()) if oldest is not None else 0.0)
+        yield age

@@ -430,6 +430,16 @@ def alerting_banner(health: dict[str, Any], now: datetime) -> str | None:
     return text
 
 
+def evaluation_line(health: dict[str, Any], now: datetime) -> str:
+    """`Last evaluation 12 s ago (every 30 s)`: how fresh what the Alerts page shows is, as plain text."""
+    interval = float(health.get("interval_seconds") or 0)
+    every = f"{interval:g} s" if interval < 60 else human_duration(interval * 1000)
+    last = health.get("last_success_at")
+    if last is None:
+        return f"No alert evaluation has completed yet (every {every} once the scheduler runs)."
+    return f"Last evaluation {human_age(last, now)} (every {every})."
+
+
 def failing_rules_text(health: dict[str, Any]) -> str | None:
     """The smaller warning when some rules fail while the others run: their names, as plain text."""
     failing = health.get("failing_rules") or []

@@ -2,6 +2,12 @@
 
 A job is a plain function of the current time; the scheduler decides when and where it runs
 (only in the leader process). Rooms return their jobs from `<room>.jobs.jobs(context)`.
+
+Jobs with a `pipeline` position run as one chain per tick, in ascending order, each stage with
+the time it starts at (so a later stage sees what an earlier one wrote in the same tick); the
+chain's interval is the smallest of its stages'. A stage may also say when the chain should run
+again before its next tick (`wake`: given the stage's `now`, the earliest moment something is due,
+or None), e.g. the moment a pending alert has held for its `for`.
 """
 
 from __future__ import annotations
@@ -16,3 +22,5 @@ class ScheduledJob:
     name: str
     run: Callable[[datetime], object]
     interval_seconds: float
+    pipeline: int | None = None  # position in the per-tick chain; None: a job of its own
+    wake: Callable[[datetime], datetime | None] | None = None  # an extra run of the chain at that moment

@@ -24,6 +24,7 @@ from metrics import compute, definitions, rollups, signals
 log = logging.getLogger(__name__)
 WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24)}
 _STATUS_COLUMNS = [c.name for c in sla_status.columns]
+REFRESH_STAGE = 10  # position in the scheduler's per-tick pipeline (alerts evaluate at 20, deliver at 30)
 
 
 def load_definitions(settings: Any) -> definitions.Definitions:
@@ -56,7 +57,8 @@ def jobs(context: AppContext) -> list[ScheduledJob]:
     def run(now: datetime) -> object:
         return refresh(context.engine, defs, now, context.settings)
 
-    return [ScheduledJob("metrics.refresh", run, context.settings.evaluation_interval)]
+    # First stage of the scheduler's per-tick pipeline: the alert evaluation after it reads this tick's table.
+    return [ScheduledJob("metrics.refresh", run, context.settings.evaluation_interval, pipeline=REFRESH_STAGE)]
 
 
 def stored_table(engine: Engine, window: str) -> list[dict[str, Any]]:

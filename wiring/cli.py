@@ -28,7 +28,7 @@ app = typer.Typer(
 )
 
 _state: dict[str, Any] = {"debug": False}
-OUR_LOGGERS = ("controltower", "collectors", "metrics", "alerts", "app", "simulator")
+OUR_LOGGERS = ("controltower", "collectors", "metrics", "alerts", "app", "simulator", "wiring")
 # pgserver's platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI): harmless
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 

@@ -3,10 +3,17 @@
 Composition root (may import rooms). Every scheduler process holds a dedicated database
 connection and tries a session-level `pg_try_advisory_lock(LEADER_LOCK)`. Only while it holds
 the lock does it run an APScheduler `BackgroundScheduler` with every room's jobs; standbys
-retry every `retry_seconds`. The lock dies with the leader's connection (process killed,
-network gone), so a standby takes over within a retry; the leader checks its connection every
+retry every `retry_seconds` (1 s: one cheap lock attempt, so a killed leader costs about a
+second plus the time PostgreSQL takes to notice its connection is gone). The lock dies with the
+leader's connection (process killed, network gone); the leader checks its connection every
 `heartbeat_seconds` and stops its jobs as soon as that connection is lost, before anyone else
 can become leader for long.
+
+Jobs with a `pipeline` position run as one APScheduler job per tick, in order
+(`wiring.pipeline`: metrics.refresh -> alerts.evaluate -> alerts.deliver), and a stage's `wake`
+adds a one-shot extra run of that chain at the moment it names (a pending alert reaching its
+`for`) when that comes before the next tick. The other jobs (retention, delivery retries) run
+on intervals of their own.
 """
 
 from __future__ import annotations
@@ -25,10 +32,12 @@ from sqlalchemy.engine import Connection
 
 from controltower.context import AppContext
 from controltower.jobs import ScheduledJob
+from wiring.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
 LEADER_LOCK = 0x43540002  # advisory lock id of the scheduler leader (0x4354 = "CT")
+WAKE_JOB = "pipeline.wake"  # the one-shot extra run of the pipeline a stage's `wake` asked for
 
 
 def room_jobs(context: AppContext) -> list[ScheduledJob]:
@@ -57,24 +66,54 @@ def _guarded(job: ScheduledJob, leading: threading.Event) -> Callable[[], None]:
     return fire
 
 
+def _add_interval_job(scheduler: Any, fire: Callable[[], None], name: str, interval: float, now: datetime) -> None:
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    scheduler.add_job(
+        fire,
+        IntervalTrigger(seconds=max(0.05, interval), timezone=UTC),
+        id=name,
+        name=name,
+        max_instances=1,
+        coalesce=True,
+        misfire_grace_time=max(1, int(interval)),
+        next_run_time=now,
+        replace_existing=True,
+    )
+
+
+def _pipelined(pipeline: Pipeline, scheduler: Any, leading: threading.Event) -> Callable[[], None]:
+    """The pipeline as an APScheduler job: after a run, an extra run at the earliest wake-up a
+    stage asked for, when that comes before the next regular tick."""
+    from apscheduler.triggers.date import DateTrigger
+
+    def fire() -> None:
+        if not leading.is_set():
+            return
+        wake = pipeline.run(leading)
+        if wake is None or not leading.is_set():
+            return
+        tick = scheduler.get_job(pipeline.name)
+        if tick is not None and tick.next_run_time is not None and wake >= tick.next_run_time:
+            return  # the regular tick comes first and evaluates after that moment anyway
+        log.debug("pipeline: extra run at %s", wake.isoformat())
+        scheduler.add_job(fire, DateTrigger(run_date=wake, timezone=UTC), id=WAKE_JOB, name=WAKE_JOB,
+                          misfire_grace_time=None, replace_existing=True)
+
+    return fire
+
+
 def _start_scheduler(jobs: Sequence[ScheduledJob], leading: threading.Event) -> Any:
     from apscheduler.schedulers.background import BackgroundScheduler
-    from apscheduler.triggers.interval import IntervalTrigger
 
     scheduler = BackgroundScheduler(timezone=UTC)
     now = datetime.now(UTC)
-    for job in jobs:
-        scheduler.add_job(
-            _guarded(job, leading),
-            IntervalTrigger(seconds=max(0.05, job.interval_seconds), timezone=UTC),
-            id=job.name,
-            name=job.name,
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=max(1, int(job.interval_seconds)),
-            next_run_time=now,
-            replace_existing=True,
-        )
+    pipeline, others = Pipeline.split(jobs)
+    if pipeline is not None:
+        _add_interval_job(scheduler, _pipelined(pipeline, scheduler, leading), pipeline.name,
+                          pipeline.interval_seconds, now)
+    for job in others:
+        _add_interval_job(scheduler, _guarded(job, leading), job.name, job.interval_seconds, now)
     scheduler.start()
     return scheduler
 
@@ -100,7 +139,7 @@ def run(
     stop: threading.Event | None = None,
     *,
     jobs: Sequence[ScheduledJob] | None = None,
-    retry_seconds: float = 5.0,
+    retry_seconds: float = 1.0,
     heartbeat_seconds: float = 2.0,
     on_leadership: Callable[[bool], None] | None = None,
 ) -> None:

@@ -19,6 +19,9 @@ from controltower.settings import parse_duration
 
 st.title("Alerts")
 widgets.require_data()
+st.caption(md(shaping.evaluation_line(cache.alerting_health(), datetime.now(UTC))), help=(
+    "The scheduler refreshes the SLA table, evaluates the rules and sends the notifications in one pass "
+    "per interval (and again when a pending alert reaches its `for`)."))
 
 notice = st.session_state.pop("alerts_notice", None)
 if notice:
