@@ -18,6 +18,7 @@ from typing import Any
 from alerts import receivers as rv
 from alerts.conditions import HEALTH_RANK, Condition, parse_condition, short
 from alerts.derived import DEFAULT_IMPACT_AMOUNTS, DEFAULT_IMPACT_MILESTONE
+from alerts.incidents import IncidentPolicy, parse_policy
 from alerts.receivers import LABEL, NAME, PAGERDUTY_URL, RECEIVER_TYPES, Receiver
 from alerts.templates import check_template, render, template_fields
 from controltower.yamlfile import Located, load
@@ -123,6 +124,7 @@ class RuleSet:
     receivers: dict[str, Receiver]
     routes: tuple[Route, ...] = ()
     watchdog: Watchdog | None = None
+    incidents: IncidentPolicy = IncidentPolicy()  # top-level `incidents:` (alerts.incidents)
 
 
 def route(routes: tuple[Route, ...] | list[Route], rule: Rule, labels: Mapping[str, str]) -> tuple[str, ...]:
@@ -267,7 +269,7 @@ def _routes(doc: Located, raw: Any, receivers: dict[str, Receiver]) -> tuple[Rou
     return tuple(out)
 
 
-_TOP_KEYS = ("rules", "receivers", "default_receivers", "routes", "watchdog")
+_TOP_KEYS = ("rules", "receivers", "default_receivers", "routes", "watchdog", "incidents")
 
 
 def _watchdog(doc: Located, raw: Any, receivers: dict[str, Receiver], defaults: tuple[str, ...]) -> Watchdog | None:
@@ -327,7 +329,7 @@ def parse(doc: Located) -> RuleSet:
     watchdog = _watchdog(doc, data.get("watchdog"), receivers, tuple(defaults))
     if watchdog is not None and watchdog.name in seen:
         raise doc.error(f"rule name {watchdog.name!r} is the watchdog's: rename the rule", "watchdog")
-    return RuleSet(doc.source, tuple(rules), receivers, routes, watchdog)
+    return RuleSet(doc.source, tuple(rules), receivers, routes, watchdog, parse_policy(doc, data.get("incidents")))
 
 
 def load_rules(path: Path | str | None = None) -> RuleSet:
