@@ -38,7 +38,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from alerts import content
-from alerts.incidents import SEVERITY_RANK, Cause, Hop, HopMap, resolved_text, sum_impact, title, worst
+from alerts.incidents import (
+    SEVERITY_RANK,
+    Cause,
+    Hop,
+    HopMap,
+    resolved_text,
+    sum_impact,
+    title,
+    worst,
+)
 from alerts.outbox import Outbox
 from alerts.rules import Rule
 from controltower.schema.alerts import incident_alerts, incident_events, incidents
