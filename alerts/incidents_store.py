@@ -8,7 +8,8 @@ those with a `digest_interval`, which keep their digests):
 - every firing alert not yet in an open incident joins the open incident of its key
   (`alerts.incidents.HopMap.cause_of`), or opens one (the first alert, `first = true`, gives the
   notification its details; when several open one together, the one whose own SLA judges the
-  cause hop and is most severe goes first). It stays there until the incident resolves;
+  cause hop and is most severe goes first, then one whose rule counts the orders at risk
+  (`impact`), then by firing time, rule name and channel). It stays there until the incident resolves;
 - notifications are per incident: the state machine's firing notifications of its alerts
   (already past silences and the rule's throttle: a silenced or held alert offers nothing) page
   only receivers (by routing) not yet notified for this incident, in one outbox row per
@@ -154,7 +155,7 @@ class IncidentBook:
     def _precedence(self, rule: Rule, state: Mapping[str, Any]) -> tuple[Any, ...]:
         labels = state["labels"]
         cause = self.hops.cause_of(labels)
-        return (labels.get("sla") != cause.sla, SEVERITY_RANK.get(rule.severity, 9),
+        return (labels.get("sla") != cause.sla, SEVERITY_RANK.get(rule.severity, 9), not rule.impact,
                 state.get("firing_since") or self.now, rule.name, labels.get("channel", ""))
 
     def _attach(self, rule: Rule, fp: str, state: Mapping[str, Any]) -> None:
