@@ -9,6 +9,8 @@
     controltower alerts deliveries [--status failed] [--limit 50] [--json]
     controltower alerts audit [--limit 100] [--json]
     controltower alerts test RECEIVER [--label k=v ...] [--resolve] [--file FILE]
+    controltower alerts incidents [--all] [--json]   (alerts.incidents_commands)
+    controltower alerts incident-ack ID --by NAME
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ rules_app = typer.Typer(name="rules", help="Alert rules files.", no_args_is_help
 
 def register(app: typer.Typer) -> None:
     """Add this room's commands to `app`."""
+    from alerts import incidents_commands  # noqa: F401  (adds the incident commands to alerts_app)
+
     app.add_typer(alerts_app, name="alerts")
     app.add_typer(rules_app, name="rules")
 

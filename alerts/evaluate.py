@@ -6,7 +6,10 @@ stored series whose row vanished, by the rule's `no_data` policy) it takes the n
 `alerts.state.transition`, renders the text (`alerts.content`) and lets the outbox route,
 throttle or digest the notifications (`alerts.outbox`). A rule that fails (a query, a template,
 a value) loses only its own results: its queries run on savepoints, its buffered results are
-dropped, it is logged and recorded with its error, and the other rules go on. The results are
+dropped, it is logged and recorded with its error, and the other rules go on. With incident grouping (`incidents=` the rules file's
+`IncidentPolicy`), the notifications of every rule without a digest are handed to the incident
+book (`alerts.incidents_store`), which pages once per incident; should that step fail, they go
+out per rule as without incidents, so no page is lost. The results are
 written in one batch (state, history in `alert_events`, outbox rows); should that fail, rule by
 rule on savepoints, so only the culprit is lost. The cycle's success time, the per-rule errors
 and the impact amounts ignored (`alerts.health`) and a due watchdog notification
@@ -28,6 +31,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from alerts import content, derived, health, watchdog
 from alerts.content import fingerprint, series_labels, silenced_by
+from alerts.incidents import IncidentPolicy
+from alerts.incidents_store import IncidentBook, Offer
 from alerts.outbox import Outbox
 from alerts.rules import Route, Rule, Watchdog
 from alerts.state import AlertState, observe, transition
@@ -78,9 +83,12 @@ class _RuleRun:
     """One rule's evaluation in one cycle: its series' steps, buffered until `write`."""
 
     def __init__(self, conn: Connection, now: datetime, dashboard_url: str, silences: list[dict[str, Any]],
-                 outbox: Outbox, rows: Mapping[tuple[str, str, str], Mapping[str, Any]], rule: Rule) -> None:
+                 outbox: Outbox, rows: Mapping[tuple[str, str, str], Mapping[str, Any]], rule: Rule,
+                 grouped: bool = False) -> None:
         self.conn, self.now, self.dashboard_url, self.silences = conn, now, dashboard_url, silences
         self.outbox, self.rows, self.rule = outbox, rows, rule
+        self.grouped = grouped and not rule.digest_interval_seconds  # notifies per incident
+        self.offers: dict[str, Offer] = {}  # fingerprint -> notification, for the incident book
         self.transitions: list[Transition] = []
         self.final: dict[str, dict[str, Any]] = {}  # fingerprint -> state after this evaluation
         self.upserts: list[dict[str, Any]] = []
@@ -138,7 +146,11 @@ class _RuleRun:
         state["summary"] = state["annotations"].get("summary", rule.name)
         if notify and not silenced and deferred is None:
             receivers = self.outbox.receivers(rule, labels)
-            self.outbox.add(rule, notify, self.snapshot(state, notify, row), receivers)
+            if self.grouped:
+                self.offers[fp] = Offer(rule, notify, self.snapshot(state, notify, row), receivers)
+                self.outbox.note_sending(rule, notify)
+            else:
+                self.outbox.add(rule, notify, self.snapshot(state, notify, row), receivers)
         self._record(fp, labels, state, old, prev, notify, receivers, silenced, deferred)
 
     def _record(self, fp: str, labels: dict[str, str], state: dict[str, Any], old: Mapping[str, Any] | None,
@@ -252,8 +264,11 @@ def evaluate(
     routes: Sequence[Route] = (),
     watchdog_rule: Watchdog | None = None,
     interval_seconds: float | None = None,
+    incidents: IncidentPolicy | None = None,
 ) -> list[Transition]:
-    """Evaluate every rule against the SLA table at `now`, each in isolation; return what changed."""
+    """Evaluate every rule against the SLA table at `now`, each in isolation; return what changed.
+
+    `incidents`: the rules file's incident policy; None (or `group_by: none`) notifies per rule."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     by_name = {r.name: r for r in rules}
@@ -263,11 +278,13 @@ def evaluate(
             rows, states = _read(conn, rules, now)
             silences = active_silences(conn, now)
             box = Outbox.open(conn, now, rules, tuple(routes))
+            grouped = incidents is not None and incidents.enabled
+            book = IncidentBook.open(conn, now) if grouped else None
             by_key = {(r["sla"], r["channel"], r["window"]): r for r in rows}
             failures: dict[str, str] = {}
             runs: list[_RuleRun] = []
             for rule in rules:
-                run = _RuleRun(conn, now, dashboard_url, silences, box, by_key, rule)
+                run = _RuleRun(conn, now, dashboard_url, silences, box, by_key, rule, grouped)
                 try:
                     _evaluate_rule(run, rows, states)
                 except Exception as exc:  # noqa: BLE001 - the rule is the isolation boundary: the others go on
@@ -276,6 +293,8 @@ def evaluate(
                     box.discard(rule.name)
                     continue
                 runs.append(run)
+            if book is not None:
+                _settle(conn, book, runs, states, box, dashboard_url, by_name, silences)
             runs = _persist(conn, now, runs, box, dashboard_url, failures)
             transitions = [t for run in runs for t in run.transitions]
             ignored = {run.rule.name: run.ignored_amounts for run in runs}
@@ -289,6 +308,24 @@ def evaluate(
         health.record_cycle_failure(engine, now, health.describe(exc), interval_seconds)
         raise
     return transitions
+
+
+def _settle(conn: Connection, book: IncidentBook, runs: Sequence[_RuleRun], states: Mapping[str, dict[str, Any]],
+            box: Outbox, dashboard_url: str, by_name: Mapping[str, Rule], silences: list[dict[str, Any]]) -> None:
+    """Hand the grouped rules' results to the incident book; if that fails, notify per rule instead."""
+    grouped = [run for run in runs if run.grouped]
+    offers = {fp: offer for run in grouped for fp, offer in run.offers.items()}
+    try:
+        with conn.begin_nested():
+            book.settle(
+                [(run.rule, run.final) for run in grouped], states, [e for run in grouped for e in run.events],
+                offers, box, dashboard_url, by_name, lambda labels: silenced_by(labels, silences) is not None,
+            )
+    except Exception:  # noqa: BLE001 - incidents are a grouping of pages: failing, they must not cost the pages
+        log.exception("incident grouping failed; this evaluation notifies per rule")
+        box.extra.clear()
+        for offer in offers.values():
+            box.add(offer.rule, offer.kind, offer.alert, offer.receivers)
 
 
 def _persist(conn: Connection, now: datetime, runs: list[_RuleRun], box: Outbox, dashboard_url: str,

@@ -37,6 +37,7 @@ def jobs(context: AppContext) -> list[ScheduledJob]:
         return evaluate(
             engine, ruleset.rules, now, dashboard_url=settings.dashboard_url, routes=ruleset.routes,
             watchdog_rule=ruleset.watchdog, interval_seconds=settings.evaluation_interval,
+            incidents=ruleset.incidents,
         )
 
     def run_deliver(now: datetime) -> object:

@@ -8,12 +8,18 @@ two deliverers (two scheduler processes) never send the same row. Payloads are r
 - webhook: Prometheus Alertmanager's webhook payload, version 4 (every alert of the group in
   `alerts`, `groupKey` by `alertname`)
 - slack: incoming-webhook JSON with `text` and Block Kit `blocks` (one section per alert)
-- pagerduty: Events API v2, one event per alert (`trigger`/`resolve`, `dedup_key` = fingerprint)
+- pagerduty: Events API v2, one event per alert (`trigger`/`resolve`, `dedup_key` = fingerprint),
+  or one per incident (`dedup_key` = the incident's, "incident-<id>")
 - email: plain text over SMTP, one message per group
 - log: one log line per alert
 - teams: a Workflows webhook with one Adaptive Card per group (`alerts.teams`)
 - jsm: Jira Service Management alerts, created and closed by alias (`alerts.jsm`)
 - ticket: a Jira issue opened on firing and closed on resolve, once per dedup key (`alerts.ticketing`)
+
+An incident's notification (`payload.incident`, see `alerts.incidents_store`) is titled by the
+incident ("[FIRING] ERP posting is breaching on all 5 channels since 09:12 UTC → … (+4 more
+alerts)"), carries the first alert's details and counts the rest; the webhook body adds `title`,
+`dedup_key` and `incident` to Alertmanager's version 4 shape.
 
 Each receiver's notifications go out in the order they were created: a row is sent only when no
 older row for the same receiver is still pending, so a receiver that is down gets its backlog
@@ -107,7 +113,7 @@ def webhook_payload(receiver: str, notification: Mapping[str, Any]) -> dict[str,
         })
     group_labels = dict(notification.get("groupLabels") or {"alertname": notification["rule"]})
     status = "firing" if any(a["status"] == "firing" for a in items) else "resolved"
-    return {
+    body: dict[str, Any] = {
         "receiver": receiver,
         "status": status,
         "alerts": items,
@@ -119,9 +125,22 @@ def webhook_payload(receiver: str, notification: Mapping[str, Any]) -> dict[str,
         "groupKey": notification.get("groupKey") or _group_key(group_labels),
         "truncatedAlerts": 0,
     }
+    if notification.get("incident"):  # additive: Alertmanager consumers ignore fields they do not know
+        body.update(title=_title(notification), dedup_key=notification.get("dedup_key"),
+                    incident=dict(notification["incident"]))
+    return body
+
+
+def _more(notification: Mapping[str, Any]) -> str:
+    incident = notification.get("incident") or {}
+    rest = int(incident.get("alert_count") or len(alerts_of(notification))) - 1
+    return f" (+{rest} more alert{'s' if rest != 1 else ''})" if rest > 0 else ""
 
 
 def _title(alert: Mapping[str, Any]) -> str:
+    if alert.get("incident"):  # one incident: its title (firing-time text when resolved) and the count of the rest
+        tag = "RESOLVED" if alert["status"] == "resolved" else "FIRING"
+        return f"[{tag}] {alert.get('title') or alert['incident'].get('title')}{_more(alert)}"
     tag = {"firing": "FIRING", "repeat": "FIRING", "resolved": "RESOLVED"}.get(alert.get("kind", ""), alert["status"].upper())
     alerts = alert.get("alerts") or ()
     if len(alerts) > 1:
@@ -134,6 +153,8 @@ def _title(alert: Mapping[str, Any]) -> str:
 
 def _group_summary(notification: Mapping[str, Any]) -> str:
     alerts = alerts_of(notification)
+    if notification.get("incident"):  # the first alert's details; the title counts the rest
+        return str(alerts[0].get("summary") or notification["rule"])
     if len(alerts) == 1:
         return str(alerts[0].get("summary") or notification["rule"])
     return "\n".join(f"{'resolved' if a['status'] == 'resolved' else 'firing'}: {a.get('summary') or a['rule']}"
@@ -147,7 +168,7 @@ def _slack_escape(text: str) -> str:
 def slack_payload(alert: Mapping[str, Any]) -> dict[str, Any]:
     labels = dict(alert["labels"])
     annotations = dict(alert["annotations"])
-    summary = _group_summary(alert) if len(alerts_of(alert)) > 1 else str(
+    summary = _group_summary(alert) if len(alerts_of(alert)) > 1 or alert.get("incident") else str(
         alert.get("summary") or annotations.get("summary") or alert["rule"])
     icon = ":large_green_circle:" if alert["status"] == "resolved" else (
         ":red_circle:" if alert["severity"] == "page" else ":large_orange_circle:"
@@ -176,8 +197,9 @@ def slack_payload(alert: Mapping[str, Any]) -> dict[str, Any]:
 def pagerduty_payload(routing_key: str, alert: Mapping[str, Any]) -> dict[str, Any]:
     """PagerDuty Events API v2 event: trigger while firing, resolve when resolved."""
     fp = alert["fingerprint"]
+    dedup = str(alert.get("dedup_key") or fp)  # an incident's key: one PagerDuty incident for all its alerts
     if alert["status"] == "resolved":
-        return {"routing_key": routing_key, "event_action": "resolve", "dedup_key": fp}
+        return {"routing_key": routing_key, "event_action": "resolve", "dedup_key": dedup}
     labels = dict(alert["labels"])
     annotations = dict(alert["annotations"])
     links = []
@@ -188,9 +210,9 @@ def pagerduty_payload(routing_key: str, alert: Mapping[str, Any]) -> dict[str, A
     body: dict[str, Any] = {
         "routing_key": routing_key,
         "event_action": "trigger",
-        "dedup_key": fp,
+        "dedup_key": dedup,
         "payload": {
-            "summary": str(alert.get("summary") or alert["rule"])[:1024],
+            "summary": str((_title(alert) if alert.get("incident") else alert.get("summary")) or alert["rule"])[:1024],
             "source": f"controltower/{labels.get('sla', '')}/{labels.get('channel', '')}",
             "severity": PD_SEVERITY.get(alert["severity"], "warning"),
             "timestamp": alert["startsAt"],
@@ -202,6 +224,7 @@ def pagerduty_payload(routing_key: str, alert: Mapping[str, Any]) -> dict[str, A
                 "annotations": annotations,
                 "value": alert.get("value"),
                 "fingerprint": fp,
+                **({"incident": dict(alert["incident"])} if alert.get("incident") else {}),
             },
         },
         "links": links,
@@ -216,14 +239,18 @@ def email_message(receiver: Receiver, alert: Mapping[str, Any]) -> EmailMessage:
     labels = dict(alert["labels"])
     annotations = dict(alert["annotations"])
     summary = str(alert.get("summary") or alert["rule"])
-    if len(alerts_of(alert)) > 1:
+    if alert.get("incident"):
+        summary = _group_summary(alert)
+    elif len(alerts_of(alert)) > 1:
         summary = f"{len(alerts_of(alert))} alerts"
     msg = EmailMessage()
     msg["Subject"] = f"{_title(alert)}: {summary}"[:250]
     msg["From"] = receiver.sender or ""
     msg["To"] = ", ".join(receiver.to)
     lines = [summary, ""]
-    if len(alerts_of(alert)) > 1:
+    if alert.get("incident"):
+        lines = [_title(alert), "", summary, ""]
+    elif len(alerts_of(alert)) > 1:
         lines += [_group_summary(alert), ""]
     if annotations.get("description"):
         lines += [annotations["description"], ""]
@@ -320,8 +347,8 @@ def send(
         _post(client, url, slack_payload(alert), receiver.timeout_seconds)
     elif kind == "pagerduty":
         key = _env(receiver.routing_key_env, environ, f"receiver {receiver.name}")
-        # one event per alert: dedup_key is the alert's fingerprint, so a retried group is harmless
-        for one in alerts_of(alert):
+        # one event per incident (its dedup_key), else per alert (its fingerprint): a retry is harmless
+        for one in [alert] if alert.get("incident") else alerts_of(alert):
             _post(client, receiver.url or "", pagerduty_payload(key, one), receiver.timeout_seconds)
     elif kind == "email":
         msg = email_message(receiver, alert)

@@ -14,6 +14,9 @@ transaction `flush` writes `alert_notifications` rows:
   summary per interval while any of its alerts fires (plus those resolved since the last);
 - time intervals: an alert whose route is muted now (`muted`) is held like a throttled one by
   the evaluator and left out of digests.
+- incidents: with incident grouping on, the alerts of the other rules notify per incident
+  (`alerts.incidents_store`), which hands finished rows to `add_rows`; `note_sending` keeps the
+  per-rule throttle counting them.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ class Outbox:
     # (rule, receiver) -> [(kind, alert snapshot)]
     groups: dict[tuple[str, str], list[tuple[str, dict[str, Any]]]] = field(default_factory=lambda: defaultdict(list))
     rules_sending: set[str] = field(default_factory=set)
+    # rows built elsewhere (an incident's notifications, `alerts.incidents_store`), by rule
+    extra: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
     @classmethod
     def open(cls, conn: Connection, now: datetime, rules: Iterable[Rule], routes: tuple[Route, ...]) -> Outbox:
@@ -104,6 +109,16 @@ class Outbox:
         for name in receivers:
             self.groups[(rule, name)].append((kind, alert))
 
+    def note_sending(self, rule: Rule, kind: str) -> None:
+        """A notification of `rule` goes out in this evaluation by another path (an incident):
+        the throttle counts this evaluation as one of the rule's notifications."""
+        if kind != "resolved":
+            self.rules_sending.add(rule.name)
+
+    def add_rows(self, rule: str, rows: Iterable[dict[str, Any]]) -> None:
+        """Queue finished outbox rows (an incident's notifications), written by `flush` like the others."""
+        self.extra += [(rule, row) for row in rows]
+
     def add_digest(
         self,
         rule: Rule,
@@ -137,6 +152,7 @@ class Outbox:
         """Forget what `rule` queued in this evaluation (its evaluation failed)."""
         for key in [k for k in self.groups if k[0] == rule]:
             del self.groups[key]
+        self.extra = [(r, row) for r, row in self.extra if r != rule]
         self.rules_sending.discard(rule)
 
     def flush(self, external_url: str, *, only: str | None = None) -> int:
@@ -159,6 +175,7 @@ class Outbox:
                 "payload": payload, "status": "pending", "attempts": 0, "created_at": self.now,
                 "next_attempt_at": self.now, "group_key": key, "alert_count": len(alerts),
             })
+        rows += [row for rule_name, row in self.extra if only is None or rule_name == only]
         if rows:
             self.conn.execute(alert_notifications.insert(), rows)
         return len(rows)

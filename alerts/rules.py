@@ -19,6 +19,7 @@ from typing import Any
 from alerts import receivers as rv
 from alerts.conditions import HEALTH_RANK, Condition, parse_condition, short
 from alerts.derived import DEFAULT_IMPACT_AMOUNTS, DEFAULT_IMPACT_MILESTONE
+from alerts.incidents import IncidentPolicy, parse_policy
 from alerts.receivers import LABEL, NAME, PAGERDUTY_URL, RECEIVER_TYPES, Receiver
 from alerts.templates import check_template, render, template_fields
 from alerts.timeintervals import TimeInterval, contains, interval_names, parse_time_intervals
@@ -143,6 +144,7 @@ class RuleSet:
     watchdog: Watchdog | None = None
     defaults: tuple[str, ...] = ()  # default_receivers
     time_intervals: dict[str, TimeInterval] = field(default_factory=dict)
+    incidents: IncidentPolicy = IncidentPolicy()  # top-level `incidents:` (alerts.incidents)
 
 
 def route_for(routes: tuple[Route, ...] | list[Route], labels: Mapping[str, str]) -> Route | None:
@@ -306,7 +308,7 @@ def _routes(doc: Located, raw: Any, receivers: dict[str, Receiver],
     return tuple(out)
 
 
-_TOP_KEYS = ("rules", "receivers", "default_receivers", "routes", "watchdog", "time_intervals")
+_TOP_KEYS = ("rules", "receivers", "default_receivers", "routes", "watchdog", "time_intervals", "incidents")
 
 
 def _watchdog(doc: Located, raw: Any, receivers: dict[str, Receiver], defaults: tuple[str, ...]) -> Watchdog | None:
@@ -335,7 +337,7 @@ def parse(doc: Located) -> RuleSet:
     if not isinstance(data, dict):
         raise doc.error(
             "expected a mapping with rules: (and optionally receivers:, default_receivers:, routes:, watchdog:,"
-            " time_intervals:)"
+            " time_intervals:, incidents:)"
         )
     for key in data:
         if key not in _TOP_KEYS:
@@ -368,7 +370,8 @@ def parse(doc: Located) -> RuleSet:
     watchdog = _watchdog(doc, data.get("watchdog"), receivers, tuple(defaults))
     if watchdog is not None and watchdog.name in seen:
         raise doc.error(f"rule name {watchdog.name!r} is the watchdog's: rename the rule", "watchdog")
-    return RuleSet(doc.source, tuple(rules), receivers, routes, watchdog, tuple(defaults), intervals)
+    return RuleSet(doc.source, tuple(rules), receivers, routes, watchdog, tuple(defaults), intervals,
+                   parse_policy(doc, data.get("incidents")))
 
 
 def load_rules(path: Path | str | None = None) -> RuleSet:

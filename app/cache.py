@@ -180,6 +180,14 @@ def alert_history() -> pd.DataFrame:
     return queries.alert_history(engine(), now=_now())
 
 
+def incidents(with_resolved: bool) -> pd.DataFrame:
+    return queries.incidents(engine(), with_resolved=with_resolved)
+
+
+def incident(incident_id: int) -> dict[str, Any] | None:
+    return queries.incident(engine(), incident_id)
+
+
 def silences() -> pd.DataFrame:
     return queries.silences(engine(), now=_now())
 

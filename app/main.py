@@ -28,6 +28,7 @@ pages = [
     st.Page(str(HERE / "views" / "inventory.py"), title="Inventory", icon=":material/inventory_2:", url_path="inventory"),
     st.Page(str(HERE / "views" / "identity.py"), title="Identity", icon=":material/link_off:", url_path="identity"),
     st.Page(str(HERE / "views" / "alerts.py"), title="Alerts", icon=":material/notifications:", url_path="alerts"),
+    st.Page(str(HERE / "views" / "incidents.py"), title="Incidents", icon=":material/crisis_alert:", url_path="incidents"),
 ]
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from controltower import breaches, identity, transactions
+from controltower import alertops, breaches, identity, transactions
 from controltower import funnel as funnel_core
 from controltower.histogram import merge as merge_histograms
 from controltower.histogram import percentile as hist_percentile
@@ -440,3 +440,35 @@ def identity_totals(engine: Engine) -> dict[str, int]:
     with engine.connect() as conn:
         row = conn.execute(_IDENTITY_TOTALS).one()
     return {"duplicates": int(row.duplicates), "hubs": int(row.hubs)}
+
+
+# -- incidents (reads through controltower.alertops, as the CLI and the API) ------------------------
+INCIDENT_COLUMNS = ["Id", "State", "Title", "Since", "Alerts", "Channels", "Orders at risk", "Value at risk", "Open"]
+
+
+def incidents(engine: Engine, *, with_resolved: bool = False) -> pd.DataFrame:
+    """Incidents for the dashboard's list: open, then acknowledged (then resolved), newest first."""
+    states = alertops.INCIDENT_STATES if with_resolved else ("open", "acknowledged")
+    rows = []
+    for r in alertops.list_incidents(engine, states):
+        impact = r["impact"] or {}
+        value = impact.get("order_value_at_risk")
+        rows.append([r["id"], r["state"], r["title"], r["opened_at"], r["alert_count"], ", ".join(r["channels"] or []),
+                     int(impact.get("orders_at_risk") or 0), f"{value:,.2f}" if value is not None else "–",
+                     f"incidents?id={r['id']}"])
+    return pd.DataFrame(rows, columns=INCIDENT_COLUMNS)
+
+
+def incident(engine: Engine, incident_id: int) -> dict[str, Any] | None:
+    """One incident with `alerts` and `timeline` as display tables; None when there is no such incident."""
+    try:
+        row = alertops.get_incident(engine, incident_id)
+    except alertops.NoSuchIncident:
+        return None
+    alerts = pd.DataFrame(
+        [[a["rule"], a["labels"].get("channel", ""), a["state"] or "–", a["summary"] or "", a["attached_at"],
+          "yes" if a["first"] else "", a["dashboard_url"]] for a in row["alerts"]],
+        columns=["Rule", "Channel", "State", "Summary", "Attached", "First", "Transactions"],
+    )
+    timeline = pd.DataFrame([[e["at"], e["kind"], e["text"]] for e in row["timeline"]], columns=["At", "Kind", "What"])
+    return {**row, "alerts_table": alerts, "timeline_table": timeline}

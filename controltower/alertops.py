@@ -6,6 +6,8 @@ alert's state, and lands in `alert_audit` (and `alert_events`) in the same trans
 change itself, whichever way it came in. `evaluation_health` tells any reader whether alerting
 itself runs (from `alert_evaluations`, written by the evaluator). It owns no scheduling and sends
 nothing.
+Incidents (alerts grouped by cause, written by the evaluator) are listed and acknowledged here
+too: acknowledging an incident acknowledges its pending and firing alerts.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from controltower.schema.alerts import (
     alert_notifications,
     alert_silences,
     alert_state,
+    incident_alerts,
+    incident_events,
+    incidents,
 )
 
 ACTIVE = ("pending", "firing")
@@ -34,6 +39,10 @@ STALE_AFTER_INTERVALS = 3
 
 class NoSuchAlert(ControlTowerError):
     """No pending or firing alert has that fingerprint (or prefix): a caller may answer 404."""
+
+
+class NoSuchIncident(ControlTowerError):
+    """No incident has that id (or it is resolved, for acknowledging): a caller may answer 404."""
 
 
 class AmbiguousFingerprint(ControlTowerError):
@@ -184,3 +193,87 @@ def evaluation_health(engine: Engine, now: datetime, *, interval_seconds: float 
         "last_error": cycle.last_error if cycle is not None and cycle.consecutive_failures > 0 else None,
         "ignored_amounts_total": sum(int(r.ignored_amounts_total) for r in rows.values()),
     }
+
+
+INCIDENT_STATES = ("open", "acknowledged", "resolved")
+
+
+def list_incidents(engine: Engine, states: Sequence[str] = ("open", "acknowledged"), limit: int = 200) -> list[dict[str, Any]]:
+    """Incidents in `states`, open before acknowledged before resolved, newest first; each with `alert_count`."""
+    count = (sa.select(sa.func.count()).where(incident_alerts.c.incident_id == incidents.c.id)
+             .scalar_subquery().label("alert_count"))
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(incidents, count)
+            .where(incidents.c.state.in_(list(states)))
+            .order_by(sa.case({"open": 0, "acknowledged": 1}, value=incidents.c.state, else_=2),
+                      incidents.c.opened_at.desc(), incidents.c.id.desc())
+            .limit(limit)
+        )
+        return [dict(r._mapping) for r in rows]
+
+
+def get_incident(engine: Engine, incident_id: int) -> dict[str, Any]:
+    """One incident with its `alerts` (attachment and current state) and its `timeline`."""
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(incidents).where(incidents.c.id == incident_id)).first()
+        if row is None:
+            raise NoSuchIncident(f"no incident {incident_id}")
+        a, s = incident_alerts, alert_state
+        alerts = conn.execute(
+            sa.select(a.c.fingerprint, a.c.rule, a.c.labels, a.c.attached_at, a.c.first, s.c.state, s.c.summary,
+                      s.c.severity, s.c.dashboard_url, s.c.firing_since, s.c.resolved_at, s.c.acknowledged_by)
+            .select_from(a.outerjoin(s, s.c.fingerprint == a.c.fingerprint))
+            .where(a.c.incident_id == incident_id)
+            .order_by(a.c.first.desc(), a.c.attached_at, a.c.rule, a.c.fingerprint)
+        )
+        timeline = conn.execute(
+            sa.select(incident_events.c.at, incident_events.c.kind, incident_events.c.text, incident_events.c.detail)
+            .where(incident_events.c.incident_id == incident_id).order_by(incident_events.c.id)
+        )
+        return {**row._mapping, "alerts": [dict(r._mapping) for r in alerts],
+                "timeline": [dict(r._mapping) for r in timeline]}
+
+
+def acknowledge_incident(engine: Engine, incident_id: int, by: str, now: datetime, *, via: str = "cli") -> dict[str, Any]:
+    """Acknowledge an open incident and its pending and firing alerts not yet acknowledged.
+
+    No more repeats are sent for it; it still resolves (and says so) when its alerts do.
+    Acknowledging an acknowledged incident changes nothing and returns it as it is. Raises
+    `NoSuchIncident` for an unknown or resolved incident. One `alert_audit` row for the incident,
+    an `alert_events` row per alert it acknowledged, and a timeline entry.
+    """
+    by = by.strip()
+    if not by:
+        raise ControlTowerError("by: missing (who acknowledges)")
+    with engine.begin() as conn:
+        row = conn.execute(sa.select(incidents).where(incidents.c.id == incident_id).with_for_update()).first()
+        if row is None or row.state == "resolved":
+            raise NoSuchIncident(f"no open incident {incident_id}")
+        if row.state == "acknowledged":
+            return dict(row._mapping)
+        fps = [f for (f,) in conn.execute(sa.select(incident_alerts.c.fingerprint)
+                                          .where(incident_alerts.c.incident_id == incident_id))]
+        alerts = conn.execute(
+            sa.select(alert_state)
+            .where(alert_state.c.fingerprint.in_(fps), alert_state.c.state.in_(ACTIVE),
+                   alert_state.c.acknowledged_at.is_(None))
+            .order_by(alert_state.c.fingerprint)
+            .with_for_update()
+        ).all()
+        if alerts:
+            conn.execute(alert_state.update().where(alert_state.c.fingerprint.in_([a.fingerprint for a in alerts]))
+                         .values(acknowledged_by=by, acknowledged_at=now))
+            conn.execute(alert_events.insert(), [
+                {"at": now, "fingerprint": a.fingerprint, "rule": a.rule, "from_state": a.state, "to_state": a.state,
+                 "value": a.last_value, "labels": a.labels, "summary": f"acknowledged by {by} (incident {incident_id})"}
+                for a in alerts
+            ])
+        conn.execute(incidents.update().where(incidents.c.id == incident_id)
+                     .values(state="acknowledged", acknowledged_by=by, acknowledged_at=now, updated_at=now))
+        conn.execute(incident_events.insert().values(
+            incident_id=incident_id, at=now, kind="acknowledged", text=f"acknowledged by {by}",
+            detail={"via": via, "alerts": [a.fingerprint for a in alerts]}))
+        audit(conn, now, by, "acknowledge_incident", f"incident:{incident_id}",
+              {"key": row.key, "title": row.title, "alerts": [a.fingerprint for a in alerts], "via": via})
+        return {**row._mapping, "state": "acknowledged", "acknowledged_by": by, "acknowledged_at": now}

@@ -44,9 +44,10 @@ INGEST_TABLES = (
     "identity_hubs", "identity_changes",
 )
 ALERT_TABLES = ("alert_state", "alert_events", "alert_notifications", "alert_silences", "alert_audit", "alert_tickets")
+INCIDENT_TABLES = ("incidents", "incident_alerts", "incident_events")
 ALERT_HEALTH_TABLES = ("alert_evaluations", "scheduler_health")
 KNOWN_TABLES = frozenset(
-    {*METRICS_TABLES, *INGEST_TABLES, *ALERT_TABLES, *ALERT_HEALTH_TABLES, *SECRET_TABLES, "alembic_version"}
+    {*METRICS_TABLES, *INGEST_TABLES, *ALERT_TABLES, *INCIDENT_TABLES, *ALERT_HEALTH_TABLES, *SECRET_TABLES, "alembic_version"}
 )
 
 ENSURE_PARTITION = "ct_ensure_event_partition(date)"
@@ -72,11 +73,14 @@ class Policy:
     refuses: tuple[str, ...] = field(default=())  # documented examples, checked by the tests
 
 
-# What alertops.acknowledge needs (row lock via column UPDATE, event row, audit row).
+# What alertops.acknowledge and acknowledge_incident need (row lock via column UPDATE, event
+# row, audit row; the incident's state and its timeline).
 _ACKNOWLEDGE = (
     Write("alert_state", ("UPDATE",), ACK_COLUMNS),
     Write("alert_events", ("INSERT",)),
     Write("alert_audit", ("INSERT",)),
+    Write("incidents", ("UPDATE",), ("state", *ACK_COLUMNS, "updated_at")),
+    Write("incident_events", ("INSERT",)),
 )
 
 POLICY: dict[str, Policy] = {
@@ -85,7 +89,7 @@ POLICY: dict[str, Policy] = {
         writes=(
             Write("events", ("INSERT",)),
             *(Write(t, ("INSERT", "UPDATE")) for t in INGEST_TABLES if t != "events"),
-            *_ACKNOWLEDGE,  # POST /v1/alerts/{fingerprint}/ack
+            *_ACKNOWLEDGE,  # POST /v1/alerts/{fingerprint}/ack, POST /v1/incidents/{id}/ack
         ),
         functions=(ENSURE_PARTITION,),
         temporary=True,
@@ -100,6 +104,7 @@ POLICY: dict[str, Policy] = {
             Write("alert_notifications", ("INSERT", "UPDATE", "DELETE")),
             Write("alert_audit", ("DELETE",)),
             Write("alert_tickets", ("INSERT", "UPDATE", "DELETE")),  # ticket receivers (alerts.ticketing)
+            *(Write(t, ("INSERT", "UPDATE", "DELETE")) for t in INCIDENT_TABLES),
             *(Write(t, ("INSERT", "UPDATE", "DELETE")) for t in ALERT_HEALTH_TABLES),
             # retention: expired transactions and their rows, batched
             *(Write(t, ("DELETE",)) for t in INGEST_TABLES if t not in ("events", "event_conflicts")),

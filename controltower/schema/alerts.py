@@ -1,9 +1,9 @@
-"""Tables written by `alerts/` (rule state, history, silences, notification outbox)."""
+"""Tables written by `alerts/` (rule state, history, silences, notification outbox, incidents)."""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 from controltower.schema.base import metadata
 
@@ -144,4 +144,59 @@ alert_tickets = sa.Table(
     sa.Column("opened_at", TS, nullable=False),
     sa.Column("closed_at", TS),
     sa.PrimaryKeyConstraint("receiver", "dedup_key", name="alert_tickets_pkey"),
+)
+
+# Incidents (0013): alerts that share a cause (the most upstream red hop of their channel, else
+# their SLA) grouped into one paged thing; at most one not resolved per `key`.
+incidents = sa.Table(
+    "incidents",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), nullable=False),
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("state", sa.Text, nullable=False),  # open | acknowledged | resolved
+    sa.Column("title", sa.Text, nullable=False),  # kept current while open
+    sa.Column("cause", sa.Text),
+    sa.Column("severity", sa.Text, nullable=False),  # the worst of its alerts
+    sa.Column("summary", sa.Text),  # the title as at the first page; the resolved notification repeats it
+    sa.Column("opened_at", TS, nullable=False),
+    sa.Column("acknowledged_at", TS),
+    sa.Column("acknowledged_by", sa.Text),
+    sa.Column("resolved_at", TS),
+    sa.Column("last_notified_at", TS),
+    sa.Column("notified_receivers", ARRAY(sa.Text), nullable=False, server_default=sa.text("'{}'")),
+    sa.Column("repeat_interval_seconds", sa.Float),  # the first alert's rule's repeat_interval
+    sa.Column("channels", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
+    sa.Column("impact", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),  # summed over its alerts
+    sa.Column("updated_at", TS, nullable=False),
+    sa.PrimaryKeyConstraint("id", name="incidents_pkey"),
+    sa.Index("incidents_open_key_idx", "key", unique=True, postgresql_where=sa.text("state <> 'resolved'")),
+    sa.Index("incidents_state_idx", "state", "opened_at"),
+)
+
+# The alerts of an incident: attached when they fire, kept until the incident resolves.
+incident_alerts = sa.Table(
+    "incident_alerts",
+    metadata,
+    sa.Column("incident_id", sa.BigInteger, sa.ForeignKey("incidents.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("fingerprint", sa.Text, nullable=False),
+    sa.Column("rule", sa.Text, nullable=False),
+    sa.Column("labels", JSONB, nullable=False),
+    sa.Column("attached_at", TS, nullable=False),
+    sa.Column("first", sa.Boolean, nullable=False, server_default=sa.text("false")),
+    sa.PrimaryKeyConstraint("incident_id", "fingerprint", name="incident_alerts_pkey"),
+    sa.Index("incident_alerts_fingerprint_idx", "fingerprint"),
+)
+
+# An incident's timeline: opened, alert attached, alert resolved, notified, acknowledged, resolved.
+incident_events = sa.Table(
+    "incident_events",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), nullable=False),
+    sa.Column("incident_id", sa.BigInteger, sa.ForeignKey("incidents.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("at", TS, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("detail", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.PrimaryKeyConstraint("id", name="incident_events_pkey"),
+    sa.Index("incident_events_incident_idx", "incident_id", "at"),
 )
