@@ -101,6 +101,13 @@ class Run:
         self.sinks["store"] = store
         _backfill(self.sim, self.truth, store, until=self.origin, progress=progress)
 
+    def advance(self, sink: Sink, until: float) -> None:
+        """Everything before `until` (simulated epoch seconds) into `sink` at once: where the
+        live clock stands once it reaches `until`, without waiting for the wall (tests)."""
+        self.sinks.setdefault("http", sink)
+        _deliver(self.sim.take_before(until), self.truth, sink, None)
+        self.end = max(self.end, until)
+
     def live(
         self, sink: Sink, files: FileSink | None = None, *, speed: float = 60.0,
         duration: float | None = None, stop: threading.Event | None = None,
