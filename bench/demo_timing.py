@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -61,6 +62,7 @@ class Terminal(threading.Thread):
         self.process, self.began, self.echo = process, began, echo
         self.seen: dict[str, float] = {}
         self.firing_line = ""
+        self.notifications: list[str] = []
 
     def run(self) -> None:
         assert self.process.stdout is not None
@@ -72,6 +74,8 @@ class Terminal(threading.Thread):
             for needle, name in PHASES.items():
                 if needle in line:
                     self.seen.setdefault(name, at)
+            if "[FIRING" in line or "[RESOLVED" in line:
+                self.notifications.append(f"{at:6.1f} s  {line.split(': ', 1)[-1]}")
             if FIRING.search(line) and not self.firing_line:
                 self.seen["first FIRING line in the terminal"] = at
                 self.firing_line = line
@@ -97,6 +101,9 @@ def main() -> None:
     parser.add_argument("--dashboard", action="store_true", help="Start the dashboard too (as a user would).")
     parser.add_argument("--timeout", type=float, default=420.0)
     parser.add_argument("--quiet", action="store_true", help="Do not echo the demo's terminal.")
+    parser.add_argument("--keep", action="store_true", help="Keep the temporary data folder.")
+    parser.add_argument("--linger", type=float, default=0.0,
+                        help="Keep the demo running this many seconds after the page, to list every notification.")
     parser.add_argument("demo_args", nargs="*", help="Extra `controltower demo` options (after --).")
     args = parser.parse_args()
 
@@ -146,7 +153,8 @@ def main() -> None:
                     links = deep_link_rows(match.group(1), database_url.replace("postgresql+psycopg", "postgresql"), data)
                     seen[f"deep link {match.group(1).split('/')[-1]} lists {links} unposted orders"] = time.monotonic() - began
             if len([k for k in seen if not k.startswith("deep")]) >= len(PHASES) + 3 and links:
-                break
+                if args.linger <= 0 or time.monotonic() - began > seen["first FIRING line in the terminal"] + args.linger:
+                    break
             time.sleep(1.0)
     finally:
         stop_began = time.monotonic()
@@ -159,12 +167,16 @@ def main() -> None:
         engine.dispose()
         stopped = time.monotonic() - stop_began
         stop_embedded(data)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
     print(f"\ndemo timing ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, "
           f"options: {' '.join(args.demo_args) or 'defaults'}{'' if args.dashboard else ' --no-dashboard'})")
     for name, at in sorted(seen.items(), key=lambda kv: kv[1]):
         print(f"  {at:6.1f} s  {name}")
     if terminal.firing_line:
         print(f"  first terminal line: {terminal.firing_line}")
+    if args.linger > 0:
+        print("  every notification line:", *terminal.notifications, sep="\n    ")
     print(f"  stopped in {stopped:.1f} s; embedded PostgreSQL running afterwards: "
           f"{(data / 'pgdata' / 'postmaster.pid').exists()}")
 
