@@ -252,7 +252,8 @@ def run_demo_simulator(
     ids: str = "real",
     lead: float | None = None,
 ) -> dict[str, Any]:
-    """For `controltower demo` (run it in a thread): optional backfill into the database, then
+    """In one call (run it in a thread; `controltower demo` calls `Run`'s phases itself, starting
+    the collector between them): optional backfill into the database, then
     live traffic to the collector at `endpoint` until `stop` is set, each system speaking its
     own ids unless `ids="shared"`. Writes and returns the ground truth. Raises ConfigError on
     a bad fault spec or window."""
