@@ -26,6 +26,7 @@ def simulate_command(
     backfill: str | None = typer.Option(None, "--backfill", help="History to write straight into the database, e.g. 7d, 6h."),
     fault: list[str] = typer.Option([], "--fault", help="KIND[:CHANNEL[:LOCATION]]\\[@START][+DURATION], e.g. erp_outage@10m+30m, slow_ack:walmart@1h+2h; repeatable or comma-separated."),
     duration: str | None = typer.Option(None, "--duration", help="Live run length (wall time); default until Ctrl-C."),
+    catch_up: str | None = typer.Option(None, "--catch-up", help="How far behind real now the live clock starts (it runs --speed times faster until caught up); default 6h, or what --duration fills."),
     rate_scale: float = typer.Option(1.0, "--rate-scale", help="Multiplier of order volume."),
     ids: str = typer.Option("shared", "--ids", help="shared: every hop of an order under one correlation ID; real: each system (connector, ERP, WMS, carrier) under its own IDs with only the keys it knows, plus split shipments, ERP duplicates and orphans (what `controltower demo` runs)."),
     truth: Path | None = typer.Option(None, "--truth", help="Ground-truth JSON (default <data_dir>/simulator-truth.json)."),
@@ -51,14 +52,15 @@ def simulate_command(
         if ids not in IDS_MODES:
             raise ConfigError(f"--ids: {ids!r} is not one of {', '.join(IDS_MODES)}")
         live = not history or wall is not None
-        check_window(history, live_lead(speed, wall) if live else 0.0, settings)
+        lead = parse_duration(catch_up, where="--catch-up") if catch_up else live_lead(speed, wall)
+        check_window(history, lead if live else 0.0, settings)
     except ConfigError as exc:
         fail(str(exc))
     stop = threading.Event()
     options: dict[str, Any] = {
         "seed": seed, "faults": specs, "rate_scale": rate_scale, "ids": ids, "backfill": history,
         "speed": speed, "duration": wall, "stop": stop, "progress": True,
-        "truth_path": truth or settings.data_dir / "simulator-truth.json",
+        "truth_path": truth or settings.data_dir / "simulator-truth.json", "lead": lead,
     }
     if history:
         options["store"] = StoreSink(context_of(ctx).engine, settings)

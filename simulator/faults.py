@@ -4,10 +4,13 @@ Spec syntax (one fault per spec; several specs combine, comma-separated or repea
 
     KIND[:CHANNEL[:LOCATION]][@START][+DURATION]
 
-START is the offset from the run's simulated start (default 0: from the start), DURATION how
-long it lasts (default: until the run ends); both use `controltower.settings.parse_duration`
-units (`90s`, `10m`, `4h`, `2d`). Examples: `erp_outage@10m+30m`, `slow_ack:walmart@1h+2h`,
-`inventory_stall:amazon:wh-east@30m`, `peak+1h`, `duplicate_storm@2h+15m`.
+START is the offset from the run's simulated start (default 0: from the start), or, with a
+minus sign, how long before the present (real now, where a live run's clock catches up) the
+fault begins, whatever the backfill and catch-up: `erp_outage@-2h+3h` began two hours ago
+and lasts another hour. DURATION is how long it lasts (default: until the run ends); both use
+`controltower.settings.parse_duration` units (`90s`, `10m`, `4h`, `2d`). Examples:
+`erp_outage@10m+30m`, `slow_ack:walmart@1h+2h`, `inventory_stall:amazon:wh-east@30m`,
+`peak+1h`, `duplicate_storm@2h+15m`, `erp_outage@-4h+4.5h`.
 
 Kinds: erp_outage, slow_ack:<channel>, inventory_stall:<channel>[:<location>],
 warehouse_backlog, carrier_outage, duplicate_storm, poison, schema_drift:<channel>, peak.
@@ -44,7 +47,7 @@ BACKLOG_MEDIAN_S = 600.0
 
 @dataclass(frozen=True)
 class FaultSpec:
-    """One parsed spec, relative to the run's start."""
+    """One parsed spec, relative to the run's start (`before_present`: to the present)."""
 
     spec: str
     kind: str
@@ -52,6 +55,7 @@ class FaultSpec:
     location: str | None = None
     offset: float = 0.0
     duration: float | None = None
+    before_present: bool = False
 
 
 @dataclass(frozen=True)
@@ -102,11 +106,15 @@ def parse_fault(text: str) -> FaultSpec:
     if kind not in KINDS:
         raise ConfigError(f'{where}: unknown kind "{kind}" (expected one of {", ".join(KINDS)})')
     channel, location = _targets(where, kind, args)
+    before_present = offset_text.startswith("-")
+    offset_text = offset_text.removeprefix("-")
+    if before_present and not offset_text:
+        raise ConfigError(f"{where}: nothing after '@-' (expected how long before the present, e.g. @-2h)")
     offset = parse_duration(offset_text, where=f"{where} start") if at else 0.0
     duration = parse_duration(duration_text, where=f"{where} duration") if plus else None
     if duration == 0:
         raise ConfigError(f'{where}: duration "+{duration_text}" is zero')
-    return FaultSpec(spec, kind, channel, location, offset, duration)
+    return FaultSpec(spec, kind, channel, location, offset, duration, before_present)
 
 
 def _targets(where: str, kind: str, args: list[str]) -> tuple[str | None, str | None]:
@@ -145,19 +153,19 @@ class FaultPlan:
         self.windows = tuple(windows)
 
     @classmethod
-    def resolve(cls, specs: Iterable[FaultSpec], start: float) -> FaultPlan:
-        """Place specs relative to the run's simulated start (epoch seconds)."""
-        return cls(
-            FaultWindow(
-                s.spec,
-                s.kind,
-                s.channel,
-                s.location,
-                start + s.offset,
-                math.inf if s.duration is None else start + s.offset + s.duration,
-            )
-            for s in specs
-        )
+    def resolve(cls, specs: Iterable[FaultSpec], start: float, present: float | None = None) -> FaultPlan:
+        """Place specs on the timeline (epoch seconds): from the run's simulated `start`, or back
+        from the `present` for specs written `@-START`."""
+        windows = []
+        for s in specs:
+            begin = start + s.offset
+            if s.before_present:
+                if present is None:
+                    raise ConfigError(f'fault "{s.spec}": a start before the present needs a run that knows the present')
+                begin = present - s.offset
+            end = math.inf if s.duration is None else begin + s.duration
+            windows.append(FaultWindow(s.spec, s.kind, s.channel, s.location, begin, end))
+        return cls(windows)
 
     def active(
         self, kind: str, at: float, channel: str | None = None, location: str | None = None

@@ -64,6 +64,77 @@ def check_window(backfill: float, lead: float, settings: Settings) -> None:
         )
 
 
+class Run:
+    """One simulated timeline with its ground truth: `backfill` (store) up to `origin`, then
+    `live` (HTTP) from there, sharing one generator so orders in flight at the switch complete.
+
+    `now` is the present (real now, fixed when the run is made); `origin = now - lead` is where
+    the live clock starts; faults written `@-START` are placed back from `now`. The demo calls
+    the two phases itself, with the collector started in between.
+    """
+
+    def __init__(
+        self,
+        *,
+        seed: int = 7,
+        faults: Sequence[FaultSpec] = (),
+        rate_scale: float = 1.0,
+        ids: str = "shared",
+        backfill: float = 0.0,
+        lead: float = 0.0,
+        now: datetime | None = None,
+    ) -> None:
+        if ids not in IDS_MODES:
+            raise ConfigError(f"ids: {ids!r} is not one of {', '.join(IDS_MODES)}")
+        self.seed, self.rate_scale, self.ids = seed, rate_scale, ids
+        self.present = (now or datetime.now(UTC)).timestamp()
+        self.origin = self.present - lead
+        self.start = self.origin - backfill
+        self.plan = FaultPlan.resolve(faults, self.start, self.present)
+        self.sim = Simulation(seed=seed, start=self.start, faults=self.plan, rate_scale=rate_scale, ids=ids)
+        self.truth = GroundTruth()
+        self.end = self.origin
+        self.sinks: dict[str, Sink | FileSink] = {}
+
+    def backfill(self, store: Sink, *, progress: bool = False) -> None:
+        """Everything before `origin` straight into `store`."""
+        self.sinks["store"] = store
+        _backfill(self.sim, self.truth, store, until=self.origin, progress=progress)
+
+    def advance(self, sink: Sink, until: float) -> None:
+        """Everything before `until` (simulated epoch seconds) into `sink` at once: where the
+        live clock stands once it reaches `until`, without waiting for the wall (tests)."""
+        self.sinks.setdefault("http", sink)
+        _deliver(self.sim.take_before(until), self.truth, sink, None)
+        self.end = max(self.end, until)
+
+    def live(
+        self, sink: Sink, files: FileSink | None = None, *, speed: float = 60.0,
+        duration: float | None = None, stop: threading.Event | None = None,
+    ) -> None:
+        """From `origin` on, `speed` times faster than the wall until caught up with real time,
+        then at its pace; until `duration` wall seconds passed or `stop` is set."""
+        if speed <= 0:
+            raise ConfigError(f"speed: {speed} must be more than 0")
+        self.sinks["http"] = sink
+        if files is not None:
+            self.sinks["files"] = files
+        self.end = _live(self.sim, self.truth, sink, files, origin=self.origin, speed=speed,
+                         duration=duration, stop=stop or threading.Event())
+
+    def result(self, truth_path: Path | None = None) -> dict[str, Any]:
+        """The ground truth so far (also written to `truth_path` when given)."""
+        result = self.truth.to_json(start=self.start, end=self.end, seed=self.seed,
+                                    faults=[w.to_json() for w in self.plan.windows])
+        result["rate_scale"] = self.rate_scale
+        result["ids"] = self.ids
+        result["sinks"] = {name: sink.totals.to_json() for name, sink in self.sinks.items()}
+        if truth_path is not None:
+            truth_path.parent.mkdir(parents=True, exist_ok=True)
+            truth_path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+        return result
+
+
 def simulate(
     *,
     seed: int = 7,
@@ -80,44 +151,34 @@ def simulate(
     truth_path: Path | None = None,
     now: datetime | None = None,
     progress: bool = False,
+    lead: float | None = None,
 ) -> dict[str, Any]:
     """Run backfill (when `backfill` > 0, into `store`) then live (when `live` is given).
 
     `ids` (simulator.identities.IDS_MODES): `shared`, every hop of an order under one
     correlation id; `real`, each system under its own ids with only the keys it knows.
+    `lead`: how far behind real now the live clock starts (default `live_lead`).
     Returns the ground truth (also written to `truth_path` when given). A live run ends after
     `duration` wall seconds or when `stop` is set.
     """
     if speed <= 0:
         raise ConfigError(f"speed: {speed} must be more than 0")
-    if ids not in IDS_MODES:
-        raise ConfigError(f"ids: {ids!r} is not one of {', '.join(IDS_MODES)}")
     if backfill > 0 and store is None:
         raise ValueError("backfill needs a store sink")
-    stop = stop or threading.Event()
-    real_now = (now or datetime.now(UTC)).timestamp()
-    lead = live_lead(speed, duration) if live is not None else 0.0
-    start = real_now - lead - backfill
-    plan = FaultPlan.resolve(faults, start)
-    sim = Simulation(seed=seed, start=start, faults=plan, rate_scale=rate_scale, ids=ids)
-    truth = GroundTruth()
-    end = real_now - lead
+    if live is None:
+        lead = 0.0
+    elif lead is None:
+        lead = live_lead(speed, duration)
+    run = Run(seed=seed, faults=faults, rate_scale=rate_scale, ids=ids, backfill=backfill, lead=lead, now=now)
     if backfill > 0 and store is not None:
-        _backfill(sim, truth, store, until=end, progress=progress)
+        run.backfill(store, progress=progress)
+    elif store is not None:
+        run.sinks["store"] = store
     if live is not None:
-        end = _live(sim, truth, live, files, origin=end, speed=speed, duration=duration, stop=stop)
-    result = truth.to_json(start=start, end=end, seed=seed, faults=[w.to_json() for w in plan.windows])
-    result["rate_scale"] = rate_scale
-    result["ids"] = ids
-    result["sinks"] = {
-        name: sink.totals.to_json()
-        for name, sink in (("store", store), ("http", live), ("files", files))
-        if sink is not None
-    }
-    if truth_path is not None:
-        truth_path.parent.mkdir(parents=True, exist_ok=True)
-        truth_path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
-    return result
+        run.live(live, files, speed=speed, duration=duration, stop=stop)
+    elif files is not None:
+        run.sinks["files"] = files
+    return run.result(truth_path)
 
 
 def _backfill(sim: Simulation, truth: GroundTruth, store: Sink, *, until: float, progress: bool) -> None:
@@ -189,13 +250,16 @@ def run_demo_simulator(
     api_key: str | None = None,
     drop_folder: Path | None = None,
     ids: str = "real",
+    lead: float | None = None,
 ) -> dict[str, Any]:
-    """For `controltower demo` (run it in a thread): optional backfill into the database, then
+    """In one call (run it in a thread; `controltower demo` calls `Run`'s phases itself, starting
+    the collector between them): optional backfill into the database, then
     live traffic to the collector at `endpoint` until `stop` is set, each system speaking its
     own ids unless `ids="shared"`. Writes and returns the ground truth. Raises ConfigError on
     a bad fault spec or window."""
     specs = parse_faults(faults)
-    check_window(backfill, live_lead(speed, None), settings)
+    lead = live_lead(speed, None) if lead is None else lead
+    check_window(backfill, lead, settings)
     return simulate(
         seed=seed,
         faults=specs,
@@ -208,4 +272,5 @@ def run_demo_simulator(
         speed=speed,
         stop=stop,
         truth_path=truth_path,
+        lead=lead,
     )

@@ -1,9 +1,21 @@
-"""`controltower demo`: the whole product on one machine with one command.
+"""`controltower demo`: the whole product on one machine with one command, showing an outage in minutes.
 
-Starts (or reuses) the embedded PostgreSQL, applies migrations, backfills a few days of
-simulated history, then runs the collector, the scheduler, the live simulator (with a fault
-that starts a few minutes in; each system speaks its own IDs unless `--ids shared`) and the dashboard as child processes of this one, prints the
-URLs, and stops everything cleanly on Ctrl-C. Composition root: may start every room.
+Starts (or reuses) the embedded PostgreSQL, applies migrations, backfills a day of simulated
+history straight into the store, computes the SLAs over it, then runs the collector, the
+scheduler and the dashboard as child processes and the live simulator in a thread of this
+one; prints the URLs, and stops everything cleanly on Ctrl-C. Composition root: may start
+every room.
+
+The point of the demo is a page within minutes, so the timeline is laid out backwards from the
+present: the live clock starts `--catch-up` (5 h) behind real now and runs `--speed` (240)
+times faster until it reaches it (about 75 s), and the default fault, `erp_outage@-4h+4.5h`,
+began four business hours before the present. When the live clock catches up, hours of orders
+are already unposted past the 30-minute target, and the outage goes on for another 30 real
+minutes. Backfill and live share one generator (`simulator.run.Run`), so the backfill never
+posts orders the outage holds back, and orders in flight at the switch complete. The
+scheduler uses the demo's alert rules (`demo_alerts.yaml`: the shipped rules with `for` at
+most 2m) and a 10 s evaluation interval unless the user configured others; its `log`
+receiver prints each firing notification as one line in this terminal.
 """
 
 from __future__ import annotations
@@ -12,14 +24,27 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import httpx
 import typer
 
 from controltower.clitools import console, context_of, fail, settings_of
 from controltower.db import stop_embedded
+from controltower.errors import ConfigError, ControlTowerError
+from controltower.settings import parse_duration
+
+DEMO_ALERTS_FILE = Path(__file__).with_name("demo_alerts.yaml")
+DEFAULT_BACKFILL = "1d"
+DEFAULT_CATCH_UP = "5h"
+DEFAULT_SPEED = 240.0
+DEFAULT_FAULT = "erp_outage@-4h+4.5h"
+EVALUATION_INTERVAL = "10s"  # the scheduler's tick in the demo (the product's default is 30s)
 
 
 @dataclass
@@ -47,63 +72,127 @@ def _wait_ready(url: str, children: list[Child], timeout: float = 60.0) -> bool:
     return False
 
 
+def child_environment(environ: dict[str, str], dashboard_url: str) -> dict[str, str]:
+    """The children's environment: the demo's rules, tick and deep links unless the user set them."""
+    env = dict(environ, PYTHONUNBUFFERED="1")
+    env.setdefault("CONTROLTOWER_ALERTS_FILE", str(DEMO_ALERTS_FILE))
+    env.setdefault("CONTROLTOWER_EVALUATION_INTERVAL", EVALUATION_INTERVAL)
+    env.setdefault("CONTROLTOWER_DASHBOARD_URL", dashboard_url)
+    return env
+
+
+class LiveThread(threading.Thread):
+    """The live simulator in a thread of the demo process; keeps the error that ended it."""
+
+    def __init__(self, run: Any, sink: Any, speed: float, stop: threading.Event) -> None:
+        super().__init__(name="simulator", daemon=True)
+        self.run_, self.sink, self.speed, self.stop, self.error = run, sink, speed, stop, ""
+
+    def run(self) -> None:
+        try:
+            self.run_.live(self.sink, speed=self.speed, stop=self.stop)
+        except Exception as exc:  # thread boundary: reported as one line by the demo
+            self.error = str(exc) if isinstance(exc, ControlTowerError) else f"{type(exc).__name__}: {exc}"
+
+
 def demo_command(
     ctx: typer.Context,
-    backfill: str = typer.Option("3d", "--backfill", help="Simulated history to generate first (0 to skip)."),
-    speed: float = typer.Option(60.0, "--speed", help="Live time compression (60 = an hour of business per minute)."),
-    fault: list[str] = typer.Option(["erp_outage@6h+2h"], "--fault", help="Fault scenario(s) for the live simulator (see `controltower simulate --help`)."),
+    backfill: str = typer.Option(DEFAULT_BACKFILL, "--backfill", help="Simulated history to write into the store first (0 to skip)."),
+    catch_up: str = typer.Option(DEFAULT_CATCH_UP, "--catch-up", help="How far behind real now the live clock starts; it runs --speed times faster until it reaches the present."),
+    speed: float = typer.Option(DEFAULT_SPEED, "--speed", help="Catch-up time compression (240 = four business hours per minute)."),
+    fault: list[str] = typer.Option([DEFAULT_FAULT], "--fault", help="Fault scenario(s) (see `controltower simulate --help`); @-START counts back from the present."),
     seed: int = typer.Option(7, "--seed"),
     ids: str = typer.Option("real", "--ids", help="real: each system speaks its own IDs and Control Tower joins them; shared: one correlation ID per order (see `controltower simulate --help`)."),
     no_dashboard: bool = typer.Option(False, "--no-dashboard", help="Do not start the dashboard."),
 ) -> None:
     """Start the embedded database, backfill history, and run collector, scheduler, simulator and dashboard."""
+    from metrics import jobs as metric_jobs
+    from simulator.emit import HttpSink, StoreSink
+    from simulator.faults import parse_faults
+    from simulator.run import Run, check_window
+
+    began = time.monotonic()
     settings = settings_of(ctx)
+    try:
+        history = parse_duration(backfill, where="--backfill") if backfill not in ("0", "") else 0.0
+        lead = parse_duration(catch_up, where="--catch-up")
+        check_window(history, lead, settings)
+        run = Run(seed=seed, faults=parse_faults(fault), ids=ids, backfill=history, lead=lead)
+    except ConfigError as exc:
+        fail(str(exc))
     context = context_of(ctx, application_name="controltower-demo")
-    console.print(f"database ready ({'embedded in ' + str(settings.data_dir) if not settings.database_url else 'external'}), migrations applied")
+    _say(began, f"database ready ({'embedded in ' + str(settings.data_dir) if not settings.database_url else 'external'}), migrations applied")
     database_url = context.engine.url.render_as_string(hide_password=False)
     common = ["--database-url", database_url, "--data-dir", str(settings.data_dir)]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if backfill not in ("0", "0d", ""):
-        console.print(f"backfilling {backfill} of simulated history …")
-        done = subprocess.run(_cli(common, "simulate", "--backfill", backfill, "--seed", str(seed), "--ids", ids), env=env, check=False)
-        if done.returncode != 0:
-            raise typer.Exit(done.returncode)
     collector_url = f"http://{settings.host}:{settings.port}"
     dashboard_url = f"http://127.0.0.1:{settings.dashboard_port}"
+    env = child_environment(dict(os.environ), dashboard_url)
     children: list[Child] = []
+    stop = threading.Event()
+    live: LiveThread | None = None
     signal.signal(signal.SIGTERM, _interrupt)  # `docker stop`, `timeout`: shut down like Ctrl-C
     try:
+        if history:
+            _say(began, f"backfilling {backfill} of simulated history …")
+            run.backfill(StoreSink(context.engine, settings), progress=True)
+            with context.engine.connect() as conn:  # fresh statistics: the first SLA refresh plans well
+                conn.exec_driver_sql("ANALYZE")
+                conn.commit()
         children.append(Child("collector", subprocess.Popen(_cli(common, "serve", "--host", settings.host, "--port", str(settings.port)), env=env)))
+        _say(began, "computing the SLAs over the history …")
+        metric_jobs.refresh(context.engine, metric_jobs.load_definitions(settings), datetime.now(UTC), settings)
         if not _wait_ready(collector_url + "/readyz", children):
             raise typer.Exit(1)
+        _say(began, f"collector ready on {collector_url}")
         children.append(Child("scheduler", subprocess.Popen(_cli(common, "scheduler"), env=env)))
-        live = ["simulate", "--endpoint", collector_url, "--speed", str(speed), "--seed", str(seed), "--ids", ids]
-        for spec in fault:
-            live += ["--fault", spec]
-        children.append(Child("simulator", subprocess.Popen(_cli(common, *live), env=env)))
+        live = LiveThread(run, HttpSink(collector_url, None, span_share=0.1, stop=stop), speed, stop)
+        live.start()
         if not no_dashboard:
             children.append(Child("dashboard", subprocess.Popen(_cli(common, "dashboard", "--port", str(settings.dashboard_port)), env=env)))
             _wait_ready(dashboard_url + "/_stcore/health", children)
-        console.print(
-            "\n[bold]Control Tower demo is running[/]\n"
-            f"  dashboard   {dashboard_url if not no_dashboard else '(not started)'}\n"
-            f"  collector   {collector_url}  (POST /v1/events, /v1/traces; GET /v1/sla, /v1/transactions?q=…, /metrics)\n"
-            f"  faults      {', '.join(fault) or 'none'}\n"
-            f"  ids         {ids} (`--ids shared`: one correlation ID per order)\n"
-            "  Ctrl-C stops everything.\n"
-        )
-        while all(c.process.poll() is None for c in children):
+        _banner(began, dashboard_url if not no_dashboard else "(not started)", collector_url, fault, ids, lead, speed, env)
+        while all(c.process.poll() is None for c in children) and live.is_alive():
             time.sleep(0.5)
-        gone = next(c for c in children if c.process.poll() is not None)
-        console.print(f"[red]{gone.name} stopped (exit code {gone.process.returncode}); shutting down[/]")
+        if not live.is_alive():
+            console.print(f"[red]simulator stopped: {live.error or 'ended'}; shutting down[/]", highlight=False)
+        else:
+            gone = next(c for c in children if c.process.poll() is not None)
+            console.print(f"[red]{gone.name} stopped (exit code {gone.process.returncode}); shutting down[/]")
     except KeyboardInterrupt:
         console.print("\nstopping …")
     finally:
+        stop.set()
+        if live is not None:
+            live.join(timeout=15)
         _stop(children)
+        truth = run.result(settings.data_dir / "simulator-truth.json")
+        console.print(f"simulated {truth['events_total']} events; ground truth in {settings.data_dir / 'simulator-truth.json'}", highlight=False)
         context.engine.dispose()
         if not settings.database_url:
             stop_embedded(settings.data_dir)
         console.print("stopped")
+
+
+def _say(began: float, text: str) -> None:
+    console.print(f"[{time.monotonic() - began:5.1f}s] {text}", highlight=False)
+
+
+def _banner(began: float, dashboard: str, collector: str, faults: list[str], ids: str, lead: float, speed: float,
+            env: dict[str, str]) -> None:
+    catch_up_s = lead / max(speed - 1, 1e-9)
+    console.print(
+        "\n[bold]Control Tower demo is running[/]\n"
+        f"  dashboard   {dashboard}\n"
+        f"  collector   {collector}  (POST /v1/events, /v1/traces; GET /v1/sla, /v1/transactions?q=…, /metrics)\n"
+        f"  faults      {', '.join(faults) or 'none'} (@-START: that long before the present)\n"
+        f"  live clock  {lead / 3600:g} h behind real time, catching up at {speed:g}x in about {catch_up_s:.0f} s\n"
+        f"  alerts      {env['CONTROLTOWER_ALERTS_FILE']}, evaluated every {env['CONTROLTOWER_EVALUATION_INTERVAL']}; "
+        "firing notifications appear below as log lines\n"
+        f"  ids         {ids} (`--ids shared`: one correlation ID per order)\n"
+        "  Ctrl-C stops everything.\n",
+        highlight=False,
+    )
+    _say(began, "demo running")
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -124,4 +213,3 @@ def _stop(children: list[Child]) -> None:
 
 def register(app: typer.Typer) -> None:
     app.command("demo")(demo_command)
-

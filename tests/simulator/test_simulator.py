@@ -95,6 +95,16 @@ def test_fault_specs_parse():
     assert (window.start, window.end) == (1600.0, 3400.0)
 
 
+def test_a_fault_can_count_back_from_the_present():
+    """`@-START`: placed before the present whatever the backfill and catch-up (the demo's outage)."""
+    spec = parse_fault("erp_outage@-2h+3h")
+    assert (spec.before_present, spec.offset, spec.duration) == (True, 7200, 10800)
+    plan = FaultPlan.resolve([spec, parse_fault("peak@1h+1h")], start=1000.0, present=100_000.0)
+    assert [(w.start, w.end) for w in plan.windows] == [(92_800.0, 103_600.0), (4600.0, 8200.0)]
+    with pytest.raises(ConfigError, match="needs a run that knows the present"):
+        FaultPlan.resolve([spec], 1000.0)
+
+
 @pytest.mark.parametrize(
     ("text", "names"),
     [
@@ -106,6 +116,8 @@ def test_fault_specs_parse():
         ("erp_outage@soon", '"soon" is not a duration'),
         ("erp_outage+0m", 'duration "+0m" is zero'),
         ("peak+", "nothing after '+'"),
+        ("erp_outage@-+1h", "nothing after '@-'"),
+        ("erp_outage@-soon", '"soon" is not a duration'),
     ],
 )
 def test_bad_fault_specs_name_the_bad_part(text, names):

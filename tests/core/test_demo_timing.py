@@ -1,0 +1,101 @@
+"""The demo shows the point in minutes: its outage has breached by the time the live clock reaches
+the present, and its own alert rules page for it within their short `for`.
+
+Runs the demo's timeline (its default backfill is shortened; the fault counts back from the
+present, so it lands in the same place) at a fixed afternoon clock through the real store, the
+real SLA engine and the real evaluator. The full demo, with its processes and wall time, is
+measured by bench/demo_timing.py.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+
+from alerts.evaluate import evaluate
+from alerts.rules import load_rules
+from controltower.settings import parse_duration
+from metrics import jobs as metric_jobs
+from simulator.emit import StoreSink
+from simulator.faults import parse_faults
+from simulator.run import Run
+from wiring import demo
+
+CHANNELS = {"amazon", "shopify", "ebay", "walmart", "pos"}
+
+
+def afternoon() -> datetime:
+    """Yesterday 15:00 UTC: a busy hour (US morning) that the store still accepts as recent."""
+    return (datetime.now(UTC) - timedelta(days=1)).replace(hour=15, minute=0, second=0, microsecond=0)
+
+
+def test_demo_rules_are_the_shipped_rules_with_for_at_most_two_minutes():
+    shipped, mine = load_rules(None), load_rules(demo.DEMO_ALERTS_FILE)
+    assert [r.name for r in mine.rules] == [r.name for r in shipped.rules]
+
+    def condition(rule):
+        return (rule.sla, rule.channel, rule.window, rule.field, rule.op, rule.value, rule.also, rule.severity)
+
+    assert [condition(r) for r in mine.rules] == [condition(r) for r in shipped.rules]
+    fors = {r.name: r.for_seconds for r in mine.rules}
+    assert fors["UnpostedOrders"] == 120.0 and max(fors.values()) == 120.0
+    assert dict(shipped.receivers) == dict(mine.receivers) and mine.receivers["log"].type == "log"
+    # the rules must outlast the catch-up, when in-flight work looks overdue against real time
+    catch_up_s = parse_duration(demo.DEFAULT_CATCH_UP) / (demo.DEFAULT_SPEED - 1)
+    assert 60 < catch_up_s < 120 <= min(v for v in fors.values() if v)
+
+
+def test_children_get_the_demo_rules_and_tick_unless_the_user_chose_their_own():
+    env = demo.child_environment({"PATH": "/bin"}, "http://127.0.0.1:8501")
+    assert env["CONTROLTOWER_ALERTS_FILE"] == str(demo.DEMO_ALERTS_FILE)
+    assert env["CONTROLTOWER_EVALUATION_INTERVAL"] == "10s"
+    assert env["CONTROLTOWER_DASHBOARD_URL"] == "http://127.0.0.1:8501"
+    mine = demo.child_environment({"CONTROLTOWER_ALERTS_FILE": "/etc/ct/alerts.yaml",
+                                   "CONTROLTOWER_EVALUATION_INTERVAL": "1m"}, "http://x")
+    assert mine["CONTROLTOWER_ALERTS_FILE"] == "/etc/ct/alerts.yaml"
+    assert mine["CONTROLTOWER_EVALUATION_INTERVAL"] == "1m"
+
+
+def test_demo_outage_has_breached_when_the_live_clock_reaches_the_present(engine, settings):
+    present = afternoon()
+    lead = parse_duration(demo.DEFAULT_CATCH_UP)
+    run = Run(seed=7, faults=parse_faults([demo.DEFAULT_FAULT]), ids="real", backfill=2 * 3600, lead=lead,
+              now=present)
+    (window,) = run.plan.windows
+    # erp_outage@-4h+4.5h: four hours before the present, an hour into the 5 h catch-up, until 30 min after
+    assert window.start == present.timestamp() - 4 * 3600 == run.origin + 3600
+    assert window.end == present.timestamp() + 1800
+    sink = StoreSink(engine, settings)
+    run.backfill(sink)
+    run.advance(sink, present.timestamp())  # the live clock has caught up
+    assert sink.totals.rejected == 0
+
+    with engine.connect() as conn:
+        late_postings = conn.execute(sa.text(
+            "SELECT count(*) FROM events WHERE flow = 'order' AND stage = 'erp_posted' AND occurred_at >= :t"),
+            {"t": datetime.fromtimestamp(window.start, UTC)}).scalar_one()
+    assert late_postings == 0  # the backfill posted nothing the outage holds back
+
+    truth = run.result()
+    due = (present - timedelta(minutes=30)).isoformat(timespec="milliseconds")
+    expected: dict[str, int] = {}
+    for order in truth["unposted_orders"]:
+        if order["received_at"] < due:
+            expected[order["channel"]] = expected.get(order["channel"], 0) + 1
+    assert set(expected) == CHANNELS and expected["amazon"] >= 50
+
+    metric_jobs.refresh(engine, metric_jobs.load_definitions(settings), present, settings)
+    with engine.connect() as conn:
+        hops = {r.channel: r for r in conn.execute(sa.text(
+            "SELECT channel, health, backlog FROM hop_health WHERE sla = 'erp_posting'"))}
+    assert {ch: hops[ch].backlog for ch in CHANNELS} == expected
+    assert hops["amazon"].health == "critical"  # the home page's ERP posting hop is red
+
+    rules = load_rules(demo.DEMO_ALERTS_FILE).rules
+    unposted = [r for r in rules if r.name == "UnpostedOrders"]
+    first = evaluate(engine, unposted, present)
+    assert {t.labels["channel"]: t.to_state for t in first} == dict.fromkeys(CHANNELS, "pending")
+    later = evaluate(engine, unposted, present + timedelta(seconds=unposted[0].for_seconds))
+    assert {t.labels["channel"]: (t.to_state, t.notification) for t in later} == dict.fromkeys(
+        CHANNELS, ("firing", "firing"))
