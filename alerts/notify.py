@@ -364,6 +364,10 @@ def send(
         except (smtplib.SMTPException, OSError) as exc:
             raise DeliveryError(f"SMTP {type(exc).__name__}: {exc}") from None
     elif kind == "log":
+        if alert.get("incident"):  # one line per incident: its title, then the first alert's own summary
+            first = alerts_of(alert)[0]
+            log.warning("%s: %s (%s)", _title(alert), first.get("summary"), first.get("dashboard_url"))
+            return "sent"
         for one in alerts_of(alert):
             log.warning("%s: %s (%s)", _title(one), one.get("summary"), one.get("dashboard_url"))
     else:  # pragma: no cover - rules validation admits only the types above

@@ -13,7 +13,7 @@ began four business hours before the present. When the live clock catches up, ho
 are already unposted past the 30-minute target, and the outage goes on for another 30 real
 minutes. Backfill and live share one generator (`simulator.run.Run`), so the backfill never
 posts orders the outage holds back, and orders in flight at the switch complete. The
-scheduler uses the demo's alert rules (`demo_alerts.yaml`: the shipped rules with `for` at
+scheduler uses the demo's alert rules (`demo_rules_text`: the shipped rules with `for` at
 most 2m) and a 10 s evaluation interval unless the user configured others; its `log`
 receiver prints each firing notification as one line in this terminal.
 """
@@ -21,6 +21,7 @@ receiver prints each firing notification as one line in this terminal.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -39,7 +40,7 @@ from controltower.db import stop_embedded
 from controltower.errors import ConfigError, ControlTowerError
 from controltower.settings import parse_duration
 
-DEMO_ALERTS_FILE = Path(__file__).with_name("demo_alerts.yaml")
+DEMO_MAX_FOR = "2m"  # the longest `for` of the demo's rules (see demo_rules_text)
 DEFAULT_BACKFILL = "1d"
 DEFAULT_CATCH_UP = "5h"
 DEFAULT_SPEED = 240.0
@@ -72,10 +73,50 @@ def _wait_ready(url: str, children: list[Child], timeout: float = 60.0) -> bool:
     return False
 
 
-def child_environment(environ: dict[str, str], dashboard_url: str) -> dict[str, str]:
+_FOR = re.compile(r"^(\s*(?:-\s+)?for:\s*)(\S+)(.*)$", re.MULTILINE)
+_DEMO_HEADER = """\
+# Alert rules of `controltower demo`, written at each start: the shipped rules (alerts/alerts.yaml)
+# with every `for` longer than {cap} shortened to {cap}.
+#
+# Why: the demo must show a page within minutes of starting, but the shipped UnpostedOrders rule
+# waits `for: 10m` of real time, and others 15 or 30 minutes. Not shorter than {cap}: the demo's
+# live clock first catches up with the present at --speed (5 h of business in about 75 s), and
+# while it does, orders whose next step is a few business minutes away look overdue against real
+# time (in-flight work, not breaches). Two minutes outlast that catch-up, so what fires is what
+# persists: the ERP outage the demo injects.
+#
+"""
+
+
+def demo_rules_text(shipped: str, cap: str = DEMO_MAX_FOR) -> str:
+    """The shipped rules file with every `for` longer than `cap` shortened to `cap` (nothing else changes)."""
+    limit = parse_duration(cap)
+
+    def shorten(match: re.Match[str]) -> str:
+        try:
+            seconds = parse_duration(match.group(2).strip("\"'"))
+        except ConfigError:
+            return match.group(0)  # not a duration: left for the rules' own validation to report
+        return f"{match.group(1)}{cap}{match.group(3)}" if seconds > limit else match.group(0)
+
+    return _DEMO_HEADER.format(cap=cap) + _FOR.sub(shorten, shipped)
+
+
+def write_demo_rules(folder: Path) -> Path:
+    """Write the demo's rules (`demo_rules_text` of the shipped file) into `folder`, validated."""
+    from alerts.rules import DEFAULT_FILE, load_rules
+
+    path = folder / "demo-alerts.yaml"
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(demo_rules_text(DEFAULT_FILE.read_text(encoding="utf-8")), encoding="utf-8")
+    load_rules(path)
+    return path
+
+
+def child_environment(environ: dict[str, str], dashboard_url: str, alerts_file: Path) -> dict[str, str]:
     """The children's environment: the demo's rules, tick and deep links unless the user set them."""
     env = dict(environ, PYTHONUNBUFFERED="1")
-    env.setdefault("CONTROLTOWER_ALERTS_FILE", str(DEMO_ALERTS_FILE))
+    env.setdefault("CONTROLTOWER_ALERTS_FILE", str(alerts_file))
     env.setdefault("CONTROLTOWER_EVALUATION_INTERVAL", EVALUATION_INTERVAL)
     env.setdefault("CONTROLTOWER_DASHBOARD_URL", dashboard_url)
     return env
@@ -126,7 +167,7 @@ def demo_command(
     common = ["--database-url", database_url, "--data-dir", str(settings.data_dir)]
     collector_url = f"http://{settings.host}:{settings.port}"
     dashboard_url = f"http://127.0.0.1:{settings.dashboard_port}"
-    env = child_environment(dict(os.environ), dashboard_url)
+    env = child_environment(dict(os.environ), dashboard_url, write_demo_rules(settings.data_dir))
     children: list[Child] = []
     stop = threading.Event()
     live: LiveThread | None = None

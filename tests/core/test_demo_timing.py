@@ -30,8 +30,8 @@ def afternoon() -> datetime:
     return (datetime.now(UTC) - timedelta(days=1)).replace(hour=15, minute=0, second=0, microsecond=0)
 
 
-def test_demo_rules_are_the_shipped_rules_with_for_at_most_two_minutes():
-    shipped, mine = load_rules(None), load_rules(demo.DEMO_ALERTS_FILE)
+def test_demo_rules_are_the_shipped_rules_with_for_at_most_two_minutes(tmp_path):
+    shipped, mine = load_rules(None), load_rules(demo.write_demo_rules(tmp_path))
     assert [r.name for r in mine.rules] == [r.name for r in shipped.rules]
 
     def condition(rule):
@@ -46,18 +46,26 @@ def test_demo_rules_are_the_shipped_rules_with_for_at_most_two_minutes():
     assert 60 < catch_up_s < 120 <= min(v for v in fors.values() if v)
 
 
-def test_children_get_the_demo_rules_and_tick_unless_the_user_chose_their_own():
-    env = demo.child_environment({"PATH": "/bin"}, "http://127.0.0.1:8501")
-    assert env["CONTROLTOWER_ALERTS_FILE"] == str(demo.DEMO_ALERTS_FILE)
+def test_demo_rules_shorten_only_longer_for_values():
+    text = "rules:\n  - name: A\n    for: 10m\n    keep_firing_for: 10m\n  - name: B\n    for: 90s\n  - for: \"1h\"\n"
+    out = demo.demo_rules_text(text)
+    assert out.endswith("rules:\n  - name: A\n    for: 2m\n    keep_firing_for: 10m\n  - name: B\n    for: 90s\n"
+                        "  - for: 2m\n")
+
+
+def test_children_get_the_demo_rules_and_tick_unless_the_user_chose_their_own(tmp_path):
+    rules = demo.write_demo_rules(tmp_path)
+    env = demo.child_environment({"PATH": "/bin"}, "http://127.0.0.1:8501", rules)
+    assert env["CONTROLTOWER_ALERTS_FILE"] == str(rules)
     assert env["CONTROLTOWER_EVALUATION_INTERVAL"] == "10s"
     assert env["CONTROLTOWER_DASHBOARD_URL"] == "http://127.0.0.1:8501"
     mine = demo.child_environment({"CONTROLTOWER_ALERTS_FILE": "/etc/ct/alerts.yaml",
-                                   "CONTROLTOWER_EVALUATION_INTERVAL": "1m"}, "http://x")
+                                   "CONTROLTOWER_EVALUATION_INTERVAL": "1m"}, "http://x", rules)
     assert mine["CONTROLTOWER_ALERTS_FILE"] == "/etc/ct/alerts.yaml"
     assert mine["CONTROLTOWER_EVALUATION_INTERVAL"] == "1m"
 
 
-def test_demo_outage_has_breached_when_the_live_clock_reaches_the_present(engine, settings):
+def test_demo_outage_has_breached_when_the_live_clock_reaches_the_present(engine, settings, tmp_path):
     present = afternoon()
     lead = parse_duration(demo.DEFAULT_CATCH_UP)
     run = Run(seed=7, faults=parse_faults([demo.DEFAULT_FAULT]), ids="real", backfill=2 * 3600, lead=lead,
@@ -92,7 +100,7 @@ def test_demo_outage_has_breached_when_the_live_clock_reaches_the_present(engine
     assert {ch: hops[ch].backlog for ch in CHANNELS} == expected
     assert hops["amazon"].health == "critical"  # the home page's ERP posting hop is red
 
-    rules = load_rules(demo.DEMO_ALERTS_FILE).rules
+    rules = load_rules(demo.write_demo_rules(tmp_path)).rules
     unposted = [r for r in rules if r.name == "UnpostedOrders"]
     first = evaluate(engine, unposted, present)
     assert {t.labels["channel"]: t.to_state for t in first} == dict.fromkeys(CHANNELS, "pending")
