@@ -219,7 +219,8 @@ def breaches_display(df: pd.DataFrame) -> pd.DataFrame:
         "Started": pd.to_datetime(df["started_at"], utc=True),
         # the due time in words with its business calendar, else as a UTC time
         "Due": [d if isinstance(d, str) and d else _utc_text(at) for d, at in zip(
-            df["due"] if "due" in df else [None] * len(df), df["due_at"], strict=True)],
+            df["due"] if "due" in df else [None] * len(df), df["due_at"] if "due_at" in df else [None] * len(df),
+            strict=True)],
         "Age": df["age_ms"].map(human_duration),
         "Overdue by": df["overdue_ms"].map(human_duration),
         "Last milestone": df["last_milestone"].fillna(""),

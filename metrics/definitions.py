@@ -1,6 +1,7 @@
 """SLA definitions: the YAML file, validated with line-precise errors, and their table.
 
-`load(path)` returns `Definitions` (SLAs, hops, scorecards) or raises ConfigError naming
+`load(path)` returns `Definitions` (SLAs, hops, scorecards, business calendars: parsed by
+`controltower.calendars`, chosen per SLA with `calendar:`) or raises ConfigError naming
 `file:line`. Unknown milestone names are allowed (new flows need no code change) but returned
 as warnings. `publish(engine, definitions)` writes the full latency definitions (exclusions,
 closing milestones, labels included) to `sla_definitions`, which the core's transaction view

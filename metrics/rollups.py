@@ -14,7 +14,10 @@ that committed late), so its cost follows the ingest rate, not the data size:
   channel is the business channel (`controltower.identity.BUSINESS_CHANNEL`; a business
   without one measures nothing: it is an orphan, counted elsewhere), the due time is the
   earliest promise of any member (`sla_deadlines` stays per correlation ID) else `from` + the
-  channel's target, and any member's closing milestone closes it. So a late link that merges
+  channel's target, counted in business days when the SLA's calendar applies to a whole-day
+  target (`ct_business_due`, migration 0009, the twin of `controltower.calendars.due`; the
+  calendar is picked by the `from` events' `location`, the channel or a default, and named in
+  `sla_open_items.calendar`), and any member's closing milestone closes it. So a late link that merges
   two transactions in flight is re-attributed incrementally: the absorbed id's sample or open
   item vanishes and the survivor's is recomputed, in O(members of the touched businesses).
   The minutes whose samples changed are re-aggregated into `sla_rollup_minute` (log-bucket
