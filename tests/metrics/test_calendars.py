@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from controltower import calendars, transactions
 from controltower.calendars import Calendar
 from controltower.errors import ConfigError
+from controltower.slajudge import Facts, judge
 from metrics import compute, definitions, jobs
 from tests.metrics.helpers import ev, ingest
 
@@ -155,3 +156,34 @@ def test_weekend_order_is_not_breached_on_sunday_and_is_on_tuesday_evening(engin
     verdict = next(v for v in tx["sla"] if v["sla"] == "handling_time")
     assert (verdict["state"], verdict["due_at"]) == ("pending", "2026-12-08T22:00:00.000Z")
     assert verdict["calendar"]["due"].startswith("Tue 8 Dec 17:00 America/New_York, calendar us-retail: Mon–Fri, cut-off 14:00")
+
+
+@pytest.mark.parametrize(("start", "pickup", "expected"), [
+    # Sun 8 Mar 2026 02:30 does not exist in New York: moved forward to 03:30 EDT = 07:30 UTC
+    (datetime(2026, 3, 8, 5, tzinfo=UTC), time(2, 30), datetime(2026, 3, 8, 7, 30, tzinfo=UTC)),
+    # Sun 1 Nov 2026 01:30 happens twice: the later, 01:30 EST = 06:30 UTC
+    (datetime(2026, 11, 1, 4, 30, tzinfo=UTC), time(1, 30), datetime(2026, 11, 1, 6, 30, tzinfo=UTC)),
+    # no pickup on the 23-hour day: local midnight of Mon 9 Mar is 04:00 UTC
+    (datetime(2026, 3, 8, 5, tzinfo=UTC), None, datetime(2026, 3, 9, 4, tzinfo=UTC) - timedelta(microseconds=1)),
+])
+def test_sql_reads_skipped_and_repeated_local_times_by_the_rule(migrated_engine, start, pickup, expected):
+    every_day = Calendar("every-day", "America/New_York", (1, 2, 3, 4, 5, 6, 7), (), None, pickup)
+    with migrated_engine.connect() as conn:
+        assert conn.execute(_SQL, {"start": start, "days": 0, **every_day.sql_args()}).scalar_one() == expected
+    assert calendars.due(start, 0, every_day) == expected
+
+
+@pytest.mark.parametrize(("received", "due"), [
+    # Fri 4 Dec 2026 15:00 New York (no cut-off): Mon, Tue → the end of Tue 8 Dec (05:00 UTC Wed)
+    (datetime(2026, 12, 4, 20, tzinfo=UTC), datetime(2026, 12, 9, 5, tzinfo=UTC)),
+    # Wed 25 Nov 2026: Thanksgiving Thu 26 is a holiday → Fri 27, Mon 30
+    (datetime(2026, 11, 25, 15, tzinfo=UTC), datetime(2026, 12, 1, 5, tzinfo=UTC)),
+    # Sat 26 Dec: counts from Mon 28 → Tue 29, Wed 30
+    (datetime(2026, 12, 26, 15, tzinfo=UTC), datetime(2026, 12, 31, 5, tzinfo=UTC)),
+])
+def test_shipped_return_refund_counts_two_us_business_days(received, due):
+    sla = definitions.load().get("return_refund")
+    assert sla is not None
+    facts = Facts(milestones={"return.received": received}, channel="amazon")
+    verdict = judge(sla.judged, facts, now=received)
+    assert (verdict.due_at, verdict.calendar and verdict.calendar.name) == (due - timedelta(microseconds=1), "us-retail")
