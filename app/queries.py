@@ -220,7 +220,7 @@ def known_channels(engine: Engine) -> list[str]:
 
 # -- open breaches (the core's list, so the CLI, the API and this page show the same orders) --------
 BREACH_COLUMNS = ["correlation_id", "correlation_ids", "order_id", "channel", "sla", "started_at", "due_at", "age_ms", "overdue_ms",
-                  "status", "last_milestone", "reason"]
+                  "status", "last_milestone", "reason", "calendar", "due"]
 
 
 def open_breaches(engine: Engine, sla: str | None, channel: str | None, *, now: datetime,

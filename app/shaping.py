@@ -217,6 +217,10 @@ def breaches_display(df: pd.DataFrame) -> pd.DataFrame:
         "Channel": df["channel"],
         "SLA": df["sla"],
         "Started": pd.to_datetime(df["started_at"], utc=True),
+        # the due time in words with its business calendar, else as a UTC time
+        "Due": [d if isinstance(d, str) and d else _utc_text(at) for d, at in zip(
+            df["due"] if "due" in df else [None] * len(df), df["due_at"] if "due_at" in df else [None] * len(df),
+            strict=True)],
         "Age": df["age_ms"].map(human_duration),
         "Overdue by": df["overdue_ms"].map(human_duration),
         "Last milestone": df["last_milestone"].fillna(""),
@@ -306,12 +310,29 @@ def verdict_note(verdict: dict[str, Any]) -> str:
     return reason or ""
 
 
+def verdict_due(verdict: dict[str, Any]) -> str:
+    """A verdict's due time: in words with its business calendar (`Tue 8 Dec 17:00
+    America/New_York, calendar us-retail: Mon–Fri, cut-off 14:00, …`), else as a UTC time."""
+    calendar = verdict.get("calendar")
+    if isinstance(calendar, dict) and calendar.get("due"):
+        return str(calendar["due"])
+    return _utc_text(verdict.get("due_at"))
+
+
+def _utc_text(moment: Any) -> str:
+    if moment is None or (not isinstance(moment, str) and pd.isna(moment)):
+        return ""
+    stamp = pd.Timestamp(moment)
+    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    return f"{stamp:%a} {stamp.day} {stamp:%b %H:%M} UTC"
+
+
 def verdicts_frame(tx: dict[str, Any]) -> pd.DataFrame:
     """The judge's verdicts on one transaction (`controltower.transactions.get`'s `sla`), one row each."""
-    columns = ["SLA", "State", "Elapsed", "Target", "From → to", "Note"]
+    columns = ["SLA", "State", "Elapsed", "Target", "Due", "From → to", "Note"]
     return pd.DataFrame(
         [{"SLA": v["sla"], "State": v["state"], "Elapsed": human_duration(v.get("elapsed_ms")),
-          "Target": human_duration(v.get("target_ms")), "From → to": f"{v['from']} → {v['to']}",
+          "Target": human_duration(v.get("target_ms")), "Due": verdict_due(v), "From → to": f"{v['from']} → {v['to']}",
           "Note": verdict_note(v)}
          for v in tx.get("sla", [])],
         columns=columns,

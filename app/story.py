@@ -145,6 +145,9 @@ def transaction_story(tx: dict[str, Any], *, tz: Any = UTC) -> str:
         due = when(_parse(blocking["due_at"]))
         name = label(blocking["sla"])
         name = name if name[:3].isupper() else name[:1].lower() + name[1:]
+        calendar = blocking.get("calendar")
+        if isinstance(calendar, dict) and calendar.get("due"):  # a business-day deadline, in its own time zone
+            due = str(calendar["due"])
         deadline = f"overdue since {due}" if blocking["state"] == "overdue" else f"due by {due}"
         story += f" — blocking step: {name}, {deadline}"
     story = story[:1].upper() + story[1:]

@@ -7,7 +7,8 @@ shows the business by its canonical member (`correlation_id`, see
 id from the earliest member that has one, status and last milestone from the member with the
 latest event.
 The metrics room (`controltower` CLI, `/v1/sla` drilldowns) and the dashboard's Open breaches
-page list them through `open_breaches`, so both show the same orders with the same ages. A
+page list them through `open_breaches`, so both show the same orders with the same ages (and
+the business calendar a due time was counted in, `calendar`, with `due` in words). A
 stored time outside the judge's sane range (written by hand, or before ingest validated it)
 cannot be read into Python: it comes back as None with a `reason`, never as an error.
 """
@@ -20,7 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from controltower import identity, slajudge
+from controltower import calendars, identity, slajudge
 
 # The page of open items first (sla_open_items_due_idx / a sort of the past-due items), then
 # each one's business transaction from its members (transactions_business_idx): one row per
@@ -29,7 +30,7 @@ _PAGE = """
 SELECT i.sla, i.correlation_id AS business_id, i.channel,
        CASE WHEN i.started_at >= :earliest AND i.started_at < :latest THEN i.started_at END AS started_at,
        CASE WHEN i.due_at >= :earliest AND i.due_at < :latest THEN i.due_at END AS due_at,
-       i.started_at AS started_key, i.due_at AS due_key
+       i.started_at AS started_key, i.due_at AS due_key, i.calendar
 FROM sla_open_items i
 WHERE i.due_at < :now
   AND (CAST(:sla AS text) IS NULL OR i.sla = :sla)
@@ -38,7 +39,9 @@ WHERE i.due_at < :now
 _MEMBERS = """
 SELECT p.sla, COALESCE(b.correlation_id, p.business_id) AS correlation_id,
        COALESCE(b.correlation_ids, ARRAY[p.business_id]) AS correlation_ids, p.channel,
-       b.order_id, b.last_milestone, b.status, p.started_at, p.due_at
+       b.order_id, b.last_milestone, b.status, p.started_at, p.due_at, p.calendar,
+       (SELECT d.definition -> 'calendar' -> 'calendars' -> p.calendar FROM sla_definitions d WHERE d.name = p.sla)
+           AS calendar_spec
 FROM page p
 LEFT JOIN LATERAL (
     SELECT """ + identity.CANONICAL_MEMBER + """ AS correlation_id,
@@ -70,17 +73,30 @@ def open_breaches(
 ) -> list[dict[str, Any]]:
     """Overdue open items (optionally of one SLA and channel), one per business transaction:
     sla, correlation_id (the canonical member), correlation_ids (all members), channel,
-    order_id, started_at, due_at, age_ms, overdue_ms, last_milestone, status (+ reason)."""
+    order_id, started_at, due_at, age_ms, overdue_ms, last_milestone, status, calendar (the business
+    calendar due_at was counted in, or None), due (due_at in words with its calendar, or None)
+    (+ reason)."""
     params = {"now": now, "sla": sla, "channel": channel, "limit": limit,
               "earliest": slajudge.EARLIEST, "latest": slajudge.LATEST}
     out = []
     for r in conn.execute(_ORDERS[order], params):
         row = dict(r._mapping)
+        row["due"] = _due_text(r.due_at, r.calendar, row.pop("calendar_spec"))
         row["age_ms"], row["overdue_ms"] = _ms_since(r.started_at, now), _ms_since(r.due_at, now)
         if r.started_at is None or r.due_at is None:
             row["reason"] = INVALID
         out.append(row)
     return out
+
+
+def _due_text(due_at: datetime | None, name: str | None, spec: Any) -> str | None:
+    """`Tue 8 Dec 17:00 America/New_York, calendar us-retail: Mon–Fri, …` (None without a calendar)."""
+    if due_at is None or name is None or not isinstance(spec, dict):
+        return None
+    try:
+        return calendars.describe_due(due_at, calendars.Calendar.from_dict(name, spec))
+    except (KeyError, TypeError, ValueError):  # a calendar published by another version
+        return None
 
 
 def _ms_since(moment: datetime | None, now: datetime) -> int | None:

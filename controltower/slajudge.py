@@ -18,6 +18,9 @@ The rules, in order:
    `excluded` (a POS sale owes no acknowledgement);
 3. the due time is the earliest valid promise in `deadline_attribute` on the `from`
    milestone's events (of any member), else `from` + the channel's target, else there is none;
+   with a business calendar (`calendar`, picked by the `from` events' location, the channel or
+   a default: `controltower.calendars`) a whole-day target counts business days instead
+   (`calendars.due`: cut-off, holidays, pickup time);
 4. `to` reached: `met` when it came at or before the due time, else `breached`
    (`unjudged` without a due time);
 5. `to` missing: `closed` when a `closed_by` milestone was reached by any member (a cancelled
@@ -37,6 +40,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from controltower import calendars
 from controltower.vocab import rfc3339
 
 # A promise the judge accepts. The same text is matched by PostgreSQL (`~`) in the metrics
@@ -78,6 +82,7 @@ class Definition:
     open_label: str | None = None  # what an open breach is called ("unposted")
     objective: float | None = None
     description: str = ""
+    calendar: calendars.Choice | None = None  # business days for whole-day targets
 
     def target_for(self, channel: str | None) -> int | None:
         return self.targets_ms.get(channel, self.target_ms) if channel is not None else self.target_ms
@@ -96,7 +101,8 @@ class Definition:
             "objective": self.objective, "description": self.description,
             "definition": {
                 "channels": list(self.channels), "exclude_channels": list(self.exclude_channels),
-                "closed_by": list(self.closed_by), "open_label": self.open_label, **(extra or {}),
+                "closed_by": list(self.closed_by), "open_label": self.open_label,
+                **({"calendar": self.calendar.as_dict()} if self.calendar is not None else {}), **(extra or {}),
             },
         }
 
@@ -118,7 +124,22 @@ class Definition:
             exclude_channels=names("exclude_channels"), closed_by=names("closed_by"),
             open_label=extra.get("open_label") if isinstance(extra.get("open_label"), str) else None,
             objective=row.get("objective"), description=row.get("description") or "",
+            calendar=_choice(extra.get("calendar")),
         )
+
+    def due_by_target(self, start: datetime, channel: str, facts: Facts) -> tuple[datetime | None, calendars.Calendar | None]:
+        """`start` + the channel's target, in business days when a calendar applies to a whole-day target."""
+        target = self.target_for(channel)
+        if target is None:
+            return None, None
+        calendar = None
+        if self.calendar is not None and calendars.whole_days(target) is not None:
+            located = (a.get(calendars.LOCATION_ATTRIBUTE) for a in facts.attributes.get(self.from_milestone, ())
+                       if isinstance(a, Mapping))
+            calendar = self.calendar.pick(channel, located)
+        if calendar is None:
+            return start + timedelta(milliseconds=target), None
+        return calendars.due(start, target // calendars.DAY_MS, calendar), calendar
 
 
 @dataclass(frozen=True)
@@ -165,6 +186,7 @@ class Verdict:
     due_at: datetime | None = None
     closed_by: str | None = None
     reason: str | None = None
+    calendar: calendars.Calendar | None = None  # the business calendar due_at was counted in
 
     def as_dict(self) -> dict[str, Any]:
         """The API shape (`sla`, `from`, `to`, `state`, `elapsed_ms`, `target_ms`, `due_at`, …)."""
@@ -174,6 +196,11 @@ class Verdict:
         }
         if self.due_at is not None:
             out["due_at"] = rfc3339(self.due_at)
+        if self.calendar is not None and self.due_at is not None:
+            out["calendar"] = {
+                "name": self.calendar.name, "timezone": self.calendar.timezone, "summary": self.calendar.summary(),
+                "due": calendars.describe_due(self.due_at, self.calendar),
+            }
         if self.closed_by is not None:
             out["closed_by"] = self.closed_by
         if self.reason is not None:
@@ -236,11 +263,12 @@ def judge(sla: Definition, facts: Facts, *, now: datetime) -> Verdict:
         return Verdict(**base, state=EXCLUDED, reason=f"not measured for channel {channel}")
     target = sla.target_for(channel)
     deadline, reason = promised(sla, facts)
-    due = deadline if deadline is not None else (start + timedelta(milliseconds=target) if target is not None else None)
+    due, calendar = (deadline, None) if deadline is not None else sla.due_by_target(start, channel, facts)
     end = facts.milestones.get(sla.to_milestone)
     closer = None if end is not None else next((m for m in sla.closed_by if m in facts.milestones), None)
     stop = end or (facts.milestones[closer] if closer else now)
-    common = {"elapsed_ms": int((stop - start) / timedelta(milliseconds=1)), "target_ms": target, "due_at": due}
+    common = {"elapsed_ms": int((stop - start) / timedelta(milliseconds=1)), "target_ms": target, "due_at": due,
+              "calendar": calendar}
     if end is not None:
         state = UNJUDGED if due is None else (MET if end <= due else BREACHED)
     elif closer is not None:
@@ -256,6 +284,16 @@ def judge_all(definitions: Iterable[Definition], facts: Facts, *, now: datetime)
     """The verdicts a transaction view shows: every SLA that applies to this transaction."""
     verdicts = (judge(d, facts, now=now) for d in definitions if d.kind in LATENCY_KINDS)
     return [v for v in verdicts if v.state in SHOWN]
+
+
+def _choice(raw: Any) -> calendars.Choice | None:
+    """A published calendar choice read back; one this version cannot read measures by the plain target."""
+    if not isinstance(raw, Mapping):
+        return None
+    try:
+        return calendars.Choice.from_dict(raw)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
 
 
 def _int(value: Any) -> int | None:

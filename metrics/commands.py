@@ -108,7 +108,8 @@ def slas_check(
     defs = definitions.load(file)
     for warning in defs.warnings:
         line(f"warning: {warning}", style="yellow")
-    line(f"{defs.source}: {len(defs.slas)} SLAs, {len(defs.hops)} hops, {len(defs.scorecards)} scorecards: ok")
+    calendars = f", {len(defs.calendars)} calendars" if defs.calendars else ""
+    line(f"{defs.source}: {len(defs.slas)} SLAs, {len(defs.hops)} hops, {len(defs.scorecards)} scorecards{calendars}: ok")
 
 
 @slas_app.command("list")

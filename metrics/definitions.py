@@ -1,6 +1,7 @@
 """SLA definitions: the YAML file, validated with line-precise errors, and their table.
 
-`load(path)` returns `Definitions` (SLAs, hops, scorecards) or raises ConfigError naming
+`load(path)` returns `Definitions` (SLAs, hops, scorecards, business calendars: parsed by
+`controltower.calendars`, chosen per SLA with `calendar:`) or raises ConfigError naming
 `file:line`. Unknown milestone names are allowed (new flows need no code change) but returned
 as warnings. `publish(engine, definitions)` writes the full latency definitions (exclusions,
 closing milestones, labels included) to `sla_definitions`, which the core's transaction view
@@ -19,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Engine
 
-from controltower import slajudge, yamlfile
+from controltower import calendars, slajudge, yamlfile
 from controltower.errors import ConfigError
 from controltower.schema.metrics import sla_definitions
 from controltower.settings import parse_duration
@@ -50,7 +51,7 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _MILESTONE = re.compile(r"^[a-z][a-z0-9_-]*\.[a-z][a-z0-9_-]*$")
 _COMMON = {
     "name", "kind", "description", "objective", "period", "warn_open_breaches", "critical_open_breaches",
-    "channels", "exclude_channels", "closed_by", "open_label",
+    "channels", "exclude_channels", "closed_by", "open_label", "calendar",
 }
 _KEYS = {
     "milestone_latency": _COMMON | {"from", "to", "target", "targets"},
@@ -92,6 +93,7 @@ class SLA:
     open_label: str | None = None  # latency: what an open breach is called ("unposted")
     origins: tuple[str, ...] = ()  # orphans: milestones that give a business transaction its origin
     min_orders: int = 20  # duplicate_rate: below this many orders a ratio says nothing
+    calendar: calendars.Choice | None = None  # latency: whole-day targets count business days
 
     def target_for(self, channel: str) -> int | None:
         return self.targets_ms.get(channel, self.target_ms)
@@ -119,6 +121,7 @@ class SLA:
             target_ms=self.target_ms, targets_ms=self.targets_ms, deadline_attribute=self.deadline_attribute,
             channels=self.channels, exclude_channels=self.exclude_channels, closed_by=self.closed_by,
             open_label=self.open_label, objective=self.objective, description=self.description,
+            calendar=self.calendar,
         )
 
 
@@ -145,6 +148,7 @@ class Definitions:
     scorecards: tuple[Scorecard, ...] = ()
     warnings: tuple[str, ...] = ()
     source: str = "built-in"
+    calendars: tuple[calendars.Calendar, ...] = ()
 
     def get(self, name: str) -> SLA | None:
         return next((s for s in self.slas if s.name == name), None)
@@ -229,16 +233,17 @@ def parse(doc: yamlfile.Located) -> Definitions:
     data = doc.data
     if not isinstance(data, dict) or "slas" not in data:
         raise c.fail("expected a mapping with an `slas:` list")
-    unknown = set(data) - {"slas", "hops", "scorecards"}
+    unknown = set(data) - {"slas", "hops", "scorecards", "calendars"}
     if unknown:
         key = sorted(unknown)[0]
-        raise c.fail(f"unknown section {key!r} (expected slas, hops, scorecards)", key)
+        raise c.fail(f"unknown section {key!r} (expected slas, hops, scorecards, calendars)", key)
+    known = calendars.parse_calendars(doc, data["calendars"], "calendars") if "calendars" in data else {}
     if not isinstance(data["slas"], list) or not data["slas"]:
         raise c.fail("slas: expected a non-empty list", "slas")
     slas: list[SLA] = []
     seen: dict[str, int] = {}
     for i, item in enumerate(data["slas"]):
-        sla = _parse_sla(c, item, ("slas", i))
+        sla = _parse_sla(c, item, ("slas", i), known)
         if sla.name in seen:
             raise c.fail(f"duplicate SLA name {sla.name!r} (first defined on line {seen[sla.name]})", "slas", i, "name")
         seen[sla.name] = doc.line("slas", i, "name")
@@ -277,10 +282,10 @@ def parse(doc: yamlfile.Located) -> Definitions:
                 c.number(item["limit"], *path, "limit", high=1.0),
             )
         )
-    return Definitions(tuple(slas), tuple(hops), tuple(scorecards), tuple(c.warnings), doc.source)
+    return Definitions(tuple(slas), tuple(hops), tuple(scorecards), tuple(c.warnings), doc.source, tuple(known.values()))
 
 
-def _parse_sla(c: _Checker, item: Any, path: tuple[Any, ...]) -> SLA:
+def _parse_sla(c: _Checker, item: Any, path: tuple[Any, ...], known: dict[str, calendars.Calendar]) -> SLA:
     if not isinstance(item, dict):
         raise c.fail("each SLA must be a mapping", *path)
     name = item.get("name")
@@ -327,6 +332,9 @@ def _parse_sla(c: _Checker, item: Any, path: tuple[Any, ...]) -> SLA:
         for key in ("warn_open_breaches", "critical_open_breaches"):
             if key in item:
                 fields[key] = int(c.number(item[key], *path, key, integer=True))
+        if "calendar" in item:
+            fields["calendar"] = calendars.parse_choice(c.doc, item["calendar"], known, *path, "calendar")
+            _whole_days(c, name, fields, path)
     elif kind == "freshness":
         fields["milestone"] = c.milestone(need("milestone"), *path, "milestone")
         if "key" in item:
@@ -360,6 +368,15 @@ def _parse_sla(c: _Checker, item: Any, path: tuple[Any, ...]) -> SLA:
     if fields.get("warn_open_breaches", 1) > fields.get("critical_open_breaches", 25):
         raise c.fail(f"{name}: warn_open_breaches is above critical_open_breaches", *path, "warn_open_breaches")
     return SLA(**fields)
+
+
+def _whole_days(c: _Checker, name: str, fields: dict[str, Any], path: tuple[Any, ...]) -> None:
+    """With a calendar, targets count business days: each must be a whole number of days."""
+    targets = [(fields.get("target_ms"), ("target",))] + [(ms, ("targets", ch)) for ch, ms in fields.get("targets_ms", {}).items()]
+    for ms, where in targets:
+        if ms is not None and calendars.whole_days(ms) is None:
+            raise c.fail(f"{name}: with a calendar, {where[-1]} must be a whole number of business days like 2d, "
+                         f"got {ms / calendars.DAY_MS:g} days", *path, *where)
 
 
 def _parse_signal(c: _Checker, item: dict[str, Any], path: tuple[Any, ...], fields: dict[str, Any]) -> None:

@@ -14,7 +14,10 @@ that committed late), so its cost follows the ingest rate, not the data size:
   channel is the business channel (`controltower.identity.BUSINESS_CHANNEL`; a business
   without one measures nothing: it is an orphan, counted elsewhere), the due time is the
   earliest promise of any member (`sla_deadlines` stays per correlation ID) else `from` + the
-  channel's target, and any member's closing milestone closes it. So a late link that merges
+  channel's target, counted in business days when the SLA's calendar applies to a whole-day
+  target (`ct_business_due`, migration 0009, the twin of `controltower.calendars.due`; the
+  calendar is picked by the `from` events' `location`, the channel or a default, and named in
+  `sla_open_items.calendar`), and any member's closing milestone closes it. So a late link that merges
   two transactions in flight is re-attributed incrementally: the absorbed id's sample or open
   item vanishes and the survivor's is recomputed, in O(members of the touched businesses).
   The minutes whose samples changed are re-aggregated into `sla_rollup_minute` (log-bucket
@@ -142,14 +145,36 @@ WITH members AS MATERIALIZED (
     ) d
     WHERE CAST(:attr AS text) IS NOT NULL
     GROUP BY t.business_id
-), pairs AS (
-    SELECT b.bid AS cid, b.channel, r.started_at, r.completed_at, r.closed,
-           COALESCE(p.due_at, r.started_at + make_interval(
-               secs => COALESCE((CAST(:targets AS jsonb) ->> b.channel)::bigint, CAST(:target AS bigint)) / 1000.0
-           )) AS due_at
+), located AS (
+    SELECT t.business_id AS bid, min(e.location COLLATE "C") AS location
+    FROM members t CROSS JOIN LATERAL (
+        SELECT e.attributes ->> 'location' AS location FROM events e
+        WHERE e.correlation_id = t.correlation_id AND e.flow = :flow AND e.stage = :stage
+          AND jsonb_typeof(e.attributes -> 'location') = 'string' AND (e.attributes ->> 'location') = ANY(:locations)
+    ) e
+    WHERE cardinality(CAST(:locations AS text[])) > 0
+    GROUP BY t.business_id
+), chosen AS (
+    SELECT b.bid AS cid, b.channel, r.started_at, r.completed_at, r.closed, p.due_at AS promised_at,
+           COALESCE((CAST(:targets AS jsonb) ->> b.channel)::bigint, CAST(:target AS bigint)) AS target_ms,
+           CAST(:calendars AS jsonb) -> COALESCE(
+               CAST(:cal_locations AS jsonb) ->> l.location, CAST(:cal_channels AS jsonb) ->> b.channel,
+               CAST(:cal_default AS text)
+           ) AS cal
     FROM business b JOIN reached r ON r.bid = b.bid LEFT JOIN promised p ON p.bid = b.bid
+    LEFT JOIN located l ON l.bid = b.bid
     WHERE r.started_at IS NOT NULL AND b.channel IS NOT NULL AND b.channel <> ALL(:excluded)
       AND (cardinality(CAST(:only AS text[])) = 0 OR b.channel = ANY(:only))
+), pairs AS (
+    SELECT c.cid, c.channel, c.started_at, c.completed_at, c.closed,
+           CASE WHEN c.promised_at IS NULL AND c.business THEN c.cal ->> 'name' END AS calendar,
+           COALESCE(c.promised_at, CASE WHEN c.business THEN ct_business_due(
+               c.started_at, (c.target_ms / 86400000)::int, c.cal ->> 'tz',
+               ARRAY(SELECT jsonb_array_elements_text(c.cal -> 'workdays'))::int[],
+               ARRAY(SELECT jsonb_array_elements_text(c.cal -> 'holidays'))::date[],
+               (c.cal ->> 'cutoff')::time, (c.cal ->> 'pickup')::time
+           ) ELSE c.started_at + make_interval(secs => c.target_ms / 1000.0) END) AS due_at
+    FROM (SELECT *, cal IS NOT NULL AND target_ms % 86400000 = 0 AS business FROM chosen) c
 ), samples AS (
     INSERT INTO sla_samples (sla, correlation_id, channel, started_at, completed_at, latency_ms, due_at, met)
     SELECT :sla, cid, channel, started_at, completed_at,
@@ -157,8 +182,8 @@ WITH members AS MATERIALIZED (
     FROM pairs WHERE completed_at IS NOT NULL AND due_at IS NOT NULL
     RETURNING channel, completed_at
 ), items AS (
-    INSERT INTO sla_open_items (sla, correlation_id, channel, started_at, due_at)
-    SELECT :sla, cid, channel, started_at, due_at
+    INSERT INTO sla_open_items (sla, correlation_id, channel, started_at, due_at, calendar)
+    SELECT :sla, cid, channel, started_at, due_at, calendar
     FROM pairs WHERE completed_at IS NULL AND due_at IS NOT NULL AND NOT closed
 )
 INSERT INTO ct_minutes SELECT channel, date_trunc('minute', completed_at) FROM samples
@@ -330,6 +355,7 @@ def _refresh_latency(conn: Connection, sla: SLA, since: datetime) -> int:
         "watch": [sla.from_milestone, sla.to_milestone, *sla.closed_by], "closed_by": list(sla.closed_by),
         "excluded": list(sla.exclude_channels), "only": list(sla.channels),
         "pattern": slajudge.DEADLINE_PATTERN, "earliest": slajudge.EARLIEST, "latest": slajudge.LATEST,
+        **_calendar_params(sla),
     }
     conn.exec_driver_sql("TRUNCATE ct_minutes")
     if sla.deadline_attribute:
@@ -346,6 +372,23 @@ def _refresh_latency(conn: Connection, sla: SLA, since: datetime) -> int:
     _run(conn, _ROLLUP_MINUTES, params)
     _run(conn, _ROLLUP_HOURS, params)
     return touched
+
+
+def _calendar_params(sla: SLA) -> dict[str, object]:
+    """The SLA's calendar choice as `_PAIRS` reads it (`ct_business_due`'s arguments per calendar)."""
+    choice = sla.calendar
+    if choice is None:
+        return {"locations": [], "calendars": "{}", "cal_locations": "{}", "cal_channels": "{}", "cal_default": None}
+    cals = {
+        name: {"name": name, "tz": c.timezone, "workdays": list(c.business_days), "holidays": [d.isoformat() for d in c.holidays],
+               "cutoff": c.cutoff.isoformat() if c.cutoff else None, "pickup": c.pickup.isoformat() if c.pickup else None}
+        for name, c in choice.calendars.items()
+    }
+    return {
+        "locations": sorted(choice.locations), "calendars": orjson.dumps(cals).decode(),
+        "cal_locations": orjson.dumps(dict(choice.locations)).decode(),
+        "cal_channels": orjson.dumps(dict(choice.channels)).decode(), "cal_default": choice.default,
+    }
 
 
 def _refresh_event_counts(conn: Connection, since: datetime) -> int:

@@ -108,6 +108,7 @@ sla_open_items = sa.Table(
     sa.Column("channel", sa.Text, nullable=False),
     sa.Column("started_at", TS, nullable=False),
     sa.Column("due_at", TS, nullable=False),
+    sa.Column("calendar", sa.Text),  # the business calendar of due_at (NULL: a target or a promise)
     sa.PrimaryKeyConstraint("sla", "correlation_id", name="sla_open_items_pkey"),
     sa.Index("sla_open_items_due_idx", "sla", "channel", "due_at"),
 )

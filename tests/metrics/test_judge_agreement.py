@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from collectors.store import EventStore
-from controltower import migrate, slajudge, transactions
+from controltower import calendars, migrate, slajudge, transactions
 from controltower.settings import Settings
 from metrics import definitions, rollups
 from metrics.definitions import SLA, Definitions
@@ -35,6 +35,21 @@ _TABLES = "events, transactions, transaction_keys, transaction_milestones, sla_d
           "sla_rollup_minute, sla_rollup_hour, event_rollup_minute, event_rollup_hour, metrics_watermarks"
 
 minutes = st.integers(min_value=-600, max_value=600)
+# business calendars (controltower.calendars): NOW is Monday 23 Nov 2026, Thanksgiving is Thu 26
+CALENDARS = {
+    "us": calendars.Calendar("us", "America/New_York", holidays=(datetime(2026, 11, 26).date(),),
+                             cutoff=datetime(2026, 1, 1, 14).time(), pickup=datetime(2026, 1, 1, 17).time()),
+    "in": calendars.Calendar("in", "Asia/Kolkata", business_days=(1, 2, 3, 4, 5, 6)),
+    "uk": calendars.Calendar("uk", "Europe/London", business_days=(7, 1, 2, 3, 4), cutoff=datetime(2026, 1, 1, 9, 30).time()),
+}
+LOCATIONS = ("DC-EAST", "DC-WEST", "DC-NORTH")
+choices = st.builds(
+    lambda default, chans, locs: calendars.Choice(CALENDARS, default=default, channels=chans, locations=locs),
+    st.one_of(st.none(), st.sampled_from(sorted(CALENDARS)), st.sampled_from(sorted(CALENDARS))),
+    st.dictionaries(st.sampled_from(CHANNELS), st.sampled_from(sorted(CALENDARS)), max_size=2),
+    st.dictionaries(st.sampled_from(LOCATIONS[:2]), st.sampled_from(sorted(CALENDARS)), max_size=2),
+)
+days_ms = st.integers(0, 3).map(lambda d: d * calendars.DAY_MS)
 channel_sets = st.lists(st.sampled_from(CHANNELS), unique=True, max_size=2).map(tuple)
 
 
@@ -46,12 +61,16 @@ def slas(draw: st.DrawFn, index: int) -> SLA:
     if kind == "deadline" and draw(st.booleans()):
         target = None  # a promise or nothing
     targets = draw(st.dictionaries(st.sampled_from(CHANNELS), st.integers(1, 300).map(lambda m: m * 60_000), max_size=2))
+    calendar = draw(st.one_of(st.none(), choices, choices))
+    if calendar is not None and draw(st.integers(0, 3)) > 0:  # whole days: business days (else elapsed time)
+        target = draw(days_ms) if target is not None else None
+        targets = {channel: draw(days_ms) for channel in targets}
     return SLA(
         name=f"sla_{index}", kind=kind, from_milestone=FROM, to_milestone=to, target_ms=target,
         targets_ms=targets if kind == "milestone_latency" else {},
         deadline_attribute=ATTR if kind == "deadline" else None,
         channels=draw(st.one_of(st.just(()), channel_sets)), exclude_channels=draw(channel_sets.map(lambda c: c[:1])),
-        closed_by=draw(st.sampled_from(((), (CANCEL,), (CANCEL, "shipment.delivered")))),
+        closed_by=draw(st.sampled_from(((), (CANCEL,), (CANCEL, "shipment.delivered")))), calendar=calendar,
     )
 
 
@@ -83,13 +102,18 @@ def member(draw: st.DrawFn, cid: str, first: bool) -> dict:
     milestones = {}
     for name in (FROM, TO, OTHER, CANCEL):
         if draw(st.integers(0, 2)) == 0 or (name == FROM and first and draw(st.integers(0, 3)) > 0):
-            milestones[name] = NOW + timedelta(minutes=draw(minutes), seconds=draw(st.integers(0, 59)),
+            # some days back too: business-day due times fall over days (weekend, holiday, cut-off)
+            milestones[name] = NOW + timedelta(days=draw(st.sampled_from((0, 0, 0, -1, -2))), minutes=draw(minutes),
+                                               seconds=draw(st.integers(0, 59)),
                                                microseconds=draw(st.integers(0, 999_999)))
     channel = draw(st.sampled_from(CHANNELS)) if draw(st.integers(0, 2)) > 0 else None
     # the milestone rows carry the channel their event named (or none): the business channel decides
     channels = {m: draw(st.sampled_from((*CHANNELS, None))) for m in milestones}
     # the `from` events may carry promises (several events: the earliest valid one counts)
     from_attributes = draw(st.lists(st.one_of(st.just({}), st.builds(lambda v: {ATTR: v}, promises)), max_size=2))
+    # and a location (a DC with its own calendar, one without, or not a name at all)
+    from_attributes = [a | ({"location": draw(st.sampled_from((*LOCATIONS, 7, None)))} if draw(st.booleans()) else {})
+                       for a in from_attributes]
     # first events close together, ties too: the member order is (first_event_at, correlation_id)
     first_event_at = NOW - timedelta(hours=11, minutes=draw(st.integers(0, 3)))
     return {"cid": cid, "channel": channel, "channels": channels, "milestones": milestones,
@@ -166,7 +190,7 @@ def test_judge_and_sla_table_agree_on_every_open_breach_and_sample(migrated_engi
     engine = migrated_engine
     with engine.begin() as conn:
         conn.execute(sa.text(f"TRUNCATE {_TABLES}"))  # noqa: S608 (constant list)
-    migrate.ensure_partitions(engine, {(NOW + timedelta(days=d)).date() for d in (-1, 0, 1)})
+    migrate.ensure_partitions(engine, {(NOW + timedelta(days=d)).date() for d in (-3, -2, -1, 0, 1)})
     defs = Definitions(tuple(data.draw(slas(i)) for i in range(data.draw(st.integers(1, 3)))))
     businesses = [data.draw(business(i)) for i in range(data.draw(st.integers(1, 5)))]
     _store(engine, businesses)
@@ -183,6 +207,8 @@ def test_judge_and_sla_table_agree_on_every_open_breach_and_sample(migrated_engi
         for sla in published:
             verdict = slajudge.judge(sla, facts, now=NOW)
             event(f"verdict {verdict.state}" + (" (promise ignored)" if verdict.reason and "ignored" in verdict.reason else ""))
+            if verdict.calendar is not None:
+                event(f"verdict {verdict.state} by calendar {verdict.calendar.name}")
             if verdict.state in ("met", "breached", "pending", "overdue"):
                 expected[(sla.name, biz["bid"])] = (verdict.state, verdict.due_at)
     assert _table(engine) == expected
@@ -212,6 +238,8 @@ def linked_business(draw: st.DrawFn, index: int) -> list[dict]:
             attributes = dict(keys)
             if milestone == FROM and draw(st.booleans()):
                 attributes[ATTR] = draw(structured_promises)
+            if milestone == FROM and draw(st.booleans()):
+                attributes["location"] = draw(st.sampled_from(LOCATIONS))
             flow, stage = milestone.split(".")
             record = {"event_id": f"e{n}", "occurred_at": at.isoformat(), "correlation_id": f"L{index}.{j}",
                       "flow": flow, "stage": stage, "status": "ok", "system": "middleware", "attributes": attributes}
