@@ -219,9 +219,6 @@ def _time(doc: Located, name: str, spec: dict[str, Any], key: str, path: tuple[A
     if key not in spec or spec[key] is None:
         return None
     value = spec[key]
-    if isinstance(value, int) and not isinstance(value, bool):
-        raise doc.error(f'calendar {name}: {key}: expected a time like "14:00" in quotes (YAML reads 14:00 as a number)',
-                        *path, key)
     try:
         if not isinstance(value, str) or len(value) not in (5, 8):
             raise ValueError

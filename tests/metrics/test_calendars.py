@@ -52,7 +52,7 @@ slas:
     ("target: 1d", "target: 90m", "f.yaml:16: handling_time: with a calendar, target must be a whole number"),
     ("default: us-retail", "default: eu-retail", "f.yaml:20: calendar: unknown calendar 'eu-retail' (known: dc-east, us-retail)"),
     ("DC-EAST: dc-east", "DC-EAST: dc-west", "f.yaml:22: calendar: unknown calendar 'dc-west'"),
-    ('cutoff: "14:00"', "cutoff: 14:00", 'f.yaml:6: calendar us-retail: cutoff: expected a time like "14:00" in quotes'),
+    ('cutoff: "14:00"', "cutoff: 14", "f.yaml:6: calendar us-retail: cutoff: 14 is not a time"),
     ('pickup: "17:00"', 'pickup: "5pm"', "f.yaml:7: calendar us-retail: pickup: '5pm' is not a time"),
     ("2026-12-25,", "2026-12-32,", "f.yaml:5: "),
     ("2027-01-01]", "next-monday]", "f.yaml:5: calendar us-retail: holidays: 'next-monday' is not a date"),
@@ -63,6 +63,11 @@ def test_yaml_errors_name_file_and_line(old, new, error):
     with pytest.raises(ConfigError) as exc:
         definitions.loads(YAML.replace(old, new), "f.yaml")
     assert str(exc.value).startswith(error), str(exc.value)
+
+
+def test_unquoted_times_read_as_written():
+    defs = definitions.loads(YAML.replace('cutoff: "14:00"', "cutoff: 14:00"), "f.yaml")
+    assert defs == definitions.loads(YAML, "f.yaml")
 
 
 def test_yaml_parses_the_calendars_and_the_choice():
