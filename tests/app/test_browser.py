@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from controltower.settings import Settings
@@ -296,3 +297,52 @@ def test_business_transaction_and_identity_pages_in_chromium(engine, settings, d
     assert "ERP posted it as 45" in story and tracking in story
     assert "correlation ids" in story
     assert "Orphans" in identity and "Hubs" in identity
+
+
+def test_incidents_page_in_chromium(engine, settings, database_url, tmp_path) -> None:
+    """An ERP outage on 5 channels seen as one incident: the list, then the incident with its
+    title, cause, alerts and timeline (screenshots kept in artifacts/screenshots/)."""
+    if shutil.which("chromium") is None:
+        pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
+    from datetime import timedelta
+
+    from playwright.sync_api import sync_playwright
+
+    import metrics.definitions
+    import metrics.jobs
+    from alerts.evaluate import evaluate
+    from alerts.rules import parse
+    from controltower.yamlfile import loads
+    from tests.alerts.test_incidents_outage import NOW, RULES, seed_outage
+
+    seed_outage(engine, settings)
+    defs = metrics.definitions.load()
+    rules = parse(loads(RULES.replace("URL", "http://127.0.0.1:9/hook"), "alerts.yaml"))
+    for at in (NOW, NOW + timedelta(minutes=11)):
+        metrics.jobs.refresh(engine, defs, at)
+        evaluate(engine, rules.rules, at, routes=rules.routes, incidents=rules.incidents)
+    with engine.connect() as conn:
+        incident_id = conn.execute(sa.text("SELECT id FROM incidents")).scalar_one()
+
+    server = Dashboard(database_url, tmp_path / "data")
+    shots = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    try:
+        server.wait_ready()
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1500, "height": 1000})
+                listing = shoot(page, f"{server.url}/incidents", '[data-testid="stDataFrame"]',
+                                shots / "dashboard-incidents.png")
+                one = shoot(page, f"{server.url}/incidents?id={incident_id}", '[data-testid="stDataFrame"]',
+                            shots / "dashboard-incident.png")
+            finally:
+                browser.close()
+    finally:
+        server.stop()
+    title = "ERP posting is breaching on all 5 channels since 12:11 UTC"
+    assert "No open incident" not in listing  # the list's cells are drawn on a canvas: the detail page has the text
+    assert title in one
+    assert "the ERP or the middleware in front of it" in one
+    assert "likely cause" in one and "Acknowledge incident" in one
