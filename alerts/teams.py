@@ -8,7 +8,12 @@ alerts) and Action.OpenUrl buttons to the offending transactions and the runbook
 TextBlock and Fact values render a subset of Markdown (bold, italic, lists, links) and the
 `{{DATE(...)}}` functions; every text that came from a source (summaries, labels, SLA and
 channel names) is escaped (`plain`) so it shows as typed and cannot turn into a link or a list.
-Only payload rendering lives here; sending is `alerts.notify`.
+Only payload rendering and reading the answer live here; sending is `alerts.notify`.
+
+Workflows answer 202 Accepted with no body. The retired Office 365 connectors (and flows that
+forward to one) answer 200 with "1" on success, and 200 with a text such as "Webhook message
+delivery failed with error: Microsoft Teams endpoint returned HTTP error 429 ..." when Teams
+refused the message: `check_answer` reads that as the failure it is.
 """
 
 from __future__ import annotations
@@ -17,11 +22,26 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from alerts.transport import RETRYABLE_4XX, DeliveryError
+
 CARD_TYPE = "application/vnd.microsoft.card.adaptive"
 SCHEMA = "http://adaptivecards.io/schemas/adaptive-card.json"
 
 _INLINE = re.compile(r"([\\`*_\[\]~<>#|])")  # emphasis, links, code, strike, html, headings, tables
 _LINE_START = re.compile(r"^(\s*)([-+]|\d+(?=[.)]))", re.MULTILINE)  # list items
+
+
+_FAILED = re.compile(r"(?:delivery failed|returned HTTP error)\D{0,40}?(\d{3})?", re.IGNORECASE)
+
+
+def check_answer(text: str) -> None:
+    """Raise DeliveryError when a 2xx answer's body says the message was not delivered."""
+    found = _FAILED.search(text[:2000])
+    if found is None:
+        return
+    status = int(found.group(1)) if found.group(1) else None
+    permanent = status is not None and 400 <= status < 500 and status not in RETRYABLE_4XX
+    raise DeliveryError(f"Teams answered success but did not deliver: {text[:200]}", permanent=permanent)
 
 
 def plain(value: Any) -> str:
