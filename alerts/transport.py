@@ -7,7 +7,8 @@ start of the answer, never the request's headers (keys live there).
 
 A receiver cannot hold a deliverer: the whole call, answer included, ends within the timeout
 (an answer dripping a byte at a time never trips a per-read timeout), and at most
-`MAX_ANSWER_BYTES` of an answer are read (a 30 MB error page is cut, not loaded).
+`MAX_ANSWER_BYTES` of an answer are read (a 30 MB error page is cut, not loaded). Redirects
+are never followed (the client is built with `follow_redirects=False`) and fail for good.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def call(
     deadline = time.monotonic() + timeout
     try:
         with client.stream(
-            method, url, json=body, timeout=timeout, auth=auth,
+            method, url, json=body, timeout=timeout, auth=auth, follow_redirects=False,
             headers={"User-Agent": USER_AGENT, **(headers or {})},
         ) as streamed:
             data = bytearray()
@@ -86,6 +87,10 @@ def call(
     if response.is_success:
         return response
     code = response.status_code
+    if response.is_redirect:  # never followed: the request's credentials must not travel to another host
+        where = response.headers.get("location", "")[:120]
+        raise DeliveryError(f"HTTP {code}: redirected to {where!r}, not followed (give the receiver its final URL)",
+                            permanent=True, status=code)
     permanent = 400 <= code < 500 and code not in RETRYABLE_4XX
     raise DeliveryError(f"HTTP {code}: {response.text[:200]}", permanent=permanent, status=code,
                         retry_after=retry_after(response.headers) if code in (429, 503) else None)

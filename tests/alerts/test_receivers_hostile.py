@@ -342,3 +342,18 @@ def test_odd_digits_in_time_intervals_are_one_file_line_error(period, where):
 def test_receiver_urls_and_timeouts_are_checked_when_loaded(extra, what):
     message = _error("receivers:\n  t: {type: teams, " + extra + "}\nrules: []\n")
     assert message.startswith("rules.yaml:2: ") and what in message
+
+
+def test_a_redirect_to_another_host_is_not_followed_and_the_credentials_stay_home(engine):
+    elsewhere = Recorder()
+
+    async def moved(request: Request) -> Response:
+        return Response(status_code=307, headers={"Location": f"{other.url}/steal"})
+
+    app = Starlette(routes=[Route("/{path:path}", moved, methods=["GET", "POST"])])
+    with LoopbackServer(elsewhere.app) as other, LoopbackServer(app) as server:
+        rs = rules_for(receiver(server.url))
+        fire(engine, rs)
+        report = deliver_pending(engine, rs.receivers, T0, environ=ENV)
+    assert elsewhere.requests == []
+    assert report.failed == 1 and "redirect" in report.errors[0] and "not followed" in report.errors[0]
