@@ -31,6 +31,8 @@ _INLINE = re.compile(r"([\\`*_\[\]~<>#|])")  # emphasis, links, code, strike, ht
 _LINE_START = re.compile(r"^(\s*)([-+]|\d+(?=[.)]))", re.MULTILINE)  # list items
 
 
+# Teams refuses a message above about 28 KB (413): a big group's text is cut well below that
+MAX_SUMMARY, MAX_DESCRIPTION = 12_000, 4_000
 _FAILED = re.compile(r"(?:delivery failed|returned HTTP error)\D{0,40}?(\d{3})?", re.IGNORECASE)
 
 
@@ -42,6 +44,15 @@ def check_answer(text: str) -> None:
     status = int(found.group(1)) if found.group(1) else None
     permanent = status is not None and 400 <= status < 500 and status not in RETRYABLE_4XX
     raise DeliveryError(f"Teams answered success but did not deliver: {text[:200]}", permanent=permanent)
+
+
+def _cut(text: Any, limit: int) -> str:
+    """At most `limit` characters, cut at a line end, saying how much was left out."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    kept = text[:limit].rsplit("\n", 1)[0] if "\n" in text[:limit] else text[:limit]
+    return f"{kept}\n… ({text.count(chr(10)) - kept.count(chr(10))} more lines, {len(text) - len(kept)} characters more)"
 
 
 def plain(value: Any) -> str:
@@ -60,10 +71,11 @@ def card(title: str, summary: str, notification: Mapping[str, Any], alert_count:
     body: list[dict[str, Any]] = [
         {"type": "TextBlock", "text": plain(title), "weight": "Bolder", "size": "Medium", "wrap": True,
          "color": "Good" if resolved else "Attention"},
-        {"type": "TextBlock", "text": plain(summary), "wrap": True},
+        {"type": "TextBlock", "text": plain(_cut(summary, MAX_SUMMARY)), "wrap": True},
     ]
     if annotations.get("description"):
-        body.append({"type": "TextBlock", "text": plain(annotations["description"]), "wrap": True, "isSubtle": True})
+        body.append({"type": "TextBlock", "text": plain(_cut(annotations["description"], MAX_DESCRIPTION)),
+                     "wrap": True, "isSubtle": True})
     facts = [("Severity", notification.get("severity", "")), ("SLA", labels.get("sla", "")),
              ("Channel", labels.get("channel", ""))]
     if annotations.get("orders_at_risk"):

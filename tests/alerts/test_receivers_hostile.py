@@ -357,3 +357,15 @@ def test_a_redirect_to_another_host_is_not_followed_and_the_credentials_stay_hom
         report = deliver_pending(engine, rs.receivers, T0, environ=ENV)
     assert elsewhere.requests == []
     assert report.failed == 1 and "redirect" in report.errors[0] and "not followed" in report.errors[0]
+
+
+def test_a_teams_card_for_a_huge_group_stays_under_the_28_kb_message_limit():
+    from alerts.teams import card
+    alert = {"status": "firing", "severity": "page", "labels": {"sla": "erp_posting", "channel": "amazon"},
+             "annotations": {"description": "d" * 30000}, "dashboard_url": "http://dash/x"}
+    summary = "\n".join(f"firing: channel {i}: 143 orders unposted, oldest 1 h 30 min" for i in range(600))
+    body = card("[FIRING:600] UnpostedOrders", summary, alert, 600)
+    size = len(json.dumps(body).encode())
+    assert size < 28_000, size
+    text = body["attachments"][0]["content"]["body"][1]["text"]
+    assert text.startswith("firing: channel 0: 143") and text.endswith("more)")
