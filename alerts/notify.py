@@ -316,7 +316,7 @@ def send(
     if kind == "teams":
         url = receiver.url or _env(receiver.url_env, environ, f"receiver {receiver.name}")
         card = teams.card(_title(alert), _summary(alert), alert, len(alerts_of(alert)))
-        _post(client, url, card, receiver.timeout_seconds)
+        teams.check_answer(call(client, "POST", url, body=card, timeout=receiver.timeout_seconds).text)
     elif kind == "jsm":
         key = _env(receiver.api_key_env, environ, f"receiver {receiver.name}")
         headers = {"Authorization": f"GenieKey {key}"}
@@ -373,6 +373,18 @@ def send(
     else:  # pragma: no cover - rules validation admits only the types above
         raise DeliveryError(f"receiver type {kind!r} is not supported", permanent=True)
     return "sent"
+
+
+def _send_guarded(receiver: Receiver, payload: Mapping[str, Any], client: httpx.Client,
+                  environ: Mapping[str, str], tickets: TicketStore) -> str:
+    """`send`, where anything but a database error is this receiver's failure (a DeliveryError to
+    retry), never an exception that stops delivery to every other receiver."""
+    try:
+        return send(receiver, payload, client=client, environ=environ, tickets=tickets)
+    except (DeliveryError, sa.exc.DBAPIError):
+        raise
+    except Exception as exc:
+        raise DeliveryError(f"unexpected {type(exc).__name__} while sending: {str(exc)[:200]}") from None
 
 
 def _scrub(text: str, secrets: list[str]) -> str:
@@ -434,7 +446,8 @@ def deliver_pending(
                 try:
                     if receiver is None:
                         raise DeliveryError(f"receiver {row.receiver!r} is not configured any more", permanent=True)
-                    send(receiver, row.payload, client=http, environ=env, tickets=TicketStore(conn, now))
+                    with conn.begin_nested():  # a receiver's failure undoes its ticket rows, not the claim
+                        _send_guarded(receiver, row.payload, http, env, TicketStore(conn, now))
                 except DeliveryError as exc:
                     message = _scrub(str(exc), receiver.secrets(env) if receiver else [])
                     give_up = exc.permanent or attempts >= max_attempts
@@ -443,7 +456,8 @@ def deliver_pending(
                         values["status"] = "failed"
                         report.failed += 1
                     else:
-                        values["next_attempt_at"] = now + timedelta(seconds=backoff(attempts, base_backoff))
+                        wait = max(backoff(attempts, base_backoff), exc.retry_after or 0.0)  # Retry-After
+                        values["next_attempt_at"] = now + timedelta(seconds=wait)
                         report.retried += 1
                         blocked.append(row.receiver)  # keep its later notifications behind this one
                     report.errors.append(f"{row.receiver}: {message}")

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
+
 from controltower.errors import ConfigError
 from controltower.settings import parse_duration
 from controltower.yamlfile import Located
@@ -24,6 +26,7 @@ JSM_URL = "https://api.atlassian.com/jsm/ops/integration"
 TICKET_TEMPLATES = ("jira",)
 # Rule durations beyond ten years mean nothing and would overflow date arithmetic at evaluation.
 MAX_DURATION_SECONDS = 3650 * 86400.0
+MAX_TIMEOUT_SECONDS = 120.0
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]*\Z")
 LABEL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -144,6 +147,9 @@ def parse_receiver(doc: Located, name: Any, raw: Any) -> Receiver:
     kw: dict[str, Any] = {"name": name, "type": kind}
     if "timeout" in raw:
         kw["timeout_seconds"] = duration(doc, raw["timeout"], *path, "timeout")
+        if not 0 < kw["timeout_seconds"] <= MAX_TIMEOUT_SECONDS:
+            raise doc.error(f"receiver {name}: timeout must be more than 0 and at most {MAX_TIMEOUT_SECONDS:g}s "
+                            "(a send holds the delivery of every later notification)", *path, "timeout")
     if kind in {"webhook", "slack", "teams", "ticket"}:
         kw.update(_url(doc, name, raw, path))
     if kind == "jsm":
@@ -186,6 +192,12 @@ def _http(doc: Located, name: str, raw: Any, *path: Any) -> str:
     url = text(doc, raw, *path)
     if not url.startswith(("http://", "https://")):
         raise doc.error(f"receiver {name}: url must start with http:// or https://", *path)
+    try:
+        host = httpx.URL(url).host
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise doc.error(f"receiver {name}: url is not valid ({exc})", *path) from None
+    if not host or any(c.isspace() for c in url):
+        raise doc.error(f"receiver {name}: url is not valid (no host, or a space in it)", *path)
     return url
 
 

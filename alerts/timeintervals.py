@@ -13,12 +13,14 @@ Pure: parsing raises `file:line` errors through `Located`; `contains` takes the 
 from __future__ import annotations
 
 import calendar
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from alerts.conditions import short
 from controltower.yamlfile import Located
 
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
@@ -27,6 +29,7 @@ MONTHS = ("january", "february", "march", "april", "may", "june", "july", "augus
 _PERIOD_KEYS = ("times", "weekdays", "days_of_month", "months", "years", "location")
 
 Range = tuple[int, int]  # inclusive
+_DIGITS = re.compile(r"^[0-9]+\Z")  # ASCII only: str.isdigit() admits "²", which int() refuses
 
 
 @dataclass(frozen=True)
@@ -97,11 +100,11 @@ def _clock(doc: Located, raw: Any, *path: Any) -> int:
     key = path[-1]
     if isinstance(raw, str):
         hours, sep, minutes = raw.strip().partition(":")
-        if sep and hours.isdigit() and minutes.isdigit() and len(minutes) == 2 and len(hours) <= 2:
+        if sep and _DIGITS.match(hours) and _DIGITS.match(minutes) and len(minutes) == 2 and len(hours) <= 2:
             h, m = int(hours), int(minutes)
             if (h < 24 and m < 60) or (h == 24 and m == 0):
                 return h * 60 + m
-    raise doc.error(f'{key}: {raw!r} is not a time of day (expected "HH:MM", 00:00 to 24:00)', *path)
+    raise doc.error(f'{key}: {short(raw)} is not a time of day (expected "HH:MM", 00:00 to 24:00)', *path)
 
 
 def _times(doc: Located, raw: Any, *path: Any) -> tuple[Range, ...]:
@@ -126,10 +129,10 @@ def _value(doc: Located, raw: Any, names: tuple[str, ...], lo: int, hi: int, key
         return names.index(raw.strip().lower()) + 1
     text = str(raw).strip() if isinstance(raw, int | str) and not isinstance(raw, bool) else ""
     digits = text[1:] if text.startswith("-") else text
-    if digits.isdigit() and lo <= int(text) <= hi and int(text) != 0:
+    if _DIGITS.match(digits) and len(digits) <= 5 and lo <= int(text) <= hi and int(text) != 0:
         return int(text)
     expected = f"{names[0]}..{names[-1]}" if names else f"{lo}..{hi}"
-    raise doc.error(f'{key}: {raw!r} is not valid (expected {expected}, or a range in quotes: "a:b")', *where)
+    raise doc.error(f'{key}: {short(raw)} is not valid (expected {expected}, or a range in quotes: "a:b")', *where)
 
 
 def _ranges(doc: Located, raw: Any, key: str, names: tuple[str, ...], lo: int, hi: int,
@@ -148,9 +151,9 @@ def _ranges(doc: Located, raw: Any, key: str, names: tuple[str, ...], lo: int, h
         else:
             begin = end = _value(doc, text, names, lo, hi, key, where)
         if (begin > 0) == (end > 0) and begin > end:
-            raise doc.error(f"{key}: range {item!r} starts after it ends", *where)
+            raise doc.error(f"{key}: range {short(item)} starts after it ends", *where)
         if begin < 0 < end:
-            raise doc.error(f"{key}: range {item!r} mixes a negative start with a positive end", *where)
+            raise doc.error(f"{key}: range {short(item)} mixes a negative start with a positive end", *where)
         out.append((begin, end))
     return tuple(out)
 

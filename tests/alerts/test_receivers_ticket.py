@@ -104,15 +104,26 @@ class FakeJira:
             self.issues[request.path_params["key"]]["comments"].append(body["content"][0]["content"][0]["text"])
             return JSONResponse({"id": "1"}, status_code=201)
 
+        async def issue(request: Request) -> Response:
+            if (failed := gate(request)) is not None:
+                return failed
+            key = request.path_params["key"]
+            if key not in self.issues:
+                return JSONResponse({"errorMessages": ["Issue does not exist"]}, status_code=404)
+            status = self.issues[key]["status"]
+            category = {"Done": "done", "To Do": "new"}.get(status, "indeterminate")
+            return JSONResponse({"key": key, "fields": {"status": {"name": status, "statusCategory": {"key": category}}}})
+
         self.app = Starlette(routes=[
             Route("/rest/api/3/issue", create, methods=["POST"]),
+            Route("/rest/api/3/issue/{key}", issue, methods=["GET"]),
             Route("/rest/api/3/search/jql", search, methods=["POST"]),
             Route("/rest/api/3/issue/{key}/transitions", transitions, methods=["GET", "POST"]),
             Route("/rest/api/3/issue/{key}/comment", comment, methods=["POST"]),
         ])
 
     def add(self, fields: dict) -> dict:
-        number = len(self.issues) + 1
+        number = self.made = getattr(self, "made", 0) + 1  # numbers are never reused, even after a delete
         key = f"{fields['project']['key']}-{number}"
         self.issues[key] = {"id": str(10000 + number), "fields": fields, "status": "To Do", "comments": []}
         return {"id": str(10000 + number), "key": key, "self": f"{self.url}/rest/api/3/issue/{10000 + number}"}
