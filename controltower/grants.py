@@ -46,8 +46,10 @@ INGEST_TABLES = (
 ALERT_TABLES = ("alert_state", "alert_events", "alert_notifications", "alert_silences", "alert_audit", "alert_tickets")
 INCIDENT_TABLES = ("incidents", "incident_alerts", "incident_events")
 ALERT_HEALTH_TABLES = ("alert_evaluations", "scheduler_health")
+BROKER_TABLES = ("tap_quarantine", "queue_samples")  # broker taps and queue probes (collectors)
 KNOWN_TABLES = frozenset(
-    {*METRICS_TABLES, *INGEST_TABLES, *ALERT_TABLES, *INCIDENT_TABLES, *ALERT_HEALTH_TABLES, *SECRET_TABLES, "alembic_version"}
+    {*METRICS_TABLES, *INGEST_TABLES, *ALERT_TABLES, *INCIDENT_TABLES, *ALERT_HEALTH_TABLES, *BROKER_TABLES,
+     *SECRET_TABLES, "alembic_version"}
 )
 
 ENSURE_PARTITION = "ct_ensure_event_partition(date)"
@@ -90,6 +92,7 @@ POLICY: dict[str, Policy] = {
             Write("events", ("INSERT",)),
             *(Write(t, ("INSERT", "UPDATE")) for t in INGEST_TABLES if t != "events"),
             *_ACKNOWLEDGE,  # POST /v1/alerts/{fingerprint}/ack, POST /v1/incidents/{id}/ack
+            *(Write(t, ("INSERT",)) for t in BROKER_TABLES),  # `controltower tap`: quarantine, queue probes
         ),
         functions=(ENSURE_PARTITION,),
         temporary=True,
@@ -109,6 +112,7 @@ POLICY: dict[str, Policy] = {
             # retention: expired transactions and their rows, batched
             *(Write(t, ("DELETE",)) for t in INGEST_TABLES if t not in ("events", "event_conflicts")),
             Write("event_conflicts", ("DELETE",)),
+            *(Write(t, ("INSERT", "DELETE")) for t in BROKER_TABLES),  # taps run by the scheduler; retention
         ),
         functions=(ENSURE_PARTITION, DROP_PARTITION),
         temporary=True,
