@@ -14,7 +14,9 @@ written in one batch (state, history in `alert_events`, outbox rows); should tha
 rule on savepoints, so only the culprit is lost. The cycle's success time, the per-rule errors
 and the impact amounts ignored (`alerts.health`) and a due watchdog notification
 (`alerts.watchdog`) land in the same transaction, so a process that dies between evaluating and
-sending loses nothing and sends nothing twice.
+sending loses nothing and sends nothing twice. Evaluations are serialized by a transaction-level
+advisory lock, so two running at once (a leader and a standby during a takeover, or one by hand)
+evaluate one after the other.
 """
 
 from __future__ import annotations
@@ -275,6 +277,10 @@ def evaluate(
     transitions: list[Transition] = []
     try:
         with engine.begin() as conn:
+            # One evaluation at a time (a takeover's overlap, `alerts evaluate` by hand): the next
+            # one starts from this one's committed state instead of racing it into the open-key
+            # index of incidents (and out to per-rule pages) or re-sending what it just sent.
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('controltower.alerts.evaluate'))"))
             rows, states = _read(conn, rules, now)
             silences = active_silences(conn, now)
             box = Outbox.open(conn, now, rules, tuple(routes))
