@@ -17,7 +17,9 @@ those with a `digest_interval`, which keep their digests):
   `incident` = {id, key, title, cause, state, alert_count, channels, opened_at, impact},
   `dedup_key` = "incident-<id>", `summary`/`title` = the incident's title, `groupKey` = its key.
   Repeats follow the first alert's rule's `repeat_interval` while the incident is open and not
-  acknowledged; the alerts' own repeat notifications are dropped;
+  acknowledged; the alerts' own repeat notifications are dropped. An alert joining an
+  acknowledged incident still pages receivers not notified for it yet (another team's route: the
+  acknowledgement was not theirs); repeats skip alerts whose route is muted now;
 - the incident resolves when none of its alerts is pending or firing; receivers that were paged
   get one resolved notification whose text is the one sent when firing plus the resolution time
   (`incidents.resolved_text`). An incident whose alerts were all silenced paged nobody, and
@@ -185,8 +187,6 @@ class IncidentBook:
     def _notify(self, inc: Incident, current: Mapping[str, Mapping[str, Any]], offers: Mapping[str, Offer],
                 box: Outbox, dashboard_url: str, rules: Mapping[str, Rule],
                 silenced: Callable[[Mapping[str, str]], bool]) -> None:
-        if inc.row["state"] != "open":
-            return  # acknowledged: no more pages until it resolves
         paging = [(fp, offers[fp]) for fp in inc.alerts if fp in offers and offers[fp].kind == "firing"]
         notified = list(inc.row["notified_receivers"] or [])
         wanted: list[str] = []
@@ -198,12 +198,14 @@ class IncidentBook:
             paging.sort(key=lambda fo: fo[0] != first)
             self._queue(inc, "firing", [o.alert for _, o in paging], fresh, box, dashboard_url)
             return
+        if inc.row["state"] != "open":
+            return  # acknowledged: no repeats until it resolves (a receiver never told is still paged, above)
         every = inc.row["repeat_interval_seconds"]
         last = inc.row["last_notified_at"]
         if not (notified and every and last is not None and self.now - last >= timedelta(seconds=every)):
             return
         firing = [fp for fp in inc.alerts if (current.get(fp) or {}).get("state") == "firing"
-                  and not silenced(inc.alerts[fp]["labels"])]
+                  and not silenced(inc.alerts[fp]["labels"]) and not box.muted(inc.alerts[fp]["labels"])]
         firing.sort(key=lambda fp: fp != first)
         if firing:
             self._queue(inc, "repeat", [content.payload(current[fp], "repeat", dashboard_url) for fp in firing],
