@@ -299,14 +299,14 @@ def evaluate(
                     box.discard(rule.name)
                     continue
                 runs.append(run)
+            for fp, old in list(states.items()):
+                if old["rule"] not in by_name and old["state"] in ACTIVE:
+                    states[fp] = _retire(conn, old, now)  # before the incidents: theirs may resolve now
             if book is not None:
                 _settle(conn, book, runs, states, box, dashboard_url, by_name, silences)
             runs = _persist(conn, now, runs, box, dashboard_url, failures)
             transitions = [t for run in runs for t in run.transitions]
             ignored = {run.rule.name: run.ignored_amounts for run in runs}
-            for old in states.values():
-                if old["rule"] not in by_name and old["state"] in ACTIVE:
-                    _retire(conn, old, now)
             health.record_cycle(conn, now, [r.name for r in rules], failures, ignored, interval_seconds)
             if watchdog_rule is not None:
                 watchdog.send_if_due(conn, watchdog_rule, now, dashboard_url, failing=sorted(failures))
@@ -358,8 +358,9 @@ def _persist(conn: Connection, now: datetime, runs: list[_RuleRun], box: Outbox,
     return kept
 
 
-def _retire(conn: Connection, old: Mapping[str, Any], now: datetime) -> None:
-    """A rule removed from the file: its active series end quietly (no notification)."""
+def _retire(conn: Connection, old: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    """A rule removed from the file: its active series end quietly (no notification of their own;
+    an incident they were in resolves as usual and says so). Returns the series as ended."""
     to_state = "resolved" if old["state"] == "firing" else "inactive"
     conn.execute(
         alert_state.update()
@@ -372,3 +373,4 @@ def _retire(conn: Connection, old: Mapping[str, Any], now: datetime) -> None:
             to_state=to_state, value=old["last_value"], labels=old["labels"], summary="rule removed",
         )
     )
+    return {**old, "state": to_state, "resolved_at": now if to_state == "resolved" else None, "last_evaluated_at": now}

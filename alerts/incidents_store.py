@@ -53,7 +53,7 @@ from alerts.incidents import (
 )
 from alerts.outbox import Outbox
 from alerts.rules import Rule
-from controltower.schema.alerts import incident_alerts, incident_events, incidents
+from controltower.schema.alerts import alert_state, incident_alerts, incident_events, incidents
 from controltower.schema.metrics import hop_health
 from controltower.vocab import rfc3339
 
@@ -135,6 +135,7 @@ class IncidentBook:
         current: dict[str, Mapping[str, Any]] = dict(states)
         for _, final in finals:
             current.update(final)
+        self._load_missing(current)
         joining = [(rule, fp, s) for rule, final in finals for fp, s in final.items()
                    if s["state"] == "firing" and fp not in self.by_fp]
         for change in changes:
@@ -153,6 +154,14 @@ class IncidentBook:
             else:
                 self._notify(inc, current, offers, box, dashboard_url, rules, silenced)
             self._save(inc)
+
+    def _load_missing(self, current: dict[str, Mapping[str, Any]]) -> None:
+        """Attached alerts this evaluation did not read (their rule left the file or was renamed):
+        their stored state, so the incident still resolves and its resolved notice lists them."""
+        missing = sorted({fp for inc in self.by_key.values() for fp in inc.alerts if fp not in current})
+        if missing:
+            for row in self.conn.execute(sa.select(alert_state).where(alert_state.c.fingerprint.in_(missing))):
+                current[row.fingerprint] = dict(row._mapping)
 
     def _precedence(self, rule: Rule, state: Mapping[str, Any]) -> tuple[Any, ...]:
         labels = state["labels"]
