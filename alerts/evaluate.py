@@ -285,7 +285,8 @@ def evaluate(
             silences = active_silences(conn, now)
             box = Outbox.open(conn, now, rules, tuple(routes))
             grouped = incidents is not None and incidents.enabled
-            book = IncidentBook.open(conn, now) if grouped else None
+            # grouping off: incidents left open (the policy changed) still resolve, nothing joins them
+            book = IncidentBook.open(conn, now, grouping=grouped)
             by_key = {(r["sla"], r["channel"], r["window"]): r for r in rows}
             failures: dict[str, str] = {}
             runs: list[_RuleRun] = []
@@ -302,7 +303,7 @@ def evaluate(
             for fp, old in list(states.items()):
                 if old["rule"] not in by_name and old["state"] in ACTIVE:
                     states[fp] = _retire(conn, old, now)  # before the incidents: theirs may resolve now
-            if book is not None:
+            if book.by_key or grouped:
                 _settle(conn, book, runs, states, box, dashboard_url, by_name, silences)
             runs = _persist(conn, now, runs, box, dashboard_url, failures)
             transitions = [t for run in runs for t in run.transitions]
@@ -324,8 +325,9 @@ def _settle(conn: Connection, book: IncidentBook, runs: Sequence[_RuleRun], stat
     try:
         with conn.begin_nested():
             book.settle(
-                [(run.rule, run.final) for run in grouped], states, [e for run in grouped for e in run.events],
+                [(run.rule, run.final) for run in grouped], states, [e for run in runs for e in run.events],
                 offers, box, dashboard_url, by_name, lambda labels: silenced_by(labels, silences) is not None,
+                others=[run.final for run in runs if not run.grouped],
             )
     except Exception:  # noqa: BLE001 - incidents are a grouping of pages: failing, they must not cost the pages
         log.exception("incident grouping failed; this evaluation notifies per rule")

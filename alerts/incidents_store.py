@@ -90,19 +90,20 @@ class Incident:
 
 
 class IncidentBook:
-    def __init__(self, conn: Connection, now: datetime, hops: HopMap) -> None:
+    def __init__(self, conn: Connection, now: datetime, hops: HopMap, grouping: bool = True) -> None:
         self.conn, self.now, self.hops = conn, now, hops
+        self.grouping = grouping  # False (`group_by: none`): open incidents only resolve
         self.by_key: dict[str, Incident] = {}
         self.by_fp: dict[str, Incident] = {}
 
     @classmethod
-    def open(cls, conn: Connection, now: datetime) -> IncidentBook:
+    def open(cls, conn: Connection, now: datetime, *, grouping: bool = True) -> IncidentBook:
         h = hop_health
         hops = HopMap(
             Hop(r.channel, r.hop, int(r.position), r.health, r.sla, r.cause)
             for r in conn.execute(sa.select(h.c.channel, h.c.hop, h.c.position, h.c.health, h.c.sla, h.c.cause))
         )
-        book = cls(conn, now, hops)
+        book = cls(conn, now, hops, grouping)
         rows = conn.execute(sa.select(incidents).where(incidents.c.state != "resolved").with_for_update())
         for row in rows:
             inc = Incident(dict(row._mapping))
@@ -128,16 +129,18 @@ class IncidentBook:
         dashboard_url: str,
         rules: Mapping[str, Rule],
         silenced: Callable[[Mapping[str, str]], bool],
+        others: Sequence[Mapping[str, Mapping[str, Any]]] = (),
     ) -> None:
         """Apply one evaluation's results: `finals` the grouped rules' series after it, `states`
         every stored series before it, `changes` its state changes, `offers` the notifications
-        the state machine decided on (by fingerprint)."""
+        the state machine decided on (by fingerprint), `others` the other rules' series after it
+        (they join no incident, but one may hold them from before grouping was switched off)."""
         current: dict[str, Mapping[str, Any]] = dict(states)
-        for _, final in finals:
+        for final in [*others, *(final for _, final in finals)]:
             current.update(final)
         self._load_missing(current)
         joining = [(rule, fp, s) for rule, final in finals for fp, s in final.items()
-                   if s["state"] == "firing" and fp not in self.by_fp]
+                   if self.grouping and s["state"] == "firing" and fp not in self.by_fp]
         for change in changes:
             inc = self.by_fp.get(change["fingerprint"])
             if inc is not None and change["to_state"] in ("resolved", "inactive") and change["from_state"] == "firing":
@@ -151,7 +154,7 @@ class IncidentBook:
             alive = [fp for fp in inc.alerts if (current.get(fp) or {}).get("state") in ACTIVE]
             if not alive:
                 self._resolve(inc, current, box, dashboard_url)
-            else:
+            elif self.grouping:
                 self._notify(inc, current, offers, box, dashboard_url, rules, silenced)
             self._save(inc)
 
