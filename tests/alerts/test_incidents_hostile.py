@@ -228,3 +228,25 @@ def test_the_dashboard_answers_junk_incident_ids_with_a_warning(engine, app_env,
     erp_down(engine)  # some data, so the page does not stop at its empty state
     at = run("views/incidents.py", id=junk)  # `run` asserts the page raised nothing
     assert any("No incident" in w.value for w in at.warning)
+
+
+def test_incident_http_answers_junk_with_404_or_400(engine, collector):
+    import httpx
+
+    rs = ruleset()
+    erp_down(engine)
+    tick(engine, rs, T0)
+    [inc] = incident_rows(engine)
+    base = f"{collector.url}/v1/incidents"
+    for junk in ("-1", str(2**70), "abc", "9223372036854775807", "%C2%B2", "1.0"):
+        r = httpx.get(f"{base}/{junk}")
+        assert r.status_code == 404, (junk, r.status_code)
+        assert httpx.post(f"{base}/{junk}/ack", json={"by": "x"}).status_code == 404
+    r = httpx.get(base, params={"state": "x" * 5000})
+    assert r.status_code == 400 and len(r.text) < 300
+    assert httpx.post(f"{base}/{inc['id']}/ack", content=b"{not json").status_code == 400
+    assert httpx.post(f"{base}/{inc['id']}/ack", json={"by": ["a"]}).status_code == 400
+    r = httpx.post(f"{base}/{inc['id']}/ack", json={"by": "\u202eévil\x07" + "é" * 5000})
+    assert r.status_code == 200
+    assert r.json()["acknowledged_by"] == "évil" + "é" * 196  # control and bidi characters out, 200 kept
+    assert httpx.post(f"{base}/{inc['id']}/ack").json()["acknowledged_by"] == r.json()["acknowledged_by"]
