@@ -22,7 +22,7 @@ those with a `digest_interval`, which keep their digests):
   acknowledgement was not theirs); repeats skip alerts whose route is muted now;
 - the incident resolves when none of its alerts is pending or firing; receivers that were paged
   get one resolved notification whose text is the one sent when firing plus the resolution time
-  (`incidents.resolved_text`). An incident whose alerts were all silenced paged nobody, and
+  (`incidents.resolved_text`), listing the alerts that were notified (not the silenced ones). An incident whose alerts were all silenced paged nobody, and
   sends nothing when it resolves.
 
 Acknowledging an incident is a core operation (`controltower.alertops.acknowledge_incident`).
@@ -232,6 +232,8 @@ class IncidentBook:
             return
         first = inc.first()
         done = sorted((fp for fp in inc.alerts if fp in current), key=lambda fp: fp != first)
+        # the alerts that were notified (a silenced or held one never was): what the page told of
+        done = [fp for fp in done if current[fp].get("last_notified_at") is not None] or done
         snapshots = []
         for fp in done:
             state = dict(current[fp])

@@ -250,3 +250,19 @@ def test_incident_http_answers_junk_with_404_or_400(engine, collector):
     assert r.status_code == 200
     assert r.json()["acknowledged_by"] == "évil" + "é" * 196  # control and bidi characters out, 200 kept
     assert httpx.post(f"{base}/{inc['id']}/ack").json()["acknowledged_by"] == r.json()["acknowledged_by"]
+
+
+def test_the_resolved_notice_lists_the_alerts_that_were_paged_not_the_silenced_ones(engine):
+    rs = ruleset()
+    alertops.add_silence(engine, {"channel": "amazon"}, starts_at=T0 - M, ends_at=T0 + timedelta(hours=9),
+                         created_by="test")
+    erp_down(engine, "amazon")  # silenced: joins the incident (and opens it), pages nobody
+    erp_down(engine, "b2b")
+    tick(engine, rs, T0)
+    put_row(engine, channel="amazon", open_breaches=0, health="ok")
+    put_row(engine, channel="b2b", open_breaches=0, health="ok")
+    tick(engine, rs, T0 + M)
+    firing, resolved = (r["payload"] for r in outbox(engine))
+    assert [a["labels"]["channel"] for a in firing["alerts"]] == ["b2b"]
+    assert [a["labels"]["channel"] for a in resolved["alerts"]] == ["b2b"]
+    assert resolved["labels"]["channel"] == "b2b"  # the notice is headed by what the page was
