@@ -14,7 +14,9 @@ written in one batch (state, history in `alert_events`, outbox rows); should tha
 rule on savepoints, so only the culprit is lost. The cycle's success time, the per-rule errors
 and the impact amounts ignored (`alerts.health`) and a due watchdog notification
 (`alerts.watchdog`) land in the same transaction, so a process that dies between evaluating and
-sending loses nothing and sends nothing twice.
+sending loses nothing and sends nothing twice. Evaluations are serialized by a transaction-level
+advisory lock, so two running at once (a leader and a standby during a takeover, or one by hand)
+evaluate one after the other.
 """
 
 from __future__ import annotations
@@ -275,11 +277,16 @@ def evaluate(
     transitions: list[Transition] = []
     try:
         with engine.begin() as conn:
+            # One evaluation at a time (a takeover's overlap, `alerts evaluate` by hand): the next
+            # one starts from this one's committed state instead of racing it into the open-key
+            # index of incidents (and out to per-rule pages) or re-sending what it just sent.
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('controltower.alerts.evaluate'))"))
             rows, states = _read(conn, rules, now)
             silences = active_silences(conn, now)
             box = Outbox.open(conn, now, rules, tuple(routes))
             grouped = incidents is not None and incidents.enabled
-            book = IncidentBook.open(conn, now) if grouped else None
+            # grouping off: incidents left open (the policy changed) still resolve, nothing joins them
+            book = IncidentBook.open(conn, now, grouping=grouped)
             by_key = {(r["sla"], r["channel"], r["window"]): r for r in rows}
             failures: dict[str, str] = {}
             runs: list[_RuleRun] = []
@@ -293,14 +300,14 @@ def evaluate(
                     box.discard(rule.name)
                     continue
                 runs.append(run)
-            if book is not None:
+            for fp, old in list(states.items()):
+                if old["rule"] not in by_name and old["state"] in ACTIVE:
+                    states[fp] = _retire(conn, old, now)  # before the incidents: theirs may resolve now
+            if book.by_key or grouped:
                 _settle(conn, book, runs, states, box, dashboard_url, by_name, silences)
             runs = _persist(conn, now, runs, box, dashboard_url, failures)
             transitions = [t for run in runs for t in run.transitions]
             ignored = {run.rule.name: run.ignored_amounts for run in runs}
-            for old in states.values():
-                if old["rule"] not in by_name and old["state"] in ACTIVE:
-                    _retire(conn, old, now)
             health.record_cycle(conn, now, [r.name for r in rules], failures, ignored, interval_seconds)
             if watchdog_rule is not None:
                 watchdog.send_if_due(conn, watchdog_rule, now, dashboard_url, failing=sorted(failures))
@@ -318,8 +325,9 @@ def _settle(conn: Connection, book: IncidentBook, runs: Sequence[_RuleRun], stat
     try:
         with conn.begin_nested():
             book.settle(
-                [(run.rule, run.final) for run in grouped], states, [e for run in grouped for e in run.events],
+                [(run.rule, run.final) for run in grouped], states, [e for run in runs for e in run.events],
                 offers, box, dashboard_url, by_name, lambda labels: silenced_by(labels, silences) is not None,
+                others=[run.final for run in runs if not run.grouped],
             )
     except Exception:  # noqa: BLE001 - incidents are a grouping of pages: failing, they must not cost the pages
         log.exception("incident grouping failed; this evaluation notifies per rule")
@@ -352,8 +360,9 @@ def _persist(conn: Connection, now: datetime, runs: list[_RuleRun], box: Outbox,
     return kept
 
 
-def _retire(conn: Connection, old: Mapping[str, Any], now: datetime) -> None:
-    """A rule removed from the file: its active series end quietly (no notification)."""
+def _retire(conn: Connection, old: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    """A rule removed from the file: its active series end quietly (no notification of their own;
+    an incident they were in resolves as usual and says so). Returns the series as ended."""
     to_state = "resolved" if old["state"] == "firing" else "inactive"
     conn.execute(
         alert_state.update()
@@ -366,3 +375,4 @@ def _retire(conn: Connection, old: Mapping[str, Any], now: datetime) -> None:
             to_state=to_state, value=old["last_value"], labels=old["labels"], summary="rule removed",
         )
     )
+    return {**old, "state": to_state, "resolved_at": now if to_state == "resolved" else None, "last_evaluated_at": now}

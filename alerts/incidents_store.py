@@ -17,10 +17,12 @@ those with a `digest_interval`, which keep their digests):
   `incident` = {id, key, title, cause, state, alert_count, channels, opened_at, impact},
   `dedup_key` = "incident-<id>", `summary`/`title` = the incident's title, `groupKey` = its key.
   Repeats follow the first alert's rule's `repeat_interval` while the incident is open and not
-  acknowledged; the alerts' own repeat notifications are dropped;
+  acknowledged; the alerts' own repeat notifications are dropped. An alert joining an
+  acknowledged incident still pages receivers not notified for it yet (another team's route: the
+  acknowledgement was not theirs); repeats skip alerts whose route is muted now;
 - the incident resolves when none of its alerts is pending or firing; receivers that were paged
   get one resolved notification whose text is the one sent when firing plus the resolution time
-  (`incidents.resolved_text`). An incident whose alerts were all silenced paged nobody, and
+  (`incidents.resolved_text`), listing the alerts that were notified (not the silenced ones). An incident whose alerts were all silenced paged nobody, and
   sends nothing when it resolves.
 
 Acknowledging an incident is a core operation (`controltower.alertops.acknowledge_incident`).
@@ -51,7 +53,7 @@ from alerts.incidents import (
 )
 from alerts.outbox import Outbox
 from alerts.rules import Rule
-from controltower.schema.alerts import incident_alerts, incident_events, incidents
+from controltower.schema.alerts import alert_state, incident_alerts, incident_events, incidents
 from controltower.schema.metrics import hop_health
 from controltower.vocab import rfc3339
 
@@ -88,19 +90,20 @@ class Incident:
 
 
 class IncidentBook:
-    def __init__(self, conn: Connection, now: datetime, hops: HopMap) -> None:
+    def __init__(self, conn: Connection, now: datetime, hops: HopMap, grouping: bool = True) -> None:
         self.conn, self.now, self.hops = conn, now, hops
+        self.grouping = grouping  # False (`group_by: none`): open incidents only resolve
         self.by_key: dict[str, Incident] = {}
         self.by_fp: dict[str, Incident] = {}
 
     @classmethod
-    def open(cls, conn: Connection, now: datetime) -> IncidentBook:
+    def open(cls, conn: Connection, now: datetime, *, grouping: bool = True) -> IncidentBook:
         h = hop_health
         hops = HopMap(
             Hop(r.channel, r.hop, int(r.position), r.health, r.sla, r.cause)
             for r in conn.execute(sa.select(h.c.channel, h.c.hop, h.c.position, h.c.health, h.c.sla, h.c.cause))
         )
-        book = cls(conn, now, hops)
+        book = cls(conn, now, hops, grouping)
         rows = conn.execute(sa.select(incidents).where(incidents.c.state != "resolved").with_for_update())
         for row in rows:
             inc = Incident(dict(row._mapping))
@@ -126,15 +129,18 @@ class IncidentBook:
         dashboard_url: str,
         rules: Mapping[str, Rule],
         silenced: Callable[[Mapping[str, str]], bool],
+        others: Sequence[Mapping[str, Mapping[str, Any]]] = (),
     ) -> None:
         """Apply one evaluation's results: `finals` the grouped rules' series after it, `states`
         every stored series before it, `changes` its state changes, `offers` the notifications
-        the state machine decided on (by fingerprint)."""
+        the state machine decided on (by fingerprint), `others` the other rules' series after it
+        (they join no incident, but one may hold them from before grouping was switched off)."""
         current: dict[str, Mapping[str, Any]] = dict(states)
-        for _, final in finals:
+        for final in [*others, *(final for _, final in finals)]:
             current.update(final)
+        self._load_missing(current)
         joining = [(rule, fp, s) for rule, final in finals for fp, s in final.items()
-                   if s["state"] == "firing" and fp not in self.by_fp]
+                   if self.grouping and s["state"] == "firing" and fp not in self.by_fp]
         for change in changes:
             inc = self.by_fp.get(change["fingerprint"])
             if inc is not None and change["to_state"] in ("resolved", "inactive") and change["from_state"] == "firing":
@@ -148,9 +154,17 @@ class IncidentBook:
             alive = [fp for fp in inc.alerts if (current.get(fp) or {}).get("state") in ACTIVE]
             if not alive:
                 self._resolve(inc, current, box, dashboard_url)
-            else:
+            elif self.grouping:
                 self._notify(inc, current, offers, box, dashboard_url, rules, silenced)
             self._save(inc)
+
+    def _load_missing(self, current: dict[str, Mapping[str, Any]]) -> None:
+        """Attached alerts this evaluation did not read (their rule left the file or was renamed):
+        their stored state, so the incident still resolves and its resolved notice lists them."""
+        missing = sorted({fp for inc in self.by_key.values() for fp in inc.alerts if fp not in current})
+        if missing:
+            for row in self.conn.execute(sa.select(alert_state).where(alert_state.c.fingerprint.in_(missing))):
+                current[row.fingerprint] = dict(row._mapping)
 
     def _precedence(self, rule: Rule, state: Mapping[str, Any]) -> tuple[Any, ...]:
         labels = state["labels"]
@@ -185,8 +199,6 @@ class IncidentBook:
     def _notify(self, inc: Incident, current: Mapping[str, Mapping[str, Any]], offers: Mapping[str, Offer],
                 box: Outbox, dashboard_url: str, rules: Mapping[str, Rule],
                 silenced: Callable[[Mapping[str, str]], bool]) -> None:
-        if inc.row["state"] != "open":
-            return  # acknowledged: no more pages until it resolves
         paging = [(fp, offers[fp]) for fp in inc.alerts if fp in offers and offers[fp].kind == "firing"]
         notified = list(inc.row["notified_receivers"] or [])
         wanted: list[str] = []
@@ -198,12 +210,14 @@ class IncidentBook:
             paging.sort(key=lambda fo: fo[0] != first)
             self._queue(inc, "firing", [o.alert for _, o in paging], fresh, box, dashboard_url)
             return
+        if inc.row["state"] != "open":
+            return  # acknowledged: no repeats until it resolves (a receiver never told is still paged, above)
         every = inc.row["repeat_interval_seconds"]
         last = inc.row["last_notified_at"]
         if not (notified and every and last is not None and self.now - last >= timedelta(seconds=every)):
             return
         firing = [fp for fp in inc.alerts if (current.get(fp) or {}).get("state") == "firing"
-                  and not silenced(inc.alerts[fp]["labels"])]
+                  and not silenced(inc.alerts[fp]["labels"]) and not box.muted(inc.alerts[fp]["labels"])]
         firing.sort(key=lambda fp: fp != first)
         if firing:
             self._queue(inc, "repeat", [content.payload(current[fp], "repeat", dashboard_url) for fp in firing],
@@ -218,6 +232,8 @@ class IncidentBook:
             return
         first = inc.first()
         done = sorted((fp for fp in inc.alerts if fp in current), key=lambda fp: fp != first)
+        # the alerts that were notified (a silenced or held one never was): what the page told of
+        done = [fp for fp in done if current[fp].get("last_notified_at") is not None] or done
         snapshots = []
         for fp in done:
             state = dict(current[fp])

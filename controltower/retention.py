@@ -44,6 +44,8 @@ _DERIVED = (
     ("alert_events", "at", "retention_alerts"),
     ("alert_notifications", "created_at", "retention_alerts"),
     ("alert_audit", "at", "retention_alerts"),
+    # resolved incidents (open ones have no resolved_at), their alerts and timeline by cascade
+    ("incidents", "resolved_at", "retention_alerts"),
     ("event_conflicts", "last_seen_at", "retention_events"),
     # read by the SLA job within minutes of being written; kept longer while the job lags
     # (see _journal_cutoff)

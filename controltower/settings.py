@@ -301,7 +301,7 @@ class Settings:
         400 * 86400.0, _seconds, "Hourly SLA rollups are kept this long (13 months for year-on-year)."
     )
     retention_alerts: float = _setting(
-        180 * 86400.0, _seconds, "Alert history, delivered notifications and the audit log are kept this long."
+        180 * 86400.0, _seconds, "Alert history, delivered notifications, the audit log and resolved incidents are kept this long."
     )
 
     @classmethod

@@ -23,7 +23,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 LEADER_LOCK = 0x43540002  # advisory lock id of the scheduler leader (0x4354 = "CT")
 WAKE_JOB = "pipeline.wake"  # the one-shot extra run of the pipeline a stage's `wake` asked for
+WAKE_MIN_GAP = timedelta(seconds=1)  # between an extra run and the next extra run it asks for
 
 
 def room_jobs(context: AppContext) -> list[ScheduledJob]:
@@ -84,20 +85,26 @@ def _add_interval_job(scheduler: Any, fire: Callable[[], None], name: str, inter
 
 def _pipelined(pipeline: Pipeline, scheduler: Any, leading: threading.Event) -> Callable[[], None]:
     """The pipeline as an APScheduler job: after a run, an extra run at the earliest wake-up a
-    stage asked for, when that comes before the next regular tick."""
+    stage asked for, when that comes before the next regular tick. A wake-up asked by an extra
+    run itself comes at least `WAKE_MIN_GAP` after that run started: pending series with many
+    different `for` (or a stage always asking for "soon") cost at most one extra run per second,
+    not a pipeline (a full metrics refresh) back to back."""
     from apscheduler.triggers.date import DateTrigger
 
-    def fire() -> None:
+    def fire(extra: bool = False) -> None:
         if not leading.is_set():
             return
+        began = datetime.now(UTC)
         wake = pipeline.run(leading)
         if wake is None or not leading.is_set():
             return
+        if extra:
+            wake = max(wake, began + WAKE_MIN_GAP)
         tick = scheduler.get_job(pipeline.name)
         if tick is not None and tick.next_run_time is not None and wake >= tick.next_run_time:
             return  # the regular tick comes first and evaluates after that moment anyway
         log.debug("pipeline: extra run at %s", wake.isoformat())
-        scheduler.add_job(fire, DateTrigger(run_date=wake, timezone=UTC), id=WAKE_JOB, name=WAKE_JOB,
+        scheduler.add_job(fire, DateTrigger(run_date=wake, timezone=UTC), args=(True,), id=WAKE_JOB, name=WAKE_JOB,
                           misfire_grace_time=None, replace_existing=True)
 
     return fire

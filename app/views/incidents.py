@@ -8,6 +8,7 @@ from the CLI and the API) with the signed-in identity, or a typed name without s
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 import streamlit as st
@@ -17,6 +18,7 @@ from app.escaping import md
 from controltower import alertops
 from controltower.errors import ControlTowerError
 
+INCIDENT_ID = re.compile(r"[0-9]{1,18}")
 TIME = st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm z")
 
 st.title("Incidents")
@@ -27,7 +29,7 @@ if notice:
     st.success(notice, icon=":material/check_circle:")
 
 raw_id = st.query_params.get("id", "")
-if raw_id and not raw_id.isdigit():
+if raw_id and not INCIDENT_ID.fullmatch(raw_id):  # ASCII digits that fit a bigint (not "²", not 10**20)
     st.warning(f"No incident {md(raw_id[:40])}.")
     raw_id = ""
 
