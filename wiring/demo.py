@@ -21,7 +21,6 @@ receiver prints each firing notification as one line in this terminal.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -34,7 +33,9 @@ from typing import Any
 
 import httpx
 import typer
+import yaml
 
+from controltower import yamlfile
 from controltower.clitools import console, context_of, fail, settings_of
 from controltower.db import stop_embedded
 from controltower.errors import ConfigError, ControlTowerError
@@ -73,7 +74,6 @@ def _wait_ready(url: str, children: list[Child], timeout: float = 60.0) -> bool:
     return False
 
 
-_FOR = re.compile(r"^(\s*(?:-\s+)?for:\s*)(\S+)(.*)$", re.MULTILINE)
 _DEMO_HEADER = """\
 # Alert rules of `controltower demo`, written at each start: the shipped rules (alerts/alerts.yaml)
 # with every `for` longer than {cap} shortened to {cap}.
@@ -88,18 +88,35 @@ _DEMO_HEADER = """\
 """
 
 
-def demo_rules_text(shipped: str, cap: str = DEMO_MAX_FOR) -> str:
-    """The shipped rules file with every `for` longer than `cap` shortened to `cap` (nothing else changes)."""
+def demo_rules_text(shipped: str, cap: str = DEMO_MAX_FOR, source: str = "alerts.yaml") -> str:
+    """The shipped rules file with every rule's `for` longer than `cap` shortened to `cap` (nothing
+    else changes: the value is replaced where YAML says it is, so a comment or an annotation that
+    reads `for: 30m` stays as written). A file YAML cannot read raises ConfigError with file:line."""
     limit = parse_duration(cap)
-
-    def shorten(match: re.Match[str]) -> str:
+    yamlfile.loads(shipped, source)  # file:line errors (and the size budget) before the raw walk
+    root = yaml.compose(shipped, Loader=yaml.SafeLoader)
+    spans: list[tuple[int, int]] = []
+    rules = _value(root, "rules")
+    for rule in rules.value if isinstance(rules, yaml.SequenceNode) else ():
+        node = _value(rule, "for")
+        if not isinstance(node, yaml.ScalarNode):
+            continue
         try:
-            seconds = parse_duration(match.group(2).strip("\"'"))
+            seconds = parse_duration(node.value)
         except ConfigError:
-            return match.group(0)  # not a duration: left for the rules' own validation to report
-        return f"{match.group(1)}{cap}{match.group(3)}" if seconds > limit else match.group(0)
+            continue  # not a duration: left for the rules' own validation to report
+        if seconds > limit:
+            spans.append((node.start_mark.index, node.end_mark.index))
+    out = shipped
+    for start, end in sorted(spans, reverse=True):
+        out = out[:start] + cap + out[end:]
+    return _DEMO_HEADER.format(cap=cap) + out
 
-    return _DEMO_HEADER.format(cap=cap) + _FOR.sub(shorten, shipped)
+
+def _value(node: yaml.Node | None, key: str) -> yaml.Node | None:
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    return next((v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == key), None)
 
 
 def write_demo_rules(folder: Path) -> Path:

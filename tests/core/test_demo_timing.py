@@ -107,3 +107,23 @@ def test_demo_outage_has_breached_when_the_live_clock_reaches_the_present(engine
     later = evaluate(engine, unposted, present + timedelta(seconds=unposted[0].for_seconds))
     assert {t.labels["channel"]: (t.to_state, t.notification) for t in later} == dict.fromkeys(
         CHANNELS, ("firing", "firing"))
+
+
+def test_demo_rules_rewrite_only_the_rules_for_values_not_text_that_looks_like_one():
+    text = (
+        "# for: 10m in a comment stays\n"
+        "rules:\n"
+        "  - name: A\n"
+        "    for: 10m   # ten minutes\n"
+        "    annotations:\n"
+        "      description: |\n"
+        "        for: 30m the ERP did not post\n"
+        "      summary: 'for: 1h'\n"
+        "  - {name: B, summary: \"x for: 9m\", for: 15m}\n"
+        "  - name: C\n"
+        "    for: '1h'\n"
+    )
+    out = demo.demo_rules_text(text)
+    body = out[out.index("# for: 10m in a comment"):]
+    assert body == text.replace("for: 10m   #", "for: 2m   #").replace("for: 15m}", "for: 2m}").replace(
+        "for: '1h'", "for: 2m")
