@@ -130,6 +130,19 @@ def write_demo_rules(folder: Path) -> Path:
     return path
 
 
+def check_alerts_file(environ: dict[str, str] | os._Environ[str]) -> None:
+    """The user's own rules file (CONTROLTOWER_ALERTS_FILE), checked before anything starts: a
+    missing or invalid file is one line now, not a scheduler dying after the backfill."""
+    from alerts.rules import load_rules
+
+    path = environ.get("CONTROLTOWER_ALERTS_FILE")
+    if path:
+        try:
+            load_rules(Path(path))
+        except ConfigError as exc:
+            raise ConfigError(f"CONTROLTOWER_ALERTS_FILE: {exc}") from None
+
+
 def child_environment(environ: dict[str, str], dashboard_url: str, alerts_file: Path) -> dict[str, str]:
     """The children's environment: the demo's rules, tick and deep links unless the user set them."""
     env = dict(environ, PYTHONUNBUFFERED="1")
@@ -176,6 +189,7 @@ def demo_command(
         lead = parse_duration(catch_up, where="--catch-up")
         check_window(history, lead, settings)
         run = Run(seed=seed, faults=parse_faults(fault), ids=ids, backfill=history, lead=lead)
+        check_alerts_file(os.environ)
     except ConfigError as exc:
         fail(str(exc))
     context = context_of(ctx, application_name="controltower-demo")
