@@ -20,6 +20,7 @@ and prints the figures and ratios.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -32,7 +33,7 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import scratch  # noqa: E402
-from controltower import migrate  # noqa: E402
+from controltower import calendars, migrate  # noqa: E402
 from controltower.db import make_engine  # noqa: E402
 from metrics import compute, definitions, rollups  # noqa: E402
 
@@ -120,6 +121,24 @@ def timed(fn, repeat: int) -> tuple[float, float]:
     return statistics.median(samples), max(samples)
 
 
+def whole_days(defs: definitions.Definitions, mode: str) -> definitions.Definitions:
+    """The shipped definitions, or with every latency SLA's targets in whole days (and a calendar)."""
+    if mode == "off":
+        return defs
+    choice = calendars.Choice(calendars={c.name: c for c in defs.calendars}, default="us-warehouse")
+
+    def days(ms: int | None) -> int | None:
+        return None if ms is None else -(-ms // calendars.DAY_MS) * calendars.DAY_MS
+
+    slas = tuple(
+        dataclasses.replace(s, target_ms=days(s.target_ms), targets_ms={k: days(v) for k, v in s.targets_ms.items()},
+                            calendar=choice if mode == "calendar" else None)
+        if s.kind == "milestone_latency" and s.target_ms else s
+        for s in defs.slas
+    )
+    return dataclasses.replace(defs, slas=slas)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database-url", default=os.environ.get("CONTROLTOWER_DATABASE_URL"))
@@ -127,6 +146,9 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=14)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--keep", action="store_true", help="keep the benchmark database")
+    parser.add_argument("--whole-days", choices=["off", "plain", "calendar"], default="off",
+                        help="plain: every latency SLA's targets rounded up to whole days; calendar: the same "
+                             "counted in business days of the shipped us-warehouse calendar (the cost of calendars)")
     args = parser.parse_args()
     if not args.database_url:
         sys.exit("--database-url (or CONTROLTOWER_DATABASE_URL) is required: the benchmark creates its own database there")
@@ -135,7 +157,7 @@ def main() -> None:
     try:
         migrate.upgrade(engine)
         now = datetime.now(UTC).replace(second=0, microsecond=0)
-        defs = definitions.load()
+        defs = whole_days(definitions.load(), args.whole_days)
         print(f"generating {args.transactions:,} transactions over {args.days} days …", flush=True)
         t0 = time.perf_counter()
         generate(engine, args.transactions, now, args.days)

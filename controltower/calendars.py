@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
+from functools import cached_property
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
@@ -41,6 +42,10 @@ DEFAULT_BUSINESS_DAYS = (1, 2, 3, 4, 5)
 DAY_MS = 86_400_000
 LOCATION_ATTRIBUTE = "location"
 _SEARCH_LIMIT = 3660  # business days are searched at most ten years ahead (holidays are finite)
+_FIRST_YEAR, _LAST_YEAR = 1970, 2200  # the judge's EARLIEST and LATEST: no start or promise lies outside
+LONGEST_CLOSURE = 366  # days in a row without a business day a calendar may have (checked when loaded)
+# host-dependent or placeless zones: the API host and the database host could read them differently
+_NOT_PLACES = frozenset({"localtime", "Factory", "posixrules"})
 _CAL_KEYS = {"timezone", "business_days", "holidays", "cutoff", "pickup"}
 
 
@@ -57,8 +62,17 @@ class Calendar:
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
 
+    @cached_property
+    def _holiday_set(self) -> frozenset[date]:
+        return frozenset(self.holidays)
+
+    @property
+    def effective_cutoff(self) -> time | None:
+        """The cut-off, else the pickup: once the carrier has left, nothing ships that day."""
+        return self.cutoff if self.cutoff is not None else self.pickup
+
     def is_business_day(self, day: date) -> bool:
-        return day.isoweekday() in self.business_days and day not in self.holidays
+        return day.isoweekday() in self.business_days and day not in self._holiday_set
 
     def next_business_day(self, day: date) -> date:
         for _ in range(_SEARCH_LIMIT):
@@ -99,7 +113,7 @@ class Calendar:
     def sql_args(self) -> dict[str, Any]:
         """The arguments `ct_business_due` takes after start and days."""
         return {"tz": self.timezone, "workdays": list(self.business_days), "holidays": list(self.holidays),
-                "cutoff": self.cutoff, "pickup": self.pickup}
+                "cutoff": self.effective_cutoff, "pickup": self.pickup}
 
 
 @dataclass(frozen=True)
@@ -140,7 +154,8 @@ def due(start: datetime, days: int, calendar: Calendar) -> datetime:
     zone = calendar.zone
     local = start.astimezone(zone)
     day = local.date()
-    if not calendar.is_business_day(day) or (calendar.cutoff is not None and local.time() >= calendar.cutoff):
+    cutoff = calendar.effective_cutoff
+    if not calendar.is_business_day(day) or (cutoff is not None and local.time() >= cutoff):
         day = calendar.next_business_day(day)
     for _ in range(days):
         day = calendar.next_business_day(day)
@@ -176,7 +191,7 @@ def _parse_calendar(doc: Located, name: str, spec: Any, *path: Any) -> Calendar:
     if not isinstance(zone, str) or not zone:
         raise doc.error(f"calendar {name}: needs `timezone`, an IANA name like America/New_York", *path)
     try:
-        valid = zone in available_timezones() and ZoneInfo(zone) is not None
+        valid = zone not in _NOT_PLACES and zone in available_timezones() and ZoneInfo(zone) is not None
     except (ZoneInfoNotFoundError, ValueError):
         valid = False
     if not valid:
@@ -204,8 +219,40 @@ def _parse_calendar(doc: Located, name: str, spec: Any, *path: Any) -> Calendar:
             parsed.add(date.fromisoformat(day) if isinstance(day, str) and len(day) == 10 else _bad())
         except ValueError:
             raise doc.error(f"calendar {name}: holidays: {day!r} is not a date like 2026-12-25", *path, "holidays", i) from None
-    return Calendar(name=name, timezone=zone, business_days=tuple(sorted(numbers)), holidays=tuple(sorted(parsed)),
-                    cutoff=_time(doc, name, spec, "cutoff", path), pickup=_time(doc, name, spec, "pickup", path))
+    outside = next((d for d in sorted(parsed) if not _FIRST_YEAR <= d.year < _LAST_YEAR), None)
+    if outside is not None:
+        raise doc.error(f"calendar {name}: holidays: {outside} is outside {_FIRST_YEAR}–{_LAST_YEAR}", *path, "holidays")
+    cutoff, pickup = _time(doc, name, spec, "cutoff", path), _time(doc, name, spec, "pickup", path)
+    if cutoff is not None and pickup is not None and cutoff > pickup:
+        raise doc.error(f"calendar {name}: cutoff {_hhmm(cutoff)} is after pickup {_hhmm(pickup)} (an order between "
+                        "them would be due before it came)", *path, "cutoff")
+    calendar = Calendar(name=name, timezone=zone, business_days=tuple(sorted(numbers)), holidays=tuple(sorted(parsed)),
+                        cutoff=cutoff, pickup=pickup)
+    closure = longest_closure(calendar)
+    if closure is not None:
+        raise doc.error(f"calendar {name}: holidays: no business day from {closure[0]} to {closure[1]} (at most "
+                        f"{LONGEST_CLOSURE} days in a row, so a due time is always found)", *path, "holidays")
+    return calendar
+
+
+def longest_closure(calendar: Calendar) -> tuple[date, date] | None:
+    """The first run of more than LONGEST_CLOSURE days without a business day (first, last), or None.
+    Only holidays can make one (business_days is never empty), so only their span is walked."""
+    if not calendar.holidays:
+        return None
+    first: date | None = None
+    day, last = calendar.holidays[0], calendar.holidays[-1]
+    while day <= last + timedelta(days=7):
+        if calendar.is_business_day(day):
+            first = None
+        else:
+            first = first or day
+            if (day - first).days >= LONGEST_CLOSURE:
+                while not calendar.is_business_day(day + timedelta(days=1)):
+                    day += timedelta(days=1)
+                return first, day
+        day += timedelta(days=1)
+    return None
 
 
 _DAY_NAMES = frozenset(WEEKDAYS) | {"monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"}

@@ -21,7 +21,6 @@ receiver prints each firing notification as one line in this terminal.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -34,7 +33,9 @@ from typing import Any
 
 import httpx
 import typer
+import yaml
 
+from controltower import yamlfile
 from controltower.clitools import console, context_of, fail, settings_of
 from controltower.db import stop_embedded
 from controltower.errors import ConfigError, ControlTowerError
@@ -73,7 +74,6 @@ def _wait_ready(url: str, children: list[Child], timeout: float = 60.0) -> bool:
     return False
 
 
-_FOR = re.compile(r"^(\s*(?:-\s+)?for:\s*)(\S+)(.*)$", re.MULTILINE)
 _DEMO_HEADER = """\
 # Alert rules of `controltower demo`, written at each start: the shipped rules (alerts/alerts.yaml)
 # with every `for` longer than {cap} shortened to {cap}.
@@ -88,18 +88,35 @@ _DEMO_HEADER = """\
 """
 
 
-def demo_rules_text(shipped: str, cap: str = DEMO_MAX_FOR) -> str:
-    """The shipped rules file with every `for` longer than `cap` shortened to `cap` (nothing else changes)."""
+def demo_rules_text(shipped: str, cap: str = DEMO_MAX_FOR, source: str = "alerts.yaml") -> str:
+    """The shipped rules file with every rule's `for` longer than `cap` shortened to `cap` (nothing
+    else changes: the value is replaced where YAML says it is, so a comment or an annotation that
+    reads `for: 30m` stays as written). A file YAML cannot read raises ConfigError with file:line."""
     limit = parse_duration(cap)
-
-    def shorten(match: re.Match[str]) -> str:
+    yamlfile.loads(shipped, source)  # file:line errors (and the size budget) before the raw walk
+    root = yaml.compose(shipped, Loader=yaml.SafeLoader)
+    spans: list[tuple[int, int]] = []
+    rules = _value(root, "rules")
+    for rule in rules.value if isinstance(rules, yaml.SequenceNode) else ():
+        node = _value(rule, "for")
+        if not isinstance(node, yaml.ScalarNode):
+            continue
         try:
-            seconds = parse_duration(match.group(2).strip("\"'"))
+            seconds = parse_duration(node.value)
         except ConfigError:
-            return match.group(0)  # not a duration: left for the rules' own validation to report
-        return f"{match.group(1)}{cap}{match.group(3)}" if seconds > limit else match.group(0)
+            continue  # not a duration: left for the rules' own validation to report
+        if seconds > limit:
+            spans.append((node.start_mark.index, node.end_mark.index))
+    out = shipped
+    for start, end in sorted(spans, reverse=True):
+        out = out[:start] + cap + out[end:]
+    return _DEMO_HEADER.format(cap=cap) + out
 
-    return _DEMO_HEADER.format(cap=cap) + _FOR.sub(shorten, shipped)
+
+def _value(node: yaml.Node | None, key: str) -> yaml.Node | None:
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    return next((v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == key), None)
 
 
 def write_demo_rules(folder: Path) -> Path:
@@ -111,6 +128,19 @@ def write_demo_rules(folder: Path) -> Path:
     path.write_text(demo_rules_text(DEFAULT_FILE.read_text(encoding="utf-8")), encoding="utf-8")
     load_rules(path)
     return path
+
+
+def check_alerts_file(environ: dict[str, str] | os._Environ[str]) -> None:
+    """The user's own rules file (CONTROLTOWER_ALERTS_FILE), checked before anything starts: a
+    missing or invalid file is one line now, not a scheduler dying after the backfill."""
+    from alerts.rules import load_rules
+
+    path = environ.get("CONTROLTOWER_ALERTS_FILE")
+    if path:
+        try:
+            load_rules(Path(path))
+        except ConfigError as exc:
+            raise ConfigError(f"CONTROLTOWER_ALERTS_FILE: {exc}") from None
 
 
 def child_environment(environ: dict[str, str], dashboard_url: str, alerts_file: Path) -> dict[str, str]:
@@ -159,6 +189,7 @@ def demo_command(
         lead = parse_duration(catch_up, where="--catch-up")
         check_window(history, lead, settings)
         run = Run(seed=seed, faults=parse_faults(fault), ids=ids, backfill=history, lead=lead)
+        check_alerts_file(os.environ)
     except ConfigError as exc:
         fail(str(exc))
     context = context_of(ctx, application_name="controltower-demo")

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import sqlalchemy as sa
 
 from alerts.evaluate import evaluate
 from alerts.rules import load_rules
+from controltower.errors import ConfigError
 from controltower.settings import parse_duration
 from metrics import jobs as metric_jobs
 from simulator.emit import StoreSink
@@ -107,3 +109,31 @@ def test_demo_outage_has_breached_when_the_live_clock_reaches_the_present(engine
     later = evaluate(engine, unposted, present + timedelta(seconds=unposted[0].for_seconds))
     assert {t.labels["channel"]: (t.to_state, t.notification) for t in later} == dict.fromkeys(
         CHANNELS, ("firing", "firing"))
+
+
+def test_demo_rules_rewrite_only_the_rules_for_values_not_text_that_looks_like_one():
+    text = (
+        "# for: 10m in a comment stays\n"
+        "rules:\n"
+        "  - name: A\n"
+        "    for: 10m   # ten minutes\n"
+        "    annotations:\n"
+        "      description: |\n"
+        "        for: 30m the ERP did not post\n"
+        "      summary: 'for: 1h'\n"
+        "  - {name: B, summary: \"x for: 9m\", for: 15m}\n"
+        "  - name: C\n"
+        "    for: '1h'\n"
+    )
+    out = demo.demo_rules_text(text)
+    body = out[out.index("# for: 10m in a comment"):]
+    assert body == text.replace("for: 10m   #", "for: 2m   #").replace("for: 15m}", "for: 2m}").replace(
+        "for: '1h'", "for: 2m")
+
+
+def test_a_missing_alerts_file_of_the_user_is_one_line_before_anything_starts(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError) as exc:
+        demo.check_alerts_file({"CONTROLTOWER_ALERTS_FILE": str(missing)})
+    assert str(exc.value) == f"CONTROLTOWER_ALERTS_FILE: {missing}: no such file"
+    demo.check_alerts_file({})  # the demo's own rules: nothing to check
