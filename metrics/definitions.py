@@ -183,7 +183,7 @@ class _Checker:
     def fail(self, message: str, *path: Any) -> ConfigError:
         return self.doc.error(message, *path)
 
-    def duration_ms(self, value: Any, *path: Any) -> int:
+    def duration_ms(self, value: Any, *path: Any, zero_ok: bool = False) -> int:
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise self.fail(f"{path[-1]}: expected a duration like 15m or 4h, got {type(value).__name__}", *path)
         if isinstance(value, int | float) and value < 0:
@@ -192,7 +192,7 @@ class _Checker:
             seconds = parse_duration(str(value), where=str(path[-1]))
         except ConfigError as exc:
             raise self.fail(str(exc), *path) from None
-        if seconds <= 0:
+        if seconds < 0 or (seconds == 0 and not zero_ok):
             raise self.fail(f"{path[-1]}: must be greater than zero", *path)
         return int(seconds * 1000)
 
@@ -222,10 +222,10 @@ class _Checker:
             self.warnings.append(f"{self.doc.where(*path)}: milestone {text!r} is not a standard one (allowed; check the spelling)")
         return text
 
-    def per_channel(self, value: Any, *path: Any) -> dict[str, int]:
+    def per_channel(self, value: Any, *path: Any, zero_ok: bool = False) -> dict[str, int]:
         if not isinstance(value, dict):
             raise self.fail(f"{path[-1]}: expected a mapping of channel to duration", *path)
-        return {str(channel): self.duration_ms(v, *path, channel) for channel, v in value.items()}
+        return {str(channel): self.duration_ms(v, *path, channel, zero_ok=zero_ok) for channel, v in value.items()}
 
 
 def parse(doc: yamlfile.Located) -> Definitions:
@@ -310,12 +310,13 @@ def _parse_sla(c: _Checker, item: Any, path: tuple[Any, ...], known: dict[str, c
         if fields["from_milestone"] == fields["to_milestone"]:
             raise c.fail(f"{name}: from and to are the same milestone", *path, "to")
         if kind == "milestone_latency":
-            fields["target_ms"] = c.duration_ms(need("target"), *path, "target")
-            fields["targets_ms"] = c.per_channel(item.get("targets", {}), *path, "targets")
+            # 0d is "the same business day" with a calendar (checked below), meaningless without one
+            fields["target_ms"] = c.duration_ms(need("target"), *path, "target", zero_ok=True)
+            fields["targets_ms"] = c.per_channel(item.get("targets", {}), *path, "targets", zero_ok=True)
         else:
             fields["deadline_attribute"] = c.text(need("deadline_attribute"), *path, "deadline_attribute")
             if "target" in item:  # fallback when a transaction carries no promise
-                fields["target_ms"] = c.duration_ms(item["target"], *path, "target")
+                fields["target_ms"] = c.duration_ms(item["target"], *path, "target", zero_ok=True)
         if "objective" in item:
             fields["objective"] = c.number(item["objective"], *path, "objective", low=0.0, high=0.99999)
             if fields["objective"] <= 0:
@@ -335,6 +336,12 @@ def _parse_sla(c: _Checker, item: Any, path: tuple[Any, ...], known: dict[str, c
         if "calendar" in item:
             fields["calendar"] = calendars.parse_choice(c.doc, item["calendar"], known, *path, "calendar")
             _whole_days(c, name, fields, path)
+        else:
+            zero = [("target",)] if fields.get("target_ms") == 0 else []
+            zero += [("targets", ch) for ch, ms in fields.get("targets_ms", {}).items() if ms == 0]
+            if zero:
+                raise c.fail(f"{zero[0][-1]}: must be greater than zero (0d, the same business day, needs a calendar)",
+                             *path, *zero[0])
     elif kind == "freshness":
         fields["milestone"] = c.milestone(need("milestone"), *path, "milestone")
         if "key" in item:

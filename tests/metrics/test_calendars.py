@@ -192,3 +192,17 @@ def test_shipped_return_refund_counts_two_us_business_days(received, due):
     facts = Facts(milestones={"return.received": received}, channel="amazon")
     verdict = judge(sla.judged, facts, now=received)
     assert (verdict.due_at, verdict.calendar and verdict.calendar.name) == (due - timedelta(microseconds=1), "us-retail")
+
+
+def test_a_zero_day_target_is_the_same_business_day_with_a_calendar_and_refused_without():
+    defs = definitions.loads(YAML.replace("target: 1d", "target: 0d"), "f.yaml")
+    sla = defs.get("handling_time")
+    assert sla.target_ms == 0
+    cal = Calendar("us-retail", "America/New_York", holidays=frozenset(), cutoff=time(14), pickup=time(17))
+    monday_morning = datetime(2026, 11, 30, 15, 0, tzinfo=UTC)  # 10:00 in New York
+    assert calendars.due(monday_morning, 0, cal) == datetime(2026, 11, 30, 22, 0, tzinfo=UTC)  # 17:00 there
+    plain = ("slas:\n  - name: same_day\n    kind: milestone_latency\n    from: order.received\n"
+             "    to: shipment.shipment_confirmed\n    target: 0d\n")
+    with pytest.raises(ConfigError) as exc:
+        definitions.loads(plain, "f.yaml")
+    assert "f.yaml:6: target: must be greater than zero (0d, the same business day, needs a calendar)" in str(exc.value)
