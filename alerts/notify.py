@@ -3,7 +3,8 @@
 `deliver_pending` sends every due outbox row once, marks it sent, or schedules a retry with
 exponential backoff (`attempts`, `next_attempt_at`) until `max_attempts`, then marks it failed.
 A row is claimed with `SELECT … FOR UPDATE SKIP LOCKED` and stays locked while it is sent, so
-two deliverers (two scheduler processes) never send the same row. Payloads are rendered here from the receiver-neutral snapshot the evaluator stored:
+two deliverers (two scheduler processes) never send the same row. Payloads are rendered (`alerts.payloads`,
+`alerts.teams`, `alerts.jsm`, `alerts.ticketing`) from the receiver-neutral snapshot the evaluator stored:
 
 - webhook: Prometheus Alertmanager's webhook payload, version 4 (every alert of the group in
   `alerts`, `groupKey` by `alertname`)
@@ -37,7 +38,6 @@ import smtplib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from email.message import EmailMessage
 from typing import Any
 
 import httpx
@@ -46,19 +46,30 @@ from sqlalchemy.engine import Engine
 
 from alerts import jsm, teams, ticketing
 from alerts.content import dedup_key
+from alerts.payloads import (
+    alerts_of,
+    email_message,
+    group_summary,
+    headline,
+    pagerduty_payload,
+    slack_payload,
+    webhook_payload,
+)
 from alerts.rules import Receiver
 from alerts.ticketing import TicketStore
 from alerts.transport import USER_AGENT, DeliveryError, call
 from controltower.schema.alerts import alert_notifications
 
-__all__ = ["USER_AGENT", "DeliveryError", "DeliveryReport", "TicketStore", "backoff", "deliver_pending", "send"]
+__all__ = [
+    "USER_AGENT", "DeliveryError", "DeliveryReport", "TicketStore", "alerts_of", "backoff", "deliver_pending",
+    "email_message", "pagerduty_payload", "send", "slack_payload", "webhook_payload",
+]
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 8
 BASE_BACKOFF_SECONDS = 30.0
 MAX_BACKOFF_SECONDS = 3600.0
-PD_SEVERITY = {"page": "critical", "ticket": "warning", "info": "info"}
 
 
 @dataclass
@@ -75,204 +86,6 @@ def backoff(attempts: int, base: float = BASE_BACKOFF_SECONDS, cap: float = MAX_
 
 
 # -- payloads -----------------------------------------------------------------------------------
-
-def _group_key(group_labels: Mapping[str, str]) -> str:
-    inner = ", ".join(f'{k}="{_escape(v)}"' for k, v in sorted(group_labels.items()))
-    return "{}:{" + inner + "}"
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def alerts_of(notification: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """The alerts one outbox row carries (rows written before grouping carry one, unwrapped)."""
-    alerts = notification.get("alerts")
-    return list(alerts) if alerts else [notification]
-
-
-def _common(maps: list[Mapping[str, str]]) -> dict[str, str]:
-    first = dict(maps[0]) if maps else {}
-    return {k: v for k, v in first.items() if all(m.get(k) == v for m in maps[1:])}
-
-
-def webhook_payload(receiver: str, notification: Mapping[str, Any]) -> dict[str, Any]:
-    """Alertmanager's webhook body (version 4) for one group of alerts of one rule."""
-    alerts = alerts_of(notification)
-    items = []
-    for alert in alerts:
-        annotations = {k: v for k, v in dict(alert["annotations"]).items() if v is not None}
-        items.append({
-            "status": alert["status"],
-            "labels": dict(alert["labels"]),
-            "annotations": annotations,
-            "startsAt": alert["startsAt"],
-            "endsAt": alert["endsAt"],
-            "generatorURL": alert.get("generatorURL") or "",
-            "fingerprint": alert["fingerprint"],
-        })
-    group_labels = dict(notification.get("groupLabels") or {"alertname": notification["rule"]})
-    status = "firing" if any(a["status"] == "firing" for a in items) else "resolved"
-    body: dict[str, Any] = {
-        "receiver": receiver,
-        "status": status,
-        "alerts": items,
-        "groupLabels": group_labels,
-        "commonLabels": _common([a["labels"] for a in items]),
-        "commonAnnotations": _common([a["annotations"] for a in items]),
-        "externalURL": notification.get("externalURL") or "",
-        "version": "4",
-        "groupKey": notification.get("groupKey") or _group_key(group_labels),
-        "truncatedAlerts": 0,
-    }
-    if notification.get("incident"):  # additive: Alertmanager consumers ignore fields they do not know
-        body.update(title=_title(notification), dedup_key=notification.get("dedup_key"),
-                    incident=dict(notification["incident"]))
-    return body
-
-
-def _more(notification: Mapping[str, Any]) -> str:
-    incident = notification.get("incident") or {}
-    rest = int(incident.get("alert_count") or len(alerts_of(notification))) - 1
-    return f" (+{rest} more alert{'s' if rest != 1 else ''})" if rest > 0 else ""
-
-
-def _title(alert: Mapping[str, Any]) -> str:
-    if alert.get("incident"):  # one incident: its title (firing-time text when resolved) and the count of the rest
-        tag = "RESOLVED" if alert["status"] == "resolved" else "FIRING"
-        return f"[{tag}] {alert.get('title') or alert['incident'].get('title')}{_more(alert)}"
-    tag = {"firing": "FIRING", "repeat": "FIRING", "resolved": "RESOLVED"}.get(alert.get("kind", ""), alert["status"].upper())
-    alerts = alert.get("alerts") or ()
-    if len(alerts) > 1:
-        firing = sum(1 for a in alerts if a["status"] == "firing")
-        tag = f"FIRING:{firing}" if firing else f"RESOLVED:{len(alerts)}"
-        if alert.get("kind") == "digest":
-            tag = f"DIGEST {tag}"
-    return f"[{tag}] {alert['rule']}"
-
-
-def _group_summary(notification: Mapping[str, Any]) -> str:
-    alerts = alerts_of(notification)
-    if notification.get("incident"):  # the first alert's details; the title counts the rest
-        return str(alerts[0].get("summary") or notification["rule"])
-    if len(alerts) == 1:
-        return str(alerts[0].get("summary") or notification["rule"])
-    return "\n".join(f"{'resolved' if a['status'] == 'resolved' else 'firing'}: {a.get('summary') or a['rule']}"
-                     for a in alerts)
-
-
-def _slack_escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def slack_payload(alert: Mapping[str, Any]) -> dict[str, Any]:
-    labels = dict(alert["labels"])
-    annotations = dict(alert["annotations"])
-    summary = _group_summary(alert) if len(alerts_of(alert)) > 1 or alert.get("incident") else str(
-        alert.get("summary") or annotations.get("summary") or alert["rule"])
-    icon = ":large_green_circle:" if alert["status"] == "resolved" else (
-        ":red_circle:" if alert["severity"] == "page" else ":large_orange_circle:"
-    )
-    title = _title(alert)
-    text = f"{icon} {title}: {summary}"
-    blocks: list[dict[str, Any]] = [
-        {"type": "section", "text": {"type": "mrkdwn", "text": f"{icon} *{_slack_escape(title)}*\n{_slack_escape(summary)}"}},
-    ]
-    if annotations.get("description"):
-        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _slack_escape(annotations["description"])}})
-    facts = [f"*severity:* {alert['severity']}", f"*sla:* {labels.get('sla', '')}", f"*channel:* {labels.get('channel', '')}"]
-    if annotations.get("orders_at_risk"):
-        facts.append(f"*orders at risk:* {annotations['orders_at_risk']}")
-    if annotations.get("order_value_at_risk"):
-        facts.append(f"*order value at risk:* {annotations['order_value_at_risk']}")
-    links = []
-    if alert.get("dashboard_url"):
-        links.append(f"<{alert['dashboard_url']}|Offending transactions>")
-    if annotations.get("runbook_url"):
-        links.append(f"<{annotations['runbook_url']}|Runbook>")
-    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": " · ".join(facts + links)}]})
-    return {"text": text, "blocks": blocks}
-
-
-def pagerduty_payload(routing_key: str, alert: Mapping[str, Any]) -> dict[str, Any]:
-    """PagerDuty Events API v2 event: trigger while firing, resolve when resolved."""
-    fp = alert["fingerprint"]
-    dedup = str(alert.get("dedup_key") or fp)  # an incident's key: one PagerDuty incident for all its alerts
-    if alert["status"] == "resolved":
-        return {"routing_key": routing_key, "event_action": "resolve", "dedup_key": dedup}
-    labels = dict(alert["labels"])
-    annotations = dict(alert["annotations"])
-    links = []
-    if alert.get("dashboard_url"):
-        links.append({"href": alert["dashboard_url"], "text": "Offending transactions"})
-    if annotations.get("runbook_url"):
-        links.append({"href": annotations["runbook_url"], "text": "Runbook"})
-    body: dict[str, Any] = {
-        "routing_key": routing_key,
-        "event_action": "trigger",
-        "dedup_key": dedup,
-        "payload": {
-            "summary": str((_title(alert) if alert.get("incident") else alert.get("summary")) or alert["rule"])[:1024],
-            "source": f"controltower/{labels.get('sla', '')}/{labels.get('channel', '')}",
-            "severity": PD_SEVERITY.get(alert["severity"], "warning"),
-            "timestamp": alert["startsAt"],
-            "component": labels.get("sla"),
-            "group": labels.get("channel"),
-            "class": alert["rule"],
-            "custom_details": {
-                "labels": labels,
-                "annotations": annotations,
-                "value": alert.get("value"),
-                "fingerprint": fp,
-                **({"incident": dict(alert["incident"])} if alert.get("incident") else {}),
-            },
-        },
-        "links": links,
-        "client": "Control Tower",
-    }
-    if alert.get("externalURL"):
-        body["client_url"] = alert["externalURL"]
-    return body
-
-
-def email_message(receiver: Receiver, alert: Mapping[str, Any]) -> EmailMessage:
-    labels = dict(alert["labels"])
-    annotations = dict(alert["annotations"])
-    summary = str(alert.get("summary") or alert["rule"])
-    if alert.get("incident"):
-        summary = _group_summary(alert)
-    elif len(alerts_of(alert)) > 1:
-        summary = f"{len(alerts_of(alert))} alerts"
-    msg = EmailMessage()
-    msg["Subject"] = f"{_title(alert)}: {summary}"[:250]
-    msg["From"] = receiver.sender or ""
-    msg["To"] = ", ".join(receiver.to)
-    lines = [summary, ""]
-    if alert.get("incident"):
-        lines = [_title(alert), "", summary, ""]
-    elif len(alerts_of(alert)) > 1:
-        lines += [_group_summary(alert), ""]
-    if annotations.get("description"):
-        lines += [annotations["description"], ""]
-    lines += [
-        f"status:    {alert['status']}",
-        f"severity:  {alert['severity']}",
-        f"value:     {alert.get('value')}",
-        f"since:     {alert['startsAt']}",
-    ]
-    if alert["status"] == "resolved":
-        lines.append(f"resolved:  {alert['endsAt']}")
-    lines += ["", "labels:"] + [f"  {k}={v}" for k, v in sorted(labels.items())]
-    if alert.get("dashboard_url"):
-        lines += ["", f"offending transactions: {alert['dashboard_url']}"]
-    if annotations.get("runbook_url"):
-        lines.append(f"runbook: {annotations['runbook_url']}")
-    lines += ["", f"fingerprint: {alert['fingerprint']}"]
-    msg.set_content("\n".join(lines) + "\n")
-    return msg
-
-
-# -- sending ------------------------------------------------------------------------------------
 
 def _env(name: str | None, environ: Mapping[str, str], what: str) -> str:
     value = environ.get(name or "")
@@ -296,7 +109,7 @@ def paged_units(notification: Mapping[str, Any]) -> list[tuple[str, Mapping[str,
 
 def _summary(alert: Mapping[str, Any]) -> str:
     if len(alerts_of(alert)) > 1:
-        return _group_summary(alert)
+        return group_summary(alert)
     return str(alert.get("summary") or dict(alert.get("annotations") or {}).get("summary") or alert["rule"])
 
 
@@ -315,7 +128,7 @@ def send(
     kind = receiver.type
     if kind == "teams":
         url = receiver.url or _env(receiver.url_env, environ, f"receiver {receiver.name}")
-        card = teams.card(_title(alert), _summary(alert), alert, len(alerts_of(alert)))
+        card = teams.card(headline(alert), _summary(alert), alert, len(alerts_of(alert)))
         teams.check_answer(call(client, "POST", url, body=card, timeout=receiver.timeout_seconds).text)
     elif kind == "jsm":
         key = _env(receiver.api_key_env, environ, f"receiver {receiver.name}")
@@ -326,7 +139,7 @@ def send(
                 _post(client, f"{receiver.url}{jsm.close_path(alias)}", jsm.close_body(one),
                       receiver.timeout_seconds, headers)
             else:
-                body = jsm.create_body(alias, one, message=f"{_title(one)}: {_summary(one)}",
+                body = jsm.create_body(alias, one, message=f"{headline(one)}: {_summary(one)}",
                                        summary=_summary(one), count=count)
                 _post(client, f"{receiver.url}/v2/alerts", body, receiver.timeout_seconds, headers)
     elif kind == "ticket":
@@ -336,7 +149,7 @@ def send(
         auth = (_env(receiver.user_env, environ, f"receiver {receiver.name}"),
                 _env(receiver.token_env, environ, f"receiver {receiver.name}"))
         jira = ticketing.Jira(receiver, base, auth, client)
-        done = [ticketing.deliver(jira, tickets, key, one, _title(one), _summary(one))
+        done = [ticketing.deliver(jira, tickets, key, one, headline(one), _summary(one))
                 for key, one in paged_units(alert)]
         return "; ".join(done)
     elif kind == "webhook":
@@ -366,10 +179,10 @@ def send(
     elif kind == "log":
         if alert.get("incident"):  # one line per incident: its title, then the first alert's own summary
             first = alerts_of(alert)[0]
-            log.warning("%s: %s (%s)", _title(alert), first.get("summary"), first.get("dashboard_url"))
+            log.warning("%s: %s (%s)", headline(alert), first.get("summary"), first.get("dashboard_url"))
             return "sent"
         for one in alerts_of(alert):
-            log.warning("%s: %s (%s)", _title(one), one.get("summary"), one.get("dashboard_url"))
+            log.warning("%s: %s (%s)", headline(one), one.get("summary"), one.get("dashboard_url"))
     else:  # pragma: no cover - rules validation admits only the types above
         raise DeliveryError(f"receiver type {kind!r} is not supported", permanent=True)
     return "sent"
