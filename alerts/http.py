@@ -125,8 +125,9 @@ def routes(context: AppContext) -> list[BaseRoute]:
 
     @require_scope("read")
     async def get_incidents(request: Request) -> Response:
+        given = "state" in request.query_params
         state = request.query_params.get("state", "")
-        if state and state != "all" and state not in INCIDENT_STATES:
+        if given and state != "all" and state not in INCIDENT_STATES:  # `?state=` (empty) is an error too
             return error(400, f"state {state[:40]!r}: expected one of {', '.join(INCIDENT_STATES)} or all")
         states = INCIDENT_STATES if state == "all" else (state,) if state else ("open", "acknowledged")
         rows = await run_in_threadpool(list_incidents, engine, states)
