@@ -39,9 +39,12 @@ def test_the_story_names_each_system_and_the_id_it_used(engine: Engine, settings
     now = datetime.now(UTC).replace(microsecond=0)
     t0 = ingest_stitched(engine, settings, now)
 
+    previous = [t0.date()]  # the story names the date whenever it changes from the step before
+
     def on(minutes: float) -> str:
         moment = t0 + minutes * MIN
-        same_day = moment.date() == t0.date()
+        same_day = moment.date() == previous[0]
+        previous[0] = moment.date()
         return f"at {_hhmm(moment)}" if same_day else f"on {moment:%d %b}".replace(" 0", " ") + f" at {_hhmm(moment)}"
 
     expected_steps = (

@@ -56,7 +56,9 @@ def test_demo_runs_the_stack_and_shuts_down_on_ctrl_c(tmp_path):
         while time.monotonic() < deadline and demo.poll() is None:
             try:
                 rows = httpx.get(base + "/v1/sla", params={"window": "3h"}, timeout=5).json()["slas"]
-                if any(r["sla"] == "erp_posting" and r["open_breaches"] for r in rows):
+                log.seek(0)
+                running = "Control Tower demo is running" in log.read()  # the collector answers before the banner
+                if running and any(r["sla"] == "erp_posting" and r["open_breaches"] for r in rows):
                     break
             except (httpx.HTTPError, KeyError):
                 pass
