@@ -77,8 +77,8 @@ _FAILED_EVENT = sa.text(
     """
     SELECT e.correlation_id, e.event_id, e.flow, e.channel, e.order_id, e.source, e.payload, e.status
     FROM events e
-    WHERE e.correlation_id = :cid AND (:eid IS NULL OR e.event_id = :eid)
-      AND (:eid IS NOT NULL OR e.status IN ('error', 'dead_letter'))
+    WHERE e.correlation_id = :cid AND (CAST(:eid AS text) IS NULL OR e.event_id = CAST(:eid AS text))
+      AND (CAST(:eid AS text) IS NOT NULL OR e.status IN ('error', 'dead_letter'))
     ORDER BY e.occurred_at DESC, e.event_id DESC
     LIMIT 1
     """
