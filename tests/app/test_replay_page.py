@@ -11,12 +11,14 @@ from collectors.store import EventStore
 from controltower import replayops
 from controltower.replayconfig import loads_replay
 from controltower.settings import Settings
-from tests.app.test_dashboard import app_env, plain, run  # noqa: F401 (fixtures)
+from tests.app.test_dashboard import app_env, plain, run  # noqa: F401, F811 (fixtures)
 
 CONFIG = loads_replay("replay:\n  flows:\n    refund: {produces: return.refund_posted}\n", "taps.yaml")
 
 
-def test_replay_page_approves_only_by_a_second_person(engine: Engine, settings: Settings, app_env: None) -> None:
+def test_replay_page_approves_only_by_a_second_person(
+    engine: Engine, settings: Settings, app_env: None,  # noqa: F811 (the fixture)
+) -> None:
     now = datetime.now(UTC)
     EventStore(engine, settings).ingest([
         {"event_id": "e-1", "occurred_at": (now - timedelta(minutes=3)).isoformat(), "correlation_id": "c-ret",
