@@ -215,3 +215,18 @@ def identity_hubs() -> pd.DataFrame:
 @_cached
 def identity_totals() -> dict[str, int]:
     return queries.identity_totals(engine())
+
+
+def replay_config() -> Any:
+    """The `replay:` section of the taps file (CONTROLTOWER_TAPS_FILE), or None when none is set."""
+    from controltower.replayconfig import load_replay
+
+    path = getattr(settings(), "taps_file", None)  # the setting arrives with the broker taps
+    return load_replay(path) if path else None
+
+
+def replay_requests() -> list[dict[str, Any]]:
+    """Not cached: the page acts on them (approve, cancel) and must show the result at once."""
+    from controltower import replayops
+
+    return replayops.list_replays(engine(), replay_config())

@@ -29,6 +29,7 @@ pages = [
     st.Page(str(HERE / "views" / "identity.py"), title="Identity", icon=":material/link_off:", url_path="identity"),
     st.Page(str(HERE / "views" / "alerts.py"), title="Alerts", icon=":material/notifications:", url_path="alerts"),
     st.Page(str(HERE / "views" / "incidents.py"), title="Incidents", icon=":material/crisis_alert:", url_path="incidents"),
+    st.Page(str(HERE / "views" / "replay.py"), title="Replay", icon=":material/replay:", url_path="replay"),
 ]
 
 

@@ -101,7 +101,8 @@ def transaction_story(tx: dict[str, Any], *, tz: Any = UTC) -> str:
     that support can read to a customer: milestones with times, failed attempts per step, and the
     step it waits on with its deadline. Times in `tz`, with the date when it differs from the first. Pure."""
     channel = label(tx.get("channel")) or "the channel"
-    reached = sorted(((m, _parse(at).astimezone(tz)) for m, at in (tx.get("milestones") or {}).items()),
+    reached = sorted(((m, _parse(at).astimezone(tz)) for m, at in (tx.get("milestones") or {}).items()
+                      if not m.endswith(".replayed")),  # told by the replay clause below
                      key=lambda item: item[1])
     first_day = reached[0][1].date() if reached else None
 
@@ -138,6 +139,9 @@ def transaction_story(tx: dict[str, Any], *, tz: Any = UTC) -> str:
         clauses.append(clause)
     if clauses:
         story += "; " + "; ".join(clauses)
+    replays = replay_clauses(tx, when)
+    if replays:
+        story += "; " + "; ".join(replays)
 
     waiting = [v for v in tx.get("sla") or [] if v.get("state") in ("overdue", "pending") and v.get("due_at")]
     if waiting:
@@ -220,3 +224,24 @@ def _across_systems(tx: dict[str, Any], reached: list[tuple[str, datetime]], cha
     if len(documents) > 1:  # one order, several ERP documents: support must see both
         story += f"; the ERP holds it under {len(documents)} documents, {_values(documents)}"
     return story
+
+
+def replay_clauses(tx: dict[str, Any], when: Any) -> list[str]:
+    """"replayed by dana at 10:42, posted at 10:43" per replay lineage event (stage `replayed`,
+    written by the replay executor): who asked, when it was sent, and when the milestone the
+    replay produces (`attributes.replay_produces`) was reached at or after it. Pure."""
+    milestones = {m: _parse(at) for m, at in (tx.get("milestones") or {}).items()}
+    out = []
+    for event in sorted(tx.get("events") or [], key=lambda e: str(e.get("occurred_at"))):
+        attributes = event.get("attributes") or {}
+        if event.get("stage") != "replayed" or not attributes.get("replay_of"):
+            continue
+        at = _parse(event["occurred_at"])
+        clause = f"replayed by {attributes.get('replay_by') or 'someone'} at {when(at)}"
+        produces = str(attributes.get("replay_produces") or "")
+        if produces:
+            verb = (_DID.get(produces) or "reached " + label(produces.split(".")[-1]).lower()).replace(" {it}", "")
+            done = milestones.get(produces)
+            clause += f", {verb} at {when(done)}" if done is not None and done >= at else f", not {verb} yet"
+        out.append(clause)
+    return out

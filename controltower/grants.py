@@ -30,6 +30,8 @@ PROCESSES = ("collector", "scheduler", "dashboard")
 # Hash-only key material: the collector checks keys; nobody else needs to read them.
 SECRET_TABLES = frozenset({"api_keys"})
 ACK_COLUMNS = ("acknowledged_by", "acknowledged_at")
+# what a person changes on a replay request: approve, cancel
+REPLAY_DECISION_COLUMNS = ("status", "approved_by", "approved_at", "cancelled_by", "outcome", "updated_at")
 
 # Every table the schema has or is about to have, so the policy is total: a test fails when a
 # migration adds a table no line below mentions. Tables that do not exist (yet) are skipped.
@@ -47,8 +49,10 @@ ALERT_TABLES = ("alert_state", "alert_events", "alert_notifications", "alert_sil
 INCIDENT_TABLES = ("incidents", "incident_alerts", "incident_events")
 ALERT_HEALTH_TABLES = ("alert_evaluations", "scheduler_health")
 BROKER_TABLES = ("tap_quarantine", "queue_samples")  # broker taps and queue probes (collectors)
+REPLAY_TABLES = ("replay_requests", "raw_payloads")  # guarded replay (controltower.replayops, collectors.replay)
 KNOWN_TABLES = frozenset(
     {*METRICS_TABLES, *INGEST_TABLES, *ALERT_TABLES, *INCIDENT_TABLES, *ALERT_HEALTH_TABLES, *BROKER_TABLES,
+     *REPLAY_TABLES,
      *SECRET_TABLES, "alembic_version"}
 )
 
@@ -93,6 +97,8 @@ POLICY: dict[str, Policy] = {
             *(Write(t, ("INSERT", "UPDATE")) for t in INGEST_TABLES if t != "events"),
             *_ACKNOWLEDGE,  # POST /v1/alerts/{fingerprint}/ack, POST /v1/incidents/{id}/ack
             *(Write(t, ("INSERT",)) for t in BROKER_TABLES),  # `controltower tap`: quarantine, queue probes
+            # replay: requests (CLI), the executor's outcomes, the opt-in raw store and its retention
+            *(Write(t, ("INSERT", "UPDATE", "DELETE")) for t in REPLAY_TABLES),
         ),
         functions=(ENSURE_PARTITION,),
         temporary=True,
@@ -113,6 +119,7 @@ POLICY: dict[str, Policy] = {
             *(Write(t, ("DELETE",)) for t in INGEST_TABLES if t not in ("events", "event_conflicts")),
             Write("event_conflicts", ("DELETE",)),
             *(Write(t, ("INSERT", "DELETE")) for t in BROKER_TABLES),  # taps run by the scheduler; retention
+            *(Write(t, ("INSERT", "UPDATE", "DELETE")) for t in REPLAY_TABLES),  # replay executor, raw store
         ),
         functions=(ENSURE_PARTITION, DROP_PARTITION),
         temporary=True,
@@ -120,7 +127,9 @@ POLICY: dict[str, Policy] = {
     ),
     "dashboard": Policy(
         reads_secrets=False,
-        writes=(*_ACKNOWLEDGE, Write("alert_silences", ("INSERT",))),
+        writes=(*_ACKNOWLEDGE, Write("alert_silences", ("INSERT",)),
+                # replay requests, approvals and cancels (controltower.replayops)
+                Write("replay_requests", ("INSERT", "UPDATE"), REPLAY_DECISION_COLUMNS)),
         summary="reads every table but the key hashes; acknowledges alerts and creates silences",
     ),
 }

@@ -226,6 +226,15 @@ class Settings:
         "public built-in key (fine for the demo, guessable in production: set it).",
         secret=True,
     )
+    raw_store_key: str | None = _setting(
+        None,
+        _opt_str,
+        "Fernet key (urlsafe base64, 32 bytes; `python -c 'from cryptography.fernet import Fernet; "
+        "print(Fernet.generate_key().decode())'`) that encrypts the opt-in raw store of replayable "
+        "messages (`raw_store: true` on a tap). Unset: a tap with raw_store refuses to start, and "
+        "HTTP replay of stored payloads is impossible.",
+        secret=True,
+    )
     require_api_keys: bool = _setting(
         False,
         _bool,

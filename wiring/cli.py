@@ -67,6 +67,7 @@ def _register_rooms() -> None:
     from alerts import commands as alert_commands
     from app import commands as app_commands
     from collectors import commands as collector_commands
+    from collectors import replay_commands
     from metrics import commands as metric_commands
     from simulator import commands as simulator_commands
     from wiring import corecommands, demo, scheduler
@@ -75,6 +76,7 @@ def _register_rooms() -> None:
     demo.register(app)
     scheduler.register(app)
     collector_commands.register(app)
+    replay_commands.register(app)
     metric_commands.register(app)
     alert_commands.register(app)
     simulator_commands.register(app)

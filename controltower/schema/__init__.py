@@ -4,7 +4,7 @@ One MetaData for every table. Each module holds the tables of one writing room; 
 reflects the migrated database and fails when these mirrors drift from the migrations.
 """
 
-from controltower.schema import alerts, brokers, events, metrics  # noqa: F401  (registers tables)
+from controltower.schema import alerts, brokers, events, metrics, replay  # noqa: F401  (registers tables)
 from controltower.schema.base import metadata
 
 __all__ = ["metadata"]
