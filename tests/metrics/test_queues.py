@@ -163,3 +163,14 @@ rules:
     with engine.connect() as conn:
         summary = conn.execute(sa.text("SELECT payload FROM alert_notifications")).scalar_one()
     assert "DLQ erp.orders.dlq: 3 messages for 11 min (max 10 min)" in str(summary)
+
+
+def test_retention_keeps_a_week_of_queue_samples(engine, settings) -> None:
+    from controltower import retention
+
+    sample(engine, "q.dlq", T0 - timedelta(days=7, minutes=1), 1)
+    sample(engine, "q.dlq", T0 - timedelta(days=6, hours=23), 2)
+    assert retention.plan(engine, settings, T0).rows["queue_samples"] == 1
+    retention.apply(engine, settings, T0)
+    with engine.connect() as conn:
+        assert [r.depth for r in conn.execute(sa.text("SELECT depth FROM queue_samples"))] == [2]
