@@ -61,7 +61,10 @@ def hop_strip(channel: str, hops: pd.DataFrame) -> str:
         detail = f"{int(hop['volume']):,} in · <b>backlog {int(hop['backlog']):,}</b>"
         if not pd.isna(hop["p95_ms"]):
             detail += f"<br>p95 {html(human_duration(hop['p95_ms']))}"
-        tip = html(hop["reason"] or hop["health"])
+        if isinstance(hop.get("queues"), str) and hop["queues"]:  # the queue probe's word on this hop
+            detail += f"<br>{html(hop['queues'])}"
+        # a frame with some reasons holds NaN (not None) for the others: never show "nan"
+        tip = html(hop["reason"] if isinstance(hop["reason"], str) and hop["reason"] else hop["health"])
         chips.append(
             f'<div title="{tip}" style="flex:1;min-width:120px;border:1px solid {colour};border-top:5px solid {colour};'
             f'border-radius:6px;padding:4px 8px;background:{colour}14">'

@@ -73,14 +73,22 @@ def sla_status(engine: Engine, window: str = "1h") -> pd.DataFrame:
     return _frame(engine, _SLA_STATUS, {"window": window})
 
 
-_HOPS = sa.text(
-    "SELECT channel, hop, position, computed_at, volume, backlog, p95_ms, health, reason "
-    "FROM hop_health ORDER BY channel, position"
-)
+# `queues`: what the queue SLAs (metrics.queues) say of the queues sitting at the hop, from the
+# per-queue verdicts in their 1 h rows' details (a queue without a channel: row `*`, every channel)
+_HOPS = sa.text("""
+SELECT h.channel, h.hop, h.position, h.computed_at, h.volume, h.backlog, h.p95_ms, h.health, h.reason,
+       (SELECT string_agg(DISTINCT q.verdict->>'text', '; ')
+        FROM sla_status s CROSS JOIN LATERAL jsonb_array_elements(
+            CASE WHEN jsonb_typeof(s.details->'queues') = 'array' THEN s.details->'queues' END) AS q(verdict)
+        WHERE s."window" = '1h' AND s.channel IN (h.channel, '*')
+          AND q.verdict->>'hop' = h.hop AND q.verdict->>'text' IS NOT NULL) AS queues
+FROM hop_health h ORDER BY h.channel, h.position
+""")
 
 
 def hop_health(engine: Engine) -> pd.DataFrame:
-    """Per channel its hops in order: volume, backlog, p95 and health (where the delay sits)."""
+    """Per channel its hops in order: volume, backlog, p95, health (where the delay sits) and the
+    state of the queues sitting there (`queues`: e.g. "DLQ erp.orders.dlq: 3 messages for 12 min")."""
     return _frame(engine, _HOPS)
 
 

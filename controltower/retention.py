@@ -10,7 +10,8 @@
   bounded batches walking the old transactions by time; deadlines left without a transaction
   (from before this rule) are swept in batches too; the identity journal after a day;
 - derived metrics: minute rollups and samples after the longest SLA window they serve, hourly
-  rollups after `retention_rollups`; alert history after `retention_alerts`.
+  rollups after `retention_rollups`; alert history after `retention_alerts`; queue probe
+  samples after 7 days.
 
 `plan()` says what would go (`controltower retention --dry-run`); `apply()` does it. The
 scheduler runs `apply` hourly in the leader. Composition-free: only schema knowledge.
@@ -33,6 +34,7 @@ from controltower.settings import Settings
 log = logging.getLogger(__name__)
 BATCH = 5_000
 METRICS_MINUTES_KEEP = timedelta(days=91)  # /v1/sla windows reach 90 days back
+QUEUE_SAMPLES_KEEP = timedelta(days=7)
 
 # (table, time column, setting that bounds it or a fixed age); batched deletes by ctid range
 _DERIVED = (
@@ -50,6 +52,9 @@ _DERIVED = (
     # read by the SLA job within minutes of being written; kept longer while the job lags
     # (see _journal_cutoff)
     ("identity_changes", "changed_at", timedelta(days=1)),
+    # queue probes: the queue SLAs read the last hour, a dead-letter queue's last empty sample
+    # (a DLQ non-empty for a week reads as non-empty for 7 days)
+    ("queue_samples", "at", QUEUE_SAMPLES_KEEP),
 )
 
 # One batch of whole business transactions past retention: the next `:n` old transactions after

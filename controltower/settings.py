@@ -247,6 +247,10 @@ class Settings:
     alerts_file: Path | None = _setting(
         None, _opt_path, "Alert rules YAML; unset: the shipped defaults."
     )
+    taps_file: Path | None = _setting(
+        None, _opt_path, "Broker taps YAML (taps.yaml): the queues the scheduler probes for depth and age; "
+        "unset: no queue probes.",
+    )
     dashboard_port: int = _setting(8501, _int, "Dashboard (Streamlit) port.")
     dashboard_url: str = _setting(
         "http://127.0.0.1:8501",

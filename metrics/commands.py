@@ -77,7 +77,7 @@ def sla_command(
     for r in table:
         within = r.get("within_target_ratio")
         budget = r.get("error_budget_remaining")
-        value = _ms(r.get("value")) if r.get("kind") in ("freshness", "absence") else None
+        value = _ms(r.get("value")) if r.get("kind") in ("freshness", "absence", "dlq_not_empty") else None
         threshold = r.get("threshold")
         rows.append((
             r.get("sla"), r.get("channel"), r["count"] if r.get("count") is not None else "-",

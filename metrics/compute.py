@@ -17,8 +17,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from controltower import breaches, slajudge
-from controltower.vocab import human_duration, worst
-from metrics import signals
+from controltower.vocab import HEALTH_RANK, human_duration, worst
+from metrics import queues, signals
 from metrics.definitions import SLA, Definitions
 from metrics.rollups import SILENCE_KEY, percentile
 
@@ -140,13 +140,14 @@ def sla_table(conn: Connection, definitions: Definitions, *, window: timedelta, 
                 row = _rate_row(sla, ch, events.get(ch))
             elif sla.kind == "freshness":
                 row = _freshness_row(sla, ch, fresh.get((sla.name, ch)), now)
-            elif sla.kind in signals.KINDS:
+            elif sla.kind in signals.KINDS or sla.kind in queues.KINDS:
                 continue  # below, over the channels of their own tables
             else:
                 row = _absence_row(sla, ch, fresh.get((sla.name, ch), {}).get(SILENCE_KEY), now)
             if row is not None:
                 out.append(row)
     out += signals.sla_rows(conn, definitions, window=window, now=now, channel=channel, base=_base)
+    out += queues.sla_rows(conn, definitions, now=now, channel=channel, base=_base)  # the latest samples
     return out
 
 
@@ -294,22 +295,33 @@ def _absence_row(sla: SLA, ch: str, last: datetime | None, now: datetime) -> dic
 
 
 def hop_health(definitions: Definitions, table: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per channel and hop, the health of the SLA that judges it: where is the delay?"""
+    """Per channel and hop, the health of the SLA that judges it: where is the delay? A queue
+    sitting at the hop (taps.yaml `hop`; no channel: every channel's) adds its verdicts: the hop
+    is the worst of its SLA and its queues, and its reason names the queues worth a look."""
     by_key = {(r["sla"], r["channel"]): r for r in table}
-    channels = sorted({r["channel"] for r in table})
+    # a channel-less queue row (`*`) is no channel of its own: it sits on every channel's hop
+    channels = sorted({r["channel"] for r in table if not (r["kind"] in queues.KINDS and r["channel"] == queues.ALL_CHANNELS)})
+    at_hop = queues.hop_verdicts(table)
     out = []
     for ch in channels:
         for position, hop in enumerate(definitions.hops):
             r = by_key.get((hop.sla, ch))
+            verdicts = at_hop.get((ch, hop.hop), []) + at_hop.get((queues.ALL_CHANNELS, hop.hop), [])
+            notes = list(dict.fromkeys(v["text"] for v in sorted(verdicts, key=_worst_first) if v["text"]))
+            reason = "; ".join(([r["reason"]] if r and r["reason"] else []) + notes) or None
             out.append({
                 "channel": ch, "hop": hop.hop, "position": position, "sla": hop.sla, "cause": hop.cause,
                 "volume": int(r["count"] or 0) if r else 0,
                 "backlog": int(r["open_breaches"] or 0) if r else 0,
                 "p95_ms": r["p95_ms"] if r else None,
-                "health": r["health"] if r else "ok",
-                "reason": r["reason"] if r else None,
+                "health": worst([r["health"] if r else "ok", *(v["health"] for v in verdicts)]),
+                "reason": reason,
             })
     return out
+
+
+def _worst_first(verdict: dict[str, Any]) -> tuple[int, str]:
+    return (-HEALTH_RANK.get(verdict["health"], -1), verdict["queue"])
 
 
 def channel_health(table: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -24,8 +24,9 @@ from controltower import calendars, slajudge, yamlfile
 from controltower.errors import ConfigError
 from controltower.schema.metrics import sla_definitions
 from controltower.settings import parse_duration
+from metrics import queues
 
-KINDS = ("milestone_latency", "deadline", "freshness", "rate", "absence", "orphans", "duplicate_rate")
+KINDS = ("milestone_latency", "deadline", "freshness", "rate", "absence", "orphans", "duplicate_rate", *sorted(queues.KINDS))
 # the identity graph's signals (metrics.signals): their values are a count and a ratio
 SIGNAL_UNITS = {"orphans": "count", "duplicate_rate": "ratio"}
 # a business transaction that reached none of these and has an identity key is an orphan
@@ -61,7 +62,7 @@ _KEYS = {
     "absence": {"name", "kind", "description", "max_silence", "max_silences", "critical_factor"},
     "orphans": {"name", "kind", "description", "origins", "max", "critical"},
     "duplicate_rate": {"name", "kind", "description", "max", "critical", "min_orders"},
-}
+} | {kind: {"name", "kind", "description"} | keys for kind, keys in queues.KEYS.items()}
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,8 @@ class SLA:
     origins: tuple[str, ...] = ()  # orphans: milestones that give a business transaction its origin
     min_orders: int = 20  # duplicate_rate: below this many orders a ratio says nothing
     calendar: calendars.Choice | None = None  # latency: whole-day targets count business days
+    queues: tuple[str, ...] = ()  # queue kinds (metrics.queues): only these queues (empty: all)
+    window_ms: int | None = None  # queue_growing: how long the depth must have grown
 
     def target_for(self, channel: str) -> int | None:
         return self.targets_ms.get(channel, self.target_ms)
@@ -110,6 +113,8 @@ class SLA:
         """`ms` for latencies, ages and silences; a rate metric's own unit (`ratio`, `count`)."""
         if self.kind in SIGNAL_UNITS:
             return SIGNAL_UNITS[self.kind]
+        if self.kind in queues.UNITS:
+            return queues.UNITS[self.kind]
         return RATE_METRICS.get(self.metric or "", "count") if self.kind == "rate" else "ms"
 
     @property
@@ -352,6 +357,8 @@ def _parse_sla(c: _Checker, item: Any, path: tuple[Any, ...], known: dict[str, c
             fields["critical_factor"] = c.number(item["critical_factor"], *path, "critical_factor", low=1.0)
     elif kind in SIGNAL_UNITS:
         _parse_signal(c, item, path, fields)
+    elif kind in queues.KINDS:
+        queues.parse(c, item, path, fields)
     elif kind == "absence":
         fields["max"] = c.duration_ms(need("max_silence"), *path, "max_silence")
         fields["maxes_ms"] = c.per_channel(item.get("max_silences", {}), *path, "max_silences")

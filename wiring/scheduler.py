@@ -43,13 +43,17 @@ WAKE_MIN_GAP = timedelta(seconds=1)  # between an extra run and the next extra r
 
 def room_jobs(context: AppContext) -> list[ScheduledJob]:
     from alerts import jobs as alert_jobs
+    from collectors import queueprobe
     from controltower import retention
     from metrics import jobs as metric_jobs
 
     def keep_bounded(now: object) -> object:
         return retention.apply(context.engine, context.settings)
 
-    return [*metric_jobs.jobs(context), *alert_jobs.jobs(context), ScheduledJob("retention", keep_bounded, 3600.0)]
+    return [
+        *metric_jobs.jobs(context), *alert_jobs.jobs(context), ScheduledJob("retention", keep_bounded, 3600.0),
+        *queueprobe.jobs(context),  # queue depth and age for the queue SLAs (only with a taps file)
+    ]
 
 
 def _guarded(job: ScheduledJob, leading: threading.Event) -> Callable[[], None]:
