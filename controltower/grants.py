@@ -47,9 +47,13 @@ ALERT_TABLES = ("alert_state", "alert_events", "alert_notifications", "alert_sil
 INCIDENT_TABLES = ("incidents", "incident_alerts", "incident_events")
 ALERT_HEALTH_TABLES = ("alert_evaluations", "scheduler_health")
 BROKER_TABLES = ("tap_quarantine", "queue_samples")  # broker taps and queue probes (collectors)
+EXCEPTION_TABLES = ("exception_groups", "exception_occurrences", "exception_actions")  # metrics grouping job
+# What people change on an exception group (controltower.exceptionops), besides its audit row.
+EXCEPTION_STATE_COLUMNS = ("state", "assignee", "tags", "snoozed_until", "resolved_at", "resolved_by", "resolution",
+                           "resolution_note", "reopen_count", "opened_at", "updated_at")
 KNOWN_TABLES = frozenset(
     {*METRICS_TABLES, *INGEST_TABLES, *ALERT_TABLES, *INCIDENT_TABLES, *ALERT_HEALTH_TABLES, *BROKER_TABLES,
-     *SECRET_TABLES, "alembic_version"}
+     *EXCEPTION_TABLES, *SECRET_TABLES, "alembic_version"}
 )
 
 ENSURE_PARTITION = "ct_ensure_event_partition(date)"
@@ -84,6 +88,11 @@ _ACKNOWLEDGE = (
     Write("incidents", ("UPDATE",), ("state", *ACK_COLUMNS, "updated_at")),
     Write("incident_events", ("INSERT",)),
 )
+# What exceptionops' actions need (assign, comment, tag, snooze, resolve, reopen): as acknowledging.
+_EXCEPTION_ACTIONS = (
+    Write("exception_groups", ("UPDATE",), EXCEPTION_STATE_COLUMNS),
+    Write("exception_actions", ("INSERT",)),
+)
 
 POLICY: dict[str, Policy] = {
     "collector": Policy(
@@ -93,6 +102,7 @@ POLICY: dict[str, Policy] = {
             *(Write(t, ("INSERT", "UPDATE")) for t in INGEST_TABLES if t != "events"),
             *_ACKNOWLEDGE,  # POST /v1/alerts/{fingerprint}/ack, POST /v1/incidents/{id}/ack
             *(Write(t, ("INSERT",)) for t in BROKER_TABLES),  # `controltower tap`: quarantine, queue probes
+            *_EXCEPTION_ACTIONS,  # POST /v1/exceptions/{id}/{action}
         ),
         functions=(ENSURE_PARTITION,),
         temporary=True,
@@ -113,6 +123,7 @@ POLICY: dict[str, Policy] = {
             *(Write(t, ("DELETE",)) for t in INGEST_TABLES if t not in ("events", "event_conflicts")),
             Write("event_conflicts", ("DELETE",)),
             *(Write(t, ("INSERT", "DELETE")) for t in BROKER_TABLES),  # taps run by the scheduler; retention
+            *(Write(t, ("INSERT", "UPDATE", "DELETE")) for t in EXCEPTION_TABLES),  # grouping, auto-resolve
         ),
         functions=(ENSURE_PARTITION, DROP_PARTITION),
         temporary=True,
@@ -120,7 +131,7 @@ POLICY: dict[str, Policy] = {
     ),
     "dashboard": Policy(
         reads_secrets=False,
-        writes=(*_ACKNOWLEDGE, Write("alert_silences", ("INSERT",))),
+        writes=(*_ACKNOWLEDGE, Write("alert_silences", ("INSERT",)), *_EXCEPTION_ACTIONS),
         summary="reads every table but the key hashes; acknowledges alerts and creates silences",
     ),
 }

@@ -5,6 +5,7 @@ reflects the migrated database and fails when these mirrors drift from the migra
 """
 
 from controltower.schema import alerts, brokers, events, metrics  # noqa: F401  (registers tables)
+from controltower.schema import exceptions  # noqa: F401  (registers tables: 0016)
 from controltower.schema.base import metadata
 
 __all__ = ["metadata"]
