@@ -18,7 +18,7 @@ import streamlit as st
 from sqlalchemy.engine import Engine
 
 from app import queries
-from controltower import alertops
+from controltower import alertops, exceptionops
 from controltower.context import AppContext
 from controltower.masking import Masker
 from controltower.maskrules import MaskingRules
@@ -230,3 +230,24 @@ def replay_requests() -> list[dict[str, Any]]:
     from controltower import replayops
 
     return replayops.list_replays(engine(), replay_config())
+# The exception work queue: people act on it, so it reads fresh on every run.
+def exception_groups(state: str, channel: str | None, cls: str | None, assignee: str | None) -> pd.DataFrame:
+    return queries.exception_groups(engine(), state, channel, cls, assignee)
+
+
+def exception_group(group_id: int) -> dict[str, Any] | None:
+    return queries.exception_group(engine(), group_id)
+
+
+def exception_filters() -> dict[str, list[str]]:
+    return exceptionops.filters(engine())
+
+
+@_cached
+def exception_stats() -> dict[str, pd.DataFrame]:
+    return queries.exception_stats(engine(), now=_now())
+
+
+def masker() -> Masker:
+    s = settings()
+    return _masker_for(s, str(s.masking_rules) if s.masking_rules else None)

@@ -252,3 +252,21 @@ def orphans_figure(df: pd.DataFrame) -> go.Figure:
     fig.update_xaxes(tickformat="", type="category")
     fig.update_yaxes(tickformat=",d", **({"dtick": 1} if df.empty or df.groupby("system")["orphans"].sum().max() <= 10 else {}))
     return fig
+
+
+def exception_volume_figure(df: pd.DataFrame) -> go.Figure:
+    """New exception occurrences per UTC day, one bar segment per channel (columns day, channel, occurrences)."""
+    fig = go.Figure()
+    channels = sorted(df["channel"].unique()) if not df.empty else []
+    colours = _colours(channels)
+    for channel in channels:
+        group = df[df["channel"] == channel]
+        fig.add_trace(go.Bar(
+            x=[str(d) for d in group["day"]], y=group["occurrences"].astype(int).tolist(), name=html(channel),
+            marker={"color": colours[channel]}, hovertemplate="%{x}: %{y:,} exceptions<extra>" + html(channel) + "</extra>",
+        ))
+    fig = _layout(fig, title="Manual-exception volume per channel and day", y_title="occurrences", height=300,
+                  barmode="stack")
+    fig.update_layout(hovermode="closest")
+    fig.update_xaxes(tickformat="", type="category")
+    return fig

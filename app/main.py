@@ -30,6 +30,8 @@ pages = [
     st.Page(str(HERE / "views" / "alerts.py"), title="Alerts", icon=":material/notifications:", url_path="alerts"),
     st.Page(str(HERE / "views" / "incidents.py"), title="Incidents", icon=":material/crisis_alert:", url_path="incidents"),
     st.Page(str(HERE / "views" / "replay.py"), title="Replay", icon=":material/replay:", url_path="replay"),
+    st.Page(str(HERE / "views" / "exceptions.py"), title="Exceptions", icon=":material/assignment_late:",
+            url_path="exceptions"),
 ]
 
 

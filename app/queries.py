@@ -15,7 +15,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from controltower import alertops, breaches, identity, transactions
+from controltower import alertops, breaches, exceptionops, identity, transactions
 from controltower import funnel as funnel_core
 from controltower.histogram import merge as merge_histograms
 from controltower.histogram import percentile as hist_percentile
@@ -480,3 +480,23 @@ def incident(engine: Engine, incident_id: int) -> dict[str, Any] | None:
     )
     timeline = pd.DataFrame([[e["at"], e["kind"], e["text"]] for e in row["timeline"]], columns=["At", "Kind", "What"])
     return {**row, "alerts_table": alerts, "timeline_table": timeline}
+
+
+# --- the exception work queue (controltower.exceptionops) --------------------------------------
+
+def exception_groups(engine: Engine, state: str, channel: str | None, cls: str | None,
+                     assignee: str | None) -> pd.DataFrame:
+    states = {"active": exceptionops.ACTIVE, "all": exceptionops.STATES}.get(state, (state,))
+    return pd.DataFrame(exceptionops.list_groups(engine, states=states, channel=channel, cls=cls, assignee=assignee))
+
+
+def exception_group(engine: Engine, group_id: int) -> dict[str, Any] | None:
+    try:
+        return exceptionops.get_group(engine, group_id)
+    except exceptionops.NoSuchGroup:
+        return None
+
+
+def exception_stats(engine: Engine, *, now: datetime, days: int = 14) -> dict[str, pd.DataFrame]:
+    found = exceptionops.stats(engine, now, days=days)
+    return {k: pd.DataFrame(found[k]) for k in ("volume", "time_to_resolve", "open")}

@@ -50,10 +50,13 @@ INCIDENT_TABLES = ("incidents", "incident_alerts", "incident_events")
 ALERT_HEALTH_TABLES = ("alert_evaluations", "scheduler_health")
 BROKER_TABLES = ("tap_quarantine", "queue_samples")  # broker taps and queue probes (collectors)
 REPLAY_TABLES = ("replay_requests", "raw_payloads")  # guarded replay (controltower.replayops, collectors.replay)
+EXCEPTION_TABLES = ("exception_groups", "exception_occurrences", "exception_actions")  # metrics grouping job
+# What people change on an exception group (controltower.exceptionops), besides its audit row.
+EXCEPTION_STATE_COLUMNS = ("state", "assignee", "tags", "snoozed_until", "resolved_at", "resolved_by", "resolution",
+                           "resolution_note", "reopen_count", "opened_at", "updated_at")
 KNOWN_TABLES = frozenset(
     {*METRICS_TABLES, *INGEST_TABLES, *ALERT_TABLES, *INCIDENT_TABLES, *ALERT_HEALTH_TABLES, *BROKER_TABLES,
-     *REPLAY_TABLES,
-     *SECRET_TABLES, "alembic_version"}
+     *EXCEPTION_TABLES, *REPLAY_TABLES, *SECRET_TABLES, "alembic_version"}
 )
 
 ENSURE_PARTITION = "ct_ensure_event_partition(date)"
@@ -88,6 +91,11 @@ _ACKNOWLEDGE = (
     Write("incidents", ("UPDATE",), ("state", *ACK_COLUMNS, "updated_at")),
     Write("incident_events", ("INSERT",)),
 )
+# What exceptionops' actions need (assign, comment, tag, snooze, resolve, reopen): as acknowledging.
+_EXCEPTION_ACTIONS = (
+    Write("exception_groups", ("UPDATE",), EXCEPTION_STATE_COLUMNS),
+    Write("exception_actions", ("INSERT",)),
+)
 
 POLICY: dict[str, Policy] = {
     "collector": Policy(
@@ -99,6 +107,7 @@ POLICY: dict[str, Policy] = {
             *(Write(t, ("INSERT",)) for t in BROKER_TABLES),  # `controltower tap`: quarantine, queue probes
             # replay: requests (CLI), the executor's outcomes, the opt-in raw store and its retention
             *(Write(t, ("INSERT", "UPDATE", "DELETE")) for t in REPLAY_TABLES),
+            *_EXCEPTION_ACTIONS,  # POST /v1/exceptions/{id}/{action}
         ),
         functions=(ENSURE_PARTITION,),
         temporary=True,
@@ -120,6 +129,7 @@ POLICY: dict[str, Policy] = {
             Write("event_conflicts", ("DELETE",)),
             *(Write(t, ("INSERT", "DELETE")) for t in BROKER_TABLES),  # taps run by the scheduler; retention
             *(Write(t, ("INSERT", "UPDATE", "DELETE")) for t in REPLAY_TABLES),  # replay executor, raw store
+            *(Write(t, ("INSERT", "UPDATE", "DELETE")) for t in EXCEPTION_TABLES),  # grouping, auto-resolve
         ),
         functions=(ENSURE_PARTITION, DROP_PARTITION),
         temporary=True,
@@ -127,7 +137,7 @@ POLICY: dict[str, Policy] = {
     ),
     "dashboard": Policy(
         reads_secrets=False,
-        writes=(*_ACKNOWLEDGE, Write("alert_silences", ("INSERT",)),
+        writes=(*_ACKNOWLEDGE, Write("alert_silences", ("INSERT",)), *_EXCEPTION_ACTIONS,
                 # replay requests, approvals and cancels (controltower.replayops)
                 Write("replay_requests", ("INSERT", "UPDATE"), REPLAY_DECISION_COLUMNS)),
         summary="reads every table but the key hashes; acknowledges alerts and creates silences",

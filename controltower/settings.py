@@ -251,6 +251,11 @@ class Settings:
         None, _opt_path, "Broker taps YAML (taps.yaml): the queues the scheduler probes for depth and age; "
         "unset: no queue probes.",
     )
+    exceptions_file: Path | None = _setting(
+        None, _opt_path,
+        "Exception work queue YAML (classification rules, quiet_minutes for auto-resolve); unset: the "
+        "shipped defaults (metrics/exceptions.yaml).",
+    )
     dashboard_port: int = _setting(8501, _int, "Dashboard (Streamlit) port.")
     dashboard_url: str = _setting(
         "http://127.0.0.1:8501",

@@ -1,5 +1,5 @@
-"""CLI commands of the metrics room: `sla`, `slas check`, `reconcile`, `funnel` and `identity
-orphans|duplicates|hubs`."""
+"""CLI commands of the metrics room: `sla`, `slas check`, `reconcile`, `funnel`, `identity
+orphans|duplicates|hubs` and (from `metrics.exceptions_commands`) `exceptions ...`."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from controltower.clitools import (
 from controltower.context import AppContext
 from controltower.settings import parse_duration
 from controltower.vocab import human_duration
-from metrics import compute, definitions, jobs, reconcile, signallists, signals
+from metrics import compute, definitions, exceptions_commands, jobs, reconcile, signallists, signals
 
 HEALTH_STYLE = {"ok": "green", "warn": "yellow", "critical": "bold red"}
 slas_app = typer.Typer(help="SLA definition files.", no_args_is_help=True)
@@ -35,6 +35,7 @@ def register(app: typer.Typer) -> None:
     app.command("reconcile")(reconcile_command)
     app.command("funnel")(funnel_command)
     app.add_typer(identity_app, name="identity")
+    exceptions_commands.register(app)  # the exception work queue (`controltower exceptions ...`)
 
 
 def _dump(value: Any) -> None:

@@ -28,7 +28,7 @@ from controltower.db import is_unavailable
 from controltower.errors import ConfigError
 from controltower.settings import parse_duration
 from controltower.web import error, require_scope
-from metrics import compute, jobs, signallists
+from metrics import compute, exceptions_http, jobs, signallists
 
 log = logging.getLogger(__name__)
 MAX_WINDOW = timedelta(days=90)
@@ -173,6 +173,7 @@ def routes(context: AppContext) -> list[BaseRoute]:
         Route("/v1/identity/orphans", listing("orphans", orphans), methods=["GET"]),
         Route("/v1/identity/duplicates", listing("duplicates", duplicates), methods=["GET"]),
         Route("/v1/identity/hubs", listing("hubs", hubs), methods=["GET"]),
+        *exceptions_http.routes(context),  # the exception work queue
     ]
 
 

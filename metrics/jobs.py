@@ -19,7 +19,7 @@ from controltower.context import AppContext
 from controltower.jobs import ScheduledJob
 from controltower.schema.metrics import hop_health, sla_status
 from controltower.settings import Settings
-from metrics import compute, definitions, rollups, signals
+from metrics import compute, definitions, exceptionrules, exceptions, rollups, signals
 
 log = logging.getLogger(__name__)
 WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24)}
@@ -34,6 +34,8 @@ def load_definitions(settings: Any) -> definitions.Definitions:
 def refresh(engine: Engine, defs: definitions.Definitions, now: datetime, settings: Settings | None = None) -> dict[str, Any]:
     stats = rollups.refresh_rollups(engine, defs, now)
     stats |= signals.refresh(engine, defs, now, settings)  # orphans, duplicate orders (settings: grace, keys)
+    rules = exceptionrules.load(settings.exceptions_file if settings is not None else None)
+    stats |= exceptions.refresh(engine, defs, now, rules)  # the exception work queue: group, reopen, auto-resolve
     with engine.connect() as conn:
         tables = {name: compute.sla_table(conn, defs, window=window, now=now) for name, window in WINDOWS.items()}
     hops = compute.hop_health(defs, tables["1h"])
@@ -53,6 +55,7 @@ def refresh(engine: Engine, defs: definitions.Definitions, now: datetime, settin
 def jobs(context: AppContext) -> list[ScheduledJob]:
     defs = load_definitions(context.settings)
     definitions.publish(context.engine, defs)
+    exceptionrules.load(context.settings.exceptions_file)  # a bad file stops the scheduler at start, naming the line
 
     def run(now: datetime) -> object:
         return refresh(context.engine, defs, now, context.settings)

@@ -1,0 +1,278 @@
+"""The exception grouping job: a stage of the metrics refresh (after the signals).
+
+Each tick files failures under groups by signature (`metrics.signatures`), classifies new
+groups (`metrics.exceptionrules`) and keeps the groups' states:
+
+- sources: events with status error or dead_letter received since the watermark (minus a lag
+  for late commits; incremental), overdue open breaches (`sla_open_items` due before now) and
+  orphans (`signal_orphans` with `orphaned_at`). Breaches and orphans are named by their
+  business's canonical member, so the occurrence links to the transaction page.
+- one occurrence per (group, correlation id, source); a later failure of the same kind updates
+  it (`at`, `count`) and clears its resolution. Re-reading the same failures changes nothing
+  (only a strictly later failure counts), so the job is idempotent.
+- a new occurrence on a resolved group reopens it (`reopen_count`, audited as `reopen`).
+- auto-resolve ("milestone reached"): an occurrence resolves when its business transaction
+  has reached one of the milestones it awaits (the failed event's milestone, the SLA's `to`,
+  an orphan's origins); a group whose every occurrence resolved resolves.
+- auto-resolve ("quiet"): a group of failed events (no open breach or orphan in it) resolves
+  when a success on its channel and milestone (a transaction reaching it) came after its last
+  occurrence and `quiet_minutes` have passed since without a new one.
+- a snoozed group wakes at `snoozed_until`.
+Automatic changes are audited in `exception_actions` with the actor `controltower`.
+It writes only the exception tables and its watermark.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from controltower import identity
+from controltower.exceptionops import AUTO_ACTOR, record
+from metrics import signatures
+from metrics.definitions import Definitions
+from metrics.exceptionrules import ExceptionRules, classify
+
+WATERMARK = "exceptions:events"
+LAG = timedelta(minutes=2)
+BATCH = 20_000  # failed events read per tick; the watermark walks on when more wait
+VIA = "job"
+MILESTONE_REACHED = "milestone reached"
+QUIET = "quiet"
+
+
+@dataclass(frozen=True)
+class Failure:
+    channel: str
+    milestone: str
+    error_code: str | None
+    message: str | None
+    source: str
+    correlation_id: str
+    event_id: str | None
+    at: datetime
+    awaits: tuple[str, ...]
+
+
+_EVENTS = sa.text("""
+SELECT e.received_at, e.correlation_id, e.event_id, e.occurred_at, e.status,
+       COALESCE(e.channel, t.channel, 'unknown') AS channel, e.flow || '.' || e.stage AS milestone,
+       e.error_code, e.error_message
+FROM events e LEFT JOIN transactions t ON t.correlation_id = e.correlation_id
+WHERE e.received_at > :since AND e.status IN ('error', 'dead_letter')
+ORDER BY e.received_at, e.correlation_id, e.event_id
+LIMIT :limit
+""")
+# the canonical member of a business transaction (the id the transaction page opens)
+_MEMBER = "(SELECT " + identity.CANONICAL_MEMBER + " FROM transactions t WHERE t.business_id = {bid})"  # noqa: S608
+_BREACHES = sa.text("""
+SELECT i.sla, i.channel, i.due_at, COALESCE(""" + _MEMBER.format(bid="i.correlation_id") + """, i.correlation_id)
+       AS correlation_id
+FROM sla_open_items i WHERE i.due_at < :now AND i.sla = ANY(CAST(:slas AS text[]))
+""")  # noqa: S608 (constant fragments)
+_ORPHANS = sa.text("""
+SELECT COALESCE(o.channel, 'unknown') AS channel, o.orphaned_at,
+       COALESCE(""" + _MEMBER.format(bid="o.business_id") + """, o.business_id) AS correlation_id
+FROM signal_orphans o WHERE o.orphaned_at IS NOT NULL AND o.orphaned_at <= :now
+""")  # noqa: S608 (constant fragments)
+
+_NEW_GROUPS = sa.text("""
+INSERT INTO exception_groups (signature, channel, milestone, error_code, message, sample_message, class, state,
+                              first_seen_at, last_seen_at, opened_at, updated_at)
+SELECT * FROM unnest(CAST(:signature AS text[]), CAST(:channel AS text[]), CAST(:milestone AS text[]),
+                     CAST(:error_code AS text[]), CAST(:message AS text[]), CAST(:sample AS text[]),
+                     CAST(:class AS text[]), CAST(:state AS text[]), CAST(:first AS timestamptz[]),
+                     CAST(:last AS timestamptz[]), CAST(:now AS timestamptz[]), CAST(:now AS timestamptz[]))
+ON CONFLICT (signature) DO NOTHING
+""")
+_IDS = sa.text("SELECT signature, id FROM exception_groups WHERE signature = ANY(CAST(:s AS text[]))")
+# only a strictly later failure changes an occurrence: re-reading the same ones does nothing
+_OCCURRENCES = sa.text("""
+INSERT INTO exception_occurrences AS o (group_id, correlation_id, source, event_id, at, first_at, count, awaits,
+                                        error_code, message, seen_at)
+SELECT g, c, s, e, a, f, n, string_to_array(w, ' '), ec, m, :now
+FROM unnest(CAST(:group_id AS bigint[]), CAST(:cid AS text[]), CAST(:source AS text[]), CAST(:event_id AS text[]),
+            CAST(:at AS timestamptz[]), CAST(:first AS timestamptz[]), CAST(:n AS int[]), CAST(:awaits AS text[]),
+            CAST(:code AS text[]), CAST(:message AS text[])) AS x(g, c, s, e, a, f, n, w, ec, m)
+ON CONFLICT (group_id, correlation_id, source) DO UPDATE
+SET at = excluded.at, event_id = excluded.event_id, count = o.count + excluded.count, error_code = excluded.error_code,
+    message = excluded.message, seen_at = excluded.seen_at, resolved_at = NULL
+WHERE excluded.at > o.at
+RETURNING group_id
+""")
+_COUNTERS = sa.text("""
+UPDATE exception_groups g SET
+    occurrence_count = c.total, open_count = c.open, first_seen_at = LEAST(g.first_seen_at, c.first),
+    last_seen_at = GREATEST(g.last_seen_at, c.last), updated_at = :now
+FROM (SELECT group_id, sum(count) AS total, count(*) FILTER (WHERE resolved_at IS NULL) AS open,
+             min(first_at) AS first, max(at) AS last
+      FROM exception_occurrences WHERE group_id = ANY(CAST(:ids AS bigint[])) GROUP BY group_id) c
+WHERE g.id = c.group_id
+""")
+_REOPEN = sa.text("""
+UPDATE exception_groups SET state = 'open', opened_at = :now, reopen_count = reopen_count + 1, resolved_at = NULL,
+       resolved_by = NULL, resolution = NULL, resolution_note = NULL, updated_at = :now
+WHERE id = ANY(CAST(:ids AS bigint[])) AND state = 'resolved'
+RETURNING id, open_count
+""")
+# an occurrence resolves when any member of its business transaction reached a milestone it awaits
+_REACHED = sa.text("""
+UPDATE exception_occurrences o SET resolved_at = :now
+FROM exception_groups g
+WHERE g.id = o.group_id AND g.state IN ('open', 'snoozed') AND o.resolved_at IS NULL
+  AND EXISTS (SELECT 1 FROM transactions t
+              JOIN transactions m ON m.business_id = t.business_id
+              JOIN transaction_milestones tm ON tm.correlation_id = m.correlation_id AND tm.milestone = ANY(o.awaits)
+              WHERE t.correlation_id = o.correlation_id)
+RETURNING o.group_id
+""")
+_RESOLVE = sa.text("""
+UPDATE exception_groups SET state = 'resolved', resolved_at = :now, resolved_by = :actor, resolution = :resolution,
+       snoozed_until = NULL, updated_at = :now
+WHERE id = ANY(CAST(:ids AS bigint[])) AND state IN ('open', 'snoozed')
+RETURNING id, opened_at, occurrence_count
+""")
+_ALL_REACHED = sa.text("""
+SELECT id FROM exception_groups g
+WHERE id = ANY(CAST(:ids AS bigint[])) AND state IN ('open', 'snoozed') AND open_count = 0
+""")
+# quiet: failed-event groups only (a breach or orphan stays while its transaction waits)
+_QUIET = sa.text("""
+SELECT g.id FROM exception_groups g
+WHERE g.state IN ('open', 'snoozed')
+  AND NOT EXISTS (SELECT 1 FROM exception_occurrences o WHERE o.group_id = g.id AND o.resolved_at IS NULL
+                  AND o.source IN ('breach', 'orphan'))
+  AND (SELECT min(m.reached_at) FROM transaction_milestones m
+       WHERE m.milestone = g.milestone AND m.reached_at > g.last_seen_at
+         AND (m.channel = g.channel OR (g.channel = 'unknown' AND m.channel IS NULL))) <= :quiet_before
+""")
+_WAKE = sa.text("""
+UPDATE exception_groups SET state = 'open', snoozed_until = NULL, updated_at = :now
+WHERE state = 'snoozed' AND snoozed_until <= :now
+RETURNING id
+""")
+
+
+def refresh(engine: Engine, defs: Definitions, now: datetime, rules: ExceptionRules) -> dict[str, int]:
+    """One tick: file new failures, reopen, auto-resolve, wake. Returns counts of what it did."""
+    stats = {"exception_failures": 0, "exception_groups_new": 0, "exception_reopened": 0,
+             "exception_auto_resolved": 0, "exception_woken": 0}
+    with engine.begin() as conn:
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('controltower:exceptions'))"))
+        failures, watermark = _read_failures(conn, defs, now)
+        stats["exception_failures"] = len(failures)
+        new, reopened = _file(conn, failures, rules, now)
+        stats["exception_groups_new"], stats["exception_reopened"] = new, reopened
+        stats["exception_auto_resolved"] = _auto_resolve(conn, now, rules)
+        woke = [r.id for r in conn.execute(_WAKE, {"now": now})]
+        for gid in woke:
+            record(conn, gid, now, AUTO_ACTOR, "wake", VIA, {"reason": "snooze ended"})
+        stats["exception_woken"] = len(woke)
+        conn.execute(
+            sa.text("INSERT INTO metrics_watermarks (name, value) VALUES (:n, :v) ON CONFLICT (name) DO UPDATE "
+                    "SET value = GREATEST(metrics_watermarks.value, excluded.value)"),
+            {"n": WATERMARK, "v": watermark},
+        )
+    return stats
+
+
+def _read_failures(conn: Connection, defs: Definitions, now: datetime) -> tuple[list[Failure], datetime]:
+    since = conn.execute(sa.text("SELECT value FROM metrics_watermarks WHERE name = :n"), {"n": WATERMARK}).scalar()
+    since = (since - LAG) if since is not None else datetime(1970, 1, 1, tzinfo=now.tzinfo)
+    rows = conn.execute(_EVENTS, {"since": since, "limit": BATCH}).all()
+    watermark = rows[-1].received_at if len(rows) == BATCH else now
+    out = [Failure(r.channel, r.milestone, r.error_code, r.error_message, r.status, r.correlation_id, r.event_id,
+                   r.occurred_at, (r.milestone,)) for r in rows]
+    targets = {s.name: s.to_milestone for s in defs.slas if s.to_milestone}
+    if targets:
+        for r in conn.execute(_BREACHES, {"now": now, "slas": sorted(targets)}):
+            to = targets[r.sla]
+            out.append(Failure(r.channel, to, f"sla:{r.sla}", f"{to} not reached within the {r.sla} target", "breach",
+                               r.correlation_id, None, r.due_at, (to,)))
+    origins = tuple(defs.orphan_origins)
+    if origins:
+        for r in conn.execute(_ORPHANS, {"now": now}):
+            out.append(Failure(r.channel, origins[0], "orphan", "identity keys link to no " + " or ".join(origins),
+                               "orphan", r.correlation_id, None, r.orphaned_at, origins))
+    return out, watermark
+
+
+def _file(conn: Connection, failures: Iterable[Failure], rules: ExceptionRules, now: datetime) -> tuple[int, int]:
+    """Upsert groups and occurrences; reopen resolved groups that got a new occurrence."""
+    groups: dict[str, dict[str, Any]] = {}
+    occurrences: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for f in failures:
+        sig = signatures.signature(f.channel, f.milestone, f.error_code, f.message)
+        g = groups.get(sig)
+        if g is None:
+            groups[sig] = {
+                "signature": sig, "channel": f.channel, "milestone": f.milestone,
+                "error_code": signatures.normalise_code(f.error_code), "message": signatures.normalise(f.message),
+                "sample": (f.message or "")[:1000] or None,
+                "class": classify(rules, error_code=f.error_code, message=f.message, source=f.source,
+                                  channel=f.channel, milestone=f.milestone),
+                "state": "open", "first": f.at, "last": f.at,
+            }
+        else:
+            g["first"], g["last"] = min(g["first"], f.at), max(g["last"], f.at)
+        key = (sig, f.correlation_id, f.source)
+        o = occurrences.get(key)
+        if o is None:
+            occurrences[key] = {"failure": f, "first": f.at, "n": 1}
+        else:
+            o["n"] += 1
+            o["first"] = min(o["first"], f.at)
+            if f.at > o["failure"].at:
+                o["failure"] = f
+    if not groups:
+        return 0, 0
+    cols = ("signature", "channel", "milestone", "error_code", "message", "sample", "class", "state", "first", "last")
+    params: dict[str, Any] = {c: [g[c] for g in groups.values()] for c in cols}
+    params["now"] = [now] * len(groups)
+    new = conn.execute(_NEW_GROUPS, params).rowcount
+    ids = {r.signature: r.id for r in conn.execute(_IDS, {"s": list(groups)})}
+    items = list(occurrences.items())
+    touched = {r.group_id for r in conn.execute(_OCCURRENCES, {
+        "group_id": [ids[k[0]] for k, _ in items], "cid": [k[1] for k, _ in items], "source": [k[2] for k, _ in items],
+        "event_id": [o["failure"].event_id for _, o in items], "at": [o["failure"].at for _, o in items],
+        "first": [o["first"] for _, o in items], "n": [o["n"] for _, o in items],
+        "awaits": [" ".join(o["failure"].awaits) for _, o in items],
+        "code": [o["failure"].error_code for _, o in items], "message": [o["failure"].message for _, o in items],
+        "now": now,
+    })}
+    if not touched:
+        return new, 0
+    conn.execute(_COUNTERS, {"ids": sorted(touched), "now": now})
+    reopened = conn.execute(_REOPEN, {"ids": sorted(touched), "now": now}).all()
+    for r in reopened:
+        record(conn, r.id, now, AUTO_ACTOR, "reopen", VIA, {"reason": "new occurrence", "open_occurrences": r.open_count})
+    return new, len(reopened)
+
+
+def _auto_resolve(conn: Connection, now: datetime, rules: ExceptionRules) -> int:
+    reached = sorted({r.group_id for r in conn.execute(_REACHED, {"now": now})})
+    done = 0
+    if reached:
+        conn.execute(_COUNTERS, {"ids": reached, "now": now})
+        ids = [r.id for r in conn.execute(_ALL_REACHED, {"ids": reached})]
+        done += _resolve(conn, ids, now, MILESTONE_REACHED)
+    quiet_before = now - timedelta(minutes=rules.quiet_minutes)
+    ids = [r.id for r in conn.execute(_QUIET, {"quiet_before": quiet_before})]
+    done += _resolve(conn, ids, now, QUIET)
+    return done
+
+
+def _resolve(conn: Connection, ids: list[int], now: datetime, resolution: str) -> int:
+    if not ids:
+        return 0
+    rows = conn.execute(_RESOLVE, {"ids": ids, "now": now, "actor": AUTO_ACTOR, "resolution": resolution}).all()
+    for r in rows:
+        record(conn, r.id, now, AUTO_ACTOR, "auto_resolve", VIA,
+               {"resolution": resolution, "open_ms": int((now - r.opened_at).total_seconds() * 1000),
+                "occurrences": int(r.occurrence_count)})
+    return len(rows)
