@@ -238,6 +238,12 @@ class Settings:
     alerts_file: Path | None = _setting(
         None, _opt_path, "Alert rules YAML; unset: the shipped defaults."
     )
+    taps_file: Path | None = _setting(
+        None,
+        _opt_path,
+        "Broker taps YAML (RabbitMQ queues, NATS JetStream consumers; see collectors/taps.example.yaml); "
+        "set: the scheduler drains every tap on each run, and replay reads its `replay:` section. Unset: no taps.",
+    )
     dashboard_port: int = _setting(8501, _int, "Dashboard (Streamlit) port.")
     dashboard_url: str = _setting(
         "http://127.0.0.1:8501",

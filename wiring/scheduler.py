@@ -42,13 +42,15 @@ WAKE_JOB = "pipeline.wake"  # the one-shot extra run of the pipeline a stage's `
 
 def room_jobs(context: AppContext) -> list[ScheduledJob]:
     from alerts import jobs as alert_jobs
+    from collectors.taps import jobs as tap_jobs
     from controltower import retention
     from metrics import jobs as metric_jobs
 
     def keep_bounded(now: object) -> object:
         return retention.apply(context.engine, context.settings)
 
-    return [*metric_jobs.jobs(context), *alert_jobs.jobs(context), ScheduledJob("retention", keep_bounded, 3600.0)]
+    return [*metric_jobs.jobs(context), *alert_jobs.jobs(context), ScheduledJob("retention", keep_bounded, 3600.0),
+            *tap_jobs.jobs(context)]
 
 
 def _guarded(job: ScheduledJob, leading: threading.Event) -> Callable[[], None]:
