@@ -16,7 +16,15 @@ from collectors.store import EventStore
 from collectors.taps.config import loads_taps
 from collectors.taps.runner import TapRunner
 from controltower.masking import Masker
-from tests.collectors.tapkit import NATS_URL, count_events, event, kill, nats_run, tap_process, wait_for
+from tests.collectors.tapkit import (
+    NATS_URL,
+    count_events,
+    event,
+    kill,
+    nats_run,
+    tap_process,
+    wait_for,
+)
 
 
 @pytest.fixture
