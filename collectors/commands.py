@@ -73,6 +73,9 @@ def _print_report(report: Any) -> None:
     console.print(f"{name}: {report.accepted} stored, {report.duplicates} already present, {len(report.errors)} rejected → {state}")
 
 
+PROGRESS_SECONDS = 5.0
+
+
 def tap_command(
     ctx: typer.Context,
     config: Path = typer.Option(..., "--config", help="taps.yaml (see collectors/taps.example.yaml)."),
@@ -97,9 +100,14 @@ def tap_command(
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
 
-    def progress(stats: TapStats) -> None:
-        if not once:
-            line(f"{stats.summary()}")
+    shown: dict[str, float] = {}
+
+    def progress(stats: TapStats) -> None:  # one line per tap every few seconds, not one per batch
+        import time
+
+        if not once and time.monotonic() - shown.get(stats.tap, 0.0) >= PROGRESS_SECONDS:
+            shown[stats.tap] = time.monotonic()
+            line(stats.summary())
 
     runners = [TapRunner(t, store, context.engine, masker, environ=os.environ, on_batch=progress) for t in chosen]
     failures: list[str] = []
