@@ -32,6 +32,10 @@ class Consumer(Protocol):
 
     def ack(self, messages: Sequence[Message]) -> None: ...
 
+    def waiting(self) -> int:
+        """Messages the broker still holds ready for this tap (a drain ends only at 0)."""
+        ...
+
     def release(self, messages: Sequence[Message]) -> None:
         """Give unacknowledged messages back to the broker for redelivery."""
         ...

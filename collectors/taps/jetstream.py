@@ -83,6 +83,13 @@ class JetStreamConsumer:
     def ack(self, messages: Sequence[Message]) -> None:
         self._each(messages, "ack")
 
+    def waiting(self) -> int:
+        try:
+            info = self._run(self._js.consumer_info(self.tap.stream, self.tap.durable))
+        except _ERRORS as exc:
+            raise BrokerUnavailable(f"tap {self.tap.name}: JetStream consumer info failed: {type(exc).__name__}") from None
+        return int(info.num_pending or 0)
+
     def release(self, messages: Sequence[Message]) -> None:
         try:
             self._each(messages, "nak")

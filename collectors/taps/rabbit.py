@@ -88,6 +88,12 @@ class RabbitConsumer:
             # the batch is committed; the broker will redeliver it and the store keeps it once
             raise BrokerUnavailable(f"tap {self.tap.name}: acknowledgement lost: {type(exc).__name__}") from None
 
+    def waiting(self) -> int:
+        try:
+            return int(self._pub.queue_declare(str(self.tap.queue), passive=True).method.message_count)
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            raise BrokerUnavailable(f"tap {self.tap.name}: RabbitMQ connection lost: {type(exc).__name__}") from None
+
     def release(self, messages: Sequence[Message]) -> None:
         self.close()  # closing requeues every unacknowledged delivery
 

@@ -94,8 +94,8 @@ class TapRunner:
                 try:
                     if self._consumer is None:
                         self._consumer = self.connector(self.tap, self.environ)
-                    if not self._step(self._consumer) and once:
-                        break
+                    if not self._step(self._consumer) and once and self._consumer.waiting() == 0:
+                        break  # an empty fetch alone may just be a slow delivery
                     if self._down is not None:
                         log.info("tap %s: %s is back; consuming %s again", self.tap.name, self._down, self.tap.consumed)
                         self._down = None
