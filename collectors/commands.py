@@ -1,4 +1,4 @@
-"""CLI commands of the collectors room: `import`, `watch` and `search`."""
+"""CLI commands of the collectors room: `import`, `watch`, `tap` and `search`."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from controltower.vocab import human_duration
 def register(app: typer.Typer) -> None:
     app.command("import")(import_command)
     app.command("watch")(watch_command)
+    app.command("tap")(tap_command)
     app.command("search")(search_command)
 
 
@@ -70,6 +71,73 @@ def _print_report(report: Any) -> None:
     state = "processed" if report.ok else "[red]quarantined[/]"
     name = plain(report.path.name).replace("[", "\\[")  # a file name is sender input: no control characters, no markup
     console.print(f"{name}: {report.accepted} stored, {report.duplicates} already present, {len(report.errors)} rejected → {state}")
+
+
+PROGRESS_SECONDS = 5.0
+
+
+def tap_command(
+    ctx: typer.Context,
+    config: Path = typer.Option(..., "--config", help="taps.yaml (see collectors/taps.example.yaml)."),
+    once: bool = typer.Option(False, "--once", help="Drain what is waiting, then exit (tests, cron)."),
+    names: list[str] = typer.Option([], "--tap", help="Run only this tap (repeatable); default: all."),
+) -> None:
+    """Consume broker queues (RabbitMQ, NATS JetStream) into the store; acknowledged only once committed."""
+    import os
+    import signal
+
+    from collectors.store import EventStore
+    from collectors.taps.config import load_taps
+    from collectors.taps.runner import TapRunner, TapStats
+    from controltower.masking import Masker, MaskingRules
+
+    taps_config = load_taps(config)
+    chosen = [taps_config.tap(n) for n in names] if names else list(taps_config.taps)
+    context = context_of(ctx, application_name="controltower-tap")
+    masker = Masker(MaskingRules.for_settings(context.settings))
+    store = EventStore(context.engine, context.settings, masker)
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    shown: dict[str, float] = {}
+
+    def progress(stats: TapStats) -> None:  # one line per tap every few seconds, not one per batch
+        import time
+
+        if not once and time.monotonic() - shown.get(stats.tap, 0.0) >= PROGRESS_SECONDS:
+            shown[stats.tap] = time.monotonic()
+            line(stats.summary())
+
+    runners = [TapRunner(t, store, context.engine, masker, environ=os.environ, on_batch=progress) for t in chosen]
+    failures: list[str] = []
+
+    def run(runner: TapRunner) -> None:
+        try:
+            runner.drain(stop=stop, once=once)
+        except Exception as exc:  # a thread boundary: one line, the other taps go on
+            failures.append(str(exc) or type(exc).__name__)
+            if not once:
+                stop.set()
+
+    if not once:
+        console.print(f"tapping {', '.join(f'{t.name} ({t.broker} {t.consumed})' for t in chosen)} (Ctrl-C to stop)",
+                      highlight=False)
+    threads = [threading.Thread(target=run, args=(r,), name=f"tap-{r.tap.name}", daemon=True) for r in runners]
+    for t in threads:
+        t.start()
+    try:
+        while any(t.is_alive() for t in threads):
+            for t in threads:
+                t.join(0.2)
+    except KeyboardInterrupt:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    for r in runners:
+        line(r.stats.summary())
+    if failures:
+        fail("; ".join(failures))
 
 
 SEARCH_SHOWN = 20  # search hits the command lists

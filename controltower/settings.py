@@ -248,8 +248,11 @@ class Settings:
         None, _opt_path, "Alert rules YAML; unset: the shipped defaults."
     )
     taps_file: Path | None = _setting(
-        None, _opt_path, "Broker taps YAML (taps.yaml): the queues the scheduler probes for depth and age; "
-        "unset: no queue probes.",
+        None,
+        _opt_path,
+        "Broker taps YAML (RabbitMQ queues, NATS JetStream consumers; see collectors/taps.example.yaml); "
+        "set: the scheduler drains every tap, probes their queues for depth and age, and replay reads its "
+        "`replay:` section. Unset: no taps.",
     )
     exceptions_file: Path | None = _setting(
         None, _opt_path,

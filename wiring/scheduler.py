@@ -44,6 +44,7 @@ WAKE_MIN_GAP = timedelta(seconds=1)  # between an extra run and the next extra r
 def room_jobs(context: AppContext) -> list[ScheduledJob]:
     from alerts import jobs as alert_jobs
     from collectors import queueprobe
+    from collectors.taps import jobs as tap_jobs
     from controltower import retention
     from metrics import jobs as metric_jobs
 
@@ -52,6 +53,7 @@ def room_jobs(context: AppContext) -> list[ScheduledJob]:
 
     return [
         *metric_jobs.jobs(context), *alert_jobs.jobs(context), ScheduledJob("retention", keep_bounded, 3600.0),
+        *tap_jobs.jobs(context),  # drain the broker taps (only with a taps file)
         *queueprobe.jobs(context),  # queue depth and age for the queue SLAs (only with a taps file)
     ]
 

@@ -1,0 +1,44 @@
+"""The taps under the scheduler: a ScheduledJob only when CONTROLTOWER_TAPS_FILE is set, draining each tap."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from collectors.taps import jobs
+from controltower.context import AppContext
+from tests.collectors.tapkit import Rabbit, count_events, event
+
+
+@pytest.fixture
+def rabbit():
+    r = Rabbit()
+    yield r
+    r.close()
+
+
+def test_no_taps_file_no_job(engine, settings):
+    assert jobs.jobs(AppContext(settings, engine)) == []
+
+
+def test_the_job_drains_every_tap_and_the_scheduler_lists_it(rabbit, engine, settings, tmp_path, monkeypatch):
+    from wiring.scheduler import room_jobs
+
+    q1, q2 = rabbit.queue(), rabbit.queue()
+    for i in range(3):
+        rabbit.publish(q1, event(i, "s1"))
+    rabbit.publish(q2, event(0, "s2"))
+    rabbit.publish(q2, b"[1]")
+    path = tmp_path / "taps.yaml"
+    path.write_text(f"taps:\n  - {{name: s1, broker: rabbitmq, queue: {q1}}}\n"
+                    f"  - {{name: s2, broker: rabbitmq, url_env: CT_TEST_TAP_URL, queue: {q2}}}\n")
+    monkeypatch.setenv("CT_TEST_TAP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    context = AppContext(settings.with_(taps_file=path), engine)
+    (job,) = jobs.jobs(context)
+    assert job.name == "collectors.taps" and job.pipeline is None
+    assert "collectors.taps" in [j.name for j in room_jobs(context)]
+    results = sorted(job.run(datetime.now(UTC)), key=lambda s: s.tap)  # type: ignore[arg-type]
+    assert [(s.tap, s.stored, s.quarantined) for s in results] == [("s1", 3, 0), ("s2", 1, 1)]
+    assert (count_events(engine, "tap:s1")[0], count_events(engine, "tap:s2")[0]) == (3, 1)
+    assert (rabbit.depth(q1), rabbit.depth(q2), rabbit.depth(q2 + ".quarantine")) == (0, 0, 1)
