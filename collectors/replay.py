@@ -35,6 +35,7 @@ import orjson
 import pika
 import pika.exceptions
 import sqlalchemy as sa
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 from sqlalchemy.engine import Connection, Engine
 
 from collectors.rawstore import RawStore
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 REPLAY_ID_HEADER = "x-controltower-replay-id"
 NOT_FOUND_RETRIES = 3  # a DLQ message another executor holds for a moment is looked for again
 NOT_FOUND_DELAY = timedelta(seconds=30)
+BROKER_TIMEOUT = 10.0  # seconds: connect, handshake and each broker round trip of a DLQ move
 MAX_DLQ_WALK = 10_000  # messages read from a DLQ looking for one: bounds the time and what is held unacked
 _DEATH_HEADERS = ("x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
                   "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason")
@@ -211,7 +213,7 @@ class Executor:
             return Outcome("failed", f"tap {tap.name}: DLQ replay needs a rabbitmq tap with dead_letter_queue")
         try:
             return move_from_dlq(tap, row.event_id, row.message_id, row.id, self.environ)
-        except pika.exceptions.AMQPError as exc:
+        except (pika.exceptions.AMQPError, OSError) as exc:
             return Outcome("failed", f"tap {tap.name}: broker error {type(exc).__name__}")
 
     def _post(self, conn: Connection, row: Any) -> Outcome:
@@ -265,7 +267,14 @@ def move_from_dlq(tap: ReplayTap, event_id: str, message_id: str | None, replay_
     """Move one message from the tap's DLQ back to its source, exactly once: republish (confirmed),
     then ack in the DLQ; every other message read on the way is requeued."""
     dlq = tap.dead_letter_queue or ""
-    connection = pika.BlockingConnection(pika.URLParameters(tap.broker_url(environ)))
+    params = pika.URLParameters(tap.broker_url(environ))
+    # a hung broker costs BROKER_TIMEOUT, not pika's 15 s handshake (whose error is no AMQPError)
+    params.socket_timeout = params.blocked_connection_timeout = params.stack_timeout = BROKER_TIMEOUT
+    params.connection_attempts = 1
+    try:
+        connection = pika.BlockingConnection(params)
+    except AMQPConnectorException as exc:
+        return Outcome("failed", f"tap {tap.name}: cannot connect to the broker ({type(exc).__name__})")
     try:
         channel = connection.channel()
         channel.confirm_delivery()

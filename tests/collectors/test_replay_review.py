@@ -250,3 +250,24 @@ def test_the_rate_limit_counts_when_a_replay_was_really_sent(engine, settings, e
     # another executor at T0+65s: the 2/min window (T0+5s, T0+65s] holds the send at T0+50s: one more, not two
     second = Executor(engine, store, CONFIG, {}, environ=env, raw=raw).run_once(T0 + timedelta(seconds=65))
     assert (len(second.sent), len(second.deferred)) == (1, 1)
+
+
+def test_a_hung_broker_fails_the_dlq_replay_in_bounded_time_and_the_run_goes_on(engine, settings, monkeypatch):
+    monkeypatch.setattr(replay_mod, "BROKER_TIMEOUT", 1.0)
+    sock = __import__("socket").socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(4)  # accepts (the kernel does), never answers
+    try:
+        store = _store(engine, settings)
+        _order(store, "c-1", "SO-1", source="tap:erp")
+        replayops.request_replay(engine, config=CONFIG, correlation_ids=["c-1"], by="dana", now=T0)
+        url = f"amqp://guest:guest@127.0.0.1:{sock.getsockname()[1]}/%2F"
+        started = time.monotonic()
+        report = Executor(engine, store, CONFIG, {"erp": Tap("erp", "q", "dlq")},
+                          environ={"TEST_AMQP_URL": url}).run_once(T0)
+        assert time.monotonic() - started < 6
+    finally:
+        sock.close()
+    assert report.failed
+    outcome = _rows(engine)["c-1"].outcome
+    assert "cannot connect" in outcome and "guest" not in outcome
