@@ -271,3 +271,27 @@ def test_a_hung_broker_fails_the_dlq_replay_in_bounded_time_and_the_run_goes_on(
     assert report.failed
     outcome = _rows(engine)["c-1"].outcome
     assert "cannot connect" in outcome and "guest" not in outcome
+
+
+# -- the raw store's retention runs without anyone running `replay run` ------------------------------
+def test_the_scheduler_purges_the_raw_store_past_raw_store_days(engine, settings, tmp_path):
+    from cryptography.fernet import Fernet
+
+    from collectors.rawstore import RawMessage, RawStore
+    from controltower.context import AppContext
+    from controltower.schema.replay import raw_payloads
+    from wiring.scheduler import room_jobs
+
+    raw = RawStore(Fernet.generate_key().decode())
+    with engine.begin() as conn:
+        for cid, age in (("old", timedelta(days=3)), ("new", timedelta(hours=2))):
+            raw.keep(conn, tap="erp", correlation_id=cid, event_id=f"{cid}-e", now=T0 - age,
+                     message=RawMessage(b'{"iban": "DE89370400440532013000"}'))
+    path = tmp_path / "taps.yaml"
+    path.write_text("taps: []\nreplay:\n  raw_store_days: 2\n")
+    context = AppContext(settings.__class__.load({"database_url": settings.database_url, "taps_file": path},
+                                                 environ={}), engine)
+    [job] = [j for j in room_jobs(context) if j.name == "replay.raw_store_purge"]
+    assert job.run(T0) == 1
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(raw_payloads.c.correlation_id)).scalars().all() == ["new"]
