@@ -4,8 +4,10 @@ The one implementation: the CLI (`controltower replay …`) and the dashboard's 
 call it, so every request is checked the same way before a row lands in `replay_requests`:
 - duplicate: the business transaction already reached the milestone the flow's replay produces
   (`replay.flows.<flow>.produces`) -> refused, unless `confirm_duplicate` (recorded on the row);
+- once per message: a message with a pending replay is refused (cancel that one first); after a
+  sent replay, another one is a duplicate (refused unless confirmed), checked again at send time;
 - approval: a flow with `approval: true` (refund, settlement, credit by default) waits for
-  `approve_replay` by a different person than the requester;
+  `approve_replay` by a different person than the requester (names compared folded: `same_person`);
 - pacing: a bulk request (an exception group, many correlation ids) gets one row per occurrence,
   `not_before` spaced by the flow's `rate_per_minute`; `cancel_replay` stops what is not sent.
 A dry run returns the same plan (targets, headers, the masked body, verdicts) and writes nothing.
