@@ -181,14 +181,17 @@ def _age_ms(now: datetime, then: datetime | None) -> int | None:
 def _probe_rabbitmq(url: str, targets: list[Target], now: datetime, result: ProbeResult) -> None:
     import pika
     import pika.exceptions
+    from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
     params = pika.URLParameters(url)
-    params.socket_timeout = params.blocked_connection_timeout = TIMEOUT
+    # stack_timeout bounds the TCP connect and the AMQP handshake together: a broker that accepts
+    # and never answers costs TIMEOUT, not pika's 15 s (and its error is not an AMQPError)
+    params.socket_timeout = params.blocked_connection_timeout = params.stack_timeout = TIMEOUT
     params.connection_attempts = 1
     where = _where(url)
     try:
         connection = pika.BlockingConnection(params)
-    except pika.exceptions.AMQPError as exc:
+    except (pika.exceptions.AMQPError, AMQPConnectorException, OSError) as exc:
         result.errors.append(f"rabbitmq {where}: cannot connect ({type(exc).__name__})")
         return
     try:
@@ -206,7 +209,7 @@ def _probe_rabbitmq(url: str, targets: list[Target], now: datetime, result: Prob
                 finally:
                     if channel.is_open:
                         channel.close()
-    except pika.exceptions.AMQPError as exc:
+    except (pika.exceptions.AMQPError, OSError) as exc:
         result.errors.append(f"rabbitmq {where}: connection lost ({type(exc).__name__})")
     finally:
         if connection.is_open:
@@ -288,14 +291,33 @@ async def _first_from(js: Any, stream: str, seq: int, subject: str) -> datetime 
 
 # -- the scheduler's job -------------------------------------------------------------------------
 def jobs(context: AppContext, environ: Mapping[str, str] | None = None) -> list[ScheduledJob]:
-    """`queues.probe` every probe_interval when a taps file is configured (none: no job)."""
+    """`queues.probe` every probe_interval when a taps file is configured (none: no job).
+
+    A broken taps file never stops the scheduler (its other jobs keep running): the job logs
+    the file's error once (`file:line: what`), skips its runs until the file is fixed, and each
+    run reads the file again, so a fix is picked up without a restart."""
     path = context.settings.taps_file
     if path is None:
         return []
-    targets = load_targets(path)
     env = os.environ if environ is None else environ
+    reported: list[str] = []
 
-    def run(now: datetime) -> object:
-        return probe(context.engine, targets, now=now, environ=env)
+    def current() -> Targets | None:
+        try:
+            targets = load_targets(path)
+        except ConfigError as exc:
+            if str(exc) not in reported:
+                reported[:] = [str(exc)]
+                log.error("queue probe: not probing: %s", exc)
+            return None
+        reported.clear()
+        return targets
 
-    return [ScheduledJob("queues.probe", run, targets.probe_interval_seconds)]
+    first = current()
+    interval = first.probe_interval_seconds if first is not None else DEFAULT_PROBE_INTERVAL
+
+    def run(now: datetime) -> ProbeResult:
+        targets = current()
+        return ProbeResult() if targets is None else probe(context.engine, targets, now=now, environ=env)
+
+    return [ScheduledJob("queues.probe", run, interval)]

@@ -11,6 +11,7 @@ in README "Replay and privacy". It never logs a body, a header or the key.
 from __future__ import annotations
 
 import base64
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,10 +22,15 @@ from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Connection, Engine
 
+from controltower.context import AppContext
 from controltower.errors import ConfigError, ControlTowerError
+from controltower.jobs import ScheduledJob
+from controltower.replayconfig import DEFAULT_RAW_STORE_DAYS, load_replay
 from controltower.schema.replay import raw_payloads
 
+log = logging.getLogger(__name__)
 KEY_SETTING = "CONTROLTOWER_RAW_STORE_KEY"
+PURGE_INTERVAL = 3600.0
 
 
 @dataclass(frozen=True)
@@ -81,3 +87,25 @@ def purge(engine: Engine, now: datetime, days: int) -> int:
     with engine.begin() as conn:
         result = conn.execute(raw_payloads.delete().where(raw_payloads.c.stored_at < now - timedelta(days=days)))
         return int(result.rowcount)
+
+
+def jobs(context: AppContext) -> list[ScheduledJob]:
+    """`replay.raw_store_purge` hourly: the retention holds whether or not anyone runs `replay run`.
+    `raw_store_days` is read from the taps file at each run (no file: the default); a broken file
+    is logged once and the default applies, so originals never outlive it."""
+    reported: list[str] = []
+
+    def run(now: datetime) -> int:
+        days = DEFAULT_RAW_STORE_DAYS
+        path = context.settings.taps_file
+        if path is not None:
+            try:
+                days = load_replay(path).raw_store_days
+                reported.clear()
+            except ConfigError as exc:
+                if str(exc) not in reported:
+                    reported[:] = [str(exc)]
+                    log.error("raw store purge: using %d days: %s", days, exc)
+        return purge(context.engine, now, days)
+
+    return [ScheduledJob("replay.raw_store_purge", run, PURGE_INTERVAL)]

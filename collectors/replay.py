@@ -24,22 +24,30 @@ It never logs a broker URL, an endpoint URL, a token or a body.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
 import pika
 import pika.exceptions
 import sqlalchemy as sa
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 from sqlalchemy.engine import Connection, Engine
 
 from collectors.rawstore import RawStore
 from controltower.errors import ControlTowerError
 from controltower.replayconfig import ReplayConfig
-from controltower.replayops import REPLAY_OF_HEADER, duplicate_reason, reached
+from controltower.replayops import (
+    REPLAY_OF_HEADER,
+    duplicate_reason,
+    other_replay,
+    reached,
+    replayed_reason,
+)
 from controltower.schema.replay import replay_requests
 
 log = logging.getLogger(__name__)
@@ -47,6 +55,8 @@ log = logging.getLogger(__name__)
 REPLAY_ID_HEADER = "x-controltower-replay-id"
 NOT_FOUND_RETRIES = 3  # a DLQ message another executor holds for a moment is looked for again
 NOT_FOUND_DELAY = timedelta(seconds=30)
+BROKER_TIMEOUT = 10.0  # seconds: connect, handshake and each broker round trip of a DLQ move
+MAX_DLQ_WALK = 10_000  # messages read from a DLQ looking for one: bounds the time and what is held unacked
 _DEATH_HEADERS = ("x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
                   "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason")
 
@@ -100,11 +110,17 @@ class Executor:
         self.engine, self.sink, self.config, self.taps = engine, sink, config, taps
         self.environ, self.raw, self.http_timeout = environ, raw, http_timeout
 
-    def run_once(self, now: datetime, *, limit: int = 100) -> RunReport:
-        """Send what is due at `now` (at most `limit` requests); returns what happened to which id."""
+    def run_once(self, now: datetime, *, limit: int = 100, clock: Callable[[], datetime] | None = None) -> RunReport:
+        """Send what is due at `now` (at most `limit` requests); returns what happened to which id.
+
+        With `clock`, each request is handled at the clock's time (the first at `now`): a run
+        sending slowly (DLQ walks, slow endpoints) records when each replay really went out, which
+        the rate limit of every executor counts."""
         report = RunReport()
         skipped: list[int] = []
-        for _ in range(limit):
+        for i in range(limit):
+            if clock is not None and i:
+                now = max(now, clock())
             with self.engine.begin() as conn:
                 row = conn.execute(_CLAIM.where(replay_requests.c.id.notin_(skipped)), {"now": now}).first()
                 if row is None:
@@ -128,12 +144,18 @@ class Executor:
         flow = self.config.flow(row.flow)
         if flow is None:
             return Outcome("refused", f"flow {row.flow} has no replay configured any more")
+        if flow.approval and not row.approved_by:  # the flow needs approval since the request was made
+            return Outcome("refused", f"flow {row.flow} needs approval by a second person now: request it again")
         if not row.confirm_duplicate:
             at, order = reached(conn, row.correlation_id, flow.produces)
             if at is not None:
                 return Outcome("refused", duplicate_reason(row.flow, order or row.correlation_id, flow.produces, at))
         # one executor at a time counts and sends a flow's replays: the rate limit holds across processes
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"replay:{row.flow}"})
+        # under that lock, a replay of the same message sent meanwhile is seen (two requests raced)
+        other = other_replay(conn, row.correlation_id, row.event_id, exclude=row.id)
+        if other is not None and other.status == "sent" and not row.confirm_duplicate:
+            return Outcome("refused", replayed_reason(other))
         count, oldest = conn.execute(_SENT_IN_WINDOW, {"flow": row.flow, "since": now - timedelta(minutes=1)}).one()
         if count >= flow.rate_per_minute:
             wait_until = oldest + timedelta(minutes=1)
@@ -191,7 +213,7 @@ class Executor:
             return Outcome("failed", f"tap {tap.name}: DLQ replay needs a rabbitmq tap with dead_letter_queue")
         try:
             return move_from_dlq(tap, row.event_id, row.message_id, row.id, self.environ)
-        except pika.exceptions.AMQPError as exc:
+        except (pika.exceptions.AMQPError, OSError) as exc:
             return Outcome("failed", f"tap {tap.name}: broker error {type(exc).__name__}")
 
     def _post(self, conn: Connection, row: Any) -> Outcome:
@@ -206,6 +228,8 @@ class Executor:
         url = self.environ.get(endpoint.url_env)
         if not url:
             return Outcome("failed", f"{endpoint.url_env} is not set")
+        if urlsplit(url).scheme.lower() not in ("http", "https") or not urlsplit(url).hostname:
+            return Outcome("failed", f"{endpoint.url_env} is not an http:// or https:// URL")
         headers = {"Content-Type": message.content_type or "application/json",
                    "X-Controltower-Replay-Of": row.event_id, "X-Controltower-Replay-Id": str(row.id)}
         if endpoint.token_env:
@@ -213,13 +237,17 @@ class Executor:
             if not token:
                 return Outcome("failed", f"{endpoint.token_env} is not set")
             headers["Authorization"] = f"Bearer {token}"
+        # Only the status is read: an endless or huge answer cannot hold the executor (and its row
+        # locks) or its memory. Redirects are not followed: the token goes to the configured URL only.
         try:
-            response = httpx.post(url, content=message.body, headers=headers, timeout=self.http_timeout)
+            with httpx.Client(timeout=self.http_timeout, follow_redirects=False, trust_env=False) as client, \
+                    client.stream("POST", url, content=message.body, headers=headers) as response:
+                status, phrase = response.status_code, response.reason_phrase
         except httpx.HTTPError as exc:
             return Outcome("failed", f"POST to ${endpoint.url_env}: {type(exc).__name__}")
-        if 200 <= response.status_code < 300:
-            return Outcome("sent", f"POST to ${endpoint.url_env}: HTTP {response.status_code}")
-        return Outcome("failed", f"POST to ${endpoint.url_env}: HTTP {response.status_code} {response.reason_phrase}")
+        if 200 <= status < 300:
+            return Outcome("sent", f"POST to ${endpoint.url_env}: HTTP {status}")
+        return Outcome("failed", f"POST to ${endpoint.url_env}: HTTP {status} {phrase}")
 
 
 def _matches(props: Any, body: bytes, event_id: str, message_id: str | None) -> bool:
@@ -239,13 +267,20 @@ def move_from_dlq(tap: ReplayTap, event_id: str, message_id: str | None, replay_
     """Move one message from the tap's DLQ back to its source, exactly once: republish (confirmed),
     then ack in the DLQ; every other message read on the way is requeued."""
     dlq = tap.dead_letter_queue or ""
-    connection = pika.BlockingConnection(pika.URLParameters(tap.broker_url(environ)))
+    params = pika.URLParameters(tap.broker_url(environ))
+    # a hung broker costs BROKER_TIMEOUT, not pika's 15 s handshake (whose error is no AMQPError)
+    params.socket_timeout = params.blocked_connection_timeout = params.stack_timeout = BROKER_TIMEOUT
+    params.connection_attempts = 1
+    try:
+        connection = pika.BlockingConnection(params)
+    except AMQPConnectorException as exc:
+        return Outcome("failed", f"tap {tap.name}: cannot connect to the broker ({type(exc).__name__})")
     try:
         channel = connection.channel()
         channel.confirm_delivery()
         held: list[int] = []
         found = None
-        while True:
+        while len(held) < MAX_DLQ_WALK:
             method, props, body = channel.basic_get(dlq, auto_ack=False)
             if method is None:
                 break
@@ -255,7 +290,8 @@ def move_from_dlq(tap: ReplayTap, event_id: str, message_id: str | None, replay_
             held.append(method.delivery_tag)
         try:
             if found is None:
-                return Outcome("retry", f"message {event_id} not found in {dlq}")
+                where = f"the first {MAX_DLQ_WALK:,} messages of {dlq}" if len(held) >= MAX_DLQ_WALK else dlq
+                return Outcome("retry", f"message {event_id} not found in {where}")
             method, props, body = found
             headers = {k: v for k, v in (props.headers or {}).items() if k not in _DEATH_HEADERS}
             headers[REPLAY_OF_HEADER] = event_id
@@ -274,8 +310,8 @@ def move_from_dlq(tap: ReplayTap, event_id: str, message_id: str | None, replay_
             where = f"exchange {exchange}" if exchange else f"queue {routing_key}"
             return Outcome("sent", f"moved from {dlq} to {where}")
         finally:
-            for tag in held:
-                channel.basic_nack(tag, requeue=True)
+            if held:  # one frame for all of them; requeued, they keep their places in the DLQ
+                channel.basic_nack(held[-1], multiple=True, requeue=True)
     except (pika.exceptions.UnroutableError, pika.exceptions.NackError):
         return Outcome("failed", f"the broker refused the republish of {event_id} (unroutable or nacked); "
                                  f"it stays in {dlq}")

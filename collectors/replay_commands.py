@@ -118,4 +118,5 @@ def run_due(ctx: typer.Context, path: Path, *, limit: int) -> Any:
     store = EventStore(context.engine, settings, Masker(MaskingRules.for_settings(settings)))
     now = datetime.now(UTC)
     purge(context.engine, now, cfg.raw_store_days)
-    return Executor(context.engine, store, cfg, taps, environ=os.environ, raw=raw).run_once(now, limit=limit)
+    return Executor(context.engine, store, cfg, taps, environ=os.environ, raw=raw).run_once(
+        now, limit=limit, clock=lambda: datetime.now(UTC))

@@ -4,8 +4,10 @@ The one implementation: the CLI (`controltower replay …`) and the dashboard's 
 call it, so every request is checked the same way before a row lands in `replay_requests`:
 - duplicate: the business transaction already reached the milestone the flow's replay produces
   (`replay.flows.<flow>.produces`) -> refused, unless `confirm_duplicate` (recorded on the row);
+- once per message: a message with a pending replay is refused (cancel that one first); after a
+  sent replay, another one is a duplicate (refused unless confirmed), checked again at send time;
 - approval: a flow with `approval: true` (refund, settlement, credit by default) waits for
-  `approve_replay` by a different person than the requester;
+  `approve_replay` by a different person than the requester (names compared folded: `same_person`);
 - pacing: a bulk request (an exception group, many correlation ids) gets one row per occurrence,
   `not_before` spaced by the flow's `rate_per_minute`; `cancel_replay` stops what is not sent.
 A dry run returns the same plan (targets, headers, the masked body, verdicts) and writes nothing.
@@ -16,6 +18,7 @@ masked payload the events table holds.
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -107,6 +110,45 @@ def reached(conn: Connection, correlation_id: str, milestone: str) -> tuple[date
     return (row.reached_at, row.order_id) if row is not None else (None, None)
 
 
+def person(name: str) -> str:
+    """A name as recorded: compatibility forms folded (full-width letters), invisible format
+    characters (zero-width space, soft hyphen) dropped, whitespace collapsed."""
+    text = "".join(c for c in unicodedata.normalize("NFKC", name) if unicodedata.category(c) != "Cf")
+    return " ".join(text.split())
+
+
+def same_person(a: str, b: str) -> bool:
+    """Whether two recorded names are one person for the second-person rule: "Dana", "dana ",
+    "ｄａｎａ" and "da\u200bna" are; the comparison ignores case."""
+    return person(a).casefold() == person(b).casefold()
+
+
+# a replay of the same message that is pending, or was sent: a second one would send it twice
+_OTHER_REPLAY = sa.text(
+    """
+    SELECT id, status, requested_by, sent_at FROM replay_requests
+    WHERE correlation_id = :cid AND event_id = :eid AND id <> :id
+      AND (status IN ('requested', 'approved') OR (status = 'sent' AND :pending_only = false))
+    ORDER BY (status = 'sent') DESC, id
+    LIMIT 1
+    """
+)
+
+
+def other_replay(conn: Connection, correlation_id: str, event_id: str, *, exclude: int = 0,
+                 pending_only: bool = False) -> Any:
+    """Another replay request of the same message: a sent one first, else a pending one (None: none)."""
+    return conn.execute(_OTHER_REPLAY, {"cid": correlation_id, "eid": event_id, "id": exclude,
+                                        "pending_only": pending_only}).first()
+
+
+def replayed_reason(other: Any) -> str:
+    if other.status == "sent":
+        return (f"already replayed by {other.requested_by} at {other.sent_at:%Y-%m-%d %H:%M} UTC (replay {other.id}): "
+                "a second replay would send it twice (confirm the duplicate to replay anyway)")
+    return f"already requested by {other.requested_by} (replay {other.id}, {other.status}): cancel that one first"
+
+
 def duplicate_reason(flow: str, order: str, milestone: str, at: datetime) -> str:
     return (f"{flow} {order} already reached {milestone} at {at:%Y-%m-%d %H:%M} UTC: a replay would "
             "duplicate it (confirm the duplicate to replay anyway)")
@@ -131,7 +173,7 @@ def request_replay(
     Refused items are recorded too (status refused, the reason in `outcome`), so the audit shows
     who tried what. Raises `ControlTowerError` for a missing `by` or nothing to replay.
     """
-    by = by.strip()
+    by = person(by)
     if not by:
         raise ControlTowerError("by: missing (who asks for the replay)")
     if target not in (None, "dlq", "http"):
@@ -146,8 +188,11 @@ def request_replay(
         if len(wanted) > MAX_BULK:
             raise ControlTowerError(f"{len(wanted)} occurrences: at most {MAX_BULK} in one request")
         batch = uuid.uuid4().hex[:12]
+        if not dry_run:  # requests are recorded one at a time: two people cannot both pass the "pending" guard
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('controltower:replay-requests'))"))
         items = [_plan(conn, config, cid, eid, now=now, confirm=confirm_duplicate, target=target)
                  for cid, eid in dict.fromkeys(wanted)]
+        _once_per_message(items)
         _pace(items, config, now)
         if not dry_run:
             for item in items:
@@ -194,12 +239,18 @@ def _plan(conn: Connection, config: ReplayConfig, cid: str, eid: str | None, *, 
     if target == "dlq" and not from_tap:
         item.status, item.reason = "refused", "a DLQ replay needs an event that came through a broker tap"
         return item
+    other = other_replay(conn, cid, item.event_id or "")
+    if other is not None and other.status != "sent":  # never two pending replays of one message
+        item.status, item.reason = "refused", replayed_reason(other)
+        return item
     at, order = reached(conn, cid, flow.produces)
     if at is not None:
         item.duplicate = duplicate_reason(flow.flow, order or cid, flow.produces, at)
-        if not confirm:
-            item.status, item.reason = "refused", item.duplicate
-            return item
+    elif other is not None:
+        item.duplicate = replayed_reason(other)
+    if item.duplicate is not None and not confirm:
+        item.status, item.reason = "refused", item.duplicate
+        return item
     item.needs_approval = flow.approval
     if flow.approval:
         item.status, item.reason = "requested", "waits for approval by a second person"
@@ -219,6 +270,16 @@ def _preview(item: PlanItem, payload: Any, config: ReplayConfig) -> dict[str, An
         if endpoint.token_env:
             headers["Authorization"] = f"Bearer ${endpoint.token_env} (not shown)"
     return {"target": where, "headers": headers, "body_masked": payload}
+
+
+def _once_per_message(items: Iterable[PlanItem]) -> None:
+    """A message named twice in one request (by correlation id and by occurrence) is replayed once."""
+    seen: set[tuple[str, str | None]] = set()
+    for item in items:
+        key = (item.correlation_id, item.event_id)
+        if item.status != "refused" and key in seen:
+            item.status, item.reason = "refused", f"message {item.event_id} is already in this request"
+        seen.add(key)
 
 
 def _pace(items: Iterable[PlanItem], config: ReplayConfig, now: datetime) -> None:
@@ -246,7 +307,7 @@ def _record(conn: Connection, item: PlanItem, *, by: str, now: datetime, batch: 
 
 def approve_replay(engine: Engine, request_id: int, by: str, now: datetime) -> dict[str, Any]:
     """Approve a request waiting for approval. The approver must not be the requester."""
-    by = by.strip()
+    by = person(by)
     if not by:
         raise ControlTowerError("by: missing (who approves)")
     with engine.begin() as conn:
@@ -256,7 +317,7 @@ def approve_replay(engine: Engine, request_id: int, by: str, now: datetime) -> d
             raise NoSuchReplay(f"no replay request {request_id}")
         if row.status != "requested":
             raise ControlTowerError(f"replay {request_id} is {row.status}: only a requested replay can be approved")
-        if by.casefold() == row.requested_by.casefold():
+        if same_person(by, row.requested_by):
             raise ControlTowerError(
                 f"replay {request_id} ({row.flow}) was requested by {row.requested_by}: a second, different "
                 "person must approve it")
@@ -272,7 +333,7 @@ def cancel_replay(
     """Cancel what is not sent yet of one request, a bulk batch or an exception group's replays.
     Returns how many were cancelled. A request being sent right now is finished first (the
     executor holds its row lock), then is no longer pending."""
-    by = by.strip()
+    by = person(by)
     if not by:
         raise ControlTowerError("by: missing (who cancels)")
     t = replay_requests

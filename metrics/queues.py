@@ -9,7 +9,8 @@ channel under channel `*`, "all channels"):
   empty one for longer than `target` is a breach (warn; critical past `critical_factor` x target).
 - `queue_growing` (`window`): a queue (or JetStream consumer) whose depth never fell between
   two samples over the window and ends higher than it started (the window must be covered: a
-  sample at or before its start) is a breach (warn).
+  sample at or before its start, no older than one window before it, and no gap between samples
+  longer than the window) is a breach (warn).
 - `consumer_lag` (`max_pending`, optional `critical`): a JetStream consumer's num_pending, or a
   RabbitMQ queue's ready messages, above `max_pending` (warn; above `critical`: critical).
 
@@ -161,7 +162,10 @@ def _growing(conn: Connection, sla: SLA, judged: dict[str, Any], now: datetime) 
     out = []
     for queue, r in judged.items():
         points = series.get(queue, [])
-        covered = len(points) >= 2 and points[0][0] <= start
+        # observed over the window: a baseline at or before its start, and no gap longer than the
+        # window between samples (the probe off for a day, then 5 -> 10, is not "growing for 15 min")
+        covered = len(points) >= 2 and start - window <= points[0][0] <= start and all(
+            b[0] - a[0] <= window for a, b in zip(points, points[1:], strict=False))
         depths = [d for _, d in points]
         rising = covered and all(b >= a for a, b in zip(depths, depths[1:], strict=False)) and depths[-1] > depths[0]
         if not rising:

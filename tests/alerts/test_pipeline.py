@@ -118,7 +118,7 @@ def test_room_jobs_chain_refresh_evaluate_deliver(settings, engine):
     assert pipeline is not None
     assert [j.name for j in pipeline.stages] == ["metrics.refresh", "alerts.evaluate", "alerts.deliver"]
     assert pipeline.stages[1].wake is not None
-    assert {j.name for j in others} == {"alerts.deliver.retry", "retention"}
+    assert {j.name for j in others} == {"alerts.deliver.retry", "retention", "replay.raw_store_purge"}
 
 
 def test_self_metrics_show_the_interval_and_the_delivery_backlog(engine):
