@@ -228,14 +228,14 @@ def _across_systems(tx: dict[str, Any], reached: list[tuple[str, datetime]], cha
 
 def replay_clauses(tx: dict[str, Any], when: Any) -> list[str]:
     """"replayed by dana at 10:42, posted at 10:43" per replay lineage event (stage `replayed`,
-    written by the replay executor): who asked, when it was sent, and when the milestone the
+    source `replay`: written by the replay executor, never by a sender): who asked, when it was sent, and when the milestone the
     replay produces (`attributes.replay_produces`) was reached at or after it. Pure."""
     milestones = {m: _parse(at) for m, at in (tx.get("milestones") or {}).items()}
     out = []
     for event in sorted(tx.get("events") or [], key=lambda e: str(e.get("occurred_at"))):
         attributes = event.get("attributes") or {}
-        if event.get("stage") != "replayed" or not attributes.get("replay_of"):
-            continue
+        if event.get("stage") != "replayed" or not attributes.get("replay_of") or event.get("source") != "replay":
+            continue  # only the executor's own lineage events (source "replay"): a sender cannot forge one
         at = _parse(event["occurred_at"])
         clause = f"replayed by {attributes.get('replay_by') or 'someone'} at {when(at)}"
         produces = str(attributes.get("replay_produces") or "")

@@ -5,13 +5,13 @@ from __future__ import annotations
 from app.story import transaction_story
 
 
-def _tx(posted: str | None) -> dict:
+def _tx(posted: str | None, source: str = "replay") -> dict:
     milestones = {"order.received": "2026-03-02T10:30:00Z", "order.replayed": "2026-03-02T10:42:00Z"}
     events = [
         {"occurred_at": "2026-03-02T10:30:00Z", "flow": "order", "stage": "received", "status": "ok"},
         {"occurred_at": "2026-03-02T10:35:00Z", "flow": "order", "stage": "erp_posted", "status": "dead_letter"},
         {"occurred_at": "2026-03-02T10:42:00Z", "flow": "order", "stage": "replayed", "status": "ok",
-         "system": "controltower",
+         "system": "controltower", "source": source,
          "attributes": {"replay_of": "e-1", "replay_by": "dana", "replay_produces": "order.erp_posted"}},
     ]
     if posted:
@@ -27,3 +27,8 @@ def test_the_story_says_who_replayed_it_and_when_it_posted() -> None:
 
 def test_the_story_says_a_replayed_order_has_not_posted_yet() -> None:
     assert "replayed by dana at 10:42, not posted yet" in transaction_story(_tx(None))
+
+
+def test_a_sender_cannot_forge_a_replay_line() -> None:
+    forged = transaction_story(_tx("2026-03-02T10:43:00Z", source="http"))  # stage "replayed" sent by anyone
+    assert "replayed by dana" not in forged
