@@ -72,3 +72,24 @@ def test_odd_replay_headers_are_text_or_nothing(rabbit, engine, settings):
         got = dict(conn.execute(sa.text("SELECT event_id, attributes->>'replay_of' FROM events WHERE source = 'tap:oh'")).all())
     assert len(got["h-1"]) == 128 and got["h-2"] is None and got["h-3"] is None
     assert got["h-4"] == "ev-9"
+
+
+def test_quarantine_rows_carry_no_personal_data_in_reason_or_preview(engine):
+    from datetime import UTC, datetime
+
+    from collectors.taps import quarantine
+    from collectors.taps.messages import Message
+
+    masker = Masker()
+    # the store names the bad value in its reason; a long masked email shrinks the head of a
+    # non-JSON body so that an email cut at the head's end would show
+    reason = 'record 0: status: "dana.smith@example.com" is not one of ok, error, retry, dead_letter'
+    prefix = "x " + "a" * 3150 + "@example.com "
+    pad = 3200 - len(prefix) - len("bob.smith@example")
+    body = (prefix + "y" * (pad - 1) + " bob.smith@example.org trailing").encode()
+    quarantine.record(engine, "pii", "q.quarantine", [(Message(body=body, message_id="m-1"), reason)], masker,
+                      now=datetime.now(UTC))
+    with engine.connect() as conn:
+        row = conn.execute(sa.text("SELECT reason, preview FROM tap_quarantine WHERE tap = 'pii'")).one()
+    assert "dana.smith@example.com" not in row.reason and row.reason.startswith("record 0: status:")
+    assert "bob.smith" not in row.preview and row.preview.startswith("x a***@***.com")
