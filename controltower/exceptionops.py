@@ -37,8 +37,17 @@ MAX_NAME = 200
 OCCURRENCES_SHOWN = 500
 
 
+MAX_SNOOZE = timedelta(days=90)
+MAX_ID = 2**63 - 1  # exception_groups.id is a bigint
+
+
 class NoSuchGroup(ControlTowerError):
     """No exception group has that id: a caller may answer 404."""
+
+
+class BadAction(ControlTowerError):
+    """The action's input is wrong whatever the group's state (a caller may answer 400); other
+    ControlTowerErrors of an action are conflicts with the group's state (409)."""
 
 
 def record(conn: Connection, group_id: int, now: datetime, actor: str, action: str, via: str,
@@ -48,23 +57,41 @@ def record(conn: Connection, group_id: int, now: datetime, actor: str, action: s
                                                    detail=dict(detail or {})))
 
 
-def _clean(text: str, what: str, limit: int = MAX_NAME, *, required: bool = True) -> str:
-    out = "".join(ch for ch in str(text) if ch.isprintable() or ch == "\n").strip()[:limit]
+def _clean(text: str, what: str, limit: int = MAX_NAME, *, required: bool = True, lines: bool = False) -> str:
+    """Printable text; a name or tag is one line (a newline or escape in an actor would forge audit lines)."""
+    if lines:
+        out = "".join(ch for ch in str(text) if ch.isprintable() or ch == "\n")
+    else:
+        out = " ".join("".join(ch if ch.isprintable() else " " for ch in str(text)).split())
+    out = out.strip()[:limit]
     if required and not out:
-        raise ControlTowerError(f"{what}: missing")
+        raise BadAction(f"{what}: missing")
     return out
 
 
+def _actor(by: str) -> str:
+    who = _clean(by, "by (who acts)")
+    if who.casefold() == AUTO_ACTOR:
+        raise BadAction(f"by: {AUTO_ACTOR!r} is reserved for the automatic actions")
+    return who
+
+
 def _locked(conn: Connection, group_id: int) -> Any:
+    _check_id(group_id)
     row = conn.execute(sa.select(exception_groups).where(exception_groups.c.id == group_id).with_for_update()).first()
     if row is None:
         raise NoSuchGroup(f"no exception group {group_id}")
     return row
 
 
+def _check_id(group_id: int) -> None:
+    if not 0 < group_id <= MAX_ID:
+        raise NoSuchGroup(f"no exception group {group_id}")
+
+
 def _change(engine: Engine, group_id: int, by: str, now: datetime, via: str, action: str,
             values: Mapping[str, Any], detail: Mapping[str, Any], *, check: Any = None) -> dict[str, Any]:
-    by = _clean(by, "by (who acts)")
+    by = _actor(by)
     with engine.begin() as conn:
         row = _locked(conn, group_id)
         if check is not None:
@@ -85,7 +112,7 @@ def assign(engine: Engine, group_id: int, assignee: str, by: str, now: datetime,
 def comment(engine: Engine, group_id: int, text: str, by: str, now: datetime, *, masker: Masker,
             via: str = "cli") -> dict[str, Any]:
     """Add a comment (personal data masked as in an event's free text)."""
-    clean = _clean(text, "comment", MAX_TEXT)
+    clean = _clean(text, "comment", MAX_TEXT, lines=True)
     masked = masker.find.value(clean, free_text=True)
     return _change(engine, group_id, by, now, via, "comment", {}, {"text": masked})
 
@@ -96,14 +123,14 @@ def tag(engine: Engine, group_id: int, by: str, now: datetime, *, add: Iterable[
     plus = [_clean(t, "tag", 64).lower() for t in add]
     minus = {_clean(t, "tag", 64).lower() for t in remove}
     if not plus and not minus:
-        raise ControlTowerError("tag: give at least one tag to add or remove")
-    by = _clean(by, "by (who acts)")
+        raise BadAction("tag: give at least one tag to add or remove")
+    by = _actor(by)
     with engine.begin() as conn:
         row = _locked(conn, group_id)
         tags = [t for t in row.tags if t not in minus]
         tags += [t for t in dict.fromkeys(plus) if t not in tags]
         if len(tags) > MAX_TAGS:
-            raise ControlTowerError(f"tag: a group carries at most {MAX_TAGS} tags")
+            raise BadAction(f"tag: a group carries at most {MAX_TAGS} tags")
         conn.execute(exception_groups.update().where(exception_groups.c.id == group_id).values(tags=tags, updated_at=now))
         record(conn, group_id, now, by, "tag", via, {"added": plus, "removed": sorted(minus), "tags": tags})
         return {**row._mapping, "tags": tags}
@@ -112,7 +139,9 @@ def tag(engine: Engine, group_id: int, by: str, now: datetime, *, add: Iterable[
 def snooze(engine: Engine, group_id: int, until: datetime, by: str, now: datetime, *, via: str = "cli") -> dict[str, Any]:
     """Put an open group aside until `until` (the grouping job wakes it then)."""
     if until <= now:
-        raise ControlTowerError("snooze: until must be in the future")
+        raise BadAction("snooze: until must be in the future")
+    if until > now + MAX_SNOOZE:
+        raise BadAction(f"snooze: a snooze lasts at most {MAX_SNOOZE.days} days")
 
     def check(row: Any) -> None:
         if row.state == "resolved":
@@ -125,10 +154,10 @@ def snooze(engine: Engine, group_id: int, until: datetime, by: str, now: datetim
 def resolve(engine: Engine, group_id: int, note: str, by: str, now: datetime, *, via: str = "cli",
             masker: Masker | None = None) -> dict[str, Any]:
     """Resolve by hand with a note (masked like a comment); a new occurrence reopens it."""
-    text = _clean(note, "note", MAX_TEXT, required=False)
+    text = _clean(note, "note", MAX_TEXT, required=False, lines=True)
     if masker is not None and text:
         text = masker.find.value(text, free_text=True)
-    by = _clean(by, "by (who acts)")
+    by = _actor(by)
     with engine.begin() as conn:
         row = _locked(conn, group_id)
         if row.state == "resolved":
@@ -144,7 +173,7 @@ def resolve(engine: Engine, group_id: int, note: str, by: str, now: datetime, *,
 
 def reopen(engine: Engine, group_id: int, by: str, now: datetime, *, via: str = "cli") -> dict[str, Any]:
     """Open a resolved or snoozed group again (a resolved one counts as reopened)."""
-    by = _clean(by, "by (who acts)")
+    by = _actor(by)
     with engine.begin() as conn:
         row = _locked(conn, group_id)
         if row.state == "open":
@@ -185,6 +214,7 @@ def list_groups(engine: Engine, *, states: Sequence[str] = ACTIVE, channel: str 
 
 def get_group(engine: Engine, group_id: int) -> dict[str, Any]:
     """One group with its `occurrences` (newest first, at most `OCCURRENCES_SHOWN`) and `actions` (oldest first)."""
+    _check_id(group_id)
     with engine.connect() as conn:
         row = conn.execute(sa.select(exception_groups).where(exception_groups.c.id == group_id)).first()
         if row is None:

@@ -40,7 +40,7 @@ from metrics.exceptionrules import ExceptionRules, classify
 
 WATERMARK = "exceptions:events"
 LAG = timedelta(minutes=2)
-BATCH = 20_000  # failed events read per tick; the watermark walks on when more wait
+BATCH = 20_000  # failed events read per page; a tick reads page after page until a short one
 VIA = "job"
 MILESTONE_REACHED = "milestone reached"
 QUIET = "quiet"
@@ -59,15 +59,20 @@ class Failure:
     awaits: tuple[str, ...]
 
 
-_EVENTS = sa.text("""
+_EVENTS = """
 SELECT e.received_at, e.correlation_id, e.event_id, e.occurred_at, e.status,
        COALESCE(e.channel, t.channel, 'unknown') AS channel, e.flow || '.' || e.stage AS milestone,
        e.error_code, e.error_message
 FROM events e LEFT JOIN transactions t ON t.correlation_id = e.correlation_id
-WHERE e.received_at > :since AND e.status IN ('error', 'dead_letter')
-ORDER BY e.received_at, e.correlation_id, e.event_id
+WHERE e.received_at > :since AND e.status IN ('error', 'dead_letter') {after}
+ORDER BY e.received_at, e.correlation_id, e.event_id, e.occurred_at
 LIMIT :limit
-""")
+"""
+_FIRST_PAGE = sa.text(_EVENTS.format(after=""))
+# the next page of the same tick starts after the last row read (keyset): however many failures
+# share one received_at (one POST of 50,000), the job moves on
+_NEXT_PAGE = sa.text(_EVENTS.format(after="""AND e.received_at >= :at
+  AND (e.received_at, e.correlation_id, e.event_id, e.occurred_at) > (:at, :cid, :eid, :occurred)"""))
 # the canonical member of a business transaction (the id the transaction page opens)
 _MEMBER = "(SELECT " + identity.CANONICAL_MEMBER + " FROM transactions t WHERE t.business_id = {bid})"  # noqa: S608
 _BREACHES = sa.text("""
@@ -159,35 +164,66 @@ RETURNING id
 
 
 def refresh(engine: Engine, defs: Definitions, now: datetime, rules: ExceptionRules) -> dict[str, int]:
-    """One tick: file new failures, reopen, auto-resolve, wake. Returns counts of what it did."""
+    """One tick: file new failures, reopen, auto-resolve, wake. Returns counts of what it did.
+
+    Failed events are read in pages of `BATCH`, each filed and committed with the watermark at
+    its last row, so a backlog never makes one long transaction holding the groups' row locks;
+    the last (short) page also files breaches and orphans and runs auto-resolve and wake."""
     stats = {"exception_failures": 0, "exception_groups_new": 0, "exception_reopened": 0,
              "exception_auto_resolved": 0, "exception_woken": 0}
-    with engine.begin() as conn:
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('controltower:exceptions'))"))
-        failures, watermark = _read_failures(conn, defs, now)
-        stats["exception_failures"] = len(failures)
-        new, reopened = _file(conn, failures, rules, now)
-        stats["exception_groups_new"], stats["exception_reopened"] = new, reopened
-        stats["exception_auto_resolved"] = _auto_resolve(conn, now, rules)
-        woke = [r.id for r in conn.execute(_WAKE, {"now": now})]
-        for gid in woke:
-            record(conn, gid, now, AUTO_ACTOR, "wake", VIA, {"reason": "snooze ended"})
-        stats["exception_woken"] = len(woke)
-        conn.execute(
-            sa.text("INSERT INTO metrics_watermarks (name, value) VALUES (:n, :v) ON CONFLICT (name) DO UPDATE "
-                    "SET value = GREATEST(metrics_watermarks.value, excluded.value)"),
-            {"n": WATERMARK, "v": watermark},
-        )
-    return stats
+    since: datetime | None = None
+    after: Any = None
+    while True:
+        with engine.begin() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('controltower:exceptions'))"))
+            if since is None:
+                since = _since(conn, now)
+            rows = _page(conn, since, after)
+            failures = _event_failures(rows)
+            full = len(rows) == BATCH
+            if not full:
+                failures += _open_failures(conn, defs, now)
+            stats["exception_failures"] += len(failures)
+            new, reopened = _file(conn, failures, rules, now)
+            stats["exception_groups_new"] += new
+            stats["exception_reopened"] += reopened
+            if not full:
+                stats["exception_auto_resolved"] = _auto_resolve(conn, now, rules)
+                woke = [r.id for r in conn.execute(_WAKE, {"now": now})]
+                for gid in woke:
+                    record(conn, gid, now, AUTO_ACTOR, "wake", VIA, {"reason": "snooze ended"})
+                stats["exception_woken"] = len(woke)
+            after = rows[-1] if full else None
+            conn.execute(
+                sa.text("INSERT INTO metrics_watermarks (name, value) VALUES (:n, :v) ON CONFLICT (name) DO UPDATE "
+                        "SET value = GREATEST(metrics_watermarks.value, excluded.value)"),
+                {"n": WATERMARK, "v": after.received_at if full else now},
+            )
+        if not full:
+            return stats
 
 
-def _read_failures(conn: Connection, defs: Definitions, now: datetime) -> tuple[list[Failure], datetime]:
+def _since(conn: Connection, now: datetime) -> datetime:
     since = conn.execute(sa.text("SELECT value FROM metrics_watermarks WHERE name = :n"), {"n": WATERMARK}).scalar()
-    since = (since - LAG) if since is not None else datetime(1970, 1, 1, tzinfo=now.tzinfo)
-    rows = conn.execute(_EVENTS, {"since": since, "limit": BATCH}).all()
-    watermark = rows[-1].received_at if len(rows) == BATCH else now
-    out = [Failure(r.channel, r.milestone, r.error_code, r.error_message, r.status, r.correlation_id, r.event_id,
-                   r.occurred_at, (r.milestone,)) for r in rows]
+    return (since - LAG) if since is not None else datetime(1970, 1, 1, tzinfo=now.tzinfo)
+
+
+def _page(conn: Connection, since: datetime, after: Any) -> list[Any]:
+    if after is None:
+        return list(conn.execute(_FIRST_PAGE, {"since": since, "limit": BATCH}))
+    return list(conn.execute(_NEXT_PAGE, {"since": since, "limit": BATCH, "at": after.received_at,
+                                          "cid": after.correlation_id, "eid": after.event_id,
+                                          "occurred": after.occurred_at}))
+
+
+def _event_failures(rows: Iterable[Any]) -> list[Failure]:
+    return [Failure(r.channel, r.milestone, r.error_code, r.error_message, r.status, r.correlation_id, r.event_id,
+                    r.occurred_at, (r.milestone,)) for r in rows]
+
+
+def _open_failures(conn: Connection, defs: Definitions, now: datetime) -> list[Failure]:
+    """Overdue open breaches and orphans: read whole every tick (they are states, not a stream)."""
+    out: list[Failure] = []
     targets = {s.name: s.to_milestone for s in defs.slas if s.to_milestone}
     if targets:
         for r in conn.execute(_BREACHES, {"now": now, "slas": sorted(targets)}):
@@ -199,7 +235,7 @@ def _read_failures(conn: Connection, defs: Definitions, now: datetime) -> tuple[
         for r in conn.execute(_ORPHANS, {"now": now}):
             out.append(Failure(r.channel, origins[0], "orphan", "identity keys link to no " + " or ".join(origins),
                                "orphan", r.correlation_id, None, r.orphaned_at, origins))
-    return out, watermark
+    return out
 
 
 def _file(conn: Connection, failures: Iterable[Failure], rules: ExceptionRules, now: datetime) -> tuple[int, int]:

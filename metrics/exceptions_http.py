@@ -30,7 +30,6 @@ from controltower.web import ORJSONResponse, error, read_json, require_scope
 
 GROUP_ID = re.compile(r"[0-9]{1,18}")
 MAX_BY_CHARS = 200
-MAX_SNOOZE = timedelta(days=90)
 FILTERS = ("state", "channel", "class", "assignee", "limit")
 ACTIONS = ("assign", "comment", "tag", "snooze", "resolve", "reopen")
 
@@ -99,8 +98,8 @@ def _until(body: Mapping[str, Any], now: datetime) -> datetime | str:
             return str(exc)[:200]
     else:
         return 'body must name "until" (RFC 3339) or "for" (a duration such as 4h)'
-    if until > now + MAX_SNOOZE:
-        return "a snooze lasts at most 90 days"
+    if until > now + exceptionops.MAX_SNOOZE:
+        return f"a snooze lasts at most {exceptionops.MAX_SNOOZE.days} days"
     return until
 
 
@@ -190,6 +189,8 @@ def routes(context: AppContext) -> list[BaseRoute]:
                 row = exceptionops.get_group(engine, int(raw))
             except exceptionops.NoSuchGroup as exc:
                 return error(404, str(exc))
+            except exceptionops.BadAction as exc:
+                return error(400, str(exc)[:300])
             except ControlTowerError as exc:
                 return error(409, str(exc)[:300])
             return ORJSONResponse(group_json(row))

@@ -15,25 +15,38 @@ import re
 MAX_MESSAGE = 500  # characters of a normalised message kept (and hashed)
 # a quote opens after a non-word character (so "can't" and "won't" are no quotes)
 _QUOTED = re.compile(r"(?<!\w)'[^']*'(?!\w)|\"[^\"]*\"|`[^`]*`|“[^”]*”|‘[^’]*’")
-_EMAIL = re.compile(r"[^\s@'\"<>()]+@[^\s@'\"<>()]+\.[a-z]{2,}", re.IGNORECASE)
+# starts only where a run of address characters starts: tried from every position of a long run,
+# the pattern would take quadratic time (a 16 KB error message: seconds per event)
+_EMAIL = re.compile(r"(?<![^\s@'\"<>()])[^\s@'\"<>()]+@[^\s@'\"<>()]+\.[a-z]{2,}", re.IGNORECASE)
 _UUID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", re.IGNORECASE)
 _HEX = re.compile(r"\b(?:0x)?[0-9a-f]{8,}\b", re.IGNORECASE)  # hashes, trace ids (also without digits)
-# any run of non-separators holding a digit: 112-3345, AB-12, id=9f8e..., #42, v2, 3s
-_WITH_DIGIT = re.compile(r"[^\s'\"(),;\[\]{}<>]*\d[^\s'\"(),;\[\]{}<>]*")
+# a run of non-separators; one holding a digit (112-3345, AB-12, id=9f8e..., #42, v2, 3s) becomes <n>,
+# one holding the store's mask (names after a cue word: "D*** S***") <masked>. Matched run by run
+# and then looked into: a pattern `run*\d run*` backtracks quadratically over a long run without digits.
+_TOKEN = re.compile(r"[^\s'\"(),;\[\]{}<>]+")
+_DIGIT = re.compile(r"\d")
+MASKED = "***"
 _SPACE = re.compile(r"\s+")
 
 
 def normalise(message: str | None) -> str:
     """The message with its varying parts replaced by placeholders (`<q>`, `<email>`, `<uuid>`,
-    `<hex>`, `<n>`), whitespace collapsed, lowercased, cut to `MAX_MESSAGE` characters."""
+    `<hex>`, `<n>`, `<masked>`), whitespace collapsed, lowercased, cut to `MAX_MESSAGE` characters."""
     if not message:
         return ""
     text = _QUOTED.sub("<q>", message)
     text = _EMAIL.sub("<email>", text)
     text = _UUID.sub("<uuid>", text)
     text = _HEX.sub("<hex>", text)
-    text = _WITH_DIGIT.sub("<n>", text)
+    text = _TOKEN.sub(_token, text)
     return _SPACE.sub(" ", text).strip().lower()[:MAX_MESSAGE]
+
+
+def _token(match: re.Match[str]) -> str:
+    token = match.group()
+    if _DIGIT.search(token):
+        return "<n>"
+    return "<masked>" if MASKED in token else token
 
 
 def normalise_code(error_code: str | None) -> str:

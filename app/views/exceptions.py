@@ -42,7 +42,7 @@ def _act(fn, *args, message: str, **kwargs) -> None:  # type: ignore[no-untyped-
 
 
 raw_id = widgets.param("id") or ""
-if raw_id and not raw_id.isdigit():
+if raw_id and not (raw_id.isascii() and raw_id.isdigit()):  # "²".isdigit() and int("²") fails
     st.warning(f"No exception group {md(raw_id[:40])}.")
     raw_id = ""
 

@@ -52,6 +52,14 @@ def header_text(value: Any) -> str | None:
     return None
 
 
+def replay_id(value: str | None) -> str | None:
+    """The replay header as an id: printable characters only (a U+0000 or a bidi override from a
+    hostile header would get the whole message quarantined, or spoof the story), at most MAX_ID."""
+    if not value:
+        return None
+    return "".join(c for c in value if c.isprintable())[:MAX_ID].strip() or None
+
+
 def body_id(body: bytes) -> str:
     return "sha256:" + hashlib.sha256(body).hexdigest()[:40]
 
@@ -84,9 +92,10 @@ def records_of(message: Message, tap: TapConfig) -> Decoded:
             continue
         if not record.get("event_id"):
             record["event_id"] = base if len(raw) == 1 else f"{base}#{i}"
-        if message.replay_of:
+        replay_of = replay_id(message.replay_of)
+        if replay_of:
             attributes = record.setdefault("attributes", {})
             if isinstance(attributes, dict):
-                attributes["replay_of"] = message.replay_of[:MAX_ID]
+                attributes["replay_of"] = replay_of
         records.append(record)
     return Decoded(records, problem)

@@ -3,7 +3,7 @@
 The message itself was already moved to the broker's quarantine queue/subject (by the adapter,
 confirmed) before `record` runs; the row says why, where it went and lets people recognise it.
 The preview goes through the same masking as stored events (emails, cards, phones in free
-text), then is cut: it is for recognising a message, never for replaying it. Writing raises
+text), then is cut; so does the reason (the store's reason quotes the value it refused): it is for recognising a message, never for replaying it. Writing raises
 StorageUnavailable when the database is away (then nothing is acknowledged).
 """
 
@@ -29,6 +29,8 @@ REASON_CHARS = 1000
 def preview(body: bytes, masker: Masker) -> str:
     """The first PREVIEW_CHARS characters of the message, personal data masked."""
     head = body[: PREVIEW_CHARS * 8]
+    if len(body) > len(head):  # the last word may be cut: half an email is no email to the masker
+        head = head[: max(head.rfind(b" "), head.rfind(b"\n"), 0)]
     try:
         value = orjson.loads(body) if len(body) <= 1 << 20 else None
     except orjson.JSONDecodeError:
@@ -49,7 +51,7 @@ def record(engine: Engine, tap: str, moved_to: str, items: Sequence[tuple[Messag
            *, now: datetime) -> None:
     if not items:
         return
-    rows = [{"tap": tap, "received_at": now, "reason": reason[:REASON_CHARS],
+    rows = [{"tap": tap, "received_at": now, "reason": masker.find.value(reason[:REASON_CHARS], free_text=True),
              "message_id": (message.message_id or None) and masker.mask_identifier(message.message_id)[:200],
              "moved_to": moved_to, "preview": preview(message.body, masker)} for message, reason in items]
     try:

@@ -3,8 +3,9 @@
 The consuming channel's prefetch is the tap's batch, so the broker never hands out more than
 one batch unacknowledged; a batch is acknowledged with one `basic_ack(multiple=True)` up to its
 last delivery tag, after the commit. Quarantined messages are published on a second channel
-with publisher confirms (mandatory, persistent) to the quarantine queue, declared durable at
-connect; they carry headers `x-controltower-reason`, `-queue`, `-message-id`. Closing the
+with publisher confirms (mandatory, persistent) to the quarantine queue (used as it is when it
+exists, a length limit with reject-publish included: a refused publish acknowledges nothing;
+declared durable at connect when missing); they carry headers `x-controltower-reason`, `-queue`, `-message-id`. Closing the
 connection requeues whatever was not acknowledged: that is how the tap gives messages back.
 """
 
@@ -37,9 +38,7 @@ class RabbitConsumer:
             self._ch = self._conn.channel()
             self._ch.queue_declare(str(tap.queue), passive=True)  # a missing queue is a config mistake
             self._ch.basic_qos(prefetch_count=tap.batch)
-            self._pub = self._conn.channel()
-            self._pub.confirm_delivery()
-            self._pub.queue_declare(tap.quarantine, durable=True)
+            self._pub = self._quarantine_channel()
             self._deliveries: Iterator[_Delivery] = self._ch.consume(str(tap.queue), inactivity_timeout=POLL_SECONDS)
         except pika.exceptions.ChannelClosedByBroker as exc:
             self.close()
@@ -48,6 +47,21 @@ class RabbitConsumer:
         except (pika.exceptions.AMQPError, OSError) as exc:
             self.close()
             raise BrokerUnavailable(f"tap {tap.name}: cannot reach RabbitMQ: {type(exc).__name__}") from None
+
+    def _quarantine_channel(self) -> Any:
+        """A confirming channel to an existing quarantine queue, used as ops declared it (a length
+        limit, a quorum queue: declaring it again without their arguments is refused); a missing
+        one is declared durable."""
+        pub = self._conn.channel()
+        try:
+            pub.queue_declare(self.tap.quarantine, passive=True)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != 404:
+                raise
+            pub = self._conn.channel()
+            pub.queue_declare(self.tap.quarantine, durable=True)
+        pub.confirm_delivery()
+        return pub
 
     def fetch(self, limit: int, wait: float) -> list[Message]:
         out: list[Message] = []
