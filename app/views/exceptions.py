@@ -118,6 +118,9 @@ if raw_id:
             else:
                 _act(exceptionops.reopen, group_id, who, now, via="dashboard", message=f"#{group_id} reopened.")
 
+    if one["state"] != "resolved":
+        st.page_link("views/replay.py", label="Replay this group (dry run first, guarded)", icon=":material/replay:",
+                     query_params={"group": str(group_id)})
     st.subheader("Occurrences")
     occ = pd.DataFrame(one["occurrences"])
     if occ.empty:

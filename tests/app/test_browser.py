@@ -346,3 +346,45 @@ def test_incidents_page_in_chromium(engine, settings, database_url, tmp_path) ->
     assert title in one
     assert "the ERP or the middleware in front of it" in one
     assert "likely cause" in one and "Acknowledge incident" in one
+
+
+def test_exceptions_page_in_chromium(engine, settings, database_url, tmp_path) -> None:
+    """The exception work queue and one group, seen in a browser (screenshots kept)."""
+    if shutil.which("chromium") is None:
+        pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
+    from datetime import timedelta
+
+    from playwright.sync_api import sync_playwright
+
+    from tests.metrics.helpers import ingest
+    from tests.metrics.test_exceptions_grouping import failed, tick
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    ingest(engine, settings, [
+        failed("w1", "order.erp_posted", now - timedelta(minutes=9), "Gateway timeout from ERP", code="504"),
+        failed("w2", "order.erp_posted", now - timedelta(minutes=8), "Gateway timeout from ERP", code="504"),
+        failed("w3", "order.acknowledged", now - timedelta(minutes=7), "Unknown SKU ZX-9", channel="ebay"),
+    ], now=now)
+    tick(engine, now)
+    with engine.connect() as conn:
+        group = conn.execute(sa.text("SELECT id FROM exception_groups WHERE class = 'timeout'")).scalar_one()
+
+    server = Dashboard(database_url, tmp_path / "data")
+    shots = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    try:
+        server.wait_ready()
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1500, "height": 1000})
+                listing = shoot(page, f"{server.url}/exceptions", '[data-testid="stDataFrame"]',
+                                shots / "dashboard-exceptions.png")
+                one = shoot(page, f"{server.url}/exceptions?id={group}", '[data-testid="stDataFrame"]',
+                            shots / "dashboard-exception.png")
+            finally:
+                browser.close()
+    finally:
+        server.stop()
+    assert "Exceptions" in listing
+    assert "timeout" in one

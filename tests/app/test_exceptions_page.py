@@ -30,6 +30,8 @@ def test_exceptions_page_lists_filters_shows_and_assigns(engine, settings, app_e
     assert list(every["Id"]) == [ids["mapping"]] and list(every["State"]) == ["resolved"]
 
     at = run("views/exceptions.py", id=str(ids["timeout"]))
+    links = [(link.proto.page, link.proto.query_string) for link in at.get("page_link")]
+    assert any(page.endswith("replay") and query == f"group={ids['timeout']}" for page, query in links), links
     occurrences = table_with(at, "Awaits")
     assert sorted(occurrences["Correlation id"]) == ["w1", "w2"]
     assert set(occurrences["Transaction"]) == {"transaction?id=w1", "transaction?id=w2"}
