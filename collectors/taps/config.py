@@ -35,7 +35,7 @@ _ENV = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
 
 TAP_KEYS = ("name", "broker", "url_env", "url", "queue", "dead_letter_queue", "source_exchange", "stream",
             "subject", "durable", "dead_letter_subject", "quarantine", "format", "mapping", "channel", "hop",
-            "batch", "batch_wait", "raw_store", "raw_store_days")
+            "batch", "batch_wait", "raw_store", "raw_store_days", "peek", "browse_dead_letters")
 TOP_KEYS = ("taps", "probe_interval", "replay", "raw_store_days")
 
 
@@ -62,6 +62,8 @@ class TapConfig:
     batch_wait_seconds: float = 0.2
     raw_store: bool = False
     raw_store_days: int = DEFAULT_RAW_STORE_DAYS
+    peek: bool = True  # the queue probe may look at a queue's first message for its age (collectors.queueprobe)
+    browse_dead_letters: bool = True  # dead letters become dead_letter events (collectors.deadletters)
 
     @property
     def source(self) -> str:
@@ -230,6 +232,11 @@ def _tap(item: Any, doc: Located, i: int, days: int) -> TapConfig:
     if not isinstance(raw_store, bool):
         raise doc.error(f"raw_store: expected true or false, got {raw_store!r}", *at, "raw_store")
     values["raw_store"] = raw_store
+    for key in ("peek", "browse_dead_letters"):
+        flag = item.get(key, True)
+        if not isinstance(flag, bool):
+            raise doc.error(f"{key}: expected true or false, got {flag!r}", *at, key)
+        values[key] = flag
     values["raw_store_days"] = _int(item.get("raw_store_days", days), doc, 1, 3650, *at, "raw_store_days")
     return TapConfig(**values)
 
