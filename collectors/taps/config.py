@@ -31,11 +31,13 @@ MAX_BATCH_WAIT = 60.0
 DEFAULT_PROBE_INTERVAL = 30.0
 DEFAULT_RAW_STORE_DAYS = 7
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}", re.ASCII)
+_MILESTONE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}\.[a-z0-9][a-z0-9_-]{0,63}", re.ASCII)
 _ENV = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
 
 TAP_KEYS = ("name", "broker", "url_env", "url", "queue", "dead_letter_queue", "source_exchange", "stream",
             "subject", "durable", "dead_letter_subject", "quarantine", "format", "mapping", "channel", "hop",
-            "batch", "batch_wait", "raw_store", "raw_store_days", "peek", "browse_dead_letters")
+            "batch", "batch_wait", "raw_store", "raw_store_days", "peek", "browse_dead_letters",
+            "dead_letter_milestone")
 TOP_KEYS = ("taps", "probe_interval", "replay", "raw_store_days")
 
 
@@ -64,6 +66,7 @@ class TapConfig:
     raw_store_days: int = DEFAULT_RAW_STORE_DAYS
     peek: bool = True  # the queue probe may look at a queue's first message for its age (collectors.queueprobe)
     browse_dead_letters: bool = True  # dead letters become dead_letter events (collectors.deadletters)
+    dead_letter_milestone: str | None = None  # flow.stage those events failed to reach (default: the message's)
 
     @property
     def source(self) -> str:
@@ -232,11 +235,17 @@ def _tap(item: Any, doc: Located, i: int, days: int) -> TapConfig:
     if not isinstance(raw_store, bool):
         raise doc.error(f"raw_store: expected true or false, got {raw_store!r}", *at, "raw_store")
     values["raw_store"] = raw_store
-    for key in ("peek", "browse_dead_letters"):
+    for key in ("peek", "browse_dead_letters",
+            "dead_letter_milestone"):
         flag = item.get(key, True)
         if not isinstance(flag, bool):
             raise doc.error(f"{key}: expected true or false, got {flag!r}", *at, key)
         values[key] = flag
+    milestone = _str(item, "dead_letter_milestone", doc, *at)
+    if milestone is not None and not _MILESTONE.fullmatch(milestone):
+        raise doc.error(f"dead_letter_milestone: {milestone!r} is not a milestone (flow.stage, e.g. order.erp_posted)",
+                        *at, "dead_letter_milestone")
+    values["dead_letter_milestone"] = milestone
     values["raw_store_days"] = _int(item.get("raw_store_days", days), doc, 1, 3650, *at, "raw_store_days")
     return TapConfig(**values)
 
