@@ -235,8 +235,7 @@ def _tap(item: Any, doc: Located, i: int, days: int) -> TapConfig:
     if not isinstance(raw_store, bool):
         raise doc.error(f"raw_store: expected true or false, got {raw_store!r}", *at, "raw_store")
     values["raw_store"] = raw_store
-    for key in ("peek", "browse_dead_letters",
-            "dead_letter_milestone"):
+    for key in ("peek", "browse_dead_letters"):
         flag = item.get(key, True)
         if not isinstance(flag, bool):
             raise doc.error(f"{key}: expected true or false, got {flag!r}", *at, key)
