@@ -11,6 +11,7 @@ import typer
 
 from controltower import transactions
 from controltower.clitools import console, context_of, fail, line, plain, print_json, print_table
+from controltower.errors import ControlTowerError
 from controltower.vocab import human_duration
 
 
@@ -74,6 +75,7 @@ def _print_report(report: Any) -> None:
 
 
 PROGRESS_SECONDS = 5.0
+REPLAY_SECONDS = 5.0  # how often `tap` sends the replays that came due
 
 
 def tap_command(
@@ -82,10 +84,14 @@ def tap_command(
     once: bool = typer.Option(False, "--once", help="Drain what is waiting, then exit (tests, cron)."),
     names: list[str] = typer.Option([], "--tap", help="Run only this tap (repeatable); default: all."),
 ) -> None:
-    """Consume broker queues (RabbitMQ, NATS JetStream) into the store; acknowledged only once committed."""
+    """Consume broker queues (RabbitMQ, NATS JetStream) into the store; acknowledged only once committed.
+    Also sends the approved replays that come due (the taps file's replay: section)."""
     import os
     import signal
+    import time
 
+    from collectors.rawstore import RawStore
+    from collectors.replayjobs import ReplayRunner
     from collectors.store import EventStore
     from collectors.taps.config import load_taps
     from collectors.taps.runner import TapRunner, TapStats
@@ -96,6 +102,8 @@ def tap_command(
     context = context_of(ctx, application_name="controltower-tap")
     masker = Masker(MaskingRules.for_settings(context.settings))
     store = EventStore(context.engine, context.settings, masker)
+    raw = RawStore(context.settings.raw_store_key) if any(t.raw_store for t in chosen) else None
+    replays = ReplayRunner(context, config)
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -103,13 +111,12 @@ def tap_command(
     shown: dict[str, float] = {}
 
     def progress(stats: TapStats) -> None:  # one line per tap every few seconds, not one per batch
-        import time
-
         if not once and time.monotonic() - shown.get(stats.tap, 0.0) >= PROGRESS_SECONDS:
             shown[stats.tap] = time.monotonic()
             line(stats.summary())
 
-    runners = [TapRunner(t, store, context.engine, masker, environ=os.environ, on_batch=progress) for t in chosen]
+    runners = [TapRunner(t, store, context.engine, masker, environ=os.environ, on_batch=progress, raw=raw)
+               for t in chosen]
     failures: list[str] = []
 
     def run(runner: TapRunner) -> None:
@@ -126,14 +133,31 @@ def tap_command(
     threads = [threading.Thread(target=run, args=(r,), name=f"tap-{r.tap.name}", daemon=True) for r in runners]
     for t in threads:
         t.start()
+    def send_replays() -> None:  # between batches, in this thread: the taps' threads go on meanwhile
+        if not replays.config.flows:
+            return
+        try:
+            report = replays.run(datetime.now(UTC))
+        except ControlTowerError as exc:  # the next round tries again
+            line(f"replay: {exc}")
+            return
+        if report.sent or report.failed or report.refused:
+            line(f"replay: {report.summary()}")
+
+    last_replay = 0.0
     try:
         while any(t.is_alive() for t in threads):
             for t in threads:
                 t.join(0.2)
+            if not once and time.monotonic() - last_replay >= REPLAY_SECONDS:
+                last_replay = time.monotonic()
+                send_replays()
     except KeyboardInterrupt:
         stop.set()
         for t in threads:
             t.join(10)
+    if once:
+        send_replays()
     for r in runners:
         line(r.stats.summary())
     if failures:

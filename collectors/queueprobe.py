@@ -16,11 +16,10 @@ scheduler's `queues.probe` job) writes one row per queue and time:
   the first unacknowledged message; and `dead_letter_subject` (kind `dlq`, queue = the subject):
   its message count in the stream and the store time of its first message.
 
-The metrics room judges the series (metrics.queues); this module only measures. It reads the
-taps.yaml format of the design (only the keys it needs) until the taps' own parser replaces
-`load_targets`. A broker that cannot be reached is reported in the result (and logged), never
-raised: the other broker's queues are still sampled. Secrets: a broker URL comes from the
-environment variable `url_env` names; a `url` with a password is refused.
+The metrics room judges the series (metrics.queues); this module only measures. The taps come
+from the taps' own parser (`collectors.taps.config.load_taps`; `peek` is a tap key). A broker
+that cannot be reached is reported in the result (and logged), never raised: the other broker's queues are still sampled. Secrets: a broker URL comes from the
+environment variable `url_env` names (a `url` with a password is refused by the parser).
 """
 
 from __future__ import annotations
@@ -31,59 +30,20 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Engine
 
-from controltower import yamlfile
+from collectors.taps.config import DEFAULT_PROBE_INTERVAL, TapConfig, TapsConfig, load_taps
 from controltower.context import AppContext
 from controltower.errors import ConfigError
 from controltower.jobs import ScheduledJob
 from controltower.schema.brokers import queue_samples
-from controltower.settings import parse_duration
 
 log = logging.getLogger(__name__)
-BROKERS = ("rabbitmq", "jetstream")
-DEFAULT_PROBE_INTERVAL = 30.0
 TIMEOUT = 5.0  # seconds per broker connection and request: a probe must not hang a scheduler tick
-_TARGET_KEYS = {"name", "broker", "url", "url_env", "queue", "dead_letter_queue", "stream", "durable",
-                "dead_letter_subject", "channel", "hop", "peek"}
-
-
-@dataclass(frozen=True)
-class Target:
-    """What the probe needs of one tap."""
-
-    name: str
-    broker: str
-    url: str | None = None
-    url_env: str | None = None
-    queue: str | None = None  # rabbitmq
-    dead_letter_queue: str | None = None  # rabbitmq
-    stream: str | None = None  # jetstream
-    durable: str | None = None  # jetstream
-    dead_letter_subject: str | None = None  # jetstream
-    channel: str | None = None
-    hop: str | None = None
-    peek: bool = True  # rabbitmq: look at the first message for its age (see the module's note)
-
-    def broker_url(self, environ: Mapping[str, str]) -> str:
-        if self.url_env:
-            value = environ.get(self.url_env)
-            if not value:
-                raise ConfigError(f"tap {self.name}: environment variable {self.url_env} is not set")
-            return value
-        assert self.url is not None
-        return self.url
-
-
-@dataclass(frozen=True)
-class Targets:
-    targets: tuple[Target, ...]
-    probe_interval_seconds: float = DEFAULT_PROBE_INTERVAL
 
 
 @dataclass
@@ -92,64 +52,12 @@ class ProbeResult:
     errors: list[str] = field(default_factory=list)
 
 
-def load_targets(path: Path | str) -> Targets:
-    """The probed queues of a taps.yaml (the design's format; other tap keys are left to the taps)."""
-    return parse_targets(yamlfile.load(path))
-
-
-def parse_targets(doc: yamlfile.Located) -> Targets:
-    data = doc.data
-    if not isinstance(data, dict) or not isinstance(data.get("taps"), list):
-        raise doc.error("expected a mapping with a `taps:` list")
-    interval = DEFAULT_PROBE_INTERVAL
-    if "probe_interval" in data:
-        try:
-            interval = parse_duration(str(data["probe_interval"]), where="probe_interval")
-        except ConfigError as exc:
-            raise doc.error(str(exc), "probe_interval") from None
-        if interval <= 0:
-            raise doc.error("probe_interval: must be greater than zero", "probe_interval")
-    targets, seen = [], set()
-    for i, item in enumerate(data["taps"]):
-        targets.append(_target(doc, item, ("taps", i), seen))
-    return Targets(tuple(targets), interval)
-
-
-def _target(doc: yamlfile.Located, item: Any, path: tuple[Any, ...], seen: set[str]) -> Target:
-    if not isinstance(item, dict):
-        raise doc.error("each tap must be a mapping", *path)
-    fields = {k: v for k, v in item.items() if k in _TARGET_KEYS}
-    for key, value in fields.items():
-        if key != "peek" and (not isinstance(value, str) or not value.strip()):
-            raise doc.error(f"{key}: expected text, got {value!r}", *path, key)
-    name = fields.get("name")
-    if not name:
-        raise doc.error("a tap needs a `name`", *path)
-    if name in seen:
-        raise doc.error(f"duplicate tap name {name!r}", *path, "name")
-    seen.add(name)
-    if fields.get("broker") not in BROKERS:
-        raise doc.error(f"tap {name}: broker {fields.get('broker')!r} is not one of {', '.join(BROKERS)}", *path, "broker")
-    if ("url" in fields) == ("url_env" in fields):
-        raise doc.error(f"tap {name}: give exactly one of `url_env` (an environment variable) or `url`", *path)
-    if "url" in fields and urlsplit(fields["url"]).password:
-        raise doc.error(f"tap {name}: url carries a password: put the URL in an environment variable named by url_env",
-                        *path, "url")
-    needed = ("queue",) if fields["broker"] == "rabbitmq" else ("stream", "durable")
-    for key in needed:
-        if key not in fields:
-            raise doc.error(f"tap {name}: a {fields['broker']} tap needs `{key}`", *path)
-    if "peek" in fields and not isinstance(fields["peek"], bool):
-        raise doc.error(f"peek: expected true or false, got {fields['peek']!r}", *path, "peek")
-    return Target(**fields)
-
-
-def probe(engine: Engine, targets: Targets, *, now: datetime, environ: Mapping[str, str]) -> ProbeResult:
-    """Sample every target's queues at `now` and store the rows (one per queue)."""
+def probe(engine: Engine, targets: TapsConfig, *, now: datetime, environ: Mapping[str, str]) -> ProbeResult:
+    """Sample every tap's queues at `now` and store the rows (one per queue)."""
     result = ProbeResult()
     for broker, prober in (("rabbitmq", _probe_rabbitmq), ("jetstream", _probe_jetstream)):
-        by_url: dict[str, list[Target]] = {}
-        for target in targets.targets:
+        by_url: dict[str, list[TapConfig]] = {}
+        for target in targets.taps:
             if target.broker != broker:
                 continue
             try:
@@ -167,7 +75,7 @@ def probe(engine: Engine, targets: Targets, *, now: datetime, environ: Mapping[s
     return result
 
 
-def _row(target: Target, queue: str, kind: str, now: datetime, depth: int | None, age_ms: int | None,
+def _row(target: TapConfig, queue: str, kind: str, now: datetime, depth: int | None, age_ms: int | None,
          pending: int | None = None, ack_pending: int | None = None) -> dict[str, Any]:
     return {"at": now, "queue": queue, "kind": kind, "broker": target.broker, "channel": target.channel,
             "hop": target.hop, "depth": depth, "oldest_age_ms": age_ms, "pending": pending, "ack_pending": ack_pending}
@@ -178,7 +86,7 @@ def _age_ms(now: datetime, then: datetime | None) -> int | None:
 
 
 # -- RabbitMQ ------------------------------------------------------------------------------------
-def _probe_rabbitmq(url: str, targets: list[Target], now: datetime, result: ProbeResult) -> None:
+def _probe_rabbitmq(url: str, targets: list[TapConfig], now: datetime, result: ProbeResult) -> None:
     import pika
     import pika.exceptions
     from pika.adapters.utils.connection_workflow import AMQPConnectorException
@@ -238,7 +146,7 @@ def _where(url: str) -> str:
 
 
 # -- JetStream -----------------------------------------------------------------------------------
-def _probe_jetstream(url: str, targets: list[Target], now: datetime, result: ProbeResult) -> None:
+def _probe_jetstream(url: str, targets: list[TapConfig], now: datetime, result: ProbeResult) -> None:
     import nats.errors
 
     try:
@@ -247,7 +155,7 @@ def _probe_jetstream(url: str, targets: list[Target], now: datetime, result: Pro
         result.errors.append(f"jetstream {_where(url)}: cannot connect ({type(exc).__name__})")
 
 
-async def _jetstream(url: str, targets: list[Target], now: datetime, result: ProbeResult) -> None:
+async def _jetstream(url: str, targets: list[TapConfig], now: datetime, result: ProbeResult) -> None:
     import nats
     import nats.errors
     import nats.js.errors
@@ -302,9 +210,9 @@ def jobs(context: AppContext, environ: Mapping[str, str] | None = None) -> list[
     env = os.environ if environ is None else environ
     reported: list[str] = []
 
-    def current() -> Targets | None:
+    def current() -> TapsConfig | None:
         try:
-            targets = load_targets(path)
+            targets = load_taps(path)
         except ConfigError as exc:
             if str(exc) not in reported:
                 reported[:] = [str(exc)]

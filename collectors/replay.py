@@ -8,7 +8,8 @@ checked again (the order may have posted since the request): refused unless conf
 
 Targets:
 - dlq: the message is found in the tap's RabbitMQ dead-letter queue by its `message_id` (or the
-  canonical body's event_id), republished with publisher confirms to the tap's `source_exchange`
+  canonical body's event_id, or the id `collectors.deadletters` gave the dead_letter event made of
+  it), republished with publisher confirms to the tap's `source_exchange`
   (default exchange: the tap's queue) with header `x-controltower-replay-of`, then acked in the
   DLQ. Finding it walks the DLQ with basic_get, holding the others unacked and requeueing them at
   the end: O(depth) messages read per replay, and the held ones are invisible to other DLQ
@@ -38,6 +39,7 @@ import sqlalchemy as sa
 from pika.adapters.utils.connection_workflow import AMQPConnectorException
 from sqlalchemy.engine import Connection, Engine
 
+from collectors.deadletters import REPLAY_ID_HEADER, is_dead_letter_of
 from collectors.rawstore import RawStore
 from controltower.errors import ControlTowerError
 from controltower.replayconfig import ReplayConfig
@@ -52,7 +54,6 @@ from controltower.schema.replay import replay_requests
 
 log = logging.getLogger(__name__)
 
-REPLAY_ID_HEADER = "x-controltower-replay-id"
 NOT_FOUND_RETRIES = 3  # a DLQ message another executor holds for a moment is looked for again
 NOT_FOUND_DELAY = timedelta(seconds=30)
 BROKER_TIMEOUT = 10.0  # seconds: connect, handshake and each broker round trip of a DLQ move
@@ -252,6 +253,8 @@ class Executor:
 
 def _matches(props: Any, body: bytes, event_id: str, message_id: str | None) -> bool:
     if props.message_id and props.message_id in (event_id, message_id):
+        return True
+    if is_dead_letter_of(event_id, props.message_id, body):  # an event the dead-letter browser made of it
         return True
     try:
         doc = orjson.loads(body)

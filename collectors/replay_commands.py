@@ -7,7 +7,6 @@ sending in `collectors.replay`. The taps file (`--config`, else CONTROLTOWER_TAP
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -104,19 +103,6 @@ def run_command(ctx: typer.Context, config: Path = _CONFIG, limit: int = typer.O
 
 
 def run_due(ctx: typer.Context, path: Path, *, limit: int) -> Any:
-    from collectors.rawstore import RawStore, purge
-    from collectors.replay import Executor
-    from collectors.store import EventStore
-    from collectors.taps.config import load_taps
-    from controltower.masking import Masker, MaskingRules
+    from collectors.replayjobs import ReplayRunner
 
-    context = context_of(ctx)
-    settings = context.settings
-    cfg = load_replay(path)
-    taps = {t.name: t for t in load_taps(path).taps}
-    raw = RawStore(settings.raw_store_key) if settings.raw_store_key else None
-    store = EventStore(context.engine, settings, Masker(MaskingRules.for_settings(settings)))
-    now = datetime.now(UTC)
-    purge(context.engine, now, cfg.raw_store_days)
-    return Executor(context.engine, store, cfg, taps, environ=os.environ, raw=raw).run_once(
-        now, limit=limit, clock=lambda: datetime.now(UTC))
+    return ReplayRunner(context_of(ctx), path).run(datetime.now(UTC), limit=limit, clock=lambda: datetime.now(UTC))

@@ -43,7 +43,7 @@ WAKE_MIN_GAP = timedelta(seconds=1)  # between an extra run and the next extra r
 
 def room_jobs(context: AppContext) -> list[ScheduledJob]:
     from alerts import jobs as alert_jobs
-    from collectors import queueprobe, rawstore
+    from collectors import deadletters, queueprobe, rawstore, replayjobs
     from collectors.taps import jobs as tap_jobs
     from controltower import retention
     from metrics import jobs as metric_jobs
@@ -56,6 +56,8 @@ def room_jobs(context: AppContext) -> list[ScheduledJob]:
         *tap_jobs.jobs(context),  # drain the broker taps (only with a taps file)
         *queueprobe.jobs(context),  # queue depth and age for the queue SLAs (only with a taps file)
         *rawstore.jobs(context),  # the raw store's retention (replay.raw_store_days)
+        *deadletters.jobs(context),  # dead letters sitting in the taps' DLQs become dead_letter events
+        *replayjobs.jobs(context),  # send the approved, due replays (only with a taps file)
     ]
 
 

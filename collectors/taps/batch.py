@@ -12,7 +12,7 @@ It never talks to a broker.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -38,7 +38,14 @@ class BatchResult:
     quarantine: list[tuple[Message, str]] = field(default_factory=list)
 
 
-def store_batch(messages: Sequence[Message], tap: TapConfig, store: Store, *, now: datetime) -> BatchResult:
+Keep = Callable[[list[tuple[Message, list[dict[str, Any]]]], datetime], None]
+
+
+def store_batch(messages: Sequence[Message], tap: TapConfig, store: Store, *, now: datetime,
+                keep: Keep | None = None) -> BatchResult:
+    """`keep`, when given (a tap with raw_store: true), receives each readable message with its
+    records before they are stored: the originals are committed first, so an acknowledged message
+    always has its original (a redelivery keeps the first)."""
     result = BatchResult()
     records: list[dict[str, Any]] = []
     owners: list[int] = []
@@ -49,6 +56,9 @@ def store_batch(messages: Sequence[Message], tap: TapConfig, store: Store, *, no
             problems[index] = decoded.problem
         records += decoded.records
         owners += [index] * len(decoded.records)
+    if keep is not None and records:
+        keep([(messages[i], [r for r, o in zip(records, owners, strict=True) if o == i])
+              for i in sorted(set(owners))], now)
     if records:
         _write(records, owners, messages, tap, store, now, result, problems)
     result.quarantine = [(messages[i], problems[i]) for i in sorted(problems)]

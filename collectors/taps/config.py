@@ -29,14 +29,15 @@ URL_SCHEMES = {"rabbitmq": ("amqp", "amqps"), "jetstream": ("nats", "tls")}
 MAX_BATCH = 10_000  # RabbitMQ prefetch is 16-bit; a batch is one database transaction
 MAX_BATCH_WAIT = 60.0
 DEFAULT_PROBE_INTERVAL = 30.0
-DEFAULT_RAW_STORE_DAYS = 7
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}", re.ASCII)
+_MILESTONE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}\.[a-z0-9][a-z0-9_-]{0,63}", re.ASCII)
 _ENV = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
 
 TAP_KEYS = ("name", "broker", "url_env", "url", "queue", "dead_letter_queue", "source_exchange", "stream",
             "subject", "durable", "dead_letter_subject", "quarantine", "format", "mapping", "channel", "hop",
-            "batch", "batch_wait", "raw_store", "raw_store_days")
-TOP_KEYS = ("taps", "probe_interval", "replay", "raw_store_days")
+            "batch", "batch_wait", "raw_store", "peek", "browse_dead_letters",
+            "dead_letter_milestone")
+TOP_KEYS = ("taps", "probe_interval", "replay")  # the raw store's retention is replay.raw_store_days
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,9 @@ class TapConfig:
     batch: int = 500
     batch_wait_seconds: float = 0.2
     raw_store: bool = False
-    raw_store_days: int = DEFAULT_RAW_STORE_DAYS
+    peek: bool = True  # the queue probe may look at a queue's first message for its age (collectors.queueprobe)
+    browse_dead_letters: bool = True  # dead letters become dead_letter events (collectors.deadletters)
+    dead_letter_milestone: str | None = None  # flow.stage those events failed to reach (default: the message's)
 
     @property
     def source(self) -> str:
@@ -91,7 +94,6 @@ class TapsConfig:
     taps: tuple[TapConfig, ...]
     probe_interval_seconds: float = DEFAULT_PROBE_INTERVAL
     source: str = ""
-    raw_store_days: int = DEFAULT_RAW_STORE_DAYS
 
     def tap(self, name: str) -> TapConfig:
         for tap in self.taps:
@@ -116,8 +118,7 @@ def parse_taps(doc: Located) -> TapsConfig:
     taps_doc = data.get("taps")
     if not isinstance(taps_doc, list) or not taps_doc:
         raise doc.error("taps: expected a list of taps (name, broker, queue or stream, ...)", "taps")
-    days = _int(data.get("raw_store_days", DEFAULT_RAW_STORE_DAYS), doc, 1, 3650, "raw_store_days")
-    taps = tuple(_tap(item, doc, i, days) for i, item in enumerate(taps_doc))
+    taps = tuple(_tap(item, doc, i) for i, item in enumerate(taps_doc))
     seen: dict[str, int] = {}
     for i, tap in enumerate(taps):
         if tap.name in seen:
@@ -127,7 +128,7 @@ def parse_taps(doc: Located) -> TapsConfig:
     probe = _duration(data.get("probe_interval", DEFAULT_PROBE_INTERVAL), doc, "probe_interval")
     if probe < 1:
         raise doc.error("probe_interval: at least 1s", "probe_interval")
-    return TapsConfig(taps=taps, probe_interval_seconds=probe, source=doc.source, raw_store_days=days)
+    return TapsConfig(taps=taps, probe_interval_seconds=probe, source=doc.source)
 
 
 def _known(data: dict[Any, Any], keys: tuple[str, ...], doc: Located, *where: Any) -> None:
@@ -160,7 +161,7 @@ def _duration(value: Any, doc: Located, *where: Any) -> float:
         raise doc.error(str(exc), *where) from None
 
 
-def _tap(item: Any, doc: Located, i: int, days: int) -> TapConfig:
+def _tap(item: Any, doc: Located, i: int) -> TapConfig:
     at = ("taps", i)
     if not isinstance(item, dict):
         raise doc.error("a tap: expected a mapping (name, broker, ...)", *at)
@@ -230,7 +231,16 @@ def _tap(item: Any, doc: Located, i: int, days: int) -> TapConfig:
     if not isinstance(raw_store, bool):
         raise doc.error(f"raw_store: expected true or false, got {raw_store!r}", *at, "raw_store")
     values["raw_store"] = raw_store
-    values["raw_store_days"] = _int(item.get("raw_store_days", days), doc, 1, 3650, *at, "raw_store_days")
+    for key in ("peek", "browse_dead_letters"):
+        flag = item.get(key, True)
+        if not isinstance(flag, bool):
+            raise doc.error(f"{key}: expected true or false, got {flag!r}", *at, key)
+        values[key] = flag
+    milestone = _str(item, "dead_letter_milestone", doc, *at)
+    if milestone is not None and not _MILESTONE.fullmatch(milestone):
+        raise doc.error(f"dead_letter_milestone: {milestone!r} is not a milestone (flow.stage, e.g. order.erp_posted)",
+                        *at, "dead_letter_milestone")
+    values["dead_letter_milestone"] = milestone
     return TapConfig(**values)
 
 

@@ -29,6 +29,7 @@ RUN_SECONDS = 10.0  # at most this long per run, so runs never pile up behind ea
 def jobs(context: AppContext) -> list[ScheduledJob]:
     if context.settings.taps_file is None:
         return []
+    from collectors.rawstore import RawStore
     from collectors.store import EventStore
     from collectors.taps.config import load_taps
     from controltower.masking import Masker, MaskingRules
@@ -36,13 +37,15 @@ def jobs(context: AppContext) -> list[ScheduledJob]:
     config = load_taps(context.settings.taps_file)  # a mistake stops the scheduler with file:line
     masker = Masker(MaskingRules.for_settings(context.settings))
     store = EventStore(context.engine, context.settings, masker)
+    # raw_store: true without the key stops the scheduler at start, naming the setting
+    raw = RawStore(context.settings.raw_store_key) if any(t.raw_store for t in config.taps) else None
 
     def drain_all(now: datetime) -> list[TapStats]:
         deadline = time.monotonic() + RUN_SECONDS
         results: list[TapStats] = []
 
         def one(tap_index: int) -> None:
-            runner = TapRunner(config.taps[tap_index], store, context.engine, masker, environ=os.environ)
+            runner = TapRunner(config.taps[tap_index], store, context.engine, masker, environ=os.environ, raw=raw)
             try:
                 results.append(runner.drain(once=True, deadline=deadline))
             except (BrokerUnavailable, ConfigError) as exc:  # the next run tries again

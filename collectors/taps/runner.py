@@ -5,6 +5,10 @@ published to the quarantine (confirmed) and recorded in `tap_quarantine`, and on
 batch acknowledged. A crash anywhere before the ack leaves the messages in the broker, and the
 store's idempotency keeps a redelivered event once: exactly once in the store.
 
+A tap with `raw_store: true` first commits each message's original, encrypted
+(`collectors.rawstore`, CONTROLTOWER_RAW_STORE_KEY; it does not start without the key), so a
+replay over HTTP can send the original rather than the masked payload.
+
 Back-pressure: when the database is away (StorageUnavailable) the tap acknowledges nothing,
 gives the batch back and disconnects from the broker (nothing more is fetched), then waits for
 the database with a growing pause and reconnects when it answers. Broker trouble is handled the
@@ -25,11 +29,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from collectors.rawstore import RawMessage, RawStore
 from collectors.taps import quarantine
 from collectors.taps.batch import Store, store_batch
 from collectors.taps.broker import BrokerUnavailable, Consumer
 from collectors.taps.config import TapConfig
-from controltower.errors import StorageUnavailable
+from collectors.taps.messages import Message
+from controltower.db import is_unavailable
+from controltower.errors import ConfigError, StorageUnavailable
 from controltower.masking import Masker
 
 log = logging.getLogger(__name__)
@@ -77,7 +84,11 @@ class TapRunner:
     def __init__(self, tap: TapConfig, store: Store, engine: Engine, masker: Masker, *,
                  environ: Mapping[str, str], clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  connector: Callable[[TapConfig, Mapping[str, str]], Consumer] = connect,
-                 on_batch: Callable[[TapStats], Any] | None = None) -> None:
+                 on_batch: Callable[[TapStats], Any] | None = None, raw: RawStore | None = None) -> None:
+        if tap.raw_store and raw is None:
+            raise ConfigError(f"{tap.where}: tap {tap.name}: raw_store: true needs CONTROLTOWER_RAW_STORE_KEY "
+                              "(a Fernet key) to keep the originals encrypted; refusing to start without it")
+        self.raw = raw if tap.raw_store else None
         self.tap, self.store, self.engine, self.masker = tap, store, engine, masker
         self.environ, self.clock, self.connector, self.on_batch = environ, clock, connector, on_batch
         self.stats = TapStats(tap.name)
@@ -137,7 +148,8 @@ class TapRunner:
             return False
         now = self.clock()
         try:
-            result = store_batch(messages, self.tap, self.store, now=now)
+            result = store_batch(messages, self.tap, self.store, now=now,
+                                 keep=self._keep_originals if self.raw is not None else None)
             if result.quarantine:
                 consumer.quarantine(result.quarantine)
                 quarantine.record(self.engine, self.tap.name, self.tap.quarantine, result.quarantine, self.masker,
@@ -158,7 +170,29 @@ class TapRunner:
             self.on_batch(s)
         return True
 
+    def _keep_originals(self, decoded: list[tuple[Message, list[dict[str, Any]]]], now: datetime) -> None:
+        """The raw store (raw_store: true): each record's original message, encrypted, one transaction."""
+        assert self.raw is not None
+        try:
+            with self.engine.begin() as conn:
+                for message, records in decoded:
+                    original = RawMessage(message.body, dict(message.headers or {}), _content_type(message))
+                    for record in records:
+                        cid, eid = record.get("correlation_id"), record.get("event_id")
+                        if isinstance(cid, str) and isinstance(eid, str) and cid and eid:
+                            self.raw.keep(conn, tap=self.tap.name, correlation_id=cid, event_id=eid,
+                                          message=original, now=now, message_id=message.message_id)
+        except sa.exc.DBAPIError as exc:
+            if is_unavailable(exc):
+                raise StorageUnavailable(f"database unavailable: {type(exc.orig).__name__}") from exc
+            raise
+
     def close(self) -> None:
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             consumer.close()
+
+
+def _content_type(message: Message) -> str | None:
+    props = message.handle[1] if isinstance(message.handle, tuple) and len(message.handle) > 1 else None
+    return getattr(props, "content_type", None)

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from collectors import queueprobe
-from controltower import yamlfile
+from collectors.taps.config import TapsConfig, loads_taps
 from controltower.context import AppContext
 from controltower.errors import ConfigError
 
@@ -44,8 +44,8 @@ def rabbit() -> Iterator[tuple[pika.adapters.blocking_connection.BlockingChannel
     conn.close()
 
 
-def _targets(text: str) -> queueprobe.Targets:
-    return queueprobe.parse_targets(yamlfile.loads(text, "taps.yaml"))
+def _targets(text: str) -> TapsConfig:
+    return loads_taps(text, "taps.yaml")  # the probe reads taps.yaml through the taps' own parser
 
 
 def test_rabbitmq_depth_and_age_of_the_oldest_message(engine, rabbit) -> None:
@@ -118,7 +118,7 @@ taps:
     text = "\n".join(result.errors)
     assert f"tap gone: rabbitmq 127.0.0.1:5672 queue '{name}.nothing'" in text
     assert "rabbitmq 127.0.0.1:1: cannot connect" in text
-    assert "tap noenv: environment variable CT_TEST_UNSET is not set" in text
+    assert "tap noenv: environment variable CT_TEST_UNSET (url_env) is not set" in text
     assert "secretpw" not in text
 
 
@@ -179,15 +179,14 @@ taps:
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("taps: 3", "taps.yaml:1: expected a mapping with a `taps:` list"),
-    ("taps:\n  - {name: a, broker: kafka, url_env: X, queue: q}", "taps.yaml:2: tap a: broker 'kafka' is not one of"),
-    ("taps:\n  - {name: a, broker: rabbitmq, url: 'amqp://u:pw@h/', queue: q}", "url carries a password"),
-    ("taps:\n  - {name: a, broker: rabbitmq, url_env: X}", "tap a: a rabbitmq tap needs `queue`"),
-    ("taps:\n  - {name: a, broker: jetstream, url_env: X, stream: S}", "tap a: a jetstream tap needs `durable`"),
+    ("taps: 3", "taps.yaml:1: taps: expected a list of taps"),
+    ("taps:\n  - {name: a, broker: kafka, url_env: X, queue: q}", "taps.yaml:2: broker: expected one of rabbitmq, jetstream"),
+    ("taps:\n  - {name: a, broker: rabbitmq, url: 'amqp://u:pw@h/', queue: q}", "url: holds a password"),
+    ("taps:\n  - {name: a, broker: rabbitmq, url_env: X}", "taps.yaml:2: queue: required"),
     ("taps:\n  - {name: a, broker: rabbitmq, url_env: X, queue: q}\n  - {name: a, broker: rabbitmq, url_env: X, queue: r}",
-     "taps.yaml:3: duplicate tap name 'a'"),
-    ("taps: []\nprobe_interval: 5x", "taps.yaml:2: probe_interval: \"5x\" is not a duration"),
-    ("taps:\n  - {name: a, broker: rabbitmq, queue: q}", "give exactly one of `url_env`"),
+     "taps.yaml:3: tap name 'a' is used twice"),
+    ("taps:\n  - {name: a, broker: rabbitmq, queue: q}\nprobe_interval: 5x", "taps.yaml:3: probe_interval: \"5x\" is not a duration"),
+    ("taps:\n  - {name: a, broker: rabbitmq, queue: q, peek: sometimes}", "taps.yaml:2: peek: expected true or false"),
 ])
 def test_bad_taps_files_name_the_line(text: str, message: str) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -207,3 +206,15 @@ def test_the_job_runs_at_the_probe_interval_only_with_a_taps_file(engine, settin
     now = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
     job.run(now)
     assert _samples(engine)[name]["at"] == now
+
+
+def test_peek_false_measures_depth_without_touching_a_message(engine, rabbit) -> None:
+    ch, name = rabbit
+    now = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+    ch.basic_publish("", name, b"m", pika.BasicProperties(timestamp=int((now - timedelta(minutes=3)).timestamp())))
+    targets = _targets(f"taps:\n  - {{name: t, broker: rabbitmq, url_env: CT_TEST_RABBIT, queue: {name}, peek: false}}\n")
+    assert targets.taps[0].peek is False
+    queueprobe.probe(engine, targets, now=now, environ=ENV)
+    assert (_samples(engine)[name]["depth"], _samples(engine)[name]["oldest_age_ms"]) == (1, None)
+    method, _, _ = ch.basic_get(name, auto_ack=True)
+    assert method.redelivered is False  # never taken out and put back

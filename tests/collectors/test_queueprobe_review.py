@@ -11,7 +11,9 @@ from datetime import UTC, datetime
 import pytest
 
 from collectors import queueprobe
+from collectors.taps.config import loads_taps
 from controltower.context import AppContext
+from controltower.errors import ConfigError
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 
@@ -48,9 +50,8 @@ def test_a_broker_that_hangs_on_connect_costs_a_bounded_time(engine, silent_brok
     monkeypatch.setattr(queueprobe, "TIMEOUT", 1.0)
     url = f"amqp://guest:guest@127.0.0.1:{silent_broker}/%2F" if broker == "rabbitmq" else \
         f"nats://127.0.0.1:{silent_broker}"
-    keys = "queue: q" if broker == "rabbitmq" else "stream: S, durable: d"
-    targets = queueprobe.parse_targets(__import__("controltower.yamlfile", fromlist=["x"]).loads(
-        f"taps:\n  - {{name: t, broker: {broker}, url_env: HUNG_URL, {keys}}}\n", "taps.yaml"))
+    keys = "queue: q" if broker == "rabbitmq" else "stream: S, subject: s.>, durable: d"
+    targets = loads_taps(f"taps:\n  - {{name: t, broker: {broker}, url_env: HUNG_URL, {keys}}}\n", "taps.yaml")
     started = time.monotonic()
     result = queueprobe.probe(engine, targets, now=NOW, environ={"HUNG_URL": url})
     assert time.monotonic() - started < 6  # a few times TIMEOUT, never the library's 15-60 s defaults
@@ -58,21 +59,25 @@ def test_a_broker_that_hangs_on_connect_costs_a_bounded_time(engine, silent_brok
     assert "guest" not in result.errors[0]
 
 
-def test_a_broken_taps_file_is_one_log_line_and_the_scheduler_keeps_its_other_jobs(engine, settings, tmp_path,
-                                                                                   caplog):
+def test_a_broken_taps_file_stops_the_scheduler_at_start_and_later_breakage_is_one_log_line(
+        engine, settings, tmp_path, caplog):
     from wiring.scheduler import room_jobs
 
     path = tmp_path / "taps.yaml"
     path.write_text("taps:\n  - {name: t, broker: kafka, url_env: X, queue: q}\n")
     context = AppContext(settings.__class__.load({"database_url": settings.database_url, "taps_file": path},
                                                  environ={}), engine)
-    jobs = {j.name: j for j in room_jobs(context)}  # raised ConfigError: the scheduler did not start
-    assert "queues.probe" in jobs and "retention" in jobs
+    # like a broken rules file: the scheduler refuses to start, with file:line (the CLI prints one line)
+    with pytest.raises(ConfigError, match=r"taps\.yaml:2: .*kafka"):
+        room_jobs(context)
+    # a file that breaks while running: the probe logs it once and keeps going; a fix is picked up
+    path.write_text("taps:\n  - {name: t, broker: rabbitmq, url_env: X, queue: q}\n")
+    [job] = queueprobe.jobs(context, environ={})
+    path.write_text("taps:\n  - {name: t, broker: kafka, url_env: X, queue: q}\n")
     with caplog.at_level(logging.ERROR, logger="collectors.queueprobe"):
-        jobs["queues.probe"].run(NOW)
-        jobs["queues.probe"].run(NOW)
+        job.run(NOW)
+        job.run(NOW)
     lines = [r.getMessage() for r in caplog.records if r.name == "collectors.queueprobe"]
     assert len(lines) == 1 and "taps.yaml:2" in lines[0] and "kafka" in lines[0]
-    # fixed in place: the next run probes again (no restart)
-    path.write_text("taps: []\n")
-    assert jobs["queues.probe"].run(NOW).errors == []
+    path.write_text("taps:\n  - {name: t, broker: rabbitmq, url_env: X, queue: q, peek: false}\n")
+    assert len(job.run(NOW).errors) == 1  # probing again (X is not set: reported, not raised)

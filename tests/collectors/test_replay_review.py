@@ -288,7 +288,7 @@ def test_the_scheduler_purges_the_raw_store_past_raw_store_days(engine, settings
             raw.keep(conn, tap="erp", correlation_id=cid, event_id=f"{cid}-e", now=T0 - age,
                      message=RawMessage(b'{"iban": "DE89370400440532013000"}'))
     path = tmp_path / "taps.yaml"
-    path.write_text("taps: []\nreplay:\n  raw_store_days: 2\n")
+    path.write_text("taps:\n  - {name: erp, broker: rabbitmq, queue: erp.orders}\nreplay:\n  raw_store_days: 2\n")
     context = AppContext(settings.__class__.load({"database_url": settings.database_url, "taps_file": path},
                                                  environ={}), engine)
     [job] = [j for j in room_jobs(context) if j.name == "replay.raw_store_purge"]

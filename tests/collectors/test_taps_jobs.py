@@ -42,3 +42,15 @@ def test_the_job_drains_every_tap_and_the_scheduler_lists_it(rabbit, engine, set
     assert [(s.tap, s.stored, s.quarantined) for s in results] == [("s1", 3, 0), ("s2", 1, 1)]
     assert (count_events(engine, "tap:s1")[0], count_events(engine, "tap:s2")[0]) == (3, 1)
     assert (rabbit.depth(q1), rabbit.depth(q2), rabbit.depth(q2 + ".quarantine")) == (0, 0, 1)
+
+
+def test_the_scheduler_runs_replays_and_dead_letter_browsing_only_with_a_taps_file(engine, settings, tmp_path):
+    from wiring.scheduler import room_jobs
+
+    names = {j.name for j in room_jobs(AppContext(settings, engine))}
+    assert not names & {"replay.run", "queues.dead_letters", "queues.probe", "collectors.taps"}
+    path = tmp_path / "taps.yaml"
+    path.write_text("taps:\n  - {name: s1, broker: rabbitmq, queue: q, dead_letter_queue: q.dlq}\n")
+    names = {j.name: j for j in room_jobs(AppContext(settings.with_(taps_file=path), engine))}
+    assert {"replay.run", "queues.dead_letters", "queues.probe", "collectors.taps"} <= set(names)
+    assert names["replay.run"].run(datetime.now(UTC)).summary() == "0 sent, 0 failed, 0 refused, 0 deferred"
