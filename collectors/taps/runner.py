@@ -35,7 +35,7 @@ from collectors.taps.batch import Store, store_batch
 from collectors.taps.broker import BrokerUnavailable, Consumer
 from collectors.taps.config import TapConfig
 from collectors.taps.messages import Message
-from controltower.db import is_unavailable
+from controltower.db import is_unavailable, ping
 from controltower.errors import ConfigError, StorageUnavailable
 from controltower.masking import Masker
 
@@ -69,15 +69,6 @@ def connect(tap: TapConfig, environ: Mapping[str, str]) -> Consumer:
     from collectors.taps.jetstream import JetStreamConsumer
 
     return JetStreamConsumer(tap, url)
-
-
-def database_answers(engine: Engine) -> bool:
-    try:
-        with engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-        return True
-    except sa.exc.DBAPIError:
-        return False
 
 
 class TapRunner:
@@ -114,7 +105,7 @@ class TapRunner:
                 except StorageUnavailable as exc:
                     self._away("database", str(exc))
                     pause = backoff
-                    while not stop.is_set() and not database_answers(self.engine):
+                    while not stop.is_set() and not ping(self.engine):
                         if deadline is not None and time.monotonic() + pause > deadline:
                             return self.stats
                         stop.wait(pause)

@@ -121,6 +121,31 @@ def shoot(page: Any, url: str, selector: str, path: Path) -> str:
     return page.inner_text("body")
 
 
+def shoot_pages(database_url: str, data_dir: Path, pages: dict[str, str]) -> dict[str, str]:
+    """Start the dashboard, screenshot each `{name: path}` into artifacts/screenshots/dashboard-<name>.png
+    (waiting for a data frame) and return each page's visible text."""
+    from playwright.sync_api import sync_playwright
+
+    server = Dashboard(database_url, data_dir)
+    shots = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    texts = {}
+    try:
+        server.wait_ready()
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1500, "height": 1000})
+                for name, path in pages.items():
+                    texts[name] = shoot(page, f"{server.url}{path}", '[data-testid="stDataFrame"]',
+                                        shots / f"dashboard-{name}.png")
+            finally:
+                browser.close()
+    finally:
+        server.stop()
+    return texts
+
+
 PAGES = ("health", "breaches", "transaction", "channel", "reconciliation", "inventory", "alerts")
 
 
@@ -306,8 +331,6 @@ def test_incidents_page_in_chromium(engine, settings, database_url, tmp_path) ->
         pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
     from datetime import timedelta
 
-    from playwright.sync_api import sync_playwright
-
     import metrics.definitions
     import metrics.jobs
     from alerts.evaluate import evaluate
@@ -324,23 +347,9 @@ def test_incidents_page_in_chromium(engine, settings, database_url, tmp_path) ->
     with engine.connect() as conn:
         incident_id = conn.execute(sa.text("SELECT id FROM incidents")).scalar_one()
 
-    server = Dashboard(database_url, tmp_path / "data")
-    shots = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
-    shots.mkdir(parents=True, exist_ok=True)
-    try:
-        server.wait_ready()
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
-            try:
-                page = browser.new_page(viewport={"width": 1500, "height": 1000})
-                listing = shoot(page, f"{server.url}/incidents", '[data-testid="stDataFrame"]',
-                                shots / "dashboard-incidents.png")
-                one = shoot(page, f"{server.url}/incidents?id={incident_id}", '[data-testid="stDataFrame"]',
-                            shots / "dashboard-incident.png")
-            finally:
-                browser.close()
-    finally:
-        server.stop()
+    texts = shoot_pages(database_url, tmp_path / "data",
+                        {"incidents": "/incidents", "incident": f"/incidents?id={incident_id}"})
+    listing, one = texts["incidents"], texts["incident"]
     title = "ERP posting is breaching on all 5 channels since 12:11 UTC"
     assert "No open incident" not in listing  # the list's cells are drawn on a canvas: the detail page has the text
     assert title in one
@@ -353,8 +362,6 @@ def test_exceptions_page_in_chromium(engine, settings, database_url, tmp_path) -
     if shutil.which("chromium") is None:
         pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
     from datetime import timedelta
-
-    from playwright.sync_api import sync_playwright
 
     from tests.metrics.helpers import ingest
     from tests.metrics.test_exceptions_grouping import failed, tick
@@ -369,22 +376,8 @@ def test_exceptions_page_in_chromium(engine, settings, database_url, tmp_path) -
     with engine.connect() as conn:
         group = conn.execute(sa.text("SELECT id FROM exception_groups WHERE class = 'timeout'")).scalar_one()
 
-    server = Dashboard(database_url, tmp_path / "data")
-    shots = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
-    shots.mkdir(parents=True, exist_ok=True)
-    try:
-        server.wait_ready()
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
-            try:
-                page = browser.new_page(viewport={"width": 1500, "height": 1000})
-                listing = shoot(page, f"{server.url}/exceptions", '[data-testid="stDataFrame"]',
-                                shots / "dashboard-exceptions.png")
-                one = shoot(page, f"{server.url}/exceptions?id={group}", '[data-testid="stDataFrame"]',
-                            shots / "dashboard-exception.png")
-            finally:
-                browser.close()
-    finally:
-        server.stop()
+    texts = shoot_pages(database_url, tmp_path / "data",
+                        {"exceptions": "/exceptions", "exception": f"/exceptions?id={group}"})
+    listing, one = texts["exceptions"], texts["exception"]
     assert "Exceptions" in listing
     assert "timeout" in one
