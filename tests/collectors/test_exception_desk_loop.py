@@ -171,9 +171,9 @@ def test_the_exception_desk_loop(broker, engine, settings, database_url, tmp_pat
 
     # 2. the tap through a proxy to PostgreSQL: stored, stopped, restarted, database outage
     url = sa.engine.make_url(database_url)
-    proxy = Proxy((url.host or "127.0.0.1", url.port or 5432))
+    proxy = Proxy.to(url)
     proxy.up()
-    proxied = make_engine(url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False), pool_size=2)
+    proxied = make_engine(proxy.url(url), pool_size=2)
     try:
         thread, stop = _drain_in_thread(_runner(path, proxied, settings))
         wait_for(lambda: count_events(engine, "tap:erp")[0] == 6)  # 3 received, 1 timeout, 2 posted

@@ -104,9 +104,10 @@ def test_exactly_once_across_a_sigkilled_tap(rabbit, engine, database_url, tmp_p
 
 
 class Proxy:
-    """A TCP forwarder on loopback to PostgreSQL that can be taken down (every connection cut) and up."""
+    """A TCP forwarder on loopback to PostgreSQL that can be taken down (every connection cut) and up.
+    The target is a TCP (host, port), or the path of a Unix socket (the embedded PostgreSQL)."""
 
-    def __init__(self, target: tuple[str, int]) -> None:
+    def __init__(self, target: tuple[str, int] | str) -> None:
         self.target = target
         probe = socket.socket()
         probe.bind(("127.0.0.1", 0))
@@ -147,11 +148,28 @@ class Proxy:
                 client, _ = server.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(self.target)
+            if isinstance(self.target, str):
+                upstream = socket.socket(socket.AF_UNIX)
+                upstream.connect(self.target)
+            else:
+                upstream = socket.create_connection(self.target)
             with self.lock:
                 self.conns += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @classmethod
+    def to(cls, url: sa.engine.URL) -> Proxy:
+        """A proxy to the database of `url`: its TCP host and port, or its Unix socket (`?host=/dir`)."""
+        folder = url.query.get("host")
+        if url.host is None and isinstance(folder, str) and folder.startswith("/"):
+            return cls(f"{folder}/.s.PGSQL.{url.port or 5432}")
+        return cls((url.host or "127.0.0.1", url.port or 5432))
+
+    def url(self, url: sa.engine.URL) -> str:
+        """`url` through this proxy (TCP on loopback)."""
+        return url.difference_update_query(["host"]).set(host="127.0.0.1", port=self.port).render_as_string(
+            hide_password=False)
 
     @staticmethod
     def _pipe(a: socket.socket, b: socket.socket) -> None:
@@ -170,9 +188,9 @@ class Proxy:
 
 def test_nothing_is_acked_while_the_database_is_down_and_all_lands_once_after(rabbit, engine, database_url, settings):
     url = sa.engine.make_url(database_url)
-    proxy = Proxy((url.host or "127.0.0.1", url.port or 5432))
+    proxy = Proxy.to(url)
     proxy.up()
-    proxied = make_engine(url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False), pool_size=2)
+    proxied = make_engine(proxy.url(url), pool_size=2)
     q = rabbit.queue()
     for i in range(20):
         rabbit.publish(q, event(i, "before"), message_id=f"b-{i}")
