@@ -85,11 +85,13 @@ def tap_command(
     names: list[str] = typer.Option([], "--tap", help="Run only this tap (repeatable); default: all."),
 ) -> None:
     """Consume broker queues (RabbitMQ, NATS JetStream) into the store; acknowledged only once committed.
-    Also sends the approved replays that come due (the taps file's replay: section)."""
+    Also sends the approved replays that come due (the taps file's replay: section) and, every
+    probe_interval, turns the messages in the taps' dead-letter queues into dead_letter events."""
     import os
     import signal
     import time
 
+    from collectors import deadletters
     from collectors.rawstore import RawStore
     from collectors.replayjobs import ReplayRunner
     from collectors.store import EventStore
@@ -144,7 +146,17 @@ def tap_command(
         if report.sent or report.failed or report.refused:
             line(f"replay: {report.summary()}")
 
-    last_replay = 0.0
+    def browse_dead_letters() -> None:  # dead letters nobody reports: seen in the DLQs themselves
+        try:
+            results = deadletters.browse(store, taps_config, now=datetime.now(UTC), environ=os.environ)
+        except ControlTowerError as exc:  # the database is away: the next round tries again
+            line(f"dead letters: {exc}")
+            return
+        for result in results:
+            for error in result.errors:
+                line(f"dead letters: {error}")
+
+    last_replay = last_browse = 0.0
     try:
         while any(t.is_alive() for t in threads):
             for t in threads:
@@ -152,11 +164,15 @@ def tap_command(
             if not once and time.monotonic() - last_replay >= REPLAY_SECONDS:
                 last_replay = time.monotonic()
                 send_replays()
+            if not once and time.monotonic() - last_browse >= taps_config.probe_interval_seconds:
+                last_browse = time.monotonic()
+                browse_dead_letters()
     except KeyboardInterrupt:
         stop.set()
         for t in threads:
             t.join(10)
     if once:
+        browse_dead_letters()
         send_replays()
     for r in runners:
         line(r.stats.summary())

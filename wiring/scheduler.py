@@ -51,14 +51,29 @@ def room_jobs(context: AppContext) -> list[ScheduledJob]:
     def keep_bounded(now: object) -> object:
         return retention.apply(context.engine, context.settings)
 
-    return [
+    jobs = [
         *metric_jobs.jobs(context), *alert_jobs.jobs(context), ScheduledJob("retention", keep_bounded, 3600.0),
-        *tap_jobs.jobs(context),  # drain the broker taps (only with a taps file)
         *queueprobe.jobs(context),  # queue depth and age for the queue SLAs (only with a taps file)
         *rawstore.jobs(context),  # the raw store's retention (replay.raw_store_days)
+    ]
+    # The broker jobs that store events (taps, dead letters, replay lineage) run here only where the
+    # scheduler's database role may write events: with least-privilege roles (`controltower grant
+    # scheduler`) it may not, and `controltower tap` runs them with the collector's role instead.
+    ingesting = [
+        *tap_jobs.jobs(context),  # drain the broker taps (only with a taps file)
         *deadletters.jobs(context),  # dead letters sitting in the taps' DLQs become dead_letter events
         *replayjobs.jobs(context),  # send the approved, due replays (only with a taps file)
     ]
+    if ingesting and not _may_write_events(context.engine):
+        log.warning("scheduler: this database role cannot write events, so the broker taps, dead-letter browsing "
+                    "and replays are left to `controltower tap` (run it with the collector's role)")
+        ingesting = []
+    return jobs + ingesting
+
+
+def _may_write_events(engine: Any) -> bool:
+    with engine.connect() as conn:
+        return bool(conn.execute(sa.text("SELECT has_table_privilege(current_user, 'events', 'INSERT')")).scalar())
 
 
 def _guarded(job: ScheduledJob, leading: threading.Event) -> Callable[[], None]:

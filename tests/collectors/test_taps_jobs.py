@@ -54,3 +54,24 @@ def test_the_scheduler_runs_replays_and_dead_letter_browsing_only_with_a_taps_fi
     names = {j.name: j for j in room_jobs(AppContext(settings.with_(taps_file=path), engine))}
     assert {"replay.run", "queues.dead_letters", "queues.probe", "collectors.taps"} <= set(names)
     assert names["replay.run"].run(datetime.now(UTC)).summary() == "0 sent, 0 failed, 0 refused, 0 deferred"
+
+
+def test_controltower_tap_also_turns_the_dlq_into_dead_letter_events(rabbit, engine, database_url, tmp_path):
+    """With least-privilege roles the scheduler leaves this to `controltower tap` (collector role)."""
+    from tests.collectors.tapkit import tap_process
+
+    q, dlq = rabbit.queue(), rabbit.queue()
+    rabbit.publish(q, event(0, "ok"))
+    rabbit.publish(dlq, event(1, "dead"), message_id="m-dead")
+    path = tmp_path / "taps.yaml"
+    path.write_text(f"taps:\n  - {{name: d1, broker: rabbitmq, queue: {q}, dead_letter_queue: {dlq}}}\n")
+    proc = tap_process(path, database_url, "--once")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert count_events(engine, "tap:d1") == (2, 2)  # the consumed event and the dead letter
+    import sqlalchemy as sa
+
+    with engine.connect() as conn:
+        dead = conn.execute(sa.text("SELECT status, event_id FROM events WHERE event_id LIKE 'dead-letter:%'")).all()
+    assert [tuple(r) for r in dead] == [("dead_letter", "dead-letter:m-dead")]
+    assert rabbit.depth(dlq) == 1  # browsed, not consumed: it stays for replay

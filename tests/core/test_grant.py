@@ -177,6 +177,21 @@ def test_scheduler_refreshes_evaluates_delivers_and_keeps_retention_but_writes_n
     refused(scheduler, "CREATE TABLE planted (x int)")
 
 
+def test_a_least_privilege_scheduler_leaves_the_ingesting_broker_jobs_to_controltower_tap(
+        engine, settings, login, tmp_path):
+    from controltower.context import AppContext
+    from wiring.scheduler import room_jobs
+
+    taps = tmp_path / "taps.yaml"
+    taps.write_text("taps:\n  - {name: erp, broker: rabbitmq, queue: erp.events, dead_letter_queue: erp.dlq}\n")
+    with_taps = settings.with_(taps_file=taps)
+    owner = {j.name for j in room_jobs(AppContext(with_taps, engine))}
+    assert {"collectors.taps", "queues.dead_letters", "replay.run", "queues.probe"} <= owner
+    scheduler = {j.name for j in room_jobs(AppContext(with_taps, login("scheduler")))}
+    assert "queues.probe" in scheduler and "metrics.refresh" in scheduler  # probes write queue_samples only
+    assert not {"collectors.taps", "queues.dead_letters", "replay.run"} & scheduler  # those write events
+
+
 def test_dashboard_reads_acknowledges_and_silences_and_nothing_else(engine, settings, login, now):
     dashboard = login("dashboard")
     EventStore(engine, settings).ingest([ev("c1", "order.received", now - timedelta(minutes=5))], source="t", now=now)
