@@ -31,7 +31,11 @@ if notice:
     st.success(notice, icon=":material/check_circle:")
 
 
-def _act(fn, *args, message: str, **kwargs) -> None:  # type: ignore[no-untyped-def]
+def _act(who: str, fn, *args, message: str, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    """Do `fn` as `who` (the signed-in or named person), then say `message`; a refusal is a warning."""
+    if not who:
+        st.error("Enter your name first.")
+        return
     try:
         fn(cache.engine(), *args, **kwargs)
     except ControlTowerError as exc:
@@ -78,45 +82,27 @@ if raw_id:
         a, b, c = st.columns(3)
         assignee = a.text_input("Assign to", value=one["assignee"] or "", key="exc_assignee")
         if a.button("Assign", key="exc_assign", icon=":material/person_add:"):
-            if not who:
-                st.error("Enter your name first.")
-            else:
-                _act(exceptionops.assign, group_id, assignee, who, now, via="dashboard",
-                     message=f"#{group_id} assigned to {md(assignee or 'nobody')} by {md(who)}.")
+            _act(who, exceptionops.assign, group_id, assignee, who, now, via="dashboard",
+                 message=f"#{group_id} assigned to {md(assignee or 'nobody')} by {md(who)}.")
         tags = b.text_input("Tags (comma-separated; -tag removes)", key="exc_tags")
         if b.button("Tag", key="exc_tag", icon=":material/sell:"):
             parts = [t.strip() for t in tags.split(",") if t.strip()]
-            if not who:
-                st.error("Enter your name first.")
-            else:
-                _act(exceptionops.tag, group_id, who, now, add=[t for t in parts if not t.startswith("-")],
-                     remove=[t[1:] for t in parts if t.startswith("-")], via="dashboard", message=f"#{group_id} tagged.")
+            _act(who, exceptionops.tag, group_id, who, now, add=[t for t in parts if not t.startswith("-")],
+                 remove=[t[1:] for t in parts if t.startswith("-")], via="dashboard", message=f"#{group_id} tagged.")
         hours = c.selectbox("Snooze for", [1, 4, 8, 24, 72], index=1, format_func=lambda h: f"{h} h", key="exc_snooze_h")
         if c.button("Snooze", key="exc_snooze", icon=":material/snooze:"):
-            if not who:
-                st.error("Enter your name first.")
-            else:
-                _act(exceptionops.snooze, group_id, now + timedelta(hours=hours), who, now, via="dashboard",
-                     message=f"#{group_id} snoozed for {hours} h.")
+            _act(who, exceptionops.snooze, group_id, now + timedelta(hours=hours), who, now, via="dashboard",
+                 message=f"#{group_id} snoozed for {hours} h.")
         text = st.text_area("Comment or resolution note", key="exc_text")
         d, e, f = st.columns(3)
         if d.button("Comment", key="exc_comment", icon=":material/comment:"):
-            if not who:
-                st.error("Enter your name first.")
-            else:
-                _act(exceptionops.comment, group_id, text, who, now, masker=cache.masker(), via="dashboard",
-                     message=f"Comment added to #{group_id}.")
+            _act(who, exceptionops.comment, group_id, text, who, now, masker=cache.masker(), via="dashboard",
+                 message=f"Comment added to #{group_id}.")
         if one["state"] != "resolved" and e.button("Resolve", key="exc_resolve", icon=":material/done_all:"):
-            if not who:
-                st.error("Enter your name first.")
-            else:
-                _act(exceptionops.resolve, group_id, text, who, now, masker=cache.masker(), via="dashboard",
-                     message=f"#{group_id} resolved by {md(who)}.")
+            _act(who, exceptionops.resolve, group_id, text, who, now, masker=cache.masker(), via="dashboard",
+                 message=f"#{group_id} resolved by {md(who)}.")
         if one["state"] != "open" and f.button("Reopen", key="exc_reopen", icon=":material/undo:"):
-            if not who:
-                st.error("Enter your name first.")
-            else:
-                _act(exceptionops.reopen, group_id, who, now, via="dashboard", message=f"#{group_id} reopened.")
+            _act(who, exceptionops.reopen, group_id, who, now, via="dashboard", message=f"#{group_id} reopened.")
 
     if one["state"] != "resolved":
         st.page_link("views/replay.py", label="Replay this group (dry run first, guarded)", icon=":material/replay:",
