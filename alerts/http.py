@@ -32,11 +32,10 @@ from controltower.alertops import (
 from controltower.context import AppContext
 from controltower.errors import ControlTowerError
 from controltower.vocab import rfc3339
-from controltower.web import ORJSONResponse, error, read_json, require_scope
+from controltower.web import ORJSONResponse, acting_person, error, read_json, require_scope
 
 FINGERPRINT = re.compile(r"[0-9a-f]{1,64}")
 INCIDENT_ID = re.compile(r"[0-9]{1,18}")
-MAX_BY_CHARS = 200
 
 
 def alert_json(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -82,21 +81,6 @@ def incident_json(row: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def acknowledged_by(body: Any) -> str | None:
-    """Who acknowledges, from `{"by": "name"}` ("api" when absent); None when `by` is unusable."""
-    if body is None:
-        return "api"
-    if not isinstance(body, dict):
-        return None
-    by = body.get("by", "api")
-    if by is None:
-        return "api"
-    if not isinstance(by, str):
-        return None
-    by = "".join(ch for ch in by if ch.isprintable()).strip()[:MAX_BY_CHARS]
-    return by or "api"
-
-
 def routes(context: AppContext) -> list[BaseRoute]:
     engine = context.engine
 
@@ -108,7 +92,7 @@ def routes(context: AppContext) -> list[BaseRoute]:
     @require_scope("ingest")  # acknowledging changes state: the write scope
     async def post_ack(request: Request) -> Response:
         fingerprint = request.path_params["fingerprint"]
-        by = acknowledged_by(await read_json(request))
+        by = acting_person(await read_json(request))
         if by is None:
             return error(400, 'body must be JSON: {"by": "name"} with a string name')
         if not FINGERPRINT.fullmatch(fingerprint.lower()):
@@ -147,7 +131,7 @@ def routes(context: AppContext) -> list[BaseRoute]:
     @require_scope("ingest")  # acknowledging changes state: the write scope, as for alerts
     async def post_incident_ack(request: Request) -> Response:
         raw = request.path_params["incident_id"]
-        by = acknowledged_by(await read_json(request))
+        by = acting_person(await read_json(request))
         if by is None:
             return error(400, 'body must be JSON: {"by": "name"} with a string name')
         if not INCIDENT_ID.fullmatch(raw):

@@ -26,10 +26,9 @@ from controltower.masking import Masker
 from controltower.maskrules import MaskingRules
 from controltower.settings import parse_duration
 from controltower.vocab import rfc3339
-from controltower.web import ORJSONResponse, error, read_json, require_scope
+from controltower.web import ORJSONResponse, acting_person, error, read_json, require_scope
 
 GROUP_ID = re.compile(r"[0-9]{1,18}")
-MAX_BY_CHARS = 200
 FILTERS = ("state", "channel", "class", "assignee", "limit")
 ACTIONS = ("assign", "comment", "tag", "snooze", "resolve", "reopen")
 
@@ -54,15 +53,6 @@ def group_json(row: Mapping[str, Any]) -> dict[str, Any]:
         out["actions"] = [{"at": rfc3339(a["at"]), "actor": a["actor"], "action": a["action"], "via": a["via"],
                            "detail": a["detail"]} for a in row["actions"]]
     return out
-
-
-def _by(body: Mapping[str, Any]) -> str | None:
-    by = body.get("by", "api")
-    if by is None:
-        return "api"
-    if not isinstance(by, str):
-        return None
-    return "".join(ch for ch in by if ch.isprintable()).strip()[:MAX_BY_CHARS] or "api"
 
 
 def _text(body: Mapping[str, Any], key: str, *, required: bool = False) -> str | None:
@@ -174,7 +164,7 @@ def routes(context: AppContext) -> list[BaseRoute]:
             body = {}
         if not isinstance(body, dict):
             return error(400, "body must be a JSON object")
-        by = _by(body)
+        by = acting_person(body)
         if by is None:
             return error(400, 'by: expected a string name ({"by": "name"})')
         if not GROUP_ID.fullmatch(raw):

@@ -8,7 +8,7 @@ them with `build_app`. Rooms never parse keys, map outages to 503 or cap bodies 
 from controltower.web.app import Web, build_app, web_of
 from controltower.web.errors import BadBody, BodyTimeout, RequestTooLarge, Unauthorized
 from controltower.web.responses import ORJSONResponse, error
-from controltower.web.security import read_json, require_scope
+from controltower.web.security import acting_person, read_json, require_scope
 
 __all__ = [
     "BadBody",
@@ -17,6 +17,7 @@ __all__ = [
     "RequestTooLarge",
     "Unauthorized",
     "Web",
+    "acting_person",
     "build_app",
     "error",
     "read_json",

@@ -66,6 +66,24 @@ async def authorize_metrics(request: Request) -> None:
 SMALL_BODY_BYTES = 64 * 1024  # a command body ({"by": "name"}); ingest bodies are not read here
 
 
+MAX_BY_CHARS = 200  # the longest name a command body may give as the person acting
+
+
+def acting_person(body: Any) -> str | None:
+    """Who acts, from a command body `{"by": "name"}`: printable text, cut to MAX_BY_CHARS ("api"
+    when the body or its `by` is absent or empty); None when `by` is not a string (a 400)."""
+    if body is None:
+        return "api"
+    if not isinstance(body, dict):
+        return None
+    by = body.get("by", "api")
+    if by is None:
+        return "api"
+    if not isinstance(by, str):
+        return None
+    return "".join(ch for ch in by if ch.isprintable()).strip()[:MAX_BY_CHARS] or "api"
+
+
 async def read_json(request: Request, max_bytes: int = SMALL_BODY_BYTES) -> Any:
     """The body as JSON (None when empty); `BadBody` when it is not JSON or nested too deep;
     `RequestTooLarge` past `max_bytes`, counted while it streams in (never held whole first)."""
