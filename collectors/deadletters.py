@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from collectors.taps.broker import rabbit_parameters
 from collectors.taps.config import TapConfig, TapsConfig, load_taps
 from collectors.taps.messages import NATS_ID_HEADER, Message, body_id, header_text, records_of
 from controltower.context import AppContext
@@ -142,12 +143,9 @@ def dead_letter_records(message: Message, tap: TapConfig, death: Death, *, now: 
 def _browse_rabbitmq(tap: TapConfig, url: str, limit: int) -> list[tuple[Message, Death, str | None]]:
     import pika
 
-    params = pika.URLParameters(url)
-    params.socket_timeout = params.blocked_connection_timeout = TIMEOUT
-    params.connection_attempts = 1
     queue = str(tap.dead_letter_queue)
     out: list[tuple[Message, Death, str | None]] = []
-    connection = pika.BlockingConnection(params)
+    connection = pika.BlockingConnection(rabbit_parameters(url, TIMEOUT))
     try:
         channel = connection.channel()
         last = None
@@ -202,8 +200,10 @@ def browse(sink: Sink, config: TapsConfig, *, now: datetime, environ: Mapping[st
     Broker trouble is reported in the result, never raised; StorageUnavailable propagates."""
     import nats.errors
     import pika.exceptions
+    from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
-    broker_errors = (pika.exceptions.AMQPError, nats.errors.Error, OSError, TimeoutError)
+    # (a broker that accepts and never answers ends in an AMQPConnectorException, not an AMQPError)
+    broker_errors = (pika.exceptions.AMQPError, AMQPConnectorException, nats.errors.Error, OSError, TimeoutError)
     results = []
     for tap in config.taps:
         dlq = tap.dead_letter_queue if tap.broker == "rabbitmq" else tap.dead_letter_subject

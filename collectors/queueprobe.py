@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Engine
 
+from collectors.taps.broker import rabbit_parameters
 from collectors.taps.config import DEFAULT_PROBE_INTERVAL, TapConfig, TapsConfig, load_taps
 from controltower.context import AppContext
 from controltower.errors import ConfigError
@@ -91,14 +92,9 @@ def _probe_rabbitmq(url: str, targets: list[TapConfig], now: datetime, result: P
     import pika.exceptions
     from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
-    params = pika.URLParameters(url)
-    # stack_timeout bounds the TCP connect and the AMQP handshake together: a broker that accepts
-    # and never answers costs TIMEOUT, not pika's 15 s (and its error is not an AMQPError)
-    params.socket_timeout = params.blocked_connection_timeout = params.stack_timeout = TIMEOUT
-    params.connection_attempts = 1
     where = _where(url)
     try:
-        connection = pika.BlockingConnection(params)
+        connection = pika.BlockingConnection(rabbit_parameters(url, TIMEOUT))
     except (pika.exceptions.AMQPError, AMQPConnectorException, OSError) as exc:
         result.errors.append(f"rabbitmq {where}: cannot connect ({type(exc).__name__})")
         return

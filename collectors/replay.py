@@ -41,6 +41,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from collectors.deadletters import REPLAY_ID_HEADER, is_dead_letter_of
 from collectors.rawstore import RawStore
+from collectors.taps.broker import rabbit_parameters
 from controltower.errors import ControlTowerError
 from controltower.replayconfig import ReplayConfig
 from controltower.replayops import (
@@ -270,12 +271,8 @@ def move_from_dlq(tap: ReplayTap, event_id: str, message_id: str | None, replay_
     """Move one message from the tap's DLQ back to its source, exactly once: republish (confirmed),
     then ack in the DLQ; every other message read on the way is requeued."""
     dlq = tap.dead_letter_queue or ""
-    params = pika.URLParameters(tap.broker_url(environ))
-    # a hung broker costs BROKER_TIMEOUT, not pika's 15 s handshake (whose error is no AMQPError)
-    params.socket_timeout = params.blocked_connection_timeout = params.stack_timeout = BROKER_TIMEOUT
-    params.connection_attempts = 1
     try:
-        connection = pika.BlockingConnection(params)
+        connection = pika.BlockingConnection(rabbit_parameters(tap.broker_url(environ), BROKER_TIMEOUT))
     except AMQPConnectorException as exc:
         return Outcome("failed", f"tap {tap.name}: cannot connect to the broker ({type(exc).__name__})")
     try:

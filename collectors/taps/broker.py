@@ -9,7 +9,7 @@ unacknowledged messages back (`release`) when the tap stops consuming. Broker tr
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from collectors.taps.messages import Message
 from controltower.errors import ControlTowerError
@@ -41,3 +41,16 @@ class Consumer(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def rabbit_parameters(url: str, timeout: float) -> Any:
+    """pika connection parameters for a short broker call (a probe, a DLQ browse or move) bounded
+    by `timeout`: `stack_timeout` bounds the TCP connect and the AMQP handshake together, so a
+    broker that accepts and never answers costs `timeout`, not pika's 15 s (its error is then an
+    `AMQPConnectorException`, not an `AMQPError`); one attempt, no retries."""
+    import pika
+
+    params = pika.URLParameters(url)
+    params.socket_timeout = params.blocked_connection_timeout = params.stack_timeout = timeout
+    params.connection_attempts = 1
+    return params

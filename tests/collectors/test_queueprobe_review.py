@@ -82,3 +82,17 @@ def test_a_broken_taps_file_stops_the_scheduler_at_start_and_later_breakage_is_o
     assert len(lines) == 1 and "taps.yaml:2" in lines[0] and "kafka" in lines[0]
     path.write_text("taps:\n  - {name: t, broker: rabbitmq, url_env: X, queue: q, peek: false}\n")
     assert len(job.run(NOW).errors) == 1  # probing again (X is not set: reported, not raised)
+
+
+def test_dead_letter_browsing_of_a_hung_broker_costs_a_bounded_time_and_is_reported(silent_broker, monkeypatch):
+    from collectors import deadletters
+
+    monkeypatch.setattr(deadletters, "TIMEOUT", 1.0)
+    config = loads_taps("taps:\n  - {name: t, broker: rabbitmq, url_env: HUNG_URL, queue: q, dead_letter_queue: q.dlq}\n",
+                        "taps.yaml")
+    started = time.monotonic()
+    [result] = deadletters.browse(None, config, now=NOW,  # type: ignore[arg-type]  (nothing is stored)
+                                  environ={"HUNG_URL": f"amqp://guest:guest@127.0.0.1:{silent_broker}/%2F"})
+    assert time.monotonic() - started < 6  # a few times TIMEOUT, never pika's 15 s handshake
+    assert result.stored == 0 and len(result.errors) == 1 and "cannot browse q.dlq" in result.errors[0]
+    assert "guest" not in result.errors[0]
