@@ -436,10 +436,12 @@ def publish(engine: Engine, definitions: Definitions) -> None:
     with engine.begin() as conn:
         conn.execute(sla_definitions.delete().where(sla_definitions.c.name.not_in([r["name"] for r in rows])))
         if rows:
-            stmt = insert(sla_definitions).values(rows)
+            # the time is a value, not now() in DO UPDATE: Citus refuses non-IMMUTABLE functions there
+            at = conn.execute(sa.text("SELECT now()")).scalar_one()
+            stmt = insert(sla_definitions).values([r | {"updated_at": at} for r in rows])
             conn.execute(
                 stmt.on_conflict_do_update(
                     index_elements=["name"],
-                    set_={c: stmt.excluded[c] for c in rows[0] if c != "name"} | {"updated_at": sa.func.now()},
+                    set_={c: stmt.excluded[c] for c in (*rows[0], "updated_at") if c != "name"},
                 )
             )

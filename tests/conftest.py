@@ -3,6 +3,11 @@
 The server is the one at CONTROLTOWER_TEST_DATABASE_URL when set (any database on it; a fresh
 database is created beside it for the session), else an embedded PostgreSQL from pgserver in
 a temporary folder. Tables are truncated between tests (partitions are kept).
+
+CONTROLTOWER_TEST_CITUS_URL (opt-in) names a Citus coordinator instead: the session database
+is created on the coordinator and on every worker it knows, with the extension, the nodes and
+`controltower migrate --distributed` applied, and only the directories in CITUS_SUITES run
+(the store, metrics, alerts and retention tests; the rest is marked single-node).
 """
 
 from __future__ import annotations
@@ -21,8 +26,63 @@ from controltower.db import make_engine, normalize_url
 from controltower.schema import metadata
 from controltower.settings import Settings
 
+CITUS_URL = os.environ.get("CONTROLTOWER_TEST_CITUS_URL")
+# what the opt-in Citus mode runs (paths under tests/)
+CITUS_SUITES = ("collectors", "core", "metrics", "alerts", "web")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not CITUS_URL:
+        return
+    root = os.path.dirname(__file__)
+    skip = pytest.mark.skip(reason="single-node suite: not part of the Citus mode")
+    for item in items:
+        rel = os.path.relpath(str(item.path), root)
+        if rel.split(os.sep, 1)[0] not in CITUS_SUITES or item.get_closest_marker("single_node"):
+            item.add_marker(skip)
+
+
+def _citus_nodes(admin_url: str) -> list[str]:
+    """URLs of the workers the coordinator at admin_url knows (same user and password)."""
+    base = sa.engine.make_url(admin_url)
+    engine = sa.create_engine(admin_url)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT nodename, nodeport FROM pg_dist_node WHERE noderole = 'primary' AND groupid <> 0"))
+        nodes = [base.set(host=r.nodename, port=r.nodeport).render_as_string(hide_password=False) for r in rows]
+    engine.dispose()
+    return nodes
+
+
+def _create_citus_database(admin_url: str, name: str) -> list[str]:
+    """Create `name` on every worker and the coordinator, with the extension and the nodes."""
+    workers = _citus_nodes(admin_url)
+    for url in workers:
+        _run_autocommit(url, f'CREATE DATABASE "{name}"')
+        _run_autocommit(sa.engine.make_url(url).set(database=name).render_as_string(hide_password=False), "CREATE EXTENSION citus")
+    _run_autocommit(admin_url, f'CREATE DATABASE "{name}"')
+    coordinator = sa.engine.make_url(admin_url)
+    own = coordinator.set(database=name).render_as_string(hide_password=False)
+    _run_autocommit(own, "CREATE EXTENSION citus")
+    engine = sa.create_engine(own, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text("SELECT citus_set_coordinator_host(:h, :p)"), {"h": coordinator.host or "localhost", "p": coordinator.port or 5432})
+        for url in workers:
+            w = sa.engine.make_url(url)
+            conn.execute(sa.text("SELECT citus_add_node(:h, :p)"), {"h": w.host, "p": w.port})
+    engine.dispose()
+    return workers
+
+
+def _run_autocommit(url: str, statement: str) -> None:
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text(statement))
+    engine.dispose()
+
 
 def _admin_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    if CITUS_URL:
+        return normalize_url(CITUS_URL)
     configured = os.environ.get("CONTROLTOWER_TEST_DATABASE_URL")
     if configured:
         return normalize_url(configured)
@@ -38,19 +98,29 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     admin_url = _admin_url(tmp_path_factory)
     name = f"ct_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    workers: list[str] = []
+    if CITUS_URL:
+        workers = _create_citus_database(admin_url, name)
+    else:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     url = sa.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     yield url
     with admin.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+    for worker in workers:
+        _run_autocommit(worker, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
 def migrated_engine(database_url: str) -> Iterator[Engine]:
     engine = make_engine(database_url, pool_size=4)
     migrate.upgrade(engine)
+    if CITUS_URL:
+        from controltower import distribute
+
+        distribute.distribute(engine)
     yield engine
     engine.dispose()
 

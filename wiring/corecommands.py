@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import typer
 
-from controltower import apikeys, migrate
+from controltower import apikeys, distribute, migrate
 from controltower.clitools import console, context_of, fail, keys_json, print_json, settings_of
 from controltower.db import redact, resolve_url
 from controltower.settings import ENV_PREFIX, parse_duration
@@ -87,7 +87,13 @@ def relink_command(
     )
 
 
-def migrate_command(ctx: typer.Context) -> None:
+def migrate_command(
+    ctx: typer.Context,
+    distributed: bool = typer.Option(
+        False, "--distributed",
+        help="Then distribute the schema on a Citus coordinator (checks the extension and the workers; re-running is a no-op).",
+    ),
+) -> None:
     """Apply pending schema migrations (every room's branch) and create partitions ahead."""
     context = context_of(ctx, migrate_first=False)
     applied = migrate.upgrade(context.engine)
@@ -98,6 +104,16 @@ def migrate_command(ctx: typer.Context) -> None:
         + (f"applied {', '.join(applied)}" if applied else "already current")
         + f"; {len(parts)} event partitions"
     )
+    if distributed:
+        done = distribute.distribute(context.engine)
+        changed = done.distributed + done.reference
+        console.print(
+            f"citus {done.citus_version} with {done.workers} workers: "
+            + (f"distributed {', '.join(done.distributed) or 'none'}; reference {', '.join(done.reference) or 'none'}"
+               if changed else "already distributed")
+            + f"; {len(done.already)} tables already in place",
+            highlight=False,
+        )
 
 
 def serve_command(
