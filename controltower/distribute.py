@@ -110,8 +110,9 @@ def _kinds(conn: Connection) -> dict[str, str]:
     return {r.name: r.partmethod for r in rows}
 
 
-def distribute(engine: Engine) -> DistributeResult:
-    """Make the schema distributed as LAYOUT says; returns what changed (re-running changes nothing)."""
+def distribute(engine: Engine, *, shard_count: int = SHARD_COUNT) -> DistributeResult:
+    """Make the schema distributed as LAYOUT says; returns what changed (re-running changes nothing).
+    `shard_count` applies to the co-location group when its anchor is first distributed."""
     result = DistributeResult()
     with engine.connect() as conn:
         result.citus_version, result.workers = _check(conn)
@@ -126,7 +127,7 @@ def distribute(engine: Engine) -> DistributeResult:
             for sig in signature:
                 conn.execute(sa.text("SELECT create_distributed_function(:sig)"), {"sig": sig})
         conn.commit()
-        conn.execute(sa.text("SELECT set_config('citus.shard_count', :n, false)"), {"n": str(SHARD_COUNT)})
+        conn.execute(sa.text("SELECT set_config('citus.shard_count', :n, false)"), {"n": str(shard_count)})
         for table, column in DISTRIBUTED.items():
             if kinds.get(table) == "h":
                 result.already.append(table)

@@ -90,25 +90,35 @@ def business_lock_ids(business_ids: Iterable[str]) -> list[int]:
 # unnest yields the (sorted) ids in array order: locks are taken in that order
 LOCK_SQL = "SELECT pg_advisory_xact_lock(%s, k) FROM unnest(%s::int4[]) AS k"  # (class, ids)
 
-# Each value's holders, capped (a hub's would be all of them), and its hub row if it has one.
+# Which of the values are hubs already (identity_hubs: a reference table on Citus).
+_HUBS = """
+SELECT h.kind, h.value, h.fanout FROM identity_hubs h
+JOIN unnest(%(kinds)s::text[], %(values)s::text[]) AS u(kind, value) ON h.kind = u.kind AND h.value = u.value
+"""
+# Each value's holders, capped at %(cap)s per value (a hub's would be all of them). A window
+# partitioned by the value runs on the value's shard when transaction_keys is distributed by it
+# (Citus refuses a LIMIT in a lateral subquery over unnest); the primary key's order feeds it.
 _FANOUT = """
-SELECT u.kind, u.value, k.correlation_id, h.fanout AS hub_fanout, t.business_id
-FROM unnest(%(kinds)s::text[], %(values)s::text[]) AS u(kind, value)
-CROSS JOIN LATERAL (SELECT correlation_id FROM transaction_keys k
-                    WHERE k.value = u.value AND k.kind = u.kind LIMIT %(cap)s) k
-LEFT JOIN identity_hubs h ON h.kind = u.kind AND h.value = u.value
-LEFT JOIN transactions t ON t.correlation_id = k.correlation_id
+SELECT kind, value, correlation_id FROM (
+    SELECT k.kind, k.value, k.correlation_id,
+           row_number() OVER (PARTITION BY k.value, k.kind ORDER BY k.correlation_id) AS n
+    FROM transaction_keys k
+    JOIN unnest(%(kinds)s::text[], %(values)s::text[]) AS u(kind, value) ON k.value = u.value AND k.kind = u.kind
+) x
+WHERE n <= %(cap)s
+"""
+_HUB_COUNT = """
+SELECT k.kind, k.value, count(*) FROM transaction_keys k
+JOIN unnest(%(kinds)s::text[], %(values)s::text[]) AS u(kind, value) ON k.value = u.value AND k.kind = u.kind
+GROUP BY k.kind, k.value
 """
 _HUB_UP = """
 INSERT INTO identity_hubs AS h (kind, value, fanout, first_seen_at, last_seen_at)
-SELECT u.kind, u.value,
-       (SELECT count(*) FROM transaction_keys k WHERE k.value = u.value AND k.kind = u.kind),
-       %(now)s, %(now)s
-FROM unnest(%(kinds)s::text[], %(values)s::text[]) AS u(kind, value)
+SELECT u.kind, u.value, u.n, %(now)s, %(now)s
+FROM unnest(%(kinds)s::text[], %(values)s::text[], %(counts)s::int8[]) AS u(kind, value, n)
 ORDER BY 1, 2
 ON CONFLICT (kind, value) DO UPDATE SET fanout = excluded.fanout, last_seen_at = excluded.last_seen_at
 """
-# a new correlation id on a known hub: counted, not linked
 _HUB_GROW = """
 UPDATE identity_hubs h SET fanout = h.fanout + u.n, last_seen_at = GREATEST(h.last_seen_at, %(now)s)
 FROM unnest(%(kinds)s::text[], %(values)s::text[], %(counts)s::int8[]) AS u(kind, value, n)
@@ -123,9 +133,14 @@ SELECT k.kind, k.value, k.correlation_id FROM transaction_keys k
 JOIN unnest(%(kinds)s::text[], %(values)s::text[]) AS u(kind, value) ON k.value = u.value AND k.kind = u.kind
 """
 _BUSINESS_OF = "SELECT correlation_id, business_id FROM transactions WHERE correlation_id = ANY(%s)"
+# members per business, counted up to the cap (the window stops counting a big one there)
 _COUNT = """
-SELECT b, (SELECT count(*) FROM (SELECT 1 FROM transactions t WHERE t.business_id = b LIMIT %s) x)
-FROM unnest(%s::text[]) AS b
+SELECT business_id, count(*) FROM (
+    SELECT business_id, row_number() OVER (PARTITION BY business_id) AS n
+    FROM transactions WHERE business_id = ANY(%s)
+) x
+WHERE n <= %s
+GROUP BY business_id
 """
 _RENAME = """
 UPDATE transactions t SET business_id = u.new
@@ -170,19 +185,21 @@ def link(
     result.own = {cid for _, _, cid in rows}
     cur.execute(LOCK_SQL, (LOCK_VALUE, _lock_ids("value", (f"{k}\x1f{v}" for k, v in values))))
     cur.fetchall()
-    cur.execute(
-        _FANOUT,
-        {"kinds": [k for k, _ in values], "values": [v for _, v in values], "cap": limit + 1},
-    )
+    cur.execute(_HUBS, {"kinds": [k for k, _ in values], "values": [v for _, v in values]})
+    hub_rows: dict[tuple[str, str], int | None] = {(k, v): n for k, v, n in cur.fetchall()}
+    # a known hub stays one unless relink re-decides it: its holders are not read
+    wanted = values if full else [key for key in values if key not in hub_rows]
     holders: dict[tuple[str, str], list[str]] = defaultdict(list)
-    hub_rows: dict[tuple[str, str], int | None] = {}
+    if wanted:
+        cur.execute(_FANOUT, {"kinds": [k for k, _ in wanted], "values": [v for _, v in wanted], "cap": limit + 1})
+        for kind, value, cid in cur.fetchall():
+            holders[(kind, value)].append(cid)
     seen_business: dict[str, str] = {}  # a first read, before the business locks
-    for kind, value, cid, hub, bid in cur.fetchall():
-        holders[(kind, value)].append(cid)
-        hub_rows[(kind, value)] = hub
-        if bid is not None:
-            seen_business[cid] = bid
-    fanouts = {key: (len(cids), hub_rows[key]) for key, cids in holders.items()}
+    cids = sorted({c for group in holders.values() for c in group})
+    if cids:
+        cur.execute(_BUSINESS_OF, (cids,))
+        seen_business = dict(cur.fetchall())
+    fanouts = {key: (len(holders.get(key, ())), hub_rows.get(key)) for key in sorted(set(holders) | set(hub_rows))}
     new_per_value = Counter((kind, value) for value, kind, _ in rows)
     grown: list[tuple[str, str]] = []
     became_hub: list[tuple[str, str]] = []
@@ -210,7 +227,10 @@ def link(
             if n > 1 or full:
                 linking.append(key)
     if became_hub:
-        cur.execute(_HUB_UP, {"kinds": [k for k, _ in became_hub], "values": [v for _, v in became_hub], "now": now})
+        params = {"kinds": [k for k, _ in became_hub], "values": [v for _, v in became_hub]}
+        cur.execute(_HUB_COUNT, params)
+        counts = {(k, v): n for k, v, n in cur.fetchall()}
+        cur.execute(_HUB_UP, params | {"counts": [counts.get(key, 0) for key in became_hub], "now": now})
     if grown:
         cur.execute(_HUB_GROW, {
             "kinds": [k for k, _ in grown], "values": [v for _, v in grown],
@@ -296,7 +316,7 @@ def _sizes(cur: psycopg.Cursor, groups: list[list[str]]) -> dict[str, int]:
     cap = 64
     while True:
         todo = sorted({b for g in groups for b in g})
-        cur.execute(_COUNT, (cap, todo))
+        cur.execute(_COUNT, (todo, cap))
         # no row yet: this batch's own correlation id, a business of one
         sizes = {b: max(int(n), 1) for b, n in cur.fetchall()}
         if all(sum(1 for b in g if sizes[b] >= cap) <= 1 for g in groups):
