@@ -110,6 +110,122 @@ def make_real_id_events(n: int, prefix: str, now: datetime, *, channels: bool = 
     return out
 
 
+# -- CPU accounting --------------------------------------------------------------------------
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu(pid: int) -> tuple[int, float] | None:
+    """(parent pid, user+sys seconds) of a process, from /proc (None when it is gone)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(b")") + 2:].split()  # after "(comm)": state ppid ... utime stime
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _descendants(root: int) -> set[int]:
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            got = _proc_cpu(int(entry))
+            if got is not None:
+                parents.setdefault(got[0], []).append(int(entry))
+    out, todo = {root}, [root]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            if child not in out:
+                out.add(child)
+                todo.append(child)
+    return out
+
+
+class CpuMeter:
+    """User+sys CPU seconds of the collector's processes (the server process and its workers)
+    and of the PostgreSQL processes serving the databases under test, sampled from /proc.
+
+    PostgreSQL: the backends (and autovacuum workers) whose `datname` is one of `databases`, on
+    every server in `pg_urls` (a Citus cluster: the coordinator and the workers), plus the
+    server-wide background processes (walwriter, checkpointer, background writer), reported
+    apart because other users of a shared server feed them too. A poller thread remembers the
+    last value seen per pid, so a process that exits mid-phase keeps what it had used. Works when
+    the servers run on this machine (loopback); otherwise PostgreSQL reads 0 and says so."""
+
+    AUX = ("walwriter", "checkpointer", "background writer")
+
+    def __init__(self, pg_urls: list[str], databases: set[str], interval: float = 0.2) -> None:
+        self.engines = [sa.create_engine(u, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool) for u in pg_urls]
+        self.conns = [e.connect() for e in self.engines]
+        self.databases = sorted(databases)
+        self.interval = interval
+        self.collector_pid: int | None = None
+        self.seen: dict[tuple[str, int], float] = {}  # (group, pid) -> last cpu seconds
+        self.base: dict[tuple[str, int], float] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.local = all(sa.engine.make_url(u).host in (None, "", "127.0.0.1", "localhost") for u in pg_urls)
+
+    def _pg_pids(self) -> list[tuple[str, int]]:
+        out = []
+        for conn in self.conns:
+            rows = conn.execute(sa.text(
+                "SELECT pid, CASE WHEN datname = ANY(:dbs) THEN 'pg' ELSE 'pgaux' END FROM pg_stat_activity "
+                "WHERE (datname = ANY(:dbs) AND pid <> pg_backend_pid()) OR backend_type = ANY(:aux)"),
+                {"dbs": self.databases, "aux": list(self.AUX)}).all()
+            out += [(group, pid) for pid, group in rows]
+        return out
+
+    def _sample(self) -> None:
+        groups = self._pg_pids()
+        if self.collector_pid is not None:
+            groups += [("py", pid) for pid in _descendants(self.collector_pid)]
+        for key in groups:
+            got = _proc_cpu(key[1])
+            if got is not None:
+                with self._lock:
+                    if key not in self.seen and key not in self.base:
+                        self.base[key] = 0.0 if self._thread is not None else got[1]
+                    self.seen[key] = got[1]
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def start(self, collector_pid: int | None) -> None:
+        """Begin a phase: what each process has used so far is its baseline."""
+        self.collector_pid = collector_pid
+        self.seen, self.base, self._thread = {}, {}, None
+        self._sample()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> dict[str, float]:
+        """End a phase: CPU seconds used since start, by group (py, pg, pgaux)."""
+        self._sample()
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        used = {"py": 0.0, "pg": 0.0, "pgaux": 0.0}
+        for key, value in self.seen.items():
+            used[key[0]] += value - self.base.get(key, 0.0)
+        return used
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.close()
+        for engine in self.engines:
+            engine.dispose()
+
+
+def cpu_line(used: dict[str, float], events: int) -> str:
+    per = {k: v * 1e6 / events for k, v in used.items()}  # ms CPU per 1,000 events
+    total = per["py"] + per["pg"] + per["pgaux"]
+    return (f"CPU ms/1k events: python {per['py']:5.1f}  postgres {per['pg']:5.1f} (+ background {per['pgaux']:4.1f})"
+            f"  total {total:5.1f}")
+
+
 def raw_copy(engine: sa.Engine, events: list[dict]) -> float:
     from psycopg.types.json import set_json_dumps
 
@@ -358,7 +474,7 @@ def main() -> None:
     parser.add_argument("--database-url", default=os.environ.get("CONTROLTOWER_DATABASE_URL"))
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=1000)
-    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--clients", default="4", help="concurrent clients; a list (4,16) runs each in turn")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--modes", default="today,shared,today-real,real",
                         help="ingest runs side by side, each into its own database: today (shared ids, linking "
@@ -367,11 +483,17 @@ def main() -> None:
     parser.add_argument("--otlp", action=argparse.BooleanOptionalAction, default=True, help="also POST /v1/traces")
     parser.add_argument("--search-events", type=int, default=0, help="grow the store to this many events before the search test")
     parser.add_argument("--search-samples", type=int, default=300)
+    parser.add_argument("--node-url", action="append", default=[],
+                        help="another PostgreSQL server whose processes serve the database (a Citus worker); "
+                             "counted in the CPU figures")
+    parser.add_argument("--index-usage", action="store_true",
+                        help="print pg_stat_user_indexes (idx_scan) of the last ingest database")
     args = parser.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise SystemExit(f"--modes: unknown {', '.join(unknown)} (choose from {', '.join(MODES)})")
+    client_counts = [int(c) for c in args.clients.split(",") if c.strip()]
 
     if args.database_url:
         admin_url = normalize_url(args.database_url)
@@ -380,47 +502,64 @@ def main() -> None:
 
         admin_url = normalize_url(pgserver.get_server(Path(tempfile.mkdtemp()) / "pgdata", cleanup_mode="delete").get_uri())
     name = f"ct_bench_{uuid.uuid4().hex[:8]}"
-    names = [f"{name}_raw", *(f"{name}_{m}" for m in modes)]
+    phases = [(m, c) for m in modes for c in client_counts]
+    names = [f"{name}_raw", *(f"{name}_{m}_{c}" for m, c in phases)]
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
+        citus = bool(conn.execute(sa.text("SELECT 1 FROM pg_extension WHERE extname = 'citus'")).first())
         for db in names:
             conn.execute(sa.text(f'CREATE DATABASE "{db}"'))
 
-    def url_of(db: str) -> str:
-        return sa.engine.make_url(admin_url).set(database=db).render_as_string(hide_password=False)
+    def url_of(db: str, base: str = admin_url) -> str:
+        return sa.engine.make_url(base).set(database=db).render_as_string(hide_password=False)
 
     engines = {db: make_engine(url_of(db)) for db in names}
+    meter = CpuMeter([admin_url, *(normalize_url(u) for u in args.node_url)], set(names))
     proc = None
     try:
-        for engine in engines.values():
+        for db, engine in engines.items():
+            if citus:
+                distribute(admin_url, [normalize_url(u) for u in args.node_url], db)
             migrate.upgrade(engine)
+            if citus:
+                distribute_tables(engine)
         now = datetime.now(UTC)
-        print(f"{args.events:,} events per run, batches of {args.batch}, {args.clients} clients, "
-              f"{args.workers} collector workers", flush=True)
+        print(f"{args.events:,} events per run, batches of {args.batch}, clients {client_counts}, "
+              f"{args.workers} collector workers{' (Citus)' if citus else ''}"
+              f"{'' if meter.local else '; PostgreSQL is not local: its CPU is not measured'}", flush=True)
 
+        meter.start(None)
         copy_rate = raw_copy(engines[f"{name}_raw"], make_events(args.events, "R", now))
-        print(f"raw binary COPY into events:          {copy_rate:>10,.0f} events/s", flush=True)
-        rates: dict[str, float] = {}
+        used = meter.stop()
+        print(f"raw binary COPY into events:          {copy_rate:>10,.0f} events/s   {cpu_line(used, args.events)}",
+              flush=True)
+        rates: dict[tuple[str, int], float] = {}
         last = None
-        for mode in modes:
+        for mode, clients in phases:
             label, make, env, baseline = MODES[mode]
-            db = f"{name}_{mode}"
+            db = f"{name}_{mode}_{clients}"
             proc, base = start_collector(url_of(db), args.workers, env)
             events = make(args.events, mode[-1].upper(), now)
             bodies = [orjson.dumps(events[i:i + args.batch]) for i in range(0, len(events), args.batch)]
-            elapsed, lat = post_all(base + "/v1/events", bodies, args.clients, "application/json")
-            rate = rates[mode] = len(events) / elapsed
+            meter.start(proc.pid)
+            elapsed, lat = post_all(base + "/v1/events", bodies, clients, "application/json")
+            used = meter.stop()
+            rate = rates[mode, clients] = len(events) / elapsed
             lat.sort()
-            vs = f"   vs {baseline} {rate / rates[baseline]:.2f}" if baseline in rates else ""
-            print(f"POST /v1/events, {label:<24} {rate:>10,.0f} events/s   ratio to COPY {rate / copy_rate:.2f}"
-                  f"{vs}   batch p50 {statistics.median(lat) * 1000:.0f} ms p95 {lat[int(len(lat) * 0.95) - 1] * 1000:.0f} ms",
-                  flush=True)
+            vs = f"   vs {baseline} {rate / rates[baseline, clients]:.2f}" if (baseline, clients) in rates else ""
+            print(f"POST /v1/events, {label:<24} {clients:>2} clients {rate:>10,.0f} events/s   ratio to COPY "
+                  f"{rate / copy_rate:.2f}{vs}   batch p50 {statistics.median(lat) * 1000:.0f} ms "
+                  f"p95 {lat[int(len(lat) * 0.95) - 1] * 1000:.0f} ms", flush=True)
+            print(f"    {cpu_line(used, len(events))}", flush=True)
             if args.otlp and mode == modes[0]:
                 tbodies = otlp_bodies(make_events(args.events, "T", now), args.batch)
-                elapsed, lat = post_all(base + "/v1/traces", tbodies, args.clients, "application/x-protobuf")
+                meter.start(proc.pid)
+                elapsed, lat = post_all(base + "/v1/traces", tbodies, clients, "application/x-protobuf")
+                used = meter.stop()
                 otlp_rate = args.events / elapsed
-                print(f"POST /v1/traces (OTLP protobuf):      {otlp_rate:>10,.0f} spans/s    "
+                print(f"POST /v1/traces (OTLP protobuf),          {clients:>2} clients {otlp_rate:>10,.0f} spans/s    "
                       f"ratio to COPY {otlp_rate / copy_rate:.2f}", flush=True)
+                print(f"    {cpu_line(used, args.events)}", flush=True)
             with engines[db].connect() as conn:
                 stored = conn.execute(sa.text("SELECT count(*) FROM events")).scalar()
                 txs, businesses = conn.execute(sa.text(
@@ -433,6 +572,8 @@ def main() -> None:
 
         if last is not None:
             engine = engines[last]
+            if args.index_usage:
+                print_index_usage(engine)
             if args.search_events:
                 grow(engine, args.search_events)
             p50, p95, total, n_tx, n_bt = search_latency(engine, args.search_samples)
@@ -441,11 +582,80 @@ def main() -> None:
     finally:
         if proc is not None:
             proc.kill()
+        meter.close()
         for engine in engines.values():
             engine.dispose()
         with admin.connect() as conn:
             for db in names:
                 conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+        for u in args.node_url:
+            node = sa.create_engine(normalize_url(u), isolation_level="AUTOCOMMIT")
+            with node.connect() as conn:
+                for db in names:
+                    conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+            node.dispose()
+
+
+def print_index_usage(engine: sa.Engine) -> None:
+    """pg_stat_user_indexes after ingest: which indexes the write path probes (idx_scan), per
+    index summed over partitions."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("""
+            SELECT coalesce(pi.parent, s.indexrelname) AS index, min(s.relname) AS table, sum(s.idx_scan) AS scans,
+                   sum(pg_relation_size(s.indexrelid)) AS bytes
+            FROM pg_stat_user_indexes s
+            LEFT JOIN LATERAL (SELECT p.relname AS parent FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent
+                               WHERE i.inhrelid = s.indexrelid) pi ON true
+            GROUP BY 1 ORDER BY 2, 1""")).all()
+    print("pg_stat_user_indexes after ingest (index, table, idx_scan, size):")
+    for index, table, scans, size in rows:
+        print(f"  {index:<48} {table:<28} {int(scans or 0):>10,} {float(size) / 1e6:8.1f} MB")
+
+
+def distribute(admin_url: str, node_urls: list[str], db: str) -> None:
+    """A fresh database on a Citus cluster: the database and the extension on every node, the
+    workers known to the coordinator (the node URLs' hosts and ports)."""
+    for url in node_urls:
+        node = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+        with node.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{db}"'))
+        node.dispose()
+        with sa.create_engine(sa.engine.make_url(url).set(database=db)).begin() as conn:
+            conn.execute(sa.text("CREATE EXTENSION IF NOT EXISTS citus"))
+    coord_url = sa.engine.make_url(admin_url).set(database=db)
+    coord = sa.create_engine(coord_url, isolation_level="AUTOCOMMIT")
+    with coord.connect() as conn:
+        conn.execute(sa.text("CREATE EXTENSION IF NOT EXISTS citus"))
+        conn.execute(sa.text("SELECT citus_set_coordinator_host(:h, :p)"),
+                     {"h": coord_url.host or "127.0.0.1", "p": coord_url.port or 5432})
+        for url in node_urls:
+            u = sa.engine.make_url(url)
+            conn.execute(sa.text("SELECT citus_add_node(:h, :p)"), {"h": u.host, "p": u.port or 5432})
+    coord.dispose()
+
+
+GROWING = ("events", "event_ids", "event_conflicts", "transactions", "transaction_milestones", "sla_deadlines",
+           "sla_samples", "sla_open_items")
+
+
+def distribute_tables(engine: sa.Engine) -> None:
+    """The decided layout (issue #15's common brief), by hand until `migrate --distributed` lands:
+    the growing tables by correlation_id co-located with events, transaction_keys by value in the
+    same group, every other table a reference table."""
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        done = set(conn.execute(sa.text("SELECT logicalrelid::regclass::text FROM pg_dist_partition")).scalars())
+        if "events" in done:
+            return
+        for table in GROWING:
+            conn.execute(sa.text("SELECT create_distributed_table(:t, 'correlation_id', colocate_with => :c)"),
+                         {"t": table, "c": "none" if table == "events" else "events"})
+        conn.execute(sa.text("SELECT create_distributed_table('transaction_keys', 'value', colocate_with => 'events')"))
+        others = conn.execute(sa.text("""
+            SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+              AND c.relname <> ALL(:skip)""" ), {"skip": [*GROWING, "transaction_keys", "alembic_version"]}).scalars().all()
+        for table in others:
+            conn.execute(sa.text("SELECT create_reference_table(:t)"), {"t": table})
 
 
 if __name__ == "__main__":

@@ -124,6 +124,68 @@ def key_rows(
     return out
 
 
+def index_rows(
+    events: Sequence[Event], kinds: tuple[str, ...], linking: frozenset[str]
+) -> tuple[dict[tuple[str, ...], datetime], set[tuple[str, str, str]], Counter[str]]:
+    """`key_rows(events, kinds, linking)` and `identity_rows(events, linking)` in one pass over
+    each event's attributes (the write path's hot loop: an event carries a few attributes, the
+    configuration a dozen kinds, so it walks the attributes and looks each name up)."""
+    keyed = frozenset(kinds) | ({"order_id"} if "order_id" in linking else frozenset())
+    wanted = keyed | linking
+    order_keyed = True  # the order id field is always a key row (kind "order_id")
+    order_links = "order_id" in linking
+    keys: dict[tuple[str, ...], datetime] = {}
+    links: set[tuple[str, str, str]] = set()
+    refused: Counter[str] = Counter()
+    get = keys.get
+
+    def add(value: Any, kind: str, cid: str, at: datetime, as_key: bool, as_link: bool) -> None:
+        if as_link:
+            why = refusal(value)
+            if why is None:
+                links.add((key_text(value), kind, cid))  # type: ignore[arg-type]
+            else:
+                refused[why] += 1
+        if not as_key:
+            return
+        if isinstance(value, str):
+            text = value
+        else:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return
+            if isinstance(value, float) and kind in linking:
+                return
+            try:
+                text = orjson.dumps(value).decode()
+            except orjson.JSONEncodeError:
+                return
+        if not text or len(text) > MAX_KEY_LEN:
+            return
+        key = (text, kind, cid)
+        seen = get(key)
+        if seen is None or at < seen:
+            keys[key] = at
+
+    for e in events:
+        cid, at = e.correlation_id, e.occurred_at
+        if e.order_id is not None:
+            # key_rows skips an empty order id; identity_rows refuses it as a placeholder
+            add(e.order_id, "order_id", cid, at, order_keyed and bool(e.order_id), order_links)
+        attrs = e.attributes
+        if not attrs:
+            continue
+        for kind, value in attrs.items():
+            if kind not in wanted or value is None:
+                continue
+            as_key, as_link = kind in keyed, kind in linking
+            if type(value) is list:
+                for item in value:
+                    add(item, kind, cid, at, as_key, as_link)
+            else:
+                add(value, kind, cid, at, as_key, as_link)
+    return keys, links, refused
+
+
 def identity_rows(
     events: Sequence[Event], kinds: frozenset[str]
 ) -> tuple[set[tuple[str, str, str]], Counter[str]]:

@@ -91,16 +91,18 @@ def map_request(request: ExportTraceServiceRequest) -> SpanMapping:
 
 def _map_span(span: Span, defaults: dict[str, Any], service: Any) -> list[dict[str, Any]]:
     trace_id, span_id = span.trace_id.hex(), span.span_id.hex()
-    for kv in span.attributes:
-        if kv.key == REJECTED_ATTR:  # a span `otlp` could not decode; the value says why
-            raise _Rejected(kv.value.string_value or "could not be decoded")
+    own = attribute_dict(span.attributes)  # one pass over the attributes (the hot loop)
+    if REJECTED_ATTR in own:
+        for kv in span.attributes:
+            if kv.key == REJECTED_ATTR:  # a span `otlp` could not decode; the value says why
+                raise _Rejected(kv.value.string_value or "could not be decoded")
     if len(span.trace_id) != 16 or not span.trace_id.strip(b"\0"):
         raise _Rejected(f"trace id {trace_id!r} is not 16 bytes and non-zero")
     if len(span.span_id) != 8 or not span.span_id.strip(b"\0"):
         raise _Rejected(f"span id {span_id!r} is not 8 bytes and non-zero")
     if span.parent_span_id and len(span.parent_span_id) != 8:
         raise _Rejected(f"parent span id {span.parent_span_id.hex()!r} is not 8 bytes")
-    attributes = {**defaults, **attribute_dict(span.attributes)}
+    attributes = {**defaults, **own}
     missing = [key for key in _REQUIRED if _blank(attributes.get(key))]
     if missing:
         names = (
@@ -177,6 +179,8 @@ def attribute_dict(attributes: Iterable[KeyValue]) -> dict[str, Any]:
 def any_value(value: AnyValue) -> Any:
     """An OTLP `AnyValue` as a JSON-able Python value (bytes as lowercase hex)."""
     kind = value.WhichOneof("value")
+    if kind == "string_value":  # nearly every attribute: skip the other comparisons
+        return value.string_value
     if kind is None:
         return None
     if kind == "array_value":

@@ -33,9 +33,6 @@ CREATE TEMP TABLE IF NOT EXISTS ct_new (
     channel text, flow text, stage text, status text, system text,
     error_code text, error_message text
 ) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS ct_milestones (
-    correlation_id text, milestone text, reached_at timestamptz, channel text
-) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS ct_keys (
     value text, kind text, correlation_id text, first_seen_at timestamptz, links boolean
 ) ON COMMIT DELETE ROWS;
@@ -230,14 +227,17 @@ ON CONFLICT (correlation_id) DO UPDATE SET
                        THEN excluded.business_id ELSE t.business_id END
 """
 
-# Milestones and keys are computed from the events this batch really stored and merged with
-# LEAST, so they follow the same idempotency as `events`: a duplicate changes nothing.
-COPY_MILESTONES = "COPY ct_milestones FROM STDIN (FORMAT BINARY)"
-MILESTONE_TYPES = ("text", "text", "timestamptz", "text")
+# Milestones come from the events this batch really stored (`ct_new`): per (correlation id,
+# milestone) the earliest successful one, its channel breaking ties (NULL first), merged with
+# LEAST-like semantics, so they follow the same idempotency as `events`: a duplicate changes
+# nothing. Keys are computed in Python (collectors.rows) from the same events.
 UPSERT_MILESTONES = """
 INSERT INTO transaction_milestones AS m (correlation_id, milestone, reached_at, channel, recorded_at)
-SELECT correlation_id, milestone, reached_at, channel, %(now)s FROM ct_milestones
-ORDER BY correlation_id, milestone
+SELECT DISTINCT ON (correlation_id, flow || '.' || stage)
+       correlation_id, flow || '.' || stage, occurred_at, channel, %(now)s
+FROM ct_new
+WHERE status = 'ok'
+ORDER BY correlation_id, flow || '.' || stage, occurred_at, coalesce(channel, '') COLLATE "C"
 ON CONFLICT (correlation_id, milestone) DO UPDATE SET
     reached_at = excluded.reached_at,
     channel = excluded.channel,

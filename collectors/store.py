@@ -25,7 +25,7 @@ from psycopg.types.json import set_json_dumps
 from sqlalchemy.engine import Engine
 
 from collectors import statements as sql
-from collectors.rows import SeenCache, identity_rows, key_rows, milestone_rows
+from collectors.rows import SeenCache, index_rows
 from controltower import linking, migrate
 from controltower.db import is_unavailable
 from controltower.errors import EventError, StorageUnavailable
@@ -125,7 +125,6 @@ class EventStore:
         self.limits = self._make_limits(())
         self._deadlines_read_at: datetime | None = None
         self._known_days: set[date] = set()
-        self._milestones = SeenCache()
         self._keys = SeenCache()
         self._days_lock = threading.Lock()
 
@@ -227,7 +226,6 @@ class EventStore:
                 if isinstance(orig, psycopg.errors.CheckViolation | psycopg.errors.UndefinedTable) and attempt < attempts:
                     # a partition vanished (retention) between our cache and the insert
                     self._known_days.clear()
-                    self._milestones.clear()
                     self._keys.clear()
                     continue
                 if isinstance(exc, sa.exc.DBAPIError) and is_unavailable(exc):
@@ -261,15 +259,13 @@ class EventStore:
                     dups = [i for i in range(len(events)) if i not in kept]
                     cur.execute(sql.RECORD_CONFLICTS, {"dups": dups, "now": now})
                     conflicts = cur.fetchone()[0]  # type: ignore[index]
-                milestones: dict[tuple[str, ...], Any] = {}
                 keys: dict[tuple[str, ...], Any] = {}
                 links: set[tuple[str, str, str]] = set()
                 refused: Counter[str] = Counter()
                 if stored:
                     new = [events[i] for i in stored]
-                    milestones = self._milestones.fresh(milestone_rows(new))
-                    keys = self._keys.fresh(key_rows(new, self.settings.indexed_keys, self.settings.linking_keys))
-                    links, refused = identity_rows(new, self.settings.linking_keys)
+                    all_keys, links, refused = index_rows(new, self.settings.indexed_keys, self.settings.linking_keys)
+                    keys = self._keys.fresh(all_keys)
                 link = linking.LinkResult()
                 if keys:
                     # keys and links first: a new correlation id is then stored with its business
@@ -288,15 +284,10 @@ class EventStore:
                     cur.execute(sql.UPSERT_TRANSACTIONS, {
                         "now": now, "assign_cids": [c for c, _ in assigned], "assign_bids": [b for _, b in assigned],
                     })
-                if milestones:
-                    with cur.copy(sql.COPY_MILESTONES) as copy:
-                        copy.set_types(sql.MILESTONE_TYPES)
-                        for (cid, milestone), (at, channel) in milestones.items():
-                            copy.write_row((cid, milestone, at, channel or None))
+                    # milestones straight from the stored rows (ct_new), earliest per milestone
                     cur.execute(sql.UPSERT_MILESTONES, {"now": now})
         if staged is not None:
             staged["ct_staging"] = True
         # only what is committed may be skipped next time
-        self._milestones.remember(milestones)
         self._keys.remember(keys)
         return Written(new=len(stored), duplicates=len(events) - len(stored), conflicts=conflicts, link=link)

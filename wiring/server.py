@@ -89,7 +89,15 @@ def create_app() -> Starlette:
     """uvicorn factory for `--workers N`: each worker builds its own context from the environment."""
     settings = Settings.load()
     context = AppContext.open(settings, pool_size=settings.max_inflight_batches + 2, application_name="controltower-collector")
-    return build_app(context)
+    app = build_app(context)
+    collectors_gc()
+    return app
+
+
+def collectors_gc() -> None:
+    from collectors.http import tune_gc
+
+    tune_gc()
 
 
 def serve(settings: Settings, *, workers: int = 1) -> None:
@@ -99,7 +107,9 @@ def serve(settings: Settings, *, workers: int = 1) -> None:
         uvicorn.run("wiring.server:create_app", factory=True, workers=workers, **options)
         return
     context = AppContext.open(settings, pool_size=settings.max_inflight_batches + 2, application_name="controltower-collector")
-    uvicorn.run(build_app(context), **options)
+    app = build_app(context)
+    collectors_gc()
+    uvicorn.run(app, **options)
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:

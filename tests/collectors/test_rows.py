@@ -83,3 +83,30 @@ def test_milestone_and_key_rows_take_the_earliest():
         ("7", "sku", "C1"): T0 + timedelta(minutes=9),
         ("1Z", "tracking_number", "C1"): T0 + timedelta(minutes=9),
     }
+
+
+def test_index_rows_is_key_rows_and_identity_rows_in_one_pass():
+    """The write path's one-pass walk gives exactly what the two separate ones give, on events
+    mixing every value shape: lists, ints, floats (under identity and reference kinds), bools,
+    placeholders, empty and over-long values, an order id under attributes and as the field."""
+    from collectors.rows import identity_rows, index_rows
+
+    linking = frozenset({"order_id", "erp_document", "tracking_number"})
+    kinds = ("sku", "tracking_number", "location")
+    shapes = [
+        {"sku": ["A", "B", 7, True, None, {"x": 1}], "tracking_number": "1Z"},
+        {"erp_document": 4500001, "tracking_number": 1.5, "sku": 2.5, "location": "DC-1"},
+        {"order_id": "SO-9", "erp_document": ["n/a", "", "D-1", "D-1"], "tracking_number": "x" * 300},
+        {"tracking_number": [None, False, 10**30], "location": ""},
+        {},
+    ]
+    events = []
+    for i, attrs in enumerate(shapes * 3):
+        ev = e(str(i), 10 - i, "received", **attrs)
+        ev.correlation_id = f"C{i % 4}"
+        ev.order_id = ["SO-1", None, "", "unknown"][i % 4]
+        events.append(ev)
+    keys, links, refused = index_rows(events, kinds, linking)
+    assert keys == key_rows(events, kinds, linking)
+    assert (links, refused) == identity_rows(events, linking)
+    assert ("D-1", "erp_document", "C2") in links and refused["placeholder"] > 0 and refused["too_long"] > 0
