@@ -15,6 +15,11 @@ and prints the figures and ratios.
 
     python bench/sla.py --database-url postgresql://postgres@127.0.0.1:5432/postgres
     python bench/sla.py --transactions 1000000
+    python bench/sla.py --citus --database-url postgresql://postgres@127.0.0.1:9700/postgres
+
+--citus: the URL names a Citus coordinator; the benchmark database is created on it and on every
+worker it knows (with the extension and the nodes), migrated and distributed
+(`controltower migrate --distributed`) before the data is generated.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import scratch  # noqa: E402
-from controltower import calendars, migrate  # noqa: E402
+from controltower import calendars, distribute, migrate  # noqa: E402
 from controltower.db import make_engine  # noqa: E402
 from metrics import compute, definitions, rollups  # noqa: E402
 
@@ -139,6 +144,31 @@ def whole_days(defs: definitions.Definitions, mode: str) -> definitions.Definiti
     return dataclasses.replace(defs, slas=slas)
 
 
+def citus_nodes(admin: sa.Engine, name: str) -> list[str]:
+    """Make the new database `name` a Citus one: created on every worker the coordinator knows,
+    the extension everywhere, the nodes registered. Returns the workers' admin URLs."""
+    with admin.connect() as conn:
+        nodes = conn.execute(sa.text(
+            "SELECT nodename, nodeport FROM pg_dist_node WHERE noderole = 'primary' AND groupid <> 0")).all()
+    workers = [admin.url.set(host=h, port=p).render_as_string(hide_password=False) for h, p in nodes]
+    for worker in workers:
+        engine = make_engine(worker)
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        engine.dispose()
+    for url in [*workers, admin.url.render_as_string(hide_password=False)]:
+        engine = make_engine(sa.engine.make_url(url).set(database=name).render_as_string(hide_password=False))
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(sa.text("CREATE EXTENSION IF NOT EXISTS citus"))
+            if url not in workers:
+                conn.execute(sa.text("SELECT citus_set_coordinator_host(:h, :p)"),
+                             {"h": admin.url.host or "localhost", "p": admin.url.port or 5432})
+                for h, p in nodes:
+                    conn.execute(sa.text("SELECT citus_add_node(:h, :p)"), {"h": h, "p": p})
+        engine.dispose()
+    return workers
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database-url", default=os.environ.get("CONTROLTOWER_DATABASE_URL"))
@@ -146,6 +176,7 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=14)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--keep", action="store_true", help="keep the benchmark database")
+    parser.add_argument("--citus", action="store_true", help="the URL is a Citus coordinator: distribute the database")
     parser.add_argument("--whole-days", choices=["off", "plain", "calendar"], default="off",
                         help="plain: every latency SLA's targets rounded up to whole days; calendar: the same "
                              "counted in business days of the shipped us-warehouse calendar (the cost of calendars)")
@@ -153,9 +184,12 @@ def main() -> None:
     if not args.database_url:
         sys.exit("--database-url (or CONTROLTOWER_DATABASE_URL) is required: the benchmark creates its own database there")
     admin, name, url = scratch.create(args.database_url, "ct_bench_sla")
+    workers = citus_nodes(admin, name) if args.citus else []
     engine = make_engine(url, pool_size=2)
     try:
         migrate.upgrade(engine)
+        if args.citus:
+            print(f"distributed: {distribute.distribute(engine)}", flush=True)
         now = datetime.now(UTC).replace(second=0, microsecond=0)
         defs = whole_days(definitions.load(), args.whole_days)
         print(f"generating {args.transactions:,} transactions over {args.days} days …", flush=True)
@@ -249,6 +283,8 @@ def main() -> None:
     finally:
         engine.dispose()
         if not args.keep:
+            for worker in workers:
+                scratch.drop(make_engine(worker), name)
             scratch.drop(admin, name)
 
 

@@ -36,23 +36,26 @@ WHERE i.due_at < :now
   AND (CAST(:sla AS text) IS NULL OR i.sla = :sla)
   AND (CAST(:channel AS text) IS NULL OR i.channel = :channel)
 """
-_MEMBERS = """
+# the members grouped per business of the page (not a LATERAL per row: on Citus `transactions`
+# is distributed by correlation id, and this join on the business id runs on the shards)
+_MEMBERS = """,
+members AS (
+    SELECT t.business_id, """ + identity.CANONICAL_MEMBER + """ AS correlation_id,
+           array_agg(t.correlation_id ORDER BY t.first_event_at, t.correlation_id) AS correlation_ids,
+           (array_agg(t.order_id ORDER BY t.first_event_at, t.correlation_id) FILTER (WHERE t.order_id IS NOT NULL))[1]
+               AS order_id,
+           (array_agg(t.last_milestone ORDER BY t.last_event_at DESC, t.correlation_id))[1] AS last_milestone,
+           (array_agg(t.status ORDER BY t.last_event_at DESC, t.correlation_id))[1] AS status
+    FROM transactions t WHERE t.business_id IN (SELECT business_id FROM page)
+    GROUP BY t.business_id
+)
 SELECT p.sla, COALESCE(b.correlation_id, p.business_id) AS correlation_id,
        COALESCE(b.correlation_ids, ARRAY[p.business_id]) AS correlation_ids, p.channel,
        b.order_id, b.last_milestone, b.status, p.started_at, p.due_at, p.calendar,
        (SELECT d.definition -> 'calendar' -> 'calendars' -> p.calendar FROM sla_definitions d WHERE d.name = p.sla)
            AS calendar_spec
 FROM page p
-LEFT JOIN LATERAL (
-    SELECT """ + identity.CANONICAL_MEMBER + """ AS correlation_id,
-           array_agg(t.correlation_id ORDER BY t.first_event_at, t.correlation_id) AS correlation_ids,
-           (array_agg(t.order_id ORDER BY t.first_event_at, t.correlation_id) FILTER (WHERE t.order_id IS NOT NULL))[1]
-               AS order_id,
-           (array_agg(t.last_milestone ORDER BY t.last_event_at DESC, t.correlation_id))[1] AS last_milestone,
-           (array_agg(t.status ORDER BY t.last_event_at DESC, t.correlation_id))[1] AS status
-    FROM transactions t WHERE t.business_id = p.business_id
-    GROUP BY t.business_id
-) b ON true
+LEFT JOIN members b ON b.business_id = p.business_id
 """  # noqa: S608 (constant fragments, no input)
 _ORDERS = {  # oldest first (a work queue), or the longest overdue first
     "started": sa.text(

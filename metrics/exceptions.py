@@ -73,18 +73,22 @@ _FIRST_PAGE = sa.text(_EVENTS.format(after=""))
 # share one received_at (one POST of 50,000), the job moves on
 _NEXT_PAGE = sa.text(_EVENTS.format(after="""AND e.received_at >= :at
   AND (e.received_at, e.correlation_id, e.event_id, e.occurred_at) > (:at, :cid, :eid, :occurred)"""))
-# the canonical member of a business transaction (the id the transaction page opens)
-_MEMBER = "(SELECT " + identity.CANONICAL_MEMBER + " FROM transactions t WHERE t.business_id = {bid})"  # noqa: S608
+# Breaches and orphans are named by a business id; the occurrence names its canonical member (the
+# id the transaction page opens), read for all of them in one grouped read of their members
+# (transactions_business_idx): a subquery per row on another column than the distribution
+# column would not run on Citus.
 _BREACHES = sa.text("""
-SELECT i.sla, i.channel, i.due_at, COALESCE(""" + _MEMBER.format(bid="i.correlation_id") + """, i.correlation_id)
-       AS correlation_id
+SELECT i.sla, i.channel, i.due_at, i.correlation_id AS business_id
 FROM sla_open_items i WHERE i.due_at < :now AND i.sla = ANY(CAST(:slas AS text[]))
-""")  # noqa: S608 (constant fragments)
+""")
 _ORPHANS = sa.text("""
-SELECT COALESCE(o.channel, 'unknown') AS channel, o.orphaned_at,
-       COALESCE(""" + _MEMBER.format(bid="o.business_id") + """, o.business_id) AS correlation_id
+SELECT COALESCE(o.channel, 'unknown') AS channel, o.orphaned_at, o.business_id
 FROM signal_orphans o WHERE o.orphaned_at IS NOT NULL AND o.orphaned_at <= :now
-""")  # noqa: S608 (constant fragments)
+""")
+_MEMBER = sa.text("""
+SELECT t.business_id, """ + identity.CANONICAL_MEMBER + """ AS member FROM transactions t
+WHERE t.business_id = ANY(CAST(:bids AS text[])) GROUP BY t.business_id
+""")  # noqa: S608 (a constant fragment of controltower.identity)
 
 _NEW_GROUPS = sa.text("""
 INSERT INTO exception_groups (signature, channel, milestone, error_code, message, sample_message, class, state,
@@ -125,15 +129,27 @@ UPDATE exception_groups SET state = 'open', opened_at = :now, reopen_count = reo
 WHERE id = ANY(CAST(:ids AS bigint[])) AND state = 'resolved'
 RETURNING id, open_count
 """)
-# an occurrence resolves when any member of its business transaction reached a milestone it awaits
+# An occurrence resolves when any member of its business transaction reached a milestone it
+# awaits: the open occurrences (exception tables), their businesses (transactions by primary
+# key), the awaited milestones those businesses reached (members by transactions_business_idx,
+# then their milestones by primary key: a join on the correlation id), then the update by key.
+_OPEN_OCCURRENCES = sa.text("""
+SELECT o.group_id, o.correlation_id, o.source, o.awaits FROM exception_occurrences o
+JOIN exception_groups g ON g.id = o.group_id
+WHERE g.state IN ('open', 'snoozed') AND o.resolved_at IS NULL
+""")
+_BUSINESS_OF = sa.text("""
+SELECT correlation_id, business_id FROM transactions WHERE correlation_id = ANY(CAST(:cids AS text[]))
+""")
+_BUSINESS_REACHED = sa.text("""
+SELECT DISTINCT t.business_id, tm.milestone FROM transactions t
+JOIN transaction_milestones tm ON tm.correlation_id = t.correlation_id
+WHERE t.business_id = ANY(CAST(:bids AS text[])) AND tm.milestone = ANY(CAST(:milestones AS text[]))
+""")
 _REACHED = sa.text("""
 UPDATE exception_occurrences o SET resolved_at = :now
-FROM exception_groups g
-WHERE g.id = o.group_id AND g.state IN ('open', 'snoozed') AND o.resolved_at IS NULL
-  AND EXISTS (SELECT 1 FROM transactions t
-              JOIN transactions m ON m.business_id = t.business_id
-              JOIN transaction_milestones tm ON tm.correlation_id = m.correlation_id AND tm.milestone = ANY(o.awaits)
-              WHERE t.correlation_id = o.correlation_id)
+FROM unnest(CAST(:group_id AS bigint[]), CAST(:cid AS text[]), CAST(:source AS text[])) AS x(g, c, s)
+WHERE o.group_id = x.g AND o.correlation_id = x.c AND o.source = x.s AND o.resolved_at IS NULL
 RETURNING o.group_id
 """)
 _RESOLVE = sa.text("""
@@ -146,15 +162,20 @@ _ALL_REACHED = sa.text("""
 SELECT id FROM exception_groups g
 WHERE id = ANY(CAST(:ids AS bigint[])) AND state IN ('open', 'snoozed') AND open_count = 0
 """)
-# quiet: failed-event groups only (a breach or orphan stays while its transaction waits)
-_QUIET = sa.text("""
-SELECT g.id FROM exception_groups g
-WHERE g.state IN ('open', 'snoozed')
+# quiet: failed-event groups only (a breach or orphan stays while its transaction waits) whose
+# last occurrence is older than the quiet period, then per group whether a transaction reached
+# its milestone on its channel since (transaction_milestones_lookup_idx, one row at most)
+_QUIET_CANDIDATES = sa.text("""
+SELECT g.id, g.milestone, g.channel, g.last_seen_at FROM exception_groups g
+WHERE g.state IN ('open', 'snoozed') AND g.last_seen_at < :quiet_before
   AND NOT EXISTS (SELECT 1 FROM exception_occurrences o WHERE o.group_id = g.id AND o.resolved_at IS NULL
                   AND o.source IN ('breach', 'orphan'))
-  AND (SELECT min(m.reached_at) FROM transaction_milestones m
-       WHERE m.milestone = g.milestone AND m.reached_at > g.last_seen_at
-         AND (m.channel = g.channel OR (g.channel = 'unknown' AND m.channel IS NULL))) <= :quiet_before
+""")
+_QUIET = sa.text("""
+SELECT 1 FROM transaction_milestones m
+WHERE m.milestone = :milestone AND m.reached_at > :last AND m.reached_at <= :quiet_before
+  AND (m.channel = :channel OR (:channel = 'unknown' AND m.channel IS NULL))
+LIMIT 1
 """)
 _WAKE = sa.text("""
 UPDATE exception_groups SET state = 'open', snoozed_until = NULL, updated_at = :now
@@ -225,16 +246,18 @@ def _open_failures(conn: Connection, defs: Definitions, now: datetime) -> list[F
     """Overdue open breaches and orphans: read whole every tick (they are states, not a stream)."""
     out: list[Failure] = []
     targets = {s.name: s.to_milestone for s in defs.slas if s.to_milestone}
-    if targets:
-        for r in conn.execute(_BREACHES, {"now": now, "slas": sorted(targets)}):
-            to = targets[r.sla]
-            out.append(Failure(r.channel, to, f"sla:{r.sla}", f"{to} not reached within the {r.sla} target", "breach",
-                               r.correlation_id, None, r.due_at, (to,)))
+    breached = conn.execute(_BREACHES, {"now": now, "slas": sorted(targets)}).all() if targets else []
     origins = tuple(defs.orphan_origins)
-    if origins:
-        for r in conn.execute(_ORPHANS, {"now": now}):
-            out.append(Failure(r.channel, origins[0], "orphan", "identity keys link to no " + " or ".join(origins),
-                               "orphan", r.correlation_id, None, r.orphaned_at, origins))
+    orphans = conn.execute(_ORPHANS, {"now": now}).all() if origins else []
+    bids = sorted({r.business_id for r in breached} | {r.business_id for r in orphans})
+    member = {r.business_id: r.member for r in conn.execute(_MEMBER, {"bids": bids})} if bids else {}
+    for r in breached:
+        to = targets[r.sla]
+        out.append(Failure(r.channel, to, f"sla:{r.sla}", f"{to} not reached within the {r.sla} target", "breach",
+                           member.get(r.business_id, r.business_id), None, r.due_at, (to,)))
+    for r in orphans:
+        out.append(Failure(r.channel, origins[0], "orphan", "identity keys link to no " + " or ".join(origins),
+                           "orphan", member.get(r.business_id, r.business_id), None, r.orphaned_at, origins))
     return out
 
 
@@ -290,15 +313,37 @@ def _file(conn: Connection, failures: Iterable[Failure], rules: ExceptionRules, 
     return new, len(reopened)
 
 
+def _reached(conn: Connection, now: datetime) -> list[int]:
+    """Resolve the open occurrences whose business reached a milestone they await; their groups."""
+    waiting = conn.execute(_OPEN_OCCURRENCES).all()
+    if not waiting:
+        return []
+    business = dict(conn.execute(_BUSINESS_OF, {"cids": sorted({o.correlation_id for o in waiting})}).tuples().all())
+    milestones = sorted({m for o in waiting for m in o.awaits or ()})
+    reached: dict[str, set[str]] = {}
+    if business and milestones:
+        rows = conn.execute(_BUSINESS_REACHED, {"bids": sorted(set(business.values())), "milestones": milestones})
+        for bid, milestone in rows:
+            reached.setdefault(bid, set()).add(milestone)
+    done = [o for o in waiting if reached.get(business.get(o.correlation_id, ""), set()) & set(o.awaits or ())]
+    if not done:
+        return []
+    rows = conn.execute(_REACHED, {"now": now, "group_id": [o.group_id for o in done],
+                                   "cid": [o.correlation_id for o in done], "source": [o.source for o in done]})
+    return sorted({r.group_id for r in rows})
+
+
 def _auto_resolve(conn: Connection, now: datetime, rules: ExceptionRules) -> int:
-    reached = sorted({r.group_id for r in conn.execute(_REACHED, {"now": now})})
+    reached = _reached(conn, now)
     done = 0
     if reached:
         conn.execute(_COUNTERS, {"ids": reached, "now": now})
         ids = [r.id for r in conn.execute(_ALL_REACHED, {"ids": reached})]
         done += _resolve(conn, ids, now, MILESTONE_REACHED)
     quiet_before = now - timedelta(minutes=rules.quiet_minutes)
-    ids = [r.id for r in conn.execute(_QUIET, {"quiet_before": quiet_before})]
+    ids = [g.id for g in conn.execute(_QUIET_CANDIDATES, {"quiet_before": quiet_before}).all()
+           if conn.execute(_QUIET, {"milestone": g.milestone, "channel": g.channel, "last": g.last_seen_at,
+                                    "quiet_before": quiet_before}).first() is not None]
     done += _resolve(conn, ids, now, QUIET)
     return done
 

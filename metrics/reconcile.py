@@ -70,13 +70,31 @@ def read_report(path: Path, *, column: str | None = None) -> Report:
 
 # A report's order number is found when any member of a business transaction of the channel
 # (its business channel) carries it as an order key: the ERP's trace may be the only one that
-# does. transaction_keys' primary key (value, kind, ...), then transactions_business_idx.
-_FOUND = sa.text("""
-SELECT DISTINCT k.value
-FROM transaction_keys k JOIN transactions m ON m.correlation_id = k.correlation_id
-WHERE k.value = ANY(:ids) AND k.kind = ANY(:kinds)
-  AND (SELECT """ + identity.BUSINESS_CHANNEL + """ FROM transactions t WHERE t.business_id = m.business_id) = :channel
+# does. Three reads Citus routes: the keys by value (transaction_keys' primary key), their
+# transactions' businesses by correlation id (primary key), those businesses' channels
+# (transactions_business_idx).
+_HOLDERS = sa.text("""
+SELECT DISTINCT k.value, k.correlation_id FROM transaction_keys k
+WHERE k.value = ANY(CAST(:ids AS text[])) AND k.kind = ANY(CAST(:kinds AS text[]))
+""")
+_BUSINESS_OF = sa.text("""
+SELECT correlation_id, business_id FROM transactions WHERE correlation_id = ANY(CAST(:cids AS text[]))
+""")
+_CHANNELS = sa.text("""
+SELECT t.business_id FROM transactions t WHERE t.business_id = ANY(CAST(:bids AS text[]))
+GROUP BY t.business_id HAVING """ + identity.BUSINESS_CHANNEL + """ = :channel
 """)  # noqa: S608 (constant fragments, no input)
+
+
+def _found(conn: Connection, ids: list[str], channel: str) -> set[str]:
+    holders = conn.execute(_HOLDERS, {"ids": ids, "kinds": list(_funnel.ORDER_KINDS)}).all()
+    if not holders:
+        return set()
+    business = dict(conn.execute(_BUSINESS_OF, {"cids": sorted({h.correlation_id for h in holders})}).tuples().all())
+    if not business:
+        return set()
+    ours = set(conn.execute(_CHANNELS, {"bids": sorted(set(business.values())), "channel": channel}).scalars())
+    return {h.value for h in holders if business.get(h.correlation_id) in ours}
 
 
 def reconcile(conn: Connection, report: Report, *, channel: str, since: datetime | None = None, until: datetime | None = None) -> dict[str, Any]:
@@ -84,7 +102,7 @@ def reconcile(conn: Connection, report: Report, *, channel: str, since: datetime
     counted per business transaction (an order whose number only the ERP's trace carries is
     found; an order received under two traces is one extra at most)."""
     ids = list(report.orders)
-    found = {r.value for r in conn.execute(_FOUND, {"ids": ids, "channel": channel, "kinds": list(_funnel.ORDER_KINDS)})}
+    found = _found(conn, ids, channel)
     missing = [{"order": o, "line": report.orders[o]} for o in ids if o not in found]
     since = since or report.since
     until = until or (report.until + timedelta(seconds=1) if report.until else None)

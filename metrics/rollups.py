@@ -58,13 +58,6 @@ UNKNOWN_CHANNEL = "unknown"  # event counts of channel-less events whose busines
 bucket_of, bucket_value, percentile = histogram.bucket_of, histogram.bucket_value, histogram.percentile
 
 
-_TOUCHED = """
-CREATE TEMP TABLE IF NOT EXISTS ct_touched (cid text PRIMARY KEY) ON COMMIT DROP;
-CREATE TEMP TABLE IF NOT EXISTS ct_minutes (channel text, minute timestamptz) ON COMMIT DROP;
-TRUNCATE ct_touched, ct_minutes;
-"""
-_TOUCHED_COUNT = sa.text("SELECT count(*) FROM ct_touched")
-
 # the judge's rules for a promise (controltower.slajudge): its grammar, then its sane range
 _DEADLINES = sa.text("""
 INSERT INTO sla_deadlines (sla, correlation_id, due_at)
@@ -83,76 +76,68 @@ ON CONFLICT (sla, correlation_id) DO UPDATE SET due_at = LEAST(sla_deadlines.due
 # (their milestones, channel or first event may have changed, and with them their business's
 # milestones and channel) or milestones since, and every business id a link or split re-keyed
 # since (transactions_updated_idx, transaction_milestones_recorded_idx,
-# identity_changes_changed_idx; then the transactions primary key).
+# identity_changes_changed_idx; then the transactions primary key). The ids come back to the
+# job, which passes them on as an array: on Citus a temp table cannot join a distributed table.
 _TOUCH = sa.text("""
-INSERT INTO ct_touched (cid)
 SELECT business_id FROM transactions WHERE updated_at > :since
 UNION
 SELECT t.business_id FROM transaction_milestones m JOIN transactions t ON t.correlation_id = m.correlation_id
 WHERE m.recorded_at > :since
 UNION
 SELECT business_id FROM identity_changes WHERE changed_at > :since
-ON CONFLICT DO NOTHING
 """)
 # a deadline can arrive on an event after its milestone was recorded (a re-sent order)
 _TOUCH_DEADLINES = sa.text("""
-INSERT INTO ct_touched (cid)
 SELECT DISTINCT t.business_id FROM events e JOIN transactions t ON t.correlation_id = e.correlation_id
 WHERE e.received_at > :since AND e.flow = :flow AND e.stage = :stage AND e.attributes ? :attr
-ON CONFLICT DO NOTHING
 """)
 
-_OLD_MINUTES = sa.text("""
-INSERT INTO ct_minutes
-SELECT channel, date_trunc('minute', completed_at) FROM sla_samples
-WHERE sla = :sla AND correlation_id = ANY(ARRAY(SELECT cid FROM ct_touched))
-""")
-
+# the touched ids' samples and open items go (by primary key; on Citus each routed to its shard);
+# the minutes of the samples are re-aggregated after
 _CLEAR = (
     sa.text("""
-DELETE FROM sla_samples WHERE sla = :sla AND correlation_id = ANY(ARRAY(SELECT cid FROM ct_touched))
+WITH gone AS (
+    DELETE FROM sla_samples WHERE sla = :sla AND correlation_id = ANY(CAST(:ids AS text[]))
+    RETURNING channel, completed_at
+)
+SELECT DISTINCT channel, date_trunc('minute', completed_at) AS minute, date_trunc('hour', completed_at) AS hour FROM gone
 """),
     sa.text("""
-DELETE FROM sla_open_items WHERE sla = :sla AND correlation_id = ANY(ARRAY(SELECT cid FROM ct_touched))
+DELETE FROM sla_open_items WHERE sla = :sla AND correlation_id = ANY(CAST(:ids AS text[]))
 """),
 )
 
 # One row per touched id that still names a business: its members through
-# transactions_business_idx, their milestones and promises through the primary keys. (The
-# touched ids go in as an array: an index scan per id, never a scan of transactions.)
+# transactions_business_idx, their milestones, promises and `from` events through the primary
+# keys. The touched ids go in as an array (an index scan per id, never a scan of transactions).
+# Each per-business fact is one join of a member with its own rows on the correlation id, so
+# on Citus it runs on the shards (co-located) and only the per-business aggregates meet on the
+# coordinator; the samples and open items are written each to the shard of its business id.
+# Returns the (channel, minute, hour) of every sample written.
 _PAIRS = """
-WITH members AS MATERIALIZED (
-    SELECT t.business_id, t.correlation_id, t.channel, t.first_event_at
-    FROM transactions t WHERE t.business_id = ANY(ARRAY(SELECT cid FROM ct_touched))
-), business AS (
+WITH business AS (
     SELECT t.business_id AS bid, """ + identity.BUSINESS_CHANNEL + """ AS channel
-    FROM members t GROUP BY t.business_id
+    FROM transactions t WHERE t.business_id = ANY(CAST(:ids AS text[])) GROUP BY t.business_id
 ), reached AS (
     SELECT t.business_id AS bid,
            min(m.reached_at) FILTER (WHERE m.milestone = :a) AS started_at,
            min(m.reached_at) FILTER (WHERE m.milestone = :b) AS completed_at,
            bool_or(m.milestone = ANY(:closed_by)) AS closed
-    FROM members t CROSS JOIN LATERAL (
-        SELECT m.milestone, m.reached_at FROM transaction_milestones m
-        WHERE m.correlation_id = t.correlation_id AND m.milestone = ANY(:watch)
-    ) m
+    FROM transactions t JOIN transaction_milestones m ON m.correlation_id = t.correlation_id
+    WHERE t.business_id = ANY(CAST(:ids AS text[])) AND m.milestone = ANY(:watch)
     GROUP BY t.business_id
 ), promised AS (
     SELECT t.business_id AS bid, min(d.due_at) AS due_at
-    FROM members t CROSS JOIN LATERAL (
-        SELECT d.due_at FROM sla_deadlines d
-        WHERE d.sla = :sla AND d.correlation_id = t.correlation_id AND d.due_at >= :earliest AND d.due_at < :latest
-    ) d
-    WHERE CAST(:attr AS text) IS NOT NULL
+    FROM transactions t JOIN sla_deadlines d ON d.correlation_id = t.correlation_id
+    WHERE t.business_id = ANY(CAST(:ids AS text[])) AND CAST(:attr AS text) IS NOT NULL
+      AND d.sla = :sla AND d.due_at >= :earliest AND d.due_at < :latest
     GROUP BY t.business_id
 ), located AS (
-    SELECT t.business_id AS bid, min(e.location COLLATE "C") AS location
-    FROM members t CROSS JOIN LATERAL (
-        SELECT e.attributes ->> 'location' AS location FROM events e
-        WHERE e.correlation_id = t.correlation_id AND e.flow = :flow AND e.stage = :stage
-          AND jsonb_typeof(e.attributes -> 'location') = 'string' AND (e.attributes ->> 'location') = ANY(:locations)
-    ) e
-    WHERE cardinality(CAST(:locations AS text[])) > 0
+    SELECT t.business_id AS bid, min((e.attributes ->> 'location') COLLATE "C") AS location
+    FROM transactions t JOIN events e ON e.correlation_id = t.correlation_id
+    WHERE t.business_id = ANY(CAST(:ids AS text[])) AND cardinality(CAST(:locations AS text[])) > 0
+      AND e.flow = :flow AND e.stage = :stage
+      AND jsonb_typeof(e.attributes -> 'location') = 'string' AND (e.attributes ->> 'location') = ANY(:locations)
     GROUP BY t.business_id
 ), chosen AS (
     SELECT b.bid AS cid, b.channel, r.started_at, r.completed_at, r.closed, p.due_at AS promised_at,
@@ -186,12 +171,16 @@ WITH members AS MATERIALIZED (
     SELECT :sla, cid, channel, started_at, due_at, calendar
     FROM pairs WHERE completed_at IS NULL AND due_at IS NOT NULL AND NOT closed
 )
-INSERT INTO ct_minutes SELECT channel, date_trunc('minute', completed_at) FROM samples
+SELECT DISTINCT channel, date_trunc('minute', completed_at) AS minute, date_trunc('hour', completed_at) AS hour
+FROM samples
 """  # noqa: S608 (a constant fragment, no input)
 
+# The (channel, minute) pairs whose samples changed go in as two arrays (:channels, :minutes),
+# their (channel, hour) pairs as two more (:hour_channels, :hours), and the range they span as
+# [:lo, :hi) and [:hour_lo, :hour_hi): values, where a temp table would stop Citus.
 _ROLLUP_MINUTES = (
     sa.text("""
-DELETE FROM sla_rollup_minute r USING (SELECT DISTINCT channel, minute FROM ct_minutes) m
+DELETE FROM sla_rollup_minute r USING unnest(CAST(:channels AS text[]), CAST(:minutes AS timestamptz[])) AS m(channel, minute)
 WHERE r.sla = :sla AND r.channel = m.channel AND r.minute = m.minute
 """),
     # one range scan of the SLA's samples between the first and last touched minute, kept to
@@ -204,10 +193,9 @@ FROM (
            floor(ln(GREATEST(s.latency_ms, 1)) / ln(:ratio))::int AS bucket,
            count(*) AS n, count(*) FILTER (WHERE s.met) AS met
     FROM sla_samples s
-    WHERE s.sla = :sla
-      AND s.completed_at >= (SELECT min(minute) FROM ct_minutes)
-      AND s.completed_at < (SELECT max(minute) FROM ct_minutes) + interval '1 minute'
-      AND (s.channel, date_trunc('minute', s.completed_at)) IN (SELECT channel, minute FROM ct_minutes)
+    WHERE s.sla = :sla AND s.completed_at >= :lo AND s.completed_at < :hi
+      AND (s.channel, date_trunc('minute', s.completed_at)) IN (
+          SELECT * FROM unnest(CAST(:channels AS text[]), CAST(:minutes AS timestamptz[])))
     GROUP BY 1, 2, 3
 ) b
 GROUP BY channel, minute
@@ -216,7 +204,7 @@ GROUP BY channel, minute
 
 _ROLLUP_HOURS = (
     sa.text("""
-DELETE FROM sla_rollup_hour r USING (SELECT DISTINCT channel, date_trunc('hour', minute) AS hour FROM ct_minutes) h
+DELETE FROM sla_rollup_hour r USING unnest(CAST(:hour_channels AS text[]), CAST(:hours AS timestamptz[])) AS h(channel, hour)
 WHERE r.sla = :sla AND r.channel = h.channel AND r.hour = h.hour
 """),
     sa.text("""
@@ -225,20 +213,18 @@ SELECT :sla, c.channel, c.hour, c.count, c.met, x.hist
 FROM (
     SELECT r.channel, date_trunc('hour', r.minute) AS hour, sum(r.count) AS count, sum(r.met) AS met
     FROM sla_rollup_minute r
-    WHERE r.sla = :sla
-      AND r.minute >= (SELECT date_trunc('hour', min(minute)) FROM ct_minutes)
-      AND r.minute < (SELECT date_trunc('hour', max(minute)) FROM ct_minutes) + interval '1 hour'
-      AND (r.channel, date_trunc('hour', r.minute)) IN (SELECT channel, date_trunc('hour', minute) FROM ct_minutes)
+    WHERE r.sla = :sla AND r.minute >= :hour_lo AND r.minute < :hour_hi
+      AND (r.channel, date_trunc('hour', r.minute)) IN (
+          SELECT * FROM unnest(CAST(:hour_channels AS text[]), CAST(:hours AS timestamptz[])))
     GROUP BY 1, 2
 ) c
 JOIN (
     SELECT channel, hour, jsonb_object_agg(k, n) AS hist FROM (
         SELECT r.channel, date_trunc('hour', r.minute) AS hour, e.key AS k, sum(e.value::bigint) AS n
         FROM sla_rollup_minute r, jsonb_each_text(r.hist) e
-        WHERE r.sla = :sla
-          AND r.minute >= (SELECT date_trunc('hour', min(minute)) FROM ct_minutes)
-          AND r.minute < (SELECT date_trunc('hour', max(minute)) FROM ct_minutes) + interval '1 hour'
-          AND (r.channel, date_trunc('hour', r.minute)) IN (SELECT channel, date_trunc('hour', minute) FROM ct_minutes)
+        WHERE r.sla = :sla AND r.minute >= :hour_lo AND r.minute < :hour_hi
+          AND (r.channel, date_trunc('hour', r.minute)) IN (
+              SELECT * FROM unnest(CAST(:hour_channels AS text[]), CAST(:hours AS timestamptz[])))
         GROUP BY 1, 2, 3
     ) k GROUP BY 1, 2
 ) x ON x.channel = c.channel AND x.hour = c.hour
@@ -257,24 +243,33 @@ JOIN events e ON e.correlation_id = t.correlation_id AND e.channel IS NULL
     AND e.occurred_at >= t.first_event_at AND e.occurred_at <= t.last_event_at
 """)
 
-# The business channel of a channel-less event's transaction (evaluated only for those events:
-# COALESCE stops at the first non-null argument).
-_BUSINESS_OF_EVENT = "(SELECT b.business_id FROM transactions b WHERE b.correlation_id = events.correlation_id)"
-_EVENT_CHANNEL = "COALESCE(events.channel, (SELECT " + identity.BUSINESS_CHANNEL + " FROM transactions t WHERE t.business_id = " \
-    + _BUSINESS_OF_EVENT + f"), '{UNKNOWN_CHANNEL}')"  # noqa: S608 (constant fragments, no input)
-
+# The counts of the given minutes, a channel-less event's counted under its business (its
+# transaction's business id, looked up only for those events, on the event's own shard), then
+# that business's channel (one grouped read of the few businesses named; `unknown` without one).
 _RECOUNT = (
     sa.text("""
 DELETE FROM event_rollup_minute WHERE minute = ANY(CAST(:minutes AS timestamptz[]))
 """),
     sa.text("""
+WITH counted AS MATERIALIZED (
+    SELECT date_trunc('minute', e.occurred_at) AS minute, e.channel,
+           CASE WHEN e.channel IS NULL
+                THEN (SELECT b.business_id FROM transactions b WHERE b.correlation_id = e.correlation_id) END AS bid,
+           e.flow, e.stage, e.status, count(*) AS n
+    FROM events e
+    JOIN unnest(CAST(:minutes AS timestamptz[])) AS m(minute) ON m.minute = date_trunc('minute', e.occurred_at)
+    WHERE e.occurred_at >= :lo AND e.occurred_at < :hi
+    GROUP BY 1, 2, 3, 4, 5, 6
+), channels AS (
+    SELECT t.business_id AS bid, """ + identity.BUSINESS_CHANNEL + """ AS channel FROM transactions t
+    WHERE t.business_id = ANY(ARRAY(SELECT DISTINCT bid FROM counted WHERE bid IS NOT NULL))
+    GROUP BY t.business_id
+)
 INSERT INTO event_rollup_minute (minute, channel, flow, stage, status, count)
-SELECT date_trunc('minute', occurred_at), """ + _EVENT_CHANNEL + """, flow, stage, status, count(*)
-FROM events
-JOIN unnest(CAST(:minutes AS timestamptz[])) AS m(minute) ON m.minute = date_trunc('minute', events.occurred_at)
-WHERE occurred_at >= :lo AND occurred_at < :hi
+SELECT c.minute, COALESCE(c.channel, b.channel, '""" + UNKNOWN_CHANNEL + """'), c.flow, c.stage, c.status, sum(c.n)
+FROM counted c LEFT JOIN channels b ON b.bid = c.bid
 GROUP BY 1, 2, 3, 4, 5
-"""),
+"""),  # noqa: S608 (constant fragments, no input)
     sa.text("""
 DELETE FROM event_rollup_hour
 WHERE hour = ANY(SELECT DISTINCT date_trunc('hour', m) FROM unnest(CAST(:minutes AS timestamptz[])) AS m)
@@ -323,11 +318,9 @@ def refresh_rollups(engine: Engine, definitions: Definitions, now: datetime) -> 
         # one refresher at a time (a second scheduler or a CLI `sla --refresh` waits)
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('controltower.metrics.rollups'))"))
         since = _watermark(conn) - LAG
-        conn.exec_driver_sql(_TOUCHED)
-        if conn.execute(_TOUCH, {"since": since}).rowcount:
-            conn.exec_driver_sql("ANALYZE ct_touched")
+        touched = set(conn.execute(_TOUCH, {"since": since}).scalars())
         for sla in definitions.latency:
-            stats["transactions"] += _refresh_latency(conn, sla, since)
+            stats["transactions"] += _refresh_latency(conn, sla, since, touched)
         stats["event_minutes"] = _refresh_event_counts(conn, since)
         for sla in definitions.slas:
             if sla.kind == "freshness" and sla.milestone:
@@ -345,7 +338,7 @@ def refresh_rollups(engine: Engine, definitions: Definitions, now: datetime) -> 
     return dict(stats)
 
 
-def _refresh_latency(conn: Connection, sla: SLA, since: datetime) -> int:
+def _refresh_latency(conn: Connection, sla: SLA, since: datetime, touched: set[str]) -> int:
     assert sla.from_milestone and sla.to_milestone
     flow, stage = sla.from_milestone.split(".", 1)
     params = {
@@ -357,21 +350,34 @@ def _refresh_latency(conn: Connection, sla: SLA, since: datetime) -> int:
         "pattern": slajudge.DEADLINE_PATTERN, "earliest": slajudge.EARLIEST, "latest": slajudge.LATEST,
         **_calendar_params(sla),
     }
-    conn.exec_driver_sql("TRUNCATE ct_minutes")
+    ids = touched
     if sla.deadline_attribute:
         conn.execute(_DEADLINES, params)
-        if conn.execute(_TOUCH_DEADLINES, params).rowcount:
-            conn.exec_driver_sql("ANALYZE ct_touched")
-    touched = int(conn.execute(_TOUCHED_COUNT).scalar_one())
-    if not touched:
+        ids = touched | set(conn.execute(_TOUCH_DEADLINES, params).scalars())
+    if not ids:
         return 0
-    conn.execute(_OLD_MINUTES, params)
-    _run(conn, _CLEAR, params)
-    conn.execute(sa.text(_PAIRS), params)
-    conn.exec_driver_sql("ANALYZE ct_minutes")
+    params["ids"] = sorted(ids)
+    changed = {(r.channel, r.minute, r.hour) for r in conn.execute(_CLEAR[0], params)}
+    conn.execute(_CLEAR[1], params)
+    changed |= {(r.channel, r.minute, r.hour) for r in conn.execute(sa.text(_PAIRS), params)}
+    if changed:
+        _rollup(conn, params, changed)
+    return len(ids)
+
+
+def _rollup(conn: Connection, params: dict[str, object], changed: set[tuple[str, datetime, datetime]]) -> None:
+    """Re-aggregate the (channel, minute)s whose samples changed, then their (channel, hour)s."""
+    minutes = sorted({(channel, minute) for channel, minute, _ in changed})
+    hours = sorted({(channel, hour) for channel, _, hour in changed})
+    first, last = min(m for _, m in minutes), max(m for _, m in minutes)
+    params = params | {
+        "channels": [c for c, _ in minutes], "minutes": [m for _, m in minutes],
+        "lo": first, "hi": last + timedelta(minutes=1),
+        "hour_channels": [c for c, _ in hours], "hours": [h for _, h in hours],
+        "hour_lo": min(h for _, h in hours), "hour_hi": max(h for _, h in hours) + timedelta(hours=1),
+    }
     _run(conn, _ROLLUP_MINUTES, params)
     _run(conn, _ROLLUP_HOURS, params)
-    return touched
 
 
 def _calendar_params(sla: SLA) -> dict[str, object]:

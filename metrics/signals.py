@@ -60,17 +60,18 @@ TRUNCATE ct_signal_touched, ct_signal_hours;
 _HOURS_OF = """INSERT INTO ct_signal_hours
 SELECT DISTINCT date_bin('1 hour', received_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') FROM changed
 ON CONFLICT DO NOTHING"""
-_TOUCH_ALL = sa.text("INSERT INTO ct_signal_touched (bid) SELECT DISTINCT business_id FROM transactions")
+_TOUCH_ALL = sa.text("SELECT DISTINCT business_id FROM transactions")
+# the ids come back to the job, which passes them on as arrays (on Citus a temp table cannot join
+# a distributed table); `ct_signal_touched` holds them for the statements on the signal tables
 _TOUCH = sa.text("""
-INSERT INTO ct_signal_touched (bid)
 SELECT business_id FROM transactions WHERE updated_at > :since
 UNION
 SELECT t.business_id FROM transaction_milestones m JOIN transactions t ON t.correlation_id = m.correlation_id
 WHERE m.recorded_at > :since
 UNION
 SELECT business_id FROM identity_changes WHERE changed_at > :since
-ON CONFLICT DO NOTHING
 """)
+_HOLD = sa.text("INSERT INTO ct_signal_touched (bid) SELECT unnest(CAST(:bids AS text[])) ON CONFLICT DO NOTHING")
 # by primary key (ANY(ARRAY(...))), never a scan of the table
 _CLEAR = (
     sa.text("DELETE FROM signal_orphans WHERE business_id = ANY(ARRAY(SELECT bid FROM ct_signal_touched))"),
@@ -81,65 +82,67 @@ WITH changed AS (
 """),  # noqa: S608 (constant fragments)
 )
 
-# A candidate: some member has an identity key, no member reached an origin. Its system: of the
-# earliest event (over all members) that names one. Every touched id reads its members through
-# transactions_business_idx (LATERAL): the cost follows the touched ids, not the table.
-_ORPHANS = sa.text(f"""
-WITH b AS (
-    SELECT x.bid AS business_id, a.first_event_at, a.channel
-    FROM ct_signal_touched x
-    CROSS JOIN LATERAL (
-        SELECT min(t.first_event_at) AS first_event_at, {identity.BUSINESS_CHANNEL} AS channel
-        FROM transactions t WHERE t.business_id = x.bid
-    ) a
-    WHERE a.first_event_at IS NOT NULL  -- the id still names a business
-), candidates AS (
-    SELECT b.* FROM b
-    WHERE EXISTS (SELECT 1 FROM transactions t JOIN transaction_keys k ON k.correlation_id = t.correlation_id
-                  WHERE t.business_id = b.business_id AND k.kind = ANY(CAST(:kinds AS text[])))
-      AND NOT EXISTS (SELECT 1 FROM transactions t
-                      JOIN transaction_milestones m ON m.correlation_id = t.correlation_id
-                      WHERE t.business_id = b.business_id AND m.milestone = ANY(CAST(:origins AS text[])))
-)
-INSERT INTO signal_orphans (business_id, channel, system, first_event_at, orphaned_at)
-SELECT c.business_id, c.channel, s.system, c.first_event_at,
-       CASE WHEN c.first_event_at + CAST(:grace AS interval) <= :now THEN c.first_event_at + CAST(:grace AS interval) END
-FROM candidates c
-LEFT JOIN LATERAL (
-    SELECT e.system FROM transactions t
-    CROSS JOIN LATERAL (
-        SELECT e.system, e.occurred_at, e.event_id FROM events e
-        WHERE e.correlation_id = t.correlation_id AND e.occurred_at >= t.first_event_at AND e.system IS NOT NULL
-        ORDER BY e.occurred_at, e.event_id LIMIT 1
-    ) e
-    WHERE t.business_id = c.business_id
-    ORDER BY e.occurred_at, t.correlation_id, e.event_id LIMIT 1
-) s ON true
+# The touched businesses' facts, each read where Citus runs it on the shards: members grouped by
+# business (transactions_business_idx), their origin and `order.received` milestones (a join on
+# the correlation id), which members hold an identity key and their ERP documents
+# (transaction_keys_correlation_idx; the keys are distributed by value, so by correlation id this
+# reads every shard), and each candidate's earliest event naming a system (per member by the
+# events' primary key, then the earliest over the members).
+# A candidate: some member has an identity key, no member reached an origin; its system: of the
+# earliest event (over all members) that names one.
+_BUSINESSES = sa.text(f"""
+SELECT t.business_id, min(t.first_event_at) AS first_event_at, {identity.BUSINESS_CHANNEL} AS channel,
+       array_agg(t.correlation_id) AS cids
+FROM transactions t WHERE t.business_id = ANY(CAST(:bids AS text[])) GROUP BY t.business_id
 """)  # noqa: S608 (a constant fragment of controltower.identity)
-
+_MILESTONES = sa.text("""
+SELECT t.business_id, bool_or(m.milestone = ANY(CAST(:origins AS text[]))) AS origin,
+       min(m.reached_at) FILTER (WHERE m.milestone = :received) AS received_at
+FROM transactions t JOIN transaction_milestones m ON m.correlation_id = t.correlation_id
+WHERE t.business_id = ANY(CAST(:bids AS text[]))
+  AND (m.milestone = ANY(CAST(:origins AS text[])) OR m.milestone = :received)
+GROUP BY t.business_id
+""")
+_KEYED = sa.text("""
+SELECT DISTINCT k.correlation_id FROM transaction_keys k
+WHERE k.correlation_id = ANY(CAST(:cids AS text[])) AND k.kind = ANY(CAST(:kinds AS text[]))
+""")
+_SYSTEMS = sa.text("""
+SELECT DISTINCT ON (business_id) business_id, system FROM (
+    SELECT DISTINCT ON (e.correlation_id) t.business_id, e.correlation_id, e.occurred_at, e.event_id, e.system
+    FROM transactions t JOIN events e ON e.correlation_id = t.correlation_id
+    WHERE t.correlation_id = ANY(CAST(:cids AS text[])) AND e.occurred_at >= t.first_event_at AND e.system IS NOT NULL
+    ORDER BY e.correlation_id, e.occurred_at, e.event_id
+) first
+ORDER BY business_id, occurred_at, correlation_id, event_id
+""")
+_WRITE_ORPHANS = sa.text("""
+INSERT INTO signal_orphans (business_id, channel, system, first_event_at, orphaned_at)
+SELECT b, c, s, f, CASE WHEN f + CAST(:grace AS interval) <= :now THEN f + CAST(:grace AS interval) END
+FROM unnest(CAST(:o_bids AS text[]), CAST(:o_channels AS text[]), CAST(:o_systems AS text[]),
+            CAST(:o_first AS timestamptz[])) AS x(b, c, s, f)
+""")
+_DOCUMENTS = sa.text("""
+SELECT x.bid, array_agg(DISTINCT k.value ORDER BY k.value) AS documents
+FROM transaction_keys k JOIN unnest(CAST(:cids AS text[]), CAST(:cid_bids AS text[])) AS x(cid, bid)
+    ON k.correlation_id = x.cid
+WHERE k.correlation_id = ANY(CAST(:cids AS text[])) AND k.kind = :document AND length(k.value) <= :max_len
+  AND lower(regexp_replace(regexp_replace(k.value, :format_chars, '', 'g'), :edge_space, '', 'g'))
+      <> ALL(CAST(:placeholders AS text[]))
+  AND NOT EXISTS (SELECT 1 FROM identity_hubs h WHERE h.kind = k.kind AND h.value = k.value)
+GROUP BY x.bid
+""")
 _ORDERS = sa.text(f"""
 WITH changed AS (
 INSERT INTO signal_orders (business_id, channel, received_at, erp_documents)
-SELECT x.bid, o.channel, o.received_at, COALESCE((
-           SELECT array_agg(DISTINCT k.value ORDER BY k.value)
-           FROM transactions d JOIN transaction_keys k ON k.correlation_id = d.correlation_id
-           WHERE d.business_id = x.bid AND k.kind = :document AND length(k.value) <= :max_len
-             AND lower(regexp_replace(regexp_replace(k.value, :format_chars, '', 'g'), :edge_space, '', 'g'))
-                 <> ALL(CAST(:placeholders AS text[]))
-             AND NOT EXISTS (SELECT 1 FROM identity_hubs h WHERE h.kind = k.kind AND h.value = k.value)
-       ), '{{}}')
-FROM ct_signal_touched x
-CROSS JOIN LATERAL (
-    SELECT {identity.BUSINESS_CHANNEL} AS channel, min(m.reached_at) AS received_at
-    FROM transactions t
-    LEFT JOIN transaction_milestones m ON m.correlation_id = t.correlation_id AND m.milestone = :received
-    WHERE t.business_id = x.bid
-) o
-WHERE o.received_at IS NOT NULL
+SELECT b, c, r, ARRAY(SELECT jsonb_array_elements_text(CAST(d AS jsonb)))
+FROM unnest(CAST(:r_bids AS text[]), CAST(:r_channels AS text[]), CAST(:r_received AS timestamptz[]),
+            CAST(:r_documents AS text[])) AS x(b, c, r, d)
 RETURNING received_at
 )
 {_HOURS_OF}
 """)  # noqa: S608 (constant fragments)
+CHUNK = 5_000  # business ids per read
 
 # the changed hours' counts, each read through signal_orders_received_idx
 _RECOUNT = (
@@ -159,24 +162,26 @@ WHERE orphaned_at IS NULL AND first_event_at <= CAST(:now AS timestamptz) - CAST
 """)
 
 # Retention removes old transactions without journaling them: their rows go here, a batch an hour
-# (the first tick of each hour; ANY(ARRAY(...)): deleted by primary key).
-_SWEEP = (
-    sa.text("""
-DELETE FROM signal_orphans WHERE business_id = ANY(ARRAY(
-    SELECT o.business_id FROM signal_orphans o WHERE o.first_event_at < :cutoff
-      AND NOT EXISTS (SELECT 1 FROM transactions t WHERE t.business_id = o.business_id)
-    LIMIT :n))
+# (the first tick of each hour): old rows a page at a time by primary key, kept when their
+# business still has a member (transactions_business_idx), deleted by primary key.
+_SWEEP_PAGE = {
+    "signal_orphans": sa.text("""
+SELECT business_id FROM signal_orphans WHERE first_event_at < :cutoff AND business_id > :after
+ORDER BY business_id LIMIT :n
 """),
-    sa.text(f"""
-WITH changed AS (
-    DELETE FROM signal_orders WHERE business_id = ANY(ARRAY(
-        SELECT o.business_id FROM signal_orders o WHERE o.received_at < :cutoff
-          AND NOT EXISTS (SELECT 1 FROM transactions t WHERE t.business_id = o.business_id)
-        LIMIT :n))
-    RETURNING received_at)
+    "signal_orders": sa.text("""
+SELECT business_id FROM signal_orders WHERE received_at < :cutoff AND business_id > :after
+ORDER BY business_id LIMIT :n
+"""),
+}
+_LIVE = sa.text("SELECT DISTINCT business_id FROM transactions WHERE business_id = ANY(CAST(:bids AS text[]))")
+_SWEEP_DELETE = {
+    "signal_orphans": sa.text("DELETE FROM signal_orphans WHERE business_id = ANY(CAST(:bids AS text[]))"),
+    "signal_orders": sa.text(f"""
+WITH changed AS (DELETE FROM signal_orders WHERE business_id = ANY(CAST(:bids AS text[])) RETURNING received_at)
 {_HOURS_OF}
 """),  # noqa: S608 (constant fragments)
-)
+}
 
 
 @functools.cache
@@ -215,19 +220,21 @@ def refresh(engine: Engine, defs: Definitions, now: datetime, settings: Settings
         if mark is None:  # first run, a rebuild, or what the rows depend on changed: all of them
             for table in SIGNAL_TABLES:  # DELETE: the scheduler's role may not TRUNCATE
                 conn.execute(sa.text(f"DELETE FROM {table}"))  # noqa: S608 (constant names)
-            touched = conn.execute(_TOUCH_ALL).rowcount
+            bids = sorted(conn.execute(_TOUCH_ALL).scalars())
         else:
-            touched = conn.execute(_TOUCH, {"since": mark - LAG}).rowcount
-            for statement in _CLEAR:
-                conn.execute(statement)
-        if touched:
-            conn.exec_driver_sql("ANALYZE ct_signal_touched")
-            conn.execute(_ORPHANS, params)
-            conn.execute(_ORDERS, params)
+            bids = sorted(conn.execute(_TOUCH, {"since": mark - LAG}).scalars())
+            if bids:
+                conn.execute(_HOLD, {"bids": bids})
+                conn.exec_driver_sql("ANALYZE ct_signal_touched")
+                for statement in _CLEAR:
+                    conn.execute(statement)
+        for i in range(0, len(bids), CHUNK):
+            _recompute(conn, bids[i:i + CHUNK], params)
+        touched = len(bids)
         graduated = conn.execute(_GRADUATE, params).rowcount
         swept = 0
         if mark is None or _hour_floor(now) > _hour_floor(mark):
-            swept = sum(conn.execute(statement, params).rowcount for statement in _SWEEP)
+            swept = sum(_sweep(conn, table, params) for table in _SWEEP_PAGE)
         conn.exec_driver_sql("ANALYZE ct_signal_hours")
         for statement in _RECOUNT:
             conn.execute(statement)
@@ -241,6 +248,53 @@ def refresh(engine: Engine, defs: Definitions, now: datetime, settings: Settings
             {"n": name, "v": now},
         )
     return {"signal_businesses": touched, "orphans_graduated": graduated, "signal_rows_swept": swept}
+
+
+def _recompute(conn: Connection, bids: list[str], params: dict[str, Any]) -> None:
+    """The signal rows of these business ids (their old rows are gone)."""
+    businesses = {r.business_id: r for r in conn.execute(_BUSINESSES, {"bids": bids})}
+    if not businesses:
+        return
+    reached = {r.business_id: r for r in conn.execute(_MILESTONES, params | {"bids": sorted(businesses)})}
+    cids = sorted({c for b in businesses.values() for c in b.cids})
+    keyed = set(conn.execute(_KEYED, params | {"cids": cids}).scalars())
+    candidates = [b for bid, b in businesses.items()
+                  if not (reached.get(bid) is not None and reached[bid].origin) and keyed.intersection(b.cids)]
+    if candidates:
+        systems = dict(conn.execute(_SYSTEMS, {"cids": sorted(c for b in candidates for c in b.cids)}).tuples().all())
+        conn.execute(_WRITE_ORPHANS, params | {
+            "o_bids": [b.business_id for b in candidates], "o_channels": [b.channel for b in candidates],
+            "o_systems": [systems.get(b.business_id) for b in candidates],
+            "o_first": [b.first_event_at for b in candidates],
+        })
+    orders = [(businesses[bid], r.received_at) for bid, r in reached.items() if r.received_at is not None]
+    if orders:
+        members = [(c, b.business_id) for b, _ in orders for c in b.cids]
+        documents = dict(conn.execute(_DOCUMENTS, params | {
+            "cids": [c for c, _ in members], "cid_bids": [b for _, b in members]}).tuples().all())
+        conn.execute(_ORDERS, {
+            "r_bids": [b.business_id for b, _ in orders], "r_channels": [b.channel for b, _ in orders],
+            "r_received": [at for _, at in orders],
+            "r_documents": [orjson.dumps(documents.get(b.business_id) or []).decode() for b, _ in orders],
+        })
+
+
+def _sweep(conn: Connection, table: str, params: dict[str, Any]) -> int:
+    """Delete up to `SWEEP` rows of `table` whose business no longer has a member; how many."""
+    left, after = SWEEP, ""
+    while left > 0:
+        page = list(conn.execute(_SWEEP_PAGE[table], params | {"after": after}).scalars())
+        if not page:
+            break
+        live = set(conn.execute(_LIVE, {"bids": page}).scalars())
+        gone = [b for b in page if b not in live][:left]
+        if gone:
+            conn.execute(_SWEEP_DELETE[table], {"bids": gone})
+            left -= len(gone)
+        if len(page) < SWEEP:
+            break
+        after = page[-1]
+    return SWEEP - left
 
 
 # -- the SLA table ----------------------------------------------------------------------------
