@@ -62,34 +62,45 @@ _BUSINESS_FIELDS = f"""
         AS last_error_message
 """
 
-# until this transaction ends (set_config(..., true) is SET LOCAL)
+# until this transaction ends (set_config(..., true) is SET LOCAL); on Citus, a fan-out over the
+# shards uses the one cached connection per worker instead of opening more (each new connection
+# costs milliseconds, the shards' index probes microseconds); plain PostgreSQL ignores it
 _POINT_LOOKUP = sa.text(
-    "SELECT set_config('max_parallel_workers_per_gather', '0', true), set_config('jit', 'off', true)"
+    "SELECT set_config('max_parallel_workers_per_gather', '0', true), set_config('jit', 'off', true), "
+    "set_config('citus.max_adaptive_executor_pool_size', '1', true)"
 )
 
-# key or member id → member hits → their business ids → every member of those (all by index)
+# Search in three index lookups, each of which Citus routes by its distribution column:
+# 1. the members carrying the key: `transaction_keys` by value (its primary key's prefix; one
+#    shard, as `transaction_keys` is distributed by value);
+_KEY_HITS = sa.text("SELECT correlation_id, kind FROM transaction_keys WHERE value = :q")
+# 2. their business ids (and whether `q` is itself a correlation id): `transactions` by primary
+#    key (only the shards of those ids);
+_BUSINESS_OF = sa.text(
+    "SELECT correlation_id, business_id FROM transactions WHERE correlation_id = ANY(CAST(:cids AS text[]))"
+)
+# 3. every member of those businesses (transactions_business_idx; a business's members live on
+#    any shard), one row per business. The hits come as arrays (a join with them would leave
+#    Citus no shard to route to); `matched` aggregates them here so the order of kinds and ids
+#    follows the database's collation like every other list.
 _SEARCH = sa.text(
     f"""
     WITH hits AS (
-        SELECT correlation_id, 'correlation_id' AS kind FROM transactions WHERE correlation_id = :q
-        UNION ALL
-        SELECT correlation_id, kind FROM transaction_keys WHERE value = :q
+        SELECT * FROM unnest(CAST(:hit_cids AS text[]), CAST(:hit_kinds AS text[]), CAST(:hit_bids AS text[]))
+            AS h(correlation_id, kind, business_id)
     ), matched AS (
-        SELECT t.business_id, array_agg(DISTINCT h.kind ORDER BY h.kind) AS matched_by,
-               array_agg(DISTINCT h.correlation_id ORDER BY h.correlation_id) AS matched_correlation_ids
-        FROM hits h JOIN transactions t ON t.correlation_id = h.correlation_id
+        SELECT business_id, array_agg(DISTINCT kind ORDER BY kind) AS matched_by,
+               array_agg(DISTINCT correlation_id ORDER BY correlation_id) AS matched_correlation_ids
+        FROM hits GROUP BY business_id
+    ), b AS (
+        SELECT t.business_id, {_BUSINESS_FIELDS}
+        FROM transactions t WHERE t.business_id = ANY(CAST(:bids AS text[]))
         GROUP BY t.business_id
     )
-    -- LATERAL: each matched business's members by index, whatever the planner believes (a fresh
-    -- store has no statistics yet: a merge join over the whole business index cost 50x); the
-    -- matched arrays join after the aggregate, not once per member row
     SELECT b.correlation_id, b.correlation_ids, b.channel, b.flow, b.order_id, b.status, b.last_milestone,
            b.first_event_at, b.last_event_at, b.event_count, b.error_count, b.last_error_code,
            b.last_error_message, m.matched_by, m.matched_correlation_ids
-    FROM matched m
-    CROSS JOIN LATERAL (
-        SELECT {_BUSINESS_FIELDS} FROM transactions t WHERE t.business_id = m.business_id
-    ) b
+    FROM b JOIN matched m ON m.business_id = b.business_id
     ORDER BY b.last_event_at DESC, b.correlation_id
     LIMIT :limit OFFSET :offset
     """  # noqa: S608 (fixed fragments from controltower.identity, no user input)
@@ -156,9 +167,19 @@ def search(conn: Connection, q: str, *, limit: int = 50, offset: int = 0) -> lis
     # A lookup of a few rows by index: parallel workers and JIT would only add their start-up
     # (~20 and ~12 ms), which the planner picks while fresh tables have no statistics yet.
     conn.execute(_POINT_LOOKUP)
-    rows = conn.execute(
-        _SEARCH, {"q": q, "limit": max(1, min(limit, MAX_PAGE)), "offset": max(0, offset)}
-    )
+    keys = conn.execute(_KEY_HITS, {"q": q}).all()
+    owners = dict(conn.execute(_BUSINESS_OF, {"cids": sorted({q, *(cid for cid, _ in keys)})}).tuples().all())
+    # a key row whose transaction is gone (retention between the two reads) matches nothing
+    hits = [(cid, kind, owners[cid]) for cid, kind in keys if cid in owners]
+    if q in owners:
+        hits.append((q, "correlation_id", owners[q]))
+    if not hits:
+        return []
+    cids, kinds, bids = (list(column) for column in zip(*hits, strict=True))
+    rows = conn.execute(_SEARCH, {
+        "hit_cids": cids, "hit_kinds": kinds, "hit_bids": bids, "bids": sorted(set(bids)),
+        "limit": max(1, min(limit, MAX_PAGE)), "offset": max(0, offset),
+    })
     out = []
     for row in rows:
         item = dict(row._mapping)
