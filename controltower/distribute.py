@@ -2,7 +2,8 @@
 
 Run it on the coordinator after the migrations. It checks that the `citus` extension and at
 least one worker are there, then makes each table what `LAYOUT` says, skipping what already is
-(so a second run is a no-op and a table added by a later migration is picked up by the next):
+(so a second run is a no-op and a table added by a later migration is picked up by the next).
+Every table of the schema is in `LAYOUT` (a test fails on one that is not), decided one by one:
 
 - **distributed**, one co-location group, by the column that keeps a transaction's rows
   together: every table that grows with traffic. `events` and its identity (`event_ids`,
@@ -11,12 +12,25 @@ least one worker are there, then makes each table what `LAYOUT` says, skipping w
   `sla_open_items`) live on one shard per transaction, so ingest's merges and the transaction
   view are single-shard. `transaction_keys` is hashed by `value` instead: search and linking
   look a value up (one shard); only the transaction view's key list fans out.
-- **reference** (a copy on every node): small tables that a statement joins with a distributed
-  one (a join with a reference table runs on the shards).
-- **local** (everything else: stays on the coordinator): tables only the scheduler, the CLI
-  or the dashboard read and write on their own (rollups, alert state and outbox, incidents,
-  exceptions desk, replay, taps). A write there is one local statement, not a two-phase
-  commit across every node as on a reference table.
+- **reference** (a copy on every node): a small table that a statement joins with a
+  distributed one, on any column, so the join runs on the shards: `sla_definitions` (ingest's
+  deadline attributes, the SLA job's pairs, the open-breaches page), `identity_hubs` (linking
+  reads it beside `transaction_keys`, signals beside the keys), `identity_changes` (the rollup
+  job joins the businesses it names with their members and events). The price: every write is
+  a commit on every node, which these tables can afford (definitions change on deploy, hubs and
+  the journal only when a link changes).
+- **local** (a plain table on the coordinator): every other table. Only the scheduler, the CLI,
+  the collector's alert routes or the dashboard read and write it, on its own or joined with a
+  temp table of the same session: rollups and health (`sla_rollup_*`, `event_rollup_*`,
+  `sla_status`, `hop_health`, `freshness_state`, `metrics_watermarks`, `signal_*`), alert
+  state, history and outbox (`alert_*`, `incident*`), the exceptions desk, replay requests and
+  raw payloads, taps (`tap_quarantine`, `queue_samples`) and `api_keys`. A write there is one
+  local statement, not a two-phase commit across every node as on a reference table. A
+  reader that joins one with a distributed table still runs on Citus (the local rows it
+  filters are sent once as an intermediate result); a correlated subquery from it into a
+  distributed table does not, but Citus refuses that from a reference table too: such a
+  statement joins instead. A local table may hold foreign keys to another local one
+  (incidents, exception groups), which a reference table could not.
 
 Why not everything by the business id: a late link merges two businesses, and their rows
 would have to move between shards (see docs/scaling.md).
@@ -55,6 +69,27 @@ REFERENCE: tuple[str, ...] = (
     "identity_hubs",
     "identity_changes",
 )
+
+# coordinator-local: read and written by the scheduler, the CLI, alert routes and the dashboard alone
+LOCAL: tuple[str, ...] = (
+    "alembic_version", "api_keys",
+    # metrics room: rollups, health and signals, written by the SLA job only
+    "sla_rollup_minute", "sla_rollup_hour", "event_rollup_minute", "event_rollup_hour", "freshness_state",
+    "metrics_watermarks", "sla_status", "hop_health", "signal_orphans", "signal_orders", "signal_order_hours",
+    # alerts room: state, history, outbox, tickets, incidents (foreign keys among themselves)
+    "alert_state", "alert_events", "alert_notifications", "alert_silences", "alert_audit", "alert_tickets",
+    "alert_evaluations", "scheduler_health", "incidents", "incident_alerts", "incident_events",
+    # the exceptions desk (foreign keys among themselves), replay, broker taps
+    "exception_groups", "exception_occurrences", "exception_actions", "replay_requests", "raw_payloads",
+    "tap_quarantine", "queue_samples",
+)
+
+# every table of the schema and what it is on a cluster
+LAYOUT: dict[str, str] = {
+    **dict.fromkeys(DISTRIBUTED, "distributed"),
+    **dict.fromkeys(REFERENCE, "reference"),
+    **dict.fromkeys(LOCAL, "local"),
+}
 
 # functions the shards call (ingest's hash, the deadline parser, business-day due times)
 SHARD_FUNCTIONS: tuple[str, ...] = ("ct_event_hash", "ct_deadline", "ct_business_due")
