@@ -181,3 +181,59 @@ def distribute(engine: Engine) -> DistributeResult:
             conn.commit()
             result.reference.append(table)
     return result
+
+
+def worker_urls(admin_url: str) -> list[str]:
+    """URLs of the primary workers the coordinator at `admin_url` knows (same user and password)."""
+    base = sa.engine.make_url(admin_url)
+    engine = sa.create_engine(admin_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text(
+                "SELECT nodename, nodeport FROM pg_dist_node WHERE noderole = 'primary' AND groupid <> 0 ORDER BY nodeid"
+            ))
+            return [base.set(host=r.nodename, port=r.nodeport).render_as_string(hide_password=False) for r in rows]
+    finally:
+        engine.dispose()
+
+
+def create_database(admin_url: str, name: str) -> list[str]:
+    """Create database `name` on every worker the coordinator at `admin_url` knows and on the
+    coordinator, each with the citus extension, and add the nodes to it (what a new database on
+    a cluster needs before `distribute`); returns the workers' admin URLs (for `drop_database`).
+    `name` is an identifier the caller chose (tests, benchmarks), never user input."""
+    workers = worker_urls(admin_url)
+    for url in workers:
+        _autocommit(url, f'CREATE DATABASE "{name}"')
+        _autocommit(sa.engine.make_url(url).set(database=name).render_as_string(hide_password=False), "CREATE EXTENSION citus")
+    _autocommit(admin_url, f'CREATE DATABASE "{name}"')
+    coordinator = sa.engine.make_url(admin_url)
+    own = coordinator.set(database=name).render_as_string(hide_password=False)
+    _autocommit(own, "CREATE EXTENSION citus")
+    engine = sa.create_engine(own, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT citus_set_coordinator_host(:h, :p)"),
+                         {"h": coordinator.host or "localhost", "p": coordinator.port or 5432})
+            for url in workers:
+                w = sa.engine.make_url(url)
+                conn.execute(sa.text("SELECT citus_add_node(:h, :p)"), {"h": w.host, "p": w.port})
+    finally:
+        engine.dispose()
+    return workers
+
+
+def drop_database(admin_url: str, workers: list[str], name: str) -> None:
+    """Drop database `name` from the coordinator and the workers `create_database` made it on."""
+    for url in [admin_url, *workers]:
+        _autocommit(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _autocommit(url: str, statement: str) -> None:
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text(statement))
+    finally:
+        engine.dispose()
+
