@@ -39,6 +39,7 @@ would have to move between shards (see docs/scaling.md).
 from __future__ import annotations
 
 import logging
+import weakref
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -109,6 +110,18 @@ class DistributeResult:
 def citus_version(conn: Connection) -> str | None:
     """The installed citus extension's version, or None on plain PostgreSQL."""
     return conn.execute(sa.text("SELECT extversion FROM pg_extension WHERE extname = 'citus'")).scalar()
+
+
+_ON_CITUS: weakref.WeakKeyDictionary[Engine, bool] = weakref.WeakKeyDictionary()
+
+
+def on_citus(conn: Connection) -> bool:
+    """True when this connection's database has the citus extension (asked once per engine):
+    readers whose best statement differs between one server and a cluster choose by it."""
+    known = _ON_CITUS.get(conn.engine)
+    if known is None:
+        known = _ON_CITUS[conn.engine] = citus_version(conn) is not None
+    return known
 
 
 def is_distributed(engine: Engine) -> bool:

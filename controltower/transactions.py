@@ -9,8 +9,11 @@ on arrival order, and the *business channel* (`identity.BUSINESS_CHANNEL`).
 Every read goes through indexes: search resolves a key through `transaction_keys` (primary
 key) or a correlation id through `transactions` (primary key), maps the hits to business ids,
 then reads the members by `transactions_business_idx`; `get` does the same from one member.
-Events are read per member bounded by the business's first/last event time, so partition
-pruning applies. SLA verdicts come from `controltower.slajudge` over the merged milestones,
+On a Citus cluster (`controltower.distribute.on_citus`) search is three routed lookups instead
+of one statement (the key by value on its one shard, then the hits' businesses, then their
+members), as Citus cannot join `transaction_keys` with `transactions` laterally; one server keeps
+the one round trip. Events are read per member bounded by the business's first/last event time,
+so partition pruning applies. SLA verdicts come from `controltower.slajudge` over the merged milestones,
 judged under the business channel, with the definitions the metrics room publishes to
 `sla_definitions`, so they agree with the SLA table. A stored value the judge cannot read
 (a promise in year 9999, a garbage date) is shown with a reason, never raised.
@@ -25,7 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from controltower import slajudge
+from controltower import distribute, slajudge
 from controltower.identity import BUSINESS_CHANNEL, CANONICAL_MEMBER
 from controltower.vocab import rfc3339
 
@@ -70,37 +73,66 @@ _POINT_LOOKUP = sa.text(
     "set_config('citus.max_adaptive_executor_pool_size', '1', true)"
 )
 
-# Search in three index lookups, each of which Citus routes by its distribution column:
-# 1. the members carrying the key: `transaction_keys` by value (its primary key's prefix; one
-#    shard, as `transaction_keys` is distributed by value);
+# What search answers per business transaction: its fields, and which keys of which members
+# matched (over the hits `h`, grouped by business).
+_MATCHED = """array_agg(DISTINCT h.kind ORDER BY h.kind) AS matched_by,
+               array_agg(DISTINCT h.correlation_id ORDER BY h.correlation_id) AS matched_correlation_ids"""
+_SEARCH_COLUMNS = """b.correlation_id, b.correlation_ids, b.channel, b.flow, b.order_id, b.status, b.last_milestone,
+           b.first_event_at, b.last_event_at, b.event_count, b.error_count, b.last_error_code,
+           b.last_error_message, m.matched_by, m.matched_correlation_ids"""
+
+# One server: one round trip. Key or member id → member hits → their business ids → every member
+# of those (all by index).
+_SEARCH = sa.text(
+    f"""
+    WITH hits AS (
+        SELECT correlation_id, 'correlation_id' AS kind FROM transactions WHERE correlation_id = :q
+        UNION ALL
+        SELECT correlation_id, kind FROM transaction_keys WHERE value = :q
+    ), matched AS (
+        SELECT t.business_id, {_MATCHED}
+        FROM hits h JOIN transactions t ON t.correlation_id = h.correlation_id
+        GROUP BY t.business_id
+    )
+    -- LATERAL: each matched business's members by index, whatever the planner believes (a fresh
+    -- store has no statistics yet: a merge join over the whole business index cost 50x); the
+    -- matched arrays join after the aggregate, not once per member row
+    SELECT {_SEARCH_COLUMNS}
+    FROM matched m
+    CROSS JOIN LATERAL (
+        SELECT {_BUSINESS_FIELDS} FROM transactions t WHERE t.business_id = m.business_id
+    ) b
+    ORDER BY b.last_event_at DESC, b.correlation_id
+    LIMIT :limit OFFSET :offset
+    """  # noqa: S608 (fixed fragments from controltower.identity, no user input)
+)
+
+# A Citus cluster cannot join `transaction_keys` (distributed by value) with `transactions` (by
+# correlation id), nor a distributed table laterally: there search is three lookups, each routed
+# by its distribution column:
+# 1. the members carrying the key: `transaction_keys` by value (one shard);
 _KEY_HITS = sa.text("SELECT correlation_id, kind FROM transaction_keys WHERE value = :q")
 # 2. their business ids (and whether `q` is itself a correlation id): `transactions` by primary
 #    key (only the shards of those ids);
 _BUSINESS_OF = sa.text(
     "SELECT correlation_id, business_id FROM transactions WHERE correlation_id = ANY(CAST(:cids AS text[]))"
 )
-# 3. every member of those businesses (transactions_business_idx; a business's members live on
-#    any shard), one row per business. The hits come as arrays (a join with them would leave
-#    Citus no shard to route to); `matched` aggregates them here so the order of kinds and ids
-#    follows the database's collation like every other list.
-_SEARCH = sa.text(
+# 3. every member of those businesses (transactions_business_idx on every shard: a business's
+#    members live on any shard), one row per business, with the hits as arrays.
+_SEARCH_ROUTED = sa.text(
     f"""
-    WITH hits AS (
+    WITH h AS (
         SELECT * FROM unnest(CAST(:hit_cids AS text[]), CAST(:hit_kinds AS text[]), CAST(:hit_bids AS text[]))
             AS h(correlation_id, kind, business_id)
-    ), matched AS (
-        SELECT business_id, array_agg(DISTINCT kind ORDER BY kind) AS matched_by,
-               array_agg(DISTINCT correlation_id ORDER BY correlation_id) AS matched_correlation_ids
-        FROM hits GROUP BY business_id
+    ), m AS (
+        SELECT h.business_id, {_MATCHED} FROM h GROUP BY h.business_id
     ), b AS (
         SELECT t.business_id, {_BUSINESS_FIELDS}
         FROM transactions t WHERE t.business_id = ANY(CAST(:bids AS text[]))
         GROUP BY t.business_id
     )
-    SELECT b.correlation_id, b.correlation_ids, b.channel, b.flow, b.order_id, b.status, b.last_milestone,
-           b.first_event_at, b.last_event_at, b.event_count, b.error_count, b.last_error_code,
-           b.last_error_message, m.matched_by, m.matched_correlation_ids
-    FROM b JOIN matched m ON m.business_id = b.business_id
+    SELECT {_SEARCH_COLUMNS}
+    FROM b JOIN m ON m.business_id = b.business_id
     ORDER BY b.last_event_at DESC, b.correlation_id
     LIMIT :limit OFFSET :offset
     """  # noqa: S608 (fixed fragments from controltower.identity, no user input)
@@ -167,6 +199,18 @@ def search(conn: Connection, q: str, *, limit: int = 50, offset: int = 0) -> lis
     # A lookup of a few rows by index: parallel workers and JIT would only add their start-up
     # (~20 and ~12 ms), which the planner picks while fresh tables have no statistics yet.
     conn.execute(_POINT_LOOKUP)
+    page = {"limit": max(1, min(limit, MAX_PAGE)), "offset": max(0, offset)}
+    rows = _search_routed(conn, q, page) if distribute.on_citus(conn) else conn.execute(_SEARCH, {"q": q, **page})
+    out = []
+    for row in rows:
+        item = dict(row._mapping)
+        item["first_event_at"] = rfc3339(item["first_event_at"])
+        item["last_event_at"] = rfc3339(item["last_event_at"])
+        out.append(item)
+    return out
+
+
+def _search_routed(conn: Connection, q: str, page: dict[str, int]) -> Any:
     keys = conn.execute(_KEY_HITS, {"q": q}).all()
     owners = dict(conn.execute(_BUSINESS_OF, {"cids": sorted({q, *(cid for cid, _ in keys)})}).tuples().all())
     # a key row whose transaction is gone (retention between the two reads) matches nothing
@@ -176,17 +220,9 @@ def search(conn: Connection, q: str, *, limit: int = 50, offset: int = 0) -> lis
     if not hits:
         return []
     cids, kinds, bids = (list(column) for column in zip(*hits, strict=True))
-    rows = conn.execute(_SEARCH, {
-        "hit_cids": cids, "hit_kinds": kinds, "hit_bids": bids, "bids": sorted(set(bids)),
-        "limit": max(1, min(limit, MAX_PAGE)), "offset": max(0, offset),
-    })
-    out = []
-    for row in rows:
-        item = dict(row._mapping)
-        item["first_event_at"] = rfc3339(item["first_event_at"])
-        item["last_event_at"] = rfc3339(item["last_event_at"])
-        out.append(item)
-    return out
+    return conn.execute(
+        _SEARCH_ROUTED, {"hit_cids": cids, "hit_kinds": kinds, "hit_bids": bids, "bids": sorted(set(bids)), **page}
+    )
 
 
 def verdicts(
@@ -214,6 +250,8 @@ def get(
     every member's events in time order (at most `event_limit`)."""
     if "\x00" in correlation_id:
         return None
+    if distribute.on_citus(conn):  # its fan-outs over the cached connections (one server: a round trip less)
+        conn.execute(_POINT_LOOKUP)
     tx = conn.execute(_BUSINESS, {"cid": correlation_id}).mappings().first()
     if tx is None:
         return None
