@@ -77,9 +77,10 @@ _POINT_LOOKUP = sa.text(
 # matched (over the hits `h`, grouped by business).
 _MATCHED = """array_agg(DISTINCT h.kind ORDER BY h.kind) AS matched_by,
                array_agg(DISTINCT h.correlation_id ORDER BY h.correlation_id) AS matched_correlation_ids"""
-_SEARCH_COLUMNS = """b.correlation_id, b.correlation_ids, b.channel, b.flow, b.order_id, b.status, b.last_milestone,
-           b.first_event_at, b.last_event_at, b.event_count, b.error_count, b.last_error_code,
-           b.last_error_message, m.matched_by, m.matched_correlation_ids"""
+_SEARCH_FIELDS = ("correlation_id", "correlation_ids", "channel", "flow", "order_id", "status", "last_milestone",
+                  "first_event_at", "last_event_at", "event_count", "error_count", "last_error_code",
+                  "last_error_message")
+_SEARCH_COLUMNS = ", ".join(f"b.{f}" for f in _SEARCH_FIELDS) + ", m.matched_by, m.matched_correlation_ids"
 
 # One server: one round trip. Key or member id → member hits → their business ids → every member
 # of those (all by index).
@@ -118,24 +119,24 @@ _BUSINESS_OF = sa.text(
     "SELECT correlation_id, business_id FROM transactions WHERE correlation_id = ANY(CAST(:cids AS text[]))"
 )
 # 3. every member of those businesses (transactions_business_idx on every shard: a business's
-#    members live on any shard), one row per business, with the hits as arrays.
-_SEARCH_ROUTED = sa.text(
+#    members live on any shard), one row per business, a page of them;
+_BUSINESSES = sa.text(
     f"""
-    WITH h AS (
-        SELECT * FROM unnest(CAST(:hit_cids AS text[]), CAST(:hit_kinds AS text[]), CAST(:hit_bids AS text[]))
-            AS h(correlation_id, kind, business_id)
-    ), m AS (
-        SELECT h.business_id, {_MATCHED} FROM h GROUP BY h.business_id
-    ), b AS (
-        SELECT t.business_id, {_BUSINESS_FIELDS}
-        FROM transactions t WHERE t.business_id = ANY(CAST(:bids AS text[]))
-        GROUP BY t.business_id
-    )
-    SELECT {_SEARCH_COLUMNS}
-    FROM b JOIN m ON m.business_id = b.business_id
-    ORDER BY b.last_event_at DESC, b.correlation_id
+    SELECT t.business_id, {_BUSINESS_FIELDS}
+    FROM transactions t WHERE t.business_id = ANY(CAST(:bids AS text[]))
+    GROUP BY t.business_id
+    ORDER BY last_event_at DESC, correlation_id
     LIMIT :limit OFFSET :offset
     """  # noqa: S608 (fixed fragments from controltower.identity, no user input)
+)
+# 4. and which keys of which members matched, from the hits as arrays (on the coordinator: no
+#    table; a join with the distributed page would ship them to every worker).
+_MATCHES = sa.text(
+    f"""
+    SELECT h.business_id, {_MATCHED}
+    FROM unnest(CAST(:cids AS text[]), CAST(:kinds AS text[]), CAST(:bids AS text[])) AS h(correlation_id, kind, business_id)
+    GROUP BY h.business_id
+    """  # noqa: S608 (fixed fragments, no user input)
 )
 
 # The business and its member rows in one round trip (a view answers in a few milliseconds).
@@ -200,17 +201,19 @@ def search(conn: Connection, q: str, *, limit: int = 50, offset: int = 0) -> lis
     # (~20 and ~12 ms), which the planner picks while fresh tables have no statistics yet.
     conn.execute(_POINT_LOOKUP)
     page = {"limit": max(1, min(limit, MAX_PAGE)), "offset": max(0, offset)}
-    rows = _search_routed(conn, q, page) if distribute.on_citus(conn) else conn.execute(_SEARCH, {"q": q, **page})
+    if distribute.on_citus(conn):
+        items = _search_routed(conn, q, page)
+    else:
+        items = [dict(row._mapping) for row in conn.execute(_SEARCH, {"q": q, **page})]
     out = []
-    for row in rows:
-        item = dict(row._mapping)
+    for item in items:
         item["first_event_at"] = rfc3339(item["first_event_at"])
         item["last_event_at"] = rfc3339(item["last_event_at"])
         out.append(item)
     return out
 
 
-def _search_routed(conn: Connection, q: str, page: dict[str, int]) -> Any:
+def _search_routed(conn: Connection, q: str, page: dict[str, int]) -> list[dict[str, Any]]:
     keys = conn.execute(_KEY_HITS, {"q": q}).all()
     owners = dict(conn.execute(_BUSINESS_OF, {"cids": sorted({q, *(cid for cid, _ in keys)})}).tuples().all())
     # a key row whose transaction is gone (retention between the two reads) matches nothing
@@ -220,9 +223,16 @@ def _search_routed(conn: Connection, q: str, page: dict[str, int]) -> Any:
     if not hits:
         return []
     cids, kinds, bids = (list(column) for column in zip(*hits, strict=True))
-    return conn.execute(
-        _SEARCH_ROUTED, {"hit_cids": cids, "hit_kinds": kinds, "hit_bids": bids, "bids": sorted(set(bids)), **page}
-    )
+    businesses = conn.execute(_BUSINESSES, {"bids": sorted(set(bids)), **page}).mappings().all()
+    if not businesses:
+        return []
+    matches = {r.business_id: r for r in conn.execute(_MATCHES, {"cids": cids, "kinds": kinds, "bids": bids})}
+    out = []
+    for b in businesses:
+        m = matches[b["business_id"]]
+        row = {k: b[k] for k in _SEARCH_FIELDS}
+        out.append({**row, "matched_by": m.matched_by, "matched_correlation_ids": m.matched_correlation_ids})
+    return out
 
 
 def verdicts(
