@@ -138,15 +138,8 @@ def test_the_identity_journal_is_kept_while_the_metrics_job_has_not_read_it(engi
 def test_one_table_failing_is_reported_and_the_others_still_go(engine, settings, monkeypatch):
     monkeypatch.setattr(retention, "BATCH", 2)  # several batches each
     old = NOW - timedelta(days=400)
+    # (its own transaction: Citus propagates a function only before any multi-shard write in one)
     with engine.begin() as conn:
-        conn.execute(sa.text(
-            "INSERT INTO queue_samples (at, queue, kind, broker) SELECT :t + g * interval '1 second', 'q', 'main', 'rabbit'"
-            " FROM generate_series(1, 5) g"), {"t": old})
-        conn.execute(sa.text(
-            "INSERT INTO sla_rollup_minute SELECT 's', 'amazon', :t + g * interval '1 minute', 1, 1, '{}'"
-            " FROM generate_series(1, 5) g"), {"t": old})
-        conn.execute(sa.text("INSERT INTO identity_changes SELECT 'B' || g, :t FROM generate_series(1, 5) g"), {"t": old})
-        conn.execute(sa.text("INSERT INTO sla_deadlines SELECT 's', 'G' || g, :t FROM generate_series(1, 5) g"), {"t": old})
         # the minute rollups (the first derived table: event ids, transactions and deadlines come
         # before it, the other rollups, the journal and the queue samples after) refuse every
         # delete, as a broken table would
@@ -156,6 +149,15 @@ def test_one_table_failing_is_reported_and_the_others_still_go(engine, settings,
         conn.execute(sa.text(
             "CREATE TRIGGER ct_test_refuse BEFORE DELETE ON sla_rollup_minute FOR EACH ROW EXECUTE FUNCTION ct_test_refuse()"))
     try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(
+                "INSERT INTO queue_samples (at, queue, kind, broker) SELECT :t + g * interval '1 second', 'q', 'main', 'rabbit'"
+                " FROM generate_series(1, 5) g"), {"t": old})
+            conn.execute(sa.text(
+                "INSERT INTO sla_rollup_minute SELECT 's', 'amazon', :t + g * interval '1 minute', 1, 1, '{}'"
+                " FROM generate_series(1, 5) g"), {"t": old})
+            conn.execute(sa.text("INSERT INTO identity_changes SELECT 'B' || g, :t FROM generate_series(1, 5) g"), {"t": old})
+            conn.execute(sa.text("INSERT INTO sla_deadlines SELECT 's', 'G' || g, :t FROM generate_series(1, 5) g"), {"t": old})
         with pytest.raises(retention.RetentionError) as raised:
             retention.apply(engine, settings, NOW)
     finally:
