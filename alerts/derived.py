@@ -53,44 +53,57 @@ _VOLUME = sa.text(
     """
 )
 
-# Relies on sla_open_items_due_idx (sla, channel, due_at), transactions_business_idx (an open
-# item's correlation_id is its business id), transaction_milestones' primary key
-# (correlation_id, milestone) and events' primary key (correlation_id, ...) with run-time
-# partition pruning on occurred_at.
-_IMPACT = sa.text(
+# Three statements, each routed by what it knows (on Citus a business's members live on any
+# shard, so no statement joins the open items laterally to them):
+# 1. the oldest past-due open items of the SLA and channel (sla_open_items_due_idx; an open
+#    item's correlation_id is its business id);
+_IMPACT_ITEMS = sa.text(
+    """
+    SELECT correlation_id FROM sla_open_items
+    WHERE sla = :sla AND channel = :channel AND due_at < :now
+    ORDER BY due_at, correlation_id
+    LIMIT :limit
+    """
+)
+# 2. each business's impact milestone: its earliest over the members (transactions_business_idx,
+#    then transaction_milestones' primary key, co-located with the member); times as text, so a
+#    stored time out of Python's range cannot fail the evaluation;
+_IMPACT_REACHED = sa.text(
+    """
+    WITH reached AS MATERIALIZED (
+        SELECT t.business_id, m.correlation_id, m.reached_at
+        FROM transactions t
+        JOIN transaction_milestones m ON m.correlation_id = t.correlation_id AND m.milestone = :milestone
+        WHERE t.business_id = ANY(CAST(:bids AS text[]))
+    )
+    SELECT DISTINCT ON (business_id) correlation_id, CAST(reached_at AS text) AS reached_at
+    FROM reached ORDER BY reached.business_id, reached.reached_at, reached.correlation_id
+    """
+)
+# 3. the amount on the event that reached it (events' primary key by correlation id, partitions
+#    pruned to the span of those times).
+_IMPACT_AMOUNTS = sa.text(
     r"""
-    WITH items AS (
-        SELECT correlation_id
-        FROM sla_open_items
-        WHERE sla = :sla AND channel = :channel AND due_at < :now
-        ORDER BY due_at
-        LIMIT :limit
+    WITH m AS (
+        SELECT * FROM unnest(CAST(:cids AS text[]), CAST(:ats AS timestamptz[])) AS m(correlation_id, reached_at)
+    ), ev AS MATERIALIZED (
+        SELECT correlation_id, occurred_at, attributes FROM events
+        WHERE correlation_id = ANY(CAST(:cids AS text[])) AND flow = :flow AND stage = :stage
+          AND occurred_at >= (SELECT min(reached_at) FROM m) AND occurred_at <= (SELECT max(reached_at) FROM m)
     ), raw AS (
         -- the first of the amount attributes (in the rule's order) the milestone's event carries
         SELECT (SELECT e.attributes->>k.name FROM unnest(CAST(:amounts AS text[])) WITH ORDINALITY AS k(name, n)
                 WHERE e.attributes->>k.name IS NOT NULL ORDER BY k.n LIMIT 1) AS v
-        FROM items i
-        -- the business's impact milestone: its earliest over the members, once per business
+        FROM m
         JOIN LATERAL (
-            SELECT m.correlation_id, m.reached_at
-            FROM transactions t
-            JOIN transaction_milestones m ON m.correlation_id = t.correlation_id AND m.milestone = :milestone
-            WHERE t.business_id = i.correlation_id
-            ORDER BY m.reached_at, m.correlation_id
-            LIMIT 1
-        ) m ON true
-        JOIN LATERAL (
-            SELECT ev.attributes FROM events ev
-            WHERE ev.correlation_id = m.correlation_id AND ev.occurred_at = m.reached_at
-              AND ev.flow = :flow AND ev.stage = :stage
+            SELECT ev.attributes FROM ev WHERE ev.correlation_id = m.correlation_id AND ev.occurred_at = m.reached_at
             LIMIT 1
         ) e ON true
     ), amounts AS (
         -- the guard runs before the cast, row by row: no stored value can make this query fail
         SELECT v, CASE WHEN v ~ :sane THEN v::numeric END AS amount FROM raw
     )
-    SELECT (SELECT count(*) FROM items) AS items,
-           (SELECT sum(amount) FROM amounts) AS value,
+    SELECT (SELECT sum(amount) FROM amounts) AS value,
            (SELECT count(amount) FROM amounts) AS priced,
            (SELECT count(v) - count(amount) FROM amounts) AS ignored
     """
@@ -126,19 +139,24 @@ def impact(
     `milestone` (a `flow.stage` name): the rule's `impact:` option says which, not this code.
     """
     flow, _, stage = milestone.partition(".")
-    found = conn.execute(
-        _IMPACT,
-        {"sla": row["sla"], "channel": row["channel"], "now": now, "limit": limit, "sane": SANE_AMOUNT,
-         "milestone": milestone, "flow": flow, "stage": stage, "amounts": list(amounts)},
-    ).one()
+    items = conn.execute(
+        _IMPACT_ITEMS, {"sla": row["sla"], "channel": row["channel"], "now": now, "limit": limit}
+    ).scalars().all()
+    value, priced, ignored = None, 0, 0
+    reached = conn.execute(_IMPACT_REACHED, {"bids": sorted(set(items)), "milestone": milestone}).all() if items else []
+    if reached:
+        value, priced, ignored = conn.execute(_IMPACT_AMOUNTS, {
+            "cids": [r.correlation_id for r in reached], "ats": [r.reached_at for r in reached], "flow": flow,
+            "stage": stage, "amounts": list(amounts), "sane": SANE_AMOUNT,
+        }).one()
     open_breaches = row.get("open_breaches")
-    orders = int(open_breaches) if open_breaches is not None else int(found.items)
+    orders = int(open_breaches) if open_breaches is not None else len(items)
     out: dict[str, Any] = {"orders_at_risk": orders}
-    if found.priced:
-        out["order_value_at_risk"] = round(float(found.value), 2)
-        out["orders_priced"] = int(found.priced)
-        if found.items >= limit:
+    if priced:
+        out["order_value_at_risk"] = round(float(value), 2)
+        out["orders_priced"] = int(priced)
+        if len(items) >= limit:
             out["order_value_capped_at"] = limit  # only the `limit` oldest past-due orders were summed
-    if found.ignored:
-        out["amounts_ignored"] = int(found.ignored)  # counted by the evaluator, not sent
+    if ignored:
+        out["amounts_ignored"] = int(ignored)  # counted by the evaluator, not sent
     return out

@@ -2,7 +2,8 @@
 
 Run it on the coordinator after the migrations. It checks that the `citus` extension and at
 least one worker are there, then makes each table what `LAYOUT` says, skipping what already is
-(so a second run is a no-op and a table added by a later migration is picked up by the next):
+(so a second run is a no-op and a table added by a later migration is picked up by the next).
+Every table of the schema is in `LAYOUT` (a test fails on one that is not), decided one by one:
 
 - **distributed**, one co-location group, by the column that keeps a transaction's rows
   together: every table that grows with traffic. `events` and its identity (`event_ids`,
@@ -11,12 +12,25 @@ least one worker are there, then makes each table what `LAYOUT` says, skipping w
   `sla_open_items`) live on one shard per transaction, so ingest's merges and the transaction
   view are single-shard. `transaction_keys` is hashed by `value` instead: search and linking
   look a value up (one shard); only the transaction view's key list fans out.
-- **reference** (a copy on every node): small tables that a statement joins with a distributed
-  one (a join with a reference table runs on the shards).
-- **local** (everything else: stays on the coordinator): tables only the scheduler, the CLI
-  or the dashboard read and write on their own (rollups, alert state and outbox, incidents,
-  exceptions desk, replay, taps). A write there is one local statement, not a two-phase
-  commit across every node as on a reference table.
+- **reference** (a copy on every node): a small table that a statement joins with a
+  distributed one, on any column, so the join runs on the shards: `sla_definitions` (ingest's
+  deadline attributes, the SLA job's pairs, the open-breaches page), `identity_hubs` (linking
+  reads it beside `transaction_keys`, signals beside the keys), `identity_changes` (the rollup
+  job joins the businesses it names with their members and events). The price: every write is
+  a commit on every node, which these tables can afford (definitions change on deploy, hubs and
+  the journal only when a link changes).
+- **local** (a plain table on the coordinator): every other table. Only the scheduler, the CLI,
+  the collector's alert routes or the dashboard read and write it, on its own or joined with a
+  temp table of the same session: rollups and health (`sla_rollup_*`, `event_rollup_*`,
+  `sla_status`, `hop_health`, `freshness_state`, `metrics_watermarks`, `signal_*`), alert
+  state, history and outbox (`alert_*`, `incident*`), the exceptions desk, replay requests and
+  raw payloads, taps (`tap_quarantine`, `queue_samples`) and `api_keys`. A write there is one
+  local statement, not a two-phase commit across every node as on a reference table. A
+  reader that joins one with a distributed table still runs on Citus (the local rows it
+  filters are sent once as an intermediate result); a correlated subquery from it into a
+  distributed table does not, but Citus refuses that from a reference table too: such a
+  statement joins instead. A local table may hold foreign keys to another local one
+  (incidents, exception groups), which a reference table could not.
 
 Why not everything by the business id: a late link merges two businesses, and their rows
 would have to move between shards (see docs/scaling.md).
@@ -25,6 +39,7 @@ would have to move between shards (see docs/scaling.md).
 from __future__ import annotations
 
 import logging
+import weakref
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -56,6 +71,27 @@ REFERENCE: tuple[str, ...] = (
     "identity_changes",
 )
 
+# coordinator-local: read and written by the scheduler, the CLI, alert routes and the dashboard alone
+LOCAL: tuple[str, ...] = (
+    "alembic_version", "api_keys",
+    # metrics room: rollups, health and signals, written by the SLA job only
+    "sla_rollup_minute", "sla_rollup_hour", "event_rollup_minute", "event_rollup_hour", "freshness_state",
+    "metrics_watermarks", "sla_status", "hop_health", "signal_orphans", "signal_orders", "signal_order_hours",
+    # alerts room: state, history, outbox, tickets, incidents (foreign keys among themselves)
+    "alert_state", "alert_events", "alert_notifications", "alert_silences", "alert_audit", "alert_tickets",
+    "alert_evaluations", "scheduler_health", "incidents", "incident_alerts", "incident_events",
+    # the exceptions desk (foreign keys among themselves), replay, broker taps
+    "exception_groups", "exception_occurrences", "exception_actions", "replay_requests", "raw_payloads",
+    "tap_quarantine", "queue_samples",
+)
+
+# every table of the schema and what it is on a cluster
+LAYOUT: dict[str, str] = {
+    **dict.fromkeys(DISTRIBUTED, "distributed"),
+    **dict.fromkeys(REFERENCE, "reference"),
+    **dict.fromkeys(LOCAL, "local"),
+}
+
 # functions the shards call (ingest's hash, the deadline parser, business-day due times)
 SHARD_FUNCTIONS: tuple[str, ...] = ("ct_event_hash", "ct_deadline", "ct_business_due")
 
@@ -74,6 +110,18 @@ class DistributeResult:
 def citus_version(conn: Connection) -> str | None:
     """The installed citus extension's version, or None on plain PostgreSQL."""
     return conn.execute(sa.text("SELECT extversion FROM pg_extension WHERE extname = 'citus'")).scalar()
+
+
+_ON_CITUS: weakref.WeakKeyDictionary[Engine, bool] = weakref.WeakKeyDictionary()
+
+
+def on_citus(conn: Connection) -> bool:
+    """True when this connection's database has the citus extension (asked once per engine):
+    readers whose best statement differs between one server and a cluster choose by it."""
+    known = _ON_CITUS.get(conn.engine)
+    if known is None:
+        known = _ON_CITUS[conn.engine] = citus_version(conn) is not None
+    return known
 
 
 def is_distributed(engine: Engine) -> bool:
@@ -147,3 +195,59 @@ def distribute(engine: Engine, *, shard_count: int = SHARD_COUNT) -> DistributeR
             conn.commit()
             result.reference.append(table)
     return result
+
+
+def worker_urls(admin_url: str) -> list[str]:
+    """URLs of the primary workers the coordinator at `admin_url` knows (same user and password)."""
+    base = sa.engine.make_url(admin_url)
+    engine = sa.create_engine(admin_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text(
+                "SELECT nodename, nodeport FROM pg_dist_node WHERE noderole = 'primary' AND groupid <> 0 ORDER BY nodeid"
+            ))
+            return [base.set(host=r.nodename, port=r.nodeport).render_as_string(hide_password=False) for r in rows]
+    finally:
+        engine.dispose()
+
+
+def create_database(admin_url: str, name: str) -> list[str]:
+    """Create database `name` on every worker the coordinator at `admin_url` knows and on the
+    coordinator, each with the citus extension, and add the nodes to it (what a new database on
+    a cluster needs before `distribute`); returns the workers' admin URLs (for `drop_database`).
+    `name` is an identifier the caller chose (tests, benchmarks), never user input."""
+    workers = worker_urls(admin_url)
+    for url in workers:
+        _autocommit(url, f'CREATE DATABASE "{name}"')
+        _autocommit(sa.engine.make_url(url).set(database=name).render_as_string(hide_password=False), "CREATE EXTENSION citus")
+    _autocommit(admin_url, f'CREATE DATABASE "{name}"')
+    coordinator = sa.engine.make_url(admin_url)
+    own = coordinator.set(database=name).render_as_string(hide_password=False)
+    _autocommit(own, "CREATE EXTENSION citus")
+    engine = sa.create_engine(own, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT citus_set_coordinator_host(:h, :p)"),
+                         {"h": coordinator.host or "localhost", "p": coordinator.port or 5432})
+            for url in workers:
+                w = sa.engine.make_url(url)
+                conn.execute(sa.text("SELECT citus_add_node(:h, :p)"), {"h": w.host, "p": w.port})
+    finally:
+        engine.dispose()
+    return workers
+
+
+def drop_database(admin_url: str, workers: list[str], name: str) -> None:
+    """Drop database `name` from the coordinator and the workers `create_database` made it on."""
+    for url in [admin_url, *workers]:
+        _autocommit(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _autocommit(url: str, statement: str) -> None:
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text(statement))
+    finally:
+        engine.dispose()
+

@@ -9,8 +9,11 @@ on arrival order, and the *business channel* (`identity.BUSINESS_CHANNEL`).
 Every read goes through indexes: search resolves a key through `transaction_keys` (primary
 key) or a correlation id through `transactions` (primary key), maps the hits to business ids,
 then reads the members by `transactions_business_idx`; `get` does the same from one member.
-Events are read per member bounded by the business's first/last event time, so partition
-pruning applies. SLA verdicts come from `controltower.slajudge` over the merged milestones,
+On a Citus cluster (`controltower.distribute.on_citus`) search is three routed lookups instead
+of one statement (the key by value on its one shard, then the hits' businesses, then their
+members), as Citus cannot join `transaction_keys` with `transactions` laterally; one server keeps
+the one round trip. Events are read per member bounded by the business's first/last event time,
+so partition pruning applies. SLA verdicts come from `controltower.slajudge` over the merged milestones,
 judged under the business channel, with the definitions the metrics room publishes to
 `sla_definitions`, so they agree with the SLA table. A stored value the judge cannot read
 (a promise in year 9999, a garbage date) is shown with a reason, never raised.
@@ -25,7 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from controltower import slajudge
+from controltower import distribute, slajudge
 from controltower.identity import BUSINESS_CHANNEL, CANONICAL_MEMBER
 from controltower.vocab import rfc3339
 
@@ -62,12 +65,25 @@ _BUSINESS_FIELDS = f"""
         AS last_error_message
 """
 
-# until this transaction ends (set_config(..., true) is SET LOCAL)
+# until this transaction ends (set_config(..., true) is SET LOCAL); on Citus, a fan-out over the
+# shards uses the one cached connection per worker instead of opening more (each new connection
+# costs milliseconds, the shards' index probes microseconds); plain PostgreSQL ignores it
 _POINT_LOOKUP = sa.text(
-    "SELECT set_config('max_parallel_workers_per_gather', '0', true), set_config('jit', 'off', true)"
+    "SELECT set_config('max_parallel_workers_per_gather', '0', true), set_config('jit', 'off', true), "
+    "set_config('citus.max_adaptive_executor_pool_size', '1', true)"
 )
 
-# key or member id → member hits → their business ids → every member of those (all by index)
+# What search answers per business transaction: its fields, and which keys of which members
+# matched (over the hits `h`, grouped by business).
+_MATCHED = """array_agg(DISTINCT h.kind ORDER BY h.kind) AS matched_by,
+               array_agg(DISTINCT h.correlation_id ORDER BY h.correlation_id) AS matched_correlation_ids"""
+_SEARCH_FIELDS = ("correlation_id", "correlation_ids", "channel", "flow", "order_id", "status", "last_milestone",
+                  "first_event_at", "last_event_at", "event_count", "error_count", "last_error_code",
+                  "last_error_message")
+_SEARCH_COLUMNS = ", ".join(f"b.{f}" for f in _SEARCH_FIELDS) + ", m.matched_by, m.matched_correlation_ids"
+
+# One server: one round trip. Key or member id → member hits → their business ids → every member
+# of those (all by index).
 _SEARCH = sa.text(
     f"""
     WITH hits AS (
@@ -75,17 +91,14 @@ _SEARCH = sa.text(
         UNION ALL
         SELECT correlation_id, kind FROM transaction_keys WHERE value = :q
     ), matched AS (
-        SELECT t.business_id, array_agg(DISTINCT h.kind ORDER BY h.kind) AS matched_by,
-               array_agg(DISTINCT h.correlation_id ORDER BY h.correlation_id) AS matched_correlation_ids
+        SELECT t.business_id, {_MATCHED}
         FROM hits h JOIN transactions t ON t.correlation_id = h.correlation_id
         GROUP BY t.business_id
     )
     -- LATERAL: each matched business's members by index, whatever the planner believes (a fresh
     -- store has no statistics yet: a merge join over the whole business index cost 50x); the
     -- matched arrays join after the aggregate, not once per member row
-    SELECT b.correlation_id, b.correlation_ids, b.channel, b.flow, b.order_id, b.status, b.last_milestone,
-           b.first_event_at, b.last_event_at, b.event_count, b.error_count, b.last_error_code,
-           b.last_error_message, m.matched_by, m.matched_correlation_ids
+    SELECT {_SEARCH_COLUMNS}
     FROM matched m
     CROSS JOIN LATERAL (
         SELECT {_BUSINESS_FIELDS} FROM transactions t WHERE t.business_id = m.business_id
@@ -93,6 +106,37 @@ _SEARCH = sa.text(
     ORDER BY b.last_event_at DESC, b.correlation_id
     LIMIT :limit OFFSET :offset
     """  # noqa: S608 (fixed fragments from controltower.identity, no user input)
+)
+
+# A Citus cluster cannot join `transaction_keys` (distributed by value) with `transactions` (by
+# correlation id), nor a distributed table laterally: there search is three lookups, each routed
+# by its distribution column:
+# 1. the members carrying the key: `transaction_keys` by value (one shard);
+_KEY_HITS = sa.text("SELECT correlation_id, kind FROM transaction_keys WHERE value = :q")
+# 2. their business ids (and whether `q` is itself a correlation id): `transactions` by primary
+#    key (only the shards of those ids);
+_BUSINESS_OF = sa.text(
+    "SELECT correlation_id, business_id FROM transactions WHERE correlation_id = ANY(CAST(:cids AS text[]))"
+)
+# 3. every member of those businesses (transactions_business_idx on every shard: a business's
+#    members live on any shard), one row per business, a page of them;
+_BUSINESSES = sa.text(
+    f"""
+    SELECT t.business_id, {_BUSINESS_FIELDS}
+    FROM transactions t WHERE t.business_id = ANY(CAST(:bids AS text[]))
+    GROUP BY t.business_id
+    ORDER BY last_event_at DESC, correlation_id
+    LIMIT :limit OFFSET :offset
+    """  # noqa: S608 (fixed fragments from controltower.identity, no user input)
+)
+# 4. and which keys of which members matched, from the hits as arrays (on the coordinator: no
+#    table; a join with the distributed page would ship them to every worker).
+_MATCHES = sa.text(
+    f"""
+    SELECT h.business_id, {_MATCHED}
+    FROM unnest(CAST(:cids AS text[]), CAST(:kinds AS text[]), CAST(:bids AS text[])) AS h(correlation_id, kind, business_id)
+    GROUP BY h.business_id
+    """  # noqa: S608 (fixed fragments, no user input)
 )
 
 # The business and its member rows in one round trip (a view answers in a few milliseconds).
@@ -156,15 +200,38 @@ def search(conn: Connection, q: str, *, limit: int = 50, offset: int = 0) -> lis
     # A lookup of a few rows by index: parallel workers and JIT would only add their start-up
     # (~20 and ~12 ms), which the planner picks while fresh tables have no statistics yet.
     conn.execute(_POINT_LOOKUP)
-    rows = conn.execute(
-        _SEARCH, {"q": q, "limit": max(1, min(limit, MAX_PAGE)), "offset": max(0, offset)}
-    )
+    page = {"limit": max(1, min(limit, MAX_PAGE)), "offset": max(0, offset)}
+    if distribute.on_citus(conn):
+        items = _search_routed(conn, q, page)
+    else:
+        items = [dict(row._mapping) for row in conn.execute(_SEARCH, {"q": q, **page})]
     out = []
-    for row in rows:
-        item = dict(row._mapping)
+    for item in items:
         item["first_event_at"] = rfc3339(item["first_event_at"])
         item["last_event_at"] = rfc3339(item["last_event_at"])
         out.append(item)
+    return out
+
+
+def _search_routed(conn: Connection, q: str, page: dict[str, int]) -> list[dict[str, Any]]:
+    keys = conn.execute(_KEY_HITS, {"q": q}).all()
+    owners = dict(conn.execute(_BUSINESS_OF, {"cids": sorted({q, *(cid for cid, _ in keys)})}).tuples().all())
+    # a key row whose transaction is gone (retention between the two reads) matches nothing
+    hits = [(cid, kind, owners[cid]) for cid, kind in keys if cid in owners]
+    if q in owners:
+        hits.append((q, "correlation_id", owners[q]))
+    if not hits:
+        return []
+    cids, kinds, bids = (list(column) for column in zip(*hits, strict=True))
+    businesses = conn.execute(_BUSINESSES, {"bids": sorted(set(bids)), **page}).mappings().all()
+    if not businesses:
+        return []
+    matches = {r.business_id: r for r in conn.execute(_MATCHES, {"cids": cids, "kinds": kinds, "bids": bids})}
+    out = []
+    for b in businesses:
+        m = matches[b["business_id"]]
+        row = {k: b[k] for k in _SEARCH_FIELDS}
+        out.append({**row, "matched_by": m.matched_by, "matched_correlation_ids": m.matched_correlation_ids})
     return out
 
 
@@ -193,6 +260,8 @@ def get(
     every member's events in time order (at most `event_limit`)."""
     if "\x00" in correlation_id:
         return None
+    if distribute.on_citus(conn):  # its fan-outs over the cached connections (one server: a round trip less)
+        conn.execute(_POINT_LOOKUP)
     tx = conn.execute(_BUSINESS, {"cid": correlation_id}).mappings().first()
     if tx is None:
         return None

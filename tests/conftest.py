@@ -42,44 +42,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-def _citus_nodes(admin_url: str) -> list[str]:
-    """URLs of the workers the coordinator at admin_url knows (same user and password)."""
-    base = sa.engine.make_url(admin_url)
-    engine = sa.create_engine(admin_url)
-    with engine.connect() as conn:
-        rows = conn.execute(sa.text("SELECT nodename, nodeport FROM pg_dist_node WHERE noderole = 'primary' AND groupid <> 0"))
-        nodes = [base.set(host=r.nodename, port=r.nodeport).render_as_string(hide_password=False) for r in rows]
-    engine.dispose()
-    return nodes
-
-
-def _create_citus_database(admin_url: str, name: str) -> list[str]:
-    """Create `name` on every worker and the coordinator, with the extension and the nodes."""
-    workers = _citus_nodes(admin_url)
-    for url in workers:
-        _run_autocommit(url, f'CREATE DATABASE "{name}"')
-        _run_autocommit(sa.engine.make_url(url).set(database=name).render_as_string(hide_password=False), "CREATE EXTENSION citus")
-    _run_autocommit(admin_url, f'CREATE DATABASE "{name}"')
-    coordinator = sa.engine.make_url(admin_url)
-    own = coordinator.set(database=name).render_as_string(hide_password=False)
-    _run_autocommit(own, "CREATE EXTENSION citus")
-    engine = sa.create_engine(own, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sa.text("SELECT citus_set_coordinator_host(:h, :p)"), {"h": coordinator.host or "localhost", "p": coordinator.port or 5432})
-        for url in workers:
-            w = sa.engine.make_url(url)
-            conn.execute(sa.text("SELECT citus_add_node(:h, :p)"), {"h": w.host, "p": w.port})
-    engine.dispose()
-    return workers
-
-
-def _run_autocommit(url: str, statement: str) -> None:
-    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sa.text(statement))
-    engine.dispose()
-
-
 def _admin_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     if CITUS_URL:
         return normalize_url(CITUS_URL)
@@ -100,17 +62,22 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
     workers: list[str] = []
     if CITUS_URL:
-        workers = _create_citus_database(admin_url, name)
+        from controltower import distribute
+
+        workers = distribute.create_database(admin_url, name)
     else:
         with admin.connect() as conn:
             conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     url = sa.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     yield url
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    if CITUS_URL:
+        from controltower import distribute
+
+        distribute.drop_database(admin_url, workers, name)
+    else:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
-    for worker in workers:
-        _run_autocommit(worker, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")

@@ -39,7 +39,11 @@ def retention_command(
     if dry_run:
         console.print(retention.plan(context.engine, context.settings).summary(), highlight=False)
         return
-    done = retention.apply(context.engine, context.settings)
+    try:
+        done = retention.apply(context.engine, context.settings)
+    except retention.RetentionError as exc:  # the other tables ran: say what they removed, then fail
+        console.print("removed:\n" + exc.plan.summary(), highlight=False)
+        raise
     console.print("removed:\n" + done.summary(), highlight=False)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import sqlalchemy as sa
 
 from collectors.store import EventStore
@@ -132,3 +133,45 @@ def test_the_identity_journal_is_kept_while_the_metrics_job_has_not_read_it(engi
         conn.execute(sa.text("UPDATE metrics_watermarks SET value = :t"), {"t": NOW})
     retention.apply(engine, settings, NOW)
     assert count(engine, "SELECT count(*) FROM identity_changes WHERE business_id = 'unread'") == 0
+
+
+def test_one_table_failing_is_reported_and_the_others_still_go(engine, settings, monkeypatch):
+    monkeypatch.setattr(retention, "BATCH", 2)  # several batches each
+    old = NOW - timedelta(days=400)
+    # (its own transaction: Citus propagates a function only before any multi-shard write in one)
+    with engine.begin() as conn:
+        # the minute rollups (the first derived table: event ids, transactions and deadlines come
+        # before it, the other rollups, the journal and the queue samples after) refuse every
+        # delete, as a broken table would
+        conn.execute(sa.text(
+            "CREATE FUNCTION ct_test_refuse() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RAISE EXCEPTION 'sla_rollup_minute is broken'; END $$"))
+        conn.execute(sa.text(
+            "CREATE TRIGGER ct_test_refuse BEFORE DELETE ON sla_rollup_minute FOR EACH ROW EXECUTE FUNCTION ct_test_refuse()"))
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(
+                "INSERT INTO queue_samples (at, queue, kind, broker) SELECT :t + g * interval '1 second', 'q', 'main', 'rabbit'"
+                " FROM generate_series(1, 5) g"), {"t": old})
+            conn.execute(sa.text(
+                "INSERT INTO sla_rollup_minute SELECT 's', 'amazon', :t + g * interval '1 minute', 1, 1, '{}'"
+                " FROM generate_series(1, 5) g"), {"t": old})
+            conn.execute(sa.text("INSERT INTO identity_changes SELECT 'B' || g, :t FROM generate_series(1, 5) g"), {"t": old})
+            conn.execute(sa.text("INSERT INTO sla_deadlines SELECT 's', 'G' || g, :t FROM generate_series(1, 5) g"), {"t": old})
+        with pytest.raises(retention.RetentionError) as raised:
+            retention.apply(engine, settings, NOW)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP TRIGGER ct_test_refuse ON sla_rollup_minute"))
+            conn.execute(sa.text("DROP FUNCTION ct_test_refuse()"))
+    assert list(raised.value.plan.failed) == ["sla_rollup_minute"]
+    assert "sla_rollup_minute is broken" in raised.value.plan.failed["sla_rollup_minute"]
+    assert "sla_rollup_minute: sla_rollup_minute is broken" in str(raised.value)
+    assert count(engine, "SELECT count(*) FROM sla_rollup_minute") == 5  # nothing of the broken table went
+    # the tables before and after it were pruned whole, in batches
+    assert count(engine, "SELECT count(*) FROM queue_samples") == 0
+    assert count(engine, "SELECT count(*) FROM identity_changes") == 0
+    assert count(engine, "SELECT count(*) FROM sla_deadlines") == 0
+    # and once the table is repaired, the next run finishes the job
+    assert retention.apply(engine, settings, NOW).failed == {}
+    assert count(engine, "SELECT count(*) FROM sla_rollup_minute") == 0

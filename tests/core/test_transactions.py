@@ -368,7 +368,16 @@ def picked(t0: datetime) -> dict:
             "attributes": {"erp_document": ERP_DOC, "sku": "SKU-RED"}}
 
 
-def test_search_pages_business_transactions_newest_first(engine, settings):
+@pytest.fixture(params=["as-this-server", "routed"])
+def search_shape(request, monkeypatch):
+    """Search's statements for this server, then the routed ones a Citus cluster uses (run here on
+    any server, so plain CI checks they answer the same)."""
+    if request.param == "routed":
+        monkeypatch.setattr(transactions.distribute, "on_citus", lambda conn: True)
+    return request.param
+
+
+def test_search_pages_business_transactions_newest_first(engine, settings, search_shape):
     now = datetime.now(UTC).replace(microsecond=0)
     t0 = ingest_stitched(engine, settings, now)
     # two more orders with the same SKU (a reference key): three businesses, one of them stitched
@@ -416,7 +425,7 @@ def _chain(n: int, t0: datetime, prefix: str = "BIG") -> list[dict]:
                shipment_id=f"{prefix}-S{i // 2}", tracking_number=f"{prefix}-T{(i + 1) // 2}") for i in range(n)]
 
 
-def test_search_of_a_key_on_every_member_of_a_big_business_is_linear(engine, settings):
+def test_search_of_a_key_on_every_member_of_a_big_business_is_linear(engine, settings, search_shape):
     """Found by review: the search grouped by the matched-members array, so every member row
     carried all matched ids (members²: 2,000 members spilled ~40 MB to disk, 5,000 ~300 MB and
     2 s). Under a 4 MB temp-file limit the search must still answer."""
