@@ -75,11 +75,7 @@ GROUP BY r.milestone
 """)
 
 _GAP = sa.text(_ORDERS + """
-SELECT o.correlation_id, o.correlation_ids, o.order_id,
-       (SELECT min(k.value) FROM transactions t
-        JOIN transaction_keys k ON k.correlation_id = t.correlation_id AND k.kind = 'external_order_id'
-        WHERE t.business_id = o.business_id) AS external_order_id,
-       a.reached_at, o.status, o.last_milestone
+SELECT o.business_id, o.correlation_id, o.correlation_ids, o.order_id, a.reached_at, o.status, o.last_milestone
 FROM orders o JOIN received USING (business_id)
 JOIN reached a ON a.business_id = o.business_id AND a.milestone = :reached
 WHERE NOT EXISTS (SELECT 1 FROM reached b WHERE b.business_id = o.business_id AND b.milestone = :missing)
@@ -88,18 +84,52 @@ LIMIT :limit
 """)  # noqa: S608 (constant fragments, no input)
 
 _RECEIVED = sa.text(_ORDERS + """
-SELECT o.correlation_id, o.correlation_ids, o.order_id, r.reached_at,
-       (SELECT min(k.value) FROM transactions t
-        JOIN transaction_keys k ON k.correlation_id = t.correlation_id AND k.kind = 'external_order_id'
-        WHERE t.business_id = o.business_id) AS external_order_id,
-       ARRAY(SELECT DISTINCT k.value FROM transactions t
-             JOIN transaction_keys k ON k.correlation_id = t.correlation_id AND k.kind = ANY(:order_kinds)
-             WHERE t.business_id = o.business_id) AS order_numbers
+SELECT o.business_id, o.correlation_id, o.correlation_ids, o.order_id, r.reached_at
 FROM orders o JOIN received USING (business_id)
 JOIN reached r ON r.business_id = o.business_id AND r.milestone = :first
 ORDER BY r.reached_at, o.correlation_id
 """)  # noqa: S608 (constant fragments, no input)
 ORDER_KINDS = ("external_order_id", "order_id")  # the keys a channel's own report names an order by
+
+# The order keys of the listed businesses' members, in a second statement: transaction_keys is
+# distributed by value on Citus, so it cannot be joined with `transactions` on the correlation
+# id; the members travel as arrays and the rows are aggregated after the (index) reads.
+_KEYS = sa.text("""
+SELECT bid, min(value) FILTER (WHERE kind = 'external_order_id') AS external_order_id,
+       ARRAY(SELECT DISTINCT v FROM unnest(array_agg(value) FILTER (WHERE kind = ANY(:order_kinds))) AS v ORDER BY v)
+           AS order_numbers
+FROM (
+    SELECT u.bid, k.kind, k.value FROM transaction_keys k
+    JOIN unnest(CAST(:cids AS text[]), CAST(:bids AS text[])) AS u(cid, bid) ON k.correlation_id = u.cid
+    WHERE k.kind = ANY(:kinds)
+    OFFSET 0
+) x
+GROUP BY bid
+""")
+
+
+def _with_keys(conn: Connection, rows: list[dict[str, Any]], *, numbers: bool) -> list[dict[str, Any]]:
+    """Add external_order_id (and order_numbers) of each business to `rows` (dropping business_id)."""
+    pairs = [(cid, r["business_id"]) for r in rows for cid in r["correlation_ids"]]
+    found: dict[str, Any] = {}
+    if pairs:
+        found = {k.bid: k for k in conn.execute(_KEYS, {
+            "cids": [c for c, _ in pairs], "bids": [b for _, b in pairs],
+            "kinds": list(ORDER_KINDS), "order_kinds": list(ORDER_KINDS),
+        })}
+    out = []
+    for r in rows:
+        keys = found.get(r.pop("business_id"))
+        r["external_order_id"] = keys.external_order_id if keys else None
+        if numbers:
+            r["order_numbers"] = list(keys.order_numbers) if keys else []
+        out.append(r)
+    return out
+
+
+# the answers' fields, in the order they always had
+_GAP_FIELDS = ("correlation_id", "correlation_ids", "order_id", "external_order_id", "reached_at", "status", "last_milestone")
+_RECEIVED_FIELDS = ("correlation_id", "correlation_ids", "order_id", "reached_at", "external_order_id", "order_numbers")
 
 
 def day_bounds(day: date) -> tuple[datetime, datetime]:
@@ -129,7 +159,8 @@ def funnel_gap(
     start, end = day_bounds(day)
     params = {"first": first, "channel": channel, "start": start, "end": end, "reached": reached,
               "missing": missing, "limit": limit, "milestones": [first, reached, missing]}
-    return [dict(r._mapping) for r in conn.execute(_GAP, params)]
+    rows = [dict(r._mapping) for r in conn.execute(_GAP, params)]
+    return [{k: r[k] for k in _GAP_FIELDS} for r in _with_keys(conn, rows, numbers=False)]
 
 
 def received(
@@ -138,6 +169,6 @@ def received(
     """Orders (business transactions) of `channel` received in `[start, end)`, oldest first:
     correlation_id (canonical member), correlation_ids, order_id, reached_at, external_order_id
     and order_numbers (every member's `ORDER_KINDS` key values)."""
-    params = {"first": first, "channel": channel, "start": start, "end": end, "milestones": [first],
-              "order_kinds": list(ORDER_KINDS)}
-    return [dict(r._mapping) for r in conn.execute(_RECEIVED, params)]
+    params = {"first": first, "channel": channel, "start": start, "end": end, "milestones": [first]}
+    rows = [dict(r._mapping) for r in conn.execute(_RECEIVED, params)]
+    return [{k: r[k] for k in _RECEIVED_FIELDS} for r in _with_keys(conn, rows, numbers=True)]
