@@ -97,6 +97,10 @@ def migrate_command(
         False, "--distributed",
         help="Then distribute the schema on a Citus coordinator (checks the extension and the workers; re-running is a no-op).",
     ),
+    shards: int = typer.Option(
+        distribute.SHARD_COUNT, "--shards", min=1, max=4096,
+        help="Shards of the distributed tables when first distributed (2-4 per worker core is a good start).",
+    ),
 ) -> None:
     """Apply pending schema migrations (every room's branch) and create partitions ahead."""
     context = context_of(ctx, migrate_first=False)
@@ -109,7 +113,7 @@ def migrate_command(
         + f"; {len(parts)} event partitions"
     )
     if distributed:
-        done = distribute.distribute(context.engine)
+        done = distribute.distribute(context.engine, shard_count=shards)
         changed = done.distributed + done.reference
         console.print(
             f"citus {done.citus_version} with {done.workers} workers: "
