@@ -32,7 +32,7 @@ DEFAULT_IMPACT_AMOUNTS = ("order_total", "amount")
 # anything else (140,000 digits, 1e400, "12,50", text) is ignored and counted.
 SANE_AMOUNT = r"^-?[0-9]{1,18}(\.[0-9]{1,12})?$"
 
-# Relies on event_rollup_minute_channel_idx (channel, minute) / the primary key's minute range.
+# Relies on event_rollup_minute's primary key (minute first): a range of minutes.
 _VOLUME = sa.text(
     """
     WITH recent AS (
@@ -55,7 +55,7 @@ _VOLUME = sa.text(
 
 # Relies on sla_open_items_due_idx (sla, channel, due_at), transactions_business_idx (an open
 # item's correlation_id is its business id), transaction_milestones' primary key
-# (correlation_id, milestone) and events' primary key (correlation_id, ...) with run-time
+# (correlation_id, milestone) and events_correlation_idx (correlation_id) with run-time
 # partition pruning on occurred_at.
 _IMPACT = sa.text(
     r"""
