@@ -80,7 +80,7 @@ _IMPACT_REACHED = sa.text(
     FROM reached ORDER BY reached.business_id, reached.reached_at, reached.correlation_id
     """
 )
-# 3. the amount on the event that reached it (events' primary key by correlation id, partitions
+# 3. the amount on the event that reached it (events_correlation_idx by correlation id, partitions
 #    pruned to the span of those times).
 _IMPACT_AMOUNTS = sa.text(
     r"""

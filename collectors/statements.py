@@ -27,7 +27,7 @@ HASHED = CONTENT_FIELDS
 _HASH_ARGS = ", ".join(HASHED)
 
 STAGING_DDL = """
-CREATE TEMP TABLE IF NOT EXISTS ct_batch (ord integer NOT NULL, LIKE events) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS ct_batch (ord integer NOT NULL, LIKE events INCLUDING COMPRESSION) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS ct_new (
     occurred_at timestamptz, correlation_id text, event_id text, order_id text,
     channel text, flow text, stage text, status text, system text,

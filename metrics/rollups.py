@@ -232,7 +232,7 @@ JOIN (
 )
 
 # minutes that received events, and the minutes of channel-less events of every business a
-# link re-keyed since (their channel may have changed); events' primary key by correlation id
+# link re-keyed since (their channel may have changed); events_correlation_idx by correlation id
 _EVENT_MINUTES = sa.text("""
 SELECT DISTINCT date_trunc('minute', occurred_at) AS minute FROM events WHERE received_at > :since
 UNION

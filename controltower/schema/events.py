@@ -3,9 +3,9 @@ the CLI (api_keys).
 
 `events` is range-partitioned by `occurred_at` into daily partitions (`events_YYYYMMDD`,
 created ahead by `migrate` and on demand by ingest through `ct_ensure_event_partition`);
-`event_ids` makes `(correlation_id, event_id)` unique whatever the time, and `event_conflicts`
-shows ids re-sent with other content. Every unique key includes `correlation_id` so the schema
-can be distributed by it.
+`event_ids` makes `(correlation_id, event_id)` unique whatever the time (so `events` itself has
+no key: readers find events by correlation id), and `event_conflicts` shows ids re-sent with
+other content. Every unique key includes `correlation_id` so the schema can be distributed by it.
 """
 
 from __future__ import annotations
@@ -39,8 +39,13 @@ events = sa.Table(
     sa.Column("span_id", sa.Text),
     sa.Column("parent_span_id", sa.Text),
     sa.Column("source", sa.Text, nullable=False),
-    sa.PrimaryKeyConstraint("correlation_id", "event_id", "occurred_at", name="events_pkey"),
-    sa.Index("events_received_at_idx", "received_at"),
+    # 0018: no primary key (event_ids is the key); one deduplicated entry per correlation id
+    # and leaf, and a BRIN on received_at (each daily partition is written in arrival order)
+    sa.Index("events_correlation_idx", "correlation_id"),
+    sa.Index(
+        "events_received_at_brin", "received_at", postgresql_using="brin",
+        postgresql_with={"pages_per_range": 16, "autosummarize": "on"},
+    ),
     postgresql_partition_by="RANGE (occurred_at)",
 )
 
