@@ -52,6 +52,11 @@ _KV_VALUE_KEYS = frozenset({"value", "val", "values", "text", "data", "v", "fiel
                             "attribute_value", "string_value", "property_value", "param_value"})
 _TOO_DEEP = f"nested deeper than {limits.MAX_DEPTH} levels"
 _CACHE_LIMIT = 10_000  # keys come from senders: bound what is remembered about them
+# Joins string values so one `clean` call answers for all of them: the separator is in no class
+# `clean` looks for (not a digit, letter, space, "-", "@" or "%"), so no match spans two values,
+# and a joined text that is clean proves every part clean (a part's own length shortcut aside,
+# which only makes the joined check stricter).
+_SEP = "\x01"
 
 
 class _Problem(Exception):
@@ -69,6 +74,9 @@ class Masker:
         self.rules = rules or MaskingRules.defaults()
         self.find = Finder(self.rules.hash_key, emails=self.rules.mask_emails_in_text)
         self._keys: dict[str, tuple[str | None, bool, bool, str, str]] = {}
+        # keys whose clean string values are stored as they are: no kind, not free text, the key
+        # itself stored unchanged, and not the name or value of a key/value pair
+        self._plain: set[str] = set()
 
     def _key(self, key: str) -> tuple[str | None, bool, bool, str, str]:
         """(kind, is an identifier, is free text, normalised, as stored) for a key, cached."""
@@ -80,6 +88,9 @@ class Masker:
                  self.find.identifier(key))
         if len(self._keys) < _CACHE_LIMIT:
             self._keys[key] = found
+            if found[0] is None and not found[2] and found[4] == key and norm not in _KV_NAME_KEYS \
+                    and norm not in _KV_VALUE_KEYS:
+                self._plain.add(key)
         return found
 
     def mask_identifier(self, text: str) -> str:
@@ -88,7 +99,8 @@ class Masker:
 
     def mask_event(self, event: Event) -> int:
         changed = 0
-        for name in ("event_id", "correlation_id", "order_id", "error_code"):
+        ids = f"{event.event_id}{_SEP}{event.correlation_id}{_SEP}{event.order_id or ''}{_SEP}{event.error_code or ''}"
+        for name in () if ids.isascii() and clean(ids) else ("event_id", "correlation_id", "order_id", "error_code"):
             value = getattr(event, name)
             if value and not (value.isascii() and clean(value)):
                 masked = self.find.identifier(value)
@@ -158,6 +170,15 @@ class Masker:
     def _mask_dict(self, value: dict[Any, Any], kind: str | None, in_address: bool, depth: int) -> tuple[Any, int]:
         if depth >= limits.MAX_DEPTH:
             raise _Problem(_TOO_DEEP)
+        if kind is None and not in_address and self._plain.issuperset(value):
+            # the common case: known plain keys over clean ASCII strings, all checked at once
+            try:
+                joined = _SEP.join(value.values())
+            except TypeError:  # a value that is not a string: walk it
+                pass
+            else:
+                if joined.isascii() and clean(joined):
+                    return value, 0
         pair_kind = self._pair_kind(value) if len(value) <= 6 else None
         plain = kind is None and not in_address and pair_kind is None
         keys = self._keys
