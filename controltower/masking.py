@@ -52,11 +52,6 @@ _KV_VALUE_KEYS = frozenset({"value", "val", "values", "text", "data", "v", "fiel
                             "attribute_value", "string_value", "property_value", "param_value"})
 _TOO_DEEP = f"nested deeper than {limits.MAX_DEPTH} levels"
 _CACHE_LIMIT = 10_000  # keys come from senders: bound what is remembered about them
-# Joins string values so one `clean` call answers for all of them: the separator is in no class
-# `clean` looks for (not a digit, letter, space, "-", "@" or "%"), so no match spans two values,
-# and a joined text that is clean proves every part clean (a part's own length shortcut aside,
-# which only makes the joined check stricter).
-_SEP = "\x01"
 
 
 class _Problem(Exception):
@@ -99,8 +94,7 @@ class Masker:
 
     def mask_event(self, event: Event) -> int:
         changed = 0
-        ids = f"{event.event_id}{_SEP}{event.correlation_id}{_SEP}{event.order_id or ''}{_SEP}{event.error_code or ''}"
-        for name in () if ids.isascii() and clean(ids) else ("event_id", "correlation_id", "order_id", "error_code"):
+        for name in ("event_id", "correlation_id", "order_id", "error_code"):
             value = getattr(event, name)
             if value and not (value.isascii() and clean(value)):
                 masked = self.find.identifier(value)
@@ -171,14 +165,13 @@ class Masker:
         if depth >= limits.MAX_DEPTH:
             raise _Problem(_TOO_DEEP)
         if kind is None and not in_address and self._plain.issuperset(value):
-            # the common case: known plain keys over clean ASCII strings, all checked at once
-            try:
-                joined = _SEP.join(value.values())
-            except TypeError:  # a value that is not a string: walk it
-                pass
+            # the common case: known plain keys over clean ASCII strings, kept as they are (no copy,
+            # no key/value-pair test: a plain key is neither a pair's name nor its value)
+            for item in value.values():
+                if not (type(item) is str and item.isascii() and clean(item)):
+                    break
             else:
-                if joined.isascii() and clean(joined):
-                    return value, 0
+                return value, 0
         pair_kind = self._pair_kind(value) if len(value) <= 6 else None
         plain = kind is None and not in_address and pair_kind is None
         keys = self._keys
