@@ -15,10 +15,12 @@ import re
 import zlib
 from typing import Any
 
+import msgspec
 import orjson
 
 from controltower import limits
 from controltower.errors import ControlTowerError, EventError
+from controltower.event import EventRecord
 
 
 class BodyError(ControlTowerError):
@@ -289,3 +291,26 @@ def parse_events(body: bytes, content_type: str | None = None) -> tuple[list[Any
             errors[index] = error
         records.append(value)
     return records, errors
+
+
+
+_RECORDS = list[EventRecord]
+
+
+def decode_events(body: bytes, content_type: str | None = None) -> tuple[list[Any], dict[int, str]]:
+    """`parse_events`, with each record in the canonical shape checked in one C pass into an
+    `EventRecord` (types, lengths, status, latency); any other record stays the dict
+    `parse_events` gave, and validation names its problem. The JSON is read exactly as before
+    (orjson: an integer past 64 bits is a float, as the stored-number rules expect)."""
+    records, errors = parse_events(body, content_type)
+    try:
+        return msgspec.convert(records, _RECORDS), errors
+    except msgspec.ValidationError:
+        pass
+    typed: list[Any] = []
+    for record in records:
+        try:
+            typed.append(msgspec.convert(record, EventRecord) if type(record) is dict else record)
+        except msgspec.ValidationError:
+            typed.append(record)
+    return typed, errors

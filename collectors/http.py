@@ -152,7 +152,7 @@ class Collector:
             async with self._slot():
                 try:
                     records, errors = await self._parse(
-                        request, lambda body: bodies.parse_events(body, request.headers.get("content-type"))
+                        request, lambda body: bodies.decode_events(body, request.headers.get("content-type"))
                     )
                 except bodies.BodyError as exc:
                     return error(400, str(exc), accepted=0, duplicates=0, rejected=[])

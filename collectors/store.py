@@ -29,7 +29,7 @@ from collectors.rows import SeenCache, index_rows
 from controltower import linking, migrate
 from controltower.db import is_unavailable
 from controltower.errors import EventError, StorageUnavailable
-from controltower.event import Event, Limits, parse_event
+from controltower.event import Event, EventRecord, Limits, event_from_record, parse_event
 from controltower.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,8 @@ class EventStore:
     def validate(
         self, records: Sequence[Any], *, now: datetime, errors: dict[int, str] | None = None
     ) -> tuple[list[tuple[int, Event]], list[tuple[int, str]]]:
-        """Parse records into events; `errors` carries rejections found earlier (e.g. bad JSON)."""
+        """Parse records (decoded JSON, or `EventRecord`s) into events; `errors` carries rejections
+        found earlier (e.g. bad JSON)."""
         good: list[tuple[int, Event]] = []
         rejected: list[tuple[int, str]] = []
         limit = self.settings.max_batch_events
@@ -174,7 +175,10 @@ class EventStore:
                 rejected.append((index, f"batch holds more than {limit} records; send the rest in another request"))
                 continue
             try:
-                event = parse_event(record, now=now, limits=limits)
+                if type(record) is EventRecord:  # decoded and type-checked in one pass (bodies.decode_events)
+                    event = event_from_record(record, now=now, limits=limits)
+                else:
+                    event = parse_event(record, now=now, limits=limits)
                 if self.masker is not None:
                     self.masker.mask_event(event)
                 _check_json(event)

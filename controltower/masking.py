@@ -69,6 +69,9 @@ class Masker:
         self.rules = rules or MaskingRules.defaults()
         self.find = Finder(self.rules.hash_key, emails=self.rules.mask_emails_in_text)
         self._keys: dict[str, tuple[str | None, bool, bool, str, str]] = {}
+        # keys whose clean string values are stored as they are: no kind, not free text, the key
+        # itself stored unchanged, and not the name or value of a key/value pair
+        self._plain: set[str] = set()
 
     def _key(self, key: str) -> tuple[str | None, bool, bool, str, str]:
         """(kind, is an identifier, is free text, normalised, as stored) for a key, cached."""
@@ -80,6 +83,9 @@ class Masker:
                  self.find.identifier(key))
         if len(self._keys) < _CACHE_LIMIT:
             self._keys[key] = found
+            if found[0] is None and not found[2] and found[4] == key and norm not in _KV_NAME_KEYS \
+                    and norm not in _KV_VALUE_KEYS:
+                self._plain.add(key)
         return found
 
     def mask_identifier(self, text: str) -> str:
@@ -158,6 +164,14 @@ class Masker:
     def _mask_dict(self, value: dict[Any, Any], kind: str | None, in_address: bool, depth: int) -> tuple[Any, int]:
         if depth >= limits.MAX_DEPTH:
             raise _Problem(_TOO_DEEP)
+        if kind is None and not in_address and self._plain.issuperset(value):
+            # the common case: known plain keys over clean ASCII strings, kept as they are (no copy,
+            # no key/value-pair test: a plain key is neither a pair's name nor its value)
+            for item in value.values():
+                if not (type(item) is str and item.isascii() and clean(item)):
+                    break
+            else:
+                return value, 0
         pair_kind = self._pair_kind(value) if len(value) <= 6 else None
         plain = kind is None and not in_address and pair_kind is None
         keys = self._keys
