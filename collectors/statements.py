@@ -26,45 +26,44 @@ COPY_TYPES = (
 HASHED = CONTENT_FIELDS
 _HASH_ARGS = ", ".join(HASHED)
 
-STAGING_DDL = """
-CREATE TEMP TABLE IF NOT EXISTS ct_batch (ord integer NOT NULL, LIKE events) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS ct_new (
-    occurred_at timestamptz, correlation_id text, event_id text, order_id text,
-    channel text, flow text, stage text, status text, system text,
-    error_code text, error_message text
-) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS ct_keys (
-    value text, kind text, correlation_id text, first_seen_at timestamptz, links boolean
-) ON COMMIT DELETE ROWS;
+# The staging tables: `batch` tells one batch's rows from another's, `ord` is the arrival order
+# in the batch, `fresh` marks the rows stored (the store COPYs each id's first arrival as fresh
+# and clears the flag of those whose claim failed). On plain PostgreSQL they are per-connection
+# temporary tables emptied at commit; on Citus `controltower migrate --distributed` creates them
+# as distributed tables co-located with what they feed (controltower.distribute.STAGING), so
+# every statement below runs on the shards; the store does not create the temporary ones there
+# (they would shadow the distributed ones) and deletes its batch's rows before commit.
+STAGING_COLUMNS = "batch bigint NOT NULL, ord integer NOT NULL, fresh boolean NOT NULL, LIKE events"
+KEYS_COLUMNS = "batch bigint NOT NULL, value text, kind text, correlation_id text, first_seen_at timestamptz"
+STAGING_DDL = f"""
+CREATE TEMP TABLE IF NOT EXISTS ct_batch ({STAGING_COLUMNS}) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS ct_keys ({KEYS_COLUMNS}) ON COMMIT DELETE ROWS;
 """
-COPY_BATCH = f"COPY ct_batch (ord, {COLS}) FROM STDIN (FORMAT BINARY)"  # noqa: S608
+COPY_BATCH = f"COPY ct_batch (batch, ord, fresh, {COLS}) FROM STDIN (FORMAT BINARY)"  # noqa: S608
+BATCH_TYPES = ("int8", "int4", "bool", *COPY_TYPES)
 
-# The first arrival of each id in the batch claims it in `event_ids`; only claimed ids reach
-# `events` (whose own key keeps occurred_at for partition pruning) and `ct_new`, which feeds the
-# transaction merge. Answers the arrival order (`ord`) of every event really stored.
-INSERT_NEW = f"""
-WITH first AS MATERIALIZED (
-    SELECT DISTINCT ON (correlation_id, event_id) ord, {COLS}
-    FROM ct_batch
-    ORDER BY correlation_id, event_id, ord
-), ids AS (
-    INSERT INTO event_ids (correlation_id, event_id, occurred_at, content_hash)
-    SELECT correlation_id, event_id, occurred_at, ct_event_hash({_HASH_ARGS})
-    FROM first
-    ORDER BY correlation_id, event_id
-    ON CONFLICT DO NOTHING
-    RETURNING correlation_id, event_id
-), ins AS (
-    INSERT INTO events ({COLS})
-    SELECT {COLS} FROM first JOIN ids USING (correlation_id, event_id)
-    ON CONFLICT DO NOTHING
-    RETURNING occurred_at, correlation_id, event_id, order_id, channel, flow, stage, status,
-              system, error_code, error_message
-), new AS (
-    INSERT INTO ct_new SELECT * FROM ins
-)
-SELECT first.ord FROM first JOIN ins USING (correlation_id, event_id)
+# The batch's first arrivals claim their ids in `event_ids` (the store staged only them as
+# fresh); answers the ids claimed. In key order, so concurrent batches lock in one order.
+CLAIM_IDS = f"""
+INSERT INTO event_ids (correlation_id, event_id, occurred_at, content_hash)
+SELECT correlation_id, event_id, occurred_at, ct_event_hash({_HASH_ARGS})
+FROM ct_batch
+WHERE batch = %(batch)s AND fresh
+ORDER BY correlation_id, event_id
+ON CONFLICT DO NOTHING
+RETURNING correlation_id, event_id
 """  # noqa: S608
+# The first arrivals whose claim failed (`%(ords)s`: their arrival order) are not stored.
+UNCLAIMED = "UPDATE ct_batch SET fresh = false WHERE batch = %(batch)s AND ord = ANY(%(ords)s::integer[])"
+# Only claimed ids reach `events` (whose own key keeps occurred_at for partition pruning).
+INSERT_EVENTS = f"""
+INSERT INTO events ({COLS})
+SELECT {COLS} FROM ct_batch WHERE batch = %(batch)s AND fresh
+ON CONFLICT DO NOTHING
+"""  # noqa: S608
+# Citus only (a temporary table empties itself at commit).
+CLEAR_BATCH = "DELETE FROM ct_batch WHERE batch = %(batch)s"
+CLEAR_KEYS = "DELETE FROM ct_keys WHERE batch = %(batch)s"
 
 # Fields compared with the stored event when an id comes back with another content hash.
 _COMPARED = CONTENT_FIELDS[1:]  # occurred_at is compared with the claimed time in event_ids
@@ -77,22 +76,21 @@ _DIFFS = ",\n            ".join(
     + [f"('{f}', to_jsonb(d.{f}), d.{f} IS DISTINCT FROM s.{f})" for f in _COMPARED if f != "payload"]
 )
 
-# Staged rows that were not stored (`%(dups)s`: their arrival order) whose content differs from
+# Staged rows that were not stored (not `fresh`) whose content differs from
 # the stored event's: one row per distinct incoming content, counted, with the names of the
 # fields that differ; answers how many staged rows were conflicts.
 RECORD_CONFLICTS = f"""
 WITH c AS (
     SELECT b.*, i.content_hash AS stored_hash, i.occurred_at AS stored_occurred_at,
            ct_event_hash({", ".join("b." + f for f in HASHED)}) AS incoming_hash
-    FROM (  -- only the rows not stored (a hash join, not ANY() per row); OFFSET keeps it first
-        SELECT s.* FROM ct_batch s JOIN unnest(%(dups)s::integer[]) AS u(ord) ON u.ord = s.ord OFFSET 0
-    ) b
+    FROM ct_batch b
     -- one index probe per row (LIMIT keeps the planner from a hash join over all of event_ids)
     CROSS JOIN LATERAL (
         SELECT content_hash, occurred_at FROM event_ids i
         WHERE i.correlation_id = b.correlation_id AND i.event_id = b.event_id
         LIMIT 1
     ) i
+    WHERE b.batch = %(batch)s AND NOT b.fresh  -- the rows not stored
 ), d AS (
     SELECT DISTINCT ON (correlation_id, event_id, incoming_hash) c.*,
            count(*) OVER (PARTITION BY correlation_id, event_id, incoming_hash) AS n
@@ -166,8 +164,9 @@ SELECT correlation_id,
        coalesce(a.bid, correlation_id),  -- a new correlation id joins the business linking chose
        min(occurred_at) FILTER (WHERE channel IS NOT NULL),
        (array_agg(event_id ORDER BY occurred_at, event_id) FILTER (WHERE channel IS NOT NULL))[1]
-FROM ct_new
-LEFT JOIN unnest(%(assign_cids)s::text[], %(assign_bids)s::text[]) AS a(cid, bid) ON a.cid = ct_new.correlation_id
+FROM ct_batch
+LEFT JOIN unnest(%(assign_cids)s::text[], %(assign_bids)s::text[]) AS a(cid, bid) ON a.cid = ct_batch.correlation_id
+WHERE batch = %(batch)s AND fresh
 GROUP BY correlation_id, a.bid
 ORDER BY correlation_id
 ON CONFLICT (correlation_id) DO UPDATE SET
@@ -227,7 +226,7 @@ ON CONFLICT (correlation_id) DO UPDATE SET
                        THEN excluded.business_id ELSE t.business_id END
 """
 
-# Milestones come from the events this batch really stored (`ct_new`): per (correlation id,
+# Milestones come from the events this batch really stored (`fresh`): per (correlation id,
 # milestone) the earliest successful one, its channel breaking ties (NULL first), merged with
 # LEAST-like semantics, so they follow the same idempotency as `events`: a duplicate changes
 # nothing. Keys are computed in Python (collectors.rows) from the same events.
@@ -235,8 +234,8 @@ UPSERT_MILESTONES = """
 INSERT INTO transaction_milestones AS m (correlation_id, milestone, reached_at, channel, recorded_at)
 SELECT DISTINCT ON (correlation_id, flow || '.' || stage)
        correlation_id, flow || '.' || stage, occurred_at, channel, %(now)s
-FROM ct_new
-WHERE status = 'ok'
+FROM ct_batch
+WHERE batch = %(batch)s AND fresh AND status = 'ok'
 ORDER BY correlation_id, flow || '.' || stage, occurred_at, coalesce(channel, '') COLLATE "C"
 ON CONFLICT (correlation_id, milestone) DO UPDATE SET
     reached_at = excluded.reached_at,
@@ -245,20 +244,17 @@ ON CONFLICT (correlation_id, milestone) DO UPDATE SET
 WHERE (excluded.reached_at, coalesce(excluded.channel, '')) < (m.reached_at, coalesce(m.channel, ''))
 """
 
-COPY_KEYS = "COPY ct_keys FROM STDIN (FORMAT BINARY)"
-KEY_TYPES = ("text", "text", "text", "timestamptz", "bool")
-# Answers the identity rows this batch really inserted (`xmax = 0`: not an update): only they
-# can change the identity graph (controltower.linking).
+COPY_KEYS = "COPY ct_keys (batch, value, kind, correlation_id, first_seen_at) FROM STDIN (FORMAT BINARY)"
+KEY_TYPES = ("int8", "text", "text", "text", "timestamptz")
+# Answers every key row written and whether it was inserted (`xmax = 0`: not an update): only
+# new identity rows can change the identity graph (controltower.linking; the store keeps those
+# whose kind links).
 UPSERT_KEYS = """
-WITH up AS (
-    INSERT INTO transaction_keys AS k (value, kind, correlation_id, first_seen_at)
-    SELECT value, kind, correlation_id, first_seen_at FROM ct_keys
-    ORDER BY value, kind, correlation_id
-    ON CONFLICT (value, kind, correlation_id) DO UPDATE SET first_seen_at = excluded.first_seen_at
-    WHERE excluded.first_seen_at < k.first_seen_at
-    RETURNING value, kind, correlation_id, xmax = 0 AS inserted
-)
-SELECT up.value, up.kind, up.correlation_id FROM up
-JOIN ct_keys c USING (value, kind, correlation_id)
-WHERE up.inserted AND c.links
+INSERT INTO transaction_keys AS k (value, kind, correlation_id, first_seen_at)
+SELECT value, kind, correlation_id, first_seen_at FROM ct_keys
+WHERE batch = %(batch)s
+ORDER BY value, kind, correlation_id
+ON CONFLICT (value, kind, correlation_id) DO UPDATE SET first_seen_at = excluded.first_seen_at
+WHERE excluded.first_seen_at < k.first_seen_at
+RETURNING value, kind, correlation_id, xmax = 0 AS inserted
 """
