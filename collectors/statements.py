@@ -11,6 +11,7 @@ event_id)`). Every identifier here is a module constant, never input.
 
 from __future__ import annotations
 
+from controltower.distribute import KEYS_COLUMNS, STAGING_COLUMNS
 from controltower.event import CONTENT_FIELDS, IDENTITY
 
 # The events table's columns in COPY order: its key (time first), reception, then the content.
@@ -33,8 +34,6 @@ _HASH_ARGS = ", ".join(HASHED)
 # as distributed tables co-located with what they feed (controltower.distribute.STAGING), so
 # every statement below runs on the shards; the store does not create the temporary ones there
 # (they would shadow the distributed ones) and deletes its batch's rows before commit.
-STAGING_COLUMNS = "batch bigint NOT NULL, ord integer NOT NULL, fresh boolean NOT NULL, LIKE events"
-KEYS_COLUMNS = "batch bigint NOT NULL, value text, kind text, correlation_id text, first_seen_at timestamptz"
 STAGING_DDL = f"""
 CREATE TEMP TABLE IF NOT EXISTS ct_batch ({STAGING_COLUMNS}) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS ct_keys ({KEYS_COLUMNS}) ON COMMIT DELETE ROWS;
@@ -76,57 +75,60 @@ _DIFFS = ",\n            ".join(
     + [f"('{f}', to_jsonb(d.{f}), d.{f} IS DISTINCT FROM s.{f})" for f in _COMPARED if f != "payload"]
 )
 
-# Staged rows that were not stored (not `fresh`) whose content differs from
-# the stored event's: one row per distinct incoming content, counted, with the names of the
-# fields that differ; answers how many staged rows were conflicts.
-RECORD_CONFLICTS = f"""
-WITH c AS (
+# The staged rows that were not stored (not `fresh`), each with the stored id's hash and time
+# (one index probe per row: LIMIT keeps the planner from a hash join over all of event_ids).
+_NOT_STORED = f"""
     SELECT b.*, i.content_hash AS stored_hash, i.occurred_at AS stored_occurred_at,
            ct_event_hash({", ".join("b." + f for f in HASHED)}) AS incoming_hash
     FROM ct_batch b
-    -- one index probe per row (LIMIT keeps the planner from a hash join over all of event_ids)
     CROSS JOIN LATERAL (
         SELECT content_hash, occurred_at FROM event_ids i
         WHERE i.correlation_id = b.correlation_id AND i.event_id = b.event_id
         LIMIT 1
     ) i
-    WHERE b.batch = %(batch)s AND NOT b.fresh  -- the rows not stored
-), d AS (
+    WHERE b.batch = %(batch)s AND NOT b.fresh
+"""  # noqa: S608
+
+# How many staged rows not stored carry another content than the stored event (conflicts).
+COUNT_CONFLICTS = f"SELECT count(*)::integer FROM ({_NOT_STORED}) c WHERE incoming_hash <> stored_hash"  # noqa: S608
+
+# Those conflicts into `event_conflicts`: one row per distinct incoming content, counted, with
+# the names of the fields that differ. One INSERT … SELECT without CTEs, so Citus runs it on
+# the shards (the probes follow the correlation id).
+RECORD_CONFLICTS = f"""
+INSERT INTO event_conflicts AS x (
+    correlation_id, event_id, incoming_hash, stored_hash, stored_occurred_at,
+    incoming_occurred_at, changed, incoming, source, first_seen_at, last_seen_at, count)
+SELECT d.correlation_id, d.event_id, d.incoming_hash, d.stored_hash, d.stored_occurred_at,
+       d.occurred_at, diff.changed, diff.incoming, d.source, %(now)s, %(now)s, d.n
+FROM (
     SELECT DISTINCT ON (correlation_id, event_id, incoming_hash) c.*,
            count(*) OVER (PARTITION BY correlation_id, event_id, incoming_hash) AS n
-    FROM c
+    FROM ({_NOT_STORED}) c
     WHERE incoming_hash <> stored_hash
     ORDER BY correlation_id, event_id, incoming_hash, ord
-), up AS (
-    INSERT INTO event_conflicts AS x (
-        correlation_id, event_id, incoming_hash, stored_hash, stored_occurred_at,
-        incoming_occurred_at, changed, incoming, source, first_seen_at, last_seen_at, count)
-    SELECT d.correlation_id, d.event_id, d.incoming_hash, d.stored_hash, d.stored_occurred_at,
-           d.occurred_at, diff.changed, diff.incoming, d.source, %(now)s, %(now)s, d.n
-    FROM d
-    -- one index probe per conflict into the stored event's partition
-    LEFT JOIN LATERAL (
-        SELECT * FROM events e
-        WHERE e.correlation_id = d.correlation_id AND e.event_id = d.event_id
-          AND e.occurred_at = d.stored_occurred_at
-        LIMIT 1
-    ) s ON true
-    CROSS JOIN LATERAL (
-        SELECT coalesce(array_agg(name ORDER BY name), '{{}}') AS changed,
-               coalesce(jsonb_object_agg(name, value), '{{}}') AS incoming
-        FROM (VALUES
-            {_DIFFS}
-        ) AS v(name, value, differs)
-        WHERE differs
-    ) diff
-    ORDER BY d.correlation_id, d.event_id, d.incoming_hash
-    ON CONFLICT (correlation_id, event_id, incoming_hash) DO UPDATE SET
-        first_seen_at = LEAST(x.first_seen_at, excluded.first_seen_at),
-        last_seen_at = GREATEST(x.last_seen_at, excluded.last_seen_at),
-        source = excluded.source,
-        count = x.count + excluded.count
-)
-SELECT coalesce(sum(n), 0)::integer FROM d
+) d
+-- one index probe per conflict into the stored event's partition
+LEFT JOIN LATERAL (
+    SELECT * FROM events e
+    WHERE e.correlation_id = d.correlation_id AND e.event_id = d.event_id
+      AND e.occurred_at = d.stored_occurred_at
+    LIMIT 1
+) s ON true
+CROSS JOIN LATERAL (
+    SELECT coalesce(array_agg(name ORDER BY name), '{{}}') AS changed,
+           coalesce(jsonb_object_agg(name, value), '{{}}') AS incoming
+    FROM (VALUES
+        {_DIFFS}
+    ) AS v(name, value, differs)
+    WHERE differs
+) diff
+ORDER BY d.correlation_id, d.event_id, d.incoming_hash
+ON CONFLICT (correlation_id, event_id, incoming_hash) DO UPDATE SET
+    first_seen_at = LEAST(x.first_seen_at, excluded.first_seen_at),
+    last_seen_at = GREATEST(x.last_seen_at, excluded.last_seen_at),
+    source = excluded.source,
+    count = x.count + excluded.count
 """  # noqa: S608
 
 # "first" fields follow the earliest (occurred_at, event_id), "last" fields the latest; counts

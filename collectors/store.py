@@ -279,8 +279,10 @@ class EventStore:
                     cur.execute(sql.INSERT_EVENTS, params)
                 conflicts = 0
                 if len(stored) < len(events):
-                    cur.execute(sql.RECORD_CONFLICTS, {"batch": batch, "now": now})
+                    cur.execute(sql.COUNT_CONFLICTS, params)
                     conflicts = cur.fetchone()[0]  # type: ignore[index]
+                    if conflicts:
+                        cur.execute(sql.RECORD_CONFLICTS, {"batch": batch, "now": now})
                 keys: dict[tuple[str, ...], Any] = {}
                 links: set[tuple[str, str, str]] = set()
                 refused: Counter[str] = Counter()
