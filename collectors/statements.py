@@ -248,9 +248,6 @@ WHERE (excluded.reached_at, coalesce(excluded.channel, '')) < (m.reached_at, coa
 
 COPY_KEYS = "COPY ct_keys (batch, value, kind, correlation_id, first_seen_at) FROM STDIN (FORMAT BINARY)"
 KEY_TYPES = ("int8", "text", "text", "text", "timestamptz")
-# Answers every key row written and whether it was inserted (`xmax = 0`: not an update): only
-# new identity rows can change the identity graph (controltower.linking; the store keeps those
-# whose kind links).
 UPSERT_KEYS = """
 INSERT INTO transaction_keys AS k (value, kind, correlation_id, first_seen_at)
 SELECT value, kind, correlation_id, first_seen_at FROM ct_keys
@@ -258,5 +255,8 @@ WHERE batch = %(batch)s
 ORDER BY value, kind, correlation_id
 ON CONFLICT (value, kind, correlation_id) DO UPDATE SET first_seen_at = excluded.first_seen_at
 WHERE excluded.first_seen_at < k.first_seen_at
-RETURNING value, kind, correlation_id, xmax = 0 AS inserted
 """
+# The same, answering every key row written and whether it was inserted (`xmax = 0`: not an
+# update), when the batch holds identity rows: only new ones can change the identity graph
+# (controltower.linking; the store keeps those whose kind links).
+UPSERT_KEYS_RETURNING = UPSERT_KEYS + "RETURNING value, kind, correlation_id, xmax = 0 AS inserted\n"

@@ -297,12 +297,15 @@ class EventStore:
                         copy.set_types(sql.KEY_TYPES)
                         for key, at in keys.items():
                             copy.write_row((batch, *key, at))
-                    cur.execute(sql.UPSERT_KEYS, params)
-                    inserted = [row[:3] for row in cur.fetchall() if row[3] and row[:3] in links]
-                    link = linking.link(
-                        cur, inserted, kinds=self.settings.linking_keys,
-                        limit=self.settings.link_fanout_limit, now=now,
-                    )
+                    if not links:
+                        cur.execute(sql.UPSERT_KEYS, params)
+                    else:
+                        cur.execute(sql.UPSERT_KEYS_RETURNING, params)
+                        inserted = [row[:3] for row in cur.fetchall() if row[3] and row[:3] in links]
+                        link = linking.link(
+                            cur, inserted, kinds=self.settings.linking_keys,
+                            limit=self.settings.link_fanout_limit, now=now,
+                        )
                 link.refused.update(refused)
                 if stored:
                     assigned = sorted(link.assign.items())
