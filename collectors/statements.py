@@ -1,12 +1,15 @@
 """The write path's SQL: staging tables, the idempotent insert, conflicts and the merges.
 
-A batch is COPYed into the per-connection staging table `ct_batch` (with its arrival order,
-`ord`); `INSERT_NEW` claims each `(correlation_id, event_id)` in `event_ids` first and writes
-to `events` only the ids that claim returned, so an id is stored once whatever its time;
-`RECORD_CONFLICTS` compares the rest with the stored content; the upserts then merge only
-the new events into `transactions`, `transaction_milestones` and `transaction_keys`, each
-commutatively (earliest milestone wins, "last" fields follow the latest `(occurred_at,
-event_id)`). Every identifier here is a module constant, never input.
+A batch is COPYed into the staging table `ct_batch` under its own batch id, with its arrival
+order (`ord`) and `fresh` set on the first arrival of each id. `CLAIM_IDS` claims those ids in
+`event_ids` (the store clears `fresh` on the ones it lost, `UNCLAIMED`), so an id is stored
+once whatever its time; `INSERT_EVENTS` writes the fresh rows to `events`; `RECORD_CONFLICTS`
+compares the rest with the stored content; the upserts then merge only the fresh rows into
+`transactions`, `transaction_milestones` and `transaction_keys`, each commutatively (earliest
+milestone wins, "last" fields follow the latest `(occurred_at, event_id)`). Each statement is
+one INSERT … SELECT between tables co-located by the correlation id (or the key value), no
+modifying-CTE chain, so the same text runs on one PostgreSQL and, shard by shard, on Citus.
+Every identifier here is a module constant, never input.
 """
 
 from __future__ import annotations
