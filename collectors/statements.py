@@ -69,13 +69,22 @@ CLEAR_KEYS = "DELETE FROM ct_keys WHERE batch = %(batch)s"
 
 # Fields compared with the stored event when an id comes back with another content hash.
 _COMPARED = CONTENT_FIELDS[1:]  # occurred_at is compared with the claimed time in event_ids
-_DIFFS = ",\n            ".join(
+_DIFF_FIELDS = sorted(
     [
-        "('occurred_at', to_jsonb(d.occurred_at), d.occurred_at IS DISTINCT FROM d.stored_occurred_at)",
+        ("occurred_at", "to_jsonb(d.occurred_at)", "d.occurred_at IS DISTINCT FROM d.stored_occurred_at"),
         # the payload's incoming value is not copied here: it may be large; the event shows it
-        "('payload', to_jsonb('differs'::text), d.payload IS DISTINCT FROM s.payload)",
+        ("payload", "to_jsonb('differs'::text)", "d.payload IS DISTINCT FROM s.payload"),
     ]
-    + [f"('{f}', to_jsonb(d.{f}), d.{f} IS DISTINCT FROM s.{f})" for f in _COMPARED if f != "payload"]
+    + [(f, f"to_jsonb(d.{f})", f"d.{f} IS DISTINCT FROM s.{f}") for f in _COMPARED if f != "payload"]
+)
+# The names of the fields that differ (in name order) and their incoming values, as plain
+# expressions (Citus refuses a VALUES list of non-immutable functions in a pushed-down query).
+_CHANGED = "array_remove(ARRAY[{}]::text[], NULL)".format(
+    ", ".join(f"CASE WHEN {differs} THEN '{name}' END" for name, _, differs in _DIFF_FIELDS)
+)
+_INCOMING = "jsonb_build_object({}) - array_remove(ARRAY[{}]::text[], NULL)".format(
+    ", ".join(f"'{name}', {value}" for name, value, _ in _DIFF_FIELDS),
+    ", ".join(f"CASE WHEN NOT ({differs}) THEN '{name}' END" for name, _, differs in _DIFF_FIELDS),
 )
 
 # The staged rows that were not stored (not `fresh`), each with the stored id's hash and time
@@ -103,7 +112,7 @@ INSERT INTO event_conflicts AS x (
     correlation_id, event_id, incoming_hash, stored_hash, stored_occurred_at,
     incoming_occurred_at, changed, incoming, source, first_seen_at, last_seen_at, count)
 SELECT d.correlation_id, d.event_id, d.incoming_hash, d.stored_hash, d.stored_occurred_at,
-       d.occurred_at, diff.changed, diff.incoming, d.source, %(now)s, %(now)s, d.n
+       d.occurred_at, {_CHANGED}, {_INCOMING}, d.source, %(now)s, %(now)s, d.n
 FROM (
     SELECT DISTINCT ON (correlation_id, event_id, incoming_hash) c.*,
            count(*) OVER (PARTITION BY correlation_id, event_id, incoming_hash) AS n
@@ -118,14 +127,6 @@ LEFT JOIN LATERAL (
       AND e.occurred_at = d.stored_occurred_at
     LIMIT 1
 ) s ON true
-CROSS JOIN LATERAL (
-    SELECT coalesce(array_agg(name ORDER BY name), '{{}}') AS changed,
-           coalesce(jsonb_object_agg(name, value), '{{}}') AS incoming
-    FROM (VALUES
-        {_DIFFS}
-    ) AS v(name, value, differs)
-    WHERE differs
-) diff
 ORDER BY d.correlation_id, d.event_id, d.incoming_hash
 ON CONFLICT (correlation_id, event_id, incoming_hash) DO UPDATE SET
     first_seen_at = LEAST(x.first_seen_at, excluded.first_seen_at),
