@@ -15,6 +15,14 @@ of the last mode's database, optionally grown to --search-events (real-id shape)
     python bench/ingest.py --database-url postgresql://postgres@127.0.0.1:5432/postgres
     python bench/ingest.py --events 300000 --search-events 10000000
     python bench/ingest.py --modes today-real,real --no-otlp    # the linking cost alone
+
+On a Citus coordinator (--database-url), each database is created on every node (--node-url),
+distributed by `controltower.distribute` (--shards), and --compare-url runs every ingest phase
+again on a plain PostgreSQL right after, printing the ratio:
+
+    python bench/ingest.py --database-url postgresql://postgres@127.0.0.1:9700/postgres \
+        --node-url postgresql://postgres@127.0.0.1:9701/postgres --node-url postgresql://postgres@127.0.0.1:9702/postgres \
+        --compare-url postgresql://postgres@127.0.0.1:5432/postgres --modes today --clients 4,16 --no-otlp --shards 8
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from controltower import distribute as citus_layout  # noqa: E402
 from controltower import migrate, transactions  # noqa: E402
 from controltower.db import make_engine, normalize_url  # noqa: E402
 
@@ -486,6 +495,11 @@ def main() -> None:
     parser.add_argument("--node-url", action="append", default=[],
                         help="another PostgreSQL server whose processes serve the database (a Citus worker); "
                              "counted in the CPU figures")
+    parser.add_argument("--shards", type=int, default=citus_layout.SHARD_COUNT, help="Citus: shards per distributed table")
+    parser.add_argument("--compare-url", help="a plain PostgreSQL server: every ingest phase runs there too, right after")
+    parser.add_argument("--db-setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="ALTER DATABASE … SET for the ingest databases (e.g. citus.max_adaptive_executor_pool_size=1)")
+    parser.add_argument("--search", action=argparse.BooleanOptionalAction, default=True, help="measure search latency")
     parser.add_argument("--index-usage", action="store_true",
                         help="print pg_stat_user_indexes (idx_scan) of the last ingest database")
     args = parser.parse_args()
@@ -504,28 +518,44 @@ def main() -> None:
     name = f"ct_bench_{uuid.uuid4().hex[:8]}"
     phases = [(m, c) for m in modes for c in client_counts]
     names = [f"{name}_raw", *(f"{name}_{m}_{c}" for m, c in phases)]
+    compare_url = normalize_url(args.compare_url) if args.compare_url else None
+    plain_names = [f"{name}_plain_{m}_{c}" for m, c in phases] if compare_url else []
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         citus = bool(conn.execute(sa.text("SELECT 1 FROM pg_extension WHERE extname = 'citus'")).first())
         for db in names:
             conn.execute(sa.text(f'CREATE DATABASE "{db}"'))
+    plain_admin = sa.create_engine(compare_url, isolation_level="AUTOCOMMIT") if compare_url else None
+    if plain_admin is not None:
+        with plain_admin.connect() as conn:
+            for db in plain_names:
+                conn.execute(sa.text(f'CREATE DATABASE "{db}"'))
 
     def url_of(db: str, base: str = admin_url) -> str:
         return sa.engine.make_url(base).set(database=db).render_as_string(hide_password=False)
 
     engines = {db: make_engine(url_of(db)) for db in names}
-    meter = CpuMeter([admin_url, *(normalize_url(u) for u in args.node_url)], set(names))
+    engines |= {db: make_engine(url_of(db, compare_url)) for db in plain_names if compare_url}
+    meter = CpuMeter([admin_url, *(normalize_url(u) for u in args.node_url), *([compare_url] if compare_url else [])],
+                     set(names) | set(plain_names))
     proc = None
     try:
         for db, engine in engines.items():
-            if citus:
+            on_citus = citus and db in names
+            if on_citus:
                 distribute(admin_url, [normalize_url(u) for u in args.node_url], db)
             migrate.upgrade(engine)
-            if citus:
-                distribute_tables(engine)
+            if on_citus:
+                citus_layout.distribute(engine, shard_count=args.shards)
+            if args.db_setting and db != f"{name}_raw":
+                with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                    for setting in args.db_setting:
+                        key, _, value = setting.partition("=")
+                        if on_citus or not key.startswith("citus."):
+                            conn.execute(sa.text(f'ALTER DATABASE "{db}" SET {key} = {value}'))
         now = datetime.now(UTC)
         print(f"{args.events:,} events per run, batches of {args.batch}, clients {client_counts}, "
-              f"{args.workers} collector workers{' (Citus)' if citus else ''}"
+              f"{args.workers} collector workers{f' (Citus, {args.shards} shards)' if citus else ''}"
               f"{'' if meter.local else '; PostgreSQL is not local: its CPU is not measured'}", flush=True)
 
         meter.start(None)
@@ -538,15 +568,30 @@ def main() -> None:
         for mode, clients in phases:
             label, make, env, baseline = MODES[mode]
             db = f"{name}_{mode}_{clients}"
-            proc, base = start_collector(url_of(db), args.workers, env)
             events = make(args.events, mode[-1].upper(), now)
             bodies = [orjson.dumps(events[i:i + args.batch]) for i in range(0, len(events), args.batch)]
+            if compare_url:
+                # the same phase on one plain PostgreSQL, right before (the machine's load drifts)
+                plain = f"{name}_plain_{mode}_{clients}"
+                proc, base = start_collector(url_of(plain, compare_url), args.workers, env)
+                meter.start(proc.pid)
+                elapsed, lat = post_all(base + "/v1/events", bodies, clients, "application/json")
+                used = meter.stop()
+                plain_rate = len(events) / elapsed
+                print(f"POST /v1/events, {label:<24} {clients:>2} clients {plain_rate:>10,.0f} events/s   on plain "
+                      f"PostgreSQL ({compare_url.split('@')[-1]})", flush=True)
+                print(f"    {cpu_line(used, len(events))}", flush=True)
+                proc.terminate()
+                proc.wait(timeout=30)
+                proc = None
+            proc, base = start_collector(url_of(db), args.workers, env)
             meter.start(proc.pid)
             elapsed, lat = post_all(base + "/v1/events", bodies, clients, "application/json")
             used = meter.stop()
             rate = rates[mode, clients] = len(events) / elapsed
             lat.sort()
             vs = f"   vs {baseline} {rate / rates[baseline, clients]:.2f}" if (baseline, clients) in rates else ""
+            vs += f"   vs plain PostgreSQL {rate / plain_rate:.2f}" if compare_url else ""
             print(f"POST /v1/events, {label:<24} {clients:>2} clients {rate:>10,.0f} events/s   ratio to COPY "
                   f"{rate / copy_rate:.2f}{vs}   batch p50 {statistics.median(lat) * 1000:.0f} ms "
                   f"p95 {lat[int(len(lat) * 0.95) - 1] * 1000:.0f} ms", flush=True)
@@ -570,7 +615,7 @@ def main() -> None:
             proc = None
             last = db
 
-        if last is not None:
+        if last is not None and args.search:
             engine = engines[last]
             if args.index_usage:
                 print_index_usage(engine)
@@ -588,6 +633,10 @@ def main() -> None:
         with admin.connect() as conn:
             for db in names:
                 conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+        if plain_admin is not None:
+            with plain_admin.connect() as conn:
+                for db in plain_names:
+                    conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
         for u in args.node_url:
             node = sa.create_engine(normalize_url(u), isolation_level="AUTOCOMMIT")
             with node.connect() as conn:
@@ -632,30 +681,6 @@ def distribute(admin_url: str, node_urls: list[str], db: str) -> None:
             u = sa.engine.make_url(url)
             conn.execute(sa.text("SELECT citus_add_node(:h, :p)"), {"h": u.host, "p": u.port or 5432})
     coord.dispose()
-
-
-GROWING = ("events", "event_ids", "event_conflicts", "transactions", "transaction_milestones", "sla_deadlines",
-           "sla_samples", "sla_open_items")
-
-
-def distribute_tables(engine: sa.Engine) -> None:
-    """The decided layout (issue #15's common brief), by hand until `migrate --distributed` lands:
-    the growing tables by correlation_id co-located with events, transaction_keys by value in the
-    same group, every other table a reference table."""
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        done = set(conn.execute(sa.text("SELECT logicalrelid::regclass::text FROM pg_dist_partition")).scalars())
-        if "events" in done:
-            return
-        for table in GROWING:
-            conn.execute(sa.text("SELECT create_distributed_table(:t, 'correlation_id', colocate_with => :c)"),
-                         {"t": table, "c": "none" if table == "events" else "events"})
-        conn.execute(sa.text("SELECT create_distributed_table('transaction_keys', 'value', colocate_with => 'events')"))
-        others = conn.execute(sa.text("""
-            SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition
-              AND c.relname <> ALL(:skip)""" ), {"skip": [*GROWING, "transaction_keys", "alembic_version"]}).scalars().all()
-        for table in others:
-            conn.execute(sa.text("SELECT create_reference_table(:t)"), {"t": table})
 
 
 if __name__ == "__main__":

@@ -1,16 +1,20 @@
 """The write path's SQL: staging tables, the idempotent insert, conflicts and the merges.
 
-A batch is COPYed into the per-connection staging table `ct_batch` (with its arrival order,
-`ord`); `INSERT_NEW` claims each `(correlation_id, event_id)` in `event_ids` first and writes
-to `events` only the ids that claim returned, so an id is stored once whatever its time;
-`RECORD_CONFLICTS` compares the rest with the stored content; the upserts then merge only
-the new events into `transactions`, `transaction_milestones` and `transaction_keys`, each
-commutatively (earliest milestone wins, "last" fields follow the latest `(occurred_at,
-event_id)`). Every identifier here is a module constant, never input.
+A batch is COPYed into the staging table `ct_batch` under its own batch id, with its arrival
+order (`ord`) and `fresh` set on the first arrival of each id. `CLAIM_IDS` claims those ids in
+`event_ids` (the store clears `fresh` on the ones it lost, `UNCLAIMED`), so an id is stored
+once whatever its time; `INSERT_EVENTS` writes the fresh rows to `events`; `RECORD_CONFLICTS`
+compares the rest with the stored content; the upserts then merge only the fresh rows into
+`transactions`, `transaction_milestones` and `transaction_keys`, each commutatively (earliest
+milestone wins, "last" fields follow the latest `(occurred_at, event_id)`). Each statement is
+one INSERT … SELECT between tables co-located by the correlation id (or the key value), no
+modifying-CTE chain, so the same text runs on one PostgreSQL and, shard by shard, on Citus.
+Every identifier here is a module constant, never input.
 """
 
 from __future__ import annotations
 
+from controltower.distribute import KEYS_COLUMNS, STAGING_COLUMNS
 from controltower.event import CONTENT_FIELDS, IDENTITY
 
 # The events table's columns in COPY order: its key (time first), reception, then the content.
@@ -26,109 +30,109 @@ COPY_TYPES = (
 HASHED = CONTENT_FIELDS
 _HASH_ARGS = ", ".join(HASHED)
 
-STAGING_DDL = """
-CREATE TEMP TABLE IF NOT EXISTS ct_batch (ord integer NOT NULL, LIKE events INCLUDING COMPRESSION) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS ct_new (
-    occurred_at timestamptz, correlation_id text, event_id text, order_id text,
-    channel text, flow text, stage text, status text, system text,
-    error_code text, error_message text
-) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS ct_keys (
-    value text, kind text, correlation_id text, first_seen_at timestamptz, links boolean
-) ON COMMIT DELETE ROWS;
+# The staging tables: `batch` tells one batch's rows from another's, `ord` is the arrival order
+# in the batch, `fresh` marks the rows stored (the store COPYs each id's first arrival as fresh
+# and clears the flag of those whose claim failed). On plain PostgreSQL they are per-connection
+# temporary tables emptied at commit; on Citus `controltower migrate --distributed` creates them
+# as distributed tables co-located with what they feed (controltower.distribute.STAGING), so
+# every statement below runs on the shards; the store does not create the temporary ones there
+# (they would shadow the distributed ones) and deletes its batch's rows before commit.
+STAGING_DDL = f"""
+CREATE TEMP TABLE IF NOT EXISTS ct_batch ({STAGING_COLUMNS}) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS ct_keys ({KEYS_COLUMNS}) ON COMMIT DELETE ROWS;
 """
-COPY_BATCH = f"COPY ct_batch (ord, {COLS}) FROM STDIN (FORMAT BINARY)"  # noqa: S608
+COPY_BATCH = f"COPY ct_batch (batch, ord, fresh, {COLS}) FROM STDIN (FORMAT BINARY)"  # noqa: S608
+BATCH_TYPES = ("int8", "int4", "bool", *COPY_TYPES)
 
-# The first arrival of each id in the batch claims it in `event_ids`; only claimed ids reach
-# `events` (whose own key keeps occurred_at for partition pruning) and `ct_new`, which feeds the
-# transaction merge. Answers the arrival order (`ord`) of every event really stored.
-INSERT_NEW = f"""
-WITH first AS MATERIALIZED (
-    SELECT DISTINCT ON (correlation_id, event_id) ord, {COLS}
-    FROM ct_batch
-    ORDER BY correlation_id, event_id, ord
-), ids AS (
-    INSERT INTO event_ids (correlation_id, event_id, occurred_at, content_hash)
-    SELECT correlation_id, event_id, occurred_at, ct_event_hash({_HASH_ARGS})
-    FROM first
-    ORDER BY correlation_id, event_id
-    ON CONFLICT DO NOTHING
-    RETURNING correlation_id, event_id
-), ins AS (
-    INSERT INTO events ({COLS})
-    SELECT {COLS} FROM first JOIN ids USING (correlation_id, event_id)
-    ON CONFLICT DO NOTHING
-    RETURNING occurred_at, correlation_id, event_id, order_id, channel, flow, stage, status,
-              system, error_code, error_message
-), new AS (
-    INSERT INTO ct_new SELECT * FROM ins
-)
-SELECT first.ord FROM first JOIN ins USING (correlation_id, event_id)
+# The batch's first arrivals claim their ids in `event_ids` (the store staged only them as
+# fresh); answers the ids claimed. In key order, so concurrent batches lock in one order.
+CLAIM_IDS = f"""
+INSERT INTO event_ids (correlation_id, event_id, occurred_at, content_hash)
+SELECT correlation_id, event_id, occurred_at, ct_event_hash({_HASH_ARGS})
+FROM ct_batch
+WHERE batch = %(batch)s AND fresh
+ORDER BY correlation_id, event_id
+ON CONFLICT DO NOTHING
+RETURNING correlation_id, event_id
 """  # noqa: S608
+# The first arrivals whose claim failed (`%(ords)s`: their arrival order) are not stored.
+UNCLAIMED = "UPDATE ct_batch SET fresh = false WHERE batch = %(batch)s AND ord = ANY(%(ords)s::integer[])"
+# Only claimed ids reach `events` (whose own key keeps occurred_at for partition pruning).
+INSERT_EVENTS = f"""
+INSERT INTO events ({COLS})
+SELECT {COLS} FROM ct_batch WHERE batch = %(batch)s AND fresh
+ON CONFLICT DO NOTHING
+"""  # noqa: S608
+# Citus only (a temporary table empties itself at commit).
+CLEAR_BATCH = "DELETE FROM ct_batch WHERE batch = %(batch)s"
+CLEAR_KEYS = "DELETE FROM ct_keys WHERE batch = %(batch)s"
 
 # Fields compared with the stored event when an id comes back with another content hash.
 _COMPARED = CONTENT_FIELDS[1:]  # occurred_at is compared with the claimed time in event_ids
-_DIFFS = ",\n            ".join(
+_DIFF_FIELDS = sorted(
     [
-        "('occurred_at', to_jsonb(d.occurred_at), d.occurred_at IS DISTINCT FROM d.stored_occurred_at)",
+        ("occurred_at", "to_jsonb(d.occurred_at)", "d.occurred_at IS DISTINCT FROM d.stored_occurred_at"),
         # the payload's incoming value is not copied here: it may be large; the event shows it
-        "('payload', to_jsonb('differs'::text), d.payload IS DISTINCT FROM s.payload)",
+        ("payload", "to_jsonb('differs'::text)", "d.payload IS DISTINCT FROM s.payload"),
     ]
-    + [f"('{f}', to_jsonb(d.{f}), d.{f} IS DISTINCT FROM s.{f})" for f in _COMPARED if f != "payload"]
+    + [(f, f"to_jsonb(d.{f})", f"d.{f} IS DISTINCT FROM s.{f}") for f in _COMPARED if f != "payload"]
+)
+# The names of the fields that differ (in name order) and their incoming values, as plain
+# expressions (Citus refuses a VALUES list of non-immutable functions in a pushed-down query).
+_CHANGED = "array_remove(ARRAY[{}]::text[], NULL)".format(
+    ", ".join(f"CASE WHEN {differs} THEN '{name}' END" for name, _, differs in _DIFF_FIELDS)
+)
+_INCOMING = "jsonb_build_object({}) - array_remove(ARRAY[{}]::text[], NULL)".format(
+    ", ".join(f"'{name}', {value}" for name, value, _ in _DIFF_FIELDS),
+    ", ".join(f"CASE WHEN NOT ({differs}) THEN '{name}' END" for name, _, differs in _DIFF_FIELDS),
 )
 
-# Staged rows that were not stored (`%(dups)s`: their arrival order) whose content differs from
-# the stored event's: one row per distinct incoming content, counted, with the names of the
-# fields that differ; answers how many staged rows were conflicts.
-RECORD_CONFLICTS = f"""
-WITH c AS (
+# The staged rows that were not stored (not `fresh`), each with the stored id's hash and time
+# (one index probe per row: LIMIT keeps the planner from a hash join over all of event_ids).
+_NOT_STORED = f"""
     SELECT b.*, i.content_hash AS stored_hash, i.occurred_at AS stored_occurred_at,
            ct_event_hash({", ".join("b." + f for f in HASHED)}) AS incoming_hash
-    FROM (  -- only the rows not stored (a hash join, not ANY() per row); OFFSET keeps it first
-        SELECT s.* FROM ct_batch s JOIN unnest(%(dups)s::integer[]) AS u(ord) ON u.ord = s.ord OFFSET 0
-    ) b
-    -- one index probe per row (LIMIT keeps the planner from a hash join over all of event_ids)
+    FROM ct_batch b
     CROSS JOIN LATERAL (
         SELECT content_hash, occurred_at FROM event_ids i
         WHERE i.correlation_id = b.correlation_id AND i.event_id = b.event_id
         LIMIT 1
     ) i
-), d AS (
+    WHERE b.batch = %(batch)s AND NOT b.fresh
+"""  # noqa: S608
+
+# How many staged rows not stored carry another content than the stored event (conflicts).
+COUNT_CONFLICTS = f"SELECT count(*)::integer FROM ({_NOT_STORED}) c WHERE incoming_hash <> stored_hash"  # noqa: S608
+
+# Those conflicts into `event_conflicts`: one row per distinct incoming content, counted, with
+# the names of the fields that differ. One INSERT … SELECT without CTEs, so Citus runs it on
+# the shards (the probes follow the correlation id).
+RECORD_CONFLICTS = f"""
+INSERT INTO event_conflicts AS x (
+    correlation_id, event_id, incoming_hash, stored_hash, stored_occurred_at,
+    incoming_occurred_at, changed, incoming, source, first_seen_at, last_seen_at, count)
+SELECT d.correlation_id, d.event_id, d.incoming_hash, d.stored_hash, d.stored_occurred_at,
+       d.occurred_at, {_CHANGED}, {_INCOMING}, d.source, %(now)s, %(now)s, d.n
+FROM (
     SELECT DISTINCT ON (correlation_id, event_id, incoming_hash) c.*,
            count(*) OVER (PARTITION BY correlation_id, event_id, incoming_hash) AS n
-    FROM c
+    FROM ({_NOT_STORED}) c
     WHERE incoming_hash <> stored_hash
     ORDER BY correlation_id, event_id, incoming_hash, ord
-), up AS (
-    INSERT INTO event_conflicts AS x (
-        correlation_id, event_id, incoming_hash, stored_hash, stored_occurred_at,
-        incoming_occurred_at, changed, incoming, source, first_seen_at, last_seen_at, count)
-    SELECT d.correlation_id, d.event_id, d.incoming_hash, d.stored_hash, d.stored_occurred_at,
-           d.occurred_at, diff.changed, diff.incoming, d.source, %(now)s, %(now)s, d.n
-    FROM d
-    -- one index probe per conflict into the stored event's partition
-    LEFT JOIN LATERAL (
-        SELECT * FROM events e
-        WHERE e.correlation_id = d.correlation_id AND e.event_id = d.event_id
-          AND e.occurred_at = d.stored_occurred_at
-        LIMIT 1
-    ) s ON true
-    CROSS JOIN LATERAL (
-        SELECT coalesce(array_agg(name ORDER BY name), '{{}}') AS changed,
-               coalesce(jsonb_object_agg(name, value), '{{}}') AS incoming
-        FROM (VALUES
-            {_DIFFS}
-        ) AS v(name, value, differs)
-        WHERE differs
-    ) diff
-    ORDER BY d.correlation_id, d.event_id, d.incoming_hash
-    ON CONFLICT (correlation_id, event_id, incoming_hash) DO UPDATE SET
-        first_seen_at = LEAST(x.first_seen_at, excluded.first_seen_at),
-        last_seen_at = GREATEST(x.last_seen_at, excluded.last_seen_at),
-        source = excluded.source,
-        count = x.count + excluded.count
-)
-SELECT coalesce(sum(n), 0)::integer FROM d
+) d
+-- one index probe per conflict into the stored event's partition
+LEFT JOIN LATERAL (
+    SELECT * FROM events e
+    WHERE e.correlation_id = d.correlation_id AND e.event_id = d.event_id
+      AND e.occurred_at = d.stored_occurred_at
+    LIMIT 1
+) s ON true
+ORDER BY d.correlation_id, d.event_id, d.incoming_hash
+ON CONFLICT (correlation_id, event_id, incoming_hash) DO UPDATE SET
+    first_seen_at = LEAST(x.first_seen_at, excluded.first_seen_at),
+    last_seen_at = GREATEST(x.last_seen_at, excluded.last_seen_at),
+    source = excluded.source,
+    count = x.count + excluded.count
 """  # noqa: S608
 
 # "first" fields follow the earliest (occurred_at, event_id), "last" fields the latest; counts
@@ -166,8 +170,9 @@ SELECT correlation_id,
        coalesce(a.bid, correlation_id),  -- a new correlation id joins the business linking chose
        min(occurred_at) FILTER (WHERE channel IS NOT NULL),
        (array_agg(event_id ORDER BY occurred_at, event_id) FILTER (WHERE channel IS NOT NULL))[1]
-FROM ct_new
-LEFT JOIN unnest(%(assign_cids)s::text[], %(assign_bids)s::text[]) AS a(cid, bid) ON a.cid = ct_new.correlation_id
+FROM ct_batch
+LEFT JOIN unnest(%(assign_cids)s::text[], %(assign_bids)s::text[]) AS a(cid, bid) ON a.cid = ct_batch.correlation_id
+WHERE batch = %(batch)s AND fresh
 GROUP BY correlation_id, a.bid
 ORDER BY correlation_id
 ON CONFLICT (correlation_id) DO UPDATE SET
@@ -227,7 +232,7 @@ ON CONFLICT (correlation_id) DO UPDATE SET
                        THEN excluded.business_id ELSE t.business_id END
 """
 
-# Milestones come from the events this batch really stored (`ct_new`): per (correlation id,
+# Milestones come from the events this batch really stored (`fresh`): per (correlation id,
 # milestone) the earliest successful one, its channel breaking ties (NULL first), merged with
 # LEAST-like semantics, so they follow the same idempotency as `events`: a duplicate changes
 # nothing. Keys are computed in Python (collectors.rows) from the same events.
@@ -235,8 +240,8 @@ UPSERT_MILESTONES = """
 INSERT INTO transaction_milestones AS m (correlation_id, milestone, reached_at, channel, recorded_at)
 SELECT DISTINCT ON (correlation_id, flow || '.' || stage)
        correlation_id, flow || '.' || stage, occurred_at, channel, %(now)s
-FROM ct_new
-WHERE status = 'ok'
+FROM ct_batch
+WHERE batch = %(batch)s AND fresh AND status = 'ok'
 ORDER BY correlation_id, flow || '.' || stage, occurred_at, coalesce(channel, '') COLLATE "C"
 ON CONFLICT (correlation_id, milestone) DO UPDATE SET
     reached_at = excluded.reached_at,
@@ -245,20 +250,17 @@ ON CONFLICT (correlation_id, milestone) DO UPDATE SET
 WHERE (excluded.reached_at, coalesce(excluded.channel, '')) < (m.reached_at, coalesce(m.channel, ''))
 """
 
-COPY_KEYS = "COPY ct_keys FROM STDIN (FORMAT BINARY)"
-KEY_TYPES = ("text", "text", "text", "timestamptz", "bool")
-# Answers the identity rows this batch really inserted (`xmax = 0`: not an update): only they
-# can change the identity graph (controltower.linking).
+COPY_KEYS = "COPY ct_keys (batch, value, kind, correlation_id, first_seen_at) FROM STDIN (FORMAT BINARY)"
+KEY_TYPES = ("int8", "text", "text", "text", "timestamptz")
 UPSERT_KEYS = """
-WITH up AS (
-    INSERT INTO transaction_keys AS k (value, kind, correlation_id, first_seen_at)
-    SELECT value, kind, correlation_id, first_seen_at FROM ct_keys
-    ORDER BY value, kind, correlation_id
-    ON CONFLICT (value, kind, correlation_id) DO UPDATE SET first_seen_at = excluded.first_seen_at
-    WHERE excluded.first_seen_at < k.first_seen_at
-    RETURNING value, kind, correlation_id, xmax = 0 AS inserted
-)
-SELECT up.value, up.kind, up.correlation_id FROM up
-JOIN ct_keys c USING (value, kind, correlation_id)
-WHERE up.inserted AND c.links
+INSERT INTO transaction_keys AS k (value, kind, correlation_id, first_seen_at)
+SELECT value, kind, correlation_id, first_seen_at FROM ct_keys
+WHERE batch = %(batch)s
+ORDER BY value, kind, correlation_id
+ON CONFLICT (value, kind, correlation_id) DO UPDATE SET first_seen_at = excluded.first_seen_at
+WHERE excluded.first_seen_at < k.first_seen_at
 """
+# The same, answering every key row written and whether it was inserted (`xmax = 0`: not an
+# update), when the batch holds identity rows: only new ones can change the identity graph
+# (controltower.linking; the store keeps those whose kind links).
+UPSERT_KEYS_RETURNING = UPSERT_KEYS + "RETURNING value, kind, correlation_id, xmax = 0 AS inserted\n"

@@ -11,6 +11,7 @@ bodies.
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -26,7 +27,7 @@ from sqlalchemy.engine import Engine
 
 from collectors import statements as sql
 from collectors.rows import SeenCache, index_rows
-from controltower import linking, migrate
+from controltower import distribute, linking, migrate
 from controltower.db import is_unavailable
 from controltower.errors import EventError, StorageUnavailable
 from controltower.event import Event, EventRecord, Limits, event_from_record, parse_event
@@ -127,6 +128,7 @@ class EventStore:
         self._known_days: set[date] = set()
         self._keys = SeenCache()
         self._days_lock = threading.Lock()
+        self._citus: bool | None = None
 
     # -- validation -------------------------------------------------------------------------
     def _make_limits(self, sla_deadlines: Iterable[str]) -> Limits:
@@ -239,30 +241,52 @@ class EventStore:
                 raise
         raise AssertionError("unreachable")
 
+    def _staged_on_citus(self) -> bool:
+        """Whether the staging tables are distributed ones (Citus; decided once per store): then
+        the store must not create the temporary ones and clears its rows itself."""
+        if self._citus is None:
+            self._citus = distribute.is_distributed(self.engine)
+        return self._citus
+
     def _write_once(self, events: Sequence[Event], *, source: str, now: datetime) -> Written:
+        citus = self._staged_on_citus()
+        batch = secrets.randbits(63)  # tells this batch's staged rows from concurrent ones' (Citus)
+        first: dict[tuple[str, str], int] = {}  # the first arrival of each id: its arrival order
+        for ord_, event in enumerate(events):
+            first.setdefault((event.correlation_id, event.event_id), ord_)
         staged = None
         with self.engine.begin() as conn:
             raw = conn.connection.driver_connection
             assert isinstance(raw, psycopg.Connection)
             if not conn.info.get("ct_staging"):
-                raw.execute(sql.STAGING_DDL)
+                if not citus:
+                    raw.execute(sql.STAGING_DDL)
                 set_json_dumps(_dumps, context=raw)
                 # noted once committed: a failed first batch (a deadlock while linking, a cancel)
                 # rolls the staging tables back with it, and the next batch must create them again
                 staged = conn.info
             with raw.cursor() as cur:
+                params = {"batch": batch}
                 with cur.copy(sql.COPY_BATCH) as copy:
-                    copy.set_types(("int4", *sql.COPY_TYPES))
+                    copy.set_types(sql.BATCH_TYPES)
                     for ord_, event in enumerate(events):
-                        copy.write_row((ord_, *_row(event, now, source)))
-                cur.execute(sql.INSERT_NEW)
-                stored = sorted(row[0] for row in cur.fetchall())
+                        ids = (event.correlation_id, event.event_id)
+                        copy.write_row((batch, ord_, first[ids] == ord_, *_row(event, now, source)))
+                cur.execute(sql.CLAIM_IDS, params)
+                claimed = cur.fetchall()
+                if len(claimed) < len(first):
+                    got = {(c, e) for c, e in claimed}
+                    lost = [o for ids, o in first.items() if ids not in got]
+                    cur.execute(sql.UNCLAIMED, {"batch": batch, "ords": lost})
+                stored = sorted(first[c, e] for c, e in claimed)
+                if stored:
+                    cur.execute(sql.INSERT_EVENTS, params)
                 conflicts = 0
                 if len(stored) < len(events):
-                    kept = set(stored)
-                    dups = [i for i in range(len(events)) if i not in kept]
-                    cur.execute(sql.RECORD_CONFLICTS, {"dups": dups, "now": now})
+                    cur.execute(sql.COUNT_CONFLICTS, params)
                     conflicts = cur.fetchone()[0]  # type: ignore[index]
+                    if conflicts:
+                        cur.execute(sql.RECORD_CONFLICTS, {"batch": batch, "now": now})
                 keys: dict[tuple[str, ...], Any] = {}
                 links: set[tuple[str, str, str]] = set()
                 refused: Counter[str] = Counter()
@@ -276,20 +300,29 @@ class EventStore:
                     with cur.copy(sql.COPY_KEYS) as copy:
                         copy.set_types(sql.KEY_TYPES)
                         for key, at in keys.items():
-                            copy.write_row((*key, at, key in links))
-                    cur.execute(sql.UPSERT_KEYS)
-                    link = linking.link(
-                        cur, cur.fetchall(), kinds=self.settings.linking_keys,
-                        limit=self.settings.link_fanout_limit, now=now,
-                    )
+                            copy.write_row((batch, *key, at))
+                    if not links:
+                        cur.execute(sql.UPSERT_KEYS, params)
+                    else:
+                        cur.execute(sql.UPSERT_KEYS_RETURNING, params)
+                        inserted = [row[:3] for row in cur.fetchall() if row[3] and row[:3] in links]
+                        link = linking.link(
+                            cur, inserted, kinds=self.settings.linking_keys,
+                            limit=self.settings.link_fanout_limit, now=now,
+                        )
                 link.refused.update(refused)
                 if stored:
                     assigned = sorted(link.assign.items())
                     cur.execute(sql.UPSERT_TRANSACTIONS, {
-                        "now": now, "assign_cids": [c for c, _ in assigned], "assign_bids": [b for _, b in assigned],
+                        "batch": batch, "now": now,
+                        "assign_cids": [c for c, _ in assigned], "assign_bids": [b for _, b in assigned],
                     })
-                    # milestones straight from the stored rows (ct_new), earliest per milestone
-                    cur.execute(sql.UPSERT_MILESTONES, {"now": now})
+                    # milestones straight from the stored rows, earliest per milestone
+                    cur.execute(sql.UPSERT_MILESTONES, {"batch": batch, "now": now})
+                if citus:
+                    cur.execute(sql.CLEAR_BATCH, params)
+                    if keys:
+                        cur.execute(sql.CLEAR_KEYS, params)
         if staged is not None:
             staged["ct_staging"] = True
         # only what is committed may be skipped next time

@@ -194,6 +194,7 @@ def distribute(engine: Engine, *, shard_count: int = SHARD_COUNT) -> DistributeR
             conn.execute(sa.text("SELECT create_reference_table(CAST(:t AS regclass))"), {"t": table})
             conn.commit()
             result.reference.append(table)
+        _create_staging(conn, kinds, result)
     return result
 
 
@@ -251,3 +252,33 @@ def _autocommit(url: str, statement: str) -> None:
     finally:
         engine.dispose()
 
+# -- ingest's staging tables ------------------------------------------------------------------
+# On plain PostgreSQL the collectors stage each batch in per-connection temporary tables; on
+# Citus a temporary table lives on the coordinator only, so every INSERT … SELECT from it would
+# be pulled there and re-sent to each shard. Here they are permanent, UNLOGGED (a crash only
+# loses batches not yet committed, which their senders retry) and distributed like the tables
+# they feed, so each step of a batch runs shard by shard (collectors.statements, which creates
+# the temporary ones from the same columns). `batch` tells concurrent batches' rows apart.
+# (INCLUDING COMPRESSION: payloads reach the lz4 columns of events compressed with lz4)
+STAGING_COLUMNS = "batch bigint NOT NULL, ord integer NOT NULL, fresh boolean NOT NULL, LIKE events INCLUDING COMPRESSION"
+KEYS_COLUMNS = "batch bigint NOT NULL, value text, kind text, correlation_id text, first_seen_at timestamptz"
+STAGING: dict[str, tuple[str, str]] = {
+    # table -> (columns, distribution column)
+    "ct_batch": (STAGING_COLUMNS, "correlation_id"),
+    "ct_keys": (KEYS_COLUMNS, "value"),
+}
+
+
+def _create_staging(conn: Connection, kinds: dict[str, str], result: DistributeResult) -> None:
+    for table, (columns, column) in STAGING.items():
+        if kinds.get(table) == "h":
+            result.already.append(table)
+            continue
+        conn.execute(sa.text(f"CREATE UNLOGGED TABLE IF NOT EXISTS {table} ({columns})"))
+        conn.execute(sa.text(f"CREATE INDEX IF NOT EXISTS {table}_batch ON {table} (batch)"))
+        conn.execute(
+            sa.text("SELECT create_distributed_table(CAST(:t AS regclass), :c, colocate_with => :w)"),
+            {"t": table, "c": column, "w": ANCHOR},
+        )
+        conn.commit()
+        result.distributed.append(table)
