@@ -266,6 +266,11 @@ class EventStore:
                 # rolls the staging tables back with it, and the next batch must create them again
                 staged = conn.info
             with raw.cursor() as cur:
+                if citus:
+                    # one connection per worker for the whole batch: every step then sees what the
+                    # earlier ones wrote (Citus refuses a read of placements a multi-shard write
+                    # modified over several connections), and it measured faster (docs/scaling.md)
+                    cur.execute("SET LOCAL citus.max_adaptive_executor_pool_size = 1")
                 params = {"batch": batch}
                 with cur.copy(sql.COPY_BATCH) as copy:
                     copy.set_types(sql.BATCH_TYPES)

@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from psycopg import sql
 from sqlalchemy.engine import Connection
 
+from controltower.distribute import STAGING
 from controltower.errors import ControlTowerError
 
 PROCESSES = ("collector", "scheduler", "dashboard")
@@ -56,7 +57,7 @@ EXCEPTION_STATE_COLUMNS = ("state", "assignee", "tags", "snoozed_until", "resolv
                            "resolution_note", "reopen_count", "opened_at", "updated_at")
 KNOWN_TABLES = frozenset(
     {*METRICS_TABLES, *INGEST_TABLES, *ALERT_TABLES, *INCIDENT_TABLES, *ALERT_HEALTH_TABLES, *BROKER_TABLES,
-     *EXCEPTION_TABLES, *REPLAY_TABLES, *SECRET_TABLES, "alembic_version"}
+     *EXCEPTION_TABLES, *REPLAY_TABLES, *SECRET_TABLES, *STAGING, "alembic_version"}
 )
 
 ENSURE_PARTITION = "ct_ensure_event_partition(date)"
@@ -108,6 +109,8 @@ POLICY: dict[str, Policy] = {
             # replay: requests (CLI), the executor's outcomes, the opt-in raw store and its retention
             *(Write(t, ("INSERT", "UPDATE", "DELETE")) for t in REPLAY_TABLES),
             *_EXCEPTION_ACTIONS,  # POST /v1/exceptions/{id}/{action}
+            # on a Citus cluster ingest stages batches in distributed tables (they exist only there)
+            *(Write(t, ("INSERT", "UPDATE", "DELETE")) for t in STAGING),
         ),
         functions=(ENSURE_PARTITION,),
         temporary=True,

@@ -27,6 +27,7 @@ from controltower.schema import metadata
 from controltower.settings import Settings
 
 CITUS_URL = os.environ.get("CONTROLTOWER_TEST_CITUS_URL")
+CITUS_SHARDS = 4  # few shards: each test truncates every table, and a TRUNCATE visits every shard
 # what the opt-in Citus mode runs (paths under tests/)
 CITUS_SUITES = ("collectors", "core", "metrics", "alerts", "web")
 
@@ -87,8 +88,7 @@ def migrated_engine(database_url: str) -> Iterator[Engine]:
     if CITUS_URL:
         from controltower import distribute
 
-        # few shards: each test truncates every table, and a TRUNCATE visits every shard
-        distribute.distribute(engine, shard_count=4)
+        distribute.distribute(engine, shard_count=CITUS_SHARDS)
     yield engine
     engine.dispose()
 
