@@ -18,20 +18,17 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import scratch  # noqa: E402
 from bench.ingest import CpuMeter, cpu_line, raw_copy  # noqa: E402
 from controltower import migrate  # noqa: E402
-from controltower.db import make_engine, normalize_url  # noqa: E402
+from controltower.db import make_engine  # noqa: E402
 from controltower.settings import Settings  # noqa: E402
 from simulator.emit import StoreSink, Totals  # noqa: E402
 from simulator.run import Run  # noqa: E402
@@ -61,12 +58,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args()
 
-    if args.database_url:
-        admin_url = normalize_url(args.database_url)
-    else:
-        import pgserver
-
-        admin_url = normalize_url(pgserver.get_server(Path(tempfile.mkdtemp()) / "pgdata", cleanup_mode="delete").get_uri())
+    admin_url = scratch.server_url(args.database_url)
 
     now = datetime.now(UTC)
     capture = _Capture()
@@ -75,51 +67,43 @@ def main() -> None:
     print(f"{len(records):,} simulated events ({args.hours:g} h, rate scale {args.rate_scale:g}, ids {args.ids}), "
           f"StoreSink batches of {args.batch}", flush=True)
 
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    name = f"ct_backfill_{uuid.uuid4().hex[:8]}"
     ratios, store_rates, copy_rates = [], [], []
-    try:
-        for round_ in range(args.repeat):
-            dbs = [f"{name}_{round_}_store", f"{name}_{round_}_copy"]
-            with admin.connect() as conn:
-                for db in dbs:
-                    conn.execute(sa.text(f'CREATE DATABASE "{db}"'))
-            urls = [sa.engine.make_url(admin_url).set(database=db).render_as_string(hide_password=False) for db in dbs]
-            engines = [make_engine(u) for u in urls]
-            meter = CpuMeter([admin_url], set(dbs))
-            try:
-                for engine in engines:
-                    migrate.upgrade(engine)
-                settings = Settings.load(environ={"CONTROLTOWER_DATABASE_URL": urls[0]})
-                sink = StoreSink(engines[0], settings, batch_size=args.batch)
-                sink.store.ensure_partitions({datetime.fromisoformat(r["occurred_at"]).astimezone(UTC).date()
-                                              for r in records})
-                meter.start(os.getpid())
-                started = time.perf_counter()
-                sink.send([_Sim(r) for r in records])
-                elapsed = time.perf_counter() - started
-                used = meter.stop()
-                if sink.totals.rejected:
-                    print(f"  {sink.totals.rejected} rejected, e.g. {sink.totals.rejections[:1]}")
-                store_rate = len(records) / elapsed
-                copy_rate = raw_copy(engines[1], records)
-                store_rates.append(store_rate)
-                copy_rates.append(copy_rate)
-                ratios.append(store_rate / copy_rate)
-                print(f"round {round_ + 1}: backfill {store_rate:>9,.0f} events/s   raw COPY {copy_rate:>9,.0f} events/s"
-                      f"   ratio {store_rate / copy_rate:.2f}   accepted {sink.totals.accepted:,}", flush=True)
-                print(f"    backfill {cpu_line(used, len(records))} (python = this process)", flush=True)
-            finally:
-                meter.close()
-                for engine in engines:
-                    engine.dispose()
-                with admin.connect() as conn:
-                    for db in dbs:
-                        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
-        print(f"median over {args.repeat}: backfill {statistics.median(store_rates):,.0f} events/s, raw COPY "
-              f"{statistics.median(copy_rates):,.0f} events/s, ratio {statistics.median(ratios):.2f}")
-    finally:
-        admin.dispose()
+    for round_ in range(args.repeat):
+        made = [scratch.create(admin_url, f"ct_backfill_{kind}") for kind in ("store", "copy")]
+        dbs = [name for _, name, _ in made]
+        urls = [url for _, _, url in made]
+        engines = [make_engine(u) for u in urls]
+        meter = CpuMeter([admin_url], set(dbs))
+        try:
+            for engine in engines:
+                migrate.upgrade(engine)
+            settings = Settings.load(environ={"CONTROLTOWER_DATABASE_URL": urls[0]})
+            sink = StoreSink(engines[0], settings, batch_size=args.batch)
+            sink.store.ensure_partitions({datetime.fromisoformat(r["occurred_at"]).astimezone(UTC).date()
+                                          for r in records})
+            meter.start(os.getpid())
+            started = time.perf_counter()
+            sink.send([_Sim(r) for r in records])
+            elapsed = time.perf_counter() - started
+            used = meter.stop()
+            if sink.totals.rejected:
+                print(f"  {sink.totals.rejected} rejected, e.g. {sink.totals.rejections[:1]}")
+            store_rate = len(records) / elapsed
+            copy_rate = raw_copy(engines[1], records)
+            store_rates.append(store_rate)
+            copy_rates.append(copy_rate)
+            ratios.append(store_rate / copy_rate)
+            print(f"round {round_ + 1}: backfill {store_rate:>9,.0f} events/s   raw COPY {copy_rate:>9,.0f} events/s"
+                  f"   ratio {store_rate / copy_rate:.2f}   accepted {sink.totals.accepted:,}", flush=True)
+            print(f"    backfill {cpu_line(used, len(records))} (python = this process)", flush=True)
+        finally:
+            meter.close()
+            for engine in engines:
+                engine.dispose()
+            for admin, name, _ in made:
+                scratch.drop(admin, name)
+    print(f"median over {args.repeat}: backfill {statistics.median(store_rates):,.0f} events/s, raw COPY "
+          f"{statistics.median(copy_rates):,.0f} events/s, ratio {statistics.median(ratios):.2f}")
 
 
 class _Sim:

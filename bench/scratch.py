@@ -9,6 +9,18 @@ import sqlalchemy as sa
 from controltower.db import make_engine, normalize_url
 
 
+def server_url(database_url: str | None) -> str:
+    """The server to benchmark on: `database_url`'s, else an embedded PostgreSQL in a temp folder."""
+    if database_url:
+        return normalize_url(database_url)
+    import tempfile
+    from pathlib import Path
+
+    import pgserver
+
+    return normalize_url(pgserver.get_server(Path(tempfile.mkdtemp()) / "pgdata", cleanup_mode="delete").get_uri())
+
+
 def create(server_url: str, prefix: str) -> tuple[sa.Engine, str, str]:
     """A new empty database on the server: (admin engine, its name, its URL)."""
     admin = make_engine(normalize_url(server_url))

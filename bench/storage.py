@@ -21,9 +21,7 @@ import argparse
 import math
 import os
 import sys
-import tempfile
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,8 +30,9 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import scratch  # noqa: E402
 from controltower import migrate, retention  # noqa: E402
-from controltower.db import make_engine, normalize_url  # noqa: E402
+from controltower.db import make_engine  # noqa: E402
 from controltower.settings import Settings  # noqa: E402
 
 # Every relation of the schema, partitions folded into their root, TOAST into its table and
@@ -140,17 +139,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     args = parser.parse_args()
 
-    if args.database_url:
-        admin_url = normalize_url(args.database_url)
-    else:
-        import pgserver
-
-        admin_url = normalize_url(pgserver.get_server(Path(tempfile.mkdtemp()) / "pgdata", cleanup_mode="delete").get_uri())
-    name = f"ct_storage_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    admin, name, url = scratch.create(scratch.server_url(args.database_url), "ct_storage")
     engine = make_engine(url)
     settings = Settings.load({"database_url": url}, environ={})
     try:
@@ -167,10 +156,10 @@ def main() -> None:
             print(f"\nkept database {name}")
     finally:
         engine.dispose()
-        if not args.keep:
-            with admin.connect() as conn:
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        if args.keep:
+            admin.dispose()
+        else:
+            scratch.drop(admin, name)
 
 
 if __name__ == "__main__":
