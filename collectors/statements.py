@@ -231,6 +231,10 @@ ON CONFLICT (correlation_id) DO UPDATE SET
     business_id = CASE WHEN excluded.business_id <> excluded.correlation_id
                        THEN excluded.business_id ELSE t.business_id END
 """
+# on a cluster keeping `business_members` (controltower.distribute.MEMBERS): which rows were new,
+# and the business each was stored with, for their member rows
+UPSERT_TRANSACTIONS_RETURNING = UPSERT_TRANSACTIONS.rstrip() + "\nRETURNING correlation_id, business_id, xmax = 0 AS inserted\n"
+
 
 # Milestones come from the events this batch really stored (`fresh`): per (correlation id,
 # milestone) the earliest successful one, its channel breaking ties (NULL first), merged with

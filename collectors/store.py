@@ -129,6 +129,7 @@ class EventStore:
         self._keys = SeenCache()
         self._days_lock = threading.Lock()
         self._citus: bool | None = None
+        self._members = False  # whether ingest keeps business_members (a cluster; decided with _citus)
 
     # -- validation -------------------------------------------------------------------------
     def _make_limits(self, sla_deadlines: Iterable[str]) -> Limits:
@@ -246,6 +247,8 @@ class EventStore:
         the store must not create the temporary ones and clears its rows itself."""
         if self._citus is None:
             self._citus = distribute.is_distributed(self.engine)
+            with self.engine.connect() as conn:
+                self._members = self._citus and distribute.has_members(conn)
         return self._citus
 
     def _write_once(self, events: Sequence[Event], *, source: str, now: datetime) -> Written:
@@ -313,15 +316,19 @@ class EventStore:
                         inserted = [row[:3] for row in cur.fetchall() if row[3] and row[:3] in links]
                         link = linking.link(
                             cur, inserted, kinds=self.settings.linking_keys,
-                            limit=self.settings.link_fanout_limit, now=now,
+                            limit=self.settings.link_fanout_limit, now=now, members=self._members,
                         )
                 link.refused.update(refused)
                 if stored:
                     assigned = sorted(link.assign.items())
-                    cur.execute(sql.UPSERT_TRANSACTIONS, {
+                    cur.execute(sql.UPSERT_TRANSACTIONS_RETURNING if self._members else sql.UPSERT_TRANSACTIONS, {
                         "batch": batch, "now": now,
                         "assign_cids": [c for c, _ in assigned], "assign_bids": [b for _, b in assigned],
                     })
+                    if self._members:  # each new transaction's member row, with the business it got
+                        added = [(bid, cid) for cid, bid, inserted in cur.fetchall() if inserted]
+                        if added:
+                            cur.execute(distribute.MEMBERS_ADD, ([b for b, _ in added], [c for _, c in added]))
                     # milestones straight from the stored rows, earliest per milestone
                     cur.execute(sql.UPSERT_MILESTONES, {"batch": batch, "now": now})
                 if citus:

@@ -33,7 +33,11 @@ Every table of the schema is in `LAYOUT` (a test fails on one that is not), deci
   (incidents, exception groups), which a reference table could not.
 
 Why not everything by the business id: a late link merges two businesses, and their rows
-would have to move between shards (see docs/scaling.md).
+would have to move between shards (see docs/scaling.md). What a business's readers need by
+business id is its member list, so that alone is kept by it: `business_members`
+(`MEMBERS`), one (business id, correlation id) row per transaction, distributed by the business
+id and created only here (one server reads `transactions_business_idx` instead). A merge moves
+the smaller side's member rows, a few bytes each; the members' own rows stay where they are.
 """
 
 from __future__ import annotations
@@ -195,6 +199,8 @@ def distribute(engine: Engine, *, shard_count: int = SHARD_COUNT) -> DistributeR
             conn.commit()
             result.reference.append(table)
         _create_staging(conn, kinds, result)
+        _create_members(conn, kinds, result)
+    _HAS_MEMBERS.pop(engine, None)  # asked again by the next reader
     return result
 
 
@@ -282,3 +288,62 @@ def _create_staging(conn: Connection, kinds: dict[str, str], result: DistributeR
         )
         conn.commit()
         result.distributed.append(table)
+
+
+# -- the member list of each business transaction ---------------------------------------------
+# `transactions.business_id` says which business a correlation id belongs to; on one server
+# `transactions_business_idx` answers the converse. On a cluster that index is on every shard
+# (a business's members hash anywhere), so every reader by business id would ask all of them.
+# This table answers it from one shard: one row per transaction, distributed by the business id
+# (co-located with `transactions`, whose row of the same id names the business). Ingest adds a
+# new transaction's row, linking moves a member's row with its `business_id`, retention removes
+# a business's rows with it: always in the same database transaction as the `transactions`
+# write it mirrors, under the same business locks (collectors.store, controltower.linking,
+# controltower.retention; `controltower migrate --distributed` fills it from `transactions`).
+MEMBERS = "business_members"
+_MEMBERS_DDL = f"""
+CREATE TABLE IF NOT EXISTS {MEMBERS} (
+    business_id text NOT NULL,
+    correlation_id text NOT NULL,
+    PRIMARY KEY (business_id, correlation_id)
+)"""
+MEMBERS_FILL = f"""
+INSERT INTO {MEMBERS} (business_id, correlation_id)
+SELECT business_id, correlation_id FROM transactions
+ON CONFLICT DO NOTHING"""  # noqa: S608 (a module constant)
+
+# the statements that keep it (psycopg placeholders: linking and ingest run them on a raw cursor)
+MEMBERS_ADD = f"""
+INSERT INTO {MEMBERS} (business_id, correlation_id)
+SELECT b, c FROM unnest(%s::text[], %s::text[]) AS u(b, c)
+ORDER BY 1, 2
+ON CONFLICT DO NOTHING"""  # noqa: S608 (bids, cids)
+MEMBERS_REMOVE = f"""
+DELETE FROM {MEMBERS} m USING unnest(%s::text[], %s::text[]) AS u(b, c)
+WHERE m.business_id = u.b AND m.correlation_id = u.c"""  # noqa: S608 (bids, cids)
+
+
+def has_members(conn: Connection) -> bool:
+    """True when this database keeps `business_members` (a distributed one; asked once per engine)."""
+    known = _HAS_MEMBERS.get(conn.engine)
+    if known is None:
+        known = _HAS_MEMBERS[conn.engine] = bool(conn.execute(sa.text(
+            "SELECT to_regclass(:t) IS NOT NULL"), {"t": MEMBERS}).scalar())
+    return known
+
+
+_HAS_MEMBERS: weakref.WeakKeyDictionary[Engine, bool] = weakref.WeakKeyDictionary()
+
+
+def _create_members(conn: Connection, kinds: dict[str, str], result: DistributeResult) -> None:
+    if kinds.get(MEMBERS) == "h":
+        result.already.append(MEMBERS)
+        return
+    conn.execute(sa.text(_MEMBERS_DDL))
+    conn.execute(
+        sa.text("SELECT create_distributed_table(CAST(:t AS regclass), 'business_id', colocate_with => :w)"),
+        {"t": MEMBERS, "w": ANCHOR},
+    )
+    conn.execute(sa.text(MEMBERS_FILL))
+    conn.commit()
+    result.distributed.append(MEMBERS)

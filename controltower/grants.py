@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from psycopg import sql
 from sqlalchemy.engine import Connection
 
-from controltower.distribute import STAGING
+from controltower.distribute import MEMBERS, STAGING
 from controltower.errors import ControlTowerError
 
 PROCESSES = ("collector", "scheduler", "dashboard")
@@ -57,7 +57,7 @@ EXCEPTION_STATE_COLUMNS = ("state", "assignee", "tags", "snoozed_until", "resolv
                            "resolution_note", "reopen_count", "opened_at", "updated_at")
 KNOWN_TABLES = frozenset(
     {*METRICS_TABLES, *INGEST_TABLES, *ALERT_TABLES, *INCIDENT_TABLES, *ALERT_HEALTH_TABLES, *BROKER_TABLES,
-     *EXCEPTION_TABLES, *REPLAY_TABLES, *SECRET_TABLES, *STAGING, "alembic_version"}
+     *EXCEPTION_TABLES, *REPLAY_TABLES, *SECRET_TABLES, *STAGING, MEMBERS, "alembic_version"}
 )
 
 ENSURE_PARTITION = "ct_ensure_event_partition(date)"
@@ -111,6 +111,7 @@ POLICY: dict[str, Policy] = {
             *_EXCEPTION_ACTIONS,  # POST /v1/exceptions/{id}/{action}
             # on a Citus cluster ingest stages batches in distributed tables (they exist only there)
             *(Write(t, ("INSERT", "UPDATE", "DELETE")) for t in STAGING),
+            Write(MEMBERS, ("INSERT", "DELETE")),  # a cluster's member lists: new transactions, links
         ),
         functions=(ENSURE_PARTITION,),
         temporary=True,
@@ -130,6 +131,7 @@ POLICY: dict[str, Policy] = {
             # retention: expired transactions and their rows, batched
             *(Write(t, ("DELETE",)) for t in INGEST_TABLES if t not in ("events", "event_conflicts")),
             Write("event_conflicts", ("DELETE",)),
+            Write(MEMBERS, ("DELETE",)),  # a cluster's member lists (exists only there)
             *(Write(t, ("INSERT", "DELETE")) for t in BROKER_TABLES),  # taps run by the scheduler; retention
             *(Write(t, ("INSERT", "UPDATE", "DELETE")) for t in REPLAY_TABLES),  # replay executor, raw store
             *(Write(t, ("INSERT", "UPDATE", "DELETE")) for t in EXCEPTION_TABLES),  # grouping, auto-resolve

@@ -39,6 +39,7 @@ from datetime import datetime
 
 import psycopg
 
+from controltower.distribute import MEMBERS, MEMBERS_ADD, MEMBERS_REMOVE
 from controltower.identity import (
     LOCK_BUSINESS,
     LOCK_VALUE,
@@ -137,7 +138,7 @@ _BUSINESS_OF = "SELECT correlation_id, business_id FROM transactions WHERE corre
 _COUNT = """
 SELECT business_id, count(*) FROM (
     SELECT business_id, row_number() OVER (PARTITION BY business_id) AS n
-    FROM transactions WHERE business_id = ANY(%s)
+    FROM {table} WHERE business_id = ANY(%s)
 ) x
 WHERE n <= %s
 GROUP BY business_id
@@ -147,7 +148,14 @@ UPDATE transactions t SET business_id = u.new
 FROM unnest(%s::text[], %s::text[]) AS u(old, new)
 WHERE t.business_id = u.old
 """
-_MEMBERS = "SELECT correlation_id, business_id FROM transactions WHERE business_id = ANY(%s)"
+_MEMBERS = "SELECT correlation_id, business_id FROM {table} WHERE business_id = ANY(%s)"
+# Members by business id: one server reads transactions_business_idx; a cluster keeping
+# business_members (controltower.distribute.MEMBERS, `members=True`) reads that, one shard per
+# business instead of all of them, and every business_id write below is mirrored there.
+_BY_BUSINESS = {
+    False: {"count": _COUNT.format(table="transactions"), "members": _MEMBERS.format(table="transactions")},
+    True: {"count": _COUNT.format(table=MEMBERS), "members": _MEMBERS.format(table=MEMBERS)},
+}
 _EDGES = f"""
 SELECT k.kind, k.value, k.correlation_id FROM transaction_keys k
 WHERE k.correlation_id = ANY(%(cids)s) AND k.kind = ANY(%(kinds)s)
@@ -171,11 +179,13 @@ def link(
     now: datetime,
     full: bool = False,
     seeds: Iterable[str] = (),
+    members: bool = False,
 ) -> LinkResult:
     """Re-link around `rows` ((value, kind, correlation_id) identity key rows, linkable ones,
     already stored). Ingest passes the rows its batch inserted; relink passes stored rows with
     `full=True` (hub status re-decided both ways under `limit`) and, as `seeds`, correlation ids
-    whose business must be recomputed even without rows (their keys stopped linking)."""
+    whose business must be recomputed even without rows (their keys stopped linking).
+    `members`: the database keeps `business_members` (a cluster), read and written with `transactions`."""
     result = LinkResult()
     extra = set(seeds)
     if not rows and not extra:
@@ -240,7 +250,7 @@ def link(
         cur.execute(_HUB_DOWN, {"kinds": [k for k, _ in stopped_hub], "values": [v for _, v in stopped_hub]})
     if not became_hub and not full and not extra:
         if linking:
-            _merge(cur, {key: holders[key] for key in linking}, now, result, seen_business)
+            _merge(cur, {key: holders[key] for key in linking}, now, result, seen_business, members)
         return result  # nothing split: new links can only merge businesses
     # a value became a hub (or relink): its correlation ids may have been linked through it
     # only, so the region's components are recomputed from its keys
@@ -250,31 +260,34 @@ def link(
     if became_hub:  # every holder: the capped list may miss the ones it had linked
         cur.execute(_HOLDERS, {"kinds": [k for k, _ in became_hub], "values": [v for _, v in became_hub]})
         seeds.update(r[2] for r in cur.fetchall())
-    members = _lock_region(cur, sorted(seeds), result)
-    cur.execute(_EDGES, {"cids": list(members), "kinds": kind_list})
+    region = _lock_region(cur, sorted(seeds), result, members)
+    cur.execute(_EDGES, {"cids": list(region), "kinds": kind_list})
     by_value: dict[tuple[str, str], list[str]] = defaultdict(list)
     for kind, value, cid in cur.fetchall():
         if refusal(value) is None:  # the rule ingest applied (the SQL only bounds the length)
             by_value[(kind, value)].append(cid)
     edges = [(cids[0], other) for cids in by_value.values() for other in cids[1:]]
-    groups = components(members, edges)
-    sizes = Counter(members.values())
-    named = name_components(groups, members, sizes)
-    moved = {cid: bid for cid, bid in named.items() if members.get(cid) != bid}
+    groups = components(region, edges)
+    sizes = Counter(region.values())
+    named = name_components(groups, region, sizes)
+    moved = {cid: bid for cid, bid in named.items() if region.get(cid) != bid}
     if moved:
         cids = sorted(c for c in moved if c not in result.pending)
         cur.execute(_MOVE, (cids, [moved[c] for c in cids]))
+        if members and cids:  # the stored ones' member rows move with them (pending ones get theirs on insert)
+            cur.execute(MEMBERS_REMOVE, ([region[c] for c in cids], cids))
+            cur.execute(MEMBERS_ADD, ([moved[c] for c in cids], cids))
         result.assign.update({c: b for c, b in moved.items() if c in result.pending})
-        changed = sorted({moved[c] for c in moved} | {members[c] for c in moved if c in members})
+        changed = sorted({moved[c] for c in moved} | {region[c] for c in moved if c in region})
         cur.execute(_JOURNAL, (now, changed))
         result.moved = len(moved)
-        result.merged = len(set(members.values()) - set(named.values()))
+        result.merged = len(set(region.values()) - set(named.values()))
     return result
 
 
 def _merge(
     cur: psycopg.Cursor, holders: dict[tuple[str, str], list[str]], now: datetime, result: LinkResult,
-    seen: dict[str, str],
+    seen: dict[str, str], members: bool = False,
 ) -> None:
     """New links without a new hub only join businesses: the businesses of each linking value's
     holders become one, named by the biggest stored one (this batch's own new correlation ids
@@ -288,7 +301,7 @@ def _merge(
     if not joined:
         return
     stored = [[b for b in g if b not in result.pending] for g in joined]
-    sizes = _sizes(cur, [g for g in stored if len(g) > 1]) if any(len(g) > 1 for g in stored) else {}
+    sizes = _sizes(cur, [g for g in stored if len(g) > 1], members) if any(len(g) > 1 for g in stored) else {}
     old: list[str] = []
     new: list[str] = []
     for group, kept in zip(joined, stored, strict=True):
@@ -302,21 +315,33 @@ def _merge(
                     old.append(b)
                     new.append(survivor)
     result.merged += sum(len(g) - 1 for g in joined)
-    if old:
+    if old and members:
+        # the smaller sides' members from business_members (their shards only), then each one's
+        # row by correlation id (its shard) and its member row: (old, cid) becomes (new, cid)
+        cur.execute(_BY_BUSINESS[True]["members"], (old,))
+        renamed = sorted(cur.fetchall())
+        survivor_of = dict(zip(old, new, strict=True))
+        cids = [c for c, _ in renamed]
+        cur.execute(_MOVE, (cids, [survivor_of[b] for _, b in renamed]))
+        result.moved += cur.rowcount
+        cur.execute(MEMBERS_REMOVE, ([b for _, b in renamed], cids))
+        cur.execute(MEMBERS_ADD, ([survivor_of[b] for _, b in renamed], cids))
+    elif old:
         cur.execute(_RENAME, (old, new))
         result.moved += cur.rowcount
+    if old:
         # only stored businesses had samples to re-attribute; a new correlation id's own events
         # touch its business for the SLA job anyway
         cur.execute(_JOURNAL, (now, sorted(set(old) | set(new))))
 
 
-def _sizes(cur: psycopg.Cursor, groups: list[list[str]]) -> dict[str, int]:
+def _sizes(cur: psycopg.Cursor, groups: list[list[str]], members: bool = False) -> dict[str, int]:
     """Member counts of the businesses in `groups`, exact except the biggest of each group, which
     is only known to be at least as big as every other: counting stops at a doubling cap."""
     cap = 64
     while True:
         todo = sorted({b for g in groups for b in g})
-        cur.execute(_COUNT, (todo, cap))
+        cur.execute(_BY_BUSINESS[members]["count"], (todo, cap))
         # no row yet: this batch's own correlation id, a business of one
         sizes = {b: max(int(n), 1) for b, n in cur.fetchall()}
         if all(sum(1 for b in g if sizes[b] >= cap) <= 1 for g in groups):
@@ -351,10 +376,10 @@ def _lock_businesses(
     raise RegionUnstable("identity region kept moving under concurrent merges")
 
 
-def _lock_region(cur: psycopg.Cursor, seeds: list[str], result: LinkResult) -> dict[str, str]:
+def _lock_region(cur: psycopg.Cursor, seeds: list[str], result: LinkResult, members: bool = False) -> dict[str, str]:
     """Lock the businesses of `seeds` and answer all their members (correlation id → business id)."""
     business = _lock_businesses(cur, seeds, result)
-    cur.execute(_MEMBERS, (sorted(set(business.values())),))
+    cur.execute(_BY_BUSINESS[members]["members"], (sorted(set(business.values())),))
     members = dict(cur.fetchall())
     for c in result.pending:
         members[c] = c
@@ -399,6 +424,7 @@ def relink(
     stats = RelinkStats()
     with connect() as conn:
         conn.execute(_STALE_HUBS, (kind_list,))
+        members = bool(conn.execute("SELECT to_regclass(%s) IS NOT NULL", (MEMBERS,)).fetchone()[0])  # type: ignore[index]
     after = ""
     while True:
         with connect() as conn:
@@ -410,7 +436,9 @@ def relink(
                 with connect() as conn, conn.cursor() as cur:
                     cur.execute(_CHUNK_ROWS, {"cids": cids, "kinds": kind_list})
                     rows = [r for r in cur.fetchall() if refusal(r[0]) is None]
-                    result = link(cur, rows, kinds=kind_list, limit=limit, now=now, full=True, seeds=cids)
+                    result = link(
+                        cur, rows, kinds=kind_list, limit=limit, now=now, full=True, seeds=cids, members=members,
+                    )
                 break
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
                 stats.retried += 1

@@ -34,7 +34,7 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from controltower import grants, linking, migrate
+from controltower import distribute, grants, linking, migrate
 from controltower.errors import ControlTowerError
 from controltower.identity import LOCK_BUSINESS
 from controltower.settings import Settings
@@ -102,6 +102,16 @@ _EXPIRE_ROWS = (
     sa.text("DELETE FROM sla_open_items WHERE correlation_id = ANY(CAST(:bids AS text[]))"),
 )
 _EXPIRE_TRANSACTIONS = sa.text("DELETE FROM transactions WHERE correlation_id = ANY(CAST(:cids AS text[]))")
+# On a cluster keeping business_members (controltower.distribute.MEMBERS) the members come from
+# there (the businesses' shards) and their activity from their rows (their shards), instead of
+# transactions_business_idx on every shard; the member rows go with the business.
+_MEMBER_IDS = sa.text(
+    f"SELECT business_id, correlation_id FROM {distribute.MEMBERS} WHERE business_id = ANY(CAST(:bids AS text[]))"  # noqa: S608
+)
+_ACTIVE = sa.text(
+    "SELECT correlation_id FROM transactions WHERE correlation_id = ANY(CAST(:cids AS text[])) AND last_event_at >= :c"
+)
+_EXPIRE_MEMBERS = sa.text(f"DELETE FROM {distribute.MEMBERS} WHERE business_id = ANY(CAST(:bids AS text[]))")  # noqa: S608
 
 # Deadlines (metrics' sla_deadlines) past the transactions' retention whose transaction is gone
 # (removed before deadlines went with it, or raced with it): they would otherwise stay forever.
@@ -290,7 +300,13 @@ def _members(conn: Connection, bids: list[str], cutoff: datetime) -> tuple[list[
     """Of the businesses `bids`, those with no active member, and those businesses' members."""
     active: set[str] = set()
     members: dict[str, list[str]] = {}
-    if bids:
+    if bids and distribute.has_members(conn):
+        business = {cid: bid for bid, cid in conn.execute(_MEMBER_IDS, {"bids": bids}).tuples()}
+        for cid, bid in business.items():
+            members.setdefault(bid, []).append(cid)
+        if business:
+            active = {business[cid] for (cid,) in conn.execute(_ACTIVE, {"cids": sorted(business), "c": cutoff})}
+    elif bids:
         for bid, cid, is_active in conn.execute(_MEMBERS, {"bids": bids, "c": cutoff}):
             members.setdefault(bid, []).append(cid)
             if is_active:
@@ -310,6 +326,8 @@ def _expire(conn: Connection, bids: list[str], cutoff: datetime) -> int:
         return 0
     for statement in _EXPIRE_ROWS:
         conn.execute(statement, {"cids": cids, "bids": idle})
+    if distribute.has_members(conn):
+        conn.execute(_EXPIRE_MEMBERS, {"bids": idle})
     return conn.execute(_EXPIRE_TRANSACTIONS, {"cids": cids}).rowcount
 
 

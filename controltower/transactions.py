@@ -129,6 +129,21 @@ _BUSINESSES = sa.text(
     LIMIT :limit OFFSET :offset
     """  # noqa: S608 (fixed fragments from controltower.identity, no user input)
 )
+# 3'. on a cluster keeping `business_members` (controltower.distribute.MEMBERS): the members of
+#    those businesses from there (only the businesses' shards), then the same page over their rows
+#    by correlation id (only the members' shards): a handful of shards instead of all of them.
+_MEMBER_IDS = sa.text(
+    f"SELECT correlation_id FROM {distribute.MEMBERS} WHERE business_id = ANY(CAST(:bids AS text[]))"  # noqa: S608
+)
+_BUSINESSES_OF_MEMBERS = sa.text(
+    f"""
+    SELECT t.business_id, {_BUSINESS_FIELDS}
+    FROM transactions t WHERE t.correlation_id = ANY(CAST(:cids AS text[]))
+    GROUP BY t.business_id
+    ORDER BY last_event_at DESC, correlation_id
+    LIMIT :limit OFFSET :offset
+    """  # noqa: S608 (fixed fragments from controltower.identity, no user input)
+)
 # 4. and which keys of which members matched, from the hits as arrays (on the coordinator: no
 #    table; a join with the distributed page would ship them to every worker).
 _MATCHES = sa.text(
@@ -140,8 +155,7 @@ _MATCHES = sa.text(
 )
 
 # The business and its member rows in one round trip (a view answers in a few milliseconds).
-_BUSINESS = sa.text(
-    f"""
+_BUSINESS_ROW = f"""
     SELECT {_BUSINESS_FIELDS},
            (json_agg(json_build_object(
                 'correlation_id', t.correlation_id, 'channel', t.channel, 'flow', t.flow, 'order_id', t.order_id,
@@ -149,10 +163,15 @@ _BUSINESS = sa.text(
                 'last_event_at', t.last_event_at, 'event_count', t.event_count, 'error_count', t.error_count)
             ORDER BY t.first_event_at, t.correlation_id)) AS members
     FROM transactions t
-    WHERE t.business_id = (SELECT business_id FROM transactions WHERE correlation_id = :cid)
+    WHERE {{members}}
     GROUP BY t.business_id
-    """  # noqa: S608 (fixed fragments from controltower.identity, no user input)
-)
+"""  # noqa: S608 (fixed fragments from controltower.identity, no user input)
+_BUSINESS = sa.text(_BUSINESS_ROW.format(
+    members="t.business_id = (SELECT business_id FROM transactions WHERE correlation_id = :cid)"))
+# on a cluster keeping business_members: the member's business (its shard), that business's
+# members (the business's shard), then their rows (their shards)
+_BUSINESS_OF_ONE = sa.text("SELECT business_id FROM transactions WHERE correlation_id = :cid")
+_BUSINESS_BY_MEMBERS = sa.text(_BUSINESS_ROW.format(members="t.correlation_id = ANY(CAST(:cids AS text[]))"))
 # Every member's keys and milestones, in one round trip: ('key', member, kind, value, first_seen_at)
 # and ('milestone', member, milestone, NULL, reached_at).
 _FACTS = sa.text(
@@ -223,7 +242,11 @@ def _search_routed(conn: Connection, q: str, page: dict[str, int]) -> list[dict[
     if not hits:
         return []
     cids, kinds, bids = (list(column) for column in zip(*hits, strict=True))
-    businesses = conn.execute(_BUSINESSES, {"bids": sorted(set(bids)), **page}).mappings().all()
+    if distribute.has_members(conn):
+        members = conn.execute(_MEMBER_IDS, {"bids": sorted(set(bids))}).scalars().all()
+        businesses = conn.execute(_BUSINESSES_OF_MEMBERS, {"cids": sorted(members), **page}).mappings().all()
+    else:
+        businesses = conn.execute(_BUSINESSES, {"bids": sorted(set(bids)), **page}).mappings().all()
     if not businesses:
         return []
     matches = {r.business_id: r for r in conn.execute(_MATCHES, {"cids": cids, "kinds": kinds, "bids": bids})}
@@ -262,7 +285,12 @@ def get(
         return None
     if distribute.on_citus(conn):  # its fan-outs over the cached connections (one server: a round trip less)
         conn.execute(_POINT_LOOKUP)
-    tx = conn.execute(_BUSINESS, {"cid": correlation_id}).mappings().first()
+    if distribute.has_members(conn):
+        bid = conn.execute(_BUSINESS_OF_ONE, {"cid": correlation_id}).scalar()
+        cids = [] if bid is None else conn.execute(_MEMBER_IDS, {"bids": [bid]}).scalars().all()
+        tx = conn.execute(_BUSINESS_BY_MEMBERS, {"cids": sorted(cids)}).mappings().first() if cids else None
+    else:
+        tx = conn.execute(_BUSINESS, {"cid": correlation_id}).mappings().first()
     if tx is None:
         return None
     now = now or datetime.now(UTC)

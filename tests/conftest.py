@@ -94,15 +94,46 @@ def migrated_engine(database_url: str) -> Iterator[Engine]:
 
 
 def truncate_all(engine: Engine) -> None:
-    names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
+    from controltower import distribute
+
+    tables = [t.name for t in metadata.sorted_tables]
+    with engine.connect() as conn:
+        if distribute.has_members(conn):  # a cluster's member lists (not in the metadata: made by distribute)
+            tables.append(distribute.MEMBERS)
+    names = ", ".join(f'"{t}"' for t in tables)
     with engine.begin() as conn:
         conn.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
 
 
+def mirror_members(conn: sa.Connection) -> None:
+    """On a cluster, give transactions a test wrote straight into the table their member rows
+    (what ingest does for its own); nothing on one server."""
+    from controltower import distribute
+
+    if distribute.has_members(conn):
+        conn.execute(sa.text(distribute.MEMBERS_FILL))
+
+
+def members_disagree(engine: Engine) -> list[tuple[str, str, str]]:
+    """On a cluster, how business_members differs from transactions' (business_id, correlation_id)
+    pairs: ('missing' | 'extra', business_id, correlation_id) rows; empty when they agree (and on
+    one server)."""
+    from controltower import distribute
+
+    with engine.connect() as conn:
+        if not distribute.has_members(conn):
+            return []
+        truth = set(conn.execute(sa.text("SELECT business_id, correlation_id FROM transactions")).tuples())
+        kept = set(conn.execute(sa.text(f"SELECT business_id, correlation_id FROM {distribute.MEMBERS}")).tuples())  # noqa: S608
+    return sorted([("missing", *p) for p in truth - kept] + [("extra", *p) for p in kept - truth])
+
+
 @pytest.fixture
-def engine(migrated_engine: Engine) -> Engine:
+def engine(migrated_engine: Engine) -> Iterator[Engine]:
     truncate_all(migrated_engine)
-    return migrated_engine
+    yield migrated_engine
+    # on a cluster, every test also checks that the member lists followed every write it made
+    assert members_disagree(migrated_engine) == []
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from collectors.counters import Counters
 from collectors.store import EventStore
 from controltower.identity import refusal
-from tests.conftest import truncate_all
+from tests.conftest import members_disagree, truncate_all
 
 T0 = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
 NOW = T0 + timedelta(hours=6)
@@ -61,6 +61,8 @@ def groups(engine: sa.Engine) -> set[frozenset[str]]:
         by[bid].add(cid)
     # the invariant: a business is named by one of its members
     assert all(bid in members for bid, members in by.items())
+    # and on a cluster its member list (business_members) says the same
+    assert members_disagree(engine) == []
     return {frozenset(m) for m in by.values()}
 
 

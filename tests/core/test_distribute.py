@@ -44,8 +44,9 @@ def test_every_table_of_the_schema_has_a_place_on_a_cluster(engine):
             "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
             " WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND NOT c.relispartition"
             " AND c.relname NOT LIKE 'pg_%'")).scalars())
-    # (ingest's staging tables exist only on a cluster, made by distribute itself)
-    assert tables - set(distribute.LAYOUT) - set(distribute.STAGING) == set(), "decide distributed, reference or local for these tables"
+    # (ingest's staging tables and the member lists exist only on a cluster, made by distribute itself)
+    only_on_a_cluster = {*distribute.STAGING, distribute.MEMBERS}
+    assert tables - set(distribute.LAYOUT) - only_on_a_cluster == set(), "decide distributed, reference or local for these tables"
     assert {t.name for t in metadata.sorted_tables} <= set(distribute.LAYOUT)
     # each table once
     assert len(distribute.LAYOUT) == len(distribute.DISTRIBUTED) + len(distribute.REFERENCE) + len(distribute.LOCAL)
@@ -73,6 +74,9 @@ def test_on_a_cluster_the_schema_is_laid_out_as_decided(migrated_engine):
         assert on_cluster[table] == ("h", column, anchor), table  # hashed, by that column, co-located
     for table in distribute.REFERENCE:
         assert on_cluster[table][0] == "n", table
+    # the member lists: by business id, in the same group (a business's row in `transactions` is
+    # on the shard of its member list)
+    assert on_cluster[distribute.MEMBERS] == ("h", "business_id", anchor)
     for table in distribute.LOCAL:
         assert table not in on_cluster, table
     with migrated_engine.connect() as conn:
@@ -94,10 +98,45 @@ def test_on_a_cluster_running_it_again_changes_nothing(migrated_engine, database
     done = controltower(database_url, tmp_path, "migrate", "--distributed")
     assert done.returncode == 0, done
     assert "already distributed" in done.stdout
-    placed = len(distribute.DISTRIBUTED) + len(distribute.REFERENCE) + len(distribute.STAGING)
+    placed = len(distribute.DISTRIBUTED) + len(distribute.REFERENCE) + len(distribute.STAGING) + 1  # + MEMBERS
     assert f"{placed} tables already in place" in done.stdout
     assert snapshot() == before
     # and the function itself says so
     result = distribute.distribute(migrated_engine)
     assert result.distributed == [] and result.reference == []
-    assert sorted(result.already) == sorted([*distribute.DISTRIBUTED, *distribute.REFERENCE, *distribute.STAGING])
+    assert sorted(result.already) == sorted(
+        [*distribute.DISTRIBUTED, *distribute.REFERENCE, *distribute.STAGING, distribute.MEMBERS])
+
+
+@cluster
+def test_on_a_cluster_distribute_fills_the_member_lists_of_what_is_stored(engine, settings, tmp_path, database_url):
+    """A cluster distributed before business_members existed gets them on the next run, filled
+    from `transactions`; search and the view then read them."""
+    from datetime import UTC, datetime
+
+    from collectors.store import EventStore
+    from tests.conftest import members_disagree
+
+    at = datetime.now(UTC).replace(microsecond=0)
+
+    def event(cid: str, eid: str, order_id: str) -> dict:
+        return {"event_id": eid, "occurred_at": at.isoformat(), "correlation_id": cid, "order_id": order_id,
+                "channel": "amazon", "flow": "order", "stage": "received", "status": "ok", "attributes": {}}
+
+    # two members linked by their order id, and one on its own
+    EventStore(engine, settings).ingest(
+        [event("M-A", "a1", "ORD-1"), event("M-B", "b1", "ORD-1"), event("M-C", "c1", "ORD-2")], source="test", now=at)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"DROP TABLE {distribute.MEMBERS}"))  # noqa: S608 (a module constant)
+    done = controltower(database_url, tmp_path, "migrate", "--distributed")
+    assert done.returncode == 0, done
+    assert members_disagree(engine) == []
+    with engine.connect() as conn:
+        kept = conn.execute(sa.text(f"SELECT business_id, correlation_id FROM {distribute.MEMBERS}")).all()  # noqa: S608
+        assert len(kept) == 3 and len({b for b, _ in kept}) == 2
+        from controltower import transactions
+
+        [found] = transactions.search(conn, "ORD-1")
+        assert found["correlation_ids"] == ["M-A", "M-B"]
+        assert transactions.get(conn, "M-B", now=at)["correlation_ids"] == ["M-A", "M-B"]
+        assert [r["correlation_ids"] for r in transactions.search(conn, "M-C")] == [["M-C"]]

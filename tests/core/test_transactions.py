@@ -17,9 +17,10 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from controltower import migrate, transactions
+from controltower import distribute, migrate, transactions
 from controltower.vocab import rfc3339
 from metrics import compute, definitions, jobs
+from tests.conftest import mirror_members
 from tests.metrics.helpers import ev, ingest
 
 DEFS = definitions.load()
@@ -192,11 +193,13 @@ def test_any_stored_promise_gives_a_verdict_never_an_error(migrated_engine, valu
     migrate.ensure_partitions(migrated_engine, {now.date()})
     with migrated_engine.begin() as conn:
         conn.execute(sa.text("TRUNCATE events, transactions, transaction_milestones"))
+        conn.execute(sa.text("DELETE FROM business_members") if distribute.has_members(conn) else sa.text("SELECT 1"))
         conn.execute(sa.text(
             "INSERT INTO transactions (correlation_id, channel, flow, first_event_at, first_event_id, last_event_at,"
             " last_event_id, status, last_milestone, event_count, error_count, retry_count, dead_letter_count, updated_at,"
             " business_id) VALUES ('H1', 'amazon', 'order', :at, 'e1', :at, 'e1', 'ok', 'order.received', 1, 0, 0, 0, :at, 'H1')"), {"at": now - H})
         conn.execute(sa.text("INSERT INTO transaction_milestones VALUES ('H1', 'order.received', :at, 'amazon', :at)"), {"at": now - H})
+        mirror_members(conn)
         conn.execute(sa.text(
             "INSERT INTO events (occurred_at, correlation_id, event_id, received_at, channel, flow, stage, status, attributes, source)"
             " VALUES (:at, 'H1', 'e1', :at, 'amazon', 'order', 'received', 'ok', jsonb_build_object('expected_ship_date', CAST(:v AS jsonb)), 'test')"),

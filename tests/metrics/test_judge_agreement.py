@@ -25,7 +25,7 @@ from controltower import calendars, migrate, slajudge, transactions
 from controltower.settings import Settings
 from metrics import definitions, rollups
 from metrics.definitions import SLA, Definitions
-from tests.conftest import truncate_all
+from tests.conftest import mirror_members, truncate_all
 
 NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
 CHANNELS = ("amazon", "pos", "walmart")
@@ -162,6 +162,7 @@ def _store(engine, businesses: list[dict]) -> None:
                         {"at": at, "cid": tx["cid"], "eid": f"e{n}", "rec": NOW, "ch": tx["channel"],
                          "attrs": orjson.dumps(attributes).decode()},
                     )
+        mirror_members(conn)
 
 
 def _facts(biz: dict) -> slajudge.Facts:
