@@ -437,6 +437,9 @@ def grow(engine: sa.Engine, total_events: int) -> None:
                 conn.execute(sa.text(GROW_TX), {"t0": t0, "lo": lo // 10, "hi": hi // 10})
                 conn.execute(sa.text(GROW_KEYS), {"lo": lo // 10, "hi": hi // 10})
             bar.update(hi - lo)
+    with engine.begin() as conn:
+        if citus_layout.has_members(conn):  # a cluster's member lists, as ingest would have kept them
+            conn.execute(sa.text(citus_layout.MEMBERS_FILL))
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         for table in ("events", "transactions", "transaction_keys", "transaction_milestones"):
             conn.execute(sa.text(f"VACUUM ANALYZE {table}"))
