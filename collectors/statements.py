@@ -14,7 +14,7 @@ Every identifier here is a module constant, never input.
 
 from __future__ import annotations
 
-from controltower.distribute import KEYS_COLUMNS, STAGING_COLUMNS
+from controltower.distribute import KEYS_COLUMNS, MEMBERS, STAGING_COLUMNS
 from controltower.event import CONTENT_FIELDS, IDENTITY
 
 # The events table's columns in COPY order: its key (time first), reception, then the content.
@@ -231,9 +231,20 @@ ON CONFLICT (correlation_id) DO UPDATE SET
     business_id = CASE WHEN excluded.business_id <> excluded.correlation_id
                        THEN excluded.business_id ELSE t.business_id END
 """
-# on a cluster keeping `business_members` (controltower.distribute.MEMBERS): which rows were new,
-# and the business each was stored with, for their member rows
-UPSERT_TRANSACTIONS_RETURNING = UPSERT_TRANSACTIONS.rstrip() + "\nRETURNING correlation_id, business_id, xmax = 0 AS inserted\n"
+# On a cluster keeping `business_members` (controltower.distribute.MEMBERS), the member rows of
+# the batch's transactions that are their own business (every new one linking did not assign
+# elsewhere): the member row's shard is the transaction's (co-located, same id), so this runs on
+# the shards; one already there is left alone. The few that linking assigned to another business
+# get theirs from the store (MEMBERS_ASSIGNED, then distribute.add_members).
+MEMBERS_OWN = f"""
+INSERT INTO {MEMBERS} (business_id, correlation_id)
+SELECT t.correlation_id, t.correlation_id FROM transactions t
+WHERE t.correlation_id IN (SELECT correlation_id FROM ct_batch WHERE batch = %(batch)s AND fresh)
+  AND t.business_id = t.correlation_id
+ON CONFLICT DO NOTHING
+"""  # noqa: S608
+# the business each assigned one was really stored with (a concurrent batch may have stored it first)
+MEMBERS_ASSIGNED = "SELECT business_id, correlation_id FROM transactions WHERE correlation_id = ANY(%(cids)s)"
 
 
 # Milestones come from the events this batch really stored (`fresh`): per (correlation id,

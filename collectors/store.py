@@ -321,14 +321,17 @@ class EventStore:
                 link.refused.update(refused)
                 if stored:
                     assigned = sorted(link.assign.items())
-                    cur.execute(sql.UPSERT_TRANSACTIONS_RETURNING if self._members else sql.UPSERT_TRANSACTIONS, {
+                    cur.execute(sql.UPSERT_TRANSACTIONS, {
                         "batch": batch, "now": now,
                         "assign_cids": [c for c, _ in assigned], "assign_bids": [b for _, b in assigned],
                     })
-                    if self._members:  # each new transaction's member row, with the business it got
-                        added = [(bid, cid) for cid, bid, inserted in cur.fetchall() if inserted]
-                        if added:
-                            cur.execute(distribute.MEMBERS_ADD, ([b for b, _ in added], [c for _, c in added]))
+                    if self._members:  # a cluster's member lists: each new transaction's row
+                        cur.execute(sql.MEMBERS_OWN, params)
+                        if assigned:
+                            cur.execute(sql.MEMBERS_ASSIGNED, {"cids": [c for c, _ in assigned]})
+                            added = [(b, c) for b, c in cur.fetchall() if b != c]
+                            if added:
+                                distribute.add_members(cur, [b for b, _ in added], [c for _, c in added])
                     # milestones straight from the stored rows, earliest per milestone
                     cur.execute(sql.UPSERT_MILESTONES, {"batch": batch, "now": now})
                 if citus:

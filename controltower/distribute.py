@@ -44,7 +44,9 @@ from __future__ import annotations
 
 import logging
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -313,11 +315,23 @@ SELECT business_id, correlation_id FROM transactions
 ON CONFLICT DO NOTHING"""  # noqa: S608 (a module constant)
 
 # the statements that keep it (psycopg placeholders: linking and ingest run them on a raw cursor)
-MEMBERS_ADD = f"""
-INSERT INTO {MEMBERS} (business_id, correlation_id)
-SELECT b, c FROM unnest(%s::text[], %s::text[]) AS u(b, c)
-ORDER BY 1, 2
-ON CONFLICT DO NOTHING"""  # noqa: S608 (bids, cids)
+MEMBERS_CHUNK = 5000  # rows per INSERT (two parameters each, under PostgreSQL's 65,535)
+
+
+def add_members(cur: Any, bids: Sequence[str], cids: Sequence[str]) -> None:
+    """Insert member rows (bids[i], cids[i]) with a multi-row VALUES list: Citus routes each row
+    to its shard and sends each worker one statement (an INSERT … SELECT FROM unnest would be
+    planned through intermediate results: 60 ms instead of a few for a batch of 1,000)."""
+    rows = sorted(zip(bids, cids, strict=True))
+    for at in range(0, len(rows), MEMBERS_CHUNK):
+        chunk = rows[at:at + MEMBERS_CHUNK]
+        values = ", ".join(["(%s, %s)"] * len(chunk))
+        cur.execute(
+            f"INSERT INTO {MEMBERS} (business_id, correlation_id) VALUES {values} ON CONFLICT DO NOTHING",  # noqa: S608
+            [v for row in chunk for v in row],
+        )
+
+
 MEMBERS_REMOVE = f"""
 DELETE FROM {MEMBERS} m USING unnest(%s::text[], %s::text[]) AS u(b, c)
 WHERE m.business_id = u.b AND m.correlation_id = u.c"""  # noqa: S608 (bids, cids)

@@ -39,7 +39,7 @@ from datetime import datetime
 
 import psycopg
 
-from controltower.distribute import MEMBERS, MEMBERS_ADD, MEMBERS_REMOVE
+from controltower.distribute import MEMBERS, MEMBERS_REMOVE, add_members
 from controltower.identity import (
     LOCK_BUSINESS,
     LOCK_VALUE,
@@ -276,7 +276,7 @@ def link(
         cur.execute(_MOVE, (cids, [moved[c] for c in cids]))
         if members and cids:  # the stored ones' member rows move with them (pending ones get theirs on insert)
             cur.execute(MEMBERS_REMOVE, ([region[c] for c in cids], cids))
-            cur.execute(MEMBERS_ADD, ([moved[c] for c in cids], cids))
+            add_members(cur, [moved[c] for c in cids], cids)
         result.assign.update({c: b for c, b in moved.items() if c in result.pending})
         changed = sorted({moved[c] for c in moved} | {region[c] for c in moved if c in region})
         cur.execute(_JOURNAL, (now, changed))
@@ -325,7 +325,7 @@ def _merge(
         cur.execute(_MOVE, (cids, [survivor_of[b] for _, b in renamed]))
         result.moved += cur.rowcount
         cur.execute(MEMBERS_REMOVE, ([b for _, b in renamed], cids))
-        cur.execute(MEMBERS_ADD, ([survivor_of[b] for _, b in renamed], cids))
+        add_members(cur, [survivor_of[b] for _, b in renamed], cids)
     elif old:
         cur.execute(_RENAME, (old, new))
         result.moved += cur.rowcount
