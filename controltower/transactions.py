@@ -120,30 +120,21 @@ _BUSINESS_OF = sa.text(
 )
 # 3. every member of those businesses (transactions_business_idx on every shard: a business's
 #    members live on any shard), one row per business, a page of them;
-_BUSINESSES = sa.text(
-    f"""
+_BUSINESSES_PAGE = f"""
     SELECT t.business_id, {_BUSINESS_FIELDS}
-    FROM transactions t WHERE t.business_id = ANY(CAST(:bids AS text[]))
+    FROM transactions t WHERE {{members}}
     GROUP BY t.business_id
     ORDER BY last_event_at DESC, correlation_id
     LIMIT :limit OFFSET :offset
-    """  # noqa: S608 (fixed fragments from controltower.identity, no user input)
-)
+"""  # noqa: S608 (fixed fragments from controltower.identity, no user input)
+_BUSINESSES = sa.text(_BUSINESSES_PAGE.format(members="t.business_id = ANY(CAST(:bids AS text[]))"))
 # 3'. on a cluster keeping `business_members` (controltower.distribute.MEMBERS): the members of
 #    those businesses from there (only the businesses' shards), then the same page over their rows
 #    by correlation id (only the members' shards): a handful of shards instead of all of them.
 _MEMBER_IDS = sa.text(
     f"SELECT correlation_id FROM {distribute.MEMBERS} WHERE business_id = ANY(CAST(:bids AS text[]))"  # noqa: S608
 )
-_BUSINESSES_OF_MEMBERS = sa.text(
-    f"""
-    SELECT t.business_id, {_BUSINESS_FIELDS}
-    FROM transactions t WHERE t.correlation_id = ANY(CAST(:cids AS text[]))
-    GROUP BY t.business_id
-    ORDER BY last_event_at DESC, correlation_id
-    LIMIT :limit OFFSET :offset
-    """  # noqa: S608 (fixed fragments from controltower.identity, no user input)
-)
+_BUSINESSES_OF_MEMBERS = sa.text(_BUSINESSES_PAGE.format(members="t.correlation_id = ANY(CAST(:cids AS text[]))"))
 # 4. and which keys of which members matched, from the hits as arrays (on the coordinator: no
 #    table; a join with the distributed page would ship them to every worker).
 _MATCHES = sa.text(
